@@ -1,0 +1,145 @@
+//! Per event: the `Event` impl (exchange, routing key and type name from the contract) and a typed
+//! `subscribe`. Per exchange: an enum of the package's events on it, for pattern subscriptions.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+
+use super::{docs, rust_path};
+use crate::model::{Exchange, ExchangeKind, Package};
+
+fn exchange_spec(exchange: &Exchange) -> TokenStream {
+    let name = &exchange.name;
+    let kind = format_ident!(
+        "{}",
+        match exchange.kind {
+            ExchangeKind::Direct => "Direct",
+            ExchangeKind::Topic => "Topic",
+            ExchangeKind::Fanout => "Fanout",
+            ExchangeKind::Headers => "Headers",
+        }
+    );
+    let durable = exchange.durable;
+    let auto_delete = exchange.auto_delete;
+    quote! {
+        ::warren::__codegen::ExchangeSpec {
+            name: #name,
+            kind: ::warren::__codegen::ExchangeKind::#kind,
+            durable: #durable,
+            auto_delete: #auto_delete,
+        }
+    }
+}
+
+pub(super) fn emit(package: &Package) -> TokenStream {
+    let mut out = TokenStream::new();
+    for event in &package.events {
+        let ty = rust_path(&event.rust_path);
+        let type_name = &event.full_name;
+        let routing_key = &event.routing_key;
+        let exchange = exchange_spec(&event.exchange);
+        let binding = if event.exchange.kind.uses_routing_key() {
+            format!("`{}` on exchange `{}`", event.routing_key, event.exchange.name)
+        } else {
+            format!("{} exchange `{}`", event.exchange.kind.as_str(), event.exchange.name)
+        };
+        let subscribe_doc = docs::doc_attrs(
+            &format!(
+                "Subscribes consumer group `group` to [`{}`] events ({binding}).\n\n\
+                 Each group gets one durable queue, `<group>.{type_name}`: every group receives each event once, \
+                 and the consumers of one group share the work. Configure the returned subscriber, then call \
+                 `handle`.",
+                event.variant
+            ),
+            "",
+        );
+        out.extend(quote! {
+            impl ::warren::__codegen::Event for #ty {
+                const SPEC: &'static ::warren::__codegen::EventSpec = &::warren::__codegen::EventSpec {
+                    type_name: #type_name,
+                    exchange: #exchange,
+                    routing_key: #routing_key,
+                };
+            }
+
+            impl #ty {
+                #subscribe_doc
+                pub fn subscribe(bus: &::warren::Bus, group: &str) -> ::warren::Subscriber<Self> {
+                    ::warren::Subscriber::new(bus, group)
+                }
+            }
+        });
+    }
+    for group in &package.groups {
+        let name = format_ident!("{}", group.rust_name);
+        let exchange = exchange_spec(&group.exchange);
+        let events: Vec<_> = group.events.iter().map(|i| &package.events[*i]).collect();
+        let variants: Vec<_> = events.iter().map(|e| format_ident!("{}", e.variant)).collect();
+        let types: Vec<_> = events.iter().map(|e| rust_path(&e.rust_path)).collect();
+        let type_names: Vec<_> = events.iter().map(|e| &e.full_name).collect();
+        let variant_docs: Vec<_> = events
+            .iter()
+            .map(|e| docs::doc_attrs(&e.doc, &format!("A `{}` event.", e.full_name)))
+            .collect();
+        let enum_doc = docs::doc_attrs(
+            &format!(
+                "Every event of package `{}` published to exchange `{}` ({}), as one type.\n\n\
+                 Subscribe with a binding pattern (such as `user.*` on a topic exchange) and `match` on what \
+                 arrives; a new event in the contract becomes a new variant, so the match stays exhaustive. \
+                 A delivery of any other type is dead-lettered with the reason.",
+                package.name,
+                group.exchange.name,
+                group.exchange.kind.as_str()
+            ),
+            "",
+        );
+        let subscribe_doc = docs::doc_attrs(
+            &format!(
+                "Subscribes consumer group `group` to the events of exchange `{}` that match `pattern`.\n\n\
+                 The pattern is checked against the contract's routing keys when the subscription starts: one \
+                 that can never match any of them is an error. Each (group, pattern) gets its own durable queue.",
+                group.exchange.name
+            ),
+            "",
+        );
+        out.extend(quote! {
+            #enum_doc
+            #[derive(Clone, PartialEq, Debug)]
+            pub enum #name {
+                #( #variant_docs #variants(#types), )*
+            }
+
+            impl ::warren::__codegen::Inbound for #name {
+                fn exchange() -> &'static ::warren::__codegen::ExchangeSpec {
+                    const EXCHANGE: ::warren::__codegen::ExchangeSpec = #exchange;
+                    &EXCHANGE
+                }
+
+                fn routing_keys() -> ::std::vec::Vec<&'static str> {
+                    ::std::vec![ #( <#types as ::warren::__codegen::Event>::SPEC.routing_key ),* ]
+                }
+
+                fn queue_suffix() -> &'static str {
+                    Self::exchange().name
+                }
+
+                fn decode(
+                    type_name: &str,
+                    payload: &[u8],
+                ) -> ::std::result::Result<Self, ::warren::__codegen::DecodeError> {
+                    match type_name {
+                        #( #type_names => ::warren::__codegen::decode::<#types>(payload).map(Self::#variants), )*
+                        other => ::std::result::Result::Err(::warren::__codegen::DecodeError::unexpected_type(other)),
+                    }
+                }
+            }
+
+            impl #name {
+                #subscribe_doc
+                pub fn subscribe(bus: &::warren::Bus, group: &str, pattern: &str) -> ::warren::Subscriber<Self> {
+                    ::warren::Subscriber::new(bus, group).pattern(pattern)
+                }
+            }
+        });
+    }
+    out
+}

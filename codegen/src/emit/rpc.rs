@@ -1,0 +1,159 @@
+//! Per RPC service: a server trait with one async method per rpc, a server that serves it on the
+//! service's queue, and a client with one typed async method per rpc.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+
+use super::{docs, rust_path};
+use crate::model::{Package, Service};
+
+pub(super) fn emit(package: &Package) -> TokenStream {
+    package.services.iter().map(emit_service).collect()
+}
+
+fn emit_service(service: &Service) -> TokenStream {
+    let trait_name = format_ident!("{}", crate::ident::type_name(&service.name));
+    let server = format_ident!("{}Server", trait_name);
+    let client = format_ident!("{}Client", trait_name);
+    let full_name = &service.full_name;
+    let queue = &service.queue;
+    let default_timeout = u64::from(service.default_timeout_ms);
+
+    let service_doc = docs::doc_attrs(&service.doc, &format!("The `{full_name}` service."));
+    let trait_doc = docs::doc_paragraph(&format!(
+        "Implement this trait and serve it with [`{server}`]; callers use [`{client}`]. Requests arrive on \
+         queue `{queue}`."
+    ));
+    let server_doc = docs::doc_attrs(
+        &format!(
+            "Serves a [`{trait_name}`] implementation on queue `{queue}`.\n\n\
+             A request that does not decode is answered with `INVALID_ARGUMENT`; an unknown method with \
+             `UNIMPLEMENTED`."
+        ),
+        "",
+    );
+    let client_doc = docs::doc_attrs(
+        &format!(
+            "Calls the `{full_name}` service over the bus. Cheap to clone.\n\n\
+             Each call has a deadline: the method's, else the service's default ({default_timeout} ms), unless \
+             set with [`{client}::with_timeout`]."
+        ),
+        "",
+    );
+
+    let mut trait_methods = Vec::new();
+    let mut dispatch_arms = Vec::new();
+    let mut client_methods = Vec::new();
+    for method in &service.methods {
+        let rust_name = format_ident!("{}", method.rust_name.trim_start_matches("r#"));
+        let rust_name = if method.rust_name.starts_with("r#") {
+            syn::Ident::new_raw(&rust_name.to_string(), proc_macro2::Span::call_site())
+        } else {
+            rust_name
+        };
+        let input = rust_path(&method.input_rust);
+        let output = rust_path(&method.output_rust);
+        let name = &method.name;
+        let path = format!("/{}/{}", service.full_name, method.name);
+        let timeout = match method.timeout_ms {
+            Some(ms) => {
+                let ms = u64::from(ms);
+                quote!(::std::option::Option::Some(::std::time::Duration::from_millis(#ms)))
+            }
+            None => quote!(::std::option::Option::None),
+        };
+        let doc = docs::doc_attrs(&method.doc, &format!("The `{}` rpc.", method.name));
+        trait_methods.push(quote! {
+            #doc
+            fn #rust_name(
+                &self,
+                request: #input,
+                context: ::warren::RpcContext,
+            ) -> impl ::std::future::Future<Output = ::std::result::Result<#output, ::warren::Status>> + ::std::marker::Send;
+        });
+        dispatch_arms.push(quote! {
+            #path => {
+                let request = ::warren::__codegen::decode_request::<#input>(&payload)?;
+                let response = service.#rust_name(request, context).await?;
+                ::std::result::Result::Ok(::warren::__codegen::encode(&response))
+            }
+        });
+        client_methods.push(quote! {
+            #doc
+            pub async fn #rust_name(&self, request: #input) -> ::std::result::Result<#output, ::warren::Status> {
+                const METHOD: ::warren::__codegen::MethodSpec = ::warren::__codegen::MethodSpec {
+                    service: #client::SERVICE,
+                    name: #name,
+                    path: #path,
+                    timeout: #timeout,
+                };
+                self.inner.call(&METHOD, &request).await
+            }
+        });
+    }
+
+    quote! {
+        #service_doc
+        #trait_doc
+        pub trait #trait_name: ::std::marker::Send + ::std::marker::Sync + 'static {
+            #( #trait_methods )*
+        }
+
+        #server_doc
+        #[derive(Debug)]
+        pub struct #server<T> {
+            service: ::std::sync::Arc<T>,
+        }
+
+        impl<T: #trait_name> #server<T> {
+            /// Wraps the service implementation.
+            pub fn new(service: T) -> Self {
+                Self { service: ::std::sync::Arc::new(service) }
+            }
+
+            /// Declares the service's queue and starts answering requests; returns once the server is consuming.
+            /// Stop it with the returned handle, or by shutting the bus down.
+            pub async fn serve(self, bus: &::warren::Bus) -> ::std::result::Result<::warren::Serving, ::warren::Error> {
+                let service = self.service;
+                ::warren::__codegen::serve(bus, #client::SERVICE, move |method, payload, context| {
+                    let service = ::std::sync::Arc::clone(&service);
+                    ::std::boxed::Box::pin(async move {
+                        match method.as_str() {
+                            #( #dispatch_arms )*
+                            _ => ::std::result::Result::Err(::warren::__codegen::unimplemented(&method)),
+                        }
+                    })
+                })
+                .await
+            }
+        }
+
+        #client_doc
+        #[derive(Clone, Debug)]
+        pub struct #client {
+            inner: ::warren::__codegen::RpcClient,
+        }
+
+        impl #client {
+            /// The service's name, queue and default deadline, from the contract.
+            pub const SERVICE: &'static ::warren::__codegen::ServiceSpec = &::warren::__codegen::ServiceSpec {
+                name: #full_name,
+                queue: #queue,
+                default_timeout: ::std::time::Duration::from_millis(#default_timeout),
+            };
+
+            /// A client that calls through `bus`.
+            pub fn new(bus: &::warren::Bus) -> Self {
+                Self { inner: ::warren::__codegen::RpcClient::new(bus, Self::SERVICE) }
+            }
+
+            /// The same client with `timeout` as the deadline of every call, instead of the contract's.
+            pub fn with_timeout(mut self, timeout: ::std::time::Duration) -> Self {
+                self.inner = self.inner.with_timeout(timeout);
+                self
+            }
+
+            #( #client_methods )*
+        }
+    }
+}

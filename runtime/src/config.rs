@@ -1,0 +1,154 @@
+//! Bus configuration: where the broker is and the limits Warren works within.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use lapin::uri::AMQPUri;
+
+use crate::error::{Error, Result};
+
+/// The URL used when neither the caller nor `RABBITMQ_URL` gives one.
+pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// How a [`crate::Bus`] connects and behaves.
+///
+/// `Debug` and every error show the URL with the password replaced by `***`.
+#[derive(Clone)]
+pub struct BusConfig {
+    pub(crate) uri: AMQPUri,
+    /// Deadline for establishing the connection, retries included.
+    pub connect_timeout: Duration,
+    /// Deadline for each other broker operation: declare, publish confirm, channel open.
+    pub operation_timeout: Duration,
+    /// AMQP heartbeat in seconds; a dead peer is detected within about twice this.
+    pub heartbeat_secs: u16,
+    /// Sent as `app_id` on every message: the name of the service publishing.
+    pub service_name: String,
+    /// Largest encoded message the bus sends; larger ones fail with [`Error::TooLarge`] before sending.
+    pub max_message_size: usize,
+    /// Default unacknowledged deliveries per subscriber.
+    pub prefetch: u16,
+}
+
+impl BusConfig {
+    /// Configuration for `url` (`amqp://user:password@host:port/vhost`), with defaults for the rest.
+    pub fn new(url: &str) -> Result<Self> {
+        let uri = AMQPUri::from_str(url).map_err(|reason| {
+            Error::config(format!(
+                "invalid broker URL {}: {}; expected amqp://user:password@host:port/vhost",
+                redact_url(url),
+                redact_in(&reason, url)
+            ))
+        })?;
+        Ok(BusConfig {
+            uri,
+            connect_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(10),
+            heartbeat_secs: 10,
+            service_name: std::env::current_exe()
+                .ok()
+                .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "warren".to_owned()),
+            max_message_size: 16 * 1024 * 1024,
+            prefetch: 256,
+        })
+    }
+
+    /// Configuration from `RABBITMQ_URL`, or [`DEFAULT_URL`] when it is unset.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("RABBITMQ_URL") {
+            Ok(url) if !url.trim().is_empty() => Self::new(url.trim()),
+            _ => Self::new(DEFAULT_URL),
+        }
+    }
+
+    /// Sets the service name sent as `app_id`.
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.service_name = name.into();
+        self
+    }
+
+    /// Sets the connection deadline.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the deadline of every other broker operation.
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
+        self
+    }
+
+    /// The URL with the password replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        let auth = &self.uri.authority;
+        let vhost = percent_encoding::utf8_percent_encode(&self.uri.vhost, percent_encoding::NON_ALPHANUMERIC);
+        format!("amqp://{}:***@{}:{}/{vhost}", auth.userinfo.username, auth.host, auth.port)
+    }
+
+    /// The broker password, for redacting text that might echo it.
+    pub(crate) fn password(&self) -> &str {
+        &self.uri.authority.userinfo.password
+    }
+
+    /// Replaces every occurrence of the password in `text`.
+    pub(crate) fn redact(&self, text: &str) -> String {
+        let password = self.password();
+        if password.is_empty() { text.to_owned() } else { text.replace(password, "***") }
+    }
+}
+
+impl fmt::Debug for BusConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusConfig")
+            .field("url", &self.redacted_url())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("heartbeat_secs", &self.heartbeat_secs)
+            .field("service_name", &self.service_name)
+            .field("max_message_size", &self.max_message_size)
+            .field("prefetch", &self.prefetch)
+            .finish()
+    }
+}
+
+/// `url` with anything between `://user:` and `@` replaced by `***`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Removes the password part of `url` from `text`.
+fn redact_in(text: &str, url: &str) -> String {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password)
+        .unwrap_or_default();
+    if password.is_empty() { text.to_owned() } else { text.replace(password, "***") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_errors_hide_the_password() {
+        let config = BusConfig::new("amqp://app:hunter2-secret@127.0.0.1:5672/%2f").unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        assert!(shown.contains("amqp://app:***@127.0.0.1:5672/"), "{shown}");
+        let error = BusConfig::new("amqp://app:hunter2-secret@127.0.0.1:notaport/%2f").unwrap_err();
+        assert!(!error.to_string().contains("hunter2-secret"), "{error}");
+        assert!(!format!("{error:?}").contains("hunter2-secret"), "{error:?}");
+    }
+}

@@ -1,0 +1,104 @@
+//! The runtime's error type: says what failed, where, and what to do.
+
+use std::time::Duration;
+
+/// Everything that can go wrong talking to the broker.
+///
+/// Messages never contain the broker password (see [`crate::BusConfig`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is unusable (bad URL, zero limits, a pattern no event can match, …).
+    #[error("{message}")]
+    Config {
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// No connection could be made.
+    #[error("could not connect to RabbitMQ at {url} ({attempts} attempt(s) over {elapsed:?}): {reason}; start RabbitMQ (e.g. `rabbitmq-server -detached`) or set RABBITMQ_URL")]
+    Connect {
+        /// The URL tried, password redacted.
+        url: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// How long they took.
+        elapsed: Duration,
+        /// The last failure.
+        reason: String,
+    },
+    /// A broker operation did not finish within its deadline.
+    #[error("{operation} did not complete within {after:?}")]
+    Timeout {
+        /// What was waited for.
+        operation: &'static str,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The broker rejected or failed an operation.
+    #[error("{operation} failed: {source}")]
+    Broker {
+        /// What was attempted.
+        operation: &'static str,
+        /// lapin's error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// A mandatory publish matched no queue; the message was returned, not delivered.
+    #[error("message to exchange \"{exchange}\" with routing key \"{routing_key}\" is unroutable: no queue is bound for it (start a subscriber first, or check the routing key)")]
+    Unroutable {
+        /// The exchange.
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+    },
+    /// The broker refused responsibility for the message (a negative publisher confirm).
+    #[error("the broker nacked the message to exchange \"{exchange}\" with routing key \"{routing_key}\"")]
+    Nacked {
+        /// The exchange.
+        exchange: String,
+        /// The routing key.
+        routing_key: String,
+    },
+    /// The encoded message is larger than the configured limit; nothing was sent.
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes; nothing was sent (raise BusConfig::max_message_size, or send a reference instead of the payload)")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The bus was closed.
+    #[error("the bus is closed")]
+    Closed,
+}
+
+impl Error {
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Error::Config { message: message.into() }
+    }
+
+    pub(crate) fn broker(operation: &'static str, source: lapin::Error) -> Self {
+        Error::Broker { operation, source }
+    }
+
+    /// Whether trying again later may succeed (timeouts, lost connections), as opposed to a bad request.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Timeout { .. } | Error::Broker { .. } | Error::Connect { .. })
+    }
+}
+
+/// `Result` with the runtime's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs a broker operation with a deadline: every wait on the broker goes through here.
+pub(crate) async fn deadline<T>(
+    operation: &'static str,
+    after: Duration,
+    future: impl Future<Output = lapin::Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(after, future).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(Error::broker(operation, source)),
+        Err(_) => Err(Error::Timeout { operation, after }),
+    }
+}

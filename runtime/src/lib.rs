@@ -1,0 +1,61 @@
+//! Warren's runtime: typed publish, subscribe and RPC over RabbitMQ, driven by code that `warren-codegen`
+//! generates from `.proto` contracts.
+//!
+//! ```no_run
+//! # use warren::Bus;
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[derive(Clone, PartialEq, prost::Message)] struct UserRegistered { #[prost(int64, tag = "1")] user_id: i64 }
+//! # impl warren::__codegen::Event for UserRegistered { const SPEC: &'static warren::__codegen::EventSpec = &warren::__codegen::EventSpec {
+//! #     type_name: "gametrade.v1.UserRegistered", routing_key: "user.registered",
+//! #     exchange: warren::__codegen::ExchangeSpec { name: "gametrade.events", kind: warren::__codegen::ExchangeKind::Topic, durable: true, auto_delete: false } }; }
+//! let bus = Bus::from_env().await?;
+//! // Generated: `UserRegistered::subscribe(&bus, "email-service")` is this:
+//! let subscription = warren::Subscriber::<UserRegistered>::new(&bus, "email-service")
+//!     .handle(|event: UserRegistered, _ctx| async move {
+//!         println!("welcome, user {}", event.user_id);
+//!         Ok::<_, warren::HandlerError>(())
+//!     })
+//!     .await?;
+//! bus.publish(&UserRegistered { user_id: 123 }).await?; // returns once the broker confirmed it
+//! # subscription.stop().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - `bus.rs`: [`Bus`], the connection, topology declaration, and confirmed, mandatory publishing.
+//! - `subscriber.rs`: [`Subscriber`] → [`Subscription`]: consumer groups, handlers, ack / dead-letter.
+//! - `rpc.rs`: RPC clients (direct reply-to, one reply consumer per bus) and servers.
+//! - `contract.rs`: the `'static` contract data generated code hands to the runtime.
+//! - `envelope.rs`: AMQP properties and headers Warren reads and writes.
+//! - `config.rs`, `error.rs`, `status.rs`: settings (password never shown), errors, RPC status codes.
+//!
+//! Generated code uses only [`__codegen`], so the runtime can change inside without regenerating.
+
+mod bus;
+mod config;
+mod contract;
+mod envelope;
+mod error;
+mod rpc;
+mod status;
+mod subscriber;
+pub mod topic;
+
+pub use bus::{Bus, PublishOptions};
+pub use config::{BusConfig, DEFAULT_URL};
+pub use contract::{DecodeError, Event, ExchangeKind, ExchangeSpec, EventSpec, Inbound, MethodSpec, ServiceSpec};
+pub use envelope::CONTENT_TYPE_PROTOBUF;
+pub use error::{Error, Result};
+pub use rpc::{RpcClient, RpcContext, Serving};
+pub use status::{Code, Status};
+pub use subscriber::{Context, HandlerError, Outcome, Subscriber, Subscription};
+
+/// What generated code uses. Not a stable API for hand-written code.
+#[doc(hidden)]
+pub mod __codegen {
+    pub use crate::contract::{
+        DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, ServiceSpec, decode,
+    };
+    pub use crate::rpc::{BoxFuture, RpcClient, decode_request, encode, serve, unimplemented};
+}

@@ -1,0 +1,46 @@
+//! Project automation. `cargo xtask regen [--check]` rewrites (or checks) `generated/` from `proto/`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+
+mod regen;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["regen"] => regen::run(&workspace_root()?, false),
+        ["regen", "--check"] => regen::run(&workspace_root()?, true),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 regen            rewrite generated/ from proto/ (only files that changed)\n  \
+                 regen --check    exit non-zero, listing stale files, if generated/ is out of date"
+            );
+            if args.is_empty() || args == ["help"] || args == ["--help"] {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                bail!("unknown command: {}", args.join(" "))
+            }
+        }
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest.parent().context("xtask lives inside the workspace")?;
+    Ok(root.to_path_buf())
+}
