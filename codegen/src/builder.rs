@@ -42,11 +42,15 @@ impl Builder {
             Some(dir) => dir,
             None => PathBuf::from(std::env::var_os("OUT_DIR").ok_or_else(|| Error::Io {
                 path: PathBuf::from("$OUT_DIR"),
-                source: std::io::Error::other("OUT_DIR is not set: call Builder::compile from build.rs, or set out_dir"),
+                source: std::io::Error::other(
+                    "OUT_DIR is not set: call Builder::compile from build.rs, or set out_dir",
+                ),
             })?),
         };
         let mut config = Config::new(includes, protos);
-        config.layout(Layout::OutDir).command("warren_codegen::Builder in build.rs");
+        config
+            .layout(Layout::OutDir)
+            .command("warren_codegen::Builder in build.rs");
         let contracts = crate::load(&config)?;
         for include in includes {
             println!("cargo:rerun-if-changed={}", include.as_ref().display());

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
@@ -42,7 +43,9 @@ pub(crate) struct Inner {
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bus").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("Bus")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,10 +101,15 @@ impl Bus {
         let payload = event.encode_to_vec();
         let message_id = envelope::new_id();
         let correlation_id = options.correlation_id.unwrap_or_else(|| message_id.clone());
-        let properties =
-            envelope::properties(spec.type_name, &self.inner.config.service_name, message_id, correlation_id)
-                .with_delivery_mode(2);
-        self.publish_raw(spec.exchange.name, spec.routing_key, &payload, properties).await
+        let properties = envelope::properties(
+            spec.type_name,
+            &self.inner.config.service_name,
+            message_id,
+            correlation_id,
+        )
+        .with_delivery_mode(2);
+        self.publish_raw(spec.exchange.name, spec.routing_key, &payload, properties)
+            .await
     }
 
     /// Publishes bytes with `mandatory` on the confirmed channel and waits for the confirm.
@@ -114,7 +122,10 @@ impl Bus {
     ) -> Result<()> {
         let limit = self.inner.config.max_message_size;
         if payload.len() > limit {
-            return Err(Error::TooLarge { size: payload.len(), limit });
+            return Err(Error::TooLarge {
+                size: payload.len(),
+                limit,
+            });
         }
         let timeout = self.inner.config.operation_timeout;
         let channel = self.publisher().await?;
@@ -124,7 +135,10 @@ impl Bus {
             channel.basic_publish(
                 ShortString::from(exchange),
                 ShortString::from(routing_key),
-                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
                 payload,
                 properties,
             ),
@@ -132,13 +146,17 @@ impl Bus {
         .await?;
         match deadline("publisher confirm", timeout, confirm).await? {
             Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_returned)) => {
-                Err(Error::Unroutable { exchange: exchange.to_owned(), routing_key: routing_key.to_owned() })
+            Confirmation::Ack(Some(_returned)) => Err(Error::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            }),
+            Confirmation::Nack(_) => Err(Error::Nacked {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            }),
+            Confirmation::NotRequested => {
+                unreachable!("the publisher channel is always in confirm mode")
             }
-            Confirmation::Nack(_) => {
-                Err(Error::Nacked { exchange: exchange.to_owned(), routing_key: routing_key.to_owned() })
-            }
-            Confirmation::NotRequested => unreachable!("the publisher channel is always in confirm mode"),
         }
     }
 
@@ -146,7 +164,8 @@ impl Bus {
     async fn publisher(&self) -> Result<Channel> {
         let mut channel = self.inner.publisher.lock().await;
         if !channel.status().connected() {
-            *channel = open_publisher(&self.inner.connection, self.inner.config.operation_timeout).await?;
+            *channel =
+                open_publisher(&self.inner.connection, self.inner.config.operation_timeout).await?;
         }
         Ok(channel.clone())
     }
@@ -156,13 +175,24 @@ impl Bus {
         if !self.inner.connection.status().connected() {
             return Err(Error::Closed);
         }
-        deadline("channel open", self.inner.config.operation_timeout, self.inner.connection.create_channel()).await
+        deadline(
+            "channel open",
+            self.inner.config.operation_timeout,
+            self.inner.connection.create_channel(),
+        )
+        .await
     }
 
     /// Declares `exchange` (once per bus) as the contract describes it.
     pub(crate) async fn declare_exchange(&self, exchange: &ExchangeSpec) -> Result<()> {
         let key = format!("exchange:{}", exchange.name);
-        if self.inner.declared.lock().expect("declared set").contains(&key) {
+        if self
+            .inner
+            .declared
+            .lock()
+            .expect("declared set")
+            .contains(&key)
+        {
             return Ok(());
         }
         // A dedicated channel: a refused declaration closes its channel, and must not take the publisher down.
@@ -181,35 +211,72 @@ impl Bus {
         let result = deadline(
             "exchange declare",
             self.inner.config.operation_timeout,
-            channel.exchange_declare(ShortString::from(exchange.name), kind, options, FieldTable::default()),
-        )
-        .await;
-        close_quietly(&channel).await;
-        result?;
-        self.inner.declared.lock().expect("declared set").insert(key);
-        Ok(())
-    }
-
-    /// Declares a durable queue with `arguments` (once per bus).
-    pub(crate) async fn declare_queue(&self, queue: &str, arguments: FieldTable) -> Result<()> {
-        let key = format!("queue:{queue}");
-        if self.inner.declared.lock().expect("declared set").contains(&key) {
-            return Ok(());
-        }
-        let channel = self.channel().await?;
-        let result = deadline(
-            "queue declare",
-            self.inner.config.operation_timeout,
-            channel.queue_declare(
-                ShortString::from(queue),
-                QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() },
-                arguments,
+            channel.exchange_declare(
+                ShortString::from(exchange.name),
+                kind,
+                options,
+                FieldTable::default(),
             ),
         )
         .await;
         close_quietly(&channel).await;
         result?;
-        self.inner.declared.lock().expect("declared set").insert(key);
+        self.inner
+            .declared
+            .lock()
+            .expect("declared set")
+            .insert(key);
+        Ok(())
+    }
+
+    /// Declares a queue with `arguments` (once per bus).
+    pub(crate) async fn declare_queue(
+        &self,
+        queue: &str,
+        durability: Durability,
+        mut arguments: FieldTable,
+    ) -> Result<()> {
+        let key = format!("queue:{queue}");
+        if self
+            .inner
+            .declared
+            .lock()
+            .expect("declared set")
+            .contains(&key)
+        {
+            return Ok(());
+        }
+        let options = match durability {
+            Durability::Durable => QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            Durability::Temporary => {
+                arguments.insert(
+                    ShortString::from("x-expires"),
+                    AMQPValue::LongInt(TEMPORARY_QUEUE_EXPIRY_MS),
+                );
+                QueueDeclareOptions {
+                    durable: false,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                }
+            }
+        };
+        let channel = self.channel().await?;
+        let result = deadline(
+            "queue declare",
+            self.inner.config.operation_timeout,
+            channel.queue_declare(ShortString::from(queue), options, arguments),
+        )
+        .await;
+        close_quietly(&channel).await;
+        result?;
+        self.inner
+            .declared
+            .lock()
+            .expect("declared set")
+            .insert(key);
         Ok(())
     }
 
@@ -236,16 +303,35 @@ impl Bus {
     pub async fn close(&self) -> Result<()> {
         let timeout = self.inner.config.operation_timeout;
         if self.inner.connection.status().connected() {
-            deadline("connection close", timeout, self.inner.connection.close(200, ShortString::from("bye"))).await?;
+            deadline(
+                "connection close",
+                timeout,
+                self.inner.connection.close(200, ShortString::from("bye")),
+            )
+            .await?;
         }
         Ok(())
     }
 }
 
+/// Whether a queue outlives its consumers and broker restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Durable, kept until deleted.
+    Durable,
+    /// Not durable, auto-deleted, and expired after [`TEMPORARY_QUEUE_EXPIRY_MS`] unused.
+    Temporary,
+}
+
+const TEMPORARY_QUEUE_EXPIRY_MS: i32 = 60_000;
+
 /// Arguments of a subscriber queue: rejected messages go to `<queue>.dlq` through the default exchange.
 pub(crate) fn dead_letter_arguments(queue: &str) -> FieldTable {
     let mut arguments = FieldTable::default();
-    arguments.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString("".into()));
+    arguments.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString("".into()),
+    );
     arguments.insert(
         ShortString::from("x-dead-letter-routing-key"),
         AMQPValue::LongString(format!("{queue}.dlq").into()),
@@ -255,13 +341,22 @@ pub(crate) fn dead_letter_arguments(queue: &str) -> FieldTable {
 
 async fn open_publisher(connection: &Connection, timeout: Duration) -> Result<Channel> {
     let channel = deadline("channel open", timeout, connection.create_channel()).await?;
-    deadline("confirm select", timeout, channel.confirm_select(ConfirmSelectOptions::default())).await?;
+    deadline(
+        "confirm select",
+        timeout,
+        channel.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await?;
     Ok(channel)
 }
 
 pub(crate) async fn close_quietly(channel: &Channel) {
     if channel.status().connected() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), channel.close(200, ShortString::from("done"))).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            channel.close(200, ShortString::from("done")),
+        )
+        .await;
     }
 }
 
@@ -277,7 +372,11 @@ async fn connect(config: &BusConfig) -> Result<Connection> {
     loop {
         attempts += 1;
         let remaining = config.connect_timeout.saturating_sub(started.elapsed());
-        let reason = match tokio::time::timeout(remaining, Connection::connect_uri(uri.clone(), properties.clone())).await
+        let reason = match tokio::time::timeout(
+            remaining,
+            Connection::connect_uri(uri.clone(), properties.clone()),
+        )
+        .await
         {
             Ok(Ok(connection)) => return Ok(connection),
             Ok(Err(error)) => config.redact(&error.to_string()),
@@ -285,7 +384,12 @@ async fn connect(config: &BusConfig) -> Result<Connection> {
         };
         let elapsed = started.elapsed();
         if elapsed + backoff >= config.connect_timeout {
-            return Err(Error::Connect { url: config.redacted_url(), attempts, elapsed, reason });
+            return Err(Error::Connect {
+                url: config.redacted_url(),
+                attempts,
+                elapsed,
+                reason,
+            });
         }
         tracing::debug!(url = %config.redacted_url(), attempts, %reason, "connect failed; retrying");
         tokio::time::sleep(backoff).await;

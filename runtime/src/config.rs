@@ -84,8 +84,14 @@ impl BusConfig {
     /// The URL with the password replaced by `***`.
     pub fn redacted_url(&self) -> String {
         let auth = &self.uri.authority;
-        let vhost = percent_encoding::utf8_percent_encode(&self.uri.vhost, percent_encoding::NON_ALPHANUMERIC);
-        format!("amqp://{}:***@{}:{}/{vhost}", auth.userinfo.username, auth.host, auth.port)
+        let vhost = percent_encoding::utf8_percent_encode(
+            &self.uri.vhost,
+            percent_encoding::NON_ALPHANUMERIC,
+        );
+        format!(
+            "amqp://{}:***@{}:{}/{vhost}",
+            auth.userinfo.username, auth.host, auth.port
+        )
     }
 
     /// The broker password, for redacting text that might echo it.
@@ -96,7 +102,11 @@ impl BusConfig {
     /// Replaces every occurrence of the password in `text`.
     pub(crate) fn redact(&self, text: &str) -> String {
         let password = self.password();
-        if password.is_empty() { text.to_owned() } else { text.replace(password, "***") }
+        if password.is_empty() {
+            text.to_owned()
+        } else {
+            text.replace(password, "***")
+        }
     }
 }
 
@@ -116,7 +126,9 @@ impl fmt::Debug for BusConfig {
 
 /// `url` with anything between `://user:` and `@` replaced by `***`.
 fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
     match rest.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split(':').next().unwrap_or_default();
@@ -134,7 +146,11 @@ fn redact_in(text: &str, url: &str) -> String {
         .and_then(|(userinfo, _)| userinfo.split_once(':'))
         .map(|(_, password)| password)
         .unwrap_or_default();
-    if password.is_empty() { text.to_owned() } else { text.replace(password, "***") }
+    if password.is_empty() {
+        text.to_owned()
+    } else {
+        text.replace(password, "***")
+    }
 }
 
 #[cfg(test)]
@@ -149,6 +165,9 @@ mod tests {
         assert!(shown.contains("amqp://app:***@127.0.0.1:5672/"), "{shown}");
         let error = BusConfig::new("amqp://app:hunter2-secret@127.0.0.1:notaport/%2f").unwrap_err();
         assert!(!error.to_string().contains("hunter2-secret"), "{error}");
-        assert!(!format!("{error:?}").contains("hunter2-secret"), "{error:?}");
+        assert!(
+            !format!("{error:?}").contains("hunter2-secret"),
+            "{error:?}"
+        );
     }
 }

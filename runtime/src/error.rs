@@ -15,7 +15,9 @@ pub enum Error {
         message: String,
     },
     /// No connection could be made.
-    #[error("could not connect to RabbitMQ at {url} ({attempts} attempt(s) over {elapsed:?}): {reason}; start RabbitMQ (e.g. `rabbitmq-server -detached`) or set RABBITMQ_URL")]
+    #[error(
+        "could not connect to RabbitMQ at {url} ({attempts} attempt(s) over {elapsed:?}): {reason}; start RabbitMQ (e.g. `rabbitmq-server -detached`) or set RABBITMQ_URL"
+    )]
     Connect {
         /// The URL tried, password redacted.
         url: String,
@@ -44,7 +46,9 @@ pub enum Error {
         source: lapin::Error,
     },
     /// A mandatory publish matched no queue; the message was returned, not delivered.
-    #[error("message to exchange \"{exchange}\" with routing key \"{routing_key}\" is unroutable: no queue is bound for it (start a subscriber first, or check the routing key)")]
+    #[error(
+        "message to exchange \"{exchange}\" with routing key \"{routing_key}\" is unroutable: no queue is bound for it (start a subscriber first, or check the routing key)"
+    )]
     Unroutable {
         /// The exchange.
         exchange: String,
@@ -52,7 +56,9 @@ pub enum Error {
         routing_key: String,
     },
     /// The broker refused responsibility for the message (a negative publisher confirm).
-    #[error("the broker nacked the message to exchange \"{exchange}\" with routing key \"{routing_key}\"")]
+    #[error(
+        "the broker nacked the message to exchange \"{exchange}\" with routing key \"{routing_key}\""
+    )]
     Nacked {
         /// The exchange.
         exchange: String,
@@ -60,7 +66,9 @@ pub enum Error {
         routing_key: String,
     },
     /// The encoded message is larger than the configured limit; nothing was sent.
-    #[error("message of {size} bytes exceeds the limit of {limit} bytes; nothing was sent (raise BusConfig::max_message_size, or send a reference instead of the payload)")]
+    #[error(
+        "message of {size} bytes exceeds the limit of {limit} bytes; nothing was sent (raise BusConfig::max_message_size, or send a reference instead of the payload)"
+    )]
     TooLarge {
         /// Encoded size.
         size: usize,
@@ -74,7 +82,9 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn config(message: impl Into<String>) -> Self {
-        Error::Config { message: message.into() }
+        Error::Config {
+            message: message.into(),
+        }
     }
 
     pub(crate) fn broker(operation: &'static str, source: lapin::Error) -> Self {
@@ -83,7 +93,10 @@ impl Error {
 
     /// Whether trying again later may succeed (timeouts, lost connections), as opposed to a bad request.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Timeout { .. } | Error::Broker { .. } | Error::Connect { .. })
+        matches!(
+            self,
+            Error::Timeout { .. } | Error::Broker { .. } | Error::Connect { .. }
+        )
     }
 }
 

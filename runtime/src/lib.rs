@@ -44,7 +44,9 @@ pub mod topic;
 
 pub use bus::{Bus, PublishOptions};
 pub use config::{BusConfig, DEFAULT_URL};
-pub use contract::{DecodeError, Event, ExchangeKind, ExchangeSpec, EventSpec, Inbound, MethodSpec, ServiceSpec};
+pub use contract::{
+    DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, ServiceSpec,
+};
 pub use envelope::CONTENT_TYPE_PROTOBUF;
 pub use error::{Error, Result};
 pub use rpc::{RpcClient, RpcContext, Serving};
@@ -55,7 +57,8 @@ pub use subscriber::{Context, HandlerError, Outcome, Subscriber, Subscription};
 #[doc(hidden)]
 pub mod __codegen {
     pub use crate::contract::{
-        DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, ServiceSpec, decode,
+        DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec,
+        ServiceSpec, decode,
     };
     pub use crate::rpc::{BoxFuture, RpcClient, decode_request, encode, serve, unimplemented};
 }

@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::sync::{Semaphore, oneshot, watch};
 
-use crate::bus::{Bus, close_quietly};
+use crate::bus::{Bus, Durability, close_quietly};
 use crate::contract::{MethodSpec, ServiceSpec};
 use crate::envelope::{self, header_i64, header_str, short};
 use crate::error::{Error, Result, deadline};
@@ -46,14 +47,22 @@ impl ReplyChannel {
     async fn open(bus: &Bus) -> Result<ReplyChannel> {
         let timeout = bus.config().operation_timeout;
         let channel = bus.channel().await?;
-        deadline("confirm select", timeout, channel.confirm_select(ConfirmSelectOptions::default())).await?;
+        deadline(
+            "confirm select",
+            timeout,
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
         let mut consumer = deadline(
             "basic consume (reply-to)",
             timeout,
             channel.basic_consume(
                 ShortString::from(REPLY_TO),
                 ShortString::from(format!("replies.{}", envelope::new_id())),
-                BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
                 FieldTable::default(),
             ),
         )
@@ -62,18 +71,25 @@ impl ReplyChannel {
         let routes = Arc::clone(&pending);
         tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
-                let Some(id) = short(delivery.properties.correlation_id()) else { continue };
+                let Some(id) = short(delivery.properties.correlation_id()) else {
+                    continue;
+                };
                 let waiter = routes.lock().expect("pending calls").remove(id);
                 match waiter {
                     Some(waiter) => {
                         let headers = delivery.properties.headers();
                         let _ = waiter.send(Reply {
-                            code: header_i64(headers, envelope::STATUS_CODE).map_or(0, |c| c as i32),
-                            message: header_str(headers, envelope::STATUS_MESSAGE).unwrap_or_default(),
+                            code: header_i64(headers, envelope::STATUS_CODE)
+                                .map_or(0, |c| c as i32),
+                            message: header_str(headers, envelope::STATUS_MESSAGE)
+                                .unwrap_or_default(),
                             payload: delivery.data,
                         });
                     }
-                    None => tracing::debug!(correlation_id = id, "reply for a call that already gave up; dropped"),
+                    None => tracing::debug!(
+                        correlation_id = id,
+                        "reply for a call that already gave up; dropped"
+                    ),
                 }
             }
             // The channel is gone: fail every waiting call now rather than at its deadline.
@@ -94,7 +110,11 @@ pub struct RpcClient {
 impl RpcClient {
     /// A client for `service` over `bus`.
     pub fn new(bus: &Bus, service: &'static ServiceSpec) -> Self {
-        RpcClient { bus: bus.clone(), service, timeout: None }
+        RpcClient {
+            bus: bus.clone(),
+            service,
+            timeout: None,
+        }
     }
 
     /// Uses `timeout` as every call's deadline.
@@ -104,14 +124,23 @@ impl RpcClient {
     }
 
     /// Calls `method` with `request` and waits for the typed reply, or a [`Status`] error, within the deadline.
-    pub async fn call<Req, Resp>(&self, method: &MethodSpec, request: &Req) -> std::result::Result<Resp, Status>
+    pub async fn call<Req, Resp>(
+        &self,
+        method: &MethodSpec,
+        request: &Req,
+    ) -> std::result::Result<Resp, Status>
     where
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        let timeout = self.timeout.or(method.timeout).unwrap_or(self.service.default_timeout);
+        let timeout = self
+            .timeout
+            .or(method.timeout)
+            .unwrap_or(self.service.default_timeout);
         let started = Instant::now();
-        let payload = self.call_raw(method, request.encode_to_vec(), timeout, started).await?;
+        let payload = self
+            .call_raw(method, request.encode_to_vec(), timeout, started)
+            .await?;
         Resp::decode(payload.as_slice())
             .map_err(|e| Status::internal(format!("reply of {method} did not decode: {e}")))
     }
@@ -124,32 +153,63 @@ impl RpcClient {
         started: Instant,
     ) -> std::result::Result<Vec<u8>, Status> {
         let bus = &self.bus;
-        let replies = bus.inner.replies.get_or_try_init(|| ReplyChannel::open(bus)).await?;
+        let replies = bus
+            .inner
+            .replies
+            .get_or_try_init(|| ReplyChannel::open(bus))
+            .await?;
         // Declared by callers too, so requests wait in the queue for a server that starts late, instead of
         // being returned as unroutable; each request expires with its deadline, so none piles up.
-        bus.declare_queue(self.service.queue, FieldTable::default()).await?;
+        bus.declare_queue(
+            self.service.queue,
+            Durability::Durable,
+            FieldTable::default(),
+        )
+        .await?;
         let limit = bus.config().max_message_size;
         if payload.len() > limit {
-            return Err(Error::TooLarge { size: payload.len(), limit }.into());
+            return Err(Error::TooLarge {
+                size: payload.len(),
+                limit,
+            }
+            .into());
         }
 
         let id = envelope::new_id();
         let (tx, rx) = oneshot::channel();
-        replies.pending.lock().expect("pending calls").insert(id.clone(), tx);
-        let guard = PendingGuard { pending: &replies.pending, id: &id };
+        replies
+            .pending
+            .lock()
+            .expect("pending calls")
+            .insert(id.clone(), tx);
+        let guard = PendingGuard {
+            pending: &replies.pending,
+            id: &id,
+        };
         let expiration = timeout.as_millis().max(1).to_string();
-        let properties = envelope::properties(method.path, &bus.config().service_name, id.clone(), id.clone())
-            .with_reply_to(ShortString::from(REPLY_TO))
-            .with_expiration(ShortString::from(expiration));
-        let deadline_error =
-            || Status::deadline_exceeded(format!("{method} got no reply within {timeout:?} (is a server running?)"));
+        let properties = envelope::properties(
+            method.path,
+            &bus.config().service_name,
+            id.clone(),
+            id.clone(),
+        )
+        .with_reply_to(ShortString::from(REPLY_TO))
+        .with_expiration(ShortString::from(expiration));
+        let deadline_error = || {
+            Status::deadline_exceeded(format!(
+                "{method} got no reply within {timeout:?} (is a server running?)"
+            ))
+        };
         let publish = async {
             let confirm = replies
                 .channel
                 .basic_publish(
                     ShortString::from(""),
                     ShortString::from(self.service.queue),
-                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
                     &payload,
                     properties,
                 )
@@ -159,7 +219,11 @@ impl RpcClient {
         let remaining = timeout.saturating_sub(started.elapsed());
         match tokio::time::timeout(remaining, publish).await {
             Err(_) => return Err(deadline_error()),
-            Ok(Err(error)) => return Err(Status::unavailable(format!("{method}: request not sent: {error}"))),
+            Ok(Err(error)) => {
+                return Err(Status::unavailable(format!(
+                    "{method}: request not sent: {error}"
+                )));
+            }
             Ok(Ok(Confirmation::Ack(Some(_)))) => {
                 return Err(Status::unavailable(format!(
                     "{method}: no queue \"{}\" to take the request",
@@ -167,14 +231,20 @@ impl RpcClient {
                 )));
             }
             Ok(Ok(Confirmation::Nack(_))) => {
-                return Err(Status::unavailable(format!("{method}: the broker refused the request")));
+                return Err(Status::unavailable(format!(
+                    "{method}: the broker refused the request"
+                )));
             }
             Ok(Ok(_)) => {}
         }
         let remaining = timeout.saturating_sub(started.elapsed());
         let reply = match tokio::time::timeout(remaining, rx).await {
             Err(_) => return Err(deadline_error()),
-            Ok(Err(_)) => return Err(Status::unavailable(format!("{method}: the reply channel closed"))),
+            Ok(Err(_)) => {
+                return Err(Status::unavailable(format!(
+                    "{method}: the reply channel closed"
+                )));
+            }
             Ok(Ok(reply)) => reply,
         };
         drop(guard);
@@ -228,7 +298,9 @@ impl RpcContext {
     }
 }
 
-type Handler = dyn Fn(String, Vec<u8>, RpcContext) -> BoxFuture<std::result::Result<Vec<u8>, Status>> + Send + Sync;
+type Handler = dyn Fn(String, Vec<u8>, RpcContext) -> BoxFuture<std::result::Result<Vec<u8>, Status>>
+    + Send
+    + Sync;
 
 /// A running RPC server. Dropping it leaves it running; call [`Serving::stop`] to end it.
 #[derive(Debug)]
@@ -250,13 +322,22 @@ const SERVER_CONCURRENCY: usize = 64;
 /// Serves `service` on its queue with `handler`. Used by generated servers.
 pub async fn serve<F>(bus: &Bus, service: &'static ServiceSpec, handler: F) -> Result<Serving>
 where
-    F: Fn(String, Vec<u8>, RpcContext) -> BoxFuture<std::result::Result<Vec<u8>, Status>> + Send + Sync + 'static,
+    F: Fn(String, Vec<u8>, RpcContext) -> BoxFuture<std::result::Result<Vec<u8>, Status>>
+        + Send
+        + Sync
+        + 'static,
 {
     let handler: Arc<Handler> = Arc::new(handler);
     let timeout = bus.config().operation_timeout;
-    bus.declare_queue(service.queue, FieldTable::default()).await?;
+    bus.declare_queue(service.queue, Durability::Durable, FieldTable::default())
+        .await?;
     let channel = bus.channel().await?;
-    deadline("basic qos", timeout, channel.basic_qos(SERVER_CONCURRENCY as u16, BasicQosOptions::default())).await?;
+    deadline(
+        "basic qos",
+        timeout,
+        channel.basic_qos(SERVER_CONCURRENCY as u16, BasicQosOptions::default()),
+    )
+    .await?;
     let mut consumer = deadline(
         "basic consume",
         timeout,
@@ -286,7 +367,9 @@ where
                 },
                 _ = stopped.changed() => break,
             };
-            let Ok(permit) = Arc::clone(&limit).acquire_owned().await else { break };
+            let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+                break;
+            };
             let handler = Arc::clone(&handler);
             let replies = replies.clone();
             let app_id = app_id.clone();
@@ -303,14 +386,26 @@ where
                     deadline,
                 };
                 let result = handler(method, delivery.data.clone(), context).await;
-                if let (Some(reply_to), Some(correlation_id)) = (short(p.reply_to()), short(p.correlation_id())) {
+                if let (Some(reply_to), Some(correlation_id)) =
+                    (short(p.reply_to()), short(p.correlation_id()))
+                {
                     let (payload, code, message) = match result {
                         Ok(payload) => (payload, 0, String::new()),
-                        Err(status) => (Vec::new(), status.code().as_i32(), status.message().to_owned()),
+                        Err(status) => (
+                            Vec::new(),
+                            status.code().as_i32(),
+                            status.message().to_owned(),
+                        ),
                     };
                     let mut headers = FieldTable::default();
-                    headers.insert(ShortString::from(envelope::STATUS_CODE), AMQPValue::LongInt(code));
-                    headers.insert(ShortString::from(envelope::STATUS_MESSAGE), envelope::long_string(&message));
+                    headers.insert(
+                        ShortString::from(envelope::STATUS_CODE),
+                        AMQPValue::LongInt(code),
+                    );
+                    headers.insert(
+                        ShortString::from(envelope::STATUS_MESSAGE),
+                        envelope::long_string(&message),
+                    );
                     let properties = BasicProperties::default()
                         .with_correlation_id(ShortString::from(correlation_id))
                         .with_app_id(ShortString::from(app_id.as_str()))
@@ -328,7 +423,10 @@ where
                     )
                     .await;
                     if !matches!(sent, Ok(Ok(_))) {
-                        tracing::warn!(correlation_id, "reply could not be sent; the caller will time out");
+                        tracing::warn!(
+                            correlation_id,
+                            "reply could not be sent; the caller will time out"
+                        );
                     }
                 }
                 let _ = delivery.ack(BasicAckOptions::default()).await;
@@ -343,7 +441,9 @@ where
 }
 
 /// Decodes a request, or answers `INVALID_ARGUMENT` naming the type and the problem.
-pub fn decode_request<M: prost::Message + Default>(payload: &[u8]) -> std::result::Result<M, Status> {
+pub fn decode_request<M: prost::Message + Default>(
+    payload: &[u8],
+) -> std::result::Result<M, Status> {
     crate::contract::decode::<M>(payload).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 

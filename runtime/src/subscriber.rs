@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::{FieldTable, ShortString};
 use tokio::sync::{Semaphore, watch};
 
-use crate::bus::{Bus, close_quietly, dead_letter_arguments};
+use crate::bus::{Bus, Durability, close_quietly, dead_letter_arguments};
 use crate::contract::{ExchangeKind, Inbound};
 use crate::envelope::{self, short};
 use crate::error::{Error, Result, deadline};
@@ -126,6 +128,7 @@ pub struct Subscriber<T> {
     queue: Option<String>,
     prefetch: u16,
     concurrency: usize,
+    temporary: bool,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -139,6 +142,7 @@ impl<T: Inbound> Subscriber<T> {
             queue: None,
             prefetch: bus.config().prefetch,
             concurrency: 1,
+            temporary: false,
             _type: PhantomData,
         }
     }
@@ -165,6 +169,14 @@ impl<T: Inbound> Subscriber<T> {
     /// At most `n` handlers running at once (default 1, which keeps the queue's order).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
+        self
+    }
+
+    /// Uses a temporary queue: not durable, deleted once the subscriber stops, and (with its dead-letter queue)
+    /// expired by the broker after a minute unused. For demos, tests and throwaway listeners; messages
+    /// published while no temporary subscriber runs are not kept.
+    pub fn temporary(mut self) -> Self {
+        self.temporary = true;
         self
     }
 
@@ -214,15 +226,27 @@ impl<T: Inbound> Subscriber<T> {
         let queue = self.queue_name();
         let bus = self.bus.clone();
         bus.declare_exchange(exchange).await?;
-        bus.declare_queue(&format!("{queue}.dlq"), FieldTable::default()).await?;
-        bus.declare_queue(&queue, dead_letter_arguments(&queue)).await?;
+        let durability = if self.temporary {
+            Durability::Temporary
+        } else {
+            Durability::Durable
+        };
+        bus.declare_queue(&format!("{queue}.dlq"), durability, FieldTable::default())
+            .await?;
+        bus.declare_queue(&queue, durability, dead_letter_arguments(&queue))
+            .await?;
         for key in &bindings {
             bus.bind(&queue, exchange.name, key).await?;
         }
 
         let timeout = bus.config().operation_timeout;
         let channel = bus.channel().await?;
-        deadline("basic qos", timeout, channel.basic_qos(self.prefetch, BasicQosOptions::default())).await?;
+        deadline(
+            "basic qos",
+            timeout,
+            channel.basic_qos(self.prefetch, BasicQosOptions::default()),
+        )
+        .await?;
         let tag = format!("{}.{}", self.group, envelope::new_id());
         let consumer = deadline(
             "basic consume",
@@ -239,7 +263,11 @@ impl<T: Inbound> Subscriber<T> {
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let limit = Arc::new(Semaphore::new(self.concurrency));
         let handler = Arc::new(handler);
-        let worker = Worker { bus: bus.clone(), group: self.group.clone(), queue: queue.clone() };
+        let worker = Worker {
+            bus: bus.clone(),
+            group: self.group.clone(),
+            queue: queue.clone(),
+        };
         let loop_limit = Arc::clone(&limit);
         let concurrency = self.concurrency;
         let task = tokio::spawn(async move {
@@ -260,24 +288,36 @@ impl<T: Inbound> Subscriber<T> {
                         break;
                     }
                 };
-                let Ok(permit) = Arc::clone(&loop_limit).acquire_owned().await else { break };
+                let Ok(permit) = Arc::clone(&loop_limit).acquire_owned().await else {
+                    break;
+                };
                 let handler = Arc::clone(&handler);
                 let worker = worker.clone();
                 tokio::spawn(async move {
-                    worker.process::<T, _, _, _, _>(delivery, handler.as_ref()).await;
+                    worker
+                        .process::<T, _, _, _, _>(delivery, handler.as_ref())
+                        .await;
                     drop(permit);
                 });
             }
             let _ = tokio::time::timeout(
                 timeout,
-                channel.basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default()),
+                channel.basic_cancel(
+                    ShortString::from(tag.as_str()),
+                    BasicCancelOptions::default(),
+                ),
             )
             .await;
             // Wait for running handlers so their deliveries are settled before the channel closes.
-            let _ = tokio::time::timeout(timeout, loop_limit.acquire_many(concurrency as u32)).await;
+            let _ =
+                tokio::time::timeout(timeout, loop_limit.acquire_many(concurrency as u32)).await;
             close_quietly(&channel).await;
         });
-        Ok(Subscription { queue, stop: stop_tx, task })
+        Ok(Subscription {
+            queue,
+            stop: stop_tx,
+            task,
+        })
     }
 }
 
@@ -303,10 +343,17 @@ impl Worker {
             Err(error) => return self.dead_letter(&delivery, &error.to_string()).await,
         };
         let context = Context::new(&self.bus, &delivery);
-        let outcome = match AssertUnwindSafe(handler(message, context)).catch_unwind().await {
+        let outcome = match AssertUnwindSafe(handler(message, context))
+            .catch_unwind()
+            .await
+        {
             Ok(Ok(outcome)) => outcome.into(),
-            Ok(Err(error)) => Outcome::DeadLetter { reason: format!("handler failed: {}", error.into()) },
-            Err(panic) => Outcome::DeadLetter { reason: format!("handler panicked: {}", panic_message(&panic)) },
+            Ok(Err(error)) => Outcome::DeadLetter {
+                reason: format!("handler failed: {}", error.into()),
+            },
+            Err(panic) => Outcome::DeadLetter {
+                reason: format!("handler panicked: {}", panic_message(&panic)),
+            },
         };
         match outcome {
             Outcome::Ack => {
@@ -316,7 +363,12 @@ impl Worker {
             }
             Outcome::Retry { after } => {
                 tokio::time::sleep(after).await;
-                let _ = delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
             }
             Outcome::DeadLetter { reason } => self.dead_letter(&delivery, &reason).await,
         }
@@ -333,7 +385,10 @@ impl Worker {
             (envelope::DLQ_ROUTING_KEY, delivery.routing_key.as_str()),
             (envelope::DLQ_CONSUMER, self.group.as_str()),
         ] {
-            headers.insert(ShortString::from(key), envelope::long_string(reason_safe(value)));
+            headers.insert(
+                ShortString::from(key),
+                envelope::long_string(reason_safe(value)),
+            );
         }
         headers.insert(
             ShortString::from(envelope::DLQ_FAILED_AT),
@@ -341,13 +396,22 @@ impl Worker {
         );
         let properties = delivery.properties.clone().with_headers(headers);
         let dlq = format!("{}.dlq", self.queue);
-        match self.bus.publish_raw("", &dlq, &delivery.data, properties).await {
+        match self
+            .bus
+            .publish_raw("", &dlq, &delivery.data, properties)
+            .await
+        {
             Ok(()) => {
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
             Err(error) => {
                 tracing::warn!(queue = %self.queue, %error, "could not copy to the dead-letter queue; rejecting");
-                let _ = delivery.nack(BasicNackOptions { requeue: false, ..BasicNackOptions::default() }).await;
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: false,
+                        ..BasicNackOptions::default()
+                    })
+                    .await;
             }
         }
     }
