@@ -4,6 +4,11 @@
 //! "start RabbitMQ: …" when none answers; they never skip.
 
 use std::future::Future;
+
+/// The README's quick-start contract, generated into `OUT_DIR` by `build.rs` with `warren_codegen::Builder`.
+pub mod quickstart {
+    include!(concat!(env!("OUT_DIR"), "/warren_contracts.rs"));
+}
 use std::path::PathBuf;
 use std::time::Duration;
 
