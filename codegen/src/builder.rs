@@ -48,9 +48,7 @@ impl Builder {
             })?),
         };
         let mut config = Config::new(includes, protos);
-        config
-            .layout(Layout::OutDir)
-            .command("warren_codegen::Builder in build.rs");
+        config.layout(Layout::OutDir).command("warren_codegen::Builder in build.rs");
         let contracts = crate::load(&config)?;
         for include in includes {
             println!("cargo:rerun-if-changed={}", include.as_ref().display());

@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use miette::Diagnostic;
 use prost::Message as _;
 use prost_reflect::DescriptorPool;
-use protox::file::{
-    ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver,
-};
+use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver};
 
 use crate::error::{Error, Location, Result};
 
@@ -52,16 +50,11 @@ fn resolver(includes: &[PathBuf]) -> ChainFileResolver {
 pub(crate) fn compile(includes: &[PathBuf], files: &[PathBuf]) -> Result<Compiled> {
     let mut compiler = protox::Compiler::with_file_resolver(resolver(includes));
     compiler.include_imports(true).include_source_info(true);
-    compiler
-        .open_files(files)
-        .map_err(|e| proto_error(includes, e))?;
+    compiler.open_files(files).map_err(|e| proto_error(includes, e))?;
     let mut paths = BTreeMap::new();
     let mut requested = Vec::new();
     for meta in compiler.files() {
-        let path = meta
-            .path()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from(meta.name()));
+        let path = meta.path().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(meta.name()));
         paths.insert(meta.name().to_owned(), path);
         if !meta.is_import() {
             requested.push(meta.name().to_owned());
@@ -70,12 +63,7 @@ pub(crate) fn compile(includes: &[PathBuf], files: &[PathBuf]) -> Result<Compile
     // Sorted so output does not depend on the order files were listed in.
     requested.sort();
     let set = compiler.file_descriptor_set();
-    Ok(Compiled {
-        pool: compiler.descriptor_pool(),
-        descriptor_set: set.encode_to_vec(),
-        paths,
-        requested,
-    })
+    Ok(Compiled { pool: compiler.descriptor_pool(), descriptor_set: set.encode_to_vec(), paths, requested })
 }
 
 /// Turns a protox error into one that says file:line:column and names the real problem.
@@ -86,10 +74,7 @@ fn proto_error(includes: &[PathBuf], error: protox::Error) -> Error {
     let mut messages = vec![error.to_string()];
     let mut help = error.help().map(|h| h.to_string());
     // The outer label's position is in the file; inner labels point into an option's own text.
-    let offset = error
-        .labels()
-        .and_then(|mut labels| labels.next())
-        .map(|label| label.offset());
+    let offset = error.labels().and_then(|mut labels| labels.next()).map(|label| label.offset());
     let mut inner = error.diagnostic_source();
     while let Some(diagnostic) = inner {
         let text = diagnostic.to_string();
@@ -102,32 +87,21 @@ fn proto_error(includes: &[PathBuf], error: protox::Error) -> Error {
         inner = diagnostic.diagnostic_source();
     }
     let name = error.file().unwrap_or_default().to_owned();
-    let mut location = Location {
-        file: PathBuf::from(&name),
-        line: 0,
-        column: 0,
-    };
+    let mut location = Location { file: PathBuf::from(&name), line: 0, column: 0 };
     // Read the text without parsing it: the file is the one that failed to parse.
-    let found = includes.iter().map(|dir| dir.join(&name)).find_map(|path| {
-        std::fs::read_to_string(&path)
-            .ok()
-            .map(|source| (path, source))
-    });
-    let found = found.or_else(|| {
-        (name == OPTIONS_PROTO_NAME).then(|| (PathBuf::from(&name), OPTIONS_PROTO.to_owned()))
-    });
+    let found = includes
+        .iter()
+        .map(|dir| dir.join(&name))
+        .find_map(|path| std::fs::read_to_string(&path).ok().map(|source| (path, source)));
+    let found =
+        found.or_else(|| (name == OPTIONS_PROTO_NAME).then(|| (PathBuf::from(&name), OPTIONS_PROTO.to_owned())));
     if let Some((path, source)) = found {
         location.file = path;
         if let Some(offset) = offset {
             (location.line, location.column) = line_column(&source, offset);
         }
     }
-    Error::Proto {
-        location,
-        message: messages.join(": "),
-        help,
-        source: Box::new(error),
-    }
+    Error::Proto { location, message: messages.join(": "), help, source: Box::new(error) }
 }
 
 /// 1-based line and column of a byte offset.
@@ -162,20 +136,12 @@ impl<'a> SourceInfo<'a> {
             if let Some(loc) = self.locations.get(path) {
                 let line = loc.span.first().map_or(0, |l| *l as usize + 1);
                 let column = loc.span.get(1).map_or(0, |c| *c as usize + 1);
-                return Location {
-                    file: self.path.clone(),
-                    line,
-                    column,
-                };
+                return Location { file: self.path.clone(), line, column };
             }
             match path.split_last() {
                 Some((_, rest)) => path = rest,
                 None => {
-                    return Location {
-                        file: self.path.clone(),
-                        line: 0,
-                        column: 0,
-                    };
+                    return Location { file: self.path.clone(), line: 0, column: 0 };
                 }
             }
         }
@@ -197,19 +163,12 @@ impl<'a> SourceInfo<'a> {
 
     /// The leading comment of the element at `path`, trimmed; empty when there is none.
     pub(crate) fn comment(&self, path: &[i32]) -> String {
-        self.locations
-            .get(path)
-            .and_then(|loc| loc.leading_comments.as_deref())
-            .map(clean_comment)
-            .unwrap_or_default()
+        self.locations.get(path).and_then(|loc| loc.leading_comments.as_deref()).map(clean_comment).unwrap_or_default()
     }
 }
 
 /// A proto comment as doc text: one leading space per line removed, trailing blanks trimmed.
 fn clean_comment(comment: &str) -> String {
-    let lines: Vec<&str> = comment
-        .lines()
-        .map(|l| l.strip_prefix(' ').unwrap_or(l).trim_end())
-        .collect();
+    let lines: Vec<&str> = comment.lines().map(|l| l.strip_prefix(' ').unwrap_or(l).trim_end()).collect();
     lines.join("\n").trim().to_owned()
 }

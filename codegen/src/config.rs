@@ -41,14 +41,8 @@ impl Config {
         F::Item: AsRef<Path>,
     {
         Config {
-            includes: includes
-                .into_iter()
-                .map(|p| p.as_ref().to_path_buf())
-                .collect(),
-            files: files
-                .into_iter()
-                .map(|p| p.as_ref().to_path_buf())
-                .collect(),
+            includes: includes.into_iter().map(|p| p.as_ref().to_path_buf()).collect(),
+            files: files.into_iter().map(|p| p.as_ref().to_path_buf()).collect(),
             layout: Layout::OutDir,
             command: "warren-codegen".to_owned(),
             source_label: None,
@@ -73,10 +67,7 @@ impl Config {
                 if path.is_dir() {
                     dirs.push(path);
                 } else if path.extension().is_some_and(|e| e == "proto") {
-                    let relative = path
-                        .strip_prefix(&include)
-                        .expect("walked under include")
-                        .to_path_buf();
+                    let relative = path.strip_prefix(&include).expect("walked under include").to_path_buf();
                     if relative != Path::new(crate::compile::OPTIONS_PROTO_NAME) {
                         files.push(relative);
                     }
@@ -86,10 +77,7 @@ impl Config {
         files.sort();
         let mut config = Config::new([include], files);
         config
-            .layout(Layout::Crate {
-                name: "warren-contracts".into(),
-                runtime_path: "../runtime".into(),
-            })
+            .layout(Layout::Crate { name: "warren-contracts".into(), runtime_path: "../runtime".into() })
             .command("cargo xtask regen");
         config.source_label = Some("proto".into());
         Ok(config)

@@ -60,9 +60,7 @@ pub enum Error {
     #[error("generating message types with prost-build failed: {0}")]
     Prost(#[source] std::io::Error),
     /// The generated Rust did not parse; a bug in warren-codegen.
-    #[error(
-        "warren-codegen produced Rust that does not parse in {file}: {source} (please report this bug)"
-    )]
+    #[error("warren-codegen produced Rust that does not parse in {file}: {source} (please report this bug)")]
     Syntax {
         /// The generated file.
         file: String,
@@ -91,16 +89,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn contract(
-        location: Location,
-        message: impl Into<String>,
-        help: impl Into<String>,
-    ) -> Self {
-        Error::Contract {
-            location,
-            message: message.into(),
-            help: help.into(),
-        }
+    pub(crate) fn contract(location: Location, message: impl Into<String>, help: impl Into<String>) -> Self {
+        Error::Contract { location, message: message.into(), help: help.into() }
     }
 
     /// Where in the protos the problem is, when it is in the protos.

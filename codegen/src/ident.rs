@@ -6,11 +6,10 @@ use prost_reflect::MessageDescriptor;
 
 /// Rust keywords that prost escapes as raw identifiers (`r#type`).
 const RAW_KEYWORDS: &[&str] = &[
-    "abstract", "as", "async", "await", "become", "box", "break", "const", "continue", "do", "dyn",
-    "else", "enum", "false", "final", "fn", "for", "gen", "if", "impl", "in", "let", "loop",
-    "macro", "match", "mod", "move", "mut", "override", "priv", "pub", "ref", "return", "static",
-    "struct", "trait", "true", "try", "type", "typeof", "unsafe", "unsized", "use", "virtual",
-    "where", "while", "yield",
+    "abstract", "as", "async", "await", "become", "box", "break", "const", "continue", "do", "dyn", "else", "enum",
+    "false", "final", "fn", "for", "gen", "if", "impl", "in", "let", "loop", "macro", "match", "mod", "move", "mut",
+    "override", "priv", "pub", "ref", "return", "static", "struct", "trait", "true", "try", "type", "typeof", "unsafe",
+    "unsized", "use", "virtual", "where", "while", "yield",
 ];
 /// Keywords that cannot be raw identifiers; prost appends `_`.
 const SUFFIXED_KEYWORDS: &[&str] = &["crate", "extern", "self", "super", "Self"];
@@ -30,20 +29,12 @@ pub fn field_name(name: &str) -> String {
 /// A type name: `user_registered` → `UserRegistered`, `Self` → `Self_`.
 pub fn type_name(name: &str) -> String {
     let camel = name.to_upper_camel_case();
-    if SUFFIXED_KEYWORDS.contains(&camel.as_str()) {
-        format!("{camel}_")
-    } else {
-        camel
-    }
+    if SUFFIXED_KEYWORDS.contains(&camel.as_str()) { format!("{camel}_") } else { camel }
 }
 
 /// The module path of a package, e.g. `gametrade.v1` → `["gametrade", "v1"]`.
 pub fn package_modules(package: &str) -> Vec<String> {
-    package
-        .split('.')
-        .filter(|p| !p.is_empty())
-        .map(field_name)
-        .collect()
+    package.split('.').filter(|p| !p.is_empty()).map(field_name).collect()
 }
 
 /// The Rust path of `target` as seen from the module of package `from`.
@@ -52,25 +43,17 @@ pub fn package_modules(package: &str) -> Vec<String> {
 pub fn rust_type_path(from: &str, target: &MessageDescriptor) -> String {
     let package = target.package_name();
     // Names of the message and its enclosing messages, outermost first.
-    let local = target
-        .full_name()
-        .strip_prefix(package)
-        .unwrap_or(target.full_name())
-        .trim_start_matches('.');
+    let local = target.full_name().strip_prefix(package).unwrap_or(target.full_name()).trim_start_matches('.');
     let mut nested: Vec<&str> = local.split('.').collect();
     let last = type_name(nested.pop().unwrap_or_default());
     let nested: Vec<String> = nested.into_iter().map(field_name).collect();
     if package == "google.protobuf" {
-        return format!(
-            "::prost_types::{}",
-            [nested, vec![last]].concat().join("::")
-        );
+        return format!("::prost_types::{}", [nested, vec![last]].concat().join("::"));
     }
     let from = package_modules(from);
     let to = package_modules(package);
     let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
-    let mut parts: Vec<String> =
-        std::iter::repeat_n("super".to_owned(), from.len() - common).collect();
+    let mut parts: Vec<String> = std::iter::repeat_n("super".to_owned(), from.len() - common).collect();
     parts.extend(to[common..].iter().cloned());
     parts.extend(nested);
     parts.push(last);

@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use prost_reflect::{
-    DescriptorPool, DynamicMessage, ExtensionDescriptor, MessageDescriptor, ReflectMessage, Value,
-};
+use prost_reflect::{DescriptorPool, DynamicMessage, ExtensionDescriptor, MessageDescriptor, ReflectMessage, Value};
 
 use crate::compile::{Compiled, OPTIONS_PROTO_NAME, SourceInfo};
 use crate::error::{Error, Location, Result};
@@ -181,10 +179,7 @@ impl Extensions {
         // The options file is always compiled (embedded if not on the include path) when any file imports it;
         // when no file does, there is nothing to read, and the lookups below cannot fail either: we compile
         // the options file ourselves if needed (see `Contracts::build`).
-        let ext = |name: &str| {
-            pool.get_extension_by_name(name)
-                .expect("warren/options.proto is in the pool")
-        };
+        let ext = |name: &str| pool.get_extension_by_name(name).expect("warren/options.proto is in the pool");
         Extensions {
             exchange: ext("warren.exchange"),
             event: ext("warren.event"),
@@ -195,23 +190,14 @@ impl Extensions {
 }
 
 fn string_field(message: &DynamicMessage, name: &str) -> String {
-    message
-        .get_field_by_name(name)
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+    message.get_field_by_name(name).and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 fn u32_field(message: &DynamicMessage, name: &str) -> u32 {
-    message
-        .get_field_by_name(name)
-        .and_then(|v| v.as_u32())
-        .unwrap_or_default()
+    message.get_field_by_name(name).and_then(|v| v.as_u32()).unwrap_or_default()
 }
 
-fn extension_message(
-    options: &DynamicMessage,
-    ext: &ExtensionDescriptor,
-) -> Option<DynamicMessage> {
+fn extension_message(options: &DynamicMessage, ext: &ExtensionDescriptor) -> Option<DynamicMessage> {
     if !options.has_extension(ext) {
         return None;
     }
@@ -223,12 +209,7 @@ fn extension_message(
 
 impl Contracts {
     pub(crate) fn build(compiled: Compiled) -> Result<Contracts> {
-        let Compiled {
-            pool,
-            descriptor_set,
-            paths,
-            requested,
-        } = compiled;
+        let Compiled { pool, descriptor_set, paths, requested } = compiled;
         let pool = if pool.get_file_by_name(OPTIONS_PROTO_NAME).is_some() {
             pool
         } else {
@@ -237,20 +218,13 @@ impl Contracts {
             let options = crate::compile::compile(&[], &[PathBuf::from(OPTIONS_PROTO_NAME)])?;
             for file in options.pool.file_descriptor_protos() {
                 if with_options.get_file_by_name(file.name()).is_none() {
-                    with_options
-                        .add_file_descriptor_proto(file.clone())
-                        .expect("options.proto is valid");
+                    with_options.add_file_descriptor_proto(file.clone()).expect("options.proto is valid");
                 }
             }
             with_options
         };
         let ext = Extensions::load(&pool);
-        let path_of = |name: &str| {
-            paths
-                .get(name)
-                .cloned()
-                .unwrap_or_else(|| PathBuf::from(name))
-        };
+        let path_of = |name: &str| paths.get(name).cloned().unwrap_or_else(|| PathBuf::from(name));
 
         // Exchanges from every file, imports included: an event may use an exchange an imported file declares.
         let mut exchanges: BTreeMap<String, Exchange> = BTreeMap::new();
@@ -270,10 +244,7 @@ impl Contracts {
                 if let Some(previous) = exchanges.get(&exchange.name) {
                     return Err(Error::contract(
                         exchange.location,
-                        format!(
-                            "exchange \"{}\" is declared twice (first at {})",
-                            exchange.name, previous.location
-                        ),
+                        format!("exchange \"{}\" is declared twice (first at {})", exchange.name, previous.location),
                         "declare each exchange once, in one file, and import that file where events use it",
                     ));
                 }
@@ -283,24 +254,20 @@ impl Contracts {
 
         let mut packages: BTreeMap<String, Package> = BTreeMap::new();
         for name in &requested {
-            let file = pool
-                .get_file_by_name(name)
-                .expect("requested files are in the pool");
+            let file = pool.get_file_by_name(name).expect("requested files are in the pool");
             if name == OPTIONS_PROTO_NAME {
                 continue;
             }
             let info = SourceInfo::new(file.file_descriptor_proto(), path_of(name));
-            let package = packages
-                .entry(file.package_name().to_owned())
-                .or_insert_with(|| Package {
-                    name: file.package_name().to_owned(),
-                    files: Vec::new(),
-                    paths: Vec::new(),
-                    doc: String::new(),
-                    events: Vec::new(),
-                    groups: Vec::new(),
-                    services: Vec::new(),
-                });
+            let package = packages.entry(file.package_name().to_owned()).or_insert_with(|| Package {
+                name: file.package_name().to_owned(),
+                files: Vec::new(),
+                paths: Vec::new(),
+                doc: String::new(),
+                events: Vec::new(),
+                groups: Vec::new(),
+                services: Vec::new(),
+            });
             package.files.push(name.clone());
             package.paths.push(path_of(name));
             let comment = info.file_comment();
@@ -324,20 +291,14 @@ impl Contracts {
         let mut packages: Vec<Package> = packages.into_values().collect();
         for package in &mut packages {
             // Declaration order within the package, independent of traversal order.
-            package.events.sort_by(|a, b| {
-                (&a.location.file, a.location.line).cmp(&(&b.location.file, b.location.line))
-            });
+            package
+                .events
+                .sort_by(|a, b| (&a.location.file, a.location.line).cmp(&(&b.location.file, b.location.line)));
             check_routing_keys(&package.events)?;
             package.groups = group_events(&package.events);
             check_names(package, &pool)?;
         }
-        Ok(Contracts {
-            packages,
-            exchanges,
-            descriptor_set,
-            pool,
-            requested,
-        })
+        Ok(Contracts { packages, exchanges, descriptor_set, pool, requested })
     }
 }
 
@@ -357,11 +318,7 @@ fn read_exchange(m: &DynamicMessage, location: Location) -> Result<Exchange> {
             "choose a name without the \"amq.\" prefix",
         ));
     }
-    let kind = match m
-        .get_field_by_name("kind")
-        .and_then(|v| v.as_enum_number())
-        .unwrap_or(0)
-    {
+    let kind = match m.get_field_by_name("kind").and_then(|v| v.as_enum_number()).unwrap_or(0) {
         1 => ExchangeKind::Direct,
         2 => ExchangeKind::Topic,
         3 => ExchangeKind::Fanout,
@@ -374,26 +331,11 @@ fn read_exchange(m: &DynamicMessage, location: Location) -> Result<Exchange> {
             ));
         }
     };
-    let durable_field = m
-        .descriptor()
-        .get_field_by_name("durable")
-        .expect("options.proto declares durable");
-    let durable = if m.has_field(&durable_field) {
-        m.get_field(&durable_field).as_bool().unwrap_or(true)
-    } else {
-        true
-    };
-    let auto_delete = m
-        .get_field_by_name("auto_delete")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    Ok(Exchange {
-        name,
-        kind,
-        durable,
-        auto_delete,
-        location,
-    })
+    let durable_field = m.descriptor().get_field_by_name("durable").expect("options.proto declares durable");
+    let durable =
+        if m.has_field(&durable_field) { m.get_field(&durable_field).as_bool().unwrap_or(true) } else { true };
+    let auto_delete = m.get_field_by_name("auto_delete").and_then(|v| v.as_bool()).unwrap_or(false);
+    Ok(Exchange { name, kind, durable, auto_delete, location })
 }
 
 fn read_event(
@@ -421,20 +363,11 @@ fn read_event(
         let declared = if exchanges.is_empty() {
             "none is declared".to_owned()
         } else {
-            format!(
-                "declared: {}",
-                exchanges
-                    .keys()
-                    .map(|k| format!("\"{k}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            format!("declared: {}", exchanges.keys().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", "))
         };
         return Err(Error::contract(
             location,
-            format!(
-                "event {full_name} uses exchange \"{exchange_name}\", which is not declared ({declared})"
-            ),
+            format!("event {full_name} uses exchange \"{exchange_name}\", which is not declared ({declared})"),
             format!(
                 "declare it at file level with `option (warren.exchange) = {{ name: \"{exchange_name}\" kind: TOPIC }};` or fix the name"
             ),
@@ -456,9 +389,7 @@ fn read_event(
         if routing_key.contains(['*', '#']) || routing_key.split('.').any(str::is_empty) {
             return Err(Error::contract(
                 location,
-                format!(
-                    "event {full_name} has routing key \"{routing_key}\", which is not a plain dotted key"
-                ),
+                format!("event {full_name} has routing key \"{routing_key}\", which is not a plain dotted key"),
                 "use non-empty words separated by single dots, without the wildcards `*` and `#` (those belong in subscriptions)",
             ));
         }
@@ -494,10 +425,7 @@ fn check_routing_keys(events: &[Event]) -> Result<()> {
 fn group_events(events: &[Event]) -> Vec<EventGroup> {
     let mut groups: Vec<EventGroup> = Vec::new();
     for (index, event) in events.iter().enumerate() {
-        match groups
-            .iter_mut()
-            .find(|g| g.exchange.name == event.exchange.name)
-        {
+        match groups.iter_mut().find(|g| g.exchange.name == event.exchange.name) {
             Some(group) => group.events.push(index),
             None => groups.push(EventGroup {
                 rust_name: ident::type_name(&event.exchange.name.replace(['.', '-'], "_")),
@@ -517,10 +445,7 @@ fn read_service(
     let location = info.location(service.path());
     let full_name = service.full_name().to_owned();
     let option = extension_message(&service.options(), &ext.service);
-    let queue = option
-        .as_ref()
-        .map(|o| string_field(o, "queue"))
-        .unwrap_or_default();
+    let queue = option.as_ref().map(|o| string_field(o, "queue")).unwrap_or_default();
     if queue.is_empty() {
         let mut at = service.path().to_vec();
         at.extend([SERVICE_OPTIONS, SERVICE_EXT]);
@@ -533,27 +458,19 @@ fn read_service(
             ),
         ));
     }
-    let default_timeout_ms = option
-        .as_ref()
-        .map(|o| u32_field(o, "default_timeout_ms"))
-        .filter(|t| *t > 0)
-        .unwrap_or(30_000);
+    let default_timeout_ms =
+        option.as_ref().map(|o| u32_field(o, "default_timeout_ms")).filter(|t| *t > 0).unwrap_or(30_000);
     let mut methods = Vec::new();
     for method in service.methods() {
         if method.is_client_streaming() || method.is_server_streaming() {
             return Err(Error::contract(
                 info.location(method.path()),
-                format!(
-                    "rpc {}.{} streams, which Warren does not support over AMQP",
-                    full_name,
-                    method.name()
-                ),
+                format!("rpc {}.{} streams, which Warren does not support over AMQP", full_name, method.name()),
                 "use unary rpcs; publish a stream of events instead",
             ));
         }
-        let timeout_ms = extension_message(&method.options(), &ext.method)
-            .map(|o| u32_field(&o, "timeout_ms"))
-            .filter(|t| *t > 0);
+        let timeout_ms =
+            extension_message(&method.options(), &ext.method).map(|o| u32_field(&o, "timeout_ms")).filter(|t| *t > 0);
         let input = method.input();
         let output = method.output();
         methods.push(Method {
@@ -581,11 +498,7 @@ fn read_service(
 /// Generated names (event enums, clients, servers) must not collide with message or enum names.
 fn check_names(package: &Package, pool: &DescriptorPool) -> Result<()> {
     let taken = |name: &str| {
-        let full = if package.name.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{}.{name}", package.name)
-        };
+        let full = if package.name.is_empty() { name.to_owned() } else { format!("{}.{name}", package.name) };
         pool.get_message_by_name(&full).is_some() || pool.get_enum_by_name(&full).is_some()
     };
     for group in &package.groups {
@@ -601,10 +514,7 @@ fn check_names(package: &Package, pool: &DescriptorPool) -> Result<()> {
         }
     }
     for service in &package.services {
-        for generated in [
-            format!("{}Client", service.name),
-            format!("{}Server", service.name),
-        ] {
+        for generated in [format!("{}Client", service.name), format!("{}Server", service.name)] {
             if taken(&generated) {
                 return Err(Error::contract(
                     service.location.clone(),

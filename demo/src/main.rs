@@ -22,15 +22,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-use warren::{
-    Bus, BusConfig, Code, Context, HandlerError, Inbound, PublishOptions, RpcContext, Serving,
-    Status,
-};
+use warren::{Bus, BusConfig, Code, Context, HandlerError, Inbound, PublishOptions, RpcContext, Serving, Status};
 use warren::{Subscriber, Subscription};
 use warren_contracts::gametrade::v1::{
-    AuthService, AuthServiceClient, AuthServiceServer, AuthenticateRequest, AuthenticateResponse,
-    GametradeEvents, ItemListed, Money, PaymentCompleted, PaymentInitiated, TradeAccepted,
-    TradeCompleted, TradeCreated, UserRegistered,
+    AuthService, AuthServiceClient, AuthServiceServer, AuthenticateRequest, AuthenticateResponse, GametradeEvents,
+    ItemListed, Money, PaymentCompleted, PaymentInitiated, TradeAccepted, TradeCompleted, TradeCreated, UserRegistered,
 };
 use warren_contracts::streaming::v1::{NotificationType, UserNotification};
 
@@ -57,23 +53,12 @@ enum Seen {
 struct DemoAuth;
 
 impl AuthService for DemoAuth {
-    async fn authenticate(
-        &self,
-        req: AuthenticateRequest,
-        ctx: RpcContext,
-    ) -> Result<AuthenticateResponse, Status> {
+    async fn authenticate(&self, req: AuthenticateRequest, ctx: RpcContext) -> Result<AuthenticateResponse, Status> {
         let ok = (req.username.as_str(), req.password.as_str()) == (USER.1, USER.2);
         let verdict = if ok { "ok" } else { "denied" };
-        println!(
-            "    ↳ auth-service checked '{}' for {}: {verdict}",
-            req.username,
-            ctx.caller().unwrap_or("?")
-        );
+        println!("    ↳ auth-service checked '{}' for {}: {verdict}", req.username, ctx.caller().unwrap_or("?"));
         if !ok {
-            return Err(Status::unauthenticated(format!(
-                "wrong username or password for '{}'",
-                req.username
-            )));
+            return Err(Status::unauthenticated(format!("wrong username or password for '{}'", req.username)));
         }
         Ok(AuthenticateResponse {
             user_id: USER.0,
@@ -99,10 +84,7 @@ async fn listen<T: Inbound>(
                 seen.send(kind).map_err(HandlerError::from)
             } else {
                 let from = ctx.app_id().unwrap_or("?");
-                println!(
-                    "    ↳ skipped a {} from '{from}', not part of this run",
-                    ctx.routing_key()
-                );
+                println!("    ↳ skipped a {} from '{from}', not part of this run", ctx.routing_key());
                 Ok(())
             };
             async move { report }
@@ -111,51 +93,19 @@ async fn listen<T: Inbound>(
 }
 
 /// Starts the three subscribers and the auth server, before anything is published.
-async fn start(
-    bus: &Bus,
-    run: &str,
-    seen: &UnboundedSender<Seen>,
-) -> anyhow::Result<(Vec<Subscription>, Serving)> {
-    let email = listen(
-        UserRegistered::subscribe(bus, "demo-email").temporary(),
-        run,
-        seen,
-        Seen::Email,
-        |e, ctx| {
-            format!(
-                "email-service got {} for {}: welcome mail to {}",
-                ctx.routing_key(),
-                e.user_id,
-                e.email
-            )
-        },
-    );
-    let inbox = listen(
-        UserNotification::subscribe(bus, "demo-inbox").temporary(),
-        run,
-        seen,
-        Seen::Inbox,
-        |n, _| {
-            format!(
-                "inbox of user {} got {:?}: {}",
-                n.user_id,
-                n.notification_type(),
-                n.message
-            )
-        },
-    );
-    let audit = listen(
-        GametradeEvents::subscribe(bus, "demo-audit", "#").temporary(),
-        run,
-        seen,
-        Seen::Audit,
-        |e, ctx| format!("audit got {}: {}", ctx.routing_key(), describe(e)),
-    );
+async fn start(bus: &Bus, run: &str, seen: &UnboundedSender<Seen>) -> anyhow::Result<(Vec<Subscription>, Serving)> {
+    let email = listen(UserRegistered::subscribe(bus, "demo-email").temporary(), run, seen, Seen::Email, |e, ctx| {
+        format!("email-service got {} for {}: welcome mail to {}", ctx.routing_key(), e.user_id, e.email)
+    });
+    let inbox = listen(UserNotification::subscribe(bus, "demo-inbox").temporary(), run, seen, Seen::Inbox, |n, _| {
+        format!("inbox of user {} got {:?}: {}", n.user_id, n.notification_type(), n.message)
+    });
+    let audit =
+        listen(GametradeEvents::subscribe(bus, "demo-audit", "#").temporary(), run, seen, Seen::Audit, |e, ctx| {
+            format!("audit got {}: {}", ctx.routing_key(), describe(e))
+        });
     let subscriptions = vec![email.await?, inbox.await?, audit.await?];
-    Ok((
-        subscriptions,
-        AuthServiceServer::new(DemoAuth).serve(bus).await?,
-    ))
+    Ok((subscriptions, AuthServiceServer::new(DemoAuth).serve(bus).await?))
 }
 
 /// The audit log's line for an event.
@@ -188,17 +138,12 @@ fn describe(event: &GametradeEvents) -> String {
 
 /// An amount in US cents.
 fn usd(cents: i64) -> Option<Money> {
-    Some(Money {
-        amount_minor: cents,
-        currency: "USD".to_owned(),
-    })
+    Some(Money { amount_minor: cents, currency: "USD".to_owned() })
 }
 
 /// Shows an amount as `12.50 USD`.
 fn money(amount: &Option<Money>) -> String {
-    amount.as_ref().map_or("?".to_owned(), |m| {
-        format!("{:.2} {}", m.amount_minor as f64 / 100.0, m.currency)
-    })
+    amount.as_ref().map_or("?".to_owned(), |m| format!("{:.2} {}", m.amount_minor as f64 / 100.0, m.currency))
 }
 
 /// The story being told: the bus, this run's correlation id, and the step counter.
@@ -219,27 +164,16 @@ impl Story<'_> {
     /// Prints `what` as a step, then publishes `event` with the run's correlation id.
     async fn publish<E: warren::Event>(&mut self, what: &str, event: E) -> anyhow::Result<()> {
         self.say(what);
-        let options = PublishOptions {
-            correlation_id: Some(self.run.to_owned()),
-        };
-        self.bus
-            .publish_with(&event, options)
-            .await
-            .with_context(|| format!("could not publish: {what}"))
+        let options = PublishOptions { correlation_id: Some(self.run.to_owned()) };
+        self.bus.publish_with(&event, options).await.with_context(|| format!("could not publish: {what}"))
     }
 
     /// Logs in over RPC with the right password, then with a wrong one.
     async fn login(&mut self) -> anyhow::Result<()> {
         let auth = AuthServiceClient::new(self.bus);
-        let request = |pw: &str| AuthenticateRequest {
-            username: USER.1.to_owned(),
-            password: pw.to_owned(),
-        };
+        let request = |pw: &str| AuthenticateRequest { username: USER.1.to_owned(), password: pw.to_owned() };
         self.say(&format!("'{}' logs in over RPC", USER.1));
-        let reply = auth
-            .authenticate(request(USER.2))
-            .await
-            .context("authenticating with the right password")?;
+        let reply = auth.authenticate(request(USER.2)).await.context("authenticating with the right password")?;
         println!(
             "    ← user {}, access token '{}' for {} s",
             reply.user_id, reply.access_token, reply.expires_in_seconds
@@ -247,11 +181,7 @@ impl Story<'_> {
         self.say(&format!("'{}' logs in with a wrong password", USER.1));
         match auth.authenticate(request("hunter2")).await {
             Err(status) if status.code() == Code::Unauthenticated => {
-                println!(
-                    "    ← refused: Status {{ code: {}, message: {:?} }}",
-                    status.code(),
-                    status.message()
-                );
+                println!("    ← refused: Status {{ code: {}, message: {:?} }}", status.code(), status.message());
                 Ok(())
             }
             other => bail!("a wrong password should fail with UNAUTHENTICATED, got {other:?}"),
@@ -261,89 +191,41 @@ impl Story<'_> {
     /// Tells the story, then waits until every subscriber has seen its part; returns the deliveries seen.
     async fn tell(&mut self, seen: &mut UnboundedReceiver<Seen>) -> anyhow::Result<usize> {
         let (user, name, _) = USER;
-        let registered = UserRegistered {
-            user_id: user,
-            username: name.into(),
-            email: format!("{name}@example.com"),
-        };
-        self.publish(&format!("registered user {user} '{name}'"), registered)
-            .await?;
-        let mut note = UserNotification {
-            user_id: user,
-            message: "Welcome to GameTrade!".into(),
-            ..Default::default()
-        };
+        let registered = UserRegistered { user_id: user, username: name.into(), email: format!("{name}@example.com") };
+        self.publish(&format!("registered user {user} '{name}'"), registered).await?;
+        let mut note =
+            UserNotification { user_id: user, message: "Welcome to GameTrade!".into(), ..Default::default() };
         note.set_notification_type(NotificationType::Info);
         self.publish(&format!("notified user {user}"), note).await?;
         self.login().await?;
         self.trade(user).await?;
-        self.say(&format!(
-            "waiting up to {DEADLINE:?} for the subscribers to catch up"
-        ));
+        self.say(&format!("waiting up to {DEADLINE:?} for the subscribers to catch up"));
         let waited = tokio::time::timeout(DEADLINE, wait_for_all(seen)).await;
-        waited
-            .map_err(|_| anyhow!("the subscribers did not see every message within {DEADLINE:?}"))?
+        waited.map_err(|_| anyhow!("the subscribers did not see every message within {DEADLINE:?}"))?
     }
 
     /// A seller lists an item, `buyer` trades for it and pays.
     async fn trade(&mut self, buyer: i64) -> anyhow::Result<()> {
         let (seller, item, trade, price, pay) = (7, 1001, 5001, usd(1250), "pay-5001".to_owned());
         let (game, title) = ("Elden Ring".into(), "Moonveil katana".into());
-        let listed = ItemListed {
-            item_id: item,
-            seller_id: seller,
-            game,
-            title,
-            price: price.clone(),
-        };
-        self.publish(
-            &format!("seller {seller} listed item {item} for {}", money(&price)),
-            listed,
-        )
-        .await?;
-        let created = TradeCreated {
-            trade_id: trade,
-            item_id: item,
-            buyer_id: buyer,
-            seller_id: seller,
-            price: price.clone(),
-        };
-        self.publish(&format!("user {buyer} offered trade {trade}"), created)
-            .await?;
-        let accepted = TradeAccepted {
-            trade_id: trade,
-            accepted_by: seller,
-        };
-        self.publish(&format!("seller {seller} accepted trade {trade}"), accepted)
-            .await?;
-        let completed = TradeCompleted {
-            trade_id: trade,
-            item_id: item,
-            buyer_id: buyer,
-            seller_id: seller,
-            price: price.clone(),
-        };
-        self.publish(&format!("trade {trade} completed"), completed)
-            .await?;
+        let listed = ItemListed { item_id: item, seller_id: seller, game, title, price: price.clone() };
+        self.publish(&format!("seller {seller} listed item {item} for {}", money(&price)), listed).await?;
+        let created =
+            TradeCreated { trade_id: trade, item_id: item, buyer_id: buyer, seller_id: seller, price: price.clone() };
+        self.publish(&format!("user {buyer} offered trade {trade}"), created).await?;
+        let accepted = TradeAccepted { trade_id: trade, accepted_by: seller };
+        self.publish(&format!("seller {seller} accepted trade {trade}"), accepted).await?;
+        let completed =
+            TradeCompleted { trade_id: trade, item_id: item, buyer_id: buyer, seller_id: seller, price: price.clone() };
+        self.publish(&format!("trade {trade} completed"), completed).await?;
         let (amount, provider) = (price.clone(), "demo-pay".to_owned());
-        let initiated = PaymentInitiated {
-            payment_id: pay.clone(),
-            trade_id: trade,
-            payer_id: buyer,
-            amount,
-            provider,
-        };
-        self.publish(&format!("user {buyer} started payment {pay}"), initiated)
-            .await?;
+        let initiated =
+            PaymentInitiated { payment_id: pay.clone(), trade_id: trade, payer_id: buyer, amount, provider };
+        self.publish(&format!("user {buyer} started payment {pay}"), initiated).await?;
         let reference = "ref-1".to_owned();
-        let paid = PaymentCompleted {
-            payment_id: pay.clone(),
-            trade_id: trade,
-            amount: price,
-            provider_reference: reference,
-        };
-        self.publish(&format!("payment {pay} completed"), paid)
-            .await
+        let paid =
+            PaymentCompleted { payment_id: pay.clone(), trade_id: trade, amount: price, provider_reference: reference };
+        self.publish(&format!("payment {pay} completed"), paid).await
     }
 }
 
@@ -368,8 +250,7 @@ async fn interrupted() -> &'static str {
         }
     };
     #[cfg(unix)]
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         return tokio::select! { () = ctrl_c => "Ctrl-C", _ = term.recv() => "SIGTERM" };
     }
     ctrl_c.await;
@@ -381,21 +262,11 @@ async fn main() -> anyhow::Result<()> {
     let config = BusConfig::from_env()?.service_name("warren-demo");
     println!("[0] connecting to {}", config.redacted_url());
     let bus = Bus::with_config(config).await?;
-    let run = format!(
-        "demo-{}-{}",
-        std::process::id(),
-        SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis()
-    );
+    let run = format!("demo-{}-{}", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis());
     let (seen_tx, mut seen) = unbounded_channel();
     let (subscriptions, server) = start(&bus, &run, &seen_tx).await?;
-    println!(
-        "[0] demo-email, demo-inbox, demo-audit (#) and the auth server are listening; run {run}"
-    );
-    let mut story = Story {
-        bus: &bus,
-        run: &run,
-        step: 0,
-    };
+    println!("[0] demo-email, demo-inbox, demo-audit (#) and the auth server are listening; run {run}");
+    let mut story = Story { bus: &bus, run: &run, step: 0 };
     let outcome = tokio::select! {
         told = story.tell(&mut seen) => told.map(Some),
         signal = interrupted() => { println!("interrupted by {signal}: shutting down"); Ok(None) }
@@ -407,10 +278,7 @@ async fn main() -> anyhow::Result<()> {
     bus.close().await?;
     match outcome? {
         Some(n) => {
-            println!(
-                "done: {} steps, {GAMETRADE_EVENTS} gametrade events audited, {n} deliveries in all",
-                story.step
-            )
+            println!("done: {} steps, {GAMETRADE_EVENTS} gametrade events audited, {n} deliveries in all", story.step)
         }
         None => println!("stopped after {} steps", story.step),
     }

@@ -5,12 +5,9 @@
 //! types, and for the contract's events, exchanges and services: [`warren::__codegen::Event`] impls
 //! with `subscribe`, one enum per exchange for pattern subscriptions, and RPC clients, server traits
 //! and servers. Publish any event with `bus.publish(&event)`.
-#![allow(
-    clippy::doc_lazy_continuation,
-    clippy::large_enum_variant,
-    clippy::enum_variant_names
-)]
+#![allow(clippy::large_enum_variant, clippy::enum_variant_names)]
 /// Packages under `at`.
+#[rustfmt::skip]
 pub mod at {
     /// The AT-TECHNOLOGY IntSummator component; replaces the AT_QUEUE ATRegistry/ATComponent `int_sum` method call.
     pub mod v1 {
@@ -19,6 +16,7 @@ pub mod at {
     }
 }
 /// Packages under `gametrade`.
+#[rustfmt::skip]
 pub mod gametrade {
     /// GameTrade authentication RPC; replaces the Python `shared.messaging` RPC "auth_service"/"authenticate" call.
     ///
@@ -29,6 +27,7 @@ pub mod gametrade {
     }
 }
 /// Packages under `streaming`.
+#[rustfmt::skip]
 pub mod streaming {
     /// Notification, order and system messages; replaces the FastStream `core.streaming` MessageClient topology.
     pub mod v1 {
@@ -37,6 +36,7 @@ pub mod streaming {
     }
 }
 /// Packages under `trading`.
+#[rustfmt::skip]
 pub mod trading {
     /// Algo-trading market data and signals; replaces the in-process EventBus/MessageQueue "market.tick" and "trading.signal" topics.
     pub mod v1 {
@@ -46,4 +46,5 @@ pub mod trading {
 }
 /// The compiled contracts as an encoded `google.protobuf.FileDescriptorSet`, imports and comments
 /// included, for tools that inspect them at run time.
+#[rustfmt::skip]
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("file_descriptor_set.bin");

@@ -8,6 +8,15 @@ use lapin::uri::AMQPUri;
 
 use crate::error::{Error, Result};
 
+/// Which broker a bus talks to.
+#[derive(Clone)]
+pub(crate) enum Endpoint {
+    /// RabbitMQ at this URI.
+    Amqp(AMQPUri),
+    /// The in-memory broker of this name (`memory://<name>`); `None` for a private one.
+    Memory(Option<String>),
+}
+
 /// The URL used when neither the caller nor `RABBITMQ_URL` gives one.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -16,7 +25,7 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// `Debug` and every error show the URL with the password replaced by `***`.
 #[derive(Clone)]
 pub struct BusConfig {
-    pub(crate) uri: AMQPUri,
+    pub(crate) endpoint: Endpoint,
     /// Deadline for establishing the connection, retries included.
     pub connect_timeout: Duration,
     /// Deadline for each other broker operation: declare, publish confirm, channel open.
@@ -32,8 +41,13 @@ pub struct BusConfig {
 }
 
 impl BusConfig {
-    /// Configuration for `url` (`amqp://user:password@host:port/vhost`), with defaults for the rest.
+    /// Configuration for `url`, with defaults for the rest: `amqp://user:password@host:port/vhost` for
+    /// RabbitMQ, or `memory://` (optionally `memory://<name>`) for the in-memory broker, shared by every bus
+    /// of this process with the same URL.
     pub fn new(url: &str) -> Result<Self> {
+        if let Some(name) = url.strip_prefix("memory://") {
+            return Ok(Self::with_endpoint(Endpoint::Memory(Some(name.trim_end_matches('/').to_owned()))));
+        }
         let uri = AMQPUri::from_str(url).map_err(|reason| {
             Error::config(format!(
                 "invalid broker URL {}: {}; expected amqp://user:password@host:port/vhost",
@@ -41,8 +55,17 @@ impl BusConfig {
                 redact_in(&reason, url)
             ))
         })?;
-        Ok(BusConfig {
-            uri,
+        Ok(Self::with_endpoint(Endpoint::Amqp(uri)))
+    }
+
+    /// Configuration for a private in-memory broker (see [`crate::Bus::in_memory`]).
+    pub fn in_memory() -> Self {
+        Self::with_endpoint(Endpoint::Memory(None))
+    }
+
+    fn with_endpoint(endpoint: Endpoint) -> Self {
+        BusConfig {
+            endpoint,
             connect_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(10),
             heartbeat_secs: 10,
@@ -52,7 +75,7 @@ impl BusConfig {
                 .unwrap_or_else(|| "warren".to_owned()),
             max_message_size: 16 * 1024 * 1024,
             prefetch: 256,
-        })
+        }
     }
 
     /// Configuration from `RABBITMQ_URL`, or [`DEFAULT_URL`] when it is unset.
@@ -83,30 +106,34 @@ impl BusConfig {
 
     /// The URL with the password replaced by `***`.
     pub fn redacted_url(&self) -> String {
-        let auth = &self.uri.authority;
-        let vhost = percent_encoding::utf8_percent_encode(
-            &self.uri.vhost,
-            percent_encoding::NON_ALPHANUMERIC,
-        );
-        format!(
-            "amqp://{}:***@{}:{}/{vhost}",
-            auth.userinfo.username, auth.host, auth.port
-        )
+        match &self.endpoint {
+            Endpoint::Amqp(uri) => {
+                let auth = &uri.authority;
+                let vhost = percent_encoding::utf8_percent_encode(&uri.vhost, percent_encoding::NON_ALPHANUMERIC);
+                format!("amqp://{}:***@{}:{}/{vhost}", auth.userinfo.username, auth.host, auth.port)
+            }
+            Endpoint::Memory(Some(name)) => format!("memory://{name}"),
+            Endpoint::Memory(None) => "memory:// (private)".to_owned(),
+        }
+    }
+
+    /// Whether this configuration selects the in-memory broker.
+    pub fn is_in_memory(&self) -> bool {
+        matches!(self.endpoint, Endpoint::Memory(_))
     }
 
     /// The broker password, for redacting text that might echo it.
     pub(crate) fn password(&self) -> &str {
-        &self.uri.authority.userinfo.password
+        match &self.endpoint {
+            Endpoint::Amqp(uri) => &uri.authority.userinfo.password,
+            Endpoint::Memory(_) => "",
+        }
     }
 
     /// Replaces every occurrence of the password in `text`.
     pub(crate) fn redact(&self, text: &str) -> String {
         let password = self.password();
-        if password.is_empty() {
-            text.to_owned()
-        } else {
-            text.replace(password, "***")
-        }
+        if password.is_empty() { text.to_owned() } else { text.replace(password, "***") }
     }
 }
 
@@ -146,11 +173,7 @@ fn redact_in(text: &str, url: &str) -> String {
         .and_then(|(userinfo, _)| userinfo.split_once(':'))
         .map(|(_, password)| password)
         .unwrap_or_default();
-    if password.is_empty() {
-        text.to_owned()
-    } else {
-        text.replace(password, "***")
-    }
+    if password.is_empty() { text.to_owned() } else { text.replace(password, "***") }
 }
 
 #[cfg(test)]
@@ -165,9 +188,6 @@ mod tests {
         assert!(shown.contains("amqp://app:***@127.0.0.1:5672/"), "{shown}");
         let error = BusConfig::new("amqp://app:hunter2-secret@127.0.0.1:notaport/%2f").unwrap_err();
         assert!(!error.to_string().contains("hunter2-secret"), "{error}");
-        assert!(
-            !format!("{error:?}").contains("hunter2-secret"),
-            "{error:?}"
-        );
+        assert!(!format!("{error:?}").contains("hunter2-secret"), "{error:?}");
     }
 }

@@ -115,11 +115,7 @@ pub enum DecodeError {
 impl DecodeError {
     /// A delivery of a type the subscriber does not accept; `type_name` is empty when the property was missing.
     pub fn unexpected_type(type_name: &str) -> Self {
-        let shown = if type_name.is_empty() {
-            "(no type property)"
-        } else {
-            type_name
-        };
+        let shown = if type_name.is_empty() { "(no type property)" } else { type_name };
         DecodeError::UnexpectedType(shown.to_owned())
     }
 }
@@ -127,11 +123,7 @@ impl DecodeError {
 /// Decodes a protobuf payload as `M`, naming `M` in the error.
 pub fn decode<M: prost::Message + Default>(payload: &[u8]) -> Result<M, DecodeError> {
     M::decode(payload).map_err(|e| DecodeError::Malformed {
-        type_name: std::any::type_name::<M>()
-            .rsplit("::")
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
+        type_name: std::any::type_name::<M>().rsplit("::").next().unwrap_or_default().to_owned(),
         reason: e.to_string(),
     })
 }

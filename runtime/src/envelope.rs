@@ -15,11 +15,12 @@ pub(crate) const DLQ_EXCHANGE: &str = "x-warren-original-exchange";
 pub(crate) const DLQ_ROUTING_KEY: &str = "x-warren-original-routing-key";
 pub(crate) const DLQ_CONSUMER: &str = "x-warren-consumer";
 pub(crate) const DLQ_FAILED_AT: &str = "x-warren-failed-at";
+pub(crate) const FIRST_FAILED_AT: &str = "x-warren-first-failed-at";
+/// Deliveries of the message that have failed so far.
+pub(crate) const ATTEMPTS: &str = "x-warren-attempts";
 
 pub(crate) fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// A fresh, time-ordered message id.
@@ -28,12 +29,7 @@ pub(crate) fn new_id() -> String {
 }
 
 /// Properties of a message Warren publishes.
-pub(crate) fn properties(
-    type_name: &str,
-    app_id: &str,
-    message_id: String,
-    correlation_id: String,
-) -> BasicProperties {
+pub(crate) fn properties(type_name: &str, app_id: &str, message_id: String, correlation_id: String) -> BasicProperties {
     BasicProperties::default()
         .with_message_id(ShortString::from(message_id))
         .with_correlation_id(ShortString::from(correlation_id))

@@ -55,10 +55,14 @@ pub enum Error {
         /// The routing key.
         routing_key: String,
     },
+    /// The exchange does not exist on the broker.
+    #[error("exchange \"{exchange}\" does not exist; declare it (publishing a contract event declares its exchange)")]
+    ExchangeNotFound {
+        /// The exchange.
+        exchange: String,
+    },
     /// The broker refused responsibility for the message (a negative publisher confirm).
-    #[error(
-        "the broker nacked the message to exchange \"{exchange}\" with routing key \"{routing_key}\""
-    )]
+    #[error("the broker nacked the message to exchange \"{exchange}\" with routing key \"{routing_key}\"")]
     Nacked {
         /// The exchange.
         exchange: String,
@@ -82,9 +86,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn config(message: impl Into<String>) -> Self {
-        Error::Config {
-            message: message.into(),
-        }
+        Error::Config { message: message.into() }
     }
 
     pub(crate) fn broker(operation: &'static str, source: lapin::Error) -> Self {
@@ -93,10 +95,7 @@ impl Error {
 
     /// Whether trying again later may succeed (timeouts, lost connections), as opposed to a bad request.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Error::Timeout { .. } | Error::Broker { .. } | Error::Connect { .. }
-        )
+        matches!(self, Error::Timeout { .. } | Error::Broker { .. } | Error::Connect { .. })
     }
 }
 

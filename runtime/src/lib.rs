@@ -41,24 +41,22 @@ mod rpc;
 mod status;
 mod subscriber;
 pub mod topic;
+mod transport;
 
 pub use bus::{Bus, PublishOptions};
 pub use config::{BusConfig, DEFAULT_URL};
-pub use contract::{
-    DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, ServiceSpec,
-};
+pub use contract::{DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, ServiceSpec};
 pub use envelope::CONTENT_TYPE_PROTOBUF;
 pub use error::{Error, Result};
 pub use rpc::{RpcClient, RpcContext, Serving};
 pub use status::{Code, Status};
-pub use subscriber::{Context, HandlerError, Outcome, Subscriber, Subscription};
+pub use subscriber::{Context, HandlerError, Outcome, RetryPolicy, Subscriber, Subscription};
 
 /// What generated code uses. Not a stable API for hand-written code.
 #[doc(hidden)]
 pub mod __codegen {
     pub use crate::contract::{
-        DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec,
-        ServiceSpec, decode,
+        DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, ServiceSpec, decode,
     };
     pub use crate::rpc::{BoxFuture, RpcClient, decode_request, encode, serve, unimplemented};
 }

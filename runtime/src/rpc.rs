@@ -10,21 +10,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
+use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::sync::{Semaphore, oneshot, watch};
 
-use crate::bus::{Bus, Durability, close_quietly};
+use crate::bus::{Bus, durability};
 use crate::contract::{MethodSpec, ServiceSpec};
 use crate::envelope::{self, header_i64, header_str, short};
-use crate::error::{Error, Result, deadline};
+use crate::error::{Error, Result};
 use crate::status::{Code, Status};
-
-const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+use crate::transport::{Publish, ReplyPath, Settle};
 
 /// A boxed future, as returned by generated dispatch code.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -37,65 +32,38 @@ struct Reply {
     payload: Vec<u8>,
 }
 
-/// The bus's reply consumer and request channel.
-pub(crate) struct ReplyChannel {
-    channel: Channel,
+/// The bus's RPC reply path and the calls waiting on it.
+pub(crate) struct Replies {
+    path: ReplyPath,
     pending: Pending,
 }
 
-impl ReplyChannel {
-    async fn open(bus: &Bus) -> Result<ReplyChannel> {
-        let timeout = bus.config().operation_timeout;
-        let channel = bus.channel().await?;
-        deadline(
-            "confirm select",
-            timeout,
-            channel.confirm_select(ConfirmSelectOptions::default()),
-        )
-        .await?;
-        let mut consumer = deadline(
-            "basic consume (reply-to)",
-            timeout,
-            channel.basic_consume(
-                ShortString::from(REPLY_TO),
-                ShortString::from(format!("replies.{}", envelope::new_id())),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            ),
-        )
-        .await?;
+impl Replies {
+    async fn open(bus: &Bus) -> Result<Replies> {
+        let mut path = bus.inner.transport.reply_path().await?;
         let pending: Pending = Arc::default();
         let routes = Arc::clone(&pending);
+        let mut replies = std::mem::replace(&mut path.replies.stream, Box::pin(futures_util::stream::empty()));
         tokio::spawn(async move {
-            while let Some(Ok(delivery)) = consumer.next().await {
-                let Some(id) = short(delivery.properties.correlation_id()) else {
-                    continue;
-                };
+            while let Some(Ok(delivery)) = replies.next().await {
+                let Some(id) = short(delivery.properties.correlation_id()) else { continue };
                 let waiter = routes.lock().expect("pending calls").remove(id);
                 match waiter {
                     Some(waiter) => {
                         let headers = delivery.properties.headers();
                         let _ = waiter.send(Reply {
-                            code: header_i64(headers, envelope::STATUS_CODE)
-                                .map_or(0, |c| c as i32),
-                            message: header_str(headers, envelope::STATUS_MESSAGE)
-                                .unwrap_or_default(),
-                            payload: delivery.data,
+                            code: header_i64(headers, envelope::STATUS_CODE).map_or(0, |c| c as i32),
+                            message: header_str(headers, envelope::STATUS_MESSAGE).unwrap_or_default(),
+                            payload: delivery.body,
                         });
                     }
-                    None => tracing::debug!(
-                        correlation_id = id,
-                        "reply for a call that already gave up; dropped"
-                    ),
+                    None => tracing::debug!(correlation_id = id, "reply for a call that already gave up; dropped"),
                 }
             }
-            // The channel is gone: fail every waiting call now rather than at its deadline.
+            // The reply path is gone: fail every waiting call now rather than at its deadline.
             routes.lock().expect("pending calls").clear();
         });
-        Ok(ReplyChannel { channel, pending })
+        Ok(Replies { path, pending })
     }
 }
 
@@ -110,11 +78,7 @@ pub struct RpcClient {
 impl RpcClient {
     /// A client for `service` over `bus`.
     pub fn new(bus: &Bus, service: &'static ServiceSpec) -> Self {
-        RpcClient {
-            bus: bus.clone(),
-            service,
-            timeout: None,
-        }
+        RpcClient { bus: bus.clone(), service, timeout: None }
     }
 
     /// Uses `timeout` as every call's deadline.
@@ -124,25 +88,15 @@ impl RpcClient {
     }
 
     /// Calls `method` with `request` and waits for the typed reply, or a [`Status`] error, within the deadline.
-    pub async fn call<Req, Resp>(
-        &self,
-        method: &MethodSpec,
-        request: &Req,
-    ) -> std::result::Result<Resp, Status>
+    pub async fn call<Req, Resp>(&self, method: &MethodSpec, request: &Req) -> std::result::Result<Resp, Status>
     where
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        let timeout = self
-            .timeout
-            .or(method.timeout)
-            .unwrap_or(self.service.default_timeout);
+        let timeout = self.timeout.or(method.timeout).unwrap_or(self.service.default_timeout);
         let started = Instant::now();
-        let payload = self
-            .call_raw(method, request.encode_to_vec(), timeout, started)
-            .await?;
-        Resp::decode(payload.as_slice())
-            .map_err(|e| Status::internal(format!("reply of {method} did not decode: {e}")))
+        let payload = self.call_raw(method, request.encode_to_vec(), timeout, started).await?;
+        Resp::decode(payload.as_slice()).map_err(|e| Status::internal(format!("reply of {method} did not decode: {e}")))
     }
 
     async fn call_raw(
@@ -153,97 +107,40 @@ impl RpcClient {
         started: Instant,
     ) -> std::result::Result<Vec<u8>, Status> {
         let bus = &self.bus;
-        let replies = bus
-            .inner
-            .replies
-            .get_or_try_init(|| ReplyChannel::open(bus))
-            .await?;
+        let replies = bus.inner.replies.get_or_try_init(|| Replies::open(bus)).await?;
         // Declared by callers too, so requests wait in the queue for a server that starts late, instead of
         // being returned as unroutable; each request expires with its deadline, so none piles up.
-        bus.declare_queue(
-            self.service.queue,
-            Durability::Durable,
-            FieldTable::default(),
-        )
-        .await?;
-        let limit = bus.config().max_message_size;
-        if payload.len() > limit {
-            return Err(Error::TooLarge {
-                size: payload.len(),
-                limit,
-            }
-            .into());
-        }
+        bus.declare_queue(self.service.queue, durability(false)).await?;
+        bus.check_size(payload.len())?;
 
         let id = envelope::new_id();
         let (tx, rx) = oneshot::channel();
-        replies
-            .pending
-            .lock()
-            .expect("pending calls")
-            .insert(id.clone(), tx);
-        let guard = PendingGuard {
-            pending: &replies.pending,
-            id: &id,
-        };
+        replies.pending.lock().expect("pending calls").insert(id.clone(), tx);
+        let guard = PendingGuard { pending: &replies.pending, id: &id };
         let expiration = timeout.as_millis().max(1).to_string();
-        let properties = envelope::properties(
-            method.path,
-            &bus.config().service_name,
-            id.clone(),
-            id.clone(),
-        )
-        .with_reply_to(ShortString::from(REPLY_TO))
-        .with_expiration(ShortString::from(expiration));
-        let deadline_error = || {
-            Status::deadline_exceeded(format!(
-                "{method} got no reply within {timeout:?} (is a server running?)"
-            ))
-        };
-        let publish = async {
-            let confirm = replies
-                .channel
-                .basic_publish(
-                    ShortString::from(""),
-                    ShortString::from(self.service.queue),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &payload,
-                    properties,
-                )
-                .await?;
-            confirm.await
-        };
+        let properties = envelope::properties(method.path, &bus.config().service_name, id.clone(), id.clone())
+            .with_reply_to(ShortString::from(replies.path.address.as_str()))
+            .with_expiration(ShortString::from(expiration));
+        let deadline_error =
+            || Status::deadline_exceeded(format!("{method} got no reply within {timeout:?} (is a server running?)"));
+        let publish = Publish { exchange: "", routing_key: self.service.queue, mandatory: true, confirm: true };
         let remaining = timeout.saturating_sub(started.elapsed());
-        match tokio::time::timeout(remaining, publish).await {
+        match tokio::time::timeout(remaining, replies.path.send_request(publish, &payload, properties)).await {
             Err(_) => return Err(deadline_error()),
-            Ok(Err(error)) => {
-                return Err(Status::unavailable(format!(
-                    "{method}: request not sent: {error}"
-                )));
-            }
-            Ok(Ok(Confirmation::Ack(Some(_)))) => {
+            Ok(Err(Error::Unroutable { .. })) => {
                 return Err(Status::unavailable(format!(
                     "{method}: no queue \"{}\" to take the request",
                     self.service.queue
                 )));
             }
-            Ok(Ok(Confirmation::Nack(_))) => {
-                return Err(Status::unavailable(format!(
-                    "{method}: the broker refused the request"
-                )));
-            }
-            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(Status::unavailable(format!("{method}: request not sent: {error}"))),
+            Ok(Ok(())) => {}
         }
         let remaining = timeout.saturating_sub(started.elapsed());
         let reply = match tokio::time::timeout(remaining, rx).await {
             Err(_) => return Err(deadline_error()),
             Ok(Err(_)) => {
-                return Err(Status::unavailable(format!(
-                    "{method}: the reply channel closed"
-                )));
+                return Err(Status::unavailable(format!("{method}: the reply channel closed")));
             }
             Ok(Ok(reply)) => reply,
         };
@@ -298,9 +195,7 @@ impl RpcContext {
     }
 }
 
-type Handler = dyn Fn(String, Vec<u8>, RpcContext) -> BoxFuture<std::result::Result<Vec<u8>, Status>>
-    + Send
-    + Sync;
+type Handler = dyn Fn(String, Vec<u8>, RpcContext) -> BoxFuture<std::result::Result<Vec<u8>, Status>> + Send + Sync;
 
 /// A running RPC server. Dropping it leaves it running; call [`Serving::stop`] to end it.
 #[derive(Debug)]
@@ -322,35 +217,14 @@ const SERVER_CONCURRENCY: usize = 64;
 /// Serves `service` on its queue with `handler`. Used by generated servers.
 pub async fn serve<F>(bus: &Bus, service: &'static ServiceSpec, handler: F) -> Result<Serving>
 where
-    F: Fn(String, Vec<u8>, RpcContext) -> BoxFuture<std::result::Result<Vec<u8>, Status>>
-        + Send
-        + Sync
-        + 'static,
+    F: Fn(String, Vec<u8>, RpcContext) -> BoxFuture<std::result::Result<Vec<u8>, Status>> + Send + Sync + 'static,
 {
     let handler: Arc<Handler> = Arc::new(handler);
     let timeout = bus.config().operation_timeout;
-    bus.declare_queue(service.queue, Durability::Durable, FieldTable::default())
-        .await?;
-    let channel = bus.channel().await?;
-    deadline(
-        "basic qos",
-        timeout,
-        channel.basic_qos(SERVER_CONCURRENCY as u16, BasicQosOptions::default()),
-    )
-    .await?;
-    let mut consumer = deadline(
-        "basic consume",
-        timeout,
-        channel.basic_consume(
-            ShortString::from(service.queue),
-            ShortString::from(format!("{}.{}", service.name, envelope::new_id())),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await?;
-    // Replies go out on their own channel, unconfirmed: direct reply-to is at-most-once anyway.
-    let replies = bus.channel().await?;
+    bus.declare_queue(service.queue, durability(false)).await?;
+    let tag = format!("{}.{}", service.name, envelope::new_id());
+    let mut consumer = bus.inner.transport.consume(service.queue, SERVER_CONCURRENCY as u16, tag).await?;
+    let transport = bus.inner.transport.clone();
     let (stop, mut stopped) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(SERVER_CONCURRENCY));
     let app_id = bus.config().service_name.clone();
@@ -371,7 +245,7 @@ where
                 break;
             };
             let handler = Arc::clone(&handler);
-            let replies = replies.clone();
+            let transport = transport.clone();
             let app_id = app_id.clone();
             tokio::spawn(async move {
                 let p = &delivery.properties;
@@ -385,65 +259,40 @@ where
                     message_id: short(p.message_id()).map(str::to_owned),
                     deadline,
                 };
-                let result = handler(method, delivery.data.clone(), context).await;
-                if let (Some(reply_to), Some(correlation_id)) =
-                    (short(p.reply_to()), short(p.correlation_id()))
-                {
+                let result = handler(method, delivery.body.clone(), context).await;
+                if let (Some(reply_to), Some(correlation_id)) = (short(p.reply_to()), short(p.correlation_id())) {
                     let (payload, code, message) = match result {
                         Ok(payload) => (payload, 0, String::new()),
-                        Err(status) => (
-                            Vec::new(),
-                            status.code().as_i32(),
-                            status.message().to_owned(),
-                        ),
+                        Err(status) => (Vec::new(), status.code().as_i32(), status.message().to_owned()),
                     };
                     let mut headers = FieldTable::default();
-                    headers.insert(
-                        ShortString::from(envelope::STATUS_CODE),
-                        AMQPValue::LongInt(code),
-                    );
-                    headers.insert(
-                        ShortString::from(envelope::STATUS_MESSAGE),
-                        envelope::long_string(&message),
-                    );
+                    headers.insert(ShortString::from(envelope::STATUS_CODE), AMQPValue::LongInt(code));
+                    headers.insert(ShortString::from(envelope::STATUS_MESSAGE), envelope::long_string(&message));
                     let properties = BasicProperties::default()
                         .with_correlation_id(ShortString::from(correlation_id))
                         .with_app_id(ShortString::from(app_id.as_str()))
                         .with_content_type(ShortString::from(envelope::CONTENT_TYPE_PROTOBUF))
                         .with_headers(headers);
-                    let sent = tokio::time::timeout(
-                        timeout,
-                        replies.basic_publish(
-                            ShortString::from(""),
-                            ShortString::from(reply_to),
-                            BasicPublishOptions::default(),
-                            &payload,
-                            properties,
-                        ),
-                    )
-                    .await;
+                    // Not mandatory (RabbitMQ ≤ 4.1 would return every direct reply), not confirmed: direct
+                    // reply-to is at-most-once anyway.
+                    let publish = Publish { exchange: "", routing_key: reply_to, mandatory: false, confirm: false };
+                    let sent = tokio::time::timeout(timeout, transport.publish(publish, &payload, properties)).await;
                     if !matches!(sent, Ok(Ok(_))) {
-                        tracing::warn!(
-                            correlation_id,
-                            "reply could not be sent; the caller will time out"
-                        );
+                        tracing::warn!(correlation_id, "reply could not be sent; the caller will time out");
                     }
                 }
-                let _ = delivery.ack(BasicAckOptions::default()).await;
+                delivery.settle(Settle::Ack).await;
                 drop(permit);
             });
         }
         let _ = tokio::time::timeout(timeout, limit.acquire_many(SERVER_CONCURRENCY as u32)).await;
-        close_quietly(&channel).await;
-        close_quietly(&replies).await;
+        consumer.cancel.cancel(&consumer.tag, timeout).await;
     });
     Ok(Serving { stop, task })
 }
 
 /// Decodes a request, or answers `INVALID_ARGUMENT` naming the type and the problem.
-pub fn decode_request<M: prost::Message + Default>(
-    payload: &[u8],
-) -> std::result::Result<M, Status> {
+pub fn decode_request<M: prost::Message + Default>(payload: &[u8]) -> std::result::Result<M, Status> {
     crate::contract::decode::<M>(payload).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 

@@ -99,10 +99,7 @@ pub struct Status {
 impl Status {
     /// A status with `code` and a message for humans.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Status {
-            code,
-            message: message.into(),
-        }
+        Status { code, message: message.into() }
     }
 
     /// The request is malformed.

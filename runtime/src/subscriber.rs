@@ -6,18 +6,57 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, ShortString};
 use tokio::sync::{Semaphore, watch};
 
-use crate::bus::{Bus, Durability, close_quietly, dead_letter_arguments};
+use crate::bus::{Bus, durability, subscriber_queue};
 use crate::contract::{ExchangeKind, Inbound};
 use crate::envelope::{self, short};
-use crate::error::{Error, Result, deadline};
+use crate::error::{Error, Result};
 use crate::topic;
+use crate::transport::{Delivery, Settle};
+
+/// How a subscriber retries messages whose handler failed, panicked or timed out.
+///
+/// Each retry waits in a delay queue (`<queue>.retry.<ms>`, a TTL queue that dead-letters back into the
+/// subscriber's queue), so a waiting message holds no consumer slot and survives a restart. After
+/// `max_attempts` deliveries the message goes to `<queue>.dlq` with the last error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Deliveries in all, the first included; 1 means never retry.
+    pub max_attempts: u32,
+    /// Wait before the first retry.
+    pub initial_backoff: Duration,
+    /// Each further wait is this many times the previous one.
+    pub multiplier: u32,
+    /// Waits never exceed this.
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// No retries: the first failure dead-letters the message.
+    pub const fn never() -> Self {
+        RetryPolicy { max_attempts: 1, initial_backoff: Duration::ZERO, multiplier: 1, max_backoff: Duration::ZERO }
+    }
+
+    /// `max_attempts` deliveries, waiting `initial_backoff`, then twice as long each time, up to five minutes.
+    pub const fn exponential(max_attempts: u32, initial_backoff: Duration) -> Self {
+        RetryPolicy { max_attempts, initial_backoff, multiplier: 2, max_backoff: Duration::from_secs(300) }
+    }
+
+    /// The wait after failed delivery number `attempt` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = self.multiplier.max(1).saturating_pow(attempt.saturating_sub(1));
+        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+impl Default for RetryPolicy {
+    /// Three deliveries, one and two seconds apart.
+    fn default() -> Self {
+        RetryPolicy::exponential(3, Duration::from_secs(1))
+    }
+}
 
 /// What a handler decided about a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +64,8 @@ use crate::topic;
 pub enum Outcome {
     /// Done: the message is acknowledged and removed.
     Ack,
-    /// Try again later: the message is redelivered after `after`.
+    /// Try again later: the message is redelivered after `after`; counts as a failed attempt, so the retry
+    /// policy's limit still applies.
     Retry {
         /// How long to wait before redelivery.
         after: Duration,
@@ -58,21 +98,28 @@ pub struct Context {
     routing_key: String,
     redelivered: bool,
     timestamp: Option<u64>,
+    attempt: u32,
 }
 
 impl Context {
-    fn new(bus: &Bus, delivery: &Delivery) -> Self {
+    fn new(bus: &Bus, delivery: &Delivery, attempt: u32) -> Self {
         let p = &delivery.properties;
         Context {
             bus: bus.clone(),
             message_id: short(p.message_id()).map(str::to_owned),
             correlation_id: short(p.correlation_id()).map(str::to_owned),
             app_id: short(p.app_id()).map(str::to_owned),
-            exchange: delivery.exchange.as_str().to_owned(),
-            routing_key: delivery.routing_key.as_str().to_owned(),
+            exchange: delivery.exchange.clone(),
+            routing_key: delivery.routing_key.clone(),
             redelivered: delivery.redelivered,
             timestamp: *p.timestamp(),
+            attempt,
         }
+    }
+
+    /// Which delivery of the message this is: 1 the first time, 2 on the first retry, and so on.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
     }
 
     /// The bus the message arrived on, to publish follow-up events.
@@ -129,6 +176,8 @@ pub struct Subscriber<T> {
     prefetch: u16,
     concurrency: usize,
     temporary: bool,
+    retry: RetryPolicy,
+    handler_timeout: Option<Duration>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -143,8 +192,22 @@ impl<T: Inbound> Subscriber<T> {
             prefetch: bus.config().prefetch,
             concurrency: 1,
             temporary: false,
+            retry: RetryPolicy::default(),
+            handler_timeout: None,
             _type: PhantomData,
         }
+    }
+
+    /// Sets how failed messages are retried (default [`RetryPolicy::default`]).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Fails a handler run that takes longer than `limit`; the message is then retried under the policy.
+    pub fn handler_timeout(mut self, limit: Duration) -> Self {
+        self.handler_timeout = Some(limit);
+        self
     }
 
     /// Binds with `pattern` (e.g. `user.*`) instead of the contract's keys. It must be able to match at least
@@ -193,9 +256,9 @@ impl<T: Inbound> Subscriber<T> {
 
     /// Declares the queue (and its `<queue>.dlq`), binds it, and starts calling `handler` for each message.
     ///
-    /// The message is acknowledged only after the handler returns `Ok`. A handler `Err` or panic
-    /// dead-letters the message with the error as its reason; a payload that does not decode, or has the
-    /// wrong type, is dead-lettered at once.
+    /// The message is acknowledged only after the handler returns `Ok`. A handler `Err`, panic or timeout is
+    /// retried under the [`RetryPolicy`], then dead-lettered with the error as its reason; a payload that does
+    /// not decode, or has the wrong type, is dead-lettered at once.
     pub async fn handle<F, Fut, O, E>(self, handler: F) -> Result<Subscription>
     where
         F: Fn(T, Context) -> Fut + Send + Sync + 'static,
@@ -226,52 +289,29 @@ impl<T: Inbound> Subscriber<T> {
         let queue = self.queue_name();
         let bus = self.bus.clone();
         bus.declare_exchange(exchange).await?;
-        let durability = if self.temporary {
-            Durability::Temporary
-        } else {
-            Durability::Durable
-        };
-        bus.declare_queue(&format!("{queue}.dlq"), durability, FieldTable::default())
-            .await?;
-        bus.declare_queue(&queue, durability, dead_letter_arguments(&queue))
-            .await?;
+        bus.declare_queue(&format!("{queue}.dlq"), durability(self.temporary)).await?;
+        bus.declare_queue(&queue, subscriber_queue(&queue, self.temporary)).await?;
         for key in &bindings {
             bus.bind(&queue, exchange.name, key).await?;
         }
 
         let timeout = bus.config().operation_timeout;
-        let channel = bus.channel().await?;
-        deadline(
-            "basic qos",
-            timeout,
-            channel.basic_qos(self.prefetch, BasicQosOptions::default()),
-        )
-        .await?;
         let tag = format!("{}.{}", self.group, envelope::new_id());
-        let consumer = deadline(
-            "basic consume",
-            timeout,
-            channel.basic_consume(
-                ShortString::from(queue.as_str()),
-                ShortString::from(tag.as_str()),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await?;
+        let mut consumer = bus.inner.transport.consume(&queue, self.prefetch, tag).await?;
 
         let (stop_tx, mut stop_rx) = watch::channel(false);
-        let limit = Arc::new(Semaphore::new(self.concurrency));
+        let concurrency = self.concurrency;
+        let limit = Arc::new(Semaphore::new(concurrency));
         let handler = Arc::new(handler);
         let worker = Worker {
             bus: bus.clone(),
             group: self.group.clone(),
             queue: queue.clone(),
+            retry: self.retry,
+            handler_timeout: self.handler_timeout,
+            temporary: self.temporary,
         };
-        let loop_limit = Arc::clone(&limit);
-        let concurrency = self.concurrency;
         let task = tokio::spawn(async move {
-            let mut consumer = consumer;
             loop {
                 let next = tokio::select! {
                     next = consumer.next() => next,
@@ -288,36 +328,24 @@ impl<T: Inbound> Subscriber<T> {
                         break;
                     }
                 };
-                let Ok(permit) = Arc::clone(&loop_limit).acquire_owned().await else {
-                    break;
-                };
+                if concurrency == 1 {
+                    // One at a time: run the handler right here, in order, without a task per message.
+                    worker.process::<T, _, _, _, _>(delivery, handler.as_ref()).await;
+                    continue;
+                }
+                let Ok(permit) = Arc::clone(&limit).acquire_owned().await else { break };
                 let handler = Arc::clone(&handler);
                 let worker = worker.clone();
                 tokio::spawn(async move {
-                    worker
-                        .process::<T, _, _, _, _>(delivery, handler.as_ref())
-                        .await;
+                    worker.process::<T, _, _, _, _>(delivery, handler.as_ref()).await;
                     drop(permit);
                 });
             }
-            let _ = tokio::time::timeout(
-                timeout,
-                channel.basic_cancel(
-                    ShortString::from(tag.as_str()),
-                    BasicCancelOptions::default(),
-                ),
-            )
-            .await;
-            // Wait for running handlers so their deliveries are settled before the channel closes.
-            let _ =
-                tokio::time::timeout(timeout, loop_limit.acquire_many(concurrency as u32)).await;
-            close_quietly(&channel).await;
+            // Wait for running handlers so their deliveries are settled before the consumer goes.
+            let _ = tokio::time::timeout(timeout, limit.acquire_many(concurrency as u32)).await;
+            consumer.cancel.cancel(&consumer.tag, timeout).await;
         });
-        Ok(Subscription {
-            queue,
-            stop: stop_tx,
-            task,
-        })
+        Ok(Subscription { queue, stop: stop_tx, task })
     }
 }
 
@@ -326,6 +354,17 @@ struct Worker {
     bus: Bus,
     group: String,
     queue: String,
+    retry: RetryPolicy,
+    handler_timeout: Option<Duration>,
+    temporary: bool,
+}
+
+/// What became of one handler run, before settling the delivery.
+enum Verdict {
+    /// The handler returned an outcome.
+    Decided(Outcome),
+    /// It failed, panicked or timed out: retried under the policy.
+    Failed(String),
 }
 
 impl Worker {
@@ -338,82 +377,118 @@ impl Worker {
         E: Into<HandlerError>,
     {
         let type_name = short(delivery.properties.kind()).unwrap_or_default();
-        let message = match T::decode(type_name, &delivery.data) {
+        let message = match T::decode(type_name, &delivery.body) {
             Ok(message) => message,
-            Err(error) => return self.dead_letter(&delivery, &error.to_string()).await,
+            // Decoding will never succeed: dead-letter at once, no retries.
+            Err(error) => return self.dead_letter(&delivery, &error.to_string(), 1).await,
         };
-        let context = Context::new(&self.bus, &delivery);
-        let outcome = match AssertUnwindSafe(handler(message, context))
-            .catch_unwind()
-            .await
-        {
-            Ok(Ok(outcome)) => outcome.into(),
-            Ok(Err(error)) => Outcome::DeadLetter {
-                reason: format!("handler failed: {}", error.into()),
-            },
-            Err(panic) => Outcome::DeadLetter {
-                reason: format!("handler panicked: {}", panic_message(&panic)),
-            },
+        let headers = delivery.properties.headers();
+        let attempt = 1 + envelope::header_i64(headers, envelope::ATTEMPTS).unwrap_or(0).clamp(0, 1 << 20) as u32;
+        let context = Context::new(&self.bus, &delivery, attempt);
+        let run = async {
+            match AssertUnwindSafe(handler(message, context)).catch_unwind().await {
+                Ok(Ok(outcome)) => Verdict::Decided(outcome.into()),
+                Ok(Err(error)) => Verdict::Failed(format!("handler failed: {}", error.into())),
+                Err(panic) => Verdict::Failed(format!("handler panicked: {}", panic_message(&panic))),
+            }
         };
-        match outcome {
-            Outcome::Ack => {
-                if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-                    tracing::warn!(queue = %self.queue, %error, "ack failed; the message will be redelivered");
+        let verdict = match self.handler_timeout {
+            Some(limit) => tokio::time::timeout(limit, run)
+                .await
+                .unwrap_or_else(|_| Verdict::Failed(format!("handler timed out after {limit:?}"))),
+            None => run.await,
+        };
+        match verdict {
+            Verdict::Decided(Outcome::Ack) => {
+                if !delivery.settle(Settle::Ack).await {
+                    tracing::warn!(queue = %self.queue, "ack failed; the message will be redelivered");
                 }
             }
-            Outcome::Retry { after } => {
-                tokio::time::sleep(after).await;
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
+            Verdict::Decided(Outcome::Retry { after }) => {
+                self.retry_or_dead_letter(&delivery, attempt, after, "the handler asked to retry").await;
             }
-            Outcome::DeadLetter { reason } => self.dead_letter(&delivery, &reason).await,
+            Verdict::Decided(Outcome::DeadLetter { reason }) => self.dead_letter(&delivery, &reason, attempt).await,
+            Verdict::Failed(reason) => {
+                let after = self.retry.backoff(attempt);
+                self.retry_or_dead_letter(&delivery, attempt, after, &reason).await;
+            }
         }
     }
 
-    /// Copies the delivery to `<queue>.dlq` with the reason in headers, then acknowledges it. If the copy cannot
-    /// be confirmed, rejects it instead, so the broker dead-letters it (without the reason) rather than losing it.
-    async fn dead_letter(&self, delivery: &Delivery, reason: &str) {
-        tracing::warn!(queue = %self.queue, reason, "dead-lettering message");
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        for (key, value) in [
-            (envelope::DLQ_REASON, reason),
-            (envelope::DLQ_EXCHANGE, delivery.exchange.as_str()),
-            (envelope::DLQ_ROUTING_KEY, delivery.routing_key.as_str()),
-            (envelope::DLQ_CONSUMER, self.group.as_str()),
-        ] {
-            headers.insert(
-                ShortString::from(key),
-                envelope::long_string(reason_safe(value)),
-            );
+    /// Retries through a delay queue while attempts remain, then dead-letters.
+    async fn retry_or_dead_letter(&self, delivery: &Delivery, attempt: u32, after: Duration, reason: &str) {
+        if attempt >= self.retry.max_attempts {
+            return self.dead_letter(delivery, reason, attempt).await;
         }
-        headers.insert(
-            ShortString::from(envelope::DLQ_FAILED_AT),
-            lapin::types::AMQPValue::Timestamp(envelope::now_unix()),
-        );
+        tracing::debug!(queue = %self.queue, attempt, ?after, reason, "retrying message");
+        // `<queue>.retry.<ms>`: messages wait there for the TTL, then the broker dead-letters them back into the
+        // queue through the default exchange. One queue per delay, so no message waits behind a longer one.
+        let delay_ms = after.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
+        let retry_queue = format!("{}.retry.{delay_ms}", self.queue);
+        let options = crate::transport::QueueOptions {
+            message_ttl: Some(delay_ms),
+            dead_letter: Some((String::new(), self.queue.clone())),
+            ..durability(self.temporary)
+        };
+        let mut headers = self.failure_headers(delivery, reason);
+        headers.insert(ShortString::from(envelope::ATTEMPTS), AMQPValue::LongLongInt(i64::from(attempt)));
+        let properties = delivery.properties.clone().with_headers(headers);
+        let sent = match self.bus.declare_queue(&retry_queue, options).await {
+            Ok(()) => self.bus.publish_raw("", &retry_queue, &delivery.body, properties).await,
+            Err(error) => Err(error),
+        };
+        match sent {
+            Ok(()) => {
+                delivery.settle(Settle::Ack).await;
+            }
+            Err(error) => {
+                // Not lost: back to the queue at once, marked redelivered.
+                tracing::warn!(queue = %self.queue, %error, "could not schedule a retry; requeueing");
+                delivery.settle(Settle::Requeue).await;
+            }
+        }
+    }
+
+    /// Copies the delivery to `<queue>.dlq` with why, where from and how often it failed, then acknowledges it.
+    /// If the copy cannot be confirmed, rejects it instead, so the broker dead-letters it (without the reason)
+    /// rather than losing it.
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str, attempts: u32) {
+        tracing::warn!(queue = %self.queue, reason, attempts, "dead-lettering message");
+        let mut headers = self.failure_headers(delivery, reason);
+        headers.insert(ShortString::from(envelope::ATTEMPTS), AMQPValue::LongLongInt(i64::from(attempts)));
         let properties = delivery.properties.clone().with_headers(headers);
         let dlq = format!("{}.dlq", self.queue);
-        match self
-            .bus
-            .publish_raw("", &dlq, &delivery.data, properties)
-            .await
-        {
+        match self.bus.publish_raw("", &dlq, &delivery.body, properties).await {
             Ok(()) => {
-                let _ = delivery.ack(BasicAckOptions::default()).await;
+                delivery.settle(Settle::Ack).await;
             }
             Err(error) => {
                 tracing::warn!(queue = %self.queue, %error, "could not copy to the dead-letter queue; rejecting");
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: false,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
+                delivery.settle(Settle::Reject).await;
             }
         }
+    }
+
+    /// The delivery's headers plus the failure record. The original exchange and routing key, and the time of
+    /// the first failure, are kept from the first failure on, across retry hops.
+    fn failure_headers(&self, delivery: &Delivery, reason: &str) -> lapin::types::FieldTable {
+        let old = delivery.properties.headers();
+        let mut headers = old.clone().unwrap_or_default();
+        let mut put = |key: &str, value: AMQPValue| {
+            headers.insert(ShortString::from(key), value);
+        };
+        let now = AMQPValue::Timestamp(envelope::now_unix());
+        if envelope::header_str(old, envelope::DLQ_EXCHANGE).is_none() {
+            put(envelope::DLQ_EXCHANGE, envelope::long_string(&delivery.exchange));
+            put(envelope::DLQ_ROUTING_KEY, envelope::long_string(&delivery.routing_key));
+        }
+        if !old.as_ref().is_some_and(|h| h.contains_key(envelope::FIRST_FAILED_AT)) {
+            put(envelope::FIRST_FAILED_AT, now.clone());
+        }
+        put(envelope::DLQ_FAILED_AT, now);
+        put(envelope::DLQ_REASON, envelope::long_string(reason_safe(reason)));
+        put(envelope::DLQ_CONSUMER, envelope::long_string(&self.group));
+        headers
     }
 }
 

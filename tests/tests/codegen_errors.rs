@@ -9,9 +9,7 @@ use warren_codegen::{Config, Contracts, Error};
 
 /// The include directory of one fixture case.
 fn case_dir(case: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/errors")
-        .join(case)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/errors").join(case)
 }
 
 /// Loads `<case>/<case>.proto`.
@@ -31,24 +29,12 @@ fn load_error(case: &str) -> Error {
 fn assert_reported(error: &Error, case: &str, line: usize, phrases: &[&str]) {
     let text = error.to_string();
     let file = format!("{case}.proto");
-    let location = error
-        .location()
-        .unwrap_or_else(|| panic!("error has no location: {text}"));
-    assert!(
-        location.file.ends_with(&file),
-        "location file {} is not {file}; error:\n{text}",
-        location.file.display()
-    );
+    let location = error.location().unwrap_or_else(|| panic!("error has no location: {text}"));
+    assert!(location.file.ends_with(&file), "location file {} is not {file}; error:\n{text}", location.file.display());
     assert_eq!(location.line, line, "wrong line; error:\n{text}");
-    assert!(
-        text.contains(&format!("{file}:{line}")),
-        "message does not say `{file}:{line}`:\n{text}"
-    );
+    assert!(text.contains(&format!("{file}:{line}")), "message does not say `{file}:{line}`:\n{text}");
     for phrase in phrases {
-        assert!(
-            text.contains(phrase),
-            "message does not contain {phrase:?}:\n{text}"
-        );
+        assert!(text.contains(phrase), "message does not contain {phrase:?}:\n{text}");
     }
 }
 
@@ -63,10 +49,7 @@ fn assert_help(error: &Error, fix: &str) {
 #[test]
 fn a_proto_syntax_error_is_a_proto_error_at_its_line() {
     let error = load_error("syntax_error");
-    assert!(
-        matches!(error, Error::Proto { .. }),
-        "expected Error::Proto, got {error:?}"
-    );
+    assert!(matches!(error, Error::Proto { .. }), "expected Error::Proto, got {error:?}");
     // `int64 id 1;` on line 6 lacks its `=`.
     assert_reported(&error, "syntax_error", 6, &["expected '=', but found '1'"]);
 }
@@ -74,63 +57,35 @@ fn a_proto_syntax_error_is_a_proto_error_at_its_line() {
 #[test]
 fn an_unknown_option_field_is_a_proto_error_naming_the_field() {
     let error = load_error("unknown_option_field");
-    assert!(
-        matches!(error, Error::Proto { .. }),
-        "expected Error::Proto, got {error:?}"
-    );
-    assert_reported(
-        &error,
-        "unknown_option_field",
-        10,
-        &["(warren.event)", "'routnig_key'"],
-    );
+    assert!(matches!(error, Error::Proto { .. }), "expected Error::Proto, got {error:?}");
+    assert_reported(&error, "unknown_option_field", 10, &["(warren.event)", "'routnig_key'"]);
 }
 
 #[test]
 fn an_event_without_exchange_says_it_has_no_exchange() {
     let error = load_error("event_without_exchange");
-    assert!(
-        matches!(error, Error::Contract { .. }),
-        "expected Error::Contract, got {error:?}"
-    );
-    assert_reported(
-        &error,
-        "event_without_exchange",
-        10,
-        &["event fixtures.v1.OrderPlaced has no exchange"],
-    );
+    assert!(matches!(error, Error::Contract { .. }), "expected Error::Contract, got {error:?}");
+    assert_reported(&error, "event_without_exchange", 10, &["event fixtures.v1.OrderPlaced has no exchange"]);
     assert_help(&error, "add `exchange: \"<name>\"`");
 }
 
 #[test]
 fn an_event_on_an_undeclared_exchange_lists_the_declared_ones() {
     let error = load_error("undeclared_exchange");
-    assert!(
-        matches!(error, Error::Contract { .. }),
-        "expected Error::Contract, got {error:?}"
-    );
+    assert!(matches!(error, Error::Contract { .. }), "expected Error::Contract, got {error:?}");
     assert_reported(
         &error,
         "undeclared_exchange",
         11,
-        &[
-            "uses exchange \"order.events\", which is not declared",
-            "declared: \"orders.events\", \"users.events\"",
-        ],
+        &["uses exchange \"order.events\", which is not declared", "declared: \"orders.events\", \"users.events\""],
     );
-    assert_help(
-        &error,
-        "option (warren.exchange) = { name: \"order.events\" kind: TOPIC };",
-    );
+    assert_help(&error, "option (warren.exchange) = { name: \"order.events\" kind: TOPIC };");
 }
 
 #[test]
 fn two_events_with_one_routing_key_on_one_exchange_are_rejected() {
     let error = load_error("duplicate_routing_key");
-    assert!(
-        matches!(error, Error::Contract { .. }),
-        "expected Error::Contract, got {error:?}"
-    );
+    assert!(matches!(error, Error::Contract { .. }), "expected Error::Contract, got {error:?}");
     // The second event, `message OrderCreated` on line 14, is the one reported.
     assert_reported(
         &error,
@@ -147,71 +102,37 @@ fn two_events_with_one_routing_key_on_one_exchange_are_rejected() {
 #[test]
 fn an_rpc_service_without_a_queue_says_it_has_no_queue() {
     let error = load_error("service_without_queue");
-    assert!(
-        matches!(error, Error::Contract { .. }),
-        "expected Error::Contract, got {error:?}"
-    );
-    assert_reported(
-        &error,
-        "service_without_queue",
-        7,
-        &["service fixtures.v1.Pricer has no queue"],
-    );
-    assert_help(
-        &error,
-        "add `option (warren.service) = { queue: \"Pricer\" };` inside the service",
-    );
+    assert!(matches!(error, Error::Contract { .. }), "expected Error::Contract, got {error:?}");
+    assert_reported(&error, "service_without_queue", 7, &["service fixtures.v1.Pricer has no queue"]);
+    assert_help(&error, "add `option (warren.service) = { queue: \"Pricer\" };` inside the service");
 }
 
 #[test]
 fn an_exchange_without_kind_says_it_has_no_kind() {
     let error = load_error("exchange_without_kind");
-    assert!(
-        matches!(error, Error::Contract { .. }),
-        "expected Error::Contract, got {error:?}"
-    );
-    assert_reported(
-        &error,
-        "exchange_without_kind",
-        7,
-        &["exchange \"orders.events\" has no kind"],
-    );
+    assert!(matches!(error, Error::Contract { .. }), "expected Error::Contract, got {error:?}");
+    assert_reported(&error, "exchange_without_kind", 7, &["exchange \"orders.events\" has no kind"]);
     assert_help(&error, "add `kind: TOPIC`");
 }
 
 #[test]
 fn a_routing_key_with_a_wildcard_is_not_a_plain_dotted_key() {
     let error = load_error("wildcard_routing_key");
-    assert!(
-        matches!(error, Error::Contract { .. }),
-        "expected Error::Contract, got {error:?}"
-    );
-    assert_reported(
-        &error,
-        "wildcard_routing_key",
-        10,
-        &["routing key \"order.*\", which is not a plain dotted key"],
-    );
+    assert!(matches!(error, Error::Contract { .. }), "expected Error::Contract, got {error:?}");
+    assert_reported(&error, "wildcard_routing_key", 10, &["routing key \"order.*\", which is not a plain dotted key"]);
     assert_help(&error, "without the wildcards");
 }
 
 #[test]
 fn an_exchange_declared_twice_names_both_declarations() {
     let error = load_error("exchange_declared_twice");
-    assert!(
-        matches!(error, Error::Contract { .. }),
-        "expected Error::Contract, got {error:?}"
-    );
+    assert!(matches!(error, Error::Contract { .. }), "expected Error::Contract, got {error:?}");
     // The second declaration (line 9) is reported, and the first (line 7) named.
     assert_reported(
         &error,
         "exchange_declared_twice",
         9,
-        &[
-            "exchange \"orders.events\" is declared twice",
-            "first at ",
-            "exchange_declared_twice.proto:7",
-        ],
+        &["exchange \"orders.events\" is declared twice", "first at ", "exchange_declared_twice.proto:7"],
     );
     assert_help(&error, "declare each exchange once");
 }
@@ -219,16 +140,8 @@ fn an_exchange_declared_twice_names_both_declarations() {
 #[test]
 fn a_streaming_rpc_is_rejected_because_it_streams() {
     let error = load_error("streaming_rpc");
-    assert!(
-        matches!(error, Error::Contract { .. }),
-        "expected Error::Contract, got {error:?}"
-    );
-    assert_reported(
-        &error,
-        "streaming_rpc",
-        10,
-        &["rpc fixtures.v1.Ticker.Watch streams"],
-    );
+    assert!(matches!(error, Error::Contract { .. }), "expected Error::Contract, got {error:?}");
+    assert_reported(&error, "streaming_rpc", 10, &["rpc fixtures.v1.Ticker.Watch streams"]);
     assert_help(&error, "use unary rpcs");
 }
 
@@ -238,11 +151,8 @@ fn a_valid_contract_loads_with_its_events_and_services() {
     assert_eq!(contracts.packages.len(), 1);
     let package = &contracts.packages[0];
     assert_eq!(package.name, "fixtures.v1");
-    let events: Vec<(&str, &str)> = package
-        .events
-        .iter()
-        .map(|e| (e.full_name.as_str(), e.routing_key.as_str()))
-        .collect();
+    let events: Vec<(&str, &str)> =
+        package.events.iter().map(|e| (e.full_name.as_str(), e.routing_key.as_str())).collect();
     assert_eq!(
         events,
         [
@@ -255,20 +165,9 @@ fn a_valid_contract_loads_with_its_events_and_services() {
     assert_eq!(package.services.len(), 1);
     let service = &package.services[0];
     assert_eq!(
-        (
-            service.name.as_str(),
-            service.queue.as_str(),
-            service.default_timeout_ms
-        ),
+        (service.name.as_str(), service.queue.as_str(), service.default_timeout_ms),
         ("Pricer", "fixtures.Pricer", 5000)
     );
     assert_eq!(service.methods.len(), 1);
-    assert_eq!(
-        contracts
-            .exchanges
-            .keys()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-        ["audit", "orders.events"]
-    );
+    assert_eq!(contracts.exchanges.keys().map(String::as_str).collect::<Vec<_>>(), ["audit", "orders.events"]);
 }

@@ -17,32 +17,18 @@ async fn a_published_event_reaches_its_typed_subscriber_equal() {
         .handle(move |event: UserRegistered, ctx| {
             let tx = tx.clone();
             async move {
-                tx.send((
-                    event,
-                    ctx.message_id().map(str::to_owned),
-                    ctx.app_id().map(str::to_owned),
-                ))
-                .unwrap();
+                tx.send((event, ctx.message_id().map(str::to_owned), ctx.app_id().map(str::to_owned))).unwrap();
                 Ok::<_, HandlerError>(())
             }
         })
         .await
         .unwrap();
 
-    let sent = UserRegistered {
-        user_id: 123,
-        username: "gametrader1".into(),
-        email: "g@example.com".into(),
-    };
-    bus.publish(&sent)
-        .await
-        .expect("a bound event publishes and is confirmed");
+    let sent = UserRegistered { user_id: 123, username: "gametrader1".into(), email: "g@example.com".into() };
+    bus.publish(&sent).await.expect("a bound event publishes and is confirmed");
     let (received, message_id, app_id) = within(10, "delivery", rx.recv()).await.unwrap();
     assert_eq!(received, sent);
-    assert!(
-        message_id
-            .is_some_and(|id| uuid::Uuid::parse_str(&id).is_ok_and(|u| u.get_version_num() == 7))
-    );
+    assert!(message_id.is_some_and(|id| uuid::Uuid::parse_str(&id).is_ok_and(|u| u.get_version_num() == 7)));
     assert_eq!(app_id.as_deref(), Some("events-test"));
     subscription.stop().await;
 }
@@ -77,19 +63,8 @@ async fn a_user_pattern_subscriber_gets_user_registered_and_not_item_listed() {
         .unwrap();
 
     // ItemListed first: queues are FIFO, so had it been routed to the user.* queue it would arrive first.
-    bus.publish(&ItemListed {
-        item_id: 7,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    bus.publish(&UserRegistered {
-        user_id: 1,
-        username: "u".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    bus.publish(&ItemListed { item_id: 7, ..Default::default() }).await.unwrap();
+    bus.publish(&UserRegistered { user_id: 1, username: "u".into(), ..Default::default() }).await.unwrap();
 
     match within(10, "user.* delivery", users.recv()).await.unwrap() {
         GametradeEvents::UserRegistered(event) => assert_eq!(event.user_id, 1),
@@ -99,10 +74,7 @@ async fn a_user_pattern_subscriber_gets_user_registered_and_not_item_listed() {
         GametradeEvents::ItemListed(event) => assert_eq!(event.item_id, 7),
         other => panic!("the item.* subscriber received {other:?}"),
     }
-    assert!(
-        users.try_recv().is_err(),
-        "nothing else reached the user.* subscriber"
-    );
+    assert!(users.try_recv().is_err(), "nothing else reached the user.* subscriber");
     user_sub.stop().await;
     item_sub.stop().await;
 }
@@ -116,10 +88,7 @@ async fn a_pattern_that_matches_no_event_is_refused_at_subscribe_time() {
         .await
         .expect_err("usr.* matches no routing key of gametrade.events");
     assert!(matches!(error, Error::Config { .. }), "{error:?}");
-    assert!(
-        error.to_string().contains("cannot match any event"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("cannot match any event"), "{error}");
 }
 
 #[tokio::test]
@@ -128,21 +97,9 @@ async fn an_unroutable_publish_is_an_error_not_a_silent_drop() {
     // Nothing in this test suite binds the `orders` exchange with key "completed"; publishing declares the
     // exchange, so the only outcome left is a return from the broker.
     use warren_contracts::streaming::v1::OrderCompleted;
-    match bus
-        .publish(&OrderCompleted {
-            order_id: 1,
-            ..Default::default()
-        })
-        .await
-    {
-        Err(Error::Unroutable {
-            exchange,
-            routing_key,
-        }) => {
-            assert_eq!(
-                (exchange.as_str(), routing_key.as_str()),
-                ("orders", "completed")
-            );
+    match bus.publish(&OrderCompleted { order_id: 1, ..Default::default() }).await {
+        Err(Error::Unroutable { exchange, routing_key }) => {
+            assert_eq!((exchange.as_str(), routing_key.as_str()), ("orders", "completed"));
         }
         Ok(()) => panic!(
             "publish succeeded: some other queue is bound to orders/completed on this broker; the test needs none"
@@ -189,12 +146,7 @@ async fn garbage_and_wrong_type_go_to_the_dead_letter_queue_with_a_reason() {
     };
     publish(b"\xff\xff\xff\xff garbage", "gametrade.v1.UserRegistered").await;
     publish(b"", "gametrade.v1.ItemListed").await;
-    bus.publish(&UserRegistered {
-        user_id: 99,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    bus.publish(&UserRegistered { user_id: 99, ..Default::default() }).await.unwrap();
 
     // The consumer went on past both bad messages.
     assert_eq!(within(10, "the good message", rx.recv()).await, Some(99));
@@ -204,14 +156,8 @@ async fn garbage_and_wrong_type_go_to_the_dead_letter_queue_with_a_reason() {
         reasons.push(message);
     }
     reasons.sort();
-    assert!(
-        reasons[0].contains("payload does not decode"),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons[1].contains("unexpected message type \"gametrade.v1.ItemListed\""),
-        "{reasons:?}"
-    );
+    assert!(reasons[0].contains("payload does not decode"), "{reasons:?}");
+    assert!(reasons[1].contains("unexpected message type \"gametrade.v1.ItemListed\""), "{reasons:?}");
     subscription.stop().await;
 }
 
@@ -229,24 +175,12 @@ async fn raw_channel() -> lapin::Channel {
 /// Polls `queue` until a message arrives; returns its `x-warren-reason` header.
 async fn get_one(channel: &lapin::Channel, queue: &str) -> String {
     loop {
-        if let Some(message) = channel
-            .basic_get(
-                queue.into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap()
+        if let Some(message) =
+            channel.basic_get(queue.into(), lapin::options::BasicGetOptions { no_ack: true }).await.unwrap()
         {
-            let headers = message
-                .delivery
-                .properties
-                .headers()
-                .clone()
-                .unwrap_or_default();
+            let headers = message.delivery.properties.headers().clone().unwrap_or_default();
             return match headers.inner().get("x-warren-reason") {
-                Some(lapin::types::AMQPValue::LongString(s)) => {
-                    String::from_utf8_lossy(s.as_bytes()).into_owned()
-                }
+                Some(lapin::types::AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
                 other => panic!("dead letter without a reason header: {other:?}"),
             };
         }

@@ -39,43 +39,21 @@ async fn a_refused_password_is_not_in_the_error_the_debug_output_or_the_logs() {
         .ok()
         .and_then(|u| u.split('@').nth(1).map(str::to_owned))
         .unwrap_or_else(|| "127.0.0.1:5672/%2f".to_owned());
-    let config = BusConfig::new(&format!("amqp://guest:{PASSWORD}@{host}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2));
+    let config =
+        BusConfig::new(&format!("amqp://guest:{PASSWORD}@{host}")).unwrap().connect_timeout(Duration::from_secs(2));
     let shown = format!("{config:?}");
-    assert!(
-        !shown.contains(PASSWORD),
-        "Debug of the config shows the password: {shown}"
-    );
+    assert!(!shown.contains(PASSWORD), "Debug of the config shows the password: {shown}");
 
-    let error = Bus::with_config(config)
-        .await
-        .expect_err("the broker refuses a wrong password");
+    let error = Bus::with_config(config).await.expect_err("the broker refuses a wrong password");
     for text in [error.to_string(), format!("{error:?}")] {
-        assert!(
-            !text.contains(PASSWORD),
-            "the error shows the password: {text}"
-        );
+        assert!(!text.contains(PASSWORD), "the error shows the password: {text}");
     }
-    assert!(
-        error.to_string().contains("amqp://guest:***@"),
-        "the error names the redacted URL: {error}"
-    );
+    assert!(error.to_string().contains("amqp://guest:***@"), "the error names the redacted URL: {error}");
 
     let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
-    assert!(
-        !logs.is_empty(),
-        "the capture works (connect attempts are logged)"
-    );
+    assert!(!logs.is_empty(), "the capture works (connect attempts are logged)");
     assert!(!logs.contains(PASSWORD), "the logs show the password");
     // lapin's byte-array Debug of the PLAIN response would show the password as decimal bytes.
-    let as_bytes = PASSWORD
-        .bytes()
-        .map(|b| b.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    assert!(
-        !logs.contains(&as_bytes),
-        "the logs show the password as bytes"
-    );
+    let as_bytes = PASSWORD.bytes().map(|b| b.to_string()).collect::<Vec<_>>().join(", ");
+    assert!(!logs.contains(&as_bytes), "the logs show the password as bytes");
 }

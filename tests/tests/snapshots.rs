@@ -5,8 +5,7 @@ use warren_tests::workspace_root;
 
 #[test]
 fn generated_files() {
-    let files =
-        warren_codegen::generate(&Config::for_workspace(&workspace_root()).unwrap()).unwrap();
+    let files = warren_codegen::generate(&Config::for_workspace(&workspace_root()).unwrap()).unwrap();
     for (path, contents) in &files {
         let Ok(text) = std::str::from_utf8(contents) else {
             continue; // the descriptor set is binary; it is covered by the up-to-date check

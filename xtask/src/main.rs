@@ -41,8 +41,6 @@ fn run() -> Result<ExitCode> {
 
 fn workspace_root() -> Result<PathBuf> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let root = manifest
-        .parent()
-        .context("xtask lives inside the workspace")?;
+    let root = manifest.parent().context("xtask lives inside the workspace")?;
     Ok(root.to_path_buf())
 }

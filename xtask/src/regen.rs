@@ -18,25 +18,19 @@ pub(crate) fn run(root: &Path, check: bool) -> Result<ExitCode> {
         stale.push(path.display().to_string());
         if !check {
             if let Some(dir) = target.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            std::fs::write(&target, contents)
-                .with_context(|| format!("writing {}", target.display()))?;
+            std::fs::write(&target, contents).with_context(|| format!("writing {}", target.display()))?;
         }
     }
     // Files generated earlier that the contracts no longer produce.
     let mut orphans = Vec::new();
     for entry in walk(&out.join("src"))? {
-        let relative = entry
-            .strip_prefix(&out)
-            .expect("walked under out")
-            .to_path_buf();
+        let relative = entry.strip_prefix(&out).expect("walked under out").to_path_buf();
         if !files.contains_key(&relative) {
             orphans.push(relative.display().to_string());
             if !check {
-                std::fs::remove_file(&entry)
-                    .with_context(|| format!("removing {}", entry.display()))?;
+                std::fs::remove_file(&entry).with_context(|| format!("removing {}", entry.display()))?;
             }
         }
     }
@@ -50,9 +44,7 @@ pub(crate) fn run(root: &Path, check: bool) -> Result<ExitCode> {
         for path in &orphans {
             eprintln!("no longer generated: generated/{path}");
         }
-        eprintln!(
-            "generated/ is out of date with proto/: run `cargo xtask regen` and commit the result"
-        );
+        eprintln!("generated/ is out of date with proto/: run `cargo xtask regen` and commit the result");
         return Ok(ExitCode::FAILURE);
     }
     for path in &stale {

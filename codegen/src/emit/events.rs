@@ -38,16 +38,9 @@ pub(super) fn emit(package: &Package) -> TokenStream {
         let routing_key = &event.routing_key;
         let exchange = exchange_spec(&event.exchange);
         let binding = if event.exchange.kind.uses_routing_key() {
-            format!(
-                "`{}` on exchange `{}`",
-                event.routing_key, event.exchange.name
-            )
+            format!("`{}` on exchange `{}`", event.routing_key, event.exchange.name)
         } else {
-            format!(
-                "{} exchange `{}`",
-                event.exchange.kind.as_str(),
-                event.exchange.name
-            )
+            format!("{} exchange `{}`", event.exchange.kind.as_str(), event.exchange.name)
         };
         let subscribe_doc = docs::doc_attrs(
             &format!(
@@ -80,16 +73,11 @@ pub(super) fn emit(package: &Package) -> TokenStream {
         let name = format_ident!("{}", group.rust_name);
         let exchange = exchange_spec(&group.exchange);
         let events: Vec<_> = group.events.iter().map(|i| &package.events[*i]).collect();
-        let variants: Vec<_> = events
-            .iter()
-            .map(|e| format_ident!("{}", e.variant))
-            .collect();
+        let variants: Vec<_> = events.iter().map(|e| format_ident!("{}", e.variant)).collect();
         let types: Vec<_> = events.iter().map(|e| rust_path(&e.rust_path)).collect();
         let type_names: Vec<_> = events.iter().map(|e| &e.full_name).collect();
-        let variant_docs: Vec<_> = events
-            .iter()
-            .map(|e| docs::doc_attrs(&e.doc, &format!("A `{}` event.", e.full_name)))
-            .collect();
+        let variant_docs: Vec<_> =
+            events.iter().map(|e| docs::doc_attrs(&e.doc, &format!("A `{}` event.", e.full_name))).collect();
         let enum_doc = docs::doc_attrs(
             &format!(
                 "Every event of package `{}` published to exchange `{}` ({}), as one type.\n\n\

@@ -1,0 +1,242 @@
+//! Transports: what the bus needs from a broker, over AMQP (lapin) or in memory.
+//!
+//! Both speak AMQP's model — exchanges, queues, bindings, properties and headers (lapin's `BasicProperties`
+//! and `FieldTable`) — so everything above this module (subscribers, retries, dead letters, RPC) is written
+//! once and behaves the same on both.
+
+pub(crate) mod amqp;
+pub(crate) mod memory;
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+
+use crate::contract::ExchangeSpec;
+use crate::error::Result;
+
+/// A queue's settings, as both transports understand them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct QueueOptions {
+    /// Survives broker restarts.
+    pub(crate) durable: bool,
+    /// Deleted when its last consumer goes.
+    pub(crate) auto_delete: bool,
+    /// Where rejected and expired messages go: (exchange, routing key).
+    pub(crate) dead_letter: Option<(String, String)>,
+    /// Messages expire this many milliseconds after entering the queue.
+    pub(crate) message_ttl: Option<u32>,
+    /// The queue is deleted after this many milliseconds unused.
+    pub(crate) expires: Option<u32>,
+    /// Priorities 0..=max are honoured.
+    pub(crate) max_priority: Option<u8>,
+}
+
+impl QueueOptions {
+    /// The AMQP `x-` arguments for these options.
+    pub(crate) fn arguments(&self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        let mut put = |key: &str, value: AMQPValue| {
+            arguments.insert(ShortString::from(key), value);
+        };
+        if let Some((exchange, routing_key)) = &self.dead_letter {
+            put("x-dead-letter-exchange", AMQPValue::LongString(exchange.as_str().into()));
+            put("x-dead-letter-routing-key", AMQPValue::LongString(routing_key.as_str().into()));
+        }
+        if let Some(ttl) = self.message_ttl {
+            put("x-message-ttl", AMQPValue::LongInt(ttl as i32));
+        }
+        if let Some(expires) = self.expires {
+            put("x-expires", AMQPValue::LongInt(expires as i32));
+        }
+        if let Some(max) = self.max_priority {
+            put("x-max-priority", AMQPValue::ShortShortUInt(max));
+        }
+        arguments
+    }
+}
+
+/// A message handed to a consumer, with the means to settle it.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) redelivered: bool,
+    pub(crate) properties: BasicProperties,
+    pub(crate) body: Vec<u8>,
+    pub(crate) acker: Acker,
+}
+
+/// How a delivery is settled on its transport.
+#[derive(Debug)]
+pub(crate) enum Acker {
+    Amqp(lapin::Acker),
+    Memory(memory::Acker),
+    /// Replies: consumed without acknowledgement.
+    None,
+}
+
+/// How to settle a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// Done; remove it.
+    Ack,
+    /// Put it back for redelivery.
+    Requeue,
+    /// Drop it, or dead-letter it when the queue has a dead-letter exchange.
+    Reject,
+}
+
+impl Delivery {
+    /// Settles the delivery; `false` when it could not be (the broker will redeliver it).
+    pub(crate) async fn settle(&self, how: Settle) -> bool {
+        match &self.acker {
+            Acker::Amqp(acker) => amqp::settle(acker, how).await,
+            Acker::Memory(acker) => acker.settle(how),
+            Acker::None => true,
+        }
+    }
+}
+
+/// A stream of deliveries from one consumer; ends when the broker cancels it or the connection goes.
+pub(crate) struct Consumer {
+    pub(crate) tag: String,
+    pub(crate) stream: Pin<Box<dyn Stream<Item = Result<Delivery>> + Send + Sync>>,
+    pub(crate) cancel: Canceller,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer").field("tag", &self.tag).finish_non_exhaustive()
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.stream.as_mut().poll_next(cx)
+    }
+}
+
+/// Stops a consumer: no more deliveries; unacknowledged ones go back to the queue.
+#[derive(Debug, Clone)]
+pub(crate) enum Canceller {
+    Amqp(lapin::Channel),
+    Memory(memory::Canceller),
+}
+
+impl Canceller {
+    pub(crate) async fn cancel(&self, tag: &str, timeout: std::time::Duration) {
+        match self {
+            Canceller::Amqp(channel) => amqp::cancel(channel, tag, timeout).await,
+            Canceller::Memory(canceller) => canceller.cancel(),
+        }
+    }
+}
+
+/// The broker behind a bus.
+#[derive(Debug, Clone)]
+pub(crate) enum Transport {
+    Amqp(std::sync::Arc<amqp::Amqp>),
+    Memory(memory::Broker),
+}
+
+/// What a publish needs besides the payload.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Publish<'a> {
+    pub(crate) exchange: &'a str,
+    pub(crate) routing_key: &'a str,
+    /// Unroutable messages are returned as an error rather than dropped.
+    pub(crate) mandatory: bool,
+    /// Wait for the broker to take responsibility (publisher confirm).
+    pub(crate) confirm: bool,
+}
+
+impl Transport {
+    pub(crate) async fn declare_exchange(&self, exchange: &ExchangeSpec) -> Result<()> {
+        match self {
+            Transport::Amqp(amqp) => amqp.declare_exchange(exchange).await,
+            Transport::Memory(broker) => broker.declare_exchange(exchange),
+        }
+    }
+
+    pub(crate) async fn declare_queue(&self, queue: &str, options: &QueueOptions) -> Result<()> {
+        match self {
+            Transport::Amqp(amqp) => amqp.declare_queue(queue, options).await,
+            Transport::Memory(broker) => broker.declare_queue(queue, options),
+        }
+    }
+
+    pub(crate) async fn bind(&self, queue: &str, exchange: &str, key: &str) -> Result<()> {
+        match self {
+            Transport::Amqp(amqp) => amqp.bind(queue, exchange, key).await,
+            Transport::Memory(broker) => broker.bind(queue, exchange, key, FieldTable::default()),
+        }
+    }
+
+    pub(crate) async fn publish(&self, publish: Publish<'_>, body: &[u8], properties: BasicProperties) -> Result<()> {
+        match self {
+            Transport::Amqp(amqp) => amqp.publish(publish, body, properties).await,
+            Transport::Memory(broker) => broker.publish(publish, body, properties),
+        }
+    }
+
+    pub(crate) async fn consume(&self, queue: &str, prefetch: u16, tag: String) -> Result<Consumer> {
+        match self {
+            Transport::Amqp(amqp) => amqp.consume(queue, prefetch, tag).await,
+            Transport::Memory(broker) => broker.consume(queue, prefetch, tag),
+        }
+    }
+
+    /// Opens the RPC reply path: an address to put in `reply_to`, requests sent through it, replies from it.
+    pub(crate) async fn reply_path(&self) -> Result<ReplyPath> {
+        match self {
+            Transport::Amqp(amqp) => amqp.reply_path().await,
+            Transport::Memory(broker) => Ok(broker.reply_path()),
+        }
+    }
+
+    pub(crate) async fn close(&self) -> Result<()> {
+        match self {
+            Transport::Amqp(amqp) => amqp.close().await,
+            Transport::Memory(_) => Ok(()),
+        }
+    }
+}
+
+/// A client's side of RPC: where replies come back, and how requests go out so that they do.
+pub(crate) struct ReplyPath {
+    /// The `reply_to` address.
+    pub(crate) address: String,
+    /// Publishes requests (on AMQP, on the channel that consumes replies, as direct reply-to requires).
+    pub(crate) requests: Transport,
+    pub(crate) amqp_channel: Option<lapin::Channel>,
+    /// Replies, in arrival order.
+    pub(crate) replies: Consumer,
+}
+
+impl ReplyPath {
+    pub(crate) async fn send_request(
+        &self,
+        publish: Publish<'_>,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<()> {
+        match &self.amqp_channel {
+            Some(channel) => amqp::publish_on(channel, publish, body, properties, self.requests.timeout()).await,
+            None => self.requests.publish(publish, body, properties).await,
+        }
+    }
+}
+
+impl Transport {
+    fn timeout(&self) -> std::time::Duration {
+        match self {
+            Transport::Amqp(amqp) => amqp.timeout(),
+            Transport::Memory(_) => std::time::Duration::from_secs(10),
+        }
+    }
+}
