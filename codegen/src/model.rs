@@ -78,6 +78,8 @@ pub struct Event {
     pub exchange: Exchange,
     /// The routing key it is published with.
     pub routing_key: String,
+    /// Its default priority (0 = LOW … 3 = CRITICAL), when the contract prioritizes it.
+    pub priority: Option<u8>,
     /// The message's proto comment.
     pub doc: String,
     /// Where the message is declared.
@@ -394,7 +396,10 @@ fn read_event(
             ));
         }
     }
+    let priority = option.get_field_by_name("priority").and_then(|v| v.as_enum_number()).unwrap_or(0);
+    let priority = (1..=4).contains(&priority).then(|| (priority - 1) as u8);
     Ok(Some(Event {
+        priority,
         rust_path: ident::rust_type_path(message.package_name(), message),
         variant: ident::type_name(message.name()),
         full_name,

@@ -164,7 +164,7 @@ impl Story<'_> {
     /// Prints `what` as a step, then publishes `event` with the run's correlation id.
     async fn publish<E: warren::Event>(&mut self, what: &str, event: E) -> anyhow::Result<()> {
         self.say(what);
-        let options = PublishOptions { correlation_id: Some(self.run.to_owned()) };
+        let options = PublishOptions { correlation_id: Some(self.run.to_owned()), ..PublishOptions::default() };
         self.bus.publish_with(&event, options).await.with_context(|| format!("could not publish: {what}"))
     }
 

@@ -9,6 +9,7 @@ impl ::warren::__codegen::Event for UserRegistered {
             auto_delete: false,
         },
         routing_key: "user.registered",
+        priority: ::std::option::Option::None,
     };
 }
 impl UserRegistered {
@@ -29,6 +30,7 @@ impl ::warren::__codegen::Event for UserActivated {
             auto_delete: false,
         },
         routing_key: "user.activated",
+        priority: ::std::option::Option::None,
     };
 }
 impl UserActivated {
@@ -49,6 +51,7 @@ impl ::warren::__codegen::Event for UserDeactivated {
             auto_delete: false,
         },
         routing_key: "user.deactivated",
+        priority: ::std::option::Option::None,
     };
 }
 impl UserDeactivated {
@@ -69,6 +72,7 @@ impl ::warren::__codegen::Event for UserUpdated {
             auto_delete: false,
         },
         routing_key: "user.updated",
+        priority: ::std::option::Option::None,
     };
 }
 impl UserUpdated {
@@ -89,6 +93,7 @@ impl ::warren::__codegen::Event for ItemListed {
             auto_delete: false,
         },
         routing_key: "item.listed",
+        priority: ::std::option::Option::None,
     };
 }
 impl ItemListed {
@@ -109,6 +114,7 @@ impl ::warren::__codegen::Event for ItemUpdated {
             auto_delete: false,
         },
         routing_key: "item.updated",
+        priority: ::std::option::Option::None,
     };
 }
 impl ItemUpdated {
@@ -129,6 +135,7 @@ impl ::warren::__codegen::Event for ItemRemoved {
             auto_delete: false,
         },
         routing_key: "item.removed",
+        priority: ::std::option::Option::None,
     };
 }
 impl ItemRemoved {
@@ -149,6 +156,7 @@ impl ::warren::__codegen::Event for TradeCreated {
             auto_delete: false,
         },
         routing_key: "trade.created",
+        priority: ::std::option::Option::None,
     };
 }
 impl TradeCreated {
@@ -169,6 +177,7 @@ impl ::warren::__codegen::Event for TradeAccepted {
             auto_delete: false,
         },
         routing_key: "trade.accepted",
+        priority: ::std::option::Option::None,
     };
 }
 impl TradeAccepted {
@@ -189,6 +198,7 @@ impl ::warren::__codegen::Event for TradeRejected {
             auto_delete: false,
         },
         routing_key: "trade.rejected",
+        priority: ::std::option::Option::None,
     };
 }
 impl TradeRejected {
@@ -209,6 +219,7 @@ impl ::warren::__codegen::Event for TradeCompleted {
             auto_delete: false,
         },
         routing_key: "trade.completed",
+        priority: ::std::option::Option::None,
     };
 }
 impl TradeCompleted {
@@ -229,6 +240,7 @@ impl ::warren::__codegen::Event for TradeCanceled {
             auto_delete: false,
         },
         routing_key: "trade.canceled",
+        priority: ::std::option::Option::None,
     };
 }
 impl TradeCanceled {
@@ -249,6 +261,7 @@ impl ::warren::__codegen::Event for PaymentInitiated {
             auto_delete: false,
         },
         routing_key: "payment.initiated",
+        priority: ::std::option::Option::None,
     };
 }
 impl PaymentInitiated {
@@ -269,6 +282,7 @@ impl ::warren::__codegen::Event for PaymentCompleted {
             auto_delete: false,
         },
         routing_key: "payment.completed",
+        priority: ::std::option::Option::None,
     };
 }
 impl PaymentCompleted {
@@ -289,6 +303,7 @@ impl ::warren::__codegen::Event for PaymentFailed {
             auto_delete: false,
         },
         routing_key: "payment.failed",
+        priority: ::std::option::Option::None,
     };
 }
 impl PaymentFailed {
@@ -309,6 +324,7 @@ impl ::warren::__codegen::Event for MessageSent {
             auto_delete: false,
         },
         routing_key: "message.sent",
+        priority: ::std::option::Option::None,
     };
 }
 impl MessageSent {
@@ -329,6 +345,7 @@ impl ::warren::__codegen::Event for MessageRead {
             auto_delete: false,
         },
         routing_key: "message.read",
+        priority: ::std::option::Option::None,
     };
 }
 impl MessageRead {
@@ -349,6 +366,7 @@ impl ::warren::__codegen::Event for MessageDeleted {
             auto_delete: false,
         },
         routing_key: "message.deleted",
+        priority: ::std::option::Option::None,
     };
 }
 impl MessageDeleted {
@@ -369,6 +387,7 @@ impl ::warren::__codegen::Event for SystemError {
             auto_delete: false,
         },
         routing_key: "system.error",
+        priority: ::std::option::Option::None,
     };
 }
 impl SystemError {
@@ -389,6 +408,7 @@ impl ::warren::__codegen::Event for SystemAlert {
             auto_delete: false,
         },
         routing_key: "system.alert",
+        priority: ::std::option::Option::None,
     };
 }
 impl SystemAlert {
@@ -409,6 +429,7 @@ impl ::warren::__codegen::Event for SystemInfo {
             auto_delete: false,
         },
         routing_key: "system.info",
+        priority: ::std::option::Option::None,
     };
 }
 impl SystemInfo {
@@ -504,6 +525,9 @@ impl ::warren::__codegen::Inbound for GametradeEvents {
     }
     fn queue_suffix() -> &'static str {
         Self::exchange().name
+    }
+    fn prioritized() -> bool {
+        false
     }
     fn decode(
         type_name: &str,

@@ -9,6 +9,7 @@ impl ::warren::__codegen::Event for UserNotification {
             auto_delete: false,
         },
         routing_key: "user.notification",
+        priority: ::std::option::Option::None,
     };
 }
 impl UserNotification {
@@ -29,6 +30,7 @@ impl ::warren::__codegen::Event for AdminNotification {
             auto_delete: false,
         },
         routing_key: "admin.notification",
+        priority: ::std::option::Option::None,
     };
 }
 impl AdminNotification {
@@ -49,6 +51,7 @@ impl ::warren::__codegen::Event for OrderProcessing {
             auto_delete: false,
         },
         routing_key: "process",
+        priority: ::std::option::Option::None,
     };
 }
 impl OrderProcessing {
@@ -69,6 +72,7 @@ impl ::warren::__codegen::Event for OrderCompleted {
             auto_delete: false,
         },
         routing_key: "completed",
+        priority: ::std::option::Option::None,
     };
 }
 impl OrderCompleted {
@@ -89,6 +93,7 @@ impl ::warren::__codegen::Event for SystemEvent {
             auto_delete: false,
         },
         routing_key: "",
+        priority: ::std::option::Option::None,
     };
 }
 impl SystemEvent {
@@ -127,6 +132,9 @@ impl ::warren::__codegen::Inbound for Notifications {
     }
     fn queue_suffix() -> &'static str {
         Self::exchange().name
+    }
+    fn prioritized() -> bool {
+        false
     }
     fn decode(
         type_name: &str,
@@ -190,6 +198,9 @@ impl ::warren::__codegen::Inbound for Orders {
     fn queue_suffix() -> &'static str {
         Self::exchange().name
     }
+    fn prioritized() -> bool {
+        false
+    }
     fn decode(
         type_name: &str,
         payload: &[u8],
@@ -246,6 +257,9 @@ impl ::warren::__codegen::Inbound for System {
     }
     fn queue_suffix() -> &'static str {
         Self::exchange().name
+    }
+    fn prioritized() -> bool {
+        false
     }
     fn decode(
         type_name: &str,

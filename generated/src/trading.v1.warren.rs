@@ -9,6 +9,7 @@ impl ::warren::__codegen::Event for MarketTick {
             auto_delete: false,
         },
         routing_key: "market.tick",
+        priority: ::std::option::Option::Some(::warren::Priority::Normal),
     };
 }
 impl MarketTick {
@@ -29,6 +30,7 @@ impl ::warren::__codegen::Event for TradingSignal {
             auto_delete: false,
         },
         routing_key: "trading.signal",
+        priority: ::std::option::Option::Some(::warren::Priority::High),
     };
 }
 impl TradingSignal {
@@ -67,6 +69,9 @@ impl ::warren::__codegen::Inbound for TradingEvents {
     }
     fn queue_suffix() -> &'static str {
         Self::exchange().name
+    }
+    fn prioritized() -> bool {
+        true
     }
     fn decode(
         type_name: &str,

@@ -49,6 +49,36 @@ pub struct PublishOptions {
     /// Correlation id to send; defaults to the new message's id. Set it to the id of the message that caused
     /// this one to trace a chain of events.
     pub correlation_id: Option<String>,
+    /// Priority of this message instead of the contract's default.
+    pub priority: Option<crate::Priority>,
+}
+
+/// A message as it travels: for interoperating with publishers that do not use Warren, and for inspecting
+/// queues such as a dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    /// The exchange it was published to (empty for the default exchange).
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+    /// AMQP properties and headers.
+    pub properties: crate::amqp::BasicProperties,
+    /// The payload.
+    pub body: Vec<u8>,
+}
+
+impl RawMessage {
+    /// A header's value as text, when it is a string.
+    pub fn header_str(&self, name: &str) -> Option<String> {
+        envelope::header_str(self.properties.headers(), name)
+    }
+
+    /// A header's value as an integer, when it is one.
+    pub fn header_i64(&self, name: &str) -> Option<i64> {
+        envelope::header_i64(self.properties.headers(), name)
+    }
 }
 
 impl Bus {
@@ -109,9 +139,12 @@ impl Bus {
         let payload = event.encode_to_vec();
         let message_id = envelope::new_id();
         let correlation_id = options.correlation_id.unwrap_or_else(|| message_id.clone());
-        let properties =
+        let mut properties =
             envelope::properties(spec.type_name, &self.inner.config.service_name, message_id, correlation_id)
                 .with_delivery_mode(2);
+        if let Some(priority) = options.priority.or(spec.priority) {
+            properties = properties.with_priority(priority.as_amqp());
+        }
         self.publish_raw(spec.exchange.name, spec.routing_key, &payload, properties).await
     }
 
@@ -126,6 +159,32 @@ impl Bus {
         self.check_size(payload.len())?;
         let publish = Publish { exchange, routing_key, mandatory: true, confirm: true };
         self.inner.transport.publish(publish, payload, properties).await
+    }
+
+    /// Publishes raw bytes with explicit properties to `exchange` with `routing_key`: no contract, no envelope
+    /// added. Mandatory and confirmed like every publish. For interop (a message in another format) and tests;
+    /// typed code uses [`Bus::publish`].
+    pub async fn publish_bytes(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: crate::amqp::BasicProperties,
+    ) -> Result<()> {
+        self.publish_raw(exchange, routing_key, body, properties).await
+    }
+
+    /// Takes one ready message from `queue`, if there is one, acknowledging it at once; e.g. to inspect or
+    /// drain `<queue>.dlq`.
+    pub async fn fetch(&self, queue: &str) -> Result<Option<RawMessage>> {
+        let delivery = self.inner.transport.fetch(queue).await?;
+        Ok(delivery.map(|d| RawMessage {
+            exchange: d.exchange,
+            routing_key: d.routing_key,
+            redelivered: d.redelivered,
+            properties: d.properties,
+            body: d.body,
+        }))
     }
 
     pub(crate) fn check_size(&self, size: usize) -> Result<()> {
@@ -168,8 +227,12 @@ impl Bus {
 const TEMPORARY_QUEUE_EXPIRY_MS: u32 = 60_000;
 
 /// Options of a subscriber queue: rejected messages go to `<queue>.dlq` through the default exchange.
-pub(crate) fn subscriber_queue(queue: &str, temporary: bool) -> QueueOptions {
-    QueueOptions { dead_letter: Some((String::new(), format!("{queue}.dlq"))), ..durability(temporary) }
+pub(crate) fn subscriber_queue(queue: &str, temporary: bool, prioritized: bool) -> QueueOptions {
+    QueueOptions {
+        dead_letter: Some((String::new(), format!("{queue}.dlq"))),
+        max_priority: prioritized.then_some(crate::Priority::MAX_AMQP),
+        ..durability(temporary)
+    }
 }
 
 /// Options of a plain queue (a dead-letter queue, an RPC queue).

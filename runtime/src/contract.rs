@@ -43,6 +43,29 @@ pub struct ExchangeSpec {
     pub auto_delete: bool,
 }
 
+/// How urgent a message is: higher priorities are delivered first from prioritized queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// Background work.
+    Low,
+    /// The usual case.
+    Normal,
+    /// Ahead of normal traffic.
+    High,
+    /// Ahead of everything.
+    Critical,
+}
+
+impl Priority {
+    /// The highest AMQP priority Warren uses; prioritized queues are declared with this `x-max-priority`.
+    pub const MAX_AMQP: u8 = 3;
+
+    /// The AMQP message priority: LOW..CRITICAL are 0..3.
+    pub fn as_amqp(self) -> u8 {
+        self as u8
+    }
+}
+
 /// Where an event goes, as the contract declares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventSpec {
@@ -52,6 +75,8 @@ pub struct EventSpec {
     pub exchange: ExchangeSpec,
     /// The routing key it is published with (empty on fanout and headers exchanges).
     pub routing_key: &'static str,
+    /// Default priority; `Some` makes subscriber queues of the event priority queues.
+    pub priority: Option<Priority>,
 }
 
 /// A message type that the contract declares as an event. Implemented by generated code.
@@ -72,6 +97,10 @@ pub trait Inbound: Sized + Send + 'static {
     fn queue_suffix() -> &'static str;
     /// Decodes a delivery whose AMQP `type` property is `type_name`.
     fn decode(type_name: &str, payload: &[u8]) -> Result<Self, DecodeError>;
+    /// Whether the contract prioritizes any of these events, making subscriber queues priority queues.
+    fn prioritized() -> bool {
+        false
+    }
 }
 
 impl<E: Event> Inbound for E {
@@ -85,6 +114,10 @@ impl<E: Event> Inbound for E {
 
     fn queue_suffix() -> &'static str {
         E::SPEC.type_name
+    }
+
+    fn prioritized() -> bool {
+        E::SPEC.priority.is_some()
     }
 
     fn decode(type_name: &str, payload: &[u8]) -> Result<Self, DecodeError> {

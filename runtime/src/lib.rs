@@ -6,7 +6,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! # #[derive(Clone, PartialEq, prost::Message)] struct UserRegistered { #[prost(int64, tag = "1")] user_id: i64 }
 //! # impl warren::__codegen::Event for UserRegistered { const SPEC: &'static warren::__codegen::EventSpec = &warren::__codegen::EventSpec {
-//! #     type_name: "gametrade.v1.UserRegistered", routing_key: "user.registered",
+//! #     type_name: "gametrade.v1.UserRegistered", routing_key: "user.registered", priority: None,
 //! #     exchange: warren::__codegen::ExchangeSpec { name: "gametrade.events", kind: warren::__codegen::ExchangeKind::Topic, durable: true, auto_delete: false } }; }
 //! let bus = Bus::from_env().await?;
 //! // Generated: `UserRegistered::subscribe(&bus, "email-service")` is this:
@@ -43,14 +43,22 @@ mod subscriber;
 pub mod topic;
 mod transport;
 
-pub use bus::{Bus, PublishOptions};
+pub use bus::{Bus, PublishOptions, RawMessage};
 pub use config::{BusConfig, DEFAULT_URL};
-pub use contract::{DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, ServiceSpec};
+pub use contract::{
+    DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, Priority, ServiceSpec,
+};
 pub use envelope::CONTENT_TYPE_PROTOBUF;
 pub use error::{Error, Result};
 pub use rpc::{RpcClient, RpcContext, Serving};
 pub use status::{Code, Status};
 pub use subscriber::{Context, HandlerError, Outcome, RetryPolicy, Subscriber, Subscription};
+
+/// AMQP property and header types, for [`Bus::publish_bytes`] and [`RawMessage`].
+pub mod amqp {
+    pub use lapin::BasicProperties;
+    pub use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+}
 
 /// What generated code uses. Not a stable API for hand-written code.
 #[doc(hidden)]

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::StreamExt;
 use lapin::BasicProperties;
@@ -190,8 +192,8 @@ impl RpcContext {
     }
 
     /// When the caller stops waiting, as far as the request says; work past it is wasted.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+    pub fn deadline(&self) -> Option<std::time::Instant> {
+        self.deadline.map(Instant::into_std)
     }
 }
 

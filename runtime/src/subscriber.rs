@@ -290,7 +290,7 @@ impl<T: Inbound> Subscriber<T> {
         let bus = self.bus.clone();
         bus.declare_exchange(exchange).await?;
         bus.declare_queue(&format!("{queue}.dlq"), durability(self.temporary)).await?;
-        bus.declare_queue(&queue, subscriber_queue(&queue, self.temporary)).await?;
+        bus.declare_queue(&queue, subscriber_queue(&queue, self.temporary, T::prioritized())).await?;
         for key in &bindings {
             bus.bind(&queue, exchange.name, key).await?;
         }
@@ -298,6 +298,7 @@ impl<T: Inbound> Subscriber<T> {
         let timeout = bus.config().operation_timeout;
         let tag = format!("{}.{}", self.group, envelope::new_id());
         let mut consumer = bus.inner.transport.consume(&queue, self.prefetch, tag).await?;
+        let (canceller, cancel_tag) = (consumer.cancel.clone(), consumer.tag.clone());
 
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let concurrency = self.concurrency;
@@ -345,7 +346,7 @@ impl<T: Inbound> Subscriber<T> {
             let _ = tokio::time::timeout(timeout, limit.acquire_many(concurrency as u32)).await;
             consumer.cancel.cancel(&consumer.tag, timeout).await;
         });
-        Ok(Subscription { queue, stop: stop_tx, task })
+        Ok(Subscription { queue, stop: stop_tx, task, canceller, tag: cancel_tag, timeout })
     }
 }
 
@@ -519,6 +520,9 @@ pub struct Subscription {
     queue: String,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    canceller: crate::transport::Canceller,
+    tag: String,
+    timeout: Duration,
 }
 
 impl Subscription {
@@ -527,11 +531,22 @@ impl Subscription {
         &self.queue
     }
 
-    /// Stops consuming, waits for running handlers to settle their messages, and closes the channel.
-    /// Messages not yet handled stay in the queue for the next consumer.
+    /// Stops consuming, waits for running handlers to settle their messages (up to the bus's operation
+    /// timeout), and closes the consumer. Messages not yet handled stay in the queue for the next consumer.
     pub async fn stop(self) {
+        let deadline = self.timeout;
+        self.stop_within(deadline).await;
+    }
+
+    /// [`Subscription::stop`] with an explicit deadline: handlers still running when it passes are abandoned,
+    /// and their messages go back to the queue, marked redelivered, for another consumer.
+    pub async fn stop_within(mut self, deadline: Duration) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        if tokio::time::timeout(deadline, &mut self.task).await.is_err() {
+            self.task.abort();
+            let _ = (&mut self.task).await;
+            self.canceller.cancel(&self.tag, self.timeout).await;
+        }
     }
 }
 

@@ -35,6 +35,140 @@ pub async fn bus(service: &str) -> Bus {
     }
 }
 
+/// Which broker a conformance test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The RabbitMQ at `RABBITMQ_URL` (default: the local one).
+    RabbitMq,
+    /// A private in-memory broker, on tokio's paused clock.
+    InMemory,
+}
+
+/// One conformance test's broker: every bus it makes talks to the same broker, and no other test's.
+///
+/// On RabbitMQ that is a private vhost, created for the test and deleted with the harness, so tests running at
+/// the same time never see each other's messages on the contracts' shared exchanges.
+#[derive(Debug)]
+pub struct Harness {
+    /// The transport under test.
+    pub transport: Transport,
+    url: String,
+    vhost: Option<String>,
+    /// Keeps the in-memory broker alive for the whole test.
+    _keep: Option<Bus>,
+}
+
+impl Harness {
+    /// A harness on a fresh vhost of the RabbitMQ at `RABBITMQ_URL` (made with `rabbitmqctl`).
+    pub async fn rabbitmq() -> Harness {
+        let base = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| warren::DEFAULT_URL.to_owned());
+        let (prefix, user) = split_url(&base);
+        let vhost = unique("vhost");
+        let vhost_for_task = vhost.clone();
+        tokio::task::spawn_blocking(move || {
+            rabbitmqctl(&["add_vhost", &vhost_for_task]);
+            rabbitmqctl(&["set_permissions", "-p", &vhost_for_task, &user, ".*", ".*", ".*"]);
+        })
+        .await
+        .expect("rabbitmqctl ran");
+        Harness { transport: Transport::RabbitMq, url: format!("{prefix}/{vhost}"), vhost: Some(vhost), _keep: None }
+    }
+
+    /// A harness on a fresh in-memory broker.
+    pub async fn in_memory() -> Harness {
+        let url = format!("memory://{}", unique("broker"));
+        let keep = Bus::connect(&url).await.expect("memory:// URLs always connect");
+        Harness { transport: Transport::InMemory, url, vhost: None, _keep: Some(keep) }
+    }
+
+    /// A new bus (a new connection, on RabbitMQ) for service `service`.
+    pub async fn bus(&self, service: &str) -> Bus {
+        let config = BusConfig::new(&self.url)
+            .expect("the harness URL is valid")
+            .service_name(service)
+            .connect_timeout(Duration::from_secs(5));
+        let shown = config.redacted_url();
+        Bus::with_config(config).await.unwrap_or_else(|error| {
+            panic!("start RabbitMQ: no broker answered at {shown} ({error}). Run `rabbitmq-server -detached`.")
+        })
+    }
+
+    /// A retry backoff to use in tests: realistic on the in-memory broker, whose paused clock makes any wait
+    /// instant, and short on RabbitMQ, where it is real time.
+    pub fn backoff(&self) -> Duration {
+        match self.transport {
+            Transport::RabbitMq => Duration::from_millis(50),
+            Transport::InMemory => Duration::from_secs(30),
+        }
+    }
+
+    /// How long to watch for something that must *not* happen.
+    pub fn quiet_period(&self) -> Duration {
+        match self.transport {
+            Transport::RabbitMq => Duration::from_millis(300),
+            Transport::InMemory => Duration::from_secs(5),
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(vhost) = self.vhost.take() {
+            // Deleting the vhost deletes everything the test declared in it.
+            let _ = std::process::Command::new("rabbitmqctl").args(["delete_vhost", &vhost]).output();
+        }
+    }
+}
+
+/// `amqp://user:pass@host:port/vhost` → (`amqp://user:pass@host:port`, `user`).
+fn split_url(url: &str) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").expect("RABBITMQ_URL is amqp://user:password@host:port/vhost");
+    let authority = rest.split('/').next().unwrap_or_default();
+    let user =
+        authority.rsplit_once('@').map_or("guest", |(userinfo, _)| userinfo.split(':').next().unwrap_or("guest"));
+    (format!("{scheme}://{authority}"), user.to_owned())
+}
+
+/// Runs `rabbitmqctl`, failing the test with what it said when it fails.
+fn rabbitmqctl(args: &[&str]) {
+    let output = std::process::Command::new("rabbitmqctl").args(args).output().unwrap_or_else(|error| {
+        panic!(
+            "start RabbitMQ: conformance tests on RabbitMQ run `rabbitmqctl {}` to make a private vhost: {error}",
+            args[0]
+        )
+    });
+    assert!(
+        output.status.success(),
+        "start RabbitMQ: `rabbitmqctl {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Instantiates conformance tests, written once as `async fn name(h: &Harness)`, for both transports:
+/// `rabbitmq::name` against the real broker and `in_memory::name` on tokio's paused clock.
+#[macro_export]
+macro_rules! on_both_transports {
+    ($($test:ident),* $(,)?) => {
+        mod rabbitmq {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(&$crate::Harness::rabbitmq().await).await;
+                }
+            )*
+        }
+        mod in_memory {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $test() {
+                    super::$test(&$crate::Harness::in_memory().await).await;
+                }
+            )*
+        }
+    };
+}
+
 /// A name unique to this test run, so durable queues from earlier runs never interfere.
 pub fn unique(prefix: &str) -> String {
     format!("test-{prefix}-{}", uuid::Uuid::now_v7().simple())

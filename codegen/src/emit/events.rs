@@ -37,6 +37,13 @@ pub(super) fn emit(package: &Package) -> TokenStream {
         let type_name = &event.full_name;
         let routing_key = &event.routing_key;
         let exchange = exchange_spec(&event.exchange);
+        let priority = match event.priority {
+            Some(level) => {
+                let name = format_ident!("{}", ["Low", "Normal", "High", "Critical"][usize::from(level)]);
+                quote!(::std::option::Option::Some(::warren::Priority::#name))
+            }
+            None => quote!(::std::option::Option::None),
+        };
         let binding = if event.exchange.kind.uses_routing_key() {
             format!("`{}` on exchange `{}`", event.routing_key, event.exchange.name)
         } else {
@@ -58,6 +65,7 @@ pub(super) fn emit(package: &Package) -> TokenStream {
                     type_name: #type_name,
                     exchange: #exchange,
                     routing_key: #routing_key,
+                    priority: #priority,
                 };
             }
 
@@ -74,6 +82,7 @@ pub(super) fn emit(package: &Package) -> TokenStream {
         let exchange = exchange_spec(&group.exchange);
         let events: Vec<_> = group.events.iter().map(|i| &package.events[*i]).collect();
         let variants: Vec<_> = events.iter().map(|e| format_ident!("{}", e.variant)).collect();
+        let prioritized = events.iter().any(|e| e.priority.is_some());
         let types: Vec<_> = events.iter().map(|e| rust_path(&e.rust_path)).collect();
         let type_names: Vec<_> = events.iter().map(|e| &e.full_name).collect();
         let variant_docs: Vec<_> =
@@ -118,6 +127,10 @@ pub(super) fn emit(package: &Package) -> TokenStream {
 
                 fn queue_suffix() -> &'static str {
                     Self::exchange().name
+                }
+
+                fn prioritized() -> bool {
+                    #prioritized
                 }
 
                 fn decode(

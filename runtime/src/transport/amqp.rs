@@ -138,6 +138,25 @@ impl Amqp {
         Ok(Consumer { tag, stream: Box::pin(consumer.map(delivery)), cancel: Canceller::Amqp(channel) })
     }
 
+    pub(crate) async fn fetch(&self, queue: &str) -> Result<Option<Delivery>> {
+        let got = self
+            .on_fresh_channel("basic get", |channel| async move {
+                channel.basic_get(ShortString::from(queue), lapin::options::BasicGetOptions { no_ack: true }).await
+            })
+            .await?;
+        Ok(got.map(|message| {
+            let d = message.delivery;
+            Delivery {
+                exchange: d.exchange.to_string(),
+                routing_key: d.routing_key.to_string(),
+                redelivered: d.redelivered,
+                properties: d.properties,
+                body: d.data,
+                acker: Acker::None,
+            }
+        }))
+    }
+
     pub(crate) async fn reply_path(self: &std::sync::Arc<Self>) -> Result<ReplyPath> {
         let channel = open_confirmed(&self.connection, self.timeout).await?;
         let tag = format!("replies.{}", crate::envelope::new_id());

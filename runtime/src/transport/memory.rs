@@ -181,6 +181,24 @@ impl Broker {
         })
     }
 
+    pub(crate) fn fetch(&self, queue: &str) -> Result<Option<Delivery>> {
+        let mut state = self.lock();
+        let shared = Arc::clone(&self.state);
+        state.expire(queue, &shared);
+        let Some(q) = state.queues.get_mut(queue) else {
+            return Err(Error::config(format!("cannot fetch from queue \"{queue}\": it does not exist")));
+        };
+        let message = q.ready.iter_mut().rev().find_map(VecDeque::pop_front);
+        Ok(message.map(|m| Delivery {
+            exchange: m.exchange,
+            routing_key: m.routing_key,
+            redelivered: m.redelivered,
+            properties: m.properties,
+            body: m.body,
+            acker: AnyAcker::None,
+        }))
+    }
+
     pub(crate) fn reply_path(&self) -> ReplyPath {
         let address = format!("{REPLY_PREFIX}{}", crate::envelope::new_id());
         let (sender, receiver) = mpsc::unbounded_channel();

@@ -191,6 +191,14 @@ impl Transport {
         }
     }
 
+    /// Takes one ready message from `queue`, acknowledged on receipt.
+    pub(crate) async fn fetch(&self, queue: &str) -> Result<Option<Delivery>> {
+        match self {
+            Transport::Amqp(amqp) => amqp.fetch(queue).await,
+            Transport::Memory(broker) => broker.fetch(queue),
+        }
+    }
+
     /// Opens the RPC reply path: an address to put in `reply_to`, requests sent through it, replies from it.
     pub(crate) async fn reply_path(&self) -> Result<ReplyPath> {
         match self {

@@ -1,0 +1,121 @@
+//! Delivery: competing consumers, prefetch, redelivery of what a stopped consumer left unacknowledged.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use warren::HandlerError;
+use warren_contracts::gametrade::v1::UserRegistered;
+use warren_tests::{Harness, unique, within};
+
+use super::collect;
+
+async fn consumers_of_one_group_share_the_messages(h: &Harness) {
+    let bus = h.bus("competing-test").await;
+    let group = unique("workers");
+    let (first_sub, mut first) = collect(UserRegistered::subscribe(&bus, &group)).await;
+    let (second_sub, mut second) = collect(UserRegistered::subscribe(&bus, &group)).await;
+    assert_eq!(first_sub.queue(), second_sub.queue(), "one group, one queue");
+    for user_id in 0..20 {
+        bus.publish(&UserRegistered { user_id, ..Default::default() }).await.unwrap();
+    }
+    let (mut by_first, mut by_second) = (BTreeSet::new(), BTreeSet::new());
+    while by_first.len() + by_second.len() < 20 {
+        tokio::select! {
+            Some((event, _)) = first.recv() => assert!(by_first.insert(event.user_id), "duplicate {}", event.user_id),
+            Some((event, _)) = second.recv() => assert!(by_second.insert(event.user_id), "duplicate {}", event.user_id),
+            () = tokio::time::sleep(Duration::from_secs(10)) => panic!("only {} of 20 delivered", by_first.len() + by_second.len()),
+        }
+    }
+    assert!(by_first.is_disjoint(&by_second), "each message went to one consumer");
+    assert_eq!(by_first.len(), 10, "round robin: {by_first:?} / {by_second:?}");
+    assert_eq!(by_second.len(), 10, "round robin: {by_first:?} / {by_second:?}");
+    first_sub.stop().await;
+    second_sub.stop().await;
+}
+
+async fn prefetch_limits_the_messages_in_flight(h: &Harness) {
+    let bus = h.bus("prefetch-test").await;
+    let running = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Semaphore::new(0));
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let subscription = UserRegistered::subscribe(&bus, &unique("prefetch"))
+        .temporary()
+        .prefetch(2)
+        .concurrency(10)
+        .handle({
+            let (running, gate) = (Arc::clone(&running), Arc::clone(&gate));
+            move |event: UserRegistered, _| {
+                let (running, gate, started_tx, done_tx) =
+                    (Arc::clone(&running), Arc::clone(&gate), started_tx.clone(), done_tx.clone());
+                async move {
+                    running.fetch_add(1, Ordering::SeqCst);
+                    started_tx.send(()).unwrap();
+                    gate.acquire().await.unwrap().forget();
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    done_tx.send(event.user_id).unwrap();
+                    Ok::<_, HandlerError>(())
+                }
+            }
+        })
+        .await
+        .unwrap();
+    for user_id in 0..5 {
+        bus.publish(&UserRegistered { user_id, ..Default::default() }).await.unwrap();
+    }
+    within(10, "two handlers start", async {
+        started.recv().await;
+        started.recv().await;
+    })
+    .await;
+    tokio::time::sleep(h.quiet_period()).await;
+    assert_eq!(running.load(Ordering::SeqCst), 2, "with prefetch 2, only two messages are in flight");
+    gate.add_permits(5);
+    let mut handled = BTreeSet::new();
+    while handled.len() < 5 {
+        handled.insert(within(10, "the rest", done.recv()).await.unwrap());
+    }
+    assert_eq!(handled, (0..5).collect());
+    subscription.stop().await;
+}
+
+async fn messages_a_stopped_consumer_left_unacknowledged_are_redelivered(h: &Harness) {
+    let bus = h.bus("redelivery-test").await;
+    let group = unique("crashy");
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let stuck = UserRegistered::subscribe(&bus, &group)
+        .temporary()
+        .handle(move |event: UserRegistered, _| {
+            started_tx.send(event.user_id).unwrap();
+            std::future::pending::<Result<(), HandlerError>>() // never finishes: never acknowledged
+        })
+        .await
+        .unwrap();
+    // A second consumer keeps the temporary queue alive when the first goes.
+    let (rescuer, mut rescued) = collect(UserRegistered::subscribe(&bus, &group).prefetch(1)).await;
+    // Make sure the stuck consumer holds the message, not the rescuer.
+    let mut published = 0;
+    loop {
+        published += 1;
+        bus.publish(&UserRegistered { user_id: published, ..Default::default() }).await.unwrap();
+        tokio::select! {
+            Some(id) = started.recv() => { assert_eq!(id, published); break; }
+            Some(_) = rescued.recv() => continue,
+            () = tokio::time::sleep(Duration::from_secs(10)) => panic!("no consumer got message {published}"),
+        }
+    }
+    stuck.stop_within(Duration::from_millis(100)).await;
+    let (event, ctx) = within(10, "the redelivery", rescued.recv()).await.unwrap();
+    assert_eq!(event.user_id, published);
+    assert!(ctx.redelivered(), "a message delivered before is marked redelivered");
+    rescuer.stop().await;
+}
+
+warren_tests::on_both_transports!(
+    consumers_of_one_group_share_the_messages,
+    prefetch_limits_the_messages_in_flight,
+    messages_a_stopped_consumer_left_unacknowledged_are_redelivered,
+);

@@ -1,0 +1,157 @@
+//! Failures: undecodable and mistyped messages, failing, panicking and slow handlers; retries and the DLQ.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use warren::amqp::BasicProperties;
+use warren::{Bus, HandlerError, RawMessage, RetryPolicy};
+use warren_contracts::gametrade::v1::UserRegistered;
+use warren_tests::{Harness, unique, within};
+
+use super::collect;
+
+/// Waits for one message in `queue`.
+async fn next_in(bus: &Bus, queue: &str) -> RawMessage {
+    within(600, &format!("a message in {queue}"), async {
+        loop {
+            if let Some(message) = bus.fetch(queue).await.unwrap() {
+                return message;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+async fn garbage_and_mistyped_messages_go_to_the_dead_letter_queue_at_once(h: &Harness) {
+    let bus = h.bus("dlq-test").await;
+    let (subscription, mut rx) = collect(UserRegistered::subscribe(&bus, &unique("poison"))).await;
+    let queue = subscription.queue().to_owned();
+    let typed = |kind: &str| BasicProperties::default().with_type(kind.into());
+    bus.publish_bytes("", &queue, b"\xff\xff\xff\xff garbage", typed("gametrade.v1.UserRegistered")).await.unwrap();
+    bus.publish_bytes("", &queue, b"", typed("gametrade.v1.ItemListed")).await.unwrap();
+    bus.publish(&UserRegistered { user_id: 99, ..Default::default() }).await.unwrap();
+
+    // The consumer went on past both bad messages.
+    assert_eq!(within(10, "the good message", rx.recv()).await.unwrap().0.user_id, 99);
+    let dlq = format!("{queue}.dlq");
+    let mut reasons = vec![next_in(&bus, &dlq).await, next_in(&bus, &dlq).await];
+    reasons.sort_by_key(|m| m.header_str("x-warren-reason"));
+    let reason = |i: usize| reasons[i].header_str("x-warren-reason").unwrap();
+    assert!(reason(0).contains("payload does not decode"), "{}", reason(0));
+    assert!(reason(1).contains("unexpected message type \"gametrade.v1.ItemListed\""), "{}", reason(1));
+    for message in &reasons {
+        assert_eq!(message.header_i64("x-warren-attempts"), Some(1), "never retried");
+    }
+    subscription.stop().await;
+}
+
+async fn a_failing_handler_is_retried_with_backoff_then_dead_lettered_with_its_history(h: &Harness) {
+    let bus = h.bus("retry-test").await;
+    let group = unique("flaky");
+    let (attempts_tx, mut attempts) = mpsc::unbounded_channel();
+    let subscription = UserRegistered::subscribe(&bus, &group)
+        .temporary()
+        .retry(RetryPolicy::exponential(3, h.backoff()))
+        .handle(move |_: UserRegistered, ctx| {
+            attempts_tx.send((ctx.attempt(), tokio::time::Instant::now())).unwrap();
+            async { Err::<(), HandlerError>("payment provider unavailable".into()) }
+        })
+        .await
+        .unwrap();
+    bus.publish(&UserRegistered { user_id: 5, ..Default::default() }).await.unwrap();
+
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(within(600, "an attempt", attempts.recv()).await.unwrap());
+    }
+    assert_eq!(seen.iter().map(|(attempt, _)| *attempt).collect::<Vec<_>>(), [1, 2, 3]);
+    let (first_wait, second_wait) = (seen[1].1 - seen[0].1, seen[2].1 - seen[1].1);
+    assert!(first_wait >= h.backoff(), "waited {first_wait:?} before the first retry");
+    assert!(second_wait >= 2 * h.backoff(), "the backoff doubles: waited {second_wait:?}");
+
+    let dead = next_in(&bus, &format!("{}.dlq", subscription.queue())).await;
+    assert_eq!(UserRegistered::decode_from(&dead.body).user_id, 5);
+    assert_eq!(dead.header_i64("x-warren-attempts"), Some(3));
+    assert_eq!(dead.header_str("x-warren-reason").as_deref(), Some("handler failed: payment provider unavailable"));
+    assert_eq!(dead.header_str("x-warren-original-exchange").as_deref(), Some("gametrade.events"));
+    assert_eq!(dead.header_str("x-warren-original-routing-key").as_deref(), Some("user.registered"));
+    assert_eq!(dead.header_str("x-warren-consumer").as_deref(), Some(group.as_str()));
+    let headers = dead.properties.headers().clone().unwrap_or_default();
+    for time in ["x-warren-first-failed-at", "x-warren-failed-at"] {
+        assert!(headers.contains_key(time), "{time} is recorded");
+    }
+    tokio::time::sleep(h.quiet_period()).await;
+    assert!(attempts.try_recv().is_err(), "no fourth attempt");
+    subscription.stop().await;
+}
+
+async fn a_panicking_handler_counts_as_a_failure_and_the_consumer_goes_on(h: &Harness) {
+    let bus = h.bus("panic-test").await;
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let subscription = UserRegistered::subscribe(&bus, &unique("panicky"))
+        .temporary()
+        .retry(RetryPolicy::never())
+        .handle(move |event: UserRegistered, _| {
+            let done_tx = done_tx.clone();
+            async move {
+                assert!(event.user_id % 10 != 0, "user ids divisible by ten are cursed");
+                done_tx.send(event.user_id).unwrap();
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    for user_id in 9..=11 {
+        bus.publish(&UserRegistered { user_id, ..Default::default() }).await.unwrap();
+    }
+    assert_eq!(within(10, "9", done.recv()).await, Some(9));
+    assert_eq!(within(10, "11, after the panic on 10", done.recv()).await, Some(11));
+    let dead = next_in(&bus, &format!("{}.dlq", subscription.queue())).await;
+    assert_eq!(UserRegistered::decode_from(&dead.body).user_id, 10);
+    let reason = dead.header_str("x-warren-reason").unwrap();
+    assert!(reason.starts_with("handler panicked: user ids divisible by ten are cursed"), "{reason}");
+    subscription.stop().await;
+}
+
+async fn a_handler_past_its_timeout_fails_and_follows_the_retry_policy(h: &Harness) {
+    let bus = h.bus("timeout-test").await;
+    let limit = h.backoff() * 2;
+    let (attempts_tx, mut attempts) = mpsc::unbounded_channel();
+    let subscription = UserRegistered::subscribe(&bus, &unique("slow"))
+        .temporary()
+        .handler_timeout(limit)
+        .retry(RetryPolicy::exponential(2, h.backoff()))
+        .handle(move |_: UserRegistered, ctx| {
+            attempts_tx.send(ctx.attempt()).unwrap();
+            async move {
+                tokio::time::sleep(limit * 10).await;
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    bus.publish(&UserRegistered { user_id: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(within(600, "attempt 1", attempts.recv()).await, Some(1));
+    assert_eq!(within(600, "attempt 2", attempts.recv()).await, Some(2));
+    let dead = next_in(&bus, &format!("{}.dlq", subscription.queue())).await;
+    assert_eq!(dead.header_str("x-warren-reason"), Some(format!("handler timed out after {limit:?}")));
+    assert_eq!(dead.header_i64("x-warren-attempts"), Some(2));
+    subscription.stop().await;
+}
+
+/// Decoding helper for dead letters.
+trait DecodeFrom: prost::Message + Default {
+    fn decode_from(body: &[u8]) -> Self {
+        Self::decode(body).expect("the dead letter keeps the original payload")
+    }
+}
+
+impl<M: prost::Message + Default> DecodeFrom for M {}
+
+warren_tests::on_both_transports!(
+    garbage_and_mistyped_messages_go_to_the_dead_letter_queue_at_once,
+    a_failing_handler_is_retried_with_backoff_then_dead_lettered_with_its_history,
+    a_panicking_handler_counts_as_a_failure_and_the_consumer_goes_on,
+    a_handler_past_its_timeout_fails_and_follows_the_retry_policy,
+);

@@ -1,0 +1,28 @@
+//! The conformance suite: every behaviour Warren relies on, written once and run against RabbitMQ and the
+//! in-memory transport (`rabbitmq::…` and `in_memory::…` in each module). A difference between the two that
+//! cannot be removed is listed in the README under "Documented differences".
+
+mod delivery;
+mod failures;
+mod priority;
+mod routing;
+mod rpc;
+
+use tokio::sync::mpsc;
+use warren::{Context, HandlerError, Inbound, Subscriber, Subscription};
+
+/// Starts `subscriber` (temporary queue) sending each message and its context to the returned receiver.
+async fn collect<T: Inbound + Send>(
+    subscriber: Subscriber<T>,
+) -> (Subscription, mpsc::UnboundedReceiver<(T, Context)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let subscription = subscriber
+        .temporary()
+        .handle(move |message: T, ctx: Context| {
+            let sent = tx.send((message, ctx)).map_err(|_| HandlerError::from("the test stopped listening"));
+            async move { sent }
+        })
+        .await
+        .expect("subscribing works");
+    (subscription, rx)
+}

@@ -1,0 +1,105 @@
+//! Routing: topic patterns, direct keys, fanout, refused patterns, unroutable publishes.
+
+use warren::{Error, HandlerError};
+use warren_contracts::gametrade::v1::{GametradeEvents, ItemListed, UserRegistered};
+use warren_contracts::streaming::v1::{OrderCompleted, OrderProcessing, SystemEvent};
+use warren_tests::{Harness, unique, within};
+
+use super::collect;
+
+async fn a_published_event_reaches_its_typed_subscriber_equal(h: &Harness) {
+    let bus = h.bus("events-test").await;
+    let (subscription, mut rx) = collect(UserRegistered::subscribe(&bus, &unique("email"))).await;
+    let sent = UserRegistered { user_id: 123, username: "gametrader1".into(), email: "g@example.com".into() };
+    bus.publish(&sent).await.expect("a bound event publishes and is confirmed");
+    let (received, ctx) = within(10, "delivery", rx.recv()).await.unwrap();
+    assert_eq!(received, sent);
+    let id = ctx.message_id().expect("a message id");
+    assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7, "message ids are UUID v7");
+    assert_eq!(ctx.correlation_id(), Some(id), "the correlation id defaults to the message id");
+    assert_eq!(ctx.app_id(), Some("events-test"));
+    assert_eq!((ctx.exchange(), ctx.routing_key()), ("gametrade.events", "user.registered"));
+    assert!(!ctx.redelivered());
+    assert_eq!(ctx.attempt(), 1);
+    subscription.stop().await;
+}
+
+async fn a_user_pattern_subscriber_gets_user_registered_and_not_item_listed(h: &Harness) {
+    let bus = h.bus("pattern-test").await;
+    let (users_sub, mut users) = collect(GametradeEvents::subscribe(&bus, &unique("audit"), "user.*")).await;
+    // A second group bound to item.# keeps ItemListed routable (publishes are mandatory).
+    let (items_sub, mut items) = collect(GametradeEvents::subscribe(&bus, &unique("catalog"), "item.#")).await;
+
+    // ItemListed first: queues are FIFO, so had it been routed to the user.* queue it would arrive first.
+    bus.publish(&ItemListed { item_id: 7, ..Default::default() }).await.unwrap();
+    bus.publish(&UserRegistered { user_id: 1, ..Default::default() }).await.unwrap();
+
+    match within(10, "user.* delivery", users.recv()).await.unwrap().0 {
+        GametradeEvents::UserRegistered(event) => assert_eq!(event.user_id, 1),
+        other => panic!("the user.* subscriber received {other:?}"),
+    }
+    match within(10, "item.# delivery", items.recv()).await.unwrap().0 {
+        GametradeEvents::ItemListed(event) => assert_eq!(event.item_id, 7),
+        other => panic!("the item.# subscriber received {other:?}"),
+    }
+    assert!(users.try_recv().is_err(), "nothing else reached the user.* subscriber");
+    users_sub.stop().await;
+    items_sub.stop().await;
+}
+
+async fn a_direct_exchange_routes_by_exact_key(h: &Harness) {
+    let bus = h.bus("direct-test").await;
+    let (subscription, mut rx) = collect(OrderProcessing::subscribe(&bus, &unique("orders"))).await;
+    bus.publish(&OrderProcessing { order_id: 456, status: "processing".into(), ..Default::default() }).await.unwrap();
+    let (order, ctx) = within(10, "the order", rx.recv()).await.unwrap();
+    assert_eq!((order.order_id, ctx.exchange(), ctx.routing_key()), (456, "orders", "process"));
+    subscription.stop().await;
+}
+
+async fn a_fanout_exchange_delivers_to_every_group(h: &Harness) {
+    let bus = h.bus("fanout-test").await;
+    let (first_sub, mut first) = collect(SystemEvent::subscribe(&bus, &unique("monitoring"))).await;
+    let (second_sub, mut second) = collect(SystemEvent::subscribe(&bus, &unique("audit"))).await;
+    bus.publish(&SystemEvent { event_name: "service_restart".into(), ..Default::default() }).await.unwrap();
+    for rx in [&mut first, &mut second] {
+        let (event, _) = within(10, "the system event", rx.recv()).await.unwrap();
+        assert_eq!(event.event_name, "service_restart");
+    }
+    first_sub.stop().await;
+    second_sub.stop().await;
+}
+
+async fn a_pattern_that_matches_no_event_is_refused_at_subscribe_time(h: &Harness) {
+    let bus = h.bus("pattern-test").await;
+    let error = GametradeEvents::subscribe(&bus, &unique("typo"), "usr.*")
+        .temporary()
+        .handle(|_: GametradeEvents, _| async { Ok::<_, HandlerError>(()) })
+        .await
+        .expect_err("usr.* matches no routing key of gametrade.events");
+    assert!(matches!(error, Error::Config { .. }), "{error:?}");
+    assert!(error.to_string().contains("cannot match any event"), "{error}");
+}
+
+async fn an_unroutable_publish_is_an_error_not_a_silent_drop(h: &Harness) {
+    let bus = h.bus("unroutable-test").await;
+    // Nothing in the suite binds the `orders` exchange with key "completed"; publishing declares the
+    // exchange, so the only outcome left is a return from the broker.
+    match bus.publish(&OrderCompleted { order_id: 1, ..Default::default() }).await {
+        Err(Error::Unroutable { exchange, routing_key }) => {
+            assert_eq!((exchange.as_str(), routing_key.as_str()), ("orders", "completed"));
+        }
+        Ok(()) => {
+            panic!("publish succeeded: some queue is bound to orders/completed on this broker; the test needs none")
+        }
+        Err(other) => panic!("expected Unroutable, got {other:?}"),
+    }
+}
+
+warren_tests::on_both_transports!(
+    a_published_event_reaches_its_typed_subscriber_equal,
+    a_user_pattern_subscriber_gets_user_registered_and_not_item_listed,
+    a_direct_exchange_routes_by_exact_key,
+    a_fanout_exchange_delivers_to_every_group,
+    a_pattern_that_matches_no_event_is_refused_at_subscribe_time,
+    an_unroutable_publish_is_an_error_not_a_silent_drop,
+);

@@ -1,0 +1,93 @@
+//! RPC: success across connections, server errors, concurrent calls, wrong argument types, deadlines.
+
+use std::time::Duration;
+
+use warren::{Code, RpcContext, Status};
+use warren_contracts::at::v1::{IntSumRequest, IntSumResponse, IntSummator, IntSummatorClient, IntSummatorServer};
+use warren_tests::{Harness, within};
+
+/// The AT_QUEUE IntSummator component.
+struct Summator;
+
+impl IntSummator for Summator {
+    async fn int_sum(&self, request: IntSumRequest, _: RpcContext) -> Result<IntSumResponse, Status> {
+        let sum = request
+            .a
+            .checked_add(request.b)
+            .ok_or_else(|| Status::invalid_argument(format!("{} + {} overflows int64", request.a, request.b)))?;
+        Ok(IntSumResponse { sum })
+    }
+}
+
+/// What AT_QUEUE's SumRequester sends when it gets the types wrong: `a` as a string.
+#[derive(Clone, PartialEq, prost::Message)]
+struct WrongArguments {
+    #[prost(string, tag = "1")]
+    a: String,
+}
+
+// The RabbitMQ variant shares the contract's queue `at.IntSummator` with every other user of the broker, so
+// its steps run one after another inside one test.
+async fn int_summator_over_the_bus(h: &Harness) {
+    a_call_across_two_connections_returns_the_sum(h).await;
+    a_wrong_argument_type_is_answered_with_invalid_argument(h).await;
+    a_call_nobody_serves_fails_with_a_deadline_error_on_time(h).await;
+}
+
+async fn a_call_across_two_connections_returns_the_sum(h: &Harness) {
+    let server_bus = h.bus("int-summator").await;
+    let client_bus = h.bus("sum-requester").await;
+    let serving = IntSummatorServer::new(Summator).serve(&server_bus).await.unwrap();
+    let client = IntSummatorClient::new(&client_bus);
+
+    let reply = within(10, "int_sum reply", client.int_sum(IntSumRequest { a: 5, b: 18 })).await.unwrap();
+    assert_eq!(reply.sum, 23);
+
+    // A server-side Status reaches the caller with its code and message.
+    let status = client.int_sum(IntSumRequest { a: i64::MAX, b: 1 }).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("overflows"), "{status}");
+
+    // Many calls in flight at once are matched to their replies by correlation id.
+    let calls = (0..50).map(|i| {
+        let client = client.clone();
+        async move { client.int_sum(IntSumRequest { a: i, b: 1000 }).await.map(|r| (i, r.sum)) }
+    });
+    for result in futures_util::future::join_all(calls).await {
+        let (i, sum) = result.unwrap();
+        assert_eq!(sum, i + 1000);
+    }
+    serving.stop().await;
+}
+
+async fn a_wrong_argument_type_is_answered_with_invalid_argument(h: &Harness) {
+    let server_bus = h.bus("int-summator").await;
+    let serving = IntSummatorServer::new(Summator).serve(&server_bus).await.unwrap();
+    let client = warren::RpcClient::new(&h.bus("sum-requester").await, IntSummatorClient::SERVICE);
+    const INT_SUM: warren::MethodSpec = warren::MethodSpec {
+        service: IntSummatorClient::SERVICE,
+        name: "IntSum",
+        path: "/at.v1.IntSummator/IntSum",
+        timeout: None,
+    };
+    let status = within(10, "a reply", client.call::<_, IntSumResponse>(&INT_SUM, &WrongArguments { a: "5".into() }))
+        .await
+        .expect_err("a string where int64 belongs does not decode");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status}");
+    assert!(status.message().contains("IntSumRequest"), "the message names the expected type: {status}");
+    serving.stop().await;
+}
+
+async fn a_call_nobody_serves_fails_with_a_deadline_error_on_time(h: &Harness) {
+    let client_bus = h.bus("sum-requester").await;
+    let deadline = Duration::from_millis(800);
+    let client = IntSummatorClient::new(&client_bus).with_timeout(deadline);
+    let started = tokio::time::Instant::now();
+    let status = client.int_sum(IntSumRequest { a: 1, b: 2 }).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status}");
+    assert!(took >= deadline, "gave up early, after {took:?}");
+    assert!(took <= deadline.mul_f64(1.2), "took {took:?}, more than the deadline + 20%");
+}
+
+warren_tests::on_both_transports!(int_summator_over_the_bus);
