@@ -7,11 +7,12 @@
 //! trades it and pays, waits until every subscriber has seen its messages, and shuts down cleanly.
 //! Ctrl-C or SIGTERM stops the subscribers and closes the bus at any point of the story.
 //!
-//! Run it against a local RabbitMQ (`amqp://guest:guest@127.0.0.1:5672/%2f` unless `RABBITMQ_URL` is set):
+//! Without `RABBITMQ_URL` it runs on the in-memory transport, with nothing installed; with it, the same story
+//! runs over RabbitMQ:
 //!
 //! ```text
 //! cargo run -p warren-demo
-//! RABBITMQ_URL=amqp://user:password@host:5672/%2f cargo run -p warren-demo
+//! RABBITMQ_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo run -p warren-demo
 //! ```
 //!
 //! The `demo-*` queues are temporary (`Subscriber::temporary`): they vanish with the demo, so nothing piles
@@ -259,7 +260,12 @@ async fn interrupted() -> &'static str {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = BusConfig::from_env()?.service_name("warren-demo");
+    // RabbitMQ when RABBITMQ_URL says where; otherwise the in-memory broker, so the demo needs nothing installed.
+    let config = match std::env::var("RABBITMQ_URL") {
+        Ok(url) if !url.trim().is_empty() => BusConfig::new(url.trim())?,
+        _ => BusConfig::in_memory(),
+    }
+    .service_name("warren-demo");
     println!("[0] connecting to {}", config.redacted_url());
     let bus = Bus::with_config(config).await?;
     let run = format!("demo-{}-{}", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis());

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use warren::amqp::BasicProperties;
+use warren::amqp::{AMQPValue, BasicProperties};
 use warren::{Bus, HandlerError, RawMessage, RetryPolicy};
 use warren_contracts::gametrade::v1::UserRegistered;
 use warren_tests::{Harness, unique, within};
@@ -80,6 +80,22 @@ async fn a_failing_handler_is_retried_with_backoff_then_dead_lettered_with_its_h
     let headers = dead.properties.headers().clone().unwrap_or_default();
     for time in ["x-warren-first-failed-at", "x-warren-failed-at"] {
         assert!(headers.contains_key(time), "{time} is recorded");
+    }
+    // Each retry hop expired out of a delay queue; the broker recorded it in `x-death`, newest first.
+    let deaths = match headers.inner().get("x-death") {
+        Some(AMQPValue::FieldArray(deaths)) => deaths.as_slice().to_vec(),
+        other => panic!("no x-death array: {other:?}"),
+    };
+    let queue = subscription.queue();
+    let retry_queues: Vec<String> =
+        [2u32, 1].iter().map(|n| format!("{queue}.retry.{}", (h.backoff() * *n).as_millis())).collect();
+    assert_eq!(deaths.len(), 2, "{deaths:?}");
+    for (death, retry_queue) in deaths.iter().zip(&retry_queues) {
+        let AMQPValue::FieldTable(death) = death else { panic!("x-death entries are tables: {death:?}") };
+        let field = |key: &str| death.inner().get(key).cloned();
+        assert_eq!(field("queue"), Some(AMQPValue::LongString(retry_queue.as_str().into())), "{death:?}");
+        assert_eq!(field("reason"), Some(AMQPValue::LongString("expired".into())), "{death:?}");
+        assert_eq!(field("count"), Some(AMQPValue::LongLongInt(1)), "{death:?}");
     }
     tokio::time::sleep(h.quiet_period()).await;
     assert!(attempts.try_recv().is_err(), "no fourth attempt");
