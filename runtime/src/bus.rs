@@ -31,8 +31,10 @@ pub struct Bus {
 pub(crate) struct Inner {
     pub(crate) config: BusConfig,
     pub(crate) transport: Transport,
-    /// Exchanges and queues this bus has declared, so each is declared once.
+    /// Queues this bus has declared, so each is declared once.
     declared: StdMutex<HashSet<String>>,
+    /// Exchanges this bus has declared; read on every publish, so keyed by the contract's `'static` names.
+    exchanges: std::sync::RwLock<HashSet<&'static str>>,
     /// The RPC client's reply path, opened on the first call.
     pub(crate) replies: OnceCell<Replies>,
 }
@@ -116,6 +118,7 @@ impl Bus {
                 config,
                 transport,
                 declared: StdMutex::new(HashSet::new()),
+                exchanges: std::sync::RwLock::default(),
                 replies: OnceCell::new(),
             }),
         }
@@ -145,7 +148,7 @@ impl Bus {
         if let Some(priority) = options.priority.or(spec.priority) {
             properties = properties.with_priority(priority.as_amqp());
         }
-        self.publish_raw(spec.exchange.name, spec.routing_key, &payload, properties).await
+        self.publish_raw(spec.exchange.name, spec.routing_key, payload, properties).await
     }
 
     /// Publishes bytes, `mandatory` and confirmed, after the size check.
@@ -153,7 +156,7 @@ impl Bus {
         &self,
         exchange: &str,
         routing_key: &str,
-        payload: &[u8],
+        payload: Vec<u8>,
         properties: BasicProperties,
     ) -> Result<()> {
         self.check_size(payload.len())?;
@@ -171,19 +174,23 @@ impl Bus {
         body: &[u8],
         properties: crate::amqp::BasicProperties,
     ) -> Result<()> {
-        self.publish_raw(exchange, routing_key, body, properties).await
+        self.publish_raw(exchange, routing_key, body.to_vec(), properties).await
     }
 
     /// Takes one ready message from `queue`, if there is one, acknowledging it at once; e.g. to inspect or
     /// drain `<queue>.dlq`.
     pub async fn fetch(&self, queue: &str) -> Result<Option<RawMessage>> {
         let delivery = self.inner.transport.fetch(queue).await?;
-        Ok(delivery.map(|d| RawMessage {
-            exchange: d.exchange,
-            routing_key: d.routing_key,
-            redelivered: d.redelivered,
-            properties: d.properties,
-            body: d.body,
+        Ok(delivery.map(|d| {
+            let redelivered = d.redelivered;
+            let m = d.into_message();
+            RawMessage {
+                exchange: m.exchange.to_string(),
+                routing_key: m.routing_key.to_string(),
+                redelivered,
+                properties: m.properties,
+                body: m.body,
+            }
         }))
     }
 
@@ -204,12 +211,17 @@ impl Bus {
 
     /// Declares `exchange` (once per bus) as the contract describes it.
     pub(crate) async fn declare_exchange(&self, exchange: &ExchangeSpec) -> Result<()> {
-        self.declare_once(format!("exchange:{}", exchange.name), self.inner.transport.declare_exchange(exchange)).await
+        if self.inner.exchanges.read().expect("exchange set").contains(exchange.name) {
+            return Ok(());
+        }
+        self.inner.transport.declare_exchange(exchange).await?;
+        self.inner.exchanges.write().expect("exchange set").insert(exchange.name);
+        Ok(())
     }
 
     /// Declares a queue (once per bus).
     pub(crate) async fn declare_queue(&self, queue: &str, options: QueueOptions) -> Result<()> {
-        self.declare_once(format!("queue:{queue}"), self.inner.transport.declare_queue(queue, &options)).await
+        self.declare_once(queue.to_owned(), self.inner.transport.declare_queue(queue, &options)).await
     }
 
     /// Binds `queue` to `exchange` with `key`.

@@ -53,11 +53,10 @@ impl Replies {
                 match waiter {
                     Some(waiter) => {
                         let headers = delivery.properties.headers();
-                        let _ = waiter.send(Reply {
-                            code: header_i64(headers, envelope::STATUS_CODE).map_or(0, |c| c as i32),
-                            message: header_str(headers, envelope::STATUS_MESSAGE).unwrap_or_default(),
-                            payload: delivery.body,
-                        });
+                        let code = header_i64(headers, envelope::STATUS_CODE).map_or(0, |c| c as i32);
+                        let message = header_str(headers, envelope::STATUS_MESSAGE).unwrap_or_default();
+                        let payload = delivery.into_message().body;
+                        let _ = waiter.send(Reply { code, message, payload });
                     }
                     None => tracing::debug!(correlation_id = id, "reply for a call that already gave up; dropped"),
                 }
@@ -127,7 +126,7 @@ impl RpcClient {
             || Status::deadline_exceeded(format!("{method} got no reply within {timeout:?} (is a server running?)"));
         let publish = Publish { exchange: "", routing_key: self.service.queue, mandatory: true, confirm: true };
         let remaining = timeout.saturating_sub(started.elapsed());
-        match tokio::time::timeout(remaining, replies.path.send_request(publish, &payload, properties)).await {
+        match tokio::time::timeout(remaining, replies.path.send_request(publish, payload, properties)).await {
             Err(_) => return Err(deadline_error()),
             Ok(Err(Error::Unroutable { .. })) => {
                 return Err(Status::unavailable(format!(
@@ -278,7 +277,7 @@ where
                     // Not mandatory (RabbitMQ ≤ 4.1 would return every direct reply), not confirmed: direct
                     // reply-to is at-most-once anyway.
                     let publish = Publish { exchange: "", routing_key: reply_to, mandatory: false, confirm: false };
-                    let sent = tokio::time::timeout(timeout, transport.publish(publish, &payload, properties)).await;
+                    let sent = tokio::time::timeout(timeout, transport.publish(publish, payload, properties)).await;
                     if !matches!(sent, Ok(Ok(_))) {
                         tracing::warn!(correlation_id, "reply could not be sent; the caller will time out");
                     }

@@ -1,18 +1,27 @@
 //! AMQP topic matching: `*` matches exactly one word, `#` zero or more.
 
-/// Whether binding `pattern` matches `routing_key` on a topic exchange.
+/// Whether binding `pattern` matches `routing_key` on a topic exchange. Allocates nothing.
 pub fn matches(pattern: &str, routing_key: &str) -> bool {
-    let pattern: Vec<&str> = pattern.split('.').collect();
-    let key: Vec<&str> = routing_key.split('.').collect();
-    matches_words(&pattern, &key)
+    words_match(Some(pattern), Some(routing_key))
 }
 
-fn matches_words(pattern: &[&str], key: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => key.is_empty(),
-        Some((&"#", rest)) => (0..=key.len()).any(|skip| matches_words(rest, &key[skip..])),
-        Some((&word, rest)) => match key.split_first() {
-            Some((first, key_rest)) => (word == "*" || word == *first) && matches_words(rest, key_rest),
+/// The first word of what is left, and the rest; `None` when no words are left.
+fn split(words: Option<&str>) -> Option<(&str, Option<&str>)> {
+    words.map(|w| match w.split_once('.') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (w, None),
+    })
+}
+
+fn words_match(pattern: Option<&str>, key: Option<&str>) -> bool {
+    match split(pattern) {
+        None => key.is_none(),
+        // `#`: match zero words, or swallow one word and try again.
+        Some(("#", rest)) => {
+            words_match(rest, key) || split(key).is_some_and(|(_, key_rest)| words_match(pattern, key_rest))
+        }
+        Some((word, rest)) => match split(key) {
+            Some((first, key_rest)) => (word == "*" || word == first) && words_match(rest, key_rest),
             None => false,
         },
     }

@@ -11,7 +11,9 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
-use super::{Acker, Canceller, Consumer, Delivery, Publish, QueueOptions, ReplyPath, Settle, Transport};
+use std::sync::Arc;
+
+use super::{Acker, Canceller, Consumer, Delivery, Message, Publish, QueueOptions, ReplyPath, Settle, Transport};
 use crate::config::BusConfig;
 use crate::contract::{ExchangeKind, ExchangeSpec};
 use crate::error::{Error, Result, deadline};
@@ -147,11 +149,13 @@ impl Amqp {
         Ok(got.map(|message| {
             let d = message.delivery;
             Delivery {
-                exchange: d.exchange.to_string(),
-                routing_key: d.routing_key.to_string(),
+                message: Arc::new(Message {
+                    exchange: d.exchange.as_str().into(),
+                    routing_key: d.routing_key.as_str().into(),
+                    properties: d.properties,
+                    body: d.data,
+                }),
                 redelivered: d.redelivered,
-                properties: d.properties,
-                body: d.data,
                 acker: Acker::None,
             }
         }))
@@ -196,11 +200,13 @@ impl Amqp {
 fn delivery(result: lapin::Result<lapin::message::Delivery>) -> Result<Delivery> {
     let d = result.map_err(|e| Error::broker("consume", e))?;
     Ok(Delivery {
-        exchange: d.exchange.to_string(),
-        routing_key: d.routing_key.to_string(),
+        message: Arc::new(Message {
+            exchange: d.exchange.as_str().into(),
+            routing_key: d.routing_key.as_str().into(),
+            properties: d.properties,
+            body: d.data,
+        }),
         redelivered: d.redelivered,
-        properties: d.properties,
-        body: d.data,
         acker: Acker::Amqp(d.acker),
     })
 }
@@ -247,6 +253,10 @@ pub(crate) async fn settle(acker: &lapin::Acker, how: Settle) -> bool {
         Settle::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
     };
     matches!(result, Ok(true))
+}
+
+pub(crate) async fn ack_multiple(last: &lapin::Acker) -> bool {
+    matches!(last.ack(BasicAckOptions { multiple: true }).await, Ok(true))
 }
 
 pub(crate) async fn cancel(channel: &Channel, tag: &str, timeout: Duration) {

@@ -9,6 +9,8 @@
 //! mutex that is never held across an `.await`.
 
 use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
@@ -21,7 +23,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::{
-    Acker as AnyAcker, Canceller as AnyCanceller, Consumer, Delivery, Publish, QueueOptions, ReplyPath, Settle,
+    Acker as AnyAcker, Canceller as AnyCanceller, Consumer, Delivery, Message, Publish, QueueOptions, ReplyPath, Settle,
 };
 use crate::contract::{ExchangeKind, ExchangeSpec};
 use crate::error::{Error, Result};
@@ -112,68 +114,63 @@ impl Broker {
         let Some(exchange) = state.exchanges.get_mut(exchange) else {
             return Err(Error::ExchangeNotFound { exchange: exchange.to_owned() });
         };
-        let binding = Binding { queue: queue.to_owned(), key: key.to_owned(), arguments };
+        let binding = Binding { queue: queue.into(), key: key.to_owned(), arguments };
         if !exchange.bindings.contains(&binding) {
             exchange.bindings.push(binding);
         }
         Ok(())
     }
 
-    pub(crate) fn publish(&self, publish: Publish<'_>, body: &[u8], properties: BasicProperties) -> Result<()> {
-        let mut state = self.lock();
-        if publish.exchange.is_empty() && publish.routing_key.starts_with(REPLY_PREFIX) {
-            // Direct reply-to: straight to the waiting client, or nowhere (replies are at-most-once).
-            if let Some(sink) = state.replies.get(publish.routing_key) {
-                let _ = sink.send(Ok(Delivery {
-                    exchange: String::new(),
-                    routing_key: publish.routing_key.to_owned(),
-                    redelivered: false,
-                    properties,
-                    body: body.to_vec(),
-                    acker: AnyAcker::None,
-                }));
+    pub(crate) fn publish(&self, publish: Publish<'_>, body: Vec<u8>, properties: BasicProperties) -> Result<()> {
+        let shared = &self.state;
+        with_state(shared, |state| {
+            if publish.exchange.is_empty() && publish.routing_key.starts_with(REPLY_PREFIX) {
+                // Direct reply-to: straight to the waiting client, or nowhere (replies are at-most-once).
+                if let Some(sink) = state.replies.get(publish.routing_key) {
+                    let message =
+                        Message { exchange: "".into(), routing_key: publish.routing_key.into(), properties, body };
+                    let delivery = Delivery { message: Arc::new(message), redelivered: false, acker: AnyAcker::None };
+                    let _ = sink.send(Ok(delivery));
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        let queues = state.route(publish.exchange, publish.routing_key, &properties)?;
-        if queues.is_empty() {
-            return if publish.mandatory {
-                Err(Error::Unroutable {
-                    exchange: publish.exchange.to_owned(),
-                    routing_key: publish.routing_key.to_owned(),
-                })
-            } else {
-                Ok(())
-            };
-        }
-        let message = Message {
-            exchange: publish.exchange.to_owned(),
-            routing_key: publish.routing_key.to_owned(),
-            properties,
-            body: body.to_vec(),
-            redelivered: false,
-            expires_at: None,
-        };
-        let last = queues.len() - 1;
-        let mut message = Some(message);
-        for (i, queue) in queues.into_iter().enumerate() {
-            let copy = if i == last { message.take().expect("moved once") } else { message.clone().expect("kept") };
-            state.enqueue(&queue, copy, &self.state);
-        }
-        Ok(())
+            let mut queues = std::mem::take(&mut state.scratch);
+            state.route_into(publish.exchange, publish.routing_key, &properties, &mut queues)?;
+            if queues.is_empty() {
+                state.scratch = queues;
+                return if publish.mandatory {
+                    Err(Error::Unroutable {
+                        exchange: publish.exchange.to_owned(),
+                        routing_key: publish.routing_key.to_owned(),
+                    })
+                } else {
+                    Ok(())
+                };
+            }
+            // One shared copy, however many queues it goes to.
+            let (exchange, routing_key) = state.intern(publish.exchange, publish.routing_key);
+            let message = Arc::new(Message { exchange, routing_key, properties, body });
+            for queue in queues.drain(..) {
+                state.enqueue(&queue, Queued::new(Arc::clone(&message)), shared);
+            }
+            state.scratch = queues;
+            Ok(())
+        })
     }
 
     pub(crate) fn consume(&self, queue: &str, prefetch: u16, tag: String) -> Result<Consumer> {
-        let mut state = self.lock();
-        state.next_consumer += 1;
-        let id = state.next_consumer;
-        let Some(q) = state.queues.get_mut(queue) else {
-            return Err(Error::config(format!("cannot consume from queue \"{queue}\": it does not exist")));
-        };
         let (sender, receiver) = mpsc::unbounded_channel();
-        q.consumers.push(Slot { id, sender, prefetch: usize::from(prefetch), unacked: 0 });
+        let id = with_state(&self.state, |state| {
+            state.next_consumer += 1;
+            let id = state.next_consumer;
+            let Some(q) = state.queues.get_mut(queue) else {
+                return Err(Error::config(format!("cannot consume from queue \"{queue}\": it does not exist")));
+            };
+            q.consumers.push(Slot { id, sender, prefetch: usize::from(prefetch), unacked: 0 });
+            state.dispatch(queue, &self.state);
+            Ok(id)
+        })?;
         let canceller = Canceller { state: Arc::downgrade(&self.state), queue: queue.into(), consumer: id };
-        state.dispatch(queue, &self.state);
         Ok(Consumer {
             tag,
             stream: Box::pin(Deliveries { receiver, canceller: Some(canceller.clone()) }),
@@ -182,21 +179,14 @@ impl Broker {
     }
 
     pub(crate) fn fetch(&self, queue: &str) -> Result<Option<Delivery>> {
-        let mut state = self.lock();
-        let shared = Arc::clone(&self.state);
-        state.expire(queue, &shared);
-        let Some(q) = state.queues.get_mut(queue) else {
-            return Err(Error::config(format!("cannot fetch from queue \"{queue}\": it does not exist")));
-        };
-        let message = q.ready.iter_mut().rev().find_map(VecDeque::pop_front);
-        Ok(message.map(|m| Delivery {
-            exchange: m.exchange,
-            routing_key: m.routing_key,
-            redelivered: m.redelivered,
-            properties: m.properties,
-            body: m.body,
-            acker: AnyAcker::None,
-        }))
+        with_state(&self.state, |state| {
+            state.expire(queue, &self.state);
+            let Some(q) = state.queues.get_mut(queue) else {
+                return Err(Error::config(format!("cannot fetch from queue \"{queue}\": it does not exist")));
+            };
+            let queued = q.ready.iter_mut().rev().find_map(VecDeque::pop_front);
+            Ok(queued.map(|q| Delivery { message: q.message, redelivered: q.redelivered, acker: AnyAcker::None }))
+        })
     }
 
     pub(crate) fn reply_path(&self) -> ReplyPath {
@@ -241,10 +231,64 @@ impl Drop for Deliveries {
 
 #[derive(Default)]
 struct State {
-    exchanges: HashMap<String, Exchange>,
-    queues: HashMap<String, Queue>,
-    replies: HashMap<String, mpsc::UnboundedSender<Result<Delivery>>>,
+    exchanges: FxHashMap<String, Exchange>,
+    queues: FxHashMap<String, Queue>,
+    replies: FxHashMap<String, mpsc::UnboundedSender<Result<Delivery>>>,
     next_consumer: u64,
+    /// Deliveries decided under the lock, sent after it is released (a send may wake a thread, which must not
+    /// happen while holding the broker).
+    outbox: Vec<Outgoing>,
+    /// The outbox's spare buffer, so publishing allocates no new one each time.
+    spare: Vec<Outgoing>,
+    /// Routing's buffer, reused for the same reason.
+    scratch: Vec<Arc<str>>,
+    /// Exchange names and routing keys seen, shared by the messages that carry them.
+    names: FxHashMap<Box<str>, Arc<str>>,
+}
+
+/// A delivery on its way to a consumer.
+struct Outgoing {
+    queue: Arc<str>,
+    consumer: u64,
+    sender: mpsc::UnboundedSender<Result<Delivery>>,
+    delivery: Delivery,
+}
+
+/// Runs `operation` on the broker state, then sends the deliveries it decided on, outside the lock. A
+/// consumer found gone on sending is removed, and its messages requeued, under the lock again.
+fn with_state<R>(shared: &Arc<Mutex<State>>, operation: impl FnOnce(&mut State) -> R) -> R {
+    fn lock(shared: &Mutex<State>) -> MutexGuard<'_, State> {
+        shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+    let mut state = lock(shared);
+    let result = operation(&mut state);
+    if state.outbox.is_empty() {
+        return result;
+    }
+    let spare = std::mem::take(&mut state.spare);
+    let mut outbox = std::mem::replace(&mut state.outbox, spare);
+    drop(state);
+    while !outbox.is_empty() {
+        let mut gone = Vec::new();
+        for out in outbox.drain(..) {
+            if out.sender.send(Ok(out.delivery)).is_err() {
+                gone.push((out.queue, out.consumer));
+            }
+        }
+        if gone.is_empty() {
+            break;
+        }
+        let mut state = lock(shared);
+        for (queue, consumer) in gone {
+            state.remove_consumer(&queue, consumer, shared);
+        }
+        outbox.extend(state.outbox.drain(..));
+    }
+    let mut state = lock(shared);
+    if state.spare.capacity() < outbox.capacity() {
+        state.spare = outbox;
+    }
+    result
 }
 
 struct Exchange {
@@ -254,19 +298,23 @@ struct Exchange {
 
 #[derive(PartialEq)]
 struct Binding {
-    queue: String,
+    queue: Arc<str>,
     key: String,
     arguments: FieldTable,
 }
 
+/// A message in a queue: the shared message, plus what is this queue's own.
 #[derive(Clone)]
-struct Message {
-    exchange: String,
-    routing_key: String,
-    properties: BasicProperties,
-    body: Vec<u8>,
+struct Queued {
+    message: Arc<Message>,
     redelivered: bool,
     expires_at: Option<Instant>,
+}
+
+impl Queued {
+    fn new(message: Arc<Message>) -> Self {
+        Queued { message, redelivered: false, expires_at: None }
+    }
 }
 
 struct Slot {
@@ -281,11 +329,11 @@ struct Queue {
     name: Arc<str>,
     options: QueueOptions,
     /// One FIFO per priority level, highest last.
-    ready: Vec<VecDeque<Message>>,
+    ready: Vec<VecDeque<Queued>>,
     consumers: Vec<Slot>,
     /// Round-robin position among consumers.
     next: usize,
-    unacked: HashMap<u64, (u64, Message)>,
+    unacked: FxHashMap<u64, (u64, Queued)>,
     next_tag: u64,
     /// Wakes the expiry task when the head of the queue may have changed.
     expiry: Option<Arc<Notify>>,
@@ -300,14 +348,14 @@ impl Queue {
             ready: (0..levels).map(|_| VecDeque::new()).collect(),
             consumers: Vec::new(),
             next: 0,
-            unacked: HashMap::new(),
+            unacked: FxHashMap::default(),
             next_tag: 0,
             expiry: None,
         }
     }
 
-    fn level(&self, message: &Message) -> usize {
-        let priority = usize::from(message.properties.priority().unwrap_or(0));
+    fn level(&self, queued: &Queued) -> usize {
+        let priority = usize::from(queued.message.properties.priority().unwrap_or(0));
         priority.min(self.ready.len() - 1)
     }
 
@@ -318,15 +366,45 @@ impl Queue {
 }
 
 impl State {
+    /// `exchange` and `key` as shared strings, interned while there are not too many distinct ones.
+    fn intern(&mut self, exchange: &str, key: &str) -> (Arc<str>, Arc<str>) {
+        const MAX_NAMES: usize = 4096;
+        let mut get = |name: &str| match self.names.get(name) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared: Arc<str> = name.into();
+                if self.names.len() < MAX_NAMES {
+                    self.names.insert(name.into(), Arc::clone(&shared));
+                }
+                shared
+            }
+        };
+        (get(exchange), get(key))
+    }
+
     /// The queues a message published to `exchange` with `key` goes to.
-    fn route(&self, exchange: &str, key: &str, properties: &BasicProperties) -> Result<Vec<String>> {
+    fn route(&self, exchange: &str, key: &str, properties: &BasicProperties) -> Result<Vec<Arc<str>>> {
+        let mut queues = Vec::new();
+        self.route_into(exchange, key, properties, &mut queues)?;
+        Ok(queues)
+    }
+
+    /// [`State::route`] into a buffer the caller reuses.
+    fn route_into(
+        &self,
+        exchange: &str,
+        key: &str,
+        properties: &BasicProperties,
+        queues: &mut Vec<Arc<str>>,
+    ) -> Result<()> {
+        queues.clear();
         if exchange.is_empty() {
-            return Ok(if self.queues.contains_key(key) { vec![key.to_owned()] } else { Vec::new() });
+            queues.extend(self.queues.get(key).map(|q| Arc::clone(&q.name)));
+            return Ok(());
         }
         let Some(exchange_state) = self.exchanges.get(exchange) else {
             return Err(Error::ExchangeNotFound { exchange: exchange.to_owned() });
         };
-        let mut queues: Vec<String> = Vec::new();
         for binding in &exchange_state.bindings {
             let matched = match exchange_state.kind {
                 ExchangeKind::Direct => binding.key == key,
@@ -335,16 +413,31 @@ impl State {
                 ExchangeKind::Headers => headers_match(&binding.arguments, properties.headers().as_ref()),
             };
             if matched && !queues.contains(&binding.queue) {
-                queues.push(binding.queue.clone());
+                queues.push(Arc::clone(&binding.queue));
             }
         }
-        Ok(queues)
+        Ok(())
     }
 
-    fn enqueue(&mut self, name: &str, mut message: Message, shared: &Arc<Mutex<State>>) {
+    fn enqueue(&mut self, name: &str, mut message: Queued, shared: &Arc<Mutex<State>>) {
         let Some(queue) = self.queues.get_mut(name) else { return };
+        if queue.options.message_ttl.is_some() || message.message.properties.expiration().is_some() {
+            Self::set_expiry(queue, &mut message);
+        }
+        let level = queue.level(&message);
+        let expires = message.expires_at.is_some();
+        queue.ready[level].push_back(message);
+        if expires {
+            Self::watch_expiry(queue, shared);
+        }
+        self.dispatch(name, shared);
+    }
+
+    /// When `message` expires in `queue`: the earlier of its own `expiration` and the queue's TTL.
+    fn set_expiry(queue: &Queue, message: &mut Queued) {
         let now = Instant::now();
         let per_message = message
+            .message
             .properties
             .expiration()
             .as_ref()
@@ -355,13 +448,6 @@ impl State {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let level = queue.level(&message);
-        let expires = message.expires_at.is_some();
-        queue.ready[level].push_back(message);
-        if expires {
-            Self::watch_expiry(queue, shared);
-        }
-        self.dispatch(name, shared);
     }
 
     /// Makes sure a task expires this queue's messages when they reach the head and their time comes.
@@ -378,11 +464,13 @@ impl State {
             loop {
                 let next = {
                     let Some(shared) = state.upgrade() else { return };
-                    let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
-                    state.expire(&name, &shared);
-                    match state.queues.get(&*name) {
+                    let next = with_state(&shared, |state| {
+                        state.expire(&name, &shared);
+                        state.queues.get(&*name).map(Queue::next_expiry)
+                    });
+                    match next {
                         None => return,
-                        Some(queue) => queue.next_expiry(),
+                        Some(next) => next,
                     }
                 };
                 match next {
@@ -417,21 +505,20 @@ impl State {
     /// Hands ready messages to consumers with room under their prefetch, round robin.
     fn dispatch(&mut self, name: &str, shared: &Arc<Mutex<State>>) {
         let mut expired = Vec::new();
-        let mut gone = Vec::new();
         if let Some(queue) = self.queues.get_mut(name) {
-            let now = Instant::now();
+            let mut now = None;
             while let Some(level) = queue.ready.iter().rposition(|level| !level.is_empty()) {
                 let count = queue.consumers.len();
                 let Some(offset) = (0..count).find(|i| {
                     let slot = &queue.consumers[(queue.next + i) % count];
-                    (slot.prefetch == 0 || slot.unacked < slot.prefetch) && !gone.contains(&slot.id)
+                    slot.prefetch == 0 || slot.unacked < slot.prefetch
                 }) else {
                     break;
                 };
                 let index = (queue.next + offset) % count;
                 queue.next = (index + 1) % count;
                 let message = queue.ready[level].pop_front().expect("level is not empty");
-                if message.expires_at.is_some_and(|at| at <= now) {
+                if message.expires_at.is_some_and(|at| at <= *now.get_or_insert_with(Instant::now)) {
                     expired.push(message);
                     continue;
                 }
@@ -439,32 +526,26 @@ impl State {
                 let tag = queue.next_tag;
                 let slot = &mut queue.consumers[index];
                 let delivery = Delivery {
-                    exchange: message.exchange.clone(),
-                    routing_key: message.routing_key.clone(),
+                    message: Arc::clone(&message.message),
                     redelivered: message.redelivered,
-                    properties: message.properties.clone(),
-                    body: message.body.clone(),
                     acker: AnyAcker::Memory(Acker {
                         state: Arc::downgrade(shared),
                         queue: Arc::clone(&queue.name),
                         tag,
                     }),
                 };
-                if slot.sender.send(Ok(delivery)).is_err() {
-                    // The consumer went away without cancelling: put the message back, forget the consumer.
-                    gone.push(slot.id);
-                    queue.ready[level].push_front(message);
-                    continue;
-                }
                 slot.unacked += 1;
+                self.outbox.push(Outgoing {
+                    queue: Arc::clone(&queue.name),
+                    consumer: slot.id,
+                    sender: slot.sender.clone(),
+                    delivery,
+                });
                 queue.unacked.insert(tag, (slot.id, message));
             }
         }
         for message in expired {
             self.dead_letter(name, message, "expired", shared);
-        }
-        for consumer in gone {
-            self.remove_consumer(name, consumer, shared);
         }
     }
 
@@ -483,7 +564,6 @@ impl State {
             }
             Settle::Reject => self.dead_letter(name, message, "rejected", shared),
         }
-        self.dispatch(name, shared);
         true
     }
 
@@ -491,7 +571,7 @@ impl State {
     fn remove_consumer(&mut self, name: &str, consumer: u64, shared: &Arc<Mutex<State>>) {
         let Some(queue) = self.queues.get_mut(name) else { return };
         queue.consumers.retain(|slot| slot.id != consumer);
-        let mut returned: Vec<(u64, Message)> = Vec::new();
+        let mut returned: Vec<(u64, Queued)> = Vec::new();
         queue.unacked.retain(|tag, (owner, message)| {
             if *owner == consumer {
                 returned.push((*tag, message.clone()));
@@ -519,29 +599,28 @@ impl State {
             notify.notify_one(); // the expiry task sees the queue gone and ends
         }
         for exchange in self.exchanges.values_mut() {
-            exchange.bindings.retain(|b| b.queue != name);
+            exchange.bindings.retain(|b| &*b.queue != name);
         }
     }
 
     /// Sends `message` to the queue's dead-letter exchange with an `x-death` record, or drops it.
-    fn dead_letter(&mut self, name: &str, message: Message, reason: &str, shared: &Arc<Mutex<State>>) {
+    fn dead_letter(&mut self, name: &str, queued: Queued, reason: &str, shared: &Arc<Mutex<State>>) {
         let Some((exchange, key)) = self.queues.get(name).and_then(|q| q.options.dead_letter.clone()) else {
             return;
         };
-        let key = if key.is_empty() { message.routing_key.clone() } else { key };
+        let message = &queued.message;
+        let key = if key.is_empty() { message.routing_key.to_string() } else { key };
         // RabbitMQ drops a per-message TTL when dead-lettering, so the copy does not expire again at once.
-        let properties = without_expiration(&record_death(&message, name, reason));
+        let properties = without_expiration(&record_death(message, name, reason));
         let Ok(queues) = self.route(&exchange, &key, &properties) else { return };
-        let copy = Message {
-            exchange,
-            routing_key: key,
-            properties,
-            body: message.body,
-            redelivered: false,
-            expires_at: None,
+        let body = match Arc::try_unwrap(queued.message) {
+            Ok(message) => message.body,
+            Err(shared) => shared.body.clone(),
         };
+        let (exchange, routing_key) = self.intern(&exchange, &key);
+        let copy = Arc::new(Message { exchange, routing_key, properties, body });
         for queue in queues {
-            self.enqueue(&queue, copy.clone(), shared);
+            self.enqueue(&queue, Queued::new(Arc::clone(&copy)), shared);
         }
     }
 }
@@ -630,10 +709,28 @@ pub(crate) struct Acker {
 }
 
 impl Acker {
+    /// Acknowledges several deliveries under one lock.
+    pub(crate) fn ack_all<'a>(ackers: impl Iterator<Item = &'a Acker>) -> bool {
+        let mut ackers = ackers.peekable();
+        let Some(first) = ackers.peek() else { return true };
+        let (Some(shared), queue) = (first.state.upgrade(), Arc::clone(&first.queue)) else { return false };
+        with_state(&shared, |state| {
+            let mut all = true;
+            for acker in ackers {
+                all &= state.settle(&acker.queue, acker.tag, Settle::Ack, &shared);
+            }
+            state.dispatch(&queue, &shared);
+            all
+        })
+    }
+
     pub(crate) fn settle(&self, how: Settle) -> bool {
         let Some(shared) = self.state.upgrade() else { return false };
-        let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
-        state.settle(&self.queue, self.tag, how, &shared)
+        with_state(&shared, |state| {
+            let settled = state.settle(&self.queue, self.tag, how, &shared);
+            state.dispatch(&self.queue, &shared);
+            settled
+        })
     }
 }
 
@@ -648,12 +745,13 @@ pub(crate) struct Canceller {
 impl Canceller {
     pub(crate) fn cancel(&self) {
         let Some(shared) = self.state.upgrade() else { return };
-        let mut state = shared.lock().unwrap_or_else(|p| p.into_inner());
-        if self.queue.starts_with(REPLY_PREFIX) {
-            state.replies.remove(&*self.queue);
-        } else {
-            state.remove_consumer(&self.queue, self.consumer, &shared);
-        }
+        with_state(&shared, |state| {
+            if self.queue.starts_with(REPLY_PREFIX) {
+                state.replies.remove(&*self.queue);
+            } else {
+                state.remove_consumer(&self.queue, self.consumer, &shared);
+            }
+        });
     }
 }
 

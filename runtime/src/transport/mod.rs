@@ -58,15 +58,42 @@ impl QueueOptions {
     }
 }
 
+/// A message as published: where to and what. Shared, never copied, between the queues a message is routed
+/// to, its deliveries, and the handler's [`crate::Context`].
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub(crate) exchange: std::sync::Arc<str>,
+    pub(crate) routing_key: std::sync::Arc<str>,
+    pub(crate) properties: BasicProperties,
+    pub(crate) body: Vec<u8>,
+}
+
 /// A message handed to a consumer, with the means to settle it.
 #[derive(Debug)]
 pub(crate) struct Delivery {
-    pub(crate) exchange: String,
-    pub(crate) routing_key: String,
+    pub(crate) message: std::sync::Arc<Message>,
     pub(crate) redelivered: bool,
-    pub(crate) properties: BasicProperties,
-    pub(crate) body: Vec<u8>,
     pub(crate) acker: Acker,
+}
+
+impl Delivery {
+    /// The message itself, copied only if something else still shares it.
+    pub(crate) fn into_message(self) -> Message {
+        std::sync::Arc::try_unwrap(self.message).unwrap_or_else(|shared| Message {
+            exchange: shared.exchange.clone(),
+            routing_key: shared.routing_key.clone(),
+            properties: shared.properties.clone(),
+            body: shared.body.clone(),
+        })
+    }
+}
+
+impl std::ops::Deref for Delivery {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        &self.message
+    }
 }
 
 /// How a delivery is settled on its transport.
@@ -76,6 +103,25 @@ pub(crate) enum Acker {
     Memory(memory::Acker),
     /// Replies: consumed without acknowledgement.
     None,
+}
+
+impl Acker {
+    /// Acknowledges a run of deliveries of one consumer, in delivery order, at once: one `multiple` ack on
+    /// AMQP (valid because every earlier delivery of the consumer is already settled or in the run), one lock
+    /// in memory. `false` if they could not be (the broker will redeliver them).
+    pub(crate) async fn ack_all(ackers: &mut Vec<Acker>) -> bool {
+        let settled = match ackers.last() {
+            None => true,
+            Some(Acker::Amqp(last)) => amqp::ack_multiple(last).await,
+            Some(Acker::Memory(_)) => memory::Acker::ack_all(ackers.iter().filter_map(|a| match a {
+                Acker::Memory(acker) => Some(acker),
+                _ => None,
+            })),
+            Some(Acker::None) => true,
+        };
+        ackers.clear();
+        settled
+    }
 }
 
 /// How to settle a delivery.
@@ -177,9 +223,9 @@ impl Transport {
         }
     }
 
-    pub(crate) async fn publish(&self, publish: Publish<'_>, body: &[u8], properties: BasicProperties) -> Result<()> {
+    pub(crate) async fn publish(&self, publish: Publish<'_>, body: Vec<u8>, properties: BasicProperties) -> Result<()> {
         match self {
-            Transport::Amqp(amqp) => amqp.publish(publish, body, properties).await,
+            Transport::Amqp(amqp) => amqp.publish(publish, &body, properties).await,
             Transport::Memory(broker) => broker.publish(publish, body, properties),
         }
     }
@@ -230,11 +276,11 @@ impl ReplyPath {
     pub(crate) async fn send_request(
         &self,
         publish: Publish<'_>,
-        body: &[u8],
+        body: Vec<u8>,
         properties: BasicProperties,
     ) -> Result<()> {
         match &self.amqp_channel {
-            Some(channel) => amqp::publish_on(channel, publish, body, properties, self.requests.timeout()).await,
+            Some(channel) => amqp::publish_on(channel, publish, &body, properties, self.requests.timeout()).await,
             None => self.requests.publish(publish, body, properties).await,
         }
     }
