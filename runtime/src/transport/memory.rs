@@ -282,7 +282,7 @@ fn with_state<R>(shared: &Arc<Mutex<State>>, operation: impl FnOnce(&mut State) 
         for (queue, consumer) in gone {
             state.remove_consumer(&queue, consumer, shared);
         }
-        outbox.extend(state.outbox.drain(..));
+        outbox.append(&mut state.outbox);
     }
     let mut state = lock(shared);
     if state.spare.capacity() < outbox.capacity() {
