@@ -10,6 +10,7 @@ use crate::config::{BusConfig, Endpoint};
 use crate::contract::{Event, ExchangeSpec};
 use crate::envelope;
 use crate::error::{Error, Result};
+use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::rpc::Replies;
 use crate::transport::amqp::Amqp;
 use crate::transport::memory::Broker;
@@ -37,6 +38,7 @@ pub(crate) struct Inner {
     exchanges: std::sync::RwLock<HashSet<&'static str>>,
     /// The RPC client's reply path, opened on the first call.
     pub(crate) replies: OnceCell<Replies>,
+    pub(crate) metrics: Metrics,
 }
 
 impl std::fmt::Debug for Bus {
@@ -113,6 +115,7 @@ impl Bus {
     }
 
     fn on(config: BusConfig, transport: Transport) -> Bus {
+        let metrics = Metrics::new(config.history);
         Bus {
             inner: Arc::new(Inner {
                 config,
@@ -120,6 +123,7 @@ impl Bus {
                 declared: StdMutex::new(HashSet::new()),
                 exchanges: std::sync::RwLock::default(),
                 replies: OnceCell::new(),
+                metrics,
             }),
         }
     }
@@ -148,7 +152,44 @@ impl Bus {
         if let Some(priority) = options.priority.or(spec.priority) {
             properties = properties.with_priority(priority.as_amqp());
         }
-        self.publish_raw(spec.exchange.name, spec.routing_key, payload, properties).await
+        let kept = self.inner.metrics.history_enabled().then(|| payload.clone());
+        self.publish_raw(spec.exchange.name, spec.routing_key, payload, properties).await?;
+        self.inner.metrics.published(spec.type_name, kept);
+        Ok(())
+    }
+
+    /// The metrics of this bus: per event type and per subscriber, with queue depths from the broker.
+    pub async fn metrics(&self) -> MetricsSnapshot {
+        let mut depths = std::collections::BTreeMap::new();
+        for queue in self.inner.metrics.queues() {
+            let depth = self.inner.transport.queue_depth(&queue).await.ok();
+            depths.insert(queue, depth);
+        }
+        self.inner.metrics.snapshot(&depths)
+    }
+
+    /// The recent `E` events this bus published, oldest first: the last [`BusConfig::history`] of them.
+    /// Empty unless history is on. For tests: `assert_eq!(bus.published::<UserRegistered>(), [expected])`.
+    pub fn published<E: Event>(&self) -> Vec<E> {
+        self.inner
+            .metrics
+            .history(E::SPEC.type_name)
+            .into_iter()
+            .filter_map(|recorded| E::decode(recorded.body.as_slice()).ok())
+            .collect()
+    }
+
+    /// Waits until this bus's subscribers have handled at least `count` `E` events in all, or `deadline`
+    /// passes ([`Error::Timeout`]). For tests: publish, then wait for the handlers instead of sleeping.
+    pub async fn wait_handled<E: Event>(&self, count: u64, deadline: std::time::Duration) -> Result<()> {
+        let wait = async {
+            while self.inner.metrics.processed(E::SPEC.type_name) < count {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(deadline, wait)
+            .await
+            .map_err(|_| Error::Timeout { operation: "waiting for handlers", after: deadline })
     }
 
     /// Publishes bytes, `mandatory` and confirmed, after the size check.

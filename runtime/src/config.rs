@@ -38,6 +38,8 @@ pub struct BusConfig {
     pub max_message_size: usize,
     /// Default unacknowledged deliveries per subscriber.
     pub prefetch: u16,
+    /// How many recently published messages to keep per event type, for [`crate::Bus::published`] (0: none).
+    pub history: usize,
 }
 
 impl BusConfig {
@@ -75,6 +77,7 @@ impl BusConfig {
                 .unwrap_or_else(|| "warren".to_owned()),
             max_message_size: 16 * 1024 * 1024,
             prefetch: 256,
+            history: 0,
         }
     }
 
@@ -95,6 +98,13 @@ impl BusConfig {
     /// Sets the connection deadline.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Keeps the last `per_type` published messages of each event type, for [`crate::Bus::published`] in
+    /// tests and for inspection (the trading bus's event history).
+    pub fn history(mut self, per_type: usize) -> Self {
+        self.history = per_type;
         self
     }
 
@@ -147,6 +157,7 @@ impl fmt::Debug for BusConfig {
             .field("service_name", &self.service_name)
             .field("max_message_size", &self.max_message_size)
             .field("prefetch", &self.prefetch)
+            .field("history", &self.history)
             .finish()
     }
 }

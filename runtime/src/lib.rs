@@ -37,6 +37,7 @@ mod config;
 mod contract;
 mod envelope;
 mod error;
+mod metrics;
 mod rpc;
 mod status;
 mod subscriber;
@@ -50,6 +51,7 @@ pub use contract::{
 };
 pub use envelope::CONTENT_TYPE_PROTOBUF;
 pub use error::{Error, Result};
+pub use metrics::{Counters, MetricsSnapshot, SubscriberMetrics};
 pub use rpc::{RpcClient, RpcContext, Serving};
 pub use status::{Code, Status};
 pub use subscriber::{Context, HandlerError, Outcome, RetryPolicy, Subscriber, Subscription};

@@ -13,6 +13,7 @@ use crate::bus::{Bus, durability, subscriber_queue};
 use crate::contract::{ExchangeKind, Inbound};
 use crate::envelope::{self, short};
 use crate::error::{Error, Result};
+use crate::metrics::{Fate, SubscriberStats};
 use crate::topic;
 use crate::transport::{Acker, Delivery, Message, Settle};
 
@@ -290,6 +291,7 @@ impl<T: Inbound> Subscriber<T> {
         let limit = Arc::new(Semaphore::new(concurrency));
         let handler = Arc::new(handler);
         let worker = Worker {
+            stats: bus.inner.metrics.subscriber(&self.group, &queue),
             bus: bus.clone(),
             group: self.group.clone(),
             queue: queue.clone(),
@@ -376,6 +378,7 @@ async fn linger(consumer: &mut crate::transport::Consumer) -> Option<Option<Resu
 
 #[derive(Clone)]
 struct Worker {
+    stats: Arc<SubscriberStats>,
     bus: Bus,
     group: String,
     queue: String,
@@ -404,11 +407,13 @@ impl Worker {
         E: Into<HandlerError>,
     {
         let type_name = short(delivery.properties.kind()).unwrap_or_default();
+        let mut tracker = self.stats.delivered(type_name);
         let message = match T::decode(type_name, &delivery.body) {
             Ok(message) => message,
             // Decoding will never succeed: dead-letter at once, no retries.
             Err(error) => {
                 self.dead_letter(&delivery, &error.to_string(), 1).await;
+                tracker.ended(Fate::DeadLettered, true);
                 return None;
             }
         };
@@ -422,30 +427,41 @@ impl Worker {
                 Err(panic) => Verdict::Failed(format!("handler panicked: {}", panic_message(&panic))),
             }
         };
+        tracker.start();
         let verdict = match self.handler_timeout {
             Some(limit) => tokio::time::timeout(limit, run)
                 .await
                 .unwrap_or_else(|_| Verdict::Failed(format!("handler timed out after {limit:?}"))),
             None => run.await,
         };
+        tracker.stop();
         match verdict {
-            Verdict::Decided(Outcome::Ack) => return Some(delivery.acker),
-            Verdict::Decided(Outcome::Retry { after }) => {
-                self.retry_or_dead_letter(&delivery, attempt, after, "the handler asked to retry").await;
+            Verdict::Decided(Outcome::Ack) => {
+                tracker.ended(Fate::Processed, false);
+                return Some(delivery.acker);
             }
-            Verdict::Decided(Outcome::DeadLetter { reason }) => self.dead_letter(&delivery, &reason, attempt).await,
+            Verdict::Decided(Outcome::Retry { after }) => {
+                let fate = self.retry_or_dead_letter(&delivery, attempt, after, "the handler asked to retry").await;
+                tracker.ended(fate, false);
+            }
+            Verdict::Decided(Outcome::DeadLetter { reason }) => {
+                self.dead_letter(&delivery, &reason, attempt).await;
+                tracker.ended(Fate::DeadLettered, false);
+            }
             Verdict::Failed(reason) => {
                 let after = self.retry.backoff(attempt);
-                self.retry_or_dead_letter(&delivery, attempt, after, &reason).await;
+                let fate = self.retry_or_dead_letter(&delivery, attempt, after, &reason).await;
+                tracker.ended(fate, true);
             }
         }
         None
     }
 
     /// Retries through a delay queue while attempts remain, then dead-letters.
-    async fn retry_or_dead_letter(&self, delivery: &Delivery, attempt: u32, after: Duration, reason: &str) {
+    async fn retry_or_dead_letter(&self, delivery: &Delivery, attempt: u32, after: Duration, reason: &str) -> Fate {
         if attempt >= self.retry.max_attempts {
-            return self.dead_letter(delivery, reason, attempt).await;
+            self.dead_letter(delivery, reason, attempt).await;
+            return Fate::DeadLettered;
         }
         tracing::debug!(queue = %self.queue, attempt, ?after, reason, "retrying message");
         // `<queue>.retry.<ms>`: messages wait there for the TTL, then the broker dead-letters them back into the
@@ -474,6 +490,7 @@ impl Worker {
                 delivery.settle(Settle::Requeue).await;
             }
         }
+        Fate::Retried
     }
 
     /// Copies the delivery to `<queue>.dlq` with why, where from and how often it failed, then acknowledges it.

@@ -83,10 +83,19 @@ impl Harness {
 
     /// A new bus (a new connection, on RabbitMQ) for service `service`.
     pub async fn bus(&self, service: &str) -> Bus {
-        let config = BusConfig::new(&self.url)
+        self.bus_with(self.config(service)).await
+    }
+
+    /// The configuration [`Harness::bus`] uses, to adjust before [`Harness::bus_with`].
+    pub fn config(&self, service: &str) -> BusConfig {
+        BusConfig::new(&self.url)
             .expect("the harness URL is valid")
             .service_name(service)
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(Duration::from_secs(5))
+    }
+
+    /// A new bus with `config` (from [`Harness::config`]).
+    pub async fn bus_with(&self, config: BusConfig) -> Bus {
         let shown = config.redacted_url();
         Bus::with_config(config).await.unwrap_or_else(|error| {
             panic!("start RabbitMQ: no broker answered at {shown} ({error}). Run `rabbitmq-server -detached`.")

@@ -140,6 +140,16 @@ impl Amqp {
         Ok(Consumer { tag, stream: Box::pin(consumer.map(delivery)), cancel: Canceller::Amqp(channel) })
     }
 
+    pub(crate) async fn queue_depth(&self, queue: &str) -> Result<u64> {
+        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let declared = self
+            .on_fresh_channel("queue declare (passive)", |channel| async move {
+                channel.queue_declare(ShortString::from(queue), passive, FieldTable::default()).await
+            })
+            .await?;
+        Ok(u64::from(declared.message_count()))
+    }
+
     pub(crate) async fn fetch(&self, queue: &str) -> Result<Option<Delivery>> {
         let got = self
             .on_fresh_channel("basic get", |channel| async move {

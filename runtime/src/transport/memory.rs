@@ -178,6 +178,13 @@ impl Broker {
         })
     }
 
+    pub(crate) fn queue_depth(&self, queue: &str) -> Result<u64> {
+        match self.lock().queues.get(queue) {
+            Some(q) => Ok(q.ready.iter().map(|level| level.len() as u64).sum()),
+            None => Err(Error::config(format!("queue \"{queue}\" does not exist"))),
+        }
+    }
+
     pub(crate) fn fetch(&self, queue: &str) -> Result<Option<Delivery>> {
         with_state(&self.state, |state| {
             state.expire(queue, &self.state);

@@ -237,6 +237,14 @@ impl Transport {
         }
     }
 
+    /// Messages ready in `queue`.
+    pub(crate) async fn queue_depth(&self, queue: &str) -> Result<u64> {
+        match self {
+            Transport::Amqp(amqp) => amqp.queue_depth(queue).await,
+            Transport::Memory(broker) => broker.queue_depth(queue),
+        }
+    }
+
     /// Takes one ready message from `queue`, acknowledged on receipt.
     pub(crate) async fn fetch(&self, queue: &str) -> Result<Option<Delivery>> {
         match self {

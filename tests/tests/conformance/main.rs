@@ -4,6 +4,7 @@
 
 mod delivery;
 mod failures;
+mod observability;
 mod priority;
 mod routing;
 mod rpc;

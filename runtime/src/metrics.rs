@@ -1,0 +1,392 @@
+//! Metrics and history: what a bus published and what its subscribers did with what they received.
+//!
+//! Counting is a few relaxed atomic increments per message; a snapshot ([`crate::Bus::metrics`]) adds up
+//! the counters and asks the broker how deep each subscriber's queue is.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+use tokio::time::Instant;
+
+/// Everything counted about one event type or one subscriber, as of a snapshot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counters {
+    /// Messages published by this bus.
+    pub published: u64,
+    /// Deliveries received by subscribers (retries and redeliveries included).
+    pub delivered: u64,
+    /// Deliveries whose handler succeeded.
+    pub processed: u64,
+    /// Deliveries that failed: undecodable, or a handler error, panic or timeout.
+    pub failed: u64,
+    /// Failed deliveries scheduled for another attempt.
+    pub retried: u64,
+    /// Messages sent to a dead-letter queue.
+    pub dead_lettered: u64,
+    /// Handlers running now.
+    pub in_flight: u64,
+    /// Mean handler time.
+    pub processing_time_mean: Duration,
+    /// 99th percentile handler time (to within about 19%: the histogram has four buckets per doubling).
+    pub processing_time_p99: Duration,
+    /// Processed messages per second since the bus (or subscriber) started.
+    pub rate_per_second: f64,
+}
+
+/// One subscriber's metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriberMetrics {
+    /// Its consumer group.
+    pub group: String,
+    /// Its queue.
+    pub queue: String,
+    /// Its counters (`published` is always 0 here).
+    pub counters: Counters,
+    /// Messages waiting in its queue, as the broker reports them; `None` if the broker could not be asked.
+    pub queue_depth: Option<u64>,
+    /// How long it has been running.
+    pub uptime: Duration,
+}
+
+/// A bus's metrics at one moment: what the trading bus's `get_performance_metrics` gave, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsSnapshot {
+    /// Time since the bus was made.
+    pub uptime: Duration,
+    /// Per event type (full proto name), over this bus's publishers and all its subscribers.
+    pub events: BTreeMap<String, Counters>,
+    /// Per subscriber, by queue.
+    pub subscribers: BTreeMap<String, SubscriberMetrics>,
+}
+
+/// Latency histogram: bucket `i` holds durations around `2^(i/4)` nanoseconds.
+const BUCKETS: usize = 4 * 40;
+
+/// Counters of one event type at one subscriber (or the subscriber's total).
+pub(crate) struct Stats {
+    delivered: AtomicU64,
+    processed: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    in_flight: AtomicI64,
+    time_total_ns: AtomicU64,
+    timed: AtomicU64,
+    histogram: [AtomicU64; BUCKETS],
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            delivered: AtomicU64::new(0),
+            processed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+            time_total_ns: AtomicU64::new(0),
+            timed: AtomicU64::new(0),
+            histogram: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+fn bucket(ns: u64) -> usize {
+    if ns < 2 {
+        return 0;
+    }
+    let log2 = 63 - ns.leading_zeros() as usize;
+    // The two bits after the leading one pick the quarter within the doubling.
+    let quarter = if log2 >= 2 { ((ns >> (log2 - 2)) & 0b11) as usize } else { 0 };
+    (log2 * 4 + quarter).min(BUCKETS - 1)
+}
+
+/// The upper bound of bucket `i`.
+fn bucket_limit(i: usize) -> Duration {
+    let (log2, quarter) = (i / 4, (i % 4) as u64);
+    let base = 1u64 << log2;
+    Duration::from_nanos(base + base / 4 * (quarter + 1))
+}
+
+impl Stats {
+    fn add(&self, into: &mut Counters) {
+        into.delivered += self.delivered.load(Ordering::Relaxed);
+        into.processed += self.processed.load(Ordering::Relaxed);
+        into.failed += self.failed.load(Ordering::Relaxed);
+        into.retried += self.retried.load(Ordering::Relaxed);
+        into.dead_lettered += self.dead_lettered.load(Ordering::Relaxed);
+        into.in_flight += self.in_flight.load(Ordering::Relaxed).max(0) as u64;
+    }
+
+    fn times(&self) -> (u64, u64, [u64; BUCKETS]) {
+        let histogram = std::array::from_fn(|i| self.histogram[i].load(Ordering::Relaxed));
+        (self.time_total_ns.load(Ordering::Relaxed), self.timed.load(Ordering::Relaxed), histogram)
+    }
+}
+
+/// Mean and p99 from summed times.
+fn latency(total_ns: u64, count: u64, histogram: &[u64; BUCKETS]) -> (Duration, Duration) {
+    if count == 0 {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    let mean = Duration::from_nanos(total_ns / count);
+    let rank = count - count / 100; // the smallest count covering 99 %
+    let mut seen = 0;
+    for (i, n) in histogram.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return (mean, bucket_limit(i));
+        }
+    }
+    (mean, bucket_limit(BUCKETS - 1))
+}
+
+/// One subscriber's counters, per event type and in total.
+pub(crate) struct SubscriberStats {
+    pub(crate) group: String,
+    pub(crate) queue: String,
+    started: Instant,
+    total: Stats,
+    by_type: RwLock<FxHashMap<String, Arc<Stats>>>,
+}
+
+/// What happened to one delivery, for counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fate {
+    Processed,
+    Retried,
+    DeadLettered,
+}
+
+impl SubscriberStats {
+    fn new(group: &str, queue: &str) -> Self {
+        SubscriberStats {
+            group: group.to_owned(),
+            queue: queue.to_owned(),
+            started: Instant::now(),
+            total: Stats::default(),
+            by_type: RwLock::default(),
+        }
+    }
+
+    fn of_type(&self, type_name: &str) -> Arc<Stats> {
+        if let Some(stats) = self.by_type.read().expect("metrics").get(type_name) {
+            return Arc::clone(stats);
+        }
+        Arc::clone(self.by_type.write().expect("metrics").entry(type_name.to_owned()).or_default())
+    }
+
+    /// Counts a delivery of `type_name` arriving; the returned tracker counts the rest.
+    pub(crate) fn delivered(self: &Arc<Self>, type_name: &str) -> Tracker {
+        let of_type = self.of_type(type_name);
+        for stats in [&self.total, &*of_type] {
+            stats.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        Tracker { subscriber: Arc::clone(self), of_type, started: None }
+    }
+}
+
+/// Follows one delivery through its handler.
+pub(crate) struct Tracker {
+    subscriber: Arc<SubscriberStats>,
+    of_type: Arc<Stats>,
+    started: Option<Instant>,
+}
+
+impl Tracker {
+    fn each(&self, count: impl Fn(&Stats)) {
+        count(&self.subscriber.total);
+        count(&self.of_type);
+    }
+
+    /// The handler starts.
+    pub(crate) fn start(&mut self) {
+        self.each(|s| {
+            s.in_flight.fetch_add(1, Ordering::Relaxed);
+        });
+        self.started = Some(Instant::now());
+    }
+
+    /// The handler ended (in any way).
+    pub(crate) fn stop(&mut self) {
+        let Some(started) = self.started.take() else { return };
+        let ns = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.each(|s| {
+            s.in_flight.fetch_sub(1, Ordering::Relaxed);
+            s.time_total_ns.fetch_add(ns, Ordering::Relaxed);
+            s.timed.fetch_add(1, Ordering::Relaxed);
+            s.histogram[bucket(ns)].fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    /// How the delivery ended; a failure is counted as such before it is retried or dead-lettered.
+    pub(crate) fn ended(mut self, fate: Fate, failed: bool) {
+        self.stop();
+        self.each(|s| {
+            if failed {
+                s.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            let counter = match fate {
+                Fate::Processed => &s.processed,
+                Fate::Retried => &s.retried,
+                Fate::DeadLettered => &s.dead_lettered,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// A recently published message, kept when history is on.
+#[derive(Debug, Clone)]
+pub(crate) struct Recorded {
+    pub(crate) body: Vec<u8>,
+}
+
+/// A bus's counters and history.
+pub(crate) struct Metrics {
+    started: Instant,
+    published: RwLock<FxHashMap<&'static str, Arc<AtomicU64>>>,
+    subscribers: Mutex<Vec<Arc<SubscriberStats>>>,
+    history_capacity: usize,
+    history: Mutex<FxHashMap<&'static str, VecDeque<Recorded>>>,
+}
+
+impl Metrics {
+    pub(crate) fn new(history_capacity: usize) -> Self {
+        Metrics {
+            started: Instant::now(),
+            published: RwLock::default(),
+            subscribers: Mutex::default(),
+            history_capacity,
+            history: Mutex::default(),
+        }
+    }
+
+    /// Counts a publish of `type_name`, and keeps `body` when history is on.
+    pub(crate) fn published(&self, type_name: &'static str, body: Option<Vec<u8>>) {
+        let counter = self.published.read().expect("metrics").get(type_name).cloned();
+        let counter = counter
+            .unwrap_or_else(|| Arc::clone(self.published.write().expect("metrics").entry(type_name).or_default()));
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(body) = body.filter(|_| self.history_capacity > 0) {
+            let mut history = self.history.lock().expect("history");
+            let recent = history.entry(type_name).or_default();
+            if recent.len() == self.history_capacity {
+                recent.pop_front();
+            }
+            recent.push_back(Recorded { body });
+        }
+    }
+
+    /// The recent messages of `type_name` this bus published, oldest first.
+    pub(crate) fn history(&self, type_name: &str) -> Vec<Recorded> {
+        self.history.lock().expect("history").get(type_name).map(|h| h.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    pub(crate) fn history_enabled(&self) -> bool {
+        self.history_capacity > 0
+    }
+
+    /// Registers a subscriber's counters.
+    pub(crate) fn subscriber(&self, group: &str, queue: &str) -> Arc<SubscriberStats> {
+        let stats = Arc::new(SubscriberStats::new(group, queue));
+        self.subscribers.lock().expect("metrics").push(Arc::clone(&stats));
+        stats
+    }
+
+    /// Handler successes for `type_name` over all of this bus's subscribers.
+    pub(crate) fn processed(&self, type_name: &str) -> u64 {
+        let subscribers = self.subscribers.lock().expect("metrics").clone();
+        subscribers
+            .iter()
+            .filter_map(|s| s.by_type.read().expect("metrics").get(type_name).cloned())
+            .map(|stats| stats.processed.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Adds everything up; `depth` answers queue depths.
+    pub(crate) fn snapshot(&self, depths: &BTreeMap<String, Option<u64>>) -> MetricsSnapshot {
+        let uptime = self.started.elapsed();
+        let per_second = |n: u64, over: Duration| if over.is_zero() { 0.0 } else { n as f64 / over.as_secs_f64() };
+        let mut events: BTreeMap<String, (Counters, u64, u64, [u64; BUCKETS])> = BTreeMap::new();
+        for (type_name, count) in self.published.read().expect("metrics").iter() {
+            events
+                .entry((*type_name).to_owned())
+                .or_insert_with(|| (Counters::default(), 0, 0, [0; BUCKETS]))
+                .0
+                .published = count.load(Ordering::Relaxed);
+        }
+        let mut subscribers = BTreeMap::new();
+        for stats in self.subscribers.lock().expect("metrics").iter() {
+            let mut counters = Counters::default();
+            stats.total.add(&mut counters);
+            let (total, count, histogram) = stats.total.times();
+            (counters.processing_time_mean, counters.processing_time_p99) = latency(total, count, &histogram);
+            let running = stats.started.elapsed();
+            counters.rate_per_second = per_second(counters.processed, running);
+            for (type_name, of_type) in stats.by_type.read().expect("metrics").iter() {
+                let entry =
+                    events.entry(type_name.clone()).or_insert_with(|| (Counters::default(), 0, 0, [0; BUCKETS]));
+                of_type.add(&mut entry.0);
+                let (total, count, histogram) = of_type.times();
+                entry.1 += total;
+                entry.2 += count;
+                for (sum, n) in entry.3.iter_mut().zip(histogram) {
+                    *sum += n;
+                }
+            }
+            let queue_depth = depths.get(&stats.queue).copied().flatten();
+            subscribers.insert(
+                stats.queue.clone(),
+                SubscriberMetrics {
+                    group: stats.group.clone(),
+                    queue: stats.queue.clone(),
+                    counters,
+                    queue_depth,
+                    uptime: running,
+                },
+            );
+        }
+        let events = events
+            .into_iter()
+            .map(|(name, (mut counters, total, count, histogram))| {
+                (counters.processing_time_mean, counters.processing_time_p99) = latency(total, count, &histogram);
+                counters.rate_per_second = per_second(counters.processed, uptime);
+                (name, counters)
+            })
+            .collect();
+        MetricsSnapshot { uptime, events, subscribers }
+    }
+
+    /// The queues of this bus's subscribers.
+    pub(crate) fn queues(&self) -> Vec<String> {
+        self.subscribers.lock().expect("metrics").iter().map(|s| s.queue.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_grow_in_quarters_of_a_doubling_and_bound_their_values() {
+        for ns in [2u64, 3, 5, 100, 1_000, 12_345, 1_000_000, 987_654_321] {
+            let limit = bucket_limit(bucket(ns));
+            assert!(limit >= Duration::from_nanos(ns), "{ns} ns over its bucket's limit {limit:?}");
+            assert!(limit.as_nanos() as f64 <= ns as f64 * 1.26 + 2.0, "{ns} ns: limit {limit:?} too loose");
+        }
+    }
+
+    #[test]
+    fn p99_ignores_the_slowest_percent() {
+        let mut histogram = [0; BUCKETS];
+        histogram[bucket(1_000)] = 99;
+        histogram[bucket(1_000_000)] = 1;
+        let (mean, p99) = latency(99 * 1_000 + 1_000_000, 100, &histogram);
+        assert_eq!(mean, Duration::from_nanos(10_990));
+        assert!(p99 < Duration::from_micros(2), "{p99:?}");
+    }
+}
