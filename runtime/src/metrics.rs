@@ -99,8 +99,9 @@ fn bucket(ns: u64) -> usize {
         return 0;
     }
     let log2 = 63 - ns.leading_zeros() as usize;
-    // The two bits after the leading one pick the quarter within the doubling.
-    let quarter = if log2 >= 2 { ((ns >> (log2 - 2)) & 0b11) as usize } else { 0 };
+    // The two bits after the leading one pick the quarter within the doubling; below 4 ns there are no two
+    // bits to read, so the whole doubling is one bucket (its last quarter).
+    let quarter = if log2 >= 2 { ((ns >> (log2 - 2)) & 0b11) as usize } else { 3 };
     (log2 * 4 + quarter).min(BUCKETS - 1)
 }
 
@@ -108,7 +109,8 @@ fn bucket(ns: u64) -> usize {
 fn bucket_limit(i: usize) -> Duration {
     let (log2, quarter) = (i / 4, (i % 4) as u64);
     let base = 1u64 << log2;
-    Duration::from_nanos(base + base / 4 * (quarter + 1))
+    // Rounded up, so that the limit still bounds its bucket where a quarter is less than a nanosecond.
+    Duration::from_nanos(base + (base * (quarter + 1)).div_ceil(4))
 }
 
 impl Stats {
