@@ -22,6 +22,11 @@ struct Scale {
 #[tokio::main]
 async fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--profile-one") {
+        // One small single-subscriber run, for `valgrind --tool=callgrind`.
+        in_memory_one_subscriber(20_000).await;
+        return;
+    }
     let scale = if quick {
         Scale { rounds: 3, one_subscriber: 200_000, fan_out_events: 30_000 }
     } else {

@@ -23,12 +23,14 @@ fn run() -> Result<ExitCode> {
     match args.as_slice() {
         ["regen"] => regen::run(&workspace_root()?, false),
         ["regen", "--check"] => regen::run(&workspace_root()?, true),
+        ["bench", rest @ ..] => bench(&workspace_root()?, rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  regen            rewrite generated/ from proto/ (only files that changed)\n  \
-                 regen --check    exit non-zero, listing stale files, if generated/ is out of date"
+                 regen --check    exit non-zero, listing stale files, if generated/ is out of date\n  \
+                 bench [--quick]  build the benchmarks in release mode and print their table"
             );
             if args.is_empty() || args == ["help"] || args == ["--help"] {
                 Ok(ExitCode::SUCCESS)
@@ -37,6 +39,18 @@ fn run() -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// `cargo xtask bench [--quick]`: the benchmarks never run inside `cargo test`; they run here, optimised.
+fn bench(root: &Path, args: &[&str]) -> Result<ExitCode> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = std::process::Command::new(cargo)
+        .current_dir(root)
+        .args(["run", "--quiet", "--release", "--package", "warren-bench", "--"])
+        .args(args)
+        .status()
+        .context("running cargo")?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn workspace_root() -> Result<PathBuf> {
