@@ -4,7 +4,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex as StdMutex};
 
 use lapin::BasicProperties;
-use tokio::sync::OnceCell;
 
 use crate::config::{BusConfig, Endpoint};
 use crate::contract::{Event, ExchangeSpec};
@@ -36,9 +35,13 @@ pub(crate) struct Inner {
     declared: StdMutex<HashSet<String>>,
     /// Exchanges this bus has declared; read on every publish, so keyed by the contract's `'static` names.
     exchanges: std::sync::RwLock<HashSet<&'static str>>,
-    /// The RPC client's reply path, opened on the first call.
-    pub(crate) replies: OnceCell<Replies>,
+    /// The RPC client's reply path, opened on the first call (and again after a reconnection).
+    pub(crate) replies: tokio::sync::Mutex<Option<Arc<Replies>>>,
     pub(crate) metrics: Metrics,
+    /// Subscribers and servers, for shutdown.
+    pub(crate) running: crate::feed::Running,
+    /// Set by shutdown and close: publishing fails with [`Error::Closed`] from then on.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Bus {
@@ -107,7 +110,7 @@ impl Bus {
     /// Connects with explicit settings. Retries until `config.connect_timeout`, then fails with what was tried.
     pub async fn with_config(config: BusConfig) -> Result<Bus> {
         let transport = match &config.endpoint {
-            Endpoint::Amqp(_) => Transport::Amqp(Arc::new(Amqp::connect(&config).await?)),
+            Endpoint::Amqp(_) => Transport::Amqp(Amqp::connect(&config).await?),
             Endpoint::Memory(Some(name)) => Transport::Memory(Broker::named(name)),
             Endpoint::Memory(None) => Transport::Memory(Broker::default()),
         };
@@ -122,8 +125,10 @@ impl Bus {
                 transport,
                 declared: StdMutex::new(HashSet::new()),
                 exchanges: std::sync::RwLock::default(),
-                replies: OnceCell::new(),
+                replies: tokio::sync::Mutex::new(None),
                 metrics,
+                running: crate::feed::Running::default(),
+                closed: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -137,6 +142,17 @@ impl Bus {
     /// broker has confirmed it. An event no queue is bound for is an [`Error::Unroutable`], never a silent drop.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<()> {
         self.publish_with(event, PublishOptions::default()).await
+    }
+
+    /// Publishes several events at once: all are sent without waiting for each other's confirm (pipelined),
+    /// and the call returns when the broker has confirmed them all. Fails with [`Error::Batch`] naming each
+    /// event that failed, by position; the others were published.
+    pub async fn publish_batch<'a, E: Event>(&self, events: impl IntoIterator<Item = &'a E>) -> Result<()> {
+        let results = futures_util::future::join_all(events.into_iter().map(|event| self.publish(event))).await;
+        let total = results.len();
+        let failed: Vec<(usize, Error)> =
+            results.into_iter().enumerate().filter_map(|(i, result)| result.err().map(|e| (i, e))).collect();
+        if failed.is_empty() { Ok(()) } else { Err(Error::Batch { total, failed }) }
     }
 
     /// [`Bus::publish`] with per-message options.
@@ -200,6 +216,9 @@ impl Bus {
         payload: Vec<u8>,
         properties: BasicProperties,
     ) -> Result<()> {
+        if self.inner.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Closed);
+        }
         self.check_size(payload.len())?;
         let publish = Publish { exchange, routing_key, mandatory: true, confirm: true };
         self.inner.transport.publish(publish, payload, properties).await
@@ -265,14 +284,31 @@ impl Bus {
         self.declare_once(queue.to_owned(), self.inner.transport.declare_queue(queue, &options)).await
     }
 
-    /// Binds `queue` to `exchange` with `key`.
-    pub(crate) async fn bind(&self, queue: &str, exchange: &str, key: &str) -> Result<()> {
-        self.inner.transport.bind(queue, exchange, key).await
+    /// Closes the connection at once. Subscribers and servers stop; calls in flight fail. Prefer
+    /// [`Bus::shutdown`], which lets work in progress finish first.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inner.transport.close(std::time::Instant::now()).await
     }
 
-    /// Closes the connection. Subscribers and servers stop; calls in flight fail.
-    pub async fn close(&self) -> Result<()> {
-        self.inner.transport.close().await
+    /// Shuts down gracefully within `deadline`: stops every subscriber and server from taking new messages,
+    /// lets running handlers finish and settles their messages, fails RPC calls still waiting with
+    /// `CANCELLED`, waits for publishes in flight to be confirmed, then closes the connections. What is not
+    /// done by the deadline is left to the broker: unacknowledged messages are redelivered to another consumer.
+    pub async fn shutdown(&self, deadline: std::time::Duration) -> Result<()> {
+        let by = std::time::Instant::now() + deadline;
+        self.inner.running.stop_all(by).await;
+        if let Some(replies) = self.inner.replies.lock().await.take() {
+            replies.fail_pending(&crate::Status::cancelled("the bus is shutting down"));
+        }
+        self.inner.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.inner.transport.close(by).await
+    }
+
+    /// How the connection to the broker is doing: connected, recovering (since when, how many attempts),
+    /// failed, or closed.
+    pub fn health(&self) -> crate::Health {
+        self.inner.transport.health()
     }
 }
 

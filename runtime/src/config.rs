@@ -30,6 +30,10 @@ pub struct BusConfig {
     pub connect_timeout: Duration,
     /// Deadline for each other broker operation: declare, publish confirm, channel open.
     pub operation_timeout: Duration,
+    /// Deadline for a publish as a whole: it rides out a reconnection (re-sending the message) until then.
+    pub publish_timeout: Duration,
+    /// How long reconnecting may fail before [`crate::Bus::health`] reports [`crate::Health::Failed`].
+    pub recovery_timeout: Duration,
     /// AMQP heartbeat in seconds; a dead peer is detected within about twice this.
     pub heartbeat_secs: u16,
     /// Sent as `app_id` on every message: the name of the service publishing.
@@ -70,6 +74,8 @@ impl BusConfig {
             endpoint,
             connect_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(10),
+            publish_timeout: Duration::from_secs(30),
+            recovery_timeout: Duration::from_secs(120),
             heartbeat_secs: 10,
             service_name: std::env::current_exe()
                 .ok()
@@ -105,6 +111,18 @@ impl BusConfig {
     /// tests and for inspection (the trading bus's event history).
     pub fn history(mut self, per_type: usize) -> Self {
         self.history = per_type;
+        self
+    }
+
+    /// Sets the deadline of a publish as a whole, reconnection included.
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    /// Sets how long reconnecting may fail before health reports [`crate::Health::Failed`].
+    pub fn recovery_timeout(mut self, timeout: Duration) -> Self {
+        self.recovery_timeout = timeout;
         self
     }
 
@@ -153,6 +171,8 @@ impl fmt::Debug for BusConfig {
             .field("url", &self.redacted_url())
             .field("connect_timeout", &self.connect_timeout)
             .field("operation_timeout", &self.operation_timeout)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("recovery_timeout", &self.recovery_timeout)
             .field("heartbeat_secs", &self.heartbeat_secs)
             .field("service_name", &self.service_name)
             .field("max_message_size", &self.max_message_size)

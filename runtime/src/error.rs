@@ -79,9 +79,17 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// The bus was closed.
+    /// The bus was closed or shut down.
     #[error("the bus is closed")]
     Closed,
+    /// Some events of a [`crate::Bus::publish_batch`] failed; the others were published.
+    #[error("{} of {total} events were not published; first: #{}: {}", failed.len(), failed[0].0, failed[0].1)]
+    Batch {
+        /// How many events the batch had.
+        total: usize,
+        /// The position and error of each event that failed (never empty).
+        failed: Vec<(usize, Error)>,
+    },
 }
 
 impl Error {

@@ -37,6 +37,8 @@ mod config;
 mod contract;
 mod envelope;
 mod error;
+mod feed;
+mod health;
 mod metrics;
 mod rpc;
 mod status;
@@ -51,6 +53,7 @@ pub use contract::{
 };
 pub use envelope::CONTENT_TYPE_PROTOBUF;
 pub use error::{Error, Result};
+pub use health::Health;
 pub use metrics::{Counters, MetricsSnapshot, SubscriberMetrics};
 pub use rpc::{RpcClient, RpcContext, Serving};
 pub use status::{Code, Status};

@@ -14,12 +14,13 @@ use tokio::time::Instant;
 use futures_util::StreamExt;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::bus::{Bus, durability};
 use crate::contract::{MethodSpec, ServiceSpec};
 use crate::envelope::{self, header_i64, header_str, short};
 use crate::error::{Error, Result};
+use crate::feed::{Feed, Setup, Stop};
 use crate::status::{Code, Status};
 use crate::transport::{Publish, ReplyPath, Settle};
 
@@ -38,6 +39,21 @@ struct Reply {
 pub(crate) struct Replies {
     path: ReplyPath,
     pending: Pending,
+    /// Cleared when the reply consumer ends (its connection was lost): the next call opens a new path.
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Replies {
+    /// Fails every call still waiting, with `status`.
+    pub(crate) fn fail_pending(&self, status: &Status) {
+        for (_, waiter) in self.pending.lock().expect("pending calls").drain() {
+            let _ = waiter.send(Reply {
+                code: status.code().as_i32(),
+                message: status.message().to_owned(),
+                payload: Vec::new(),
+            });
+        }
+    }
 }
 
 impl Replies {
@@ -45,6 +61,8 @@ impl Replies {
         let mut path = bus.inner.transport.reply_path().await?;
         let pending: Pending = Arc::default();
         let routes = Arc::clone(&pending);
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let still = Arc::clone(&alive);
         let mut replies = std::mem::replace(&mut path.replies.stream, Box::pin(futures_util::stream::empty()));
         tokio::spawn(async move {
             while let Some(Ok(delivery)) = replies.next().await {
@@ -62,9 +80,10 @@ impl Replies {
                 }
             }
             // The reply path is gone: fail every waiting call now rather than at its deadline.
+            still.store(false, std::sync::atomic::Ordering::Relaxed);
             routes.lock().expect("pending calls").clear();
         });
-        Ok(Replies { path, pending })
+        Ok(Replies { path, pending, alive })
     }
 }
 
@@ -108,7 +127,17 @@ impl RpcClient {
         started: Instant,
     ) -> std::result::Result<Vec<u8>, Status> {
         let bus = &self.bus;
-        let replies = bus.inner.replies.get_or_try_init(|| Replies::open(bus)).await?;
+        let replies = {
+            let mut current = bus.inner.replies.lock().await;
+            match current.as_ref() {
+                Some(replies) if replies.alive.load(std::sync::atomic::Ordering::Relaxed) => Arc::clone(replies),
+                _ => {
+                    let replies = Arc::new(Replies::open(bus).await?);
+                    *current = Some(Arc::clone(&replies));
+                    replies
+                }
+            }
+        };
         // Declared by callers too, so requests wait in the queue for a server that starts late, instead of
         // being returned as unroutable; each request expires with its deadline, so none piles up.
         bus.declare_queue(self.service.queue, durability(false)).await?;
@@ -201,15 +230,19 @@ type Handler = dyn Fn(String, Vec<u8>, RpcContext) -> BoxFuture<std::result::Res
 /// A running RPC server. Dropping it leaves it running; call [`Serving::stop`] to end it.
 #[derive(Debug)]
 pub struct Serving {
-    stop: watch::Sender<bool>,
+    stop: Stop,
     task: tokio::task::JoinHandle<()>,
+    timeout: Duration,
 }
 
 impl Serving {
-    /// Stops taking requests, lets running ones reply, and closes the channel.
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
+    /// Stops taking requests, lets running ones reply (up to the bus's operation timeout), and cancels the
+    /// consumer; requests not yet taken stay queued for another server.
+    pub async fn stop(mut self) {
+        self.stop.stop(std::time::Instant::now() + self.timeout);
+        if tokio::time::timeout(self.timeout + Duration::from_millis(200), &mut self.task).await.is_err() {
+            self.task.abort();
+        }
     }
 }
 
@@ -222,26 +255,19 @@ where
 {
     let handler: Arc<Handler> = Arc::new(handler);
     let timeout = bus.config().operation_timeout;
-    bus.declare_queue(service.queue, durability(false)).await?;
-    let tag = format!("{}.{}", service.name, envelope::new_id());
-    let mut consumer = bus.inner.transport.consume(service.queue, SERVER_CONCURRENCY as u16, tag).await?;
+    let setup: Setup = Arc::new(move |bus: Bus| {
+        Box::pin(async move { bus.inner.transport.declare_queue(service.queue, &durability(false)).await })
+    });
+    let (stop, signal) = Stop::new();
+    let mut feed =
+        Feed::open(bus, service.queue, SERVER_CONCURRENCY as u16, service.name, setup, signal.clone()).await?;
+    let done = bus.inner.running.register(&stop);
     let transport = bus.inner.transport.clone();
-    let (stop, mut stopped) = watch::channel(false);
     let limit = Arc::new(Semaphore::new(SERVER_CONCURRENCY));
     let app_id = bus.config().service_name.clone();
     let task = tokio::spawn(async move {
         loop {
-            let delivery = tokio::select! {
-                next = consumer.next() => match next {
-                    Some(Ok(delivery)) => delivery,
-                    Some(Err(error)) => {
-                        tracing::warn!(service = service.name, %error, "server consumer failed; stopping");
-                        break;
-                    }
-                    None => break,
-                },
-                _ = stopped.changed() => break,
-            };
+            let Some(delivery) = feed.next().await else { break }; // stopped
             let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
                 break;
             };
@@ -286,10 +312,12 @@ where
                 drop(permit);
             });
         }
-        let _ = tokio::time::timeout(timeout, limit.acquire_many(SERVER_CONCURRENCY as u32)).await;
-        consumer.cancel.cancel(&consumer.tag, timeout).await;
+        let until = signal.deadline().unwrap_or_else(|| std::time::Instant::now() + timeout);
+        let _ = tokio::time::timeout_at(until.into(), limit.acquire_many(SERVER_CONCURRENCY as u32)).await;
+        feed.cancel().await;
+        let _ = done.send(true);
     });
-    Ok(Serving { stop, task })
+    Ok(Serving { stop, task, timeout })
 }
 
 /// Decodes a request, or answers `INVALID_ARGUMENT` naming the type and the problem.

@@ -3,16 +3,17 @@
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use lapin::types::{AMQPValue, ShortString};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use crate::bus::{Bus, durability, subscriber_queue};
 use crate::contract::{ExchangeKind, Inbound};
 use crate::envelope::{self, short};
 use crate::error::{Error, Result};
+use crate::feed::{Feed, Setup, Stop};
 use crate::metrics::{Fate, SubscriberStats};
 use crate::topic;
 use crate::transport::{Acker, Delivery, Message, Settle};
@@ -274,19 +275,29 @@ impl<T: Inbound> Subscriber<T> {
         };
         let queue = self.queue_name();
         let bus = self.bus.clone();
-        bus.declare_exchange(exchange).await?;
-        bus.declare_queue(&format!("{queue}.dlq"), durability(self.temporary)).await?;
-        bus.declare_queue(&queue, subscriber_queue(&queue, self.temporary, T::prioritized())).await?;
-        for key in &bindings {
-            bus.bind(&queue, exchange.name, key).await?;
-        }
+        // Declared now and again whenever the feed consumes anew (after a reconnection, or if someone
+        // deleted the queue): bypassing the bus's declared-once cache on purpose.
+        let setup: Setup = {
+            let (queue, temporary, prioritized) = (queue.clone(), self.temporary, T::prioritized());
+            Arc::new(move |bus: Bus| {
+                let (queue, bindings) = (queue.clone(), bindings.clone());
+                Box::pin(async move {
+                    let transport = &bus.inner.transport;
+                    transport.declare_exchange(exchange).await?;
+                    transport.declare_queue(&format!("{queue}.dlq"), &durability(temporary)).await?;
+                    transport.declare_queue(&queue, &subscriber_queue(&queue, temporary, prioritized)).await?;
+                    for key in &bindings {
+                        transport.bind(&queue, exchange.name, key).await?;
+                    }
+                    Ok(())
+                })
+            })
+        };
+        let (stop, signal) = Stop::new();
+        let mut feed = Feed::open(&bus, &queue, self.prefetch, &self.group, setup, signal.clone()).await?;
+        let done = bus.inner.running.register(&stop);
 
         let timeout = bus.config().operation_timeout;
-        let tag = format!("{}.{}", self.group, envelope::new_id());
-        let mut consumer = bus.inner.transport.consume(&queue, self.prefetch, tag).await?;
-        let (canceller, cancel_tag) = (consumer.cancel.clone(), consumer.tag.clone());
-
-        let (stop_tx, mut stop_rx) = watch::channel(false);
         let concurrency = self.concurrency;
         let limit = Arc::new(Semaphore::new(concurrency));
         let handler = Arc::new(handler);
@@ -302,34 +313,20 @@ impl<T: Inbound> Subscriber<T> {
         let batch = usize::from(self.prefetch / 4).max(1);
         let task = tokio::spawn(async move {
             let mut acks = Vec::with_capacity(batch);
-            loop {
-                if *stop_rx.borrow() {
-                    break;
-                }
+            while signal.deadline().is_none() {
                 // Take what is ready without waiting; before waiting, send the acks collected so far, so an
                 // idle consumer never holds one back.
-                let next = match consumer.next().now_or_never() {
-                    Some(next) => next,
+                let delivery = match feed.ready() {
+                    Some(delivery) => delivery,
                     None => {
                         Acker::ack_all(&mut acks).await;
-                        match linger(&mut consumer).await {
-                            Some(next) => next,
-                            None => tokio::select! {
-                                next = consumer.next() => next,
-                                _ = stop_rx.changed() => break,
+                        match linger(&mut feed).await {
+                            Some(delivery) => delivery,
+                            None => match feed.next().await {
+                                Some(delivery) => delivery,
+                                None => break, // stopped
                             },
                         }
-                    }
-                };
-                let delivery = match next {
-                    Some(Ok(delivery)) => delivery,
-                    Some(Err(error)) => {
-                        tracing::warn!(queue = %worker.queue, %error, "consumer failed; stopping");
-                        break;
-                    }
-                    None => {
-                        tracing::warn!(queue = %worker.queue, "consumer cancelled by the broker; stopping");
-                        break;
                     }
                 };
                 if concurrency == 1 {
@@ -354,23 +351,25 @@ impl<T: Inbound> Subscriber<T> {
                 });
             }
             Acker::ack_all(&mut acks).await;
-            // Wait for running handlers so their deliveries are settled before the consumer goes.
-            let _ = tokio::time::timeout(timeout, limit.acquire_many(concurrency as u32)).await;
-            consumer.cancel.cancel(&consumer.tag, timeout).await;
+            // Let running handlers settle their deliveries, until the stop deadline.
+            let until = signal.deadline().unwrap_or_else(|| Instant::now() + timeout);
+            let _ = tokio::time::timeout_at(until.into(), limit.acquire_many(concurrency as u32)).await;
+            feed.cancel().await;
+            let _ = done.send(true);
         });
-        Ok(Subscription { queue, stop: stop_tx, task, canceller, tag: cancel_tag, timeout })
+        Ok(Subscription { queue, stop, task, timeout })
     }
 }
 
 /// Before a consumer parks its thread, it yields a few times: under load the next message is usually a moment
 /// away, and catching it saves the publisher a thread wake-up (a syscall) per message. Bounded, so an idle
 /// consumer costs nothing measurable.
-async fn linger(consumer: &mut crate::transport::Consumer) -> Option<Option<Result<Delivery>>> {
+async fn linger(feed: &mut Feed) -> Option<Delivery> {
     const YIELDS: usize = 4;
     for _ in 0..YIELDS {
         tokio::task::yield_now().await;
-        if let Some(next) = consumer.next().now_or_never() {
-            return Some(next);
+        if let Some(delivery) = feed.ready() {
+            return Some(delivery);
         }
     }
     None
@@ -557,14 +556,13 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
 
-/// A running subscriber. Dropping it leaves the subscriber running; call [`Subscription::stop`] to end it.
+/// A running subscriber. Dropping it leaves the subscriber running; call [`Subscription::stop`] to end it, or
+/// shut the bus down.
 #[derive(Debug)]
 pub struct Subscription {
     queue: String,
-    stop: watch::Sender<bool>,
+    stop: Stop,
     task: tokio::task::JoinHandle<()>,
-    canceller: crate::transport::Canceller,
-    tag: String,
     timeout: Duration,
 }
 
@@ -575,7 +573,7 @@ impl Subscription {
     }
 
     /// Stops consuming, waits for running handlers to settle their messages (up to the bus's operation
-    /// timeout), and closes the consumer. Messages not yet handled stay in the queue for the next consumer.
+    /// timeout), and cancels the consumer. Messages not yet handled stay in the queue for the next consumer.
     pub async fn stop(self) {
         let deadline = self.timeout;
         self.stop_within(deadline).await;
@@ -584,11 +582,13 @@ impl Subscription {
     /// [`Subscription::stop`] with an explicit deadline: handlers still running when it passes are abandoned,
     /// and their messages go back to the queue, marked redelivered, for another consumer.
     pub async fn stop_within(mut self, deadline: Duration) {
-        let _ = self.stop.send(true);
-        if tokio::time::timeout(deadline, &mut self.task).await.is_err() {
+        let until = Instant::now() + deadline;
+        self.stop.stop(until);
+        // A little past the deadline: the task itself cancels its consumer once the deadline passes.
+        if tokio::time::timeout(deadline + Duration::from_millis(200), &mut self.task).await.is_err() {
+            // Still inside a handler: abandon it. Dropping the task drops its feed, which cancels the consumer.
             self.task.abort();
             let _ = (&mut self.task).await;
-            self.canceller.cancel(&self.tag, self.timeout).await;
         }
     }
 }

@@ -1,57 +1,132 @@
-//! The AMQP transport: RabbitMQ through lapin, with a deadline on every wait.
+//! The AMQP transport: RabbitMQ through lapin, supervised.
+//!
+//! lapin 4 recovers connections only partly, so this module does it itself:
+//!
+//! - two connections, one for publishing (and topology, and RPC replies) and one for consuming, so a
+//!   publisher the broker blocks cannot stall consumers' acks;
+//! - a supervisor task that notices a lost connection (lapin's error event, or its status), reconnects both
+//!   with exponential backoff and jitter, replays every exchange, queue and binding this bus declared, and
+//!   then bumps the link's generation so that everything holding a channel opens a new one;
+//! - publishes that keep their message until the broker confirms it and send it again, with the same
+//!   `message_id`, after a connection or channel failure (at-least-once), within the publish deadline;
+//! - a deadline on every wait.
 
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-use tokio::sync::Mutex;
-
-use std::sync::Arc;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
+use tokio::sync::{Mutex, Semaphore, watch};
 
 use super::{Acker, Canceller, Consumer, Delivery, Message, Publish, QueueOptions, ReplyPath, Settle, Transport};
-use crate::config::BusConfig;
+use crate::config::{BusConfig, Endpoint};
 use crate::contract::{ExchangeKind, ExchangeSpec};
 use crate::error::{Error, Result, deadline};
+use crate::health::Health;
 
 /// Direct reply-to: RabbitMQ's pseudo-queue for RPC replies.
 pub(crate) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
-/// One connection to RabbitMQ and its publishing channel.
+/// The connections in use. A new generation replaces both after a failure.
+#[derive(Clone)]
+struct Link {
+    generation: u64,
+    publish: Arc<Connection>,
+    consume: Arc<Connection>,
+}
+
+/// What this bus declared, replayed on every new connection.
+#[derive(Default)]
+struct Topology {
+    exchanges: Vec<ExchangeSpec>,
+    queues: Vec<(String, QueueOptions)>,
+    bindings: Vec<(String, String, String)>,
+}
+
+/// RabbitMQ, through two supervised connections.
 pub(crate) struct Amqp {
-    connection: Connection,
-    /// In confirm mode; replaced when the broker closes it.
-    publisher: Mutex<Channel>,
-    timeout: Duration,
+    config: BusConfig,
+    link: watch::Sender<Option<Link>>,
+    health: StdMutex<Health>,
+    /// The publishing channel (in confirm mode) and the generation it belongs to.
+    publisher: Mutex<Option<(u64, Channel)>>,
+    topology: StdMutex<Topology>,
+    /// At most this many publishes wait for confirms at once.
+    window: Semaphore,
+    closing: AtomicBool,
+    /// Times the supervisor reconnected (for tests and metrics).
+    recoveries: AtomicU64,
 }
 
 impl std::fmt::Debug for Amqp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Amqp").field("connected", &self.connection.status().connected()).finish_non_exhaustive()
+        f.debug_struct("Amqp").field("health", &self.health()).finish_non_exhaustive()
     }
 }
 
+/// Publishes in flight at once, per bus.
+const PUBLISH_WINDOW: usize = 1024;
+
 impl Amqp {
-    /// Connects, retrying with backoff until the connect deadline.
-    pub(crate) async fn connect(config: &BusConfig) -> Result<Amqp> {
-        let connection = connect(config).await?;
-        let publisher = open_confirmed(&connection, config.operation_timeout).await?;
-        Ok(Amqp { connection, publisher: Mutex::new(publisher), timeout: config.operation_timeout })
+    /// Connects (retrying with backoff until the connect deadline) and starts the supervisor.
+    pub(crate) async fn connect(config: &BusConfig) -> Result<Arc<Amqp>> {
+        let started = Instant::now();
+        let (publish, consume) = connect_pair(config, config.connect_timeout, started).await?;
+        let link = Link { generation: 1, publish: Arc::new(publish), consume: Arc::new(consume) };
+        let amqp = Arc::new(Amqp {
+            config: config.clone(),
+            link: watch::Sender::new(Some(link.clone())),
+            health: StdMutex::new(Health::Connected),
+            publisher: Mutex::new(None),
+            topology: StdMutex::default(),
+            window: Semaphore::new(PUBLISH_WINDOW),
+            closing: AtomicBool::new(false),
+            recoveries: AtomicU64::new(0),
+        });
+        tokio::spawn(supervise(Arc::downgrade(&amqp), link));
+        Ok(amqp)
     }
 
     pub(crate) fn timeout(&self) -> Duration {
-        self.timeout
+        self.config.operation_timeout
     }
 
-    async fn channel(&self) -> Result<Channel> {
-        if !self.connection.status().connected() {
-            return Err(Error::Closed);
+    pub(crate) fn health(&self) -> Health {
+        self.health.lock().expect("health").clone()
+    }
+
+    /// The current link, waiting (until `by`) while the supervisor recovers.
+    async fn link(&self, by: Instant) -> Result<Link> {
+        let mut watcher = self.link.subscribe();
+        loop {
+            if self.closing.load(Ordering::Relaxed) {
+                return Err(Error::Closed);
+            }
+            if let Some(link) = watcher.borrow_and_update().clone() {
+                if link.publish.status().connected() && link.consume.status().connected() {
+                    return Ok(link);
+                }
+            }
+            let remaining = by.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Error::Timeout { operation: "waiting for the broker connection", after: self.timeout() });
+            }
+            // Woken by a new link, or re-checked shortly: lapin updates statuses without telling us.
+            let _ = tokio::time::timeout(remaining.min(Duration::from_millis(50)), watcher.changed()).await;
         }
-        deadline("channel open", self.timeout, self.connection.create_channel()).await
+    }
+
+    async fn channel_on(&self, consume: bool) -> Result<Channel> {
+        let link = self.link(Instant::now() + self.timeout()).await?;
+        let connection = if consume { &link.consume } else { &link.publish };
+        deadline("channel open", self.timeout(), connection.create_channel()).await
     }
 
     /// Runs one topology operation on a fresh channel: a refused declaration closes its channel, and must not
@@ -60,75 +135,98 @@ impl Amqp {
     where
         F: Future<Output = lapin::Result<T>>,
     {
-        let channel = self.channel().await?;
-        let result = deadline(operation, self.timeout, run(channel.clone())).await;
+        let channel = self.channel_on(false).await?;
+        let result = deadline(operation, self.timeout(), run(channel.clone())).await;
         close_quietly(&channel).await;
         result
     }
 
     pub(crate) async fn declare_exchange(&self, exchange: &ExchangeSpec) -> Result<()> {
-        let kind = match exchange.kind {
-            ExchangeKind::Direct => lapin::ExchangeKind::Direct,
-            ExchangeKind::Topic => lapin::ExchangeKind::Topic,
-            ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
-            ExchangeKind::Headers => lapin::ExchangeKind::Headers,
-        };
-        let options = ExchangeDeclareOptions {
-            durable: exchange.durable,
-            auto_delete: exchange.auto_delete,
-            ..ExchangeDeclareOptions::default()
-        };
-        self.on_fresh_channel("exchange declare", |channel| async move {
-            channel.exchange_declare(ShortString::from(exchange.name), kind, options, FieldTable::default()).await
-        })
-        .await
+        let channel = self.channel_on(false).await?;
+        let result = declare_exchange_on(&channel, exchange, self.timeout()).await;
+        close_quietly(&channel).await;
+        result?;
+        let mut topology = self.topology.lock().expect("topology");
+        if !topology.exchanges.contains(exchange) {
+            topology.exchanges.push(*exchange);
+        }
+        Ok(())
     }
 
     pub(crate) async fn declare_queue(&self, queue: &str, options: &QueueOptions) -> Result<()> {
-        let declare = QueueDeclareOptions {
-            durable: options.durable,
-            auto_delete: options.auto_delete,
-            ..QueueDeclareOptions::default()
-        };
-        let arguments = options.arguments();
-        self.on_fresh_channel("queue declare", |channel| async move {
-            channel.queue_declare(ShortString::from(queue), declare, arguments).await.map(drop)
-        })
-        .await
+        let channel = self.channel_on(false).await?;
+        let result = declare_queue_on(&channel, queue, options, self.timeout()).await;
+        close_quietly(&channel).await;
+        result?;
+        let mut topology = self.topology.lock().expect("topology");
+        if !topology.queues.iter().any(|(name, _)| name == queue) {
+            topology.queues.push((queue.to_owned(), options.clone()));
+        }
+        Ok(())
     }
 
     pub(crate) async fn bind(&self, queue: &str, exchange: &str, key: &str) -> Result<()> {
-        self.on_fresh_channel("queue bind", |channel| async move {
-            channel
-                .queue_bind(
-                    ShortString::from(queue),
-                    ShortString::from(exchange),
-                    ShortString::from(key),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-        })
-        .await
+        let channel = self.channel_on(false).await?;
+        let result = bind_on(&channel, queue, exchange, key, self.timeout()).await;
+        close_quietly(&channel).await;
+        result?;
+        let binding = (queue.to_owned(), exchange.to_owned(), key.to_owned());
+        let mut topology = self.topology.lock().expect("topology");
+        if !topology.bindings.contains(&binding) {
+            topology.bindings.push(binding);
+        }
+        Ok(())
     }
 
+    /// Publishes and waits for the confirm, re-sending after connection or channel failures until the
+    /// publish deadline. Unroutable, nacked and missing-exchange outcomes are final.
     pub(crate) async fn publish(&self, publish: Publish<'_>, body: &[u8], properties: BasicProperties) -> Result<()> {
-        let channel = {
-            let mut channel = self.publisher.lock().await;
-            if !channel.status().connected() {
-                *channel = open_confirmed(&self.connection, self.timeout).await?;
+        let by = Instant::now() + self.config.publish_timeout;
+        let _slot = tokio::time::timeout(self.config.publish_timeout, self.window.acquire())
+            .await
+            .map_err(|_| Error::Timeout { operation: "publish window", after: self.config.publish_timeout })?
+            .map_err(|_| Error::Closed)?;
+        let mut attempt = 0u32;
+        loop {
+            let error = match self.publisher(by).await {
+                Ok(channel) => match publish_on(&channel, publish, body, properties.clone(), self.timeout()).await {
+                    Ok(()) => return Ok(()),
+                    Err(error) => error,
+                },
+                Err(error) => error,
+            };
+            match classify(&error, publish.exchange) {
+                Failure::Final(error) => return Err(error),
+                Failure::Transient if Instant::now() < by && !self.closing.load(Ordering::Relaxed) => {
+                    attempt += 1;
+                    tracing::debug!(%error, attempt, "publish not confirmed; sending it again");
+                    tokio::time::sleep(jittered(Duration::from_millis(20) * attempt.min(25))).await;
+                }
+                Failure::Transient => return Err(error),
             }
-            channel.clone()
-        };
-        publish_on(&channel, publish, body, properties, self.timeout).await
+        }
+    }
+
+    /// The publishing channel of the current link, opened (in confirm mode) when missing or broken.
+    async fn publisher(&self, by: Instant) -> Result<Channel> {
+        let link = self.link(by).await?;
+        let mut publisher = self.publisher.lock().await;
+        if let Some((generation, channel)) = publisher.as_ref() {
+            if *generation == link.generation && channel.status().connected() {
+                return Ok(channel.clone());
+            }
+        }
+        let channel = open_confirmed(&link.publish, self.timeout()).await?;
+        *publisher = Some((link.generation, channel.clone()));
+        Ok(channel)
     }
 
     pub(crate) async fn consume(&self, queue: &str, prefetch: u16, tag: String) -> Result<Consumer> {
-        let channel = self.channel().await?;
-        deadline("basic qos", self.timeout, channel.basic_qos(prefetch, BasicQosOptions::default())).await?;
+        let channel = self.channel_on(true).await?;
+        deadline("basic qos", self.timeout(), channel.basic_qos(prefetch, BasicQosOptions::default())).await?;
         let consumer = deadline(
             "basic consume",
-            self.timeout,
+            self.timeout(),
             channel.basic_consume(
                 ShortString::from(queue),
                 ShortString::from(tag.as_str()),
@@ -171,12 +269,13 @@ impl Amqp {
         }))
     }
 
-    pub(crate) async fn reply_path(self: &std::sync::Arc<Self>) -> Result<ReplyPath> {
-        let channel = open_confirmed(&self.connection, self.timeout).await?;
+    pub(crate) async fn reply_path(self: &Arc<Self>) -> Result<ReplyPath> {
+        let link = self.link(Instant::now() + self.timeout()).await?;
+        let channel = open_confirmed(&link.publish, self.timeout()).await?;
         let tag = format!("replies.{}", crate::envelope::new_id());
         let consumer = deadline(
             "basic consume (reply-to)",
-            self.timeout,
+            self.timeout(),
             channel.basic_consume(
                 ShortString::from(REPLY_TO),
                 ShortString::from(tag.as_str()),
@@ -193,18 +292,208 @@ impl Amqp {
         };
         Ok(ReplyPath {
             address: REPLY_TO.to_owned(),
-            requests: Transport::Amqp(std::sync::Arc::clone(self)),
+            requests: Transport::Amqp(Arc::clone(self)),
             amqp_channel: Some(channel),
             replies,
         })
     }
 
-    pub(crate) async fn close(&self) -> Result<()> {
-        if self.connection.status().connected() {
-            deadline("connection close", self.timeout, self.connection.close(200, ShortString::from("bye"))).await?;
+    /// Waits until publishes in flight are confirmed (or `by` passes), then closes both connections.
+    pub(crate) async fn close(&self, by: Instant) -> Result<()> {
+        let remaining = by.saturating_duration_since(Instant::now());
+        let _ = tokio::time::timeout(remaining, self.window.acquire_many(PUBLISH_WINDOW as u32)).await;
+        self.closing.store(true, Ordering::Relaxed);
+        self.window.close();
+        *self.health.lock().expect("health") = Health::Closed;
+        let link = self.link.send_replace(None);
+        if let Some(link) = link {
+            for connection in [&link.publish, &link.consume] {
+                if connection.status().connected() {
+                    let close = connection.close(200, ShortString::from("bye"));
+                    let _ = tokio::time::timeout(self.timeout(), close).await;
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Whether to try a failed publish again.
+enum Failure {
+    Final(Error),
+    Transient,
+}
+
+fn classify(error: &Error, exchange: &str) -> Failure {
+    match error {
+        Error::Unroutable { .. } | Error::Nacked { .. } | Error::TooLarge { .. } | Error::Closed => {
+            Failure::Final(clone_final(error))
+        }
+        Error::Broker { source, .. } => match source.kind() {
+            ErrorKind::ProtocolError(amqp) if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => {
+                Failure::Final(Error::ExchangeNotFound { exchange: exchange.to_owned() })
+            }
+            ErrorKind::ProtocolError(amqp)
+                if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) =>
+            {
+                Failure::Final(Error::Broker { operation: "publish", source: source.clone() })
+            }
+            _ => Failure::Transient,
+        },
+        _ => Failure::Transient,
+    }
+}
+
+fn clone_final(error: &Error) -> Error {
+    match error {
+        Error::Unroutable { exchange, routing_key } => {
+            Error::Unroutable { exchange: exchange.clone(), routing_key: routing_key.clone() }
+        }
+        Error::Nacked { exchange, routing_key } => {
+            Error::Nacked { exchange: exchange.clone(), routing_key: routing_key.clone() }
+        }
+        Error::TooLarge { size, limit } => Error::TooLarge { size: *size, limit: *limit },
+        _ => Error::Closed,
+    }
+}
+
+/// Watches the link; on a failure, reconnects with backoff and jitter, replays the topology, and publishes the
+/// new link. Ends when the transport is dropped or closed.
+async fn supervise(amqp: Weak<Amqp>, mut link: Link) {
+    loop {
+        let failure = wait_for_failure(&link).await;
+        let Some(this) = amqp.upgrade() else { return };
+        if this.closing.load(Ordering::Relaxed) {
+            return;
+        }
+        tracing::warn!(reason = %this.config.redact(&failure), "connection to RabbitMQ lost; recovering");
+        let since = SystemTime::now();
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        let mut backoff = Duration::from_millis(100);
+        *this.health.lock().expect("health") =
+            Health::Recovering { since, attempts, last_error: this.config.redact(&failure) };
+        for connection in [&link.publish, &link.consume] {
+            // Drop whichever connection survived: both are rebuilt together.
+            if connection.status().connected() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), connection.close(200, "recovering".into())).await;
+            }
+        }
+        drop(this);
+        link = loop {
+            let Some(this) = amqp.upgrade() else { return };
+            if this.closing.load(Ordering::Relaxed) {
+                return;
+            }
+            attempts += 1;
+            let result = match connect_pair(&this.config, this.config.connect_timeout, Instant::now()).await {
+                Ok((publish, consume)) => match replay(&this, &publish).await {
+                    Ok(()) => Ok((publish, consume)),
+                    Err(error) => Err(error.to_string()),
+                },
+                Err(error) => Err(error.to_string()),
+            };
+            match result {
+                Ok((publish, consume)) => {
+                    let generation = link.generation + 1;
+                    let new = Link { generation, publish: Arc::new(publish), consume: Arc::new(consume) };
+                    this.recoveries.fetch_add(1, Ordering::Relaxed);
+                    *this.health.lock().expect("health") = Health::Connected;
+                    this.link.send_replace(Some(new.clone()));
+                    tracing::info!(attempts, after = ?started.elapsed(), "reconnected to RabbitMQ");
+                    break new;
+                }
+                Err(error) => {
+                    let error = this.config.redact(&error);
+                    let health = if started.elapsed() > this.config.recovery_timeout {
+                        Health::Failed { last_error: error }
+                    } else {
+                        Health::Recovering { since, attempts, last_error: error }
+                    };
+                    *this.health.lock().expect("health") = health;
+                    drop(this);
+                    tokio::time::sleep(jittered(backoff)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+    }
+}
+
+/// Resolves with a description once either connection of `link` fails.
+async fn wait_for_failure(link: &Link) -> String {
+    let mut publish_events = link.publish.events_listener();
+    let mut consume_events = link.consume.events_listener();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            Some(event) = publish_events.next() => {
+                if let lapin::Event::Error(error) = event { return format!("publishing connection: {error}") }
+            }
+            Some(event) = consume_events.next() => {
+                if let lapin::Event::Error(error) = event { return format!("consuming connection: {error}") }
+            }
+            _ = tick.tick() => {
+                if !link.publish.status().connected() { return "publishing connection closed".to_owned() }
+                if !link.consume.status().connected() { return "consuming connection closed".to_owned() }
+            }
+        }
+    }
+}
+
+/// Declares everything this bus declared before, on a new connection.
+async fn replay(amqp: &Amqp, connection: &Connection) -> Result<()> {
+    let (exchanges, queues, bindings) = {
+        let topology = amqp.topology.lock().expect("topology");
+        (topology.exchanges.clone(), topology.queues.clone(), topology.bindings.clone())
+    };
+    let timeout = amqp.timeout();
+    let channel = deadline("channel open", timeout, connection.create_channel()).await?;
+    for exchange in &exchanges {
+        declare_exchange_on(&channel, exchange, timeout).await?;
+    }
+    for (queue, options) in &queues {
+        declare_queue_on(&channel, queue, options, timeout).await?;
+    }
+    for (queue, exchange, key) in &bindings {
+        bind_on(&channel, queue, exchange, key, timeout).await?;
+    }
+    close_quietly(&channel).await;
+    Ok(())
+}
+
+async fn declare_exchange_on(channel: &Channel, exchange: &ExchangeSpec, timeout: Duration) -> Result<()> {
+    let kind = match exchange.kind {
+        ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+        ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+        ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+        ExchangeKind::Headers => lapin::ExchangeKind::Headers,
+    };
+    let options = ExchangeDeclareOptions {
+        durable: exchange.durable,
+        auto_delete: exchange.auto_delete,
+        ..ExchangeDeclareOptions::default()
+    };
+    let declare = channel.exchange_declare(ShortString::from(exchange.name), kind, options, FieldTable::default());
+    deadline("exchange declare", timeout, declare).await
+}
+
+async fn declare_queue_on(channel: &Channel, queue: &str, options: &QueueOptions, timeout: Duration) -> Result<()> {
+    let declare_options =
+        QueueDeclareOptions { durable: options.durable, auto_delete: options.auto_delete, ..Default::default() };
+    let declare = channel.queue_declare(ShortString::from(queue), declare_options, options.arguments());
+    deadline("queue declare", timeout, declare).await.map(drop)
+}
+
+async fn bind_on(channel: &Channel, queue: &str, exchange: &str, key: &str, timeout: Duration) -> Result<()> {
+    let bind = channel.queue_bind(
+        ShortString::from(queue),
+        ShortString::from(exchange),
+        ShortString::from(key),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    );
+    deadline("queue bind", timeout, bind).await
 }
 
 fn delivery(result: lapin::Result<lapin::message::Delivery>) -> Result<Delivery> {
@@ -287,33 +576,53 @@ async fn close_quietly(channel: &Channel) {
     }
 }
 
-/// Connects, retrying with backoff until the connect deadline.
-async fn connect(config: &BusConfig) -> Result<Connection> {
-    let started = Instant::now();
-    let crate::config::Endpoint::Amqp(uri) = &config.endpoint else {
+/// `base` scaled by a pseudo-random factor in [0.5, 1.5), so that many clients do not retry in step.
+fn jittered(base: Duration) -> Duration {
+    static SEED: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    // xorshift64*, seeded from the clock once and advanced on every call: no dependency, good enough for jitter.
+    let mut x = SEED.load(Ordering::Relaxed)
+        ^ SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u64);
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    SEED.store(x, Ordering::Relaxed);
+    let unit = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
+    base.mul_f64(0.5 + unit)
+}
+
+/// Connects the publishing and the consuming connection, retrying with backoff until `within` has passed
+/// since `started`; the error says what was tried.
+async fn connect_pair(config: &BusConfig, within: Duration, started: Instant) -> Result<(Connection, Connection)> {
+    let publish = connect(config, "publish", within, started).await?;
+    let consume = connect(config, "consume", within, started).await?;
+    Ok((publish, consume))
+}
+
+async fn connect(config: &BusConfig, role: &str, within: Duration, started: Instant) -> Result<Connection> {
+    let Endpoint::Amqp(uri) = &config.endpoint else {
         return Err(Error::config("the AMQP transport needs an amqp:// URL"));
     };
     let mut uri = uri.clone();
     uri.query.heartbeat = Some(config.heartbeat_secs);
     let properties =
-        ConnectionProperties::default().with_connection_name(format!("warren:{}", config.service_name).into());
+        ConnectionProperties::default().with_connection_name(format!("warren:{}:{role}", config.service_name).into());
     let mut attempts = 0;
     let mut backoff = Duration::from_millis(100);
     loop {
         attempts += 1;
-        let remaining = config.connect_timeout.saturating_sub(started.elapsed());
+        let remaining = within.saturating_sub(started.elapsed());
         let reason =
             match tokio::time::timeout(remaining, Connection::connect_uri(uri.clone(), properties.clone())).await {
                 Ok(Ok(connection)) => return Ok(connection),
                 Ok(Err(error)) => config.redact(&error.to_string()),
-                Err(_) => format!("no answer within {:?}", config.connect_timeout),
+                Err(_) => format!("no answer within {within:?}"),
             };
         let elapsed = started.elapsed();
-        if elapsed + backoff >= config.connect_timeout {
+        if elapsed + backoff >= within {
             return Err(Error::Connect { url: config.redacted_url(), attempts, elapsed, reason });
         }
         tracing::debug!(url = %config.redacted_url(), attempts, %reason, "connect failed; retrying");
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(jittered(backoff)).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }

@@ -261,10 +261,18 @@ impl Transport {
         }
     }
 
-    pub(crate) async fn close(&self) -> Result<()> {
+    /// Closes the transport once publishes in flight are confirmed, or at `by`.
+    pub(crate) async fn close(&self, by: std::time::Instant) -> Result<()> {
         match self {
-            Transport::Amqp(amqp) => amqp.close().await,
+            Transport::Amqp(amqp) => amqp.close(by).await,
             Transport::Memory(_) => Ok(()),
+        }
+    }
+
+    pub(crate) fn health(&self) -> crate::Health {
+        match self {
+            Transport::Amqp(amqp) => amqp.health(),
+            Transport::Memory(_) => crate::Health::Connected,
         }
     }
 }

@@ -1,0 +1,213 @@
+//! A consumer that outlives its channel, and the stop signal shared by everything that consumes.
+//!
+//! A consumer's stream ends when the connection is lost, the queue is deleted, or the broker cancels it. A
+//! [`Feed`] then declares its queue again (topology replay may not have run yet, and a deleted queue needs
+//! it anyway) and consumes again, with backoff, until it is stopped. Subscribers and RPC servers read their
+//! deliveries through one.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::watch;
+
+use crate::bus::Bus;
+use crate::error::Result;
+use crate::transport::{Consumer, Delivery};
+
+/// Declares what a feed consumes from: the queue, its dead-letter queue, its bindings.
+pub(crate) type Setup = Arc<dyn Fn(Bus) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> + Send + Sync>;
+
+/// Tells a consumer to stop; carries the deadline its running handlers get.
+#[derive(Debug, Clone)]
+pub(crate) struct Stop {
+    sender: watch::Sender<Option<Instant>>,
+}
+
+/// The consumer's side of a [`Stop`].
+#[derive(Debug, Clone)]
+pub(crate) struct StopSignal {
+    receiver: watch::Receiver<Option<Instant>>,
+}
+
+impl Stop {
+    pub(crate) fn new() -> (Stop, StopSignal) {
+        let (sender, receiver) = watch::channel(None);
+        (Stop { sender }, StopSignal { receiver })
+    }
+
+    /// Stops the consumer; handlers still running may finish until `deadline`.
+    pub(crate) fn stop(&self, deadline: Instant) {
+        self.sender.send_if_modified(|current| {
+            let earlier = current.is_none_or(|at| deadline < at);
+            if earlier {
+                *current = Some(deadline);
+            }
+            earlier
+        });
+    }
+}
+
+impl StopSignal {
+    /// The deadline, once stopped.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        *self.receiver.borrow()
+    }
+
+    /// Resolves when stopped.
+    pub(crate) async fn stopped(&mut self) {
+        let _ = self.receiver.wait_for(Option::is_some).await;
+    }
+}
+
+/// The consumers running on a bus, so that shutdown can stop them all and wait for them.
+#[derive(Default)]
+pub(crate) struct Running {
+    consumers: Mutex<Vec<(Stop, watch::Receiver<bool>)>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// Registers a consumer; it flips the returned flag to `true` when it has finished.
+    pub(crate) fn register(&self, stop: &Stop) -> watch::Sender<bool> {
+        let (done, finished) = watch::channel(false);
+        let mut consumers = self.consumers.lock().expect("running consumers");
+        consumers.retain(|(_, finished)| !*finished.borrow());
+        consumers.push((stop.clone(), finished));
+        done
+    }
+
+    /// Stops every consumer and waits, until `deadline`, for them to settle what they hold.
+    pub(crate) async fn stop_all(&self, deadline: Instant) {
+        let consumers = std::mem::take(&mut *self.consumers.lock().expect("running consumers"));
+        for (stop, _) in &consumers {
+            stop.stop(deadline);
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let wait_all = async {
+            for (_, mut finished) in consumers {
+                let _ = finished.wait_for(|done| *done).await;
+            }
+        };
+        let _ = tokio::time::timeout(remaining, wait_all).await;
+    }
+}
+
+/// Deliveries from one queue, consumed again whenever the broker ends the consumer, until stopped.
+pub(crate) struct Feed {
+    bus: Bus,
+    queue: String,
+    prefetch: u16,
+    tag_prefix: String,
+    setup: Setup,
+    current: Option<Consumer>,
+    stop: StopSignal,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed").field("queue", &self.queue).finish_non_exhaustive()
+    }
+}
+
+impl Feed {
+    /// Runs `setup` and starts consuming `queue`; errors here are the caller's (a subscription that cannot
+    /// start fails loudly), later ones are retried.
+    pub(crate) async fn open(
+        bus: &Bus,
+        queue: &str,
+        prefetch: u16,
+        tag_prefix: &str,
+        setup: Setup,
+        stop: StopSignal,
+    ) -> Result<Feed> {
+        let mut feed = Feed {
+            bus: bus.clone(),
+            queue: queue.to_owned(),
+            prefetch,
+            tag_prefix: tag_prefix.to_owned(),
+            setup,
+            current: None,
+            stop,
+        };
+        feed.current = Some(feed.subscribe().await?);
+        Ok(feed)
+    }
+
+    async fn subscribe(&self) -> Result<Consumer> {
+        (self.setup)(self.bus.clone()).await?;
+        let tag = format!("{}.{}", self.tag_prefix, crate::envelope::new_id());
+        self.bus.inner.transport.consume(&self.queue, self.prefetch, tag).await
+    }
+
+    /// A delivery that is ready now, without waiting.
+    pub(crate) fn ready(&mut self) -> Option<Delivery> {
+        match self.current.as_mut()?.next().now_or_never()? {
+            Some(Ok(delivery)) => Some(delivery),
+            _ => None, // an ended stream is noticed (and handled) by `next`
+        }
+    }
+
+    /// The next delivery; `None` once stopped.
+    pub(crate) async fn next(&mut self) -> Option<Delivery> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.stop.deadline().is_some() {
+                return None;
+            }
+            if let Some(consumer) = self.current.as_mut() {
+                let ended = tokio::select! {
+                    next = consumer.next() => match next {
+                        Some(Ok(delivery)) => return Some(delivery),
+                        Some(Err(error)) => error.to_string(),
+                        None => "the broker cancelled the consumer (queue deleted, or connection lost)".to_owned(),
+                    },
+                    () = self.stop.stopped() => return None,
+                };
+                tracing::warn!(queue = %self.queue, reason = %ended, "consumer ended; consuming again");
+                self.current = None;
+            }
+            match self.subscribe().await {
+                Ok(consumer) => {
+                    tracing::info!(queue = %self.queue, "consuming again");
+                    self.current = Some(consumer);
+                    backoff = Duration::from_millis(50);
+                }
+                Err(error) => {
+                    tracing::debug!(queue = %self.queue, %error, "cannot consume yet; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = self.stop.stopped() => return None,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Cancels the consumer: what it holds unacknowledged goes back to the queue.
+    pub(crate) async fn cancel(&mut self) {
+        if let Some(consumer) = self.current.take() {
+            consumer.cancel.cancel(&consumer.tag, self.bus.config().operation_timeout).await;
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        // Dropped without `cancel` (the consuming task was aborted): close the channel anyway, so the broker
+        // requeues what this consumer held.
+        if let Some(consumer) = self.current.take() {
+            let timeout = self.bus.config().operation_timeout;
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { consumer.cancel.cancel(&consumer.tag, timeout).await });
+            }
+        }
+    }
+}
