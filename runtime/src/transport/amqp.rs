@@ -109,10 +109,11 @@ impl Amqp {
             if self.closing.load(Ordering::Relaxed) {
                 return Err(Error::Closed);
             }
-            if let Some(link) = watcher.borrow_and_update().clone() {
-                if link.publish.status().connected() && link.consume.status().connected() {
-                    return Ok(link);
-                }
+            if let Some(link) = watcher.borrow_and_update().clone()
+                && link.publish.status().connected()
+                && link.consume.status().connected()
+            {
+                return Ok(link);
             }
             let remaining = by.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -211,10 +212,11 @@ impl Amqp {
     async fn publisher(&self, by: Instant) -> Result<Channel> {
         let link = self.link(by).await?;
         let mut publisher = self.publisher.lock().await;
-        if let Some((generation, channel)) = publisher.as_ref() {
-            if *generation == link.generation && channel.status().connected() {
-                return Ok(channel.clone());
-            }
+        if let Some((generation, channel)) = publisher.as_ref()
+            && *generation == link.generation
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
         }
         let channel = open_confirmed(&link.publish, self.timeout()).await?;
         *publisher = Some((link.generation, channel.clone()));
