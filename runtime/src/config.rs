@@ -114,6 +114,12 @@ impl BusConfig {
         self
     }
 
+    /// Sets the largest encoded message the bus sends (checked before sending).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
     /// Sets the deadline of a publish as a whole, reconnection included.
     pub fn publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout;

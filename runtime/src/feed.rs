@@ -108,6 +108,8 @@ pub(crate) struct Feed {
     setup: Setup,
     current: Option<Consumer>,
     stop: StopSignal,
+    /// The transport's reconnections; a consumer from an earlier generation is dead.
+    generations: Option<watch::Receiver<u64>>,
 }
 
 impl std::fmt::Debug for Feed {
@@ -135,6 +137,7 @@ impl Feed {
             setup,
             current: None,
             stop,
+            generations: bus.inner.transport.generations(),
         };
         feed.current = Some(feed.subscribe().await?);
         Ok(feed)
@@ -162,12 +165,21 @@ impl Feed {
                 return None;
             }
             if let Some(consumer) = self.current.as_mut() {
+                let reconnected = async {
+                    match self.generations.as_mut() {
+                        Some(generations) => {
+                            let _ = generations.changed().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
                 let ended = tokio::select! {
                     next = consumer.next() => match next {
                         Some(Ok(delivery)) => return Some(delivery),
                         Some(Err(error)) => error.to_string(),
                         None => "the broker cancelled the consumer (queue deleted, or connection lost)".to_owned(),
                     },
+                    () = reconnected => "the connection was replaced".to_owned(),
                     () = self.stop.stopped() => return None,
                 };
                 tracing::warn!(queue = %self.queue, reason = %ended, "consumer ended; consuming again");

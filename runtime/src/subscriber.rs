@@ -420,7 +420,12 @@ impl Worker {
         let attempt = 1 + envelope::header_i64(headers, envelope::ATTEMPTS).unwrap_or(0).clamp(0, 1 << 20) as u32;
         let context = Context::new(&self.bus, &delivery, attempt);
         let run = async {
-            match AssertUnwindSafe(handler(message, context)).catch_unwind().await {
+            // A handler may panic while making its future, not only while it runs: catch both.
+            let future = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(message, context))) {
+                Ok(future) => future,
+                Err(panic) => return Verdict::Failed(format!("handler panicked: {}", panic_message(&panic))),
+            };
+            match AssertUnwindSafe(future).catch_unwind().await {
                 Ok(Ok(outcome)) => Verdict::Decided(outcome.into()),
                 Ok(Err(error)) => Verdict::Failed(format!("handler failed: {}", error.into())),
                 Err(panic) => Verdict::Failed(format!("handler panicked: {}", panic_message(&panic))),

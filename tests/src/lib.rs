@@ -5,6 +5,8 @@
 
 use std::future::Future;
 
+pub mod faults;
+
 /// The README's quick-start contract, generated into `OUT_DIR` by `build.rs` with `warren_codegen::Builder`.
 pub mod quickstart {
     include!(concat!(env!("OUT_DIR"), "/warren_contracts.rs"));
@@ -100,6 +102,16 @@ impl Harness {
         Bus::with_config(config).await.unwrap_or_else(|error| {
             panic!("start RabbitMQ: no broker answered at {shown} ({error}). Run `rabbitmq-server -detached`.")
         })
+    }
+
+    /// The private vhost of a RabbitMQ harness.
+    pub fn vhost(&self) -> Option<&str> {
+        self.vhost.as_deref()
+    }
+
+    /// The URL every bus of this harness connects to.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// A retry backoff to use in tests: realistic on the in-memory broker, whose paused clock makes any wait

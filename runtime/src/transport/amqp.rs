@@ -98,6 +98,20 @@ impl Amqp {
         self.config.operation_timeout
     }
 
+    pub(crate) fn generations(&self) -> watch::Receiver<u64> {
+        let mut generation = self.link.subscribe();
+        let (sender, receiver) = watch::channel(generation.borrow().as_ref().map_or(0, |l| l.generation));
+        tokio::spawn(async move {
+            while generation.changed().await.is_ok() {
+                let current = generation.borrow().as_ref().map_or(0, |l| l.generation);
+                if sender.send(current).is_err() {
+                    return;
+                }
+            }
+        });
+        receiver
+    }
+
     pub(crate) fn health(&self) -> Health {
         self.health.lock().expect("health").clone()
     }
@@ -125,9 +139,20 @@ impl Amqp {
     }
 
     async fn channel_on(&self, consume: bool) -> Result<Channel> {
-        let link = self.link(Instant::now() + self.timeout()).await?;
-        let connection = if consume { &link.consume } else { &link.publish };
-        deadline("channel open", self.timeout(), connection.create_channel()).await
+        let by = Instant::now() + self.timeout();
+        loop {
+            let link = self.link(by).await?;
+            let connection = if consume { &link.consume } else { &link.publish };
+            match deadline("channel open", self.timeout(), connection.create_channel()).await {
+                // Just after the broker closed a channel, lapin refuses new ones for a moment.
+                Err(Error::Broker { source, .. })
+                    if matches!(source.kind(), ErrorKind::InvalidChannelState(..)) && Instant::now() < by =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Runs one topology operation on a fresh channel: a refused declaration closes its channel, and must not
@@ -429,11 +454,16 @@ async fn wait_for_failure(link: &Link) -> String {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
+            // A soft error (e.g. 404 on a publish) closes only its channel: not a reason to reconnect.
             Some(event) = publish_events.next() => {
-                if let lapin::Event::Error(error) = event { return format!("publishing connection: {error}") }
+                if let lapin::Event::Error(error) = event && !error.is_amqp_soft_error() {
+                    return format!("publishing connection: {error}");
+                }
             }
             Some(event) = consume_events.next() => {
-                if let lapin::Event::Error(error) = event { return format!("consuming connection: {error}") }
+                if let lapin::Event::Error(error) = event && !error.is_amqp_soft_error() {
+                    return format!("consuming connection: {error}");
+                }
             }
             _ = tick.tick() => {
                 if !link.publish.status().connected() { return "publishing connection closed".to_owned() }
@@ -620,11 +650,13 @@ async fn connect(config: &BusConfig, role: &str, within: Duration, started: Inst
                 Err(_) => format!("no answer within {within:?}"),
             };
         let elapsed = started.elapsed();
-        if elapsed + backoff >= within {
+        // Keep trying until the deadline itself; the last wait is cut to what is left of it.
+        let left = within.saturating_sub(elapsed);
+        if left < Duration::from_millis(10) {
             return Err(Error::Connect { url: config.redacted_url(), attempts, elapsed, reason });
         }
         tracing::debug!(url = %config.redacted_url(), attempts, %reason, "connect failed; retrying");
-        tokio::time::sleep(jittered(backoff)).await;
+        tokio::time::sleep(jittered(backoff).min(left)).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }

@@ -269,6 +269,15 @@ impl Transport {
         }
     }
 
+    /// Changes whenever the transport reconnected: consumers opened before are dead, whether or not their
+    /// streams say so. `None` for transports that never reconnect.
+    pub(crate) fn generations(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match self {
+            Transport::Amqp(amqp) => Some(amqp.generations()),
+            Transport::Memory(_) => None,
+        }
+    }
+
     pub(crate) fn health(&self) -> crate::Health {
         match self {
             Transport::Amqp(amqp) => amqp.health(),

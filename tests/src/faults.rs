@@ -1,0 +1,222 @@
+//! Fault injection: the sequence ledger that decides "nothing lost", and a private RabbitMQ node for faults
+//! that would disturb everyone else on the shared one (stopping the broker).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What happened to each message of a run, by sequence number (modelled on rabbitmq/jepsen's checker).
+///
+/// lost = confirmed but never consumed (must be empty); duplicates = consumed more than once (allowed,
+/// counted); unexpected = consumed but never sent (must be empty).
+#[derive(Debug, Default)]
+pub struct Ledger {
+    inner: Mutex<Entries>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    sent: u64,
+    confirmed: BTreeSet<i64>,
+    failed: BTreeSet<i64>,
+    consumed: BTreeMap<i64, u32>,
+    dead_lettered: BTreeSet<i64>,
+}
+
+/// The verdict of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Messages published.
+    pub sent: u64,
+    /// Confirmed by the broker.
+    pub confirmed: usize,
+    /// Distinct messages consumed.
+    pub consumed: usize,
+    /// Extra deliveries of messages already consumed.
+    pub duplicates: u64,
+    /// Messages found in a dead-letter queue.
+    pub dead_lettered: usize,
+    /// Confirmed, never consumed nor dead-lettered.
+    pub lost: Vec<i64>,
+    /// Consumed, never sent.
+    pub unexpected: Vec<i64>,
+}
+
+impl Ledger {
+    /// Records that `seq` was published.
+    pub fn sent(&self, _seq: i64) {
+        self.inner.lock().unwrap().sent += 1;
+    }
+
+    /// Records the publisher's outcome for `seq`.
+    pub fn published(&self, seq: i64, confirmed: bool) {
+        let mut entries = self.inner.lock().unwrap();
+        if confirmed {
+            entries.confirmed.insert(seq);
+        } else {
+            entries.failed.insert(seq);
+        }
+    }
+
+    /// Records a delivery of `seq` to a handler.
+    pub fn consumed(&self, seq: i64) {
+        *self.inner.lock().unwrap().consumed.entry(seq).or_default() += 1;
+    }
+
+    /// Records `seq` found in a dead-letter queue.
+    pub fn dead_lettered(&self, seq: i64) {
+        self.inner.lock().unwrap().dead_lettered.insert(seq);
+    }
+
+    /// How many were confirmed so far.
+    pub fn confirmed(&self) -> usize {
+        self.inner.lock().unwrap().confirmed.len()
+    }
+
+    /// Whether every confirmed message was consumed or dead-lettered.
+    pub fn settled(&self) -> bool {
+        let entries = self.inner.lock().unwrap();
+        entries.confirmed.iter().all(|seq| entries.consumed.contains_key(seq) || entries.dead_lettered.contains(seq))
+    }
+
+    /// Waits (until `within`) for every confirmed message to be consumed, then a quiet moment for late
+    /// duplicates.
+    pub async fn drain(&self, within: Duration) {
+        let started = Instant::now();
+        while !self.settled() && started.elapsed() < within {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    /// The verdict, printed as the ledger line of test `name`.
+    pub fn verdict(&self, name: &str) -> Verdict {
+        let entries = self.inner.lock().unwrap();
+        let lost = entries
+            .confirmed
+            .iter()
+            .filter(|seq| !entries.consumed.contains_key(seq) && !entries.dead_lettered.contains(seq))
+            .copied()
+            .collect();
+        let unexpected = entries
+            .consumed
+            .keys()
+            .filter(|seq| !entries.confirmed.contains(seq) && !entries.failed.contains(seq))
+            .copied()
+            .collect();
+        let verdict = Verdict {
+            sent: entries.sent,
+            confirmed: entries.confirmed.len(),
+            consumed: entries.consumed.len(),
+            duplicates: entries.consumed.values().map(|n| u64::from(n - 1)).sum(),
+            dead_lettered: entries.dead_lettered.len(),
+            lost,
+            unexpected,
+        };
+        println!(
+            "ledger {name}: sent {} confirmed {} consumed {} duplicates {} dead-lettered {} lost {} unexpected {}",
+            verdict.sent,
+            verdict.confirmed,
+            verdict.consumed,
+            verdict.duplicates,
+            verdict.dead_lettered,
+            verdict.lost.len(),
+            verdict.unexpected.len()
+        );
+        verdict
+    }
+}
+
+/// A RabbitMQ node of the test's own, on 127.0.0.1:5679, started from the notes' recipe and shut down (and
+/// its files removed) when dropped. The machine's shared broker is never touched.
+#[derive(Debug)]
+pub struct PrivateNode {
+    dir: PathBuf,
+    name: String,
+}
+
+/// The private node's AMQP port.
+pub const PRIVATE_PORT: u16 = 5679;
+
+impl PrivateNode {
+    /// Starts the node and waits (up to 60 s) until it answers.
+    pub fn start() -> PrivateNode {
+        let dir = std::env::temp_dir().join(format!("warren-rtest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("mnesia")).unwrap();
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.default = 127.0.0.1:{PRIVATE_PORT}\nmax_message_size = 1048576\n"),
+        )
+        .unwrap();
+        let name = "warren-rtest@localhost".to_owned();
+        let node = PrivateNode { dir, name };
+        node.run("chown", &["-R", "rabbitmq:rabbitmq", &node.dir.display().to_string()]);
+        let d = node.dir.display();
+        let script = format!(
+            "cd {d} && env RABBITMQ_NODENAME={name} RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT={PRIVATE_PORT} \
+             RABBITMQ_DIST_PORT=25679 RABBITMQ_MNESIA_BASE={d}/mnesia RABBITMQ_LOG_BASE={d}/log \
+             RABBITMQ_CONFIG_FILE={d}/rabbitmq.conf RABBITMQ_ENABLED_PLUGINS_FILE={d}/enabled_plugins \
+             RABBITMQ_PID_FILE={d}/node.pid HOME=/var/lib/rabbitmq /usr/lib/rabbitmq/bin/rabbitmq-server -detached",
+            name = node.name
+        );
+        node.run("su", &["rabbitmq", "-s", "/bin/sh", "-c", &script]);
+        let started = Instant::now();
+        while !node.ctl_ok(&["await_startup", "--timeout", "5"]) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "start RabbitMQ: the private test node did not start within 60 s (see {d}/log)"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        node
+    }
+
+    /// The node's URL.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{PRIVATE_PORT}/%2f")
+    }
+
+    /// Runs `rabbitmqctl -n <node> <args>`, failing the test if it fails.
+    pub fn ctl(&self, args: &[&str]) {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        self.run("rabbitmqctl", &all);
+    }
+
+    fn ctl_ok(&self, args: &[&str]) -> bool {
+        Command::new("rabbitmqctl").arg("-n").arg(&self.name).args(args).output().is_ok_and(|o| o.status.success())
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("running {program}: {e}"));
+        assert!(
+            output.status.success(),
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for PrivateNode {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").args(["-n", &self.name, "shutdown"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `rabbitmqctl` against the shared node for something scoped to the test's own vhost.
+pub fn rabbitmqctl(args: &[&str]) {
+    let output = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,0 +1,384 @@
+//! Fault injection against RabbitMQ: nothing confirmed is lost, nothing hangs, bad input is dead-lettered.
+//!
+//! Each test publishes sequence numbers (as `UserRegistered::user_id`) and keeps a ledger; each prints it.
+//! Faults that only touch the test's own connections run in a private vhost of the shared broker; stopping
+//! the broker happens on a private node (`PrivateNode`) that the test starts and shuts down.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use warren::{Bus, BusConfig, Code, Error, HandlerError, Health, RetryPolicy, RpcContext, Status};
+use warren_contracts::at::v1::{IntSumRequest, IntSumResponse, IntSummator, IntSummatorClient, IntSummatorServer};
+use warren_contracts::gametrade::v1::UserRegistered;
+use warren_tests::faults::{Ledger, PrivateNode, rabbitmqctl};
+use warren_tests::{Harness, unique, within};
+
+/// Warnings (reconnections, re-subscriptions) go to the test's output, to read alongside the ledger.
+fn logs() {
+    let _ = tracing_subscriber::fmt().with_env_filter("warren=info").with_test_writer().try_init();
+}
+
+/// Waits until the bus reports it is connected again.
+async fn until_connected(bus: &Bus) {
+    within(30, "health to be Connected", async {
+        while bus.health() != Health::Connected {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+fn event(seq: i64) -> UserRegistered {
+    UserRegistered { user_id: seq, username: format!("user-{seq}"), email: String::new() }
+}
+
+/// A subscriber that records every delivery in the ledger.
+async fn recording(bus: &Bus, group: &str, ledger: &Arc<Ledger>) -> warren::Subscription {
+    let ledger = Arc::clone(ledger);
+    UserRegistered::subscribe(bus, group)
+        .prefetch(256)
+        .handle(move |event: UserRegistered, _| {
+            ledger.consumed(event.user_id);
+            std::future::ready(Ok::<_, HandlerError>(()))
+        })
+        .await
+        .expect("subscribe")
+}
+
+/// Publishes 0..n, 64 at a time, recording each outcome; `fault` runs once `at` messages are confirmed.
+async fn publish_all(bus: &Bus, n: i64, ledger: &Arc<Ledger>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..64 {
+        let (bus, ledger) = (bus.clone(), Arc::clone(ledger));
+        tasks.spawn(async move {
+            let mut seq = lane;
+            while seq < n {
+                ledger.sent(seq);
+                let confirmed = bus.publish(&event(seq)).await.is_ok();
+                ledger.published(seq, confirmed);
+                seq += 64;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Waits until `ledger` has `count` confirmations.
+async fn until_confirmed(ledger: &Ledger, count: usize) {
+    within(60, "publishing progress", async {
+        while ledger.confirmed() < count {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+fn assert_nothing_lost(ledger: &Ledger, name: &str) -> warren_tests::faults::Verdict {
+    let verdict = ledger.verdict(name);
+    let first = |ids: &[i64]| ids.iter().take(20).map(i64::to_string).collect::<Vec<_>>().join(", ");
+    assert!(
+        verdict.lost.is_empty(),
+        "{name}: {} confirmed but never consumed, e.g. {}",
+        verdict.lost.len(),
+        first(&verdict.lost)
+    );
+    assert!(
+        verdict.unexpected.is_empty(),
+        "{name}: {} consumed but never sent, e.g. {}",
+        verdict.unexpected.len(),
+        first(&verdict.unexpected)
+    );
+    verdict
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_all_connections_twice_during_a_run_loses_nothing() {
+    logs();
+    let h = Harness::rabbitmq().await;
+    let vhost = h.vhost().expect("a private vhost").to_owned();
+    let bus = h.bus("fault-close-all").await;
+    let ledger = Arc::new(Ledger::default());
+    let subscription = recording(&bus, &unique("ledger"), &ledger).await;
+    let n = 20_000;
+    let publishing = tokio::spawn({
+        let (bus, ledger) = (bus.clone(), Arc::clone(&ledger));
+        async move { publish_all(&bus, n, &ledger).await }
+    });
+    for at in [3_000, 10_000] {
+        until_confirmed(&ledger, at).await;
+        let vhost = vhost.clone();
+        tokio::task::spawn_blocking(move || rabbitmqctl(&["close_all_connections", "-p", &vhost, "fault injection"]))
+            .await
+            .unwrap();
+    }
+    within(120, "publishing", publishing).await.unwrap();
+    ledger.drain(Duration::from_secs(60)).await;
+    let verdict = assert_nothing_lost(&ledger, "close_all_connections x2");
+    assert_eq!(verdict.confirmed as i64, n, "every publish was confirmed in the end (re-sent after recovery)");
+    until_connected(&bus).await;
+    let depth = bus.metrics().await.subscribers[subscription.queue()].queue_depth;
+    assert_eq!(depth, Some(0), "the queue is drained");
+    subscription.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_run_is_a_pause_not_an_outage() {
+    logs();
+    let node = tokio::task::spawn_blocking(PrivateNode::start).await.unwrap();
+    let config =
+        BusConfig::new(&node.url()).unwrap().service_name("fault-restart").publish_timeout(Duration::from_secs(60));
+    let bus = Bus::with_config(config).await.expect("start RabbitMQ: the private node answers");
+    let ledger = Arc::new(Ledger::default());
+    let subscription = recording(&bus, "restart-ledger", &ledger).await;
+    let n = 5_000;
+    let publishing = tokio::spawn({
+        let (bus, ledger) = (bus.clone(), Arc::clone(&ledger));
+        async move { publish_all(&bus, n, &ledger).await }
+    });
+    until_confirmed(&ledger, 1_000).await;
+    let node = Arc::new(node);
+    let stopped_at = Instant::now();
+    let ctl = Arc::clone(&node);
+    tokio::task::spawn_blocking(move || ctl.ctl(&["stop_app"])).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(matches!(bus.health(), Health::Recovering { .. }), "health shows the outage: {:?}", bus.health());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let ctl = Arc::clone(&node);
+    tokio::task::spawn_blocking(move || ctl.ctl(&["start_app"])).await.unwrap();
+    within(120, "publishing", publishing).await.unwrap();
+    ledger.drain(Duration::from_secs(60)).await;
+    println!("outage and recovery took {:?}", stopped_at.elapsed());
+    let verdict = assert_nothing_lost(&ledger, "stop_app 5 s, start_app");
+    assert_eq!(verdict.confirmed as i64, n, "publishes rode out the restart");
+    until_connected(&bus).await;
+    subscription.stop().await;
+    bus.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_mid_batch_leaves_its_messages_to_another() {
+    let h = Harness::rabbitmq().await;
+    let bus = h.bus("fault-kill").await;
+    let group = unique("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fault_consumer"))
+        .env("RABBITMQ_URL", h.url())
+        .env("GROUP", &group)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the consumer process starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
+    let ledger = Arc::new(Ledger::default());
+    for seq in 0..300 {
+        ledger.sent(seq);
+        ledger.published(seq, bus.publish(&event(seq)).await.is_ok());
+    }
+    // Let it handle some, then kill it: it holds up to its prefetch (50) unacknowledged.
+    let mut handled_by_child = 0;
+    while handled_by_child < 40 {
+        let line = lines.next().expect("the child keeps reporting").unwrap();
+        let seq: i64 = line.strip_prefix("handled ").unwrap().parse().unwrap();
+        ledger.consumed(seq);
+        handled_by_child += 1;
+    }
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-9", &pid]).status().unwrap();
+    child.wait().unwrap();
+    for line in lines.map_while(Result::ok) {
+        if let Some(seq) = line.strip_prefix("handled ") {
+            ledger.consumed(seq.parse().unwrap());
+        }
+    }
+    let redelivered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let rescuer = UserRegistered::subscribe(&bus, &group)
+        .handle({
+            let (ledger, redelivered) = (Arc::clone(&ledger), Arc::clone(&redelivered));
+            move |event: UserRegistered, ctx| {
+                ledger.consumed(event.user_id);
+                if ctx.redelivered() {
+                    redelivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::future::ready(Ok::<_, HandlerError>(()))
+            }
+        })
+        .await
+        .unwrap();
+    ledger.drain(Duration::from_secs(30)).await;
+    assert_nothing_lost(&ledger, "consumer killed with SIGKILL");
+    assert!(redelivered.load(std::sync::atomic::Ordering::Relaxed) > 0, "the killed consumer's messages came back");
+    rescuer.stop().await;
+}
+
+#[tokio::test]
+async fn a_handler_panicking_on_every_tenth_message_dead_letters_exactly_those() {
+    let h = Harness::rabbitmq().await;
+    let bus = h.bus("fault-panic").await;
+    let ledger = Arc::new(Ledger::default());
+    let subscription = UserRegistered::subscribe(&bus, &unique("panics"))
+        .retry(RetryPolicy::exponential(2, Duration::from_millis(20)))
+        .handle({
+            let ledger = Arc::clone(&ledger);
+            move |event: UserRegistered, _| {
+                assert!(event.user_id % 10 != 0, "every tenth message panics");
+                ledger.consumed(event.user_id);
+                std::future::ready(Ok::<_, HandlerError>(()))
+            }
+        })
+        .await
+        .unwrap();
+    for seq in 1..=200 {
+        ledger.sent(seq);
+        ledger.published(seq, bus.publish(&event(seq)).await.is_ok());
+    }
+    let dlq = format!("{}.dlq", subscription.queue());
+    within(60, "twenty dead letters", async {
+        let mut found = 0;
+        while found < 20 {
+            match bus.fetch(&dlq).await.unwrap() {
+                Some(message) => {
+                    let seq = <UserRegistered as prost::Message>::decode(message.body.as_slice()).unwrap().user_id;
+                    assert_eq!(seq % 10, 0, "only the panicking messages are dead-lettered");
+                    assert_eq!(message.header_i64("x-warren-attempts"), Some(2));
+                    ledger.dead_lettered(seq);
+                    found += 1;
+                }
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    ledger.drain(Duration::from_secs(30)).await;
+    let verdict = assert_nothing_lost(&ledger, "panic on every 10th");
+    assert_eq!((verdict.consumed, verdict.dead_lettered), (180, 20));
+    subscription.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversize_publish_is_refused_and_the_next_one_succeeds() {
+    let h = Harness::rabbitmq().await;
+    let bus = h.bus_with(h.config("fault-oversize").max_message_size(1024)).await;
+    let (subscription, mut rx) = {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let sub = UserRegistered::subscribe(&bus, &unique("sizes"))
+            .temporary()
+            .handle(move |e: UserRegistered, _| std::future::ready(tx.send(e.user_id).map_err(HandlerError::from)))
+            .await
+            .unwrap();
+        (sub, rx)
+    };
+    let huge = UserRegistered { user_id: 1, username: "x".repeat(4096), email: String::new() };
+    match bus.publish(&huge).await {
+        Err(Error::TooLarge { size, limit }) => assert!(size > limit && limit == 1024),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    bus.publish(&event(2)).await.expect("the publisher still works");
+    assert_eq!(within(10, "the next message", rx.recv()).await, Some(2));
+    subscription.stop().await;
+}
+
+#[tokio::test]
+async fn a_publish_to_a_missing_exchange_is_a_typed_error_and_the_publisher_goes_on() {
+    let h = Harness::rabbitmq().await;
+    let bus = h.bus("fault-missing-exchange").await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let subscription = UserRegistered::subscribe(&bus, &unique("after"))
+        .temporary()
+        .handle(move |e: UserRegistered, _| std::future::ready(tx.send(e.user_id).map_err(HandlerError::from)))
+        .await
+        .unwrap();
+    let error = bus
+        .publish_bytes("no-such-exchange", "key", b"payload", Default::default())
+        .await
+        .expect_err("the broker has no such exchange");
+    assert!(matches!(&error, Error::ExchangeNotFound { exchange } if exchange == "no-such-exchange"), "{error:?}");
+    bus.publish(&event(7)).await.expect("the publisher replaced its channel");
+    assert_eq!(within(10, "the next message", rx.recv()).await, Some(7));
+    subscription.stop().await;
+}
+
+struct Summator;
+
+impl IntSummator for Summator {
+    async fn int_sum(&self, request: IntSumRequest, _: RpcContext) -> Result<IntSumResponse, Status> {
+        Ok(IntSumResponse { sum: request.a + request.b })
+    }
+}
+
+#[tokio::test]
+async fn rpc_callers_time_out_while_the_server_is_down_and_succeed_once_it_is_back() {
+    let h = Harness::rabbitmq().await;
+    let client = IntSummatorClient::new(&h.bus("fault-rpc-client").await).with_timeout(Duration::from_millis(500));
+    let started = Instant::now();
+    let status = client.int_sum(IntSumRequest { a: 1, b: 2 }).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert!(started.elapsed() < Duration::from_millis(600), "on time: {:?}", started.elapsed());
+    let server_bus = h.bus("fault-rpc-server").await;
+    let serving = IntSummatorServer::new(Summator).serve(&server_bus).await.unwrap();
+    let reply = within(10, "a reply", client.int_sum(IntSumRequest { a: 5, b: 18 })).await.unwrap();
+    assert_eq!(reply.sum, 23, "the same client works once a server is up");
+    serving.stop().await;
+}
+
+#[tokio::test]
+async fn connecting_to_a_broker_that_is_down_fails_at_its_deadline_saying_what_was_tried() {
+    // Nothing listens on this loopback port.
+    let config =
+        BusConfig::new("amqp://guest:guest@127.0.0.1:5699/%2f").unwrap().connect_timeout(Duration::from_secs(2));
+    let started = Instant::now();
+    let error = Bus::with_config(config).await.expect_err("nothing answers");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(4), "gave up after {took:?}");
+    match &error {
+        Error::Connect { url, attempts, .. } => {
+            assert_eq!(url, "amqp://guest:***@127.0.0.1:5699/%2F");
+            assert!(*attempts > 1, "it retried: {attempts} attempt(s)");
+        }
+        other => panic!("expected a Connect error, got {other:?}"),
+    }
+    assert!(error.to_string().contains("start RabbitMQ"), "{error}");
+}
+
+#[tokio::test]
+async fn a_queue_deleted_under_a_consumer_is_declared_again_and_consumption_resumes() {
+    let h = Harness::rabbitmq().await;
+    let vhost = h.vhost().unwrap().to_owned();
+    let bus = h.bus("fault-delete-queue").await;
+    let ledger = Arc::new(Ledger::default());
+    let subscription = recording(&bus, &unique("deleted"), &ledger).await;
+    let queue = subscription.queue().to_owned();
+    for seq in 0..100 {
+        ledger.sent(seq);
+        ledger.published(seq, bus.publish(&event(seq)).await.is_ok());
+    }
+    ledger.drain(Duration::from_secs(30)).await;
+    tokio::task::spawn_blocking(move || rabbitmqctl(&["delete_queue", "-p", &vhost, &queue])).await.unwrap();
+    // Publishing right away may find no queue bound yet: wait until the consumer has declared it again.
+    let mut seq = 100;
+    within(30, "the queue to be back", async {
+        loop {
+            ledger.sent(seq);
+            match bus.publish(&event(seq)).await {
+                Ok(()) => {
+                    ledger.published(seq, true);
+                    break;
+                }
+                Err(Error::Unroutable { .. }) => {
+                    ledger.published(seq, false);
+                    seq += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    for next in seq + 1..seq + 101 {
+        ledger.sent(next);
+        ledger.published(next, bus.publish(&event(next)).await.is_ok());
+    }
+    ledger.drain(Duration::from_secs(30)).await;
+    assert_nothing_lost(&ledger, "queue deleted under the consumer");
+    subscription.stop().await;
+}
