@@ -243,21 +243,6 @@ async fn wait_for_all(seen: &mut UnboundedReceiver<Seen>) -> anyhow::Result<usiz
     Ok(email + inbox + audit)
 }
 
-/// Resolves on Ctrl-C or (on Unix) SIGTERM, naming the signal.
-async fn interrupted() -> &'static str {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await; // no Ctrl-C handler could be installed: never fire
-        }
-    };
-    #[cfg(unix)]
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        return tokio::select! { () = ctrl_c => "Ctrl-C", _ = term.recv() => "SIGTERM" };
-    }
-    ctrl_c.await;
-    "Ctrl-C"
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // RabbitMQ when RABBITMQ_URL says where; otherwise the in-memory broker, so the demo needs nothing installed.
@@ -275,19 +260,18 @@ async fn main() -> anyhow::Result<()> {
     let mut story = Story { bus: &bus, run: &run, step: 0 };
     let outcome = tokio::select! {
         told = story.tell(&mut seen) => told.map(Some),
-        signal = interrupted() => { println!("interrupted by {signal}: shutting down"); Ok(None) }
+        signal = warren::terminated() => { println!("interrupted by {signal}: shutting down"); Ok(None) }
     };
-    for subscription in subscriptions {
-        subscription.stop().await;
-    }
-    server.stop().await;
-    bus.close().await?;
+    // One call stops the subscribers and the server, lets running handlers finish and settle their messages,
+    // and closes the bus.
+    bus.shutdown(Duration::from_secs(5)).await?;
+    drop((subscriptions, server));
     match outcome? {
         Some(n) => {
             println!("done: {} steps, {GAMETRADE_EVENTS} gametrade events audited, {n} deliveries in all", story.step)
         }
         None => println!("stopped after {} steps", story.step),
     }
-    println!("bus closed");
+    println!("bus shut down");
     Ok(())
 }

@@ -305,6 +305,16 @@ impl Bus {
         self.inner.transport.close(by).await
     }
 
+    /// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM, then [`Bus::shutdown`]s within `deadline`. Returns the
+    /// signal's name. For services: `bus.shutdown_on_signal(Duration::from_secs(10)).await?` after starting
+    /// subscribers and servers.
+    pub async fn shutdown_on_signal(&self, deadline: std::time::Duration) -> Result<&'static str> {
+        let signal = terminated().await;
+        tracing::info!(signal, "shutting down");
+        self.shutdown(deadline).await?;
+        Ok(signal)
+    }
+
     /// How the connection to the broker is doing: connected, recovering (since when, how many attempts),
     /// failed, or closed.
     pub fn health(&self) -> crate::Health {
@@ -331,4 +341,19 @@ pub(crate) fn durability(temporary: bool) -> QueueOptions {
     } else {
         QueueOptions { durable: true, ..QueueOptions::default() }
     }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM, naming the signal.
+pub async fn terminated() -> &'static str {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await; // no handler could be installed: never fire
+        }
+    };
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        return tokio::select! { () = ctrl_c => "SIGINT", _ = term.recv() => "SIGTERM" };
+    }
+    ctrl_c.await;
+    "SIGINT"
 }

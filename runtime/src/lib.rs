@@ -46,7 +46,7 @@ mod subscriber;
 pub mod topic;
 mod transport;
 
-pub use bus::{Bus, PublishOptions, RawMessage};
+pub use bus::{Bus, PublishOptions, RawMessage, terminated};
 pub use config::{BusConfig, DEFAULT_URL};
 pub use contract::{
     DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, Priority, ServiceSpec,

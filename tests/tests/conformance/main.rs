@@ -4,6 +4,7 @@
 
 mod delivery;
 mod failures;
+mod lifecycle;
 mod observability;
 mod priority;
 mod routing;
