@@ -80,10 +80,27 @@ pub struct Event {
     pub routing_key: String,
     /// Its default priority (0 = LOW … 3 = CRITICAL), when the contract prioritizes it.
     pub priority: Option<u8>,
+    /// Its retry policy, when the contract declares one.
+    pub retry: Option<Retry>,
+    /// Whether its subscribers get quorum queues.
+    pub quorum: bool,
     /// The message's proto comment.
     pub doc: String,
     /// Where the message is declared.
     pub location: Location,
+}
+
+/// A retry policy from `(warren.event).retry`, defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Deliveries in all, the first included.
+    pub max_attempts: u32,
+    /// First wait, in milliseconds.
+    pub initial_backoff_ms: u32,
+    /// Growth factor of the waits.
+    pub multiplier: u32,
+    /// Longest wait, in milliseconds.
+    pub max_backoff_ms: u32,
 }
 
 /// The events of one package published to one exchange; generated as one enum for pattern subscriptions.
@@ -398,8 +415,39 @@ fn read_event(
     }
     let priority = option.get_field_by_name("priority").and_then(|v| v.as_enum_number()).unwrap_or(0);
     let priority = (1..=4).contains(&priority).then(|| (priority - 1) as u8);
+    let retry_field = option.descriptor().get_field_by_name("retry").expect("options.proto declares retry");
+    let retry = if option.has_field(&retry_field) {
+        let Value::Message(retry) = option.get_field(&retry_field).into_owned() else { unreachable!("a message field") };
+        let or = |value: u32, default: u32| if value == 0 { default } else { value };
+        let max_attempts = u32_field(&retry, "max_attempts");
+        if max_attempts == 0 {
+            return Err(Error::contract(
+                location,
+                format!("event {full_name} has a retry policy without max_attempts"),
+                "add `max_attempts: N` (deliveries in all, at least 1) to its `retry`",
+            ));
+        }
+        Some(Retry {
+            max_attempts,
+            initial_backoff_ms: or(u32_field(&retry, "initial_backoff_ms"), 1_000),
+            multiplier: or(u32_field(&retry, "multiplier"), 2),
+            max_backoff_ms: or(u32_field(&retry, "max_backoff_ms"), 300_000),
+        })
+    } else {
+        None
+    };
+    let quorum = option.get_field_by_name("queue_type").and_then(|v| v.as_enum_number()) == Some(2);
+    if quorum && priority.is_some() {
+        return Err(Error::contract(
+            location,
+            format!("event {full_name} asks for quorum queues and a priority; RabbitMQ 3 quorum queues have no priorities"),
+            "drop `priority`, or use `queue_type: CLASSIC`",
+        ));
+    }
     Ok(Some(Event {
         priority,
+        retry,
+        quorum,
         rust_path: ident::rust_type_path(message.package_name(), message),
         variant: ident::type_name(message.name()),
         full_name,

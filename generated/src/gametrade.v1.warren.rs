@@ -10,6 +10,8 @@ impl ::warren::__codegen::Event for UserRegistered {
         },
         routing_key: "user.registered",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl UserRegistered {
@@ -31,6 +33,8 @@ impl ::warren::__codegen::Event for UserActivated {
         },
         routing_key: "user.activated",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl UserActivated {
@@ -52,6 +56,8 @@ impl ::warren::__codegen::Event for UserDeactivated {
         },
         routing_key: "user.deactivated",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl UserDeactivated {
@@ -73,6 +79,8 @@ impl ::warren::__codegen::Event for UserUpdated {
         },
         routing_key: "user.updated",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl UserUpdated {
@@ -94,6 +102,8 @@ impl ::warren::__codegen::Event for ItemListed {
         },
         routing_key: "item.listed",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl ItemListed {
@@ -115,6 +125,8 @@ impl ::warren::__codegen::Event for ItemUpdated {
         },
         routing_key: "item.updated",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl ItemUpdated {
@@ -136,6 +148,8 @@ impl ::warren::__codegen::Event for ItemRemoved {
         },
         routing_key: "item.removed",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl ItemRemoved {
@@ -157,6 +171,8 @@ impl ::warren::__codegen::Event for TradeCreated {
         },
         routing_key: "trade.created",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl TradeCreated {
@@ -178,6 +194,8 @@ impl ::warren::__codegen::Event for TradeAccepted {
         },
         routing_key: "trade.accepted",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl TradeAccepted {
@@ -199,6 +217,8 @@ impl ::warren::__codegen::Event for TradeRejected {
         },
         routing_key: "trade.rejected",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl TradeRejected {
@@ -220,6 +240,8 @@ impl ::warren::__codegen::Event for TradeCompleted {
         },
         routing_key: "trade.completed",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl TradeCompleted {
@@ -241,6 +263,8 @@ impl ::warren::__codegen::Event for TradeCanceled {
         },
         routing_key: "trade.canceled",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl TradeCanceled {
@@ -262,6 +286,13 @@ impl ::warren::__codegen::Event for PaymentInitiated {
         },
         routing_key: "payment.initiated",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::Some(::warren::RetryPolicy {
+            max_attempts: 5u32,
+            initial_backoff: ::std::time::Duration::from_millis(500u64),
+            multiplier: 2u32,
+            max_backoff: ::std::time::Duration::from_millis(300000u64),
+        }),
+        quorum: true,
     };
 }
 impl PaymentInitiated {
@@ -283,6 +314,13 @@ impl ::warren::__codegen::Event for PaymentCompleted {
         },
         routing_key: "payment.completed",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::Some(::warren::RetryPolicy {
+            max_attempts: 5u32,
+            initial_backoff: ::std::time::Duration::from_millis(500u64),
+            multiplier: 2u32,
+            max_backoff: ::std::time::Duration::from_millis(300000u64),
+        }),
+        quorum: true,
     };
 }
 impl PaymentCompleted {
@@ -304,6 +342,13 @@ impl ::warren::__codegen::Event for PaymentFailed {
         },
         routing_key: "payment.failed",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::Some(::warren::RetryPolicy {
+            max_attempts: 5u32,
+            initial_backoff: ::std::time::Duration::from_millis(500u64),
+            multiplier: 2u32,
+            max_backoff: ::std::time::Duration::from_millis(300000u64),
+        }),
+        quorum: true,
     };
 }
 impl PaymentFailed {
@@ -325,6 +370,8 @@ impl ::warren::__codegen::Event for MessageSent {
         },
         routing_key: "message.sent",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl MessageSent {
@@ -346,6 +393,8 @@ impl ::warren::__codegen::Event for MessageRead {
         },
         routing_key: "message.read",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl MessageRead {
@@ -367,6 +416,8 @@ impl ::warren::__codegen::Event for MessageDeleted {
         },
         routing_key: "message.deleted",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl MessageDeleted {
@@ -388,6 +439,8 @@ impl ::warren::__codegen::Event for SystemError {
         },
         routing_key: "system.error",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl SystemError {
@@ -409,6 +462,8 @@ impl ::warren::__codegen::Event for SystemAlert {
         },
         routing_key: "system.alert",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl SystemAlert {
@@ -430,6 +485,8 @@ impl ::warren::__codegen::Event for SystemInfo {
         },
         routing_key: "system.info",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl SystemInfo {
@@ -528,6 +585,12 @@ impl ::warren::__codegen::Inbound for GametradeEvents {
     }
     fn prioritized() -> bool {
         false
+    }
+    fn quorum() -> bool {
+        false
+    }
+    fn retry_policy() -> ::std::option::Option<::warren::RetryPolicy> {
+        ::std::option::Option::None
     }
     fn decode(
         type_name: &str,

@@ -10,6 +10,8 @@ impl ::warren::__codegen::Event for UserNotification {
         },
         routing_key: "user.notification",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl UserNotification {
@@ -31,6 +33,8 @@ impl ::warren::__codegen::Event for AdminNotification {
         },
         routing_key: "admin.notification",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl AdminNotification {
@@ -52,6 +56,8 @@ impl ::warren::__codegen::Event for OrderProcessing {
         },
         routing_key: "process",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl OrderProcessing {
@@ -73,6 +79,8 @@ impl ::warren::__codegen::Event for OrderCompleted {
         },
         routing_key: "completed",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl OrderCompleted {
@@ -94,6 +102,8 @@ impl ::warren::__codegen::Event for SystemEvent {
         },
         routing_key: "",
         priority: ::std::option::Option::None,
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl SystemEvent {
@@ -135,6 +145,12 @@ impl ::warren::__codegen::Inbound for Notifications {
     }
     fn prioritized() -> bool {
         false
+    }
+    fn quorum() -> bool {
+        false
+    }
+    fn retry_policy() -> ::std::option::Option<::warren::RetryPolicy> {
+        ::std::option::Option::None
     }
     fn decode(
         type_name: &str,
@@ -201,6 +217,12 @@ impl ::warren::__codegen::Inbound for Orders {
     fn prioritized() -> bool {
         false
     }
+    fn quorum() -> bool {
+        false
+    }
+    fn retry_policy() -> ::std::option::Option<::warren::RetryPolicy> {
+        ::std::option::Option::None
+    }
     fn decode(
         type_name: &str,
         payload: &[u8],
@@ -260,6 +282,12 @@ impl ::warren::__codegen::Inbound for System {
     }
     fn prioritized() -> bool {
         false
+    }
+    fn quorum() -> bool {
+        false
+    }
+    fn retry_policy() -> ::std::option::Option<::warren::RetryPolicy> {
+        ::std::option::Option::None
     }
     fn decode(
         type_name: &str,

@@ -10,6 +10,8 @@ impl ::warren::__codegen::Event for MarketTick {
         },
         routing_key: "market.tick",
         priority: ::std::option::Option::Some(::warren::Priority::Normal),
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl MarketTick {
@@ -31,6 +33,8 @@ impl ::warren::__codegen::Event for TradingSignal {
         },
         routing_key: "trading.signal",
         priority: ::std::option::Option::Some(::warren::Priority::High),
+        retry: ::std::option::Option::None,
+        quorum: false,
     };
 }
 impl TradingSignal {
@@ -72,6 +76,12 @@ impl ::warren::__codegen::Inbound for TradingEvents {
     }
     fn prioritized() -> bool {
         true
+    }
+    fn quorum() -> bool {
+        false
+    }
+    fn retry_policy() -> ::std::option::Option<::warren::RetryPolicy> {
+        ::std::option::Option::None
     }
     fn decode(
         type_name: &str,

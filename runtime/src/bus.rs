@@ -326,10 +326,17 @@ impl Bus {
 const TEMPORARY_QUEUE_EXPIRY_MS: u32 = 60_000;
 
 /// Options of a subscriber queue: rejected messages go to `<queue>.dlq` through the default exchange.
-pub(crate) fn subscriber_queue(queue: &str, temporary: bool, prioritized: bool) -> QueueOptions {
+///
+/// A quorum queue (`quorum` = its retry policy's attempts) always gets `x-delivery-limit`, a little above the
+/// policy, so that a message that keeps crashing its consumer is dead-lettered by the broker instead of
+/// looping. Temporary queues are never quorum queues (RabbitMQ's cannot be auto-delete).
+pub(crate) fn subscriber_queue(queue: &str, temporary: bool, prioritized: bool, quorum: Option<u32>) -> QueueOptions {
+    let quorum = quorum.filter(|_| !temporary);
     QueueOptions {
         dead_letter: Some((String::new(), format!("{queue}.dlq"))),
         max_priority: prioritized.then_some(crate::Priority::MAX_AMQP),
+        quorum: quorum.is_some(),
+        delivery_limit: quorum.map(|attempts| attempts + 2),
         ..durability(temporary)
     }
 }

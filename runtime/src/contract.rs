@@ -77,6 +77,10 @@ pub struct EventSpec {
     pub routing_key: &'static str,
     /// Default priority; `Some` makes subscriber queues of the event priority queues.
     pub priority: Option<Priority>,
+    /// The contract's retry policy for subscribers, when it declares one.
+    pub retry: Option<crate::RetryPolicy>,
+    /// Whether subscribers get quorum queues (with `x-delivery-limit`).
+    pub quorum: bool,
 }
 
 /// A message type that the contract declares as an event. Implemented by generated code.
@@ -101,6 +105,14 @@ pub trait Inbound: Sized + Send + 'static {
     fn prioritized() -> bool {
         false
     }
+    /// Whether the contract asks for quorum queues for these events.
+    fn quorum() -> bool {
+        false
+    }
+    /// The contract's retry policy for these events, when it declares one.
+    fn retry_policy() -> Option<crate::RetryPolicy> {
+        None
+    }
 }
 
 impl<E: Event> Inbound for E {
@@ -118,6 +130,14 @@ impl<E: Event> Inbound for E {
 
     fn prioritized() -> bool {
         E::SPEC.priority.is_some()
+    }
+
+    fn quorum() -> bool {
+        E::SPEC.quorum
+    }
+
+    fn retry_policy() -> Option<crate::RetryPolicy> {
+        E::SPEC.retry
     }
 
     fn decode(type_name: &str, payload: &[u8]) -> Result<Self, DecodeError> {

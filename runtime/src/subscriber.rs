@@ -179,13 +179,14 @@ impl<T: Inbound> Subscriber<T> {
             prefetch: bus.config().prefetch,
             concurrency: 1,
             temporary: false,
-            retry: RetryPolicy::default(),
+            retry: T::retry_policy().unwrap_or_default(),
             handler_timeout: None,
             _type: PhantomData,
         }
     }
 
-    /// Sets how failed messages are retried (default [`RetryPolicy::default`]).
+    /// Sets how failed messages are retried, instead of the contract's policy (or [`RetryPolicy::default`]
+    /// when the contract has none).
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
@@ -279,13 +280,15 @@ impl<T: Inbound> Subscriber<T> {
         // deleted the queue): bypassing the bus's declared-once cache on purpose.
         let setup: Setup = {
             let (queue, temporary, prioritized) = (queue.clone(), self.temporary, T::prioritized());
+            let quorum = T::quorum().then_some(self.retry.max_attempts);
             Arc::new(move |bus: Bus| {
                 let (queue, bindings) = (queue.clone(), bindings.clone());
                 Box::pin(async move {
                     let transport = &bus.inner.transport;
                     transport.declare_exchange(exchange).await?;
                     transport.declare_queue(&format!("{queue}.dlq"), &durability(temporary)).await?;
-                    transport.declare_queue(&queue, &subscriber_queue(&queue, temporary, prioritized)).await?;
+                    let options = subscriber_queue(&queue, temporary, prioritized, quorum);
+                    transport.declare_queue(&queue, &options).await?;
                     for key in &bindings {
                         transport.bind(&queue, exchange.name, key).await?;
                     }

@@ -171,3 +171,19 @@ fn a_valid_contract_loads_with_its_events_and_services() {
     assert_eq!(service.methods.len(), 1);
     assert_eq!(contracts.exchanges.keys().map(String::as_str).collect::<Vec<_>>(), ["audit", "orders.events"]);
 }
+
+#[test]
+fn a_quorum_event_with_a_priority_is_rejected_because_quorum_queues_have_none() {
+    let error = load_error("quorum_with_priority");
+    assert!(matches!(error, Error::Contract { .. }), "{error:?}");
+    assert_reported(&error, "quorum_with_priority", 10, &["quorum queues and a priority"]);
+    assert_help(&error, "drop `priority`, or use `queue_type: CLASSIC`");
+}
+
+#[test]
+fn a_retry_policy_without_max_attempts_is_rejected() {
+    let error = load_error("retry_without_attempts");
+    assert!(matches!(error, Error::Contract { .. }), "{error:?}");
+    assert_reported(&error, "retry_without_attempts", 10, &["retry policy without max_attempts"]);
+    assert_help(&error, "add `max_attempts: N`");
+}

@@ -382,3 +382,27 @@ async fn a_queue_deleted_under_a_consumer_is_declared_again_and_consumption_resu
     assert_nothing_lost(&ledger, "queue deleted under the consumer");
     subscription.stop().await;
 }
+
+#[tokio::test]
+async fn quorum_queues_from_the_contract_always_carry_a_delivery_limit() {
+    use warren_contracts::gametrade::v1::PaymentCompleted;
+    let h = Harness::rabbitmq().await;
+    let vhost = h.vhost().unwrap().to_owned();
+    let bus = h.bus("fault-quorum").await;
+    let subscription = PaymentCompleted::subscribe(&bus, &unique("quorum"))
+        .handle(|_: PaymentCompleted, _| std::future::ready(Ok::<_, HandlerError>(())))
+        .await
+        .unwrap();
+    let queue = subscription.queue().to_owned();
+    let listed = tokio::task::spawn_blocking(move || {
+        Command::new("rabbitmqctl").args(["list_queues", "-p", &vhost, "name", "type", "arguments"]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let line = listed.lines().find(|l| l.starts_with(&format!("{queue}\t"))).unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.contains("quorum"), "{line}");
+    // The contract allows 5 attempts; the broker's own limit sits just above it.
+    assert!(line.contains("x-delivery-limit") && line.contains("7"), "{line}");
+    subscription.stop().await;
+}

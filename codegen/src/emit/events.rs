@@ -44,6 +44,20 @@ pub(super) fn emit(package: &Package) -> TokenStream {
             }
             None => quote!(::std::option::Option::None),
         };
+        let retry = match event.retry {
+            Some(r) => {
+                let (attempts, initial, multiplier, max) =
+                    (r.max_attempts, u64::from(r.initial_backoff_ms), r.multiplier, u64::from(r.max_backoff_ms));
+                quote!(::std::option::Option::Some(::warren::RetryPolicy {
+                    max_attempts: #attempts,
+                    initial_backoff: ::std::time::Duration::from_millis(#initial),
+                    multiplier: #multiplier,
+                    max_backoff: ::std::time::Duration::from_millis(#max),
+                }))
+            }
+            None => quote!(::std::option::Option::None),
+        };
+        let quorum = event.quorum;
         let binding = if event.exchange.kind.uses_routing_key() {
             format!("`{}` on exchange `{}`", event.routing_key, event.exchange.name)
         } else {
@@ -66,6 +80,8 @@ pub(super) fn emit(package: &Package) -> TokenStream {
                     exchange: #exchange,
                     routing_key: #routing_key,
                     priority: #priority,
+                    retry: #retry,
+                    quorum: #quorum,
                 };
             }
 
@@ -83,6 +99,16 @@ pub(super) fn emit(package: &Package) -> TokenStream {
         let events: Vec<_> = group.events.iter().map(|i| &package.events[*i]).collect();
         let variants: Vec<_> = events.iter().map(|e| format_ident!("{}", e.variant)).collect();
         let prioritized = events.iter().any(|e| e.priority.is_some());
+        // A group's queue is a quorum queue only if every event on it asks for one; it uses a contract retry
+        // policy only if its events agree on one.
+        let quorum = events.iter().all(|e| e.quorum);
+        let retry = match events.first().map(|e| e.retry) {
+            Some(Some(first)) if events.iter().all(|e| e.retry == Some(first)) => {
+                let ty = rust_path(&events[0].rust_path);
+                quote!(<#ty as ::warren::__codegen::Event>::SPEC.retry)
+            }
+            _ => quote!(::std::option::Option::None),
+        };
         let types: Vec<_> = events.iter().map(|e| rust_path(&e.rust_path)).collect();
         let type_names: Vec<_> = events.iter().map(|e| &e.full_name).collect();
         let variant_docs: Vec<_> =
@@ -131,6 +157,14 @@ pub(super) fn emit(package: &Package) -> TokenStream {
 
                 fn prioritized() -> bool {
                     #prioritized
+                }
+
+                fn quorum() -> bool {
+                    #quorum
+                }
+
+                fn retry_policy() -> ::std::option::Option<::warren::RetryPolicy> {
+                    #retry
                 }
 
                 fn decode(

@@ -316,11 +316,13 @@ struct Queued {
     message: Arc<Message>,
     redelivered: bool,
     expires_at: Option<Instant>,
+    /// Times it came back to the queue unacknowledged (for `x-delivery-limit`).
+    returned: u32,
 }
 
 impl Queued {
     fn new(message: Arc<Message>) -> Self {
-        Queued { message, redelivered: false, expires_at: None }
+        Queued { message, redelivered: false, expires_at: None, returned: 0 }
     }
 }
 
@@ -566,8 +568,13 @@ impl State {
             Settle::Ack => {}
             Settle::Requeue => {
                 message.redelivered = true;
-                let level = queue.level(&message);
-                queue.ready[level].push_front(message);
+                message.returned += 1;
+                if queue.options.delivery_limit.is_some_and(|limit| message.returned > limit) {
+                    self.dead_letter(name, message, "delivery_limit", shared);
+                } else {
+                    let level = queue.level(&message);
+                    queue.ready[level].push_front(message);
+                }
             }
             Settle::Reject => self.dead_letter(name, message, "rejected", shared),
         }
@@ -589,11 +596,22 @@ impl State {
         });
         // Back in delivery order, ahead of what was never delivered.
         returned.sort_by_key(|(tag, _)| std::cmp::Reverse(*tag));
+        let limit = queue.options.delivery_limit;
+        let mut over_limit = Vec::new();
         for (_, mut message) in returned {
             message.redelivered = true;
-            let level = queue.level(&message);
-            queue.ready[level].push_front(message);
+            message.returned += 1;
+            if limit.is_some_and(|limit| message.returned > limit) {
+                over_limit.push(message);
+            } else {
+                let level = queue.level(&message);
+                queue.ready[level].push_front(message);
+            }
         }
+        for message in over_limit {
+            self.dead_letter(name, message, "delivery_limit", shared);
+        }
+        let Some(queue) = self.queues.get_mut(name) else { return };
         if queue.options.auto_delete && queue.consumers.is_empty() {
             self.delete_queue(name);
             return;

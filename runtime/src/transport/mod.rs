@@ -32,6 +32,10 @@ pub(crate) struct QueueOptions {
     pub(crate) expires: Option<u32>,
     /// Priorities 0..=max are honoured.
     pub(crate) max_priority: Option<u8>,
+    /// A replicated quorum queue.
+    pub(crate) quorum: bool,
+    /// A message returned to the queue more often than this is dead-lettered (`delivery_limit`).
+    pub(crate) delivery_limit: Option<u32>,
 }
 
 impl QueueOptions {
@@ -53,6 +57,12 @@ impl QueueOptions {
         }
         if let Some(max) = self.max_priority {
             put("x-max-priority", AMQPValue::ShortShortUInt(max));
+        }
+        if self.quorum {
+            put("x-queue-type", AMQPValue::LongString("quorum".into()));
+        }
+        if let Some(limit) = self.delivery_limit {
+            put("x-delivery-limit", AMQPValue::LongInt(limit as i32));
         }
         arguments
     }

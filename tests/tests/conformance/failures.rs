@@ -156,6 +156,29 @@ async fn a_handler_past_its_timeout_fails_and_follows_the_retry_policy(h: &Harne
     subscription.stop().await;
 }
 
+async fn the_contracts_retry_policy_governs_subscribers_unless_code_overrides_it(h: &Harness) {
+    use warren_contracts::gametrade::v1::PaymentFailed;
+    let bus = h.bus("contract-retry-test").await;
+    let (attempts_tx, mut attempts) = mpsc::unbounded_channel();
+    // No `.retry(..)`: the contract says 5 attempts, 500 ms apart at first (and a quorum queue).
+    let subscription = PaymentFailed::subscribe(&bus, &unique("payments"))
+        .handle(move |_: PaymentFailed, ctx| {
+            attempts_tx.send(ctx.attempt()).unwrap();
+            async { Err::<(), HandlerError>("ledger service down".into()) }
+        })
+        .await
+        .unwrap();
+    bus.publish(&PaymentFailed { payment_id: "p-1".into(), ..Default::default() }).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(within(600, "an attempt", attempts.recv()).await.unwrap());
+    }
+    assert_eq!(seen, [1, 2, 3, 4, 5]);
+    let dead = next_in(&bus, &format!("{}.dlq", subscription.queue())).await;
+    assert_eq!(dead.header_i64("x-warren-attempts"), Some(5));
+    subscription.stop().await;
+}
+
 /// Decoding helper for dead letters.
 trait DecodeFrom: prost::Message + Default {
     fn decode_from(body: &[u8]) -> Self {
@@ -170,4 +193,5 @@ warren_tests::on_both_transports!(
     a_failing_handler_is_retried_with_backoff_then_dead_lettered_with_its_history,
     a_panicking_handler_counts_as_a_failure_and_the_consumer_goes_on,
     a_handler_past_its_timeout_fails_and_follows_the_retry_policy,
+    the_contracts_retry_policy_governs_subscribers_unless_code_overrides_it,
 );
