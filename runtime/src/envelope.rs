@@ -14,6 +14,7 @@ pub(crate) const DLQ_REASON: &str = "x-warren-reason";
 pub(crate) const DLQ_EXCHANGE: &str = "x-warren-original-exchange";
 pub(crate) const DLQ_ROUTING_KEY: &str = "x-warren-original-routing-key";
 pub(crate) const DLQ_CONSUMER: &str = "x-warren-consumer";
+pub(crate) const DLQ_SERVICE: &str = "x-warren-service";
 pub(crate) const DLQ_FAILED_AT: &str = "x-warren-failed-at";
 pub(crate) const FIRST_FAILED_AT: &str = "x-warren-first-failed-at";
 /// Deliveries of the message that have failed so far.

@@ -539,6 +539,7 @@ impl Worker {
         put(envelope::DLQ_FAILED_AT, now);
         put(envelope::DLQ_REASON, envelope::long_string(reason_safe(reason)));
         put(envelope::DLQ_CONSUMER, envelope::long_string(&self.group));
+        put(envelope::DLQ_SERVICE, envelope::long_string(&self.bus.config().service_name));
         headers
     }
 }

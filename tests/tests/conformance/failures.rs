@@ -77,6 +77,7 @@ async fn a_failing_handler_is_retried_with_backoff_then_dead_lettered_with_its_h
     assert_eq!(dead.header_str("x-warren-original-exchange").as_deref(), Some("gametrade.events"));
     assert_eq!(dead.header_str("x-warren-original-routing-key").as_deref(), Some("user.registered"));
     assert_eq!(dead.header_str("x-warren-consumer").as_deref(), Some(group.as_str()));
+    assert_eq!(dead.header_str("x-warren-service").as_deref(), Some("retry-test"));
     let headers = dead.properties.headers().clone().unwrap_or_default();
     for time in ["x-warren-first-failed-at", "x-warren-failed-at"] {
         assert!(headers.contains_key(time), "{time} is recorded");
