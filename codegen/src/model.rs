@@ -417,7 +417,9 @@ fn read_event(
     let priority = (1..=4).contains(&priority).then(|| (priority - 1) as u8);
     let retry_field = option.descriptor().get_field_by_name("retry").expect("options.proto declares retry");
     let retry = if option.has_field(&retry_field) {
-        let Value::Message(retry) = option.get_field(&retry_field).into_owned() else { unreachable!("a message field") };
+        let Value::Message(retry) = option.get_field(&retry_field).into_owned() else {
+            unreachable!("a message field")
+        };
         let or = |value: u32, default: u32| if value == 0 { default } else { value };
         let max_attempts = u32_field(&retry, "max_attempts");
         if max_attempts == 0 {
@@ -440,7 +442,9 @@ fn read_event(
     if quorum && priority.is_some() {
         return Err(Error::contract(
             location,
-            format!("event {full_name} asks for quorum queues and a priority; RabbitMQ 3 quorum queues have no priorities"),
+            format!(
+                "event {full_name} asks for quorum queues and a priority; RabbitMQ 3 quorum queues have no priorities"
+            ),
             "drop `priority`, or use `queue_type: CLASSIC`",
         ));
     }

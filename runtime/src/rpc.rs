@@ -163,6 +163,7 @@ impl RpcClient {
                     self.service.queue
                 )));
             }
+            Ok(Err(Error::Closed)) => return Err(Status::cancelled(format!("{method}: the bus is shutting down"))),
             Ok(Err(error)) => return Err(Status::unavailable(format!("{method}: request not sent: {error}"))),
             Ok(Ok(())) => {}
         }

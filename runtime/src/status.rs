@@ -164,6 +164,7 @@ impl std::error::Error for Status {}
 impl From<crate::Error> for Status {
     fn from(error: crate::Error) -> Self {
         let code = match &error {
+            crate::Error::Closed => Code::Cancelled,
             crate::Error::Timeout { .. } => Code::DeadlineExceeded,
             crate::Error::Config { .. } => Code::InvalidArgument,
             _ => Code::Unavailable,

@@ -1,10 +1,15 @@
-//! Project automation. `cargo xtask regen [--check]` rewrites (or checks) `generated/` from `proto/`.
+//! Project automation: `cargo xtask regen [--check]` rewrites (or checks) everything derived from `proto/`
+//! (`generated/`, `proto/warren.lock`, `docs/`); `check-compat` finds breaking contract changes; `docs` writes
+//! the docs alone; `bench` runs the benchmarks.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 
+mod compat;
+mod docs;
+mod files;
 mod regen;
 
 fn main() -> ExitCode {
@@ -23,13 +28,19 @@ fn run() -> Result<ExitCode> {
     match args.as_slice() {
         ["regen"] => regen::run(&workspace_root()?, false),
         ["regen", "--check"] => regen::run(&workspace_root()?, true),
+        ["docs"] => docs::run(&workspace_root()?, false),
+        ["docs", "--check"] => docs::run(&workspace_root()?, true),
+        ["check-compat", rest @ ..] => compat::run(&workspace_root()?, &compat::Options::parse(rest)?),
         ["bench", rest @ ..] => bench(&workspace_root()?, rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
-                 regen            rewrite generated/ from proto/ (only files that changed)\n  \
-                 regen --check    exit non-zero, listing stale files, if generated/ is out of date\n  \
+                 regen            rewrite generated/, proto/warren.lock and docs/ from proto/ (only files that changed)\n  \
+                 regen --check    exit non-zero, listing stale files, if any of them is out of date\n  \
+                 check-compat [--against <git rev or manifest file>] [--allow RULE]...\n                   \
+                 report breaking contract changes against proto/warren.lock as committed (or the baseline given)\n  \
+                 docs [--check]   rewrite (or check) docs/asyncapi.yaml and docs/CATALOG.md alone\n  \
                  bench [--quick]  build the benchmarks in release mode and print their table"
             );
             if args.is_empty() || args == ["help"] || args == ["--help"] {

@@ -1,0 +1,329 @@
+//! Building the manifest from the checked contracts and their descriptors.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use prost_reflect::{Cardinality, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor, Syntax};
+
+use super::{
+    Argument, Consumer, Enum, EnumValue, Event, Exchange, Field, File, GROUP, Label, Manifest, Message, Method, Queue,
+    Reserved, Retry, Service,
+};
+use crate::compat::{Rule, marker};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::model::{self, Contracts};
+use crate::sources::{Source, Sources};
+
+/// AMQP's highest priority, which priority queues are declared with (`x-max-priority`).
+const MAX_PRIORITY: i64 = 3;
+
+/// The manifest of `contracts`, with paths shown as `config` shows them in generated headers.
+pub(crate) fn build(config: &Config, contracts: &Contracts) -> Result<Manifest> {
+    let sources = Sources::new(config, contracts);
+    let mut manifest = Manifest::default();
+    // Rules waived by markers in services' comments, until the services are read from the model.
+    let mut service_allow: HashMap<String, BTreeSet<Rule>> = HashMap::new();
+    for source in &sources.files {
+        read_file(source, &mut manifest, &mut service_allow)?;
+    }
+    for (name, exchange) in &contracts.exchanges {
+        manifest.exchanges.insert(
+            name.clone(),
+            Exchange {
+                kind: exchange.kind,
+                durable: exchange.durable,
+                auto_delete: exchange.auto_delete,
+                location: sources.display(&exchange.location),
+            },
+        );
+    }
+    let mut subscribers: BTreeMap<String, Vec<&model::Event>> = BTreeMap::new();
+    for package in &contracts.packages {
+        for event in &package.events {
+            manifest.events.insert(
+                event.full_name.clone(),
+                Event {
+                    exchange: event.exchange.name.clone(),
+                    kind: event.exchange.kind,
+                    routing_key: event.routing_key.clone(),
+                    priority: event.priority,
+                    retry: event.retry.map(retry),
+                    quorum: event.quorum,
+                    location: sources.display(&event.location),
+                },
+            );
+            // `Event::subscribe(&bus, group)` consumes `<group>.<type>`.
+            subscribers.entry(format!("{GROUP}.{}", event.full_name)).or_default().push(event);
+        }
+        for group in &package.groups {
+            // The exchange's event enum consumes `<group>.<exchange>`.
+            let queue = subscribers.entry(format!("{GROUP}.{}", group.exchange.name)).or_default();
+            queue.extend(group.events.iter().map(|&index| &package.events[index]));
+        }
+        for service in &package.services {
+            let allow = service_allow.remove(&service.full_name).unwrap_or_default();
+            read_service(service, allow, &sources, &mut manifest);
+        }
+    }
+    for (name, events) in subscribers {
+        let queue = subscriber_queue(&name, &events);
+        manifest.queues.insert(name, queue);
+    }
+    Ok(manifest)
+}
+
+/// Messages, enums and markers of one file.
+fn read_file(
+    source: &Source<'_>,
+    manifest: &mut Manifest,
+    service_allow: &mut HashMap<String, BTreeSet<Rule>>,
+) -> Result<()> {
+    let file = &source.descriptor;
+    let proto2 = file.syntax() == Syntax::Proto2;
+    // Descriptor path of each item → its full name, to attribute markers.
+    let mut items: HashMap<Vec<i32>, String> = HashMap::new();
+    let mut messages: Vec<MessageDescriptor> = file.messages().collect();
+    let mut enums: Vec<EnumDescriptor> = file.enums().collect();
+    while let Some(message) = messages.pop() {
+        if message.is_map_entry() {
+            continue;
+        }
+        messages.extend(message.child_messages());
+        enums.extend(message.child_enums());
+        items.insert(message.path().to_vec(), message.full_name().to_owned());
+        manifest.messages.insert(message.full_name().to_owned(), read_message(source, &message, proto2));
+    }
+    for descriptor in enums {
+        items.insert(descriptor.path().to_vec(), descriptor.full_name().to_owned());
+        manifest.enums.insert(descriptor.full_name().to_owned(), read_enum(source, &descriptor));
+    }
+    for service in file.services() {
+        items.insert(service.path().to_vec(), service.full_name().to_owned());
+    }
+
+    let mut entry = File { package: file.package_name().to_owned(), allow: BTreeSet::new() };
+    for comment in source.comments() {
+        let rules = marker::parse(comment.text).map_err(|unknown| {
+            let offset = comment.text.find(&unknown.name).unwrap_or_default();
+            Error::contract(
+                comment.location_at(offset),
+                format!("`{}` marker names an {unknown}", marker::MARKER),
+                "name a rule from the list, e.g. `// warren:allow field-removed: <why>`",
+            )
+        })?;
+        if rules.is_empty() {
+            continue;
+        }
+        // The innermost item the comment belongs to; a detached comment belongs to the file.
+        let owner = (0..=comment.path.len())
+            .rev()
+            .filter(|_| comment.attached)
+            .find_map(|len| items.get(&comment.path[..len]))
+            .cloned();
+        let allow = match owner {
+            Some(name) => match manifest.messages.get_mut(&name) {
+                Some(message) => &mut message.allow,
+                None => match manifest.enums.get_mut(&name) {
+                    Some(descriptor) => &mut descriptor.allow,
+                    None => service_allow.entry(name).or_default(),
+                },
+            },
+            None => &mut entry.allow,
+        };
+        allow.extend(rules);
+    }
+    manifest.files.insert(source.display.display().to_string(), entry);
+    Ok(())
+}
+
+fn read_message(source: &Source<'_>, message: &MessageDescriptor, proto2: bool) -> Message {
+    let fields = message
+        .fields()
+        .map(|field| {
+            let entry = Field {
+                name: field.name().to_owned(),
+                label: label(&field, proto2),
+                r#type: type_name(&field),
+                json_name: field.json_name().to_owned(),
+                location: Some(source.location(field.path())),
+            };
+            (field.number(), entry)
+        })
+        .collect();
+    let reserved = Reserved {
+        // Message ranges end exclusively; the manifest writes inclusive ranges, as `reserved 9 to 11;` reads.
+        ranges: message.reserved_ranges().map(|r| i64::from(r.start)..=i64::from(r.end) - 1).collect(),
+        names: message.reserved_names().map(str::to_owned).collect(),
+    };
+    Message { fields, reserved, allow: BTreeSet::new(), location: source.location(message.path()) }
+}
+
+fn read_enum(source: &Source<'_>, descriptor: &EnumDescriptor) -> Enum {
+    let mut values: Vec<EnumValue> = descriptor
+        .values()
+        .map(|value| EnumValue {
+            number: value.number(),
+            name: value.name().to_owned(),
+            location: Some(source.location(value.path())),
+        })
+        .collect();
+    values.sort_by(|a, b| (a.number, &a.name).cmp(&(b.number, &b.name)));
+    let reserved = Reserved {
+        ranges: descriptor.reserved_ranges().map(|r| i64::from(*r.start())..=i64::from(*r.end())).collect(),
+        names: descriptor.reserved_names().map(str::to_owned).collect(),
+    };
+    Enum { values, reserved, allow: BTreeSet::new(), location: source.location(descriptor.path()) }
+}
+
+fn read_service(service: &model::Service, allow: BTreeSet<Rule>, sources: &Sources<'_>, manifest: &mut Manifest) {
+    let source = sources.files.iter().find(|f| f.descriptor.services().any(|s| s.full_name() == service.full_name));
+    let descriptor = source.and_then(|s| s.descriptor.services().find(|d| d.full_name() == service.full_name));
+    let methods = service
+        .methods
+        .iter()
+        .map(|method| {
+            let location = descriptor
+                .as_ref()
+                .and_then(|d| d.methods().find(|m| m.name() == method.name))
+                .zip(source)
+                .map(|(m, source)| source.location(m.path()));
+            let entry = Method {
+                request: method.input.clone(),
+                response: method.output.clone(),
+                timeout_ms: method.timeout_ms.unwrap_or(service.default_timeout_ms),
+                location,
+            };
+            (method.name.clone(), entry)
+        })
+        .collect();
+    manifest.services.insert(
+        service.full_name.clone(),
+        Service {
+            queue: service.queue.clone(),
+            default_timeout_ms: service.default_timeout_ms,
+            methods,
+            allow,
+            location: sources.display(&service.location),
+        },
+    );
+    // RPC queues are plain durable queues; requests reach them through the default exchange.
+    manifest.queues.insert(
+        service.queue.clone(),
+        Queue {
+            consumer: Consumer::Service(service.full_name.clone()),
+            durable: true,
+            arguments: BTreeMap::new(),
+            bindings: BTreeSet::new(),
+            dead_letter_queue: None,
+            retry: None,
+            retry_queues: Vec::new(),
+        },
+    );
+}
+
+/// A subscriber queue as the runtime declares it: durable, dead-lettering to `<queue>.dlq` through the default
+/// exchange, a priority queue when any event it takes is prioritized, a quorum queue (with a delivery limit just
+/// above the retry policy's attempts) when all of them ask for one, retrying through `<queue>.retry.<ms>`.
+fn subscriber_queue(name: &str, events: &[&model::Event]) -> Queue {
+    let dead_letter_queue = format!("{name}.dlq");
+    let mut arguments = BTreeMap::from([
+        ("x-dead-letter-exchange".to_owned(), Argument::Str(String::new())),
+        ("x-dead-letter-routing-key".to_owned(), Argument::Str(dead_letter_queue.clone())),
+    ]);
+    if events.iter().any(|e| e.priority.is_some()) {
+        arguments.insert("x-max-priority".to_owned(), Argument::Int(MAX_PRIORITY));
+    }
+    // The contract's policy applies only when every event agrees on it, as in the generated event enums.
+    let first = events.first().and_then(|e| e.retry);
+    let policy = first.filter(|_| events.iter().all(|e| e.retry == first)).map(retry);
+    let effective = policy.unwrap_or(Retry::DEFAULT);
+    if events.iter().all(|e| e.quorum) {
+        arguments.insert("x-queue-type".to_owned(), Argument::Str("quorum".to_owned()));
+        arguments.insert("x-delivery-limit".to_owned(), Argument::Int(i64::from(effective.max_attempts) + 2));
+    }
+    let bindings = events
+        .iter()
+        .map(|e| {
+            let key = if e.exchange.kind.uses_routing_key() { e.routing_key.clone() } else { String::new() };
+            (e.exchange.name.clone(), key)
+        })
+        .collect();
+    Queue {
+        consumer: Consumer::Events(events.iter().map(|e| e.full_name.clone()).collect()),
+        durable: true,
+        arguments,
+        bindings,
+        dead_letter_queue: Some(dead_letter_queue),
+        retry: policy,
+        retry_queues: effective.delays_ms().iter().map(|ms| format!("{name}.retry.{ms}")).collect(),
+    }
+}
+
+fn retry(policy: model::Retry) -> Retry {
+    Retry {
+        max_attempts: policy.max_attempts,
+        initial_backoff_ms: policy.initial_backoff_ms,
+        multiplier: policy.multiplier,
+        max_backoff_ms: policy.max_backoff_ms,
+    }
+}
+
+fn label(field: &FieldDescriptor, proto2: bool) -> Label {
+    if field.is_map() {
+        return Label::Map;
+    }
+    if field.is_list() {
+        return Label::Repeated;
+    }
+    if field.cardinality() == Cardinality::Required {
+        return Label::Required;
+    }
+    match field.containing_oneof() {
+        Some(oneof) if !oneof.is_synthetic() => Label::Oneof(oneof.name().to_owned()),
+        Some(_) => Label::Optional,
+        None if proto2 => Label::Optional,
+        None => Label::Singular,
+    }
+}
+
+/// `int64`, a message or enum's full name, or `map<K,V>`.
+fn type_name(field: &FieldDescriptor) -> String {
+    if let Kind::Message(entry) = field.kind()
+        && field.is_map()
+    {
+        let key = entry.map_entry_key_field();
+        let value = entry.map_entry_value_field();
+        return format!("map<{},{}>", kind_name(&key.kind()), kind_name(&value.kind()));
+    }
+    kind_name(&field.kind())
+}
+
+fn kind_name(kind: &Kind) -> String {
+    match kind {
+        Kind::Message(message) => message.full_name().to_owned(),
+        Kind::Enum(descriptor) => descriptor.full_name().to_owned(),
+        scalar => scalar_name(scalar).to_owned(),
+    }
+}
+
+/// The proto name of a scalar kind, e.g. `int64`; empty for messages and enums.
+pub(crate) fn scalar_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Double => "double",
+        Kind::Float => "float",
+        Kind::Int32 => "int32",
+        Kind::Int64 => "int64",
+        Kind::Uint32 => "uint32",
+        Kind::Uint64 => "uint64",
+        Kind::Sint32 => "sint32",
+        Kind::Sint64 => "sint64",
+        Kind::Fixed32 => "fixed32",
+        Kind::Fixed64 => "fixed64",
+        Kind::Sfixed32 => "sfixed32",
+        Kind::Sfixed64 => "sfixed64",
+        Kind::Bool => "bool",
+        Kind::String => "string",
+        Kind::Bytes => "bytes",
+        Kind::Message(_) | Kind::Enum(_) => "",
+    }
+}
