@@ -1,66 +1,183 @@
-//! Warren's benchmarks. Run through `cargo xtask bench [--quick]`, which builds this in release mode.
+//! Warren's benchmarks: `cargo xtask bench [--quick]` builds this in release mode and prints one table.
 //!
-//! Each workload runs several rounds and reports the median, because one machine's neighbours make single
-//! runs noisy. Absolute figures depend on the machine; compare within one run.
+//! Each RabbitMQ workload runs for Warren and for a raw-lapin baseline written with best practice
+//! (`raw.rs`), alternating the two sides round by round (A B A B …), and reports each side's median, the ratio
+//! Warren / raw, and the client CPU per message. The in-memory workload (W9) has no baseline. Absolute numbers
+//! depend on the machine; the ratios, measured in one run, are the claim.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+mod measure;
+mod memory;
+mod raw;
+mod workloads;
 
-use tokio::sync::Notify;
-use warren::{Bus, HandlerError, Subscription};
-use warren_contracts::gametrade::v1::{GametradeEvents, UserRegistered};
+use std::time::Duration;
+
+use measure::{Run, median, thousands};
+use workloads::{Env, Side};
 
 /// How much work each workload does.
 #[derive(Debug, Clone, Copy)]
 struct Scale {
     rounds: usize,
-    one_subscriber: u64,
-    fan_out_events: u64,
+    sizes: &'static [usize],
+    publish: u64,
+    latency: u64,
+    consume: u64,
+    rpc_serial: u64,
+    rpc_parallel: u64,
+    fan_out: u64,
+    memory_one: u64,
+    memory_fan_out: u64,
+}
+
+const QUICK: Scale = Scale {
+    rounds: 3,
+    sizes: &[100],
+    publish: 20_000,
+    latency: 1_000,
+    consume: 20_000,
+    rpc_serial: 500,
+    rpc_parallel: 5_000,
+    fan_out: 2_000,
+    memory_one: 200_000,
+    memory_fan_out: 30_000,
+};
+
+const FULL: Scale = Scale {
+    rounds: 3,
+    sizes: &[100, 1024],
+    publish: 100_000,
+    latency: 5_000,
+    consume: 100_000,
+    rpc_serial: 2_000,
+    rpc_parallel: 20_000,
+    fan_out: 10_000,
+    memory_one: 1_000_000,
+    memory_fan_out: 200_000,
+};
+
+/// What a workload's ratio must meet.
+#[derive(Debug, Clone, Copy)]
+enum Goal {
+    /// Warren's rate at least this fraction of raw's.
+    Throughput(f64),
+    /// Warren's p50 latency at most this multiple of raw's.
+    Latency(f64),
 }
 
 #[tokio::main]
 async fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    if std::env::args().any(|a| a == "--profile-one") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--profile-one") {
         // One small single-subscriber run, for `valgrind --tool=callgrind`.
-        in_memory_one_subscriber(20_000).await;
+        memory::in_memory_one_subscriber(20_000).await;
         return;
     }
-    let scale = if quick {
-        Scale { rounds: 3, one_subscriber: 200_000, fan_out_events: 30_000 }
-    } else {
-        Scale { rounds: 5, one_subscriber: 1_000_000, fan_out_events: 200_000 }
-    };
-    println!("Warren benchmarks ({} rounds each, median shown{})", scale.rounds, if quick { ", --quick" } else { "" });
+    let scale = if args.iter().any(|a| a == "--quick") { QUICK } else { FULL };
+    let url = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| warren::DEFAULT_URL.to_owned());
+    println!(
+        "Warren benchmarks: {} rounds per side, alternating, median shown; CPU is client CPU per message.",
+        scale.rounds
+    );
     println!();
-    println!("| workload | messages | median | rate |");
-    println!("|---|---:|---:|---:|");
-    let one = median(scale.rounds, || in_memory_one_subscriber(scale.one_subscriber)).await;
-    row("W9 in-memory publish → handler, 1 subscriber", scale.one_subscriber, one, "events/s");
-    let fan = median(scale.rounds, || in_memory_fan_out(scale.fan_out_events, 10)).await;
-    row("W9 in-memory topic exchange → 10 subscribers", scale.fan_out_events, fan, "events/s");
-    row("   … the same, counted per delivery", scale.fan_out_events * 10, fan, "deliveries/s");
-}
-
-fn row(name: &str, messages: u64, took: Duration, unit: &str) {
-    let rate = messages as f64 / took.as_secs_f64();
-    println!("| {name} | {messages} | {:.1} ms | {} {unit} |", took.as_secs_f64() * 1e3, thousands(rate));
-}
-
-fn thousands(rate: f64) -> String {
-    let digits = format!("{:.0}", rate);
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
+    println!("| workload | payload | Warren | raw lapin | Warren / raw | CPU/msg Warren | CPU/msg raw | goal |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    for &size in scale.sizes {
+        let env = |n| Env { url: url.clone(), n, size };
+        compare("W1 publish, no confirms", &env(scale.publish), scale.rounds, Goal::Throughput(0.9), |e, s| {
+            Box::pin(async move { workloads::publish(&e, s, false, false).await })
+        })
+        .await;
+        compare("W2 publish, confirms", &env(scale.publish), scale.rounds, Goal::Throughput(0.9), |e, s| {
+            Box::pin(async move { workloads::publish(&e, s, true, false).await })
+        })
+        .await;
+        compare("W3 one confirm in flight (latency)", &env(scale.latency), scale.rounds, Goal::Latency(1.1), |e, s| {
+            Box::pin(async move { workloads::confirm_latency(&e, s).await })
+        })
+        .await;
+        compare(
+            "W4 consume, prefetch 256, manual ack",
+            &env(scale.consume),
+            scale.rounds,
+            Goal::Throughput(0.9),
+            |e, s| Box::pin(async move { workloads::consume(&e, s).await }),
+        )
+        .await;
+        compare(
+            "W5 RPC, one call at a time (latency)",
+            &env(scale.rpc_serial),
+            scale.rounds,
+            Goal::Latency(1.1),
+            |e, s| Box::pin(async move { workloads::rpc(&e, s, 1).await }),
+        )
+        .await;
+        compare("W6 RPC, 64 calls in flight", &env(scale.rpc_parallel), scale.rounds, Goal::Throughput(0.9), |e, s| {
+            Box::pin(async move { workloads::rpc(&e, s, 64).await })
+        })
+        .await;
+        compare(
+            "W7 fan-out to 10 queues (deliveries)",
+            &env(scale.fan_out),
+            scale.rounds,
+            Goal::Throughput(0.9),
+            |e, s| Box::pin(async move { workloads::fan_out(&e, s).await }),
+        )
+        .await;
+        compare(
+            "W8 persistent, durable queue, confirms",
+            &env(scale.publish),
+            scale.rounds,
+            Goal::Throughput(0.9),
+            |e, s| Box::pin(async move { workloads::publish(&e, s, true, true).await }),
+        )
+        .await;
     }
-    out
+    let one = median_memory(scale.rounds, || memory::in_memory_one_subscriber(scale.memory_one)).await;
+    memory_row("W9 in-memory publish → handler, 1 subscriber", scale.memory_one, one, "events/s");
+    let fan = median_memory(scale.rounds, || memory::in_memory_fan_out(scale.memory_fan_out, 10)).await;
+    memory_row("W9 in-memory topic exchange → 10 subscribers", scale.memory_fan_out, fan, "events/s");
+    memory_row("W9 … the same, counted per delivery", scale.memory_fan_out * 10, fan, "deliveries/s");
 }
 
-async fn median<F, Fut>(rounds: usize, mut run: F) -> Duration
+type Workload = fn(Env, Side) -> std::pin::Pin<Box<dyn Future<Output = Run>>>;
+
+/// Runs `workload` for both sides, alternating, and prints its row.
+async fn compare(name: &str, env: &Env, rounds: usize, goal: Goal, workload: Workload) {
+    let (mut warren, mut raw) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        warren.push(workload(env.clone(), Side::Warren).await);
+        workloads::settle().await;
+        raw.push(workload(env.clone(), Side::Raw).await);
+        workloads::settle().await;
+    }
+    let (w, r) = (median(warren), median(raw));
+    let micros = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6);
+    let cpu = |run: &Run| micros(run.cpu_per_message());
+    let (shown_w, shown_r, ratio, verdict) = match (goal, w.latency, r.latency) {
+        (Goal::Latency(max), Some(lw), Some(lr)) => {
+            let ratio = lw[0].as_secs_f64() / lr[0].as_secs_f64();
+            let show = |l: [Duration; 3]| format!("p50 {} p99 {} p99.9 {}", micros(l[0]), micros(l[1]), micros(l[2]));
+            (show(lw), show(lr), ratio, format!("p50 ≤ {max}× {}", if ratio <= max { "✔" } else { "✘" }))
+        }
+        (Goal::Throughput(min), _, _) => {
+            let ratio = w.rate() / r.rate();
+            let show = |run: &Run| format!("{}/s", thousands(run.rate()));
+            (show(&w), show(&r), ratio, format!("≥ {min}× {}", if ratio >= min { "✔" } else { "✘" }))
+        }
+        _ => unreachable!("latency workloads record latencies"),
+    };
+    let cpu_ok = w.cpu_per_message() <= r.cpu_per_message() + Duration::from_micros(1);
+    println!(
+        "| {name} | {} B | {shown_w} | {shown_r} | {ratio:.2} | {} | {} | {verdict}; CPU ≤ raw + 1 µs {} |",
+        env.size,
+        cpu(&w),
+        cpu(&r),
+        if cpu_ok { "✔" } else { "✘" }
+    );
+}
+
+async fn median_memory<F, Fut>(rounds: usize, mut run: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Duration>,
@@ -73,82 +190,10 @@ where
     times[times.len() / 2]
 }
 
-/// Counts handled messages and wakes the benchmark when `target` is reached.
-#[derive(Clone)]
-struct Counter {
-    seen: Arc<AtomicU64>,
-    done: Arc<Notify>,
-    target: u64,
-}
-
-impl Counter {
-    fn new(target: u64) -> Self {
-        Counter { seen: Arc::default(), done: Arc::default(), target }
-    }
-
-    fn hit(&self) {
-        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
-            self.done.notify_one();
-        }
-    }
-}
-
-async fn counting<T: warren::Inbound>(subscriber: warren::Subscriber<T>, counter: &Counter) -> Subscription {
-    let counter = counter.clone();
-    subscriber
-        .temporary()
-        .handle(move |_: T, _| {
-            counter.hit();
-            std::future::ready(Ok::<_, HandlerError>(()))
-        })
-        .await
-        .expect("subscribe")
-}
-
-fn event(i: u64) -> UserRegistered {
-    UserRegistered { user_id: i as i64, username: "gametrader1".into(), email: "g@example.com".into() }
-}
-
-/// Publishes `n` events from a task of the runtime, as application code does.
-async fn publish_from_a_task(bus: &Bus, n: u64) {
-    let bus = bus.clone();
-    tokio::spawn(async move {
-        for i in 0..n {
-            bus.publish(&event(i)).await.expect("publish");
-        }
-    })
-    .await
-    .expect("the publisher task");
-}
-
-/// Publish → handler on the in-memory transport, one subscriber: time from the first publish to the last handled.
-async fn in_memory_one_subscriber(n: u64) -> Duration {
-    let bus = Bus::in_memory();
-    let counter = Counter::new(n);
-    let subscription = counting(UserRegistered::subscribe(&bus, "bench"), &counter).await;
-    let started = Instant::now();
-    publish_from_a_task(&bus, n).await;
-    counter.done.notified().await;
-    let took = started.elapsed();
-    subscription.stop().await;
-    took
-}
-
-/// Publish through a topic exchange to `groups` subscribers bound with `user.*`.
-async fn in_memory_fan_out(n: u64, groups: usize) -> Duration {
-    let bus = Bus::in_memory();
-    let counter = Counter::new(n * groups as u64);
-    let mut subscriptions = Vec::new();
-    for g in 0..groups {
-        let subscriber = GametradeEvents::subscribe(&bus, &format!("bench-{g}"), "user.*");
-        subscriptions.push(counting(subscriber, &counter).await);
-    }
-    let started = Instant::now();
-    publish_from_a_task(&bus, n).await;
-    counter.done.notified().await;
-    let took = started.elapsed();
-    for subscription in subscriptions {
-        subscription.stop().await;
-    }
-    took
+fn memory_row(name: &str, messages: u64, took: Duration, unit: &str) {
+    let rate = messages as f64 / took.as_secs_f64();
+    println!(
+        "| {name} | 100 B | {} {unit} | — | — | — | — | ≥ 1,000,000 (1 subscriber) / 300,000 (10) |",
+        thousands(rate)
+    );
 }

@@ -58,6 +58,10 @@ pub struct PublishOptions {
     pub correlation_id: Option<String>,
     /// Priority of this message instead of the contract's default.
     pub priority: Option<crate::Priority>,
+    /// Do not wait for the broker's confirm: faster, but a message the broker loses or cannot route goes
+    /// unnoticed (no [`Error::Unroutable`], no re-send after a connection failure). For telemetry-like events
+    /// where throughput matters more than each message.
+    pub fire_and_forget: bool,
 }
 
 /// A message as it travels: for interoperating with publishers that do not use Warren, and for inspecting
@@ -169,7 +173,18 @@ impl Bus {
             properties = properties.with_priority(priority.as_amqp());
         }
         let kept = self.inner.metrics.history_enabled().then(|| payload.clone());
-        self.publish_raw(spec.exchange.name, spec.routing_key, payload, properties).await?;
+        if options.fire_and_forget {
+            self.check_open_and_size(payload.len())?;
+            let publish = Publish {
+                exchange: spec.exchange.name,
+                routing_key: spec.routing_key,
+                mandatory: false,
+                confirm: false,
+            };
+            self.inner.transport.publish(publish, payload, properties).await?;
+        } else {
+            self.publish_raw(spec.exchange.name, spec.routing_key, payload, properties).await?;
+        }
         self.inner.metrics.published(spec.type_name, kept);
         Ok(())
     }
@@ -216,10 +231,7 @@ impl Bus {
         payload: Vec<u8>,
         properties: BasicProperties,
     ) -> Result<()> {
-        if self.inner.closed.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(Error::Closed);
-        }
-        self.check_size(payload.len())?;
+        self.check_open_and_size(payload.len())?;
         let publish = Publish { exchange, routing_key, mandatory: true, confirm: true };
         self.inner.transport.publish(publish, payload, properties).await
     }
@@ -252,6 +264,13 @@ impl Bus {
                 body: m.body,
             }
         }))
+    }
+
+    fn check_open_and_size(&self, size: usize) -> Result<()> {
+        if self.inner.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Closed);
+        }
+        self.check_size(size)
     }
 
     pub(crate) fn check_size(&self, size: usize) -> Result<()> {

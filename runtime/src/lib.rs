@@ -6,7 +6,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! # #[derive(Clone, PartialEq, prost::Message)] struct UserRegistered { #[prost(int64, tag = "1")] user_id: i64 }
 //! # impl warren::__codegen::Event for UserRegistered { const SPEC: &'static warren::__codegen::EventSpec = &warren::__codegen::EventSpec {
-//! #     type_name: "gametrade.v1.UserRegistered", routing_key: "user.registered", priority: None,
+//! #     type_name: "gametrade.v1.UserRegistered", routing_key: "user.registered", priority: None, retry: None, quorum: false,
 //! #     exchange: warren::__codegen::ExchangeSpec { name: "gametrade.events", kind: warren::__codegen::ExchangeKind::Topic, durable: true, auto_delete: false } }; }
 //! let bus = Bus::from_env().await?;
 //! // Generated: `UserRegistered::subscribe(&bus, "email-service")` is this:

@@ -154,26 +154,35 @@ impl RpcClient {
         let deadline_error =
             || Status::deadline_exceeded(format!("{method} got no reply within {timeout:?} (is a server running?)"));
         let publish = Publish { exchange: "", routing_key: self.service.queue, mandatory: true, confirm: true };
-        let remaining = timeout.saturating_sub(started.elapsed());
-        match tokio::time::timeout(remaining, replies.path.send_request(publish, payload, properties)).await {
-            Err(_) => return Err(deadline_error()),
-            Ok(Err(Error::Unroutable { .. })) => {
-                return Err(Status::unavailable(format!(
-                    "{method}: no queue \"{}\" to take the request",
-                    self.service.queue
-                )));
+        // Wait for the reply and the publish confirm together: a reply proves the request was routed, so it
+        // need not wait behind the confirm; a return (no queue) or a failed send ends the call at once.
+        let sent = replies.path.send_request(publish, payload, properties);
+        tokio::pin!(sent);
+        tokio::pin!(rx);
+        let until = tokio::time::sleep(timeout.saturating_sub(started.elapsed()));
+        tokio::pin!(until);
+        let mut confirmed = false;
+        let reply = loop {
+            tokio::select! {
+                reply = &mut rx => match reply {
+                    Ok(reply) => break reply,
+                    Err(_) => return Err(Status::unavailable(format!("{method}: the reply channel closed"))),
+                },
+                sent = &mut sent, if !confirmed => match sent {
+                    Ok(()) => confirmed = true,
+                    Err(Error::Unroutable { .. }) => {
+                        return Err(Status::unavailable(format!(
+                            "{method}: no queue \"{}\" to take the request",
+                            self.service.queue
+                        )));
+                    }
+                    Err(Error::Closed) => {
+                        return Err(Status::cancelled(format!("{method}: the bus is shutting down")));
+                    }
+                    Err(error) => return Err(Status::unavailable(format!("{method}: request not sent: {error}"))),
+                },
+                () = &mut until => return Err(deadline_error()),
             }
-            Ok(Err(Error::Closed)) => return Err(Status::cancelled(format!("{method}: the bus is shutting down"))),
-            Ok(Err(error)) => return Err(Status::unavailable(format!("{method}: request not sent: {error}"))),
-            Ok(Ok(())) => {}
-        }
-        let remaining = timeout.saturating_sub(started.elapsed());
-        let reply = match tokio::time::timeout(remaining, rx).await {
-            Err(_) => return Err(deadline_error()),
-            Ok(Err(_)) => {
-                return Err(Status::unavailable(format!("{method}: the reply channel closed")));
-            }
-            Ok(Ok(reply)) => reply,
         };
         drop(guard);
         match Code::from_i32(reply.code) {

@@ -314,6 +314,9 @@ impl<T: Inbound> Subscriber<T> {
             temporary: self.temporary,
         };
         let batch = usize::from(self.prefetch / 4).max(1);
+        // Lingering saves the in-memory publisher a thread wake-up per message; over AMQP, lapin's own I/O
+        // thread wakes the consumer anyway, and yielding would only churn the scheduler.
+        let lingers = matches!(bus.inner.transport, crate::transport::Transport::Memory(_));
         let task = tokio::spawn(async move {
             let mut acks = Vec::with_capacity(batch);
             while signal.deadline().is_none() {
@@ -323,7 +326,8 @@ impl<T: Inbound> Subscriber<T> {
                     Some(delivery) => delivery,
                     None => {
                         Acker::ack_all(&mut acks).await;
-                        match linger(&mut feed).await {
+                        let lingered = if lingers { linger(&mut feed).await } else { None };
+                        match lingered {
                             Some(delivery) => delivery,
                             None => match feed.next().await {
                                 Some(delivery) => delivery,

@@ -12,7 +12,7 @@
 //! - a deadline on every wait.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::sync::{Arc, Mutex as StdMutex, RwLock as StdRwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
@@ -55,8 +55,10 @@ pub(crate) struct Amqp {
     config: BusConfig,
     link: watch::Sender<Option<Link>>,
     health: StdMutex<Health>,
-    /// The publishing channel (in confirm mode) and the generation it belongs to.
-    publisher: Mutex<Option<(u64, Channel)>>,
+    /// The publishing channel (in confirm mode) and the generation it belongs to. Read on every publish, so
+    /// a plain read lock; `opening` serializes replacing it.
+    publisher: StdRwLock<Option<(u64, Channel)>>,
+    opening: Mutex<()>,
     topology: StdMutex<Topology>,
     /// At most this many publishes wait for confirms at once.
     window: Semaphore,
@@ -84,7 +86,8 @@ impl Amqp {
             config: config.clone(),
             link: watch::Sender::new(Some(link.clone())),
             health: StdMutex::new(Health::Connected),
-            publisher: Mutex::new(None),
+            publisher: StdRwLock::new(None),
+            opening: Mutex::new(()),
             topology: StdMutex::default(),
             window: Semaphore::new(PUBLISH_WINDOW),
             closing: AtomicBool::new(false),
@@ -118,6 +121,14 @@ impl Amqp {
 
     /// The current link, waiting (until `by`) while the supervisor recovers.
     async fn link(&self, by: Instant) -> Result<Link> {
+        // The common case, without subscribing to changes.
+        if let Some(link) = self.link.borrow().as_ref()
+            && link.publish.status().connected()
+            && link.consume.status().connected()
+            && !self.closing.load(Ordering::Relaxed)
+        {
+            return Ok(link.clone());
+        }
         let mut watcher = self.link.subscribe();
         loop {
             if self.closing.load(Ordering::Relaxed) {
@@ -208,10 +219,17 @@ impl Amqp {
     /// publish deadline. Unroutable, nacked and missing-exchange outcomes are final.
     pub(crate) async fn publish(&self, publish: Publish<'_>, body: &[u8], properties: BasicProperties) -> Result<()> {
         let by = Instant::now() + self.config.publish_timeout;
-        let _slot = tokio::time::timeout(self.config.publish_timeout, self.window.acquire())
-            .await
-            .map_err(|_| Error::Timeout { operation: "publish window", after: self.config.publish_timeout })?
-            .map_err(|_| Error::Closed)?;
+        // A free slot needs no timer; only a full window is waited for, within the publish deadline.
+        let _slot = match self.window.try_acquire() {
+            Ok(slot) => slot,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                tokio::time::timeout(self.config.publish_timeout, self.window.acquire())
+                    .await
+                    .map_err(|_| Error::Timeout { operation: "publish window", after: self.config.publish_timeout })?
+                    .map_err(|_| Error::Closed)?
+            }
+        };
         let mut attempt = 0u32;
         loop {
             let error = match self.publisher(by).await {
@@ -235,17 +253,25 @@ impl Amqp {
 
     /// The publishing channel of the current link, opened (in confirm mode) when missing or broken.
     async fn publisher(&self, by: Instant) -> Result<Channel> {
+        if let Some(channel) = self.current_publisher() {
+            return Ok(channel);
+        }
         let link = self.link(by).await?;
-        let mut publisher = self.publisher.lock().await;
-        if let Some((generation, channel)) = publisher.as_ref()
-            && *generation == link.generation
-            && channel.status().connected()
-        {
-            return Ok(channel.clone());
+        let _opening = self.opening.lock().await;
+        if let Some(channel) = self.current_publisher() {
+            return Ok(channel); // another publish opened it meanwhile
         }
         let channel = open_confirmed(&link.publish, self.timeout()).await?;
-        *publisher = Some((link.generation, channel.clone()));
+        *self.publisher.write().expect("publisher") = Some((link.generation, channel.clone()));
         Ok(channel)
+    }
+
+    /// The publishing channel, if it belongs to the current link and is open.
+    fn current_publisher(&self) -> Option<Channel> {
+        let generation = self.link.borrow().as_ref().map(|link| link.generation)?;
+        let publisher = self.publisher.read().expect("publisher");
+        let (of, channel) = publisher.as_ref()?;
+        (*of == generation && channel.status().connected()).then(|| channel.clone())
     }
 
     pub(crate) async fn consume(&self, queue: &str, prefetch: u16, tag: String) -> Result<Consumer> {
@@ -542,7 +568,8 @@ fn delivery(result: lapin::Result<lapin::message::Delivery>) -> Result<Delivery>
     })
 }
 
-/// Publishes on `channel` and, when asked, waits for the broker's confirm.
+/// Publishes on `channel` and, when asked, waits for the broker's confirm; one deadline covers both (one
+/// timer per publish: with a thousand publishes in flight, timers are a measurable cost).
 pub(crate) async fn publish_on(
     channel: &Channel,
     publish: Publish<'_>,
@@ -550,22 +577,19 @@ pub(crate) async fn publish_on(
     properties: BasicProperties,
     timeout: Duration,
 ) -> Result<()> {
-    let confirm = deadline(
-        "publish",
-        timeout,
-        channel.basic_publish(
-            ShortString::from(publish.exchange),
-            ShortString::from(publish.routing_key),
-            BasicPublishOptions { mandatory: publish.mandatory, ..BasicPublishOptions::default() },
-            body,
-            properties,
-        ),
-    )
-    .await?;
-    if !publish.confirm {
-        return Ok(());
-    }
-    match deadline("publisher confirm", timeout, confirm).await? {
+    let send_and_confirm = async {
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(publish.exchange),
+                ShortString::from(publish.routing_key),
+                BasicPublishOptions { mandatory: publish.mandatory, ..BasicPublishOptions::default() },
+                body,
+                properties,
+            )
+            .await?;
+        if publish.confirm { confirm.await } else { Ok(Confirmation::NotRequested) }
+    };
+    match deadline("publish and confirm", timeout, send_and_confirm).await? {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
         Confirmation::Ack(Some(_returned)) => Err(Error::Unroutable {
             exchange: publish.exchange.to_owned(),

@@ -1,0 +1,73 @@
+//! Measuring: rounds alternated between the two sides, medians, latency percentiles, client CPU.
+
+use std::time::{Duration, Instant};
+
+/// What one run of one side measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Run {
+    /// Wall time of the timed section.
+    pub(crate) elapsed: Duration,
+    /// Messages (or calls) in it.
+    pub(crate) messages: u64,
+    /// Process CPU time (user + system) spent in it.
+    pub(crate) cpu: Duration,
+    /// Latency percentiles, for latency workloads: p50, p99, p99.9.
+    pub(crate) latency: Option<[Duration; 3]>,
+}
+
+impl Run {
+    pub(crate) fn rate(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub(crate) fn cpu_per_message(&self) -> Duration {
+        self.cpu / self.messages.max(1) as u32
+    }
+}
+
+/// Process CPU time so far, from `/proc/self/stat` (utime + stime, in clock ticks of 10 ms).
+pub(crate) fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, i.e. 11 and 12 after the command.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Times `body`, which handles `messages` messages, with its CPU.
+pub(crate) async fn timed<F: Future<Output = ()>>(messages: u64, body: F) -> Run {
+    let (cpu, started) = (cpu_time(), Instant::now());
+    body.await;
+    Run { elapsed: started.elapsed(), messages, cpu: cpu_time().saturating_sub(cpu), latency: None }
+}
+
+/// Latency percentiles of `samples`.
+pub(crate) fn percentiles(samples: &mut [Duration]) -> [Duration; 3] {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    [at(0.50), at(0.99), at(0.999)]
+}
+
+/// The run with the median rate (or median p50 latency, for latency workloads).
+pub(crate) fn median(mut runs: Vec<Run>) -> Run {
+    runs.sort_by(|a, b| match (a.latency, b.latency) {
+        (Some(x), Some(y)) => x[0].cmp(&y[0]),
+        _ => a.rate().total_cmp(&b.rate()),
+    });
+    runs[runs.len() / 2]
+}
+
+/// Groups digits by thousands.
+pub(crate) fn thousands(value: f64) -> String {
+    let digits = format!("{value:.0}");
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

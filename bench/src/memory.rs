@@ -1,0 +1,89 @@
+//! W9: the in-memory transport, publish → handler.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use warren::{Bus, HandlerError, Subscription};
+use warren_contracts::gametrade::v1::{GametradeEvents, UserRegistered};
+
+/// Counts handled messages and wakes the benchmark when `target` is reached.
+#[derive(Clone)]
+struct Counter {
+    seen: Arc<AtomicU64>,
+    done: Arc<Notify>,
+    target: u64,
+}
+
+impl Counter {
+    fn new(target: u64) -> Self {
+        Counter { seen: Arc::default(), done: Arc::default(), target }
+    }
+
+    fn hit(&self) {
+        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
+            self.done.notify_one();
+        }
+    }
+}
+
+async fn counting<T: warren::Inbound>(subscriber: warren::Subscriber<T>, counter: &Counter) -> Subscription {
+    let counter = counter.clone();
+    subscriber
+        .temporary()
+        .handle(move |_: T, _| {
+            counter.hit();
+            std::future::ready(Ok::<_, HandlerError>(()))
+        })
+        .await
+        .expect("subscribe")
+}
+
+fn event(i: u64) -> UserRegistered {
+    UserRegistered { user_id: i as i64, username: "gametrader1".into(), email: "g@example.com".into() }
+}
+
+/// Publishes `n` events from a task of the runtime, as application code does.
+async fn publish_from_a_task(bus: &Bus, n: u64) {
+    let bus = bus.clone();
+    tokio::spawn(async move {
+        for i in 0..n {
+            bus.publish(&event(i)).await.expect("publish");
+        }
+    })
+    .await
+    .expect("the publisher task");
+}
+
+/// Publish → handler on the in-memory transport, one subscriber: time from the first publish to the last handled.
+pub(crate) async fn in_memory_one_subscriber(n: u64) -> Duration {
+    let bus = Bus::in_memory();
+    let counter = Counter::new(n);
+    let subscription = counting(UserRegistered::subscribe(&bus, "bench"), &counter).await;
+    let started = Instant::now();
+    publish_from_a_task(&bus, n).await;
+    counter.done.notified().await;
+    let took = started.elapsed();
+    subscription.stop().await;
+    took
+}
+
+/// Publish through a topic exchange to `groups` subscribers bound with `user.*`.
+pub(crate) async fn in_memory_fan_out(n: u64, groups: usize) -> Duration {
+    let bus = Bus::in_memory();
+    let counter = Counter::new(n * groups as u64);
+    let mut subscriptions = Vec::new();
+    for g in 0..groups {
+        let subscriber = GametradeEvents::subscribe(&bus, &format!("bench-{g}"), "user.*");
+        subscriptions.push(counting(subscriber, &counter).await);
+    }
+    let started = Instant::now();
+    publish_from_a_task(&bus, n).await;
+    counter.done.notified().await;
+    let took = started.elapsed();
+    for subscription in subscriptions {
+        subscription.stop().await;
+    }
+    took
+}

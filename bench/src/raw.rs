@@ -1,0 +1,187 @@
+//! The baseline: hand-written lapin code with the best practice the notes describe — publishes pipelined with
+//! up to a thousand confirms in flight, consumers acknowledging in batches with `multiple`, RPC clients with one
+//! long-lived direct reply-to consumer. It sets the same envelope Warren does (message id, type, content type,
+//! persistence) and encodes and decodes the same protobuf messages, so the comparison is of the messaging layer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use prost::Message as _;
+use tokio::sync::oneshot;
+use warren_contracts::at::v1::{IntSumRequest, IntSumResponse};
+use warren_contracts::gametrade::v1::UserRegistered;
+
+/// The exchange raw publishes go to (Warren's go to its contract's `gametrade.events`).
+pub(crate) const EXCHANGE: &str = "bench.raw.events";
+/// Publishes in flight at once, on both sides.
+pub(crate) const WINDOW: usize = 1000;
+
+pub(crate) async fn connect(url: &str) -> Connection {
+    Connection::connect(url, ConnectionProperties::default()).await.expect("start RabbitMQ: the benchmark connects")
+}
+
+pub(crate) async fn channel(connection: &Connection, confirms: bool) -> Channel {
+    let channel = connection.create_channel().await.expect("channel");
+    if confirms {
+        channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm select");
+    }
+    channel
+}
+
+/// Declares `queue` and binds it to `exchange` with `user.registered` (the topology, not timed).
+pub(crate) async fn queue(channel: &Channel, queue: &str, exchange: &str, durable: bool) {
+    let kind = ExchangeKind::Topic;
+    let options = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    channel.exchange_declare(exchange.into(), kind, options, FieldTable::default()).await.expect("exchange");
+    let options = QueueDeclareOptions { durable, ..QueueDeclareOptions::default() };
+    channel.queue_declare(queue.into(), options, FieldTable::default()).await.expect("queue");
+    let bind = QueueBindOptions::default();
+    channel
+        .queue_bind(queue.into(), exchange.into(), "user.registered".into(), bind, FieldTable::default())
+        .await
+        .expect("bind");
+}
+
+pub(crate) async fn delete(channel: &Channel, queue: &str) {
+    let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+}
+
+fn properties(persistent: bool) -> BasicProperties {
+    BasicProperties::default()
+        .with_message_id(ShortString::from(uuid::Uuid::now_v7().to_string()))
+        .with_type("gametrade.v1.UserRegistered".into())
+        .with_content_type("application/x-protobuf".into())
+        .with_delivery_mode(if persistent { 2 } else { 1 })
+}
+
+/// Publishes one event to [`EXCHANGE`], waiting for its confirm when `confirm`.
+pub(crate) async fn publish(channel: &Channel, event: &UserRegistered, confirm: bool, persistent: bool) {
+    publish_to(channel, EXCHANGE, event, confirm, persistent).await;
+}
+
+/// Publishes one event to `exchange`, waiting for its confirm when `confirm`.
+pub(crate) async fn publish_to(
+    channel: &Channel,
+    exchange: &str,
+    event: &UserRegistered,
+    confirm: bool,
+    persistent: bool,
+) {
+    let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+    let body = event.encode_to_vec();
+    let sent = channel
+        .basic_publish(exchange.into(), "user.registered".into(), options, &body, properties(persistent))
+        .await
+        .expect("publish");
+    if confirm {
+        assert!(sent.await.expect("confirm").is_ack(), "the broker acknowledged");
+    }
+}
+
+/// Consumes `count` messages from `queue` with prefetch 256, decoding each and acknowledging every 64 with
+/// `multiple` (and the rest at the end).
+pub(crate) async fn consume(channel: &Channel, queue: &str, count: u64) {
+    channel.basic_qos(256, BasicQosOptions::default()).await.expect("qos");
+    let mut consumer = channel
+        .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
+    let mut seen = 0;
+    let mut last = None;
+    while seen < count {
+        let delivery = consumer.next().await.expect("deliveries").expect("delivery");
+        let _ = UserRegistered::decode(delivery.data.as_slice()).expect("decodes");
+        seen += 1;
+        if seen % 64 == 0 {
+            delivery.acker.ack(BasicAckOptions { multiple: true }).await.expect("ack");
+            last = None;
+        } else {
+            last = Some(delivery.acker);
+        }
+    }
+    if let Some(acker) = last {
+        acker.ack(BasicAckOptions { multiple: true }).await.expect("ack");
+    }
+}
+
+/// A raw RPC server answering `IntSum` on `queue`, replying through the default exchange without
+/// `mandatory`, acknowledging after the reply.
+pub(crate) async fn serve_int_sum(connection: &Connection, queue: &str) {
+    let channel = channel(connection, false).await;
+    channel.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()).await.expect("queue");
+    channel.basic_qos(64, BasicQosOptions::default()).await.expect("qos");
+    let mut requests = channel
+        .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
+    tokio::spawn(async move {
+        while let Some(Ok(request)) = requests.next().await {
+            let sum = IntSumRequest::decode(request.data.as_slice()).map(|r| r.a + r.b).unwrap_or_default();
+            let reply_to = request.properties.reply_to().clone().expect("reply_to");
+            let id = request.properties.correlation_id().clone().expect("correlation id");
+            let body = IntSumResponse { sum }.encode_to_vec();
+            let properties = BasicProperties::default().with_correlation_id(id);
+            let publish = BasicPublishOptions::default();
+            let _ = channel.basic_publish("".into(), reply_to, publish, &body, properties).await;
+            let _ = request.acker.ack(BasicAckOptions::default()).await;
+        }
+    });
+}
+
+/// A raw RPC client: one direct reply-to consumer, on the channel that publishes the requests.
+#[derive(Clone)]
+pub(crate) struct RpcClient {
+    channel: Channel,
+    pending: Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>,
+    queue: String,
+}
+
+impl RpcClient {
+    pub(crate) async fn new(connection: &Connection, queue: &str) -> RpcClient {
+        let channel = channel(connection, false).await;
+        let options = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
+        let mut replies = channel
+            .basic_consume("amq.rabbitmq.reply-to".into(), "".into(), options, FieldTable::default())
+            .await
+            .expect("reply consumer");
+        let pending: Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>> = Arc::default();
+        let routes = Arc::clone(&pending);
+        tokio::spawn(async move {
+            while let Some(Ok(reply)) = replies.next().await {
+                let id = reply.properties.correlation_id().as_ref().map(|c| c.as_str().to_owned()).unwrap_or_default();
+                if let Some(waiter) = routes.lock().unwrap().remove(&id) {
+                    let _ = waiter.send(reply.data);
+                }
+            }
+        });
+        RpcClient { channel, pending, queue: queue.to_owned() }
+    }
+
+    pub(crate) async fn int_sum(&self, a: i64, b: i64) -> i64 {
+        let id = uuid::Uuid::now_v7().to_string();
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap().insert(id.clone(), tx);
+        let properties = BasicProperties::default()
+            .with_correlation_id(id.into())
+            .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_type("/at.v1.IntSummator/IntSum".into());
+        let body = IntSumRequest { a, b }.encode_to_vec();
+        let publish = BasicPublishOptions::default();
+        self.channel
+            .basic_publish("".into(), self.queue.as_str().into(), publish, &body, properties)
+            .await
+            .expect("request");
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(10), rx)
+            .await
+            .expect("a reply in time")
+            .expect("reply");
+        IntSumResponse::decode(reply.as_slice()).expect("decodes").sum
+    }
+}
