@@ -1,4 +1,4 @@
-//! Warren's benchmarks: `cargo xtask bench [--quick]` builds this in release mode and prints one table.
+//! Warren's benchmarks: `cargo xtask bench [--quick] [--memory]` builds this in release mode and prints one table.
 //!
 //! Each RabbitMQ workload runs for Warren and for a raw-lapin baseline written with best practice
 //! (`raw.rs`), alternating the two sides round by round (A B A B …), and reports each side's median, the ratio
@@ -82,7 +82,9 @@ async fn main() {
     println!();
     println!("| workload | payload | Warren | raw lapin | Warren / raw | CPU/msg Warren | CPU/msg raw | goal |");
     println!("|---|---:|---:|---:|---:|---:|---:|---|");
-    for &size in scale.sizes {
+    // `--memory`: only W9, which needs no broker.
+    let sizes: &[usize] = if args.iter().any(|a| a == "--memory") { &[] } else { scale.sizes };
+    for &size in sizes {
         let env = |n| Env { url: url.clone(), n, size };
         compare("W1 publish, no confirms", &env(scale.publish), scale.rounds, Goal::Throughput(0.9), |e, s| {
             Box::pin(async move { workloads::publish(&e, s, false, false).await })

@@ -2,6 +2,10 @@
 
 /// Whether binding `pattern` matches `routing_key` on a topic exchange. Allocates nothing.
 pub fn matches(pattern: &str, routing_key: &str) -> bool {
+    // Most bindings are plain keys from a contract: compare them whole.
+    if !pattern.contains(['*', '#']) {
+        return pattern == routing_key;
+    }
     words_match(Some(pattern), Some(routing_key))
 }
 

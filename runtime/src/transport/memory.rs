@@ -251,6 +251,9 @@ struct State {
     scratch: Vec<Arc<str>>,
     /// Exchange names and routing keys seen, shared by the messages that carry them.
     names: FxHashMap<Box<str>, Arc<str>>,
+    /// Acknowledged messages, freed after the lock is released (freeing is not free, and the publisher waits
+    /// for this lock).
+    acknowledged: Vec<Queued>,
 }
 
 /// A delivery on its way to a consumer.
@@ -269,12 +272,16 @@ fn with_state<R>(shared: &Arc<Mutex<State>>, operation: impl FnOnce(&mut State) 
     }
     let mut state = lock(shared);
     let result = operation(&mut state);
+    let acknowledged = std::mem::take(&mut state.acknowledged);
     if state.outbox.is_empty() {
+        drop(state);
+        drop(acknowledged);
         return result;
     }
     let spare = std::mem::take(&mut state.spare);
     let mut outbox = std::mem::replace(&mut state.outbox, spare);
     drop(state);
+    drop(acknowledged);
     while !outbox.is_empty() {
         let mut gone = Vec::new();
         for out in outbox.drain(..) {
@@ -565,7 +572,7 @@ impl State {
             slot.unacked -= 1;
         }
         match how {
-            Settle::Ack => {}
+            Settle::Ack => self.acknowledged.push(message),
             Settle::Requeue => {
                 message.redelivered = true;
                 message.returned += 1;
