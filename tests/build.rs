@@ -1,6 +1,7 @@
 //! Generates the quick-start contract into OUT_DIR, the way a team that prefers `build.rs` would.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    warren_codegen::Builder::new().compile(&["shop/v1/shop.proto"], &["fixtures/build_rs"])?;
+    warren_codegen::Builder::new()
+        .compile(&["shop/v1/shop.proto", "awkward/v1/awkward.proto"], &["fixtures/build_rs"])?;
     Ok(())
 }

@@ -7,7 +7,8 @@ use std::future::Future;
 
 pub mod faults;
 
-/// The README's quick-start contract, generated into `OUT_DIR` by `build.rs` with `warren_codegen::Builder`.
+/// Contracts generated into `OUT_DIR` by `build.rs` with `warren_codegen::Builder`: the README's quick start
+/// (`shop.v1`) and the awkward-names fixture (`awkward.v1`).
 pub mod quickstart {
     include!(concat!(env!("OUT_DIR"), "/warren_contracts.rs"));
 }
