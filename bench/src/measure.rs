@@ -1,6 +1,10 @@
 //! Measuring: rounds alternated between the two sides, medians, latency percentiles, client CPU.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 /// What one run of one side measured.
 #[derive(Debug, Clone, Copy)]
@@ -70,4 +74,24 @@ pub(crate) fn thousands(value: f64) -> String {
         out.push(c);
     }
     out
+}
+
+/// Counts handled messages and wakes the benchmark when `target` is reached.
+#[derive(Clone)]
+pub(crate) struct Counter {
+    seen: Arc<AtomicU64>,
+    pub(crate) done: Arc<Notify>,
+    target: u64,
+}
+
+impl Counter {
+    pub(crate) fn new(target: u64) -> Self {
+        Counter { seen: Arc::default(), done: Arc::default(), target }
+    }
+
+    pub(crate) fn hit(&self) {
+        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
+            self.done.notify_one();
+        }
+    }
 }

@@ -1,32 +1,10 @@
 //! W9: the in-memory transport, publish → handler.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use crate::measure::Counter;
 use warren::{Bus, HandlerError, Subscription};
 use warren_contracts::gametrade::v1::{GametradeEvents, UserRegistered};
-
-/// Counts handled messages and wakes the benchmark when `target` is reached.
-#[derive(Clone)]
-struct Counter {
-    seen: Arc<AtomicU64>,
-    done: Arc<Notify>,
-    target: u64,
-}
-
-impl Counter {
-    fn new(target: u64) -> Self {
-        Counter { seen: Arc::default(), done: Arc::default(), target }
-    }
-
-    fn hit(&self) {
-        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
-            self.done.notify_one();
-        }
-    }
-}
 
 async fn counting<T: warren::Inbound>(subscriber: warren::Subscriber<T>, counter: &Counter) -> Subscription {
     let counter = counter.clone();

@@ -1,16 +1,13 @@
 //! The RabbitMQ workloads W1–W8, each for Warren and for the raw-lapin baseline.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::sync::Notify;
 use warren::{Bus, HandlerError, PublishOptions, RpcContext, Status};
 use warren_contracts::at::v1::{IntSumRequest, IntSumResponse, IntSummator, IntSummatorClient, IntSummatorServer};
 use warren_contracts::gametrade::v1::UserRegistered;
 
-use crate::measure::{Run, percentiles, timed};
+use crate::measure::{Counter, Run, percentiles, timed};
 use crate::raw;
 
 /// Which side runs.
@@ -120,26 +117,6 @@ pub(crate) async fn confirm_latency(env: &Env, side: Side) -> Run {
     raw::delete(&setup, &queue).await;
     let _ = connection.close(200, "done".into()).await;
     run
-}
-
-/// Counts handled messages and wakes the benchmark at `target`.
-#[derive(Clone)]
-struct Counter {
-    seen: Arc<AtomicU64>,
-    done: Arc<Notify>,
-    target: u64,
-}
-
-impl Counter {
-    fn new(target: u64) -> Self {
-        Counter { seen: Arc::default(), done: Arc::default(), target }
-    }
-
-    fn hit(&self) {
-        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
-            self.done.notify_one();
-        }
-    }
 }
 
 async fn counting(bus: &Bus, group: &str, counter: &Counter, temporary: bool) -> warren::Subscription {

@@ -47,7 +47,7 @@ pub(crate) fn build(config: &Config, contracts: &Contracts) -> Result<Manifest> 
                     kind: event.exchange.kind,
                     routing_key: event.routing_key.clone(),
                     priority: event.priority,
-                    retry: event.retry.map(retry),
+                    retry: event.retry,
                     quorum: event.quorum,
                     location: sources.display(&event.location),
                 },
@@ -235,7 +235,7 @@ fn subscriber_queue(name: &str, events: &[&model::Event]) -> Queue {
     }
     // The contract's policy applies only when every event agrees on it, as in the generated event enums.
     let first = events.first().and_then(|e| e.retry);
-    let policy = first.filter(|_| events.iter().all(|e| e.retry == first)).map(retry);
+    let policy = first.filter(|_| events.iter().all(|e| e.retry == first));
     let effective = policy.unwrap_or(Retry::DEFAULT);
     if events.iter().all(|e| e.quorum) {
         arguments.insert("x-queue-type".to_owned(), Argument::Str("quorum".to_owned()));
@@ -256,15 +256,6 @@ fn subscriber_queue(name: &str, events: &[&model::Event]) -> Queue {
         dead_letter_queue: Some(dead_letter_queue),
         retry: policy,
         retry_queues: effective.delays_ms().iter().map(|ms| format!("{name}.retry.{ms}")).collect(),
-    }
-}
-
-fn retry(policy: model::Retry) -> Retry {
-    Retry {
-        max_attempts: policy.max_attempts,
-        initial_backoff_ms: policy.initial_backoff_ms,
-        multiplier: policy.multiplier,
-        max_backoff_ms: policy.max_backoff_ms,
     }
 }
 

@@ -179,18 +179,8 @@ pub struct Event {
     pub location: Location,
 }
 
-/// A retry policy: capped attempts with exponential backoff.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retry {
-    /// Deliveries in all, the first included.
-    pub max_attempts: u32,
-    /// First wait, in milliseconds.
-    pub initial_backoff_ms: u32,
-    /// Growth factor of the waits.
-    pub multiplier: u32,
-    /// Longest wait, in milliseconds.
-    pub max_backoff_ms: u32,
-}
+/// A retry policy: capped attempts with exponential backoff (the model's, also read back from the file).
+pub use crate::model::Retry;
 
 impl Retry {
     /// The runtime's `RetryPolicy::default()`: three deliveries, one and two seconds apart.

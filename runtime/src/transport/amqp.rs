@@ -307,19 +307,8 @@ impl Amqp {
                 channel.basic_get(ShortString::from(queue), lapin::options::BasicGetOptions { no_ack: true }).await
             })
             .await?;
-        Ok(got.map(|message| {
-            let d = message.delivery;
-            Delivery {
-                message: Arc::new(Message {
-                    exchange: d.exchange.as_str().into(),
-                    routing_key: d.routing_key.as_str().into(),
-                    properties: d.properties,
-                    body: d.data,
-                }),
-                redelivered: d.redelivered,
-                acker: Acker::None,
-            }
-        }))
+        // Fetched with no_ack: nothing to settle.
+        Ok(got.map(|message| from_lapin(message.delivery, |_| Acker::None)))
     }
 
     pub(crate) async fn reply_path(self: &Arc<Self>) -> Result<ReplyPath> {
@@ -555,8 +544,12 @@ async fn bind_on(channel: &Channel, queue: &str, exchange: &str, key: &str, time
 }
 
 fn delivery(result: lapin::Result<lapin::message::Delivery>) -> Result<Delivery> {
-    let d = result.map_err(|e| Error::broker("consume", e))?;
-    Ok(Delivery {
+    Ok(from_lapin(result.map_err(|e| Error::broker("consume", e))?, Acker::Amqp))
+}
+
+/// A lapin delivery as the transport's, settled through `acker` (given lapin's acker).
+fn from_lapin(d: lapin::message::Delivery, acker: impl FnOnce(lapin::Acker) -> Acker) -> Delivery {
+    Delivery {
         message: Arc::new(Message {
             exchange: d.exchange.as_str().into(),
             routing_key: d.routing_key.as_str().into(),
@@ -564,8 +557,8 @@ fn delivery(result: lapin::Result<lapin::message::Delivery>) -> Result<Delivery>
             body: d.data,
         }),
         redelivered: d.redelivered,
-        acker: Acker::Amqp(d.acker),
-    })
+        acker: acker(d.acker),
+    }
 }
 
 /// Publishes on `channel` and, when asked, waits for the broker's confirm; one deadline covers both (one
