@@ -2,6 +2,6 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     warren_codegen::Builder::new()
-        .compile(&["shop/v1/shop.proto", "awkward/v1/awkward.proto"], &["fixtures/build_rs"])?;
+        .compile(&["shop/v1/shop.proto", "awkward/v1/awkward.proto", "rich/v1/rich.proto"], &["fixtures/build_rs"])?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use warren::{Bus, HandlerError, PublishOptions, RpcContext, Status};
+use warren::{Bus, HandlerError, PublishOptions, RpcContext};
 use warren_contracts::at::v1::{IntSumRequest, IntSumResponse, IntSummator, IntSummatorClient, IntSummatorServer};
 use warren_contracts::gametrade::v1::UserRegistered;
 
@@ -185,7 +185,11 @@ pub(crate) async fn consume(env: &Env, side: Side) -> Run {
 struct Summator;
 
 impl IntSummator for Summator {
-    async fn int_sum(&self, request: IntSumRequest, _: RpcContext) -> Result<IntSumResponse, Status> {
+    async fn int_sum(
+        &self,
+        request: IntSumRequest,
+        _: RpcContext,
+    ) -> Result<IntSumResponse, warren::RpcError<warren_contracts::at::v1::int_sum_error::Reason>> {
         Ok(IntSumResponse { sum: request.a + request.b })
     }
 }

@@ -167,8 +167,13 @@ impl<'a> SourceInfo<'a> {
     }
 }
 
-/// A proto comment as doc text: one leading space per line removed, trailing blanks trimmed.
+/// A proto comment as doc text: one leading space per line removed, trailing blanks trimmed, and
+/// compatibility waivers (`warren:allow …` lines, meant for `check-compat`) left out.
 fn clean_comment(comment: &str) -> String {
-    let lines: Vec<&str> = comment.lines().map(|l| l.strip_prefix(' ').unwrap_or(l).trim_end()).collect();
+    let lines: Vec<&str> = comment
+        .lines()
+        .map(|l| l.strip_prefix(' ').unwrap_or(l).trim_end())
+        .filter(|l| !l.starts_with(crate::compat::MARKER))
+        .collect();
     lines.join("\n").trim().to_owned()
 }

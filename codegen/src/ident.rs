@@ -2,7 +2,7 @@
 //! refers to are the names prost generated.
 
 use heck::{ToSnakeCase, ToUpperCamelCase};
-use prost_reflect::MessageDescriptor;
+use prost_reflect::{EnumDescriptor, MessageDescriptor};
 
 /// Rust keywords that prost escapes as raw identifiers (`r#type`).
 const RAW_KEYWORDS: &[&str] = &[
@@ -41,9 +41,18 @@ pub fn package_modules(package: &str) -> Vec<String> {
 ///
 /// Well-known types map to `::prost_types`, as prost-build does.
 pub fn rust_type_path(from: &str, target: &MessageDescriptor) -> String {
-    let package = target.package_name();
-    // Names of the message and its enclosing messages, outermost first.
-    let local = target.full_name().strip_prefix(package).unwrap_or(target.full_name()).trim_start_matches('.');
+    rust_path_of(from, target.package_name(), target.full_name())
+}
+
+/// The Rust path of enum `target` as seen from the module of package `from`.
+pub fn rust_enum_path(from: &str, target: &EnumDescriptor) -> String {
+    rust_path_of(from, target.package_name(), target.full_name())
+}
+
+/// The Rust path of the type `full_name` of `package`, as seen from the module of package `from`.
+fn rust_path_of(from: &str, package: &str, full_name: &str) -> String {
+    // Names of the type and its enclosing messages, outermost first.
+    let local = full_name.strip_prefix(package).unwrap_or(full_name).trim_start_matches('.');
     let mut nested: Vec<&str> = local.split('.').collect();
     let last = type_name(nested.pop().unwrap_or_default());
     let nested: Vec<String> = nested.into_iter().map(field_name).collect();

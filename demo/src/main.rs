@@ -1,10 +1,13 @@
 //! The GameTrade story played over a Warren bus.
 //!
 //! One process plays every part: an e-mail service (a `UserRegistered` subscriber), an audit log (a
-//! `GametradeEvents` subscriber bound with `#` that `match`es on each event), a notification inbox
-//! (streaming.v1 `UserNotification`) and the `AuthService` RPC server. The demo then registers a user,
-//! notifies them, logs in over RPC (once with a wrong password, to show a typed `Status`), lists an item,
-//! trades it and pays, waits until every subscriber has seen its messages, and shuts down cleanly.
+//! `GametradeEvents` subscriber bound with `#` that `match`es on each event), a notification inbox (the
+//! contract's `user_notifications` subscription, `user.*`, over notifications whose routing key is filled from
+//! their type), an order worker (the `ProcessOrder` work queue) and the `AuthService` RPC server. The demo
+//! then registers a user (and shows an invalid one refused before sending), notifies them in JSON, logs in
+//! over RPC (once with a wrong password, to show a typed contract error), lists an item, trades it, pays and
+//! queues the order for processing, waits until every subscriber has seen its messages, and shuts down
+//! cleanly.
 //! Ctrl-C or SIGTERM stops the subscribers and closes the bus at any point of the story.
 //!
 //! Without `RABBITMQ_URL` it runs on the in-memory transport, with nothing installed; with it, the same story
@@ -23,13 +26,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-use warren::{Bus, BusConfig, Code, Context, HandlerError, Inbound, PublishOptions, RpcContext, Serving, Status};
-use warren::{Subscriber, Subscription};
+use warren::{Bus, BusConfig, Context, Error, HandlerError, Inbound, PublishOptions, RpcContext, RpcError, Serving};
+use warren::{Subscriber, Subscription, WireFormat};
+use warren_contracts::gametrade::v1::auth_error::Reason;
 use warren_contracts::gametrade::v1::{
     AuthService, AuthServiceClient, AuthServiceServer, AuthenticateRequest, AuthenticateResponse, GametradeEvents,
-    ItemListed, Money, PaymentCompleted, PaymentInitiated, TradeAccepted, TradeCompleted, TradeCreated, UserRegistered,
+    InvalidCredentials, ItemListed, Money, PaymentCompleted, PaymentInitiated, TradeAccepted, TradeCompleted,
+    TradeCreated, UserRegistered,
 };
-use warren_contracts::streaming::v1::{NotificationType, UserNotification};
+use warren_contracts::streaming::v1::{NotificationType, Notifications, ProcessOrder, UserNotification};
 
 /// The demo user: id, name and the only password the auth server accepts.
 const USER: (i64, &str, &str) = (42, "gametrader1", "s3cret");
@@ -47,6 +52,8 @@ enum Seen {
     Inbox,
     /// The audit log got a gametrade event.
     Audit,
+    /// The order worker processed an order.
+    Worker,
 }
 
 /// The demo's auth server: it knows exactly one user.
@@ -54,12 +61,16 @@ enum Seen {
 struct DemoAuth;
 
 impl AuthService for DemoAuth {
-    async fn authenticate(&self, req: AuthenticateRequest, ctx: RpcContext) -> Result<AuthenticateResponse, Status> {
+    async fn authenticate(
+        &self,
+        req: AuthenticateRequest,
+        ctx: RpcContext,
+    ) -> Result<AuthenticateResponse, RpcError<Reason>> {
         let ok = (req.username.as_str(), req.password.as_str()) == (USER.1, USER.2);
         let verdict = if ok { "ok" } else { "denied" };
         println!("    ↳ auth-service checked '{}' for {}: {verdict}", req.username, ctx.caller().unwrap_or("?"));
         if !ok {
-            return Err(Status::unauthenticated(format!("wrong username or password for '{}'", req.username)));
+            return Err(RpcError::Service(Reason::InvalidCredentials(InvalidCredentials { attempts_left: 2 })));
         }
         Ok(AuthenticateResponse {
             user_id: USER.0,
@@ -93,19 +104,29 @@ async fn listen<T: Inbound>(
         .await
 }
 
-/// Starts the three subscribers and the auth server, before anything is published.
+/// Starts the subscribers, the order worker and the auth server, before anything is published.
 async fn start(bus: &Bus, run: &str, seen: &UnboundedSender<Seen>) -> anyhow::Result<(Vec<Subscription>, Serving)> {
     let email = listen(UserRegistered::subscribe(bus, "demo-email").temporary(), run, seen, Seen::Email, |e, ctx| {
         format!("email-service got {} for {}: welcome mail to {}", ctx.routing_key(), e.user_id, e.email)
     });
-    let inbox = listen(UserNotification::subscribe(bus, "demo-inbox").temporary(), run, seen, Seen::Inbox, |n, _| {
-        format!("inbox of user {} got {:?}: {}", n.user_id, n.notification_type(), n.message)
+    // The contract declares the `user_notifications` subscription (`user.*`); codegen checked that it matches.
+    let inbox = Notifications::subscribe_user_notifications(bus, "demo-inbox").temporary();
+    let inbox = listen(inbox, run, seen, Seen::Inbox, |notification, ctx| match notification {
+        Notifications::UserNotification(n) => {
+            let format = ctx.content_type().unwrap_or("?");
+            format!("inbox of user {} got {} ({format}): {}", n.user_id, ctx.routing_key(), n.message)
+        }
+        Notifications::AdminNotification(n) => format!("inbox got an admin notification: {}", n.message),
+    });
+    // Tasks: every worker on `orders.process` competes for orders; each order goes to one of them.
+    let worker = listen(ProcessOrder::worker(bus).concurrency(2), run, seen, Seen::Worker, |order, ctx| {
+        format!("order worker processed order {} ({} items, attempt {})", order.order_id, order.items, ctx.attempt())
     });
     let audit =
         listen(GametradeEvents::subscribe(bus, "demo-audit", "#").temporary(), run, seen, Seen::Audit, |e, ctx| {
             format!("audit got {}: {}", ctx.routing_key(), describe(e))
         });
-    let subscriptions = vec![email.await?, inbox.await?, audit.await?];
+    let subscriptions = vec![email.await?, inbox.await?, audit.await?, worker.await?];
     Ok((subscriptions, AuthServiceServer::new(DemoAuth).serve(bus).await?))
 }
 
@@ -180,13 +201,23 @@ impl Story<'_> {
             reply.user_id, reply.access_token, reply.expires_in_seconds
         );
         self.say(&format!("'{}' logs in with a wrong password", USER.1));
+        // The contract's `AuthError` arrives as a Rust enum: the match is exhaustive.
         match auth.authenticate(request("hunter2")).await {
-            Err(status) if status.code() == Code::Unauthenticated => {
-                println!("    ← refused: Status {{ code: {}, message: {:?} }}", status.code(), status.message());
-                Ok(())
+            Err(RpcError::Service(Reason::InvalidCredentials(details))) => {
+                println!("    ← refused: invalid credentials, {} attempts left", details.attempts_left);
             }
-            other => bail!("a wrong password should fail with UNAUTHENTICATED, got {other:?}"),
+            Err(RpcError::Service(Reason::AccountLocked(details))) => {
+                bail!("the account should not be locked yet ({} s left)", details.retry_after_seconds)
+            }
+            Err(RpcError::Status(status)) => bail!("a wrong password should be a contract error, got {status}"),
+            Ok(reply) => bail!("a wrong password was accepted: {reply:?}"),
         }
+        self.say("a login with an empty password is refused before anything is sent");
+        match auth.authenticate(request("")).await {
+            Err(RpcError::Status(status)) => println!("    ← {status}"),
+            other => bail!("an empty password should fail validation, got {other:?}"),
+        }
+        Ok(())
     }
 
     /// Tells the story, then waits until every subscriber has seen its part; returns the deliveries seen.
@@ -194,10 +225,22 @@ impl Story<'_> {
         let (user, name, _) = USER;
         let registered = UserRegistered { user_id: user, username: name.into(), email: format!("{name}@example.com") };
         self.publish(&format!("registered user {user} '{name}'"), registered).await?;
+        self.say("a notification without text or user is refused by the contract's rules");
+        match self.bus.publish(&UserNotification::default()).await {
+            Err(Error::Invalid { violations, .. }) => println!("    ← not sent: {violations}"),
+            other => bail!("an empty notification should fail validation, got {other:?}"),
+        }
         let mut note =
             UserNotification { user_id: user, message: "Welcome to GameTrade!".into(), ..Default::default() };
         note.set_notification_type(NotificationType::Info);
-        self.publish(&format!("notified user {user}"), note).await?;
+        // JSON on the wire, as a Python service would send it; the typed subscriber reads either format.
+        self.say(&format!("notified user {user}, in JSON, routed by its type"));
+        let options = PublishOptions {
+            correlation_id: Some(self.run.to_owned()),
+            format: Some(WireFormat::Json),
+            ..PublishOptions::default()
+        };
+        self.bus.publish_with(&note, options).await.context("could not publish the notification")?;
         self.login().await?;
         self.trade(user).await?;
         self.say(&format!("waiting up to {DEADLINE:?} for the subscribers to catch up"));
@@ -226,21 +269,26 @@ impl Story<'_> {
         let reference = "ref-1".to_owned();
         let paid =
             PaymentCompleted { payment_id: pay.clone(), trade_id: trade, amount: price, provider_reference: reference };
-        self.publish(&format!("payment {pay} completed"), paid).await
+        self.publish(&format!("payment {pay} completed"), paid).await?;
+        self.say(&format!("order {trade} queued for processing"));
+        let order = ProcessOrder { order_id: trade, total_minor: 1250, items: 1 };
+        let options = PublishOptions { correlation_id: Some(self.run.to_owned()), ..PublishOptions::default() };
+        self.bus.enqueue_with(&order, options).await.context("could not queue the order")
     }
 }
 
 /// Waits for the audit log to see every gametrade event and the other two subscribers their one message.
 async fn wait_for_all(seen: &mut UnboundedReceiver<Seen>) -> anyhow::Result<usize> {
-    let (mut email, mut inbox, mut audit) = (0, 0, 0);
-    while email < 1 || inbox < 1 || audit < GAMETRADE_EVENTS {
+    let (mut email, mut inbox, mut audit, mut worker) = (0, 0, 0, 0);
+    while email < 1 || inbox < 1 || audit < GAMETRADE_EVENTS || worker < 1 {
         match seen.recv().await.context("every subscriber stopped")? {
             Seen::Email => email += 1,
             Seen::Inbox => inbox += 1,
             Seen::Audit => audit += 1,
+            Seen::Worker => worker += 1,
         }
     }
-    Ok(email + inbox + audit)
+    Ok(email + inbox + audit + worker)
 }
 
 #[tokio::main]
@@ -256,7 +304,9 @@ async fn main() -> anyhow::Result<()> {
     let run = format!("demo-{}-{}", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis());
     let (seen_tx, mut seen) = unbounded_channel();
     let (subscriptions, server) = start(&bus, &run, &seen_tx).await?;
-    println!("[0] demo-email, demo-inbox, demo-audit (#) and the auth server are listening; run {run}");
+    println!(
+        "[0] demo-email, demo-inbox (user.*), demo-audit (#), the order worker and the auth server are listening; run {run}"
+    );
     let mut story = Story { bus: &bus, run: &run, step: 0 };
     let outcome = tokio::select! {
         told = story.tell(&mut seen) => told.map(Some),

@@ -9,6 +9,34 @@ pub struct IntSumRequest {
     #[prost(int64, tag = "2")]
     pub b: i64,
 }
+/// Why a sum could not be computed. (A request whose arguments have the wrong type, e.g. a JSON string where
+/// a number belongs, never reaches the method: it is answered with `INVALID_ARGUMENT` naming the field.)
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct IntSumError {
+    /// The reason.
+    #[prost(oneof = "int_sum_error::Reason", tags = "1")]
+    pub reason: ::core::option::Option<int_sum_error::Reason>,
+}
+/// Nested message and enum types in `IntSumError`.
+pub mod int_sum_error {
+    /// The reason.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Reason {
+        /// a + b does not fit in 64 bits.
+        #[prost(message, tag = "1")]
+        Overflow(super::Overflow),
+    }
+}
+/// The sum does not fit in a signed 64-bit integer.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Overflow {
+    /// First addend.
+    #[prost(int64, tag = "1")]
+    pub a: i64,
+    /// Second addend.
+    #[prost(int64, tag = "2")]
+    pub b: i64,
+}
 /// The result of the addition.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct IntSumResponse {

@@ -21,6 +21,8 @@ pub mod gametrade {
     /// GameTrade authentication RPC; replaces the Python `shared.messaging` RPC "auth_service"/"authenticate" call.
     ///
     /// GameTrade marketplace domain events; replaces the Python `shared.messaging` PubSub/EventTypes JSON events.
+    ///
+    /// GameTrade background work; replaces the Python `shared.messaging.patterns.WorkQueue` ("tasks" queue).
     pub mod v1 {
         include!("gametrade.v1.rs");
         include!("gametrade.v1.warren.rs");
@@ -48,3 +50,6 @@ pub mod trading {
 /// included, for tools that inspect them at run time.
 #[rustfmt::skip]
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("file_descriptor_set.bin");
+/// The same descriptors, decoded on first use: what the JSON wire format reads.
+#[rustfmt::skip]
+pub static SCHEMA: ::warren::Schema = ::warren::Schema::new(FILE_DESCRIPTOR_SET);

@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use lapin::BasicProperties;
 
+use crate::codec::{self, Payload, WireFormat};
 use crate::config::{BusConfig, Endpoint};
-use crate::contract::{Event, ExchangeSpec};
+use crate::contract::{Event, ExchangeSpec, Inbound, Task};
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, MetricsSnapshot};
@@ -62,6 +63,8 @@ pub struct PublishOptions {
     /// unnoticed (no [`Error::Unroutable`], no re-send after a connection failure). For telemetry-like events
     /// where throughput matters more than each message.
     pub fire_and_forget: bool,
+    /// Wire format of this message instead of the contract's (protobuf unless the contract says JSON).
+    pub format: Option<WireFormat>,
 }
 
 /// A message as it travels: for interoperating with publishers that do not use Warren, and for inspecting
@@ -160,32 +163,68 @@ impl Bus {
     }
 
     /// [`Bus::publish`] with per-message options.
+    ///
+    /// Fails before sending anything when the event breaks its contract's validation rules
+    /// ([`Error::Invalid`]) or a routing-key template's field has an unusable value ([`Error::RoutingKey`]).
     pub async fn publish_with<E: Event>(&self, event: &E, options: PublishOptions) -> Result<()> {
         let spec = E::SPEC;
+        event.validate().map_err(|violations| Error::Invalid { type_name: E::TYPE_NAME, violations })?;
+        let routing_key = event.routing_key()?;
         self.declare_exchange(&spec.exchange).await?;
-        let payload = event.encode_to_vec();
+        let format = options.format.unwrap_or(spec.format);
+        self.send(event, spec.exchange.name, &routing_key, format, options.priority.or(spec.priority), options).await
+    }
+
+    /// Puts `task` on its work queue (declared with the contract's settings if this bus has not yet), for
+    /// exactly one worker to take; returns once the broker has confirmed it. Tasks wait in the queue until a
+    /// worker starts.
+    pub async fn enqueue<T: Task>(&self, task: &T) -> Result<()> {
+        self.enqueue_with(task, PublishOptions::default()).await
+    }
+
+    /// [`Bus::enqueue`] with per-message options.
+    pub async fn enqueue_with<T: Task>(&self, task: &T, options: PublishOptions) -> Result<()> {
+        let spec = T::SPEC;
+        task.validate().map_err(|violations| Error::Invalid { type_name: T::TYPE_NAME, violations })?;
+        self.declare_queue(&format!("{}.dlq", spec.queue), durability(false)).await?;
+        self.declare_queue(spec.queue, work_queue::<T>(spec.queue)).await?;
+        let format = options.format.unwrap_or(spec.format);
+        self.send(task, "", spec.queue, format, options.priority, options).await
+    }
+
+    /// Encodes and publishes a contract message, confirmed unless fire-and-forget, and records it.
+    async fn send<P: Payload>(
+        &self,
+        message: &P,
+        exchange: &str,
+        routing_key: &str,
+        format: WireFormat,
+        priority: Option<crate::Priority>,
+        options: PublishOptions,
+    ) -> Result<()> {
+        let payload = codec::encode(message, format)?;
         let message_id = envelope::new_id();
         let correlation_id = options.correlation_id.unwrap_or_else(|| message_id.clone());
+        let app_id = &self.inner.config.service_name;
         let mut properties =
-            envelope::properties(spec.type_name, &self.inner.config.service_name, message_id, correlation_id)
+            envelope::properties(P::TYPE_NAME, format, P::FINGERPRINT, app_id, message_id, correlation_id)
                 .with_delivery_mode(2);
-        if let Some(priority) = options.priority.or(spec.priority) {
+        if let Some(priority) = priority {
             properties = properties.with_priority(priority.as_amqp());
         }
-        let kept = self.inner.metrics.history_enabled().then(|| payload.clone());
+        // History keeps protobuf, whatever went on the wire.
+        let kept = self.inner.metrics.history_enabled().then(|| match format {
+            WireFormat::Protobuf => payload.clone(),
+            WireFormat::Json => message.encode_to_vec(),
+        });
         if options.fire_and_forget {
             self.check_open_and_size(payload.len())?;
-            let publish = Publish {
-                exchange: spec.exchange.name,
-                routing_key: spec.routing_key,
-                mandatory: false,
-                confirm: false,
-            };
+            let publish = Publish { exchange, routing_key, mandatory: false, confirm: false };
             self.inner.transport.publish(publish, payload, properties).await?;
         } else {
-            self.publish_raw(spec.exchange.name, spec.routing_key, payload, properties).await?;
+            self.publish_raw(exchange, routing_key, payload, properties).await?;
         }
-        self.inner.metrics.published(spec.type_name, kept);
+        self.inner.metrics.published(P::TYPE_NAME, kept);
         Ok(())
     }
 
@@ -199,12 +238,12 @@ impl Bus {
         self.inner.metrics.snapshot(&depths)
     }
 
-    /// The recent `E` events this bus published, oldest first: the last [`BusConfig::history`] of them.
-    /// Empty unless history is on. For tests: `assert_eq!(bus.published::<UserRegistered>(), [expected])`.
-    pub fn published<E: Event>(&self) -> Vec<E> {
+    /// The recent `E` events (or tasks) this bus published, oldest first: the last [`BusConfig::history`] of
+    /// them. Empty unless history is on. For tests: `assert_eq!(bus.published::<UserRegistered>(), [expected])`.
+    pub fn published<E: Payload>(&self) -> Vec<E> {
         self.inner
             .metrics
-            .history(E::SPEC.type_name)
+            .history(E::TYPE_NAME)
             .into_iter()
             .filter_map(|recorded| E::decode(recorded.body.as_slice()).ok())
             .collect()
@@ -212,9 +251,9 @@ impl Bus {
 
     /// Waits until this bus's subscribers have handled at least `count` `E` events in all, or `deadline`
     /// passes ([`Error::Timeout`]). For tests: publish, then wait for the handlers instead of sleeping.
-    pub async fn wait_handled<E: Event>(&self, count: u64, deadline: std::time::Duration) -> Result<()> {
+    pub async fn wait_handled<E: Payload>(&self, count: u64, deadline: std::time::Duration) -> Result<()> {
         let wait = async {
-            while self.inner.metrics.processed(E::SPEC.type_name) < count {
+            while self.inner.metrics.processed(E::TYPE_NAME) < count {
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
         };
@@ -358,6 +397,13 @@ pub(crate) fn subscriber_queue(queue: &str, temporary: bool, prioritized: bool, 
         delivery_limit: quorum.map(|attempts| attempts + 2),
         ..durability(temporary)
     }
+}
+
+/// Options of the work queue of task type `T`: like a subscriber queue, with the quorum delivery limit from the
+/// contract's policy, so that every worker and sender declares it identically.
+pub(crate) fn work_queue<T: Inbound>(queue: &str) -> QueueOptions {
+    let quorum = T::quorum().then(|| T::retry_policy().unwrap_or_default().max_attempts);
+    subscriber_queue(queue, false, T::prioritized(), quorum)
 }
 
 /// Options of a plain queue (a dead-letter queue, an RPC queue).

@@ -2,8 +2,12 @@
 //!
 //! These are plain `'static` data filled in by `warren-codegen`; the runtime never parses protos.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
+
+use crate::codec::{Payload, Violations, WireFormat};
+use crate::error::Error;
 
 /// How an exchange routes messages to the queues bound to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,20 +77,90 @@ pub struct EventSpec {
     pub type_name: &'static str,
     /// The exchange the event is published to.
     pub exchange: ExchangeSpec,
-    /// The routing key it is published with (empty on fanout and headers exchanges).
+    /// The routing key it is published with (empty on fanout and headers exchanges); may hold templates such
+    /// as `{region}`, filled from the event's fields by [`Event::routing_key`].
     pub routing_key: &'static str,
+    /// The key subscribers bind with by default: the routing key, with `*` for each template.
+    pub binding: &'static str,
     /// Default priority; `Some` makes subscriber queues of the event priority queues.
     pub priority: Option<Priority>,
     /// The contract's retry policy for subscribers, when it declares one.
     pub retry: Option<crate::RetryPolicy>,
     /// Whether subscribers get quorum queues (with `x-delivery-limit`).
     pub quorum: bool,
+    /// How the event is encoded unless the publisher says otherwise.
+    pub format: WireFormat,
 }
 
 /// A message type that the contract declares as an event. Implemented by generated code.
-pub trait Event: prost::Message + Default + Send + Sync + 'static {
+pub trait Event: Payload {
     /// Exchange, routing key and type name from the contract.
     const SPEC: &'static EventSpec;
+
+    /// The routing key of this event: the contract's, with any templates filled from the event's fields.
+    /// Fails with [`Error::RoutingKey`] when a field's value cannot be a routing-key word.
+    fn routing_key(&self) -> Result<Cow<'static, str>, Error> {
+        Ok(Cow::Borrowed(Self::SPEC.routing_key))
+    }
+}
+
+/// A work queue as the contract declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskSpec {
+    /// Full proto name, sent as the AMQP `type` property.
+    pub type_name: &'static str,
+    /// The durable queue tasks are put on and workers consume.
+    pub queue: &'static str,
+    /// How many tasks each worker holds unacknowledged, unless the worker sets it.
+    pub prefetch: Option<u16>,
+    /// The contract's retry policy, when it declares one.
+    pub retry: Option<crate::RetryPolicy>,
+    /// Whether the work queue is a quorum queue.
+    pub quorum: bool,
+    /// How the task is encoded unless the sender says otherwise.
+    pub format: WireFormat,
+}
+
+/// A message type that the contract declares as a task: work for exactly one of the workers on its queue.
+/// Implemented by generated code.
+pub trait Task: Payload + Inbound {
+    /// Queue, prefetch and retry policy from the contract.
+    const SPEC: &'static TaskSpec;
+}
+
+/// Where tasks are published: the default exchange, which routes by queue name.
+pub const DEFAULT_EXCHANGE: ExchangeSpec =
+    ExchangeSpec { name: "", kind: ExchangeKind::Direct, durable: true, auto_delete: false };
+
+/// `value` as one word of a routing key, or [`Error::RoutingKey`] naming the field and the problem.
+pub fn key_word<'v>(type_name: &'static str, field: &'static str, value: &'v str) -> Result<&'v str, Error> {
+    match crate::topic::word_problem(value) {
+        None => Ok(value),
+        Some(problem) => Err(Error::RoutingKey { type_name, field, value: value.to_owned(), problem }),
+    }
+}
+
+/// An enum field's value as a routing-key word: the value's proto name without the enum's `prefix` (as prost
+/// strips it for variant names), in lower case: `NOTIFICATION_TYPE_WARNING` → `warning`. `name` is `None`
+/// when the number is not a value of the enum.
+pub fn enum_word(
+    type_name: &'static str,
+    field: &'static str,
+    name: Option<&str>,
+    prefix: &str,
+    number: i32,
+) -> Result<String, Error> {
+    match name {
+        Some(name) => {
+            Ok(name.strip_prefix(prefix).filter(|rest| !rest.is_empty()).unwrap_or(name).to_ascii_lowercase())
+        }
+        None => Err(Error::RoutingKey {
+            type_name,
+            field,
+            value: number.to_string(),
+            problem: "is not a value of the field's enum",
+        }),
+    }
 }
 
 /// Something a subscriber can receive: one event type, or a generated enum of several.
@@ -95,12 +169,22 @@ pub trait Event: prost::Message + Default + Send + Sync + 'static {
 pub trait Inbound: Sized + Send + 'static {
     /// The exchange subscriptions bind to.
     fn exchange() -> &'static ExchangeSpec;
-    /// The routing keys of the events this type accepts.
+    /// The keys subscribers bind with by default, one per accepted event (templates as `*`).
     fn routing_keys() -> Vec<&'static str>;
     /// The part of the default queue name after the group, e.g. the event's type name.
     fn queue_suffix() -> &'static str;
-    /// Decodes a delivery whose AMQP `type` property is `type_name`.
-    fn decode(type_name: &str, payload: &[u8]) -> Result<Self, DecodeError>;
+    /// Decodes (and validates) a delivery whose AMQP `type` property is `type_name`.
+    fn decode(type_name: &str, format: WireFormat, payload: &[u8]) -> Result<Self, DecodeError>;
+    /// The schema fingerprint of accepted type `type_name`; `None` if the type is not accepted.
+    fn fingerprint(type_name: &str) -> Option<&'static str>;
+    /// For tasks: the work queue all workers share, whatever their group. `None` for events.
+    fn work_queue() -> Option<&'static str> {
+        None
+    }
+    /// The contract's prefetch, when it sets one.
+    fn default_prefetch() -> Option<u16> {
+        None
+    }
     /// Whether the contract prioritizes any of these events, making subscriber queues priority queues.
     fn prioritized() -> bool {
         false
@@ -121,7 +205,7 @@ impl<E: Event> Inbound for E {
     }
 
     fn routing_keys() -> Vec<&'static str> {
-        vec![E::SPEC.routing_key]
+        vec![E::SPEC.binding]
     }
 
     fn queue_suffix() -> &'static str {
@@ -140,12 +224,26 @@ impl<E: Event> Inbound for E {
         E::SPEC.retry
     }
 
-    fn decode(type_name: &str, payload: &[u8]) -> Result<Self, DecodeError> {
-        if type_name != E::SPEC.type_name {
-            return Err(DecodeError::unexpected_type(type_name));
-        }
-        decode(payload)
+    fn decode(type_name: &str, format: WireFormat, payload: &[u8]) -> Result<Self, DecodeError> {
+        decode_as::<E>(type_name, format, payload)
     }
+
+    fn fingerprint(type_name: &str) -> Option<&'static str> {
+        fingerprint_of::<E>(type_name)
+    }
+}
+
+/// Decodes a delivery of `type_name` as `P`, which must be that type.
+pub fn decode_as<P: Payload>(type_name: &str, format: WireFormat, payload: &[u8]) -> Result<P, DecodeError> {
+    if type_name != P::TYPE_NAME {
+        return Err(DecodeError::unexpected_type(type_name));
+    }
+    crate::codec::decode(format, payload)
+}
+
+/// `P`'s fingerprint, if `type_name` is `P`.
+pub fn fingerprint_of<P: Payload>(type_name: &str) -> Option<&'static str> {
+    (type_name == P::TYPE_NAME).then_some(P::FINGERPRINT)
 }
 
 /// Why a delivery could not become a typed value. Such deliveries are dead-lettered at once, never retried.
@@ -155,13 +253,21 @@ pub enum DecodeError {
     /// The AMQP `type` property names a type this subscriber does not accept.
     #[error("unexpected message type \"{0}\"")]
     UnexpectedType(String),
-    /// The payload is not a valid protobuf encoding of the type.
+    /// The payload is not a valid protobuf (or JSON) encoding of the type.
     #[error("payload does not decode as {type_name}: {reason}")]
     Malformed {
         /// The type it should have been.
         type_name: String,
-        /// prost's description.
+        /// The decoder's description.
         reason: String,
+    },
+    /// The message decoded but breaks the contract's validation rules.
+    #[error("{type_name} is invalid: {violations}")]
+    Invalid {
+        /// The type.
+        type_name: String,
+        /// The broken rules.
+        violations: Violations,
     },
 }
 
@@ -171,14 +277,6 @@ impl DecodeError {
         let shown = if type_name.is_empty() { "(no type property)" } else { type_name };
         DecodeError::UnexpectedType(shown.to_owned())
     }
-}
-
-/// Decodes a protobuf payload as `M`, naming `M` in the error.
-pub fn decode<M: prost::Message + Default>(payload: &[u8]) -> Result<M, DecodeError> {
-    M::decode(payload).map_err(|e| DecodeError::Malformed {
-        type_name: std::any::type_name::<M>().rsplit("::").next().unwrap_or_default().to_owned(),
-        reason: e.to_string(),
-    })
 }
 
 /// An RPC service as the contract declares it.

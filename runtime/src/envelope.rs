@@ -3,8 +3,12 @@
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-/// Content type of protobuf payloads.
-pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
+use crate::codec::WireFormat;
+
+/// Header carrying the fingerprint of the schema a message was encoded with.
+pub(crate) const SCHEMA: &str = "x-warren-schema";
+/// Header naming the error message type of an RPC reply that carries a declared service error.
+pub(crate) const ERROR_TYPE: &str = "warren-error";
 /// Header carrying an RPC reply's status code (gRPC numbering).
 pub(crate) const STATUS_CODE: &str = "warren-status";
 /// Header carrying an RPC reply's status message.
@@ -29,15 +33,35 @@ pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// Properties of a message Warren publishes.
-pub(crate) fn properties(type_name: &str, app_id: &str, message_id: String, correlation_id: String) -> BasicProperties {
-    BasicProperties::default()
+/// Properties of a message Warren publishes; `fingerprint` (of the message's schema) goes in a header unless
+/// it is empty.
+pub(crate) fn properties(
+    type_name: &str,
+    format: WireFormat,
+    fingerprint: &str,
+    app_id: &str,
+    message_id: String,
+    correlation_id: String,
+) -> BasicProperties {
+    let properties = BasicProperties::default()
         .with_message_id(ShortString::from(message_id))
         .with_correlation_id(ShortString::from(correlation_id))
         .with_type(ShortString::from(type_name))
         .with_app_id(ShortString::from(app_id))
         .with_timestamp(now_unix())
-        .with_content_type(ShortString::from(CONTENT_TYPE_PROTOBUF))
+        .with_content_type(ShortString::from(format.content_type()));
+    if fingerprint.is_empty() {
+        return properties;
+    }
+    let mut headers = FieldTable::default();
+    // A long string: RabbitMQ reads the short-string field type as a 16-bit integer.
+    headers.insert(ShortString::from(SCHEMA), long_string(fingerprint));
+    properties.with_headers(headers)
+}
+
+/// The wire format a message's `content_type` names.
+pub(crate) fn format_of(properties: &BasicProperties) -> WireFormat {
+    WireFormat::from_content_type(short(properties.content_type()))
 }
 
 pub(crate) fn short(value: &Option<ShortString>) -> Option<&str> {

@@ -79,6 +79,36 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// A routing-key template's field holds a value that cannot be a routing-key word; nothing was sent.
+    #[error(
+        "cannot publish {type_name}: its routing key takes field `{field}`, whose value \"{value}\" {problem}; a routing-key word must be non-empty and free of '.', '*' and '#'"
+    )]
+    RoutingKey {
+        /// The event's proto name.
+        type_name: &'static str,
+        /// The field named in the template.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// The message breaks its contract's validation rules; nothing was sent.
+    #[error("cannot send {type_name}: {violations}")]
+    Invalid {
+        /// The message's proto name.
+        type_name: &'static str,
+        /// The broken rules.
+        violations: crate::Violations,
+    },
+    /// The message could not be encoded in the requested format; nothing was sent.
+    #[error("cannot encode {type_name}: {reason}")]
+    Encode {
+        /// The message's proto name.
+        type_name: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The bus was closed or shut down.
     #[error("the bus is closed")]
     Closed,

@@ -6,8 +6,10 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! # #[derive(Clone, PartialEq, prost::Message)] struct UserRegistered { #[prost(int64, tag = "1")] user_id: i64 }
 //! # impl warren::__codegen::Event for UserRegistered { const SPEC: &'static warren::__codegen::EventSpec = &warren::__codegen::EventSpec {
-//! #     type_name: "gametrade.v1.UserRegistered", routing_key: "user.registered", priority: None, retry: None, quorum: false,
+//! #     type_name: "gametrade.v1.UserRegistered", routing_key: "user.registered", binding: "user.registered", priority: None,
+//! #     retry: None, quorum: false, format: warren::WireFormat::Protobuf,
 //! #     exchange: warren::__codegen::ExchangeSpec { name: "gametrade.events", kind: warren::__codegen::ExchangeKind::Topic, durable: true, auto_delete: false } }; }
+//! # impl warren::Payload for UserRegistered { const TYPE_NAME: &'static str = "gametrade.v1.UserRegistered"; }
 //! let bus = Bus::from_env().await?;
 //! // Generated: `UserRegistered::subscribe(&bus, "email-service")` is this:
 //! let subscription = warren::Subscriber::<UserRegistered>::new(&bus, "email-service")
@@ -33,6 +35,7 @@
 //! Generated code uses only [`__codegen`], so the runtime can change inside without regenerating.
 
 mod bus;
+mod codec;
 mod config;
 mod contract;
 mod envelope;
@@ -47,15 +50,16 @@ pub mod topic;
 mod transport;
 
 pub use bus::{Bus, PublishOptions, RawMessage, terminated};
+pub use codec::{CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF, Payload, Schema, Violation, Violations, WireFormat};
 pub use config::{BusConfig, DEFAULT_URL};
 pub use contract::{
-    DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, Priority, ServiceSpec,
+    DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, Priority, ServiceSpec, Task,
+    TaskSpec,
 };
-pub use envelope::CONTENT_TYPE_PROTOBUF;
 pub use error::{Error, Result};
 pub use health::Health;
 pub use metrics::{Counters, MetricsSnapshot, SubscriberMetrics};
-pub use rpc::{RpcClient, RpcContext, Serving};
+pub use rpc::{RpcClient, RpcContext, RpcError, ServiceError, Serving};
 pub use status::{Code, Status};
 pub use subscriber::{Context, HandlerError, Outcome, RetryPolicy, Subscriber, Subscription};
 
@@ -68,8 +72,12 @@ pub mod amqp {
 /// What generated code uses. Not a stable API for hand-written code.
 #[doc(hidden)]
 pub mod __codegen {
+    pub use crate::codec::{Payload, Schema, Violations, WireFormat, join};
     pub use crate::contract::{
-        DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, ServiceSpec, decode,
+        DEFAULT_EXCHANGE, DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, ServiceSpec,
+        Task, TaskSpec, decode_as, enum_word, fingerprint_of, key_word,
     };
-    pub use crate::rpc::{BoxFuture, RpcClient, decode_request, encode, serve, unimplemented};
+    pub use crate::rpc::{
+        BoxFuture, DeclaredError, Failure, RpcClient, ServiceError, decode_request, encode_reply, serve, unimplemented,
+    };
 }

@@ -49,6 +49,12 @@ pub struct SubscriberMetrics {
     pub queue_depth: Option<u64>,
     /// How long it has been running.
     pub uptime: Duration,
+    /// Deliveries whose `x-warren-schema` fingerprint differed from the subscriber's own for their type: the
+    /// sender was built from another version of the contract. They were still decoded (protobuf and JSON
+    /// tolerate added and removed fields); a growing count says which services to regenerate.
+    pub schema_mismatches: u64,
+    /// The foreign fingerprints seen, as `<type>@<fingerprint>`, sorted.
+    pub foreign_schemas: Vec<String>,
 }
 
 /// A bus's metrics at one moment: what the trading bus's `get_performance_metrics` gave, typed.
@@ -153,6 +159,8 @@ pub(crate) struct SubscriberStats {
     started: Instant,
     total: Stats,
     by_type: RwLock<FxHashMap<String, Arc<Stats>>>,
+    schema_mismatches: AtomicU64,
+    foreign_schemas: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// What happened to one delivery, for counting.
@@ -171,6 +179,24 @@ impl SubscriberStats {
             started: Instant::now(),
             total: Stats::default(),
             by_type: RwLock::default(),
+            schema_mismatches: AtomicU64::new(0),
+            foreign_schemas: Mutex::default(),
+        }
+    }
+
+    /// Counts a delivery of `type_name` encoded with schema `seen` instead of `expected`; logs each foreign
+    /// fingerprint once.
+    pub(crate) fn schema_mismatch(&self, type_name: &str, seen: &str, expected: &str) {
+        self.schema_mismatches.fetch_add(1, Ordering::Relaxed);
+        let first = self.foreign_schemas.lock().expect("metrics").insert(format!("{type_name}@{seen}"));
+        if first {
+            tracing::warn!(
+                queue = %self.queue,
+                type_name,
+                sender_schema = seen,
+                own_schema = expected,
+                "a sender uses another version of this message's schema; decoding anyway (regenerate the contracts on one side)"
+            );
         }
     }
 
@@ -365,6 +391,8 @@ impl Metrics {
                     counters,
                     queue_depth,
                     uptime: running,
+                    schema_mismatches: stats.schema_mismatches.load(Ordering::Relaxed),
+                    foreign_schemas: stats.foreign_schemas.lock().expect("metrics").iter().cloned().collect(),
                 },
             );
         }

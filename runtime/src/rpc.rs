@@ -17,6 +17,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::bus::{Bus, durability};
+use crate::codec::{self, Payload, WireFormat};
 use crate::contract::{MethodSpec, ServiceSpec};
 use crate::envelope::{self, header_i64, header_str, short};
 use crate::error::{Error, Result};
@@ -33,6 +34,139 @@ struct Reply {
     code: i32,
     message: String,
     payload: Vec<u8>,
+    /// The declared error type the payload holds, when the method failed with one.
+    error_type: Option<String>,
+    format: WireFormat,
+}
+
+/// The error of a call to a method whose contract declares errors: one of those, or a transport-level
+/// [`Status`] (deadline exceeded, unavailable, invalid argument, internal, …).
+///
+/// ```
+/// # #[derive(Debug)] enum AuthError { InvalidCredentials, AccountLocked }
+/// # fn show(result: Result<(), warren::RpcError<AuthError>>) {
+/// match result {
+///     Ok(()) => {}
+///     Err(warren::RpcError::Service(AuthError::InvalidCredentials)) => println!("wrong password"),
+///     Err(warren::RpcError::Service(AuthError::AccountLocked)) => println!("locked"),
+///     Err(warren::RpcError::Status(status)) => println!("call failed: {status}"),
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub enum RpcError<E> {
+    /// One of the errors the contract declares for the method.
+    Service(E),
+    /// A failure outside the contract's errors.
+    Status(Status),
+}
+
+impl<E> RpcError<E> {
+    /// The status, when the failure is not one of the declared errors.
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            RpcError::Service(_) => None,
+            RpcError::Status(status) => Some(status),
+        }
+    }
+
+    /// The status code; a declared error travels as `UNKNOWN`.
+    pub fn code(&self) -> Code {
+        match self {
+            RpcError::Service(_) => Code::Unknown,
+            RpcError::Status(status) => status.code(),
+        }
+    }
+}
+
+impl<E> From<Status> for RpcError<E> {
+    fn from(status: Status) -> Self {
+        RpcError::Status(status)
+    }
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for RpcError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RpcError::Service(error) => error.fmt(f),
+            RpcError::Status(status) => status.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for RpcError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RpcError::Service(error) => Some(error),
+            RpcError::Status(status) => Some(status),
+        }
+    }
+}
+
+/// The errors a method declares: the enum of an error message's oneof. Implemented by generated code.
+pub trait ServiceError: std::fmt::Display + Sized + Send + 'static {
+    /// The error message, whose oneof this enum is.
+    type Message: Payload;
+    /// Wraps the error in its message, to send it.
+    fn into_message(self) -> Self::Message;
+    /// The error a received message holds; `None` when it holds a case this side does not know.
+    fn from_message(message: Self::Message) -> Option<Self>;
+}
+
+/// How a server handler failed, as it is sent back. Used by generated servers.
+pub enum Failure {
+    /// A transport-level status.
+    Status(Status),
+    /// A declared error, encoded in the request's format when the reply is sent.
+    Service(Box<dyn DeclaredError>),
+}
+
+impl std::fmt::Debug for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Status(status) => f.debug_tuple("Status").field(status).finish(),
+            Failure::Service(error) => f.debug_tuple("Service").field(&error.describe()).finish(),
+        }
+    }
+}
+
+/// A declared error with its type erased, for [`Failure`].
+pub trait DeclaredError: Send {
+    /// Full proto name of the error message.
+    fn type_name(&self) -> &'static str;
+    /// Human-readable description.
+    fn describe(&self) -> String;
+    /// The error message, encoded.
+    fn encode(self: Box<Self>, format: WireFormat) -> Result<Vec<u8>>;
+}
+
+impl<E: ServiceError> DeclaredError for E {
+    fn type_name(&self) -> &'static str {
+        E::Message::TYPE_NAME
+    }
+
+    fn describe(&self) -> String {
+        self.to_string()
+    }
+
+    fn encode(self: Box<Self>, format: WireFormat) -> Result<Vec<u8>> {
+        codec::encode(&self.into_message(), format)
+    }
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        Failure::Status(status)
+    }
+}
+
+impl<E: ServiceError> From<RpcError<E>> for Failure {
+    fn from(error: RpcError<E>) -> Self {
+        match error {
+            RpcError::Service(error) => Failure::Service(Box::new(error)),
+            RpcError::Status(status) => Failure::Status(status),
+        }
+    }
 }
 
 /// The bus's RPC reply path and the calls waiting on it.
@@ -51,6 +185,8 @@ impl Replies {
                 code: status.code().as_i32(),
                 message: status.message().to_owned(),
                 payload: Vec::new(),
+                error_type: None,
+                format: WireFormat::Protobuf,
             });
         }
     }
@@ -73,8 +209,10 @@ impl Replies {
                         let headers = delivery.properties.headers();
                         let code = header_i64(headers, envelope::STATUS_CODE).map_or(0, |c| c as i32);
                         let message = header_str(headers, envelope::STATUS_MESSAGE).unwrap_or_default();
+                        let error_type = header_str(headers, envelope::ERROR_TYPE);
+                        let format = envelope::format_of(&delivery.properties);
                         let payload = delivery.into_message().body;
-                        let _ = waiter.send(Reply { code, message, payload });
+                        let _ = waiter.send(Reply { code, message, payload, error_type, format });
                     }
                     None => tracing::debug!(correlation_id = id, "reply for a call that already gave up; dropped"),
                 }
@@ -108,24 +246,53 @@ impl RpcClient {
     }
 
     /// Calls `method` with `request` and waits for the typed reply, or a [`Status`] error, within the deadline.
-    pub async fn call<Req, Resp>(&self, method: &MethodSpec, request: &Req) -> std::result::Result<Resp, Status>
-    where
-        Req: prost::Message,
-        Resp: prost::Message + Default,
-    {
-        let timeout = self.timeout.or(method.timeout).unwrap_or(self.service.default_timeout);
-        let started = Instant::now();
-        let payload = self.call_raw(method, request.encode_to_vec(), timeout, started).await?;
-        Resp::decode(payload.as_slice()).map_err(|e| Status::internal(format!("reply of {method} did not decode: {e}")))
-    }
-
-    async fn call_raw(
+    /// A request that breaks its contract's validation rules is not sent: `INVALID_ARGUMENT`.
+    pub async fn call<Req: Payload, Resp: Payload>(
         &self,
         method: &MethodSpec,
-        payload: Vec<u8>,
-        timeout: Duration,
-        started: Instant,
-    ) -> std::result::Result<Vec<u8>, Status> {
+        request: &Req,
+    ) -> std::result::Result<Resp, Status> {
+        let reply = self.call_raw(method, request).await?;
+        match Code::from_i32(reply.code) {
+            Code::Ok => decode_reply(method, &reply),
+            code => Err(Status::new(code, reply.message)),
+        }
+    }
+
+    /// [`RpcClient::call`] for a method that declares errors: a declared error arrives as
+    /// [`RpcError::Service`], anything else as [`RpcError::Status`].
+    pub async fn call_with_errors<Req: Payload, Resp: Payload, E: ServiceError>(
+        &self,
+        method: &MethodSpec,
+        request: &Req,
+    ) -> std::result::Result<Resp, RpcError<E>> {
+        let reply = self.call_raw(method, request).await?;
+        match (Code::from_i32(reply.code), &reply.error_type) {
+            (Code::Ok, _) => Ok(decode_reply(method, &reply)?),
+            (_, Some(error_type)) if error_type == E::Message::TYPE_NAME => {
+                let message: E::Message = decode_reply(method, &reply)?;
+                match E::from_message(message) {
+                    Some(error) => Err(RpcError::Service(error)),
+                    None => Err(RpcError::Status(Status::new(
+                        Code::Unknown,
+                        format!(
+                            "{method} failed with an error this client does not know (regenerate it): {}",
+                            reply.message
+                        ),
+                    ))),
+                }
+            }
+            (code, _) => Err(RpcError::Status(Status::new(code, reply.message))),
+        }
+    }
+
+    async fn call_raw<Req: Payload>(&self, method: &MethodSpec, request: &Req) -> std::result::Result<Reply, Status> {
+        let timeout = self.timeout.or(method.timeout).unwrap_or(self.service.default_timeout);
+        let started = Instant::now();
+        if let Err(violations) = request.validate() {
+            return Err(Status::invalid_argument(format!("{method}: {} is invalid: {violations}", Req::TYPE_NAME)));
+        }
+        let payload = request.encode_to_vec();
         let bus = &self.bus;
         let replies = {
             let mut current = bus.inner.replies.lock().await;
@@ -148,9 +315,11 @@ impl RpcClient {
         replies.pending.lock().expect("pending calls").insert(id.clone(), tx);
         let guard = PendingGuard { pending: &replies.pending, id: &id };
         let expiration = timeout.as_millis().max(1).to_string();
-        let properties = envelope::properties(method.path, &bus.config().service_name, id.clone(), id.clone())
-            .with_reply_to(ShortString::from(replies.path.address.as_str()))
-            .with_expiration(ShortString::from(expiration));
+        let app_id = &bus.config().service_name;
+        let properties =
+            envelope::properties(method.path, WireFormat::Protobuf, Req::FINGERPRINT, app_id, id.clone(), id.clone())
+                .with_reply_to(ShortString::from(replies.path.address.as_str()))
+                .with_expiration(ShortString::from(expiration));
         let deadline_error =
             || Status::deadline_exceeded(format!("{method} got no reply within {timeout:?} (is a server running?)"));
         let publish = Publish { exchange: "", routing_key: self.service.queue, mandatory: true, confirm: true };
@@ -185,11 +354,13 @@ impl RpcClient {
             }
         };
         drop(guard);
-        match Code::from_i32(reply.code) {
-            Code::Ok => Ok(reply.payload),
-            code => Err(Status::new(code, reply.message)),
-        }
+        Ok(reply)
     }
+}
+
+fn decode_reply<M: Payload>(method: &MethodSpec, reply: &Reply) -> std::result::Result<M, Status> {
+    codec::decode(reply.format, &reply.payload)
+        .map_err(|e| Status::internal(format!("reply of {method} did not decode: {e}")))
 }
 
 /// Removes a call's entry when the call ends for any reason, so gave-up calls leave nothing behind.
@@ -211,6 +382,7 @@ pub struct RpcContext {
     caller: Option<String>,
     message_id: Option<String>,
     deadline: Option<Instant>,
+    format: WireFormat,
 }
 
 impl RpcContext {
@@ -233,9 +405,14 @@ impl RpcContext {
     pub fn deadline(&self) -> Option<std::time::Instant> {
         self.deadline.map(Instant::into_std)
     }
+
+    /// The request's wire format; the reply is sent in the same one.
+    pub fn format(&self) -> WireFormat {
+        self.format
+    }
 }
 
-type Handler = dyn Fn(String, Vec<u8>, RpcContext) -> BoxFuture<std::result::Result<Vec<u8>, Status>> + Send + Sync;
+type Handler = dyn Fn(String, Vec<u8>, RpcContext) -> BoxFuture<std::result::Result<Vec<u8>, Failure>> + Send + Sync;
 
 /// A running RPC server. Dropping it leaves it running; call [`Serving::stop`] to end it.
 #[derive(Debug)]
@@ -261,7 +438,7 @@ const SERVER_CONCURRENCY: usize = 64;
 /// Serves `service` on its queue with `handler`. Used by generated servers.
 pub async fn serve<F>(bus: &Bus, service: &'static ServiceSpec, handler: F) -> Result<Serving>
 where
-    F: Fn(String, Vec<u8>, RpcContext) -> BoxFuture<std::result::Result<Vec<u8>, Status>> + Send + Sync + 'static,
+    F: Fn(String, Vec<u8>, RpcContext) -> BoxFuture<std::result::Result<Vec<u8>, Failure>> + Send + Sync + 'static,
 {
     let handler: Arc<Handler> = Arc::new(handler);
     let timeout = bus.config().operation_timeout;
@@ -295,20 +472,37 @@ where
                     caller: short(p.app_id()).map(str::to_owned),
                     message_id: short(p.message_id()).map(str::to_owned),
                     deadline,
+                    format: envelope::format_of(p),
                 };
+                let format = context.format;
                 let result = handler(method, delivery.body.clone(), context).await;
                 if let (Some(reply_to), Some(correlation_id)) = (short(p.reply_to()), short(p.correlation_id())) {
+                    let mut headers = FieldTable::default();
                     let (payload, code, message) = match result {
                         Ok(payload) => (payload, 0, String::new()),
-                        Err(status) => (Vec::new(), status.code().as_i32(), status.message().to_owned()),
+                        Err(Failure::Status(status)) => {
+                            (Vec::new(), status.code().as_i32(), status.message().to_owned())
+                        }
+                        Err(Failure::Service(error)) => {
+                            let (type_name, message) = (error.type_name(), error.describe());
+                            match error.encode(format) {
+                                Ok(payload) => {
+                                    headers.insert(
+                                        ShortString::from(envelope::ERROR_TYPE),
+                                        envelope::long_string(type_name),
+                                    );
+                                    (payload, Code::Unknown.as_i32(), message)
+                                }
+                                Err(e) => (Vec::new(), Code::Internal.as_i32(), format!("{message} ({e})")),
+                            }
+                        }
                     };
-                    let mut headers = FieldTable::default();
                     headers.insert(ShortString::from(envelope::STATUS_CODE), AMQPValue::LongInt(code));
                     headers.insert(ShortString::from(envelope::STATUS_MESSAGE), envelope::long_string(&message));
                     let properties = BasicProperties::default()
                         .with_correlation_id(ShortString::from(correlation_id))
                         .with_app_id(ShortString::from(app_id.as_str()))
-                        .with_content_type(ShortString::from(envelope::CONTENT_TYPE_PROTOBUF))
+                        .with_content_type(ShortString::from(format.content_type()))
                         .with_headers(headers);
                     // Not mandatory (RabbitMQ ≤ 4.1 would return every direct reply), not confirmed: direct
                     // reply-to is at-most-once anyway.
@@ -330,17 +524,21 @@ where
     Ok(Serving { stop, task, timeout })
 }
 
-/// Decodes a request, or answers `INVALID_ARGUMENT` naming the type and the problem.
-pub fn decode_request<M: prost::Message + Default>(payload: &[u8]) -> std::result::Result<M, Status> {
-    crate::contract::decode::<M>(payload).map_err(|e| Status::invalid_argument(e.to_string()))
+/// Decodes and validates a request, or answers `INVALID_ARGUMENT` naming the type, the field and the problem.
+pub fn decode_request<M: Payload>(context: &RpcContext, payload: &[u8]) -> std::result::Result<M, Failure> {
+    codec::decode::<M>(context.format, payload).map_err(|e| Failure::Status(Status::invalid_argument(e.to_string())))
 }
 
-/// The status for a method the server does not have.
-pub fn unimplemented(method: &str) -> Status {
-    Status::unimplemented(format!("this server has no method \"{method}\""))
+/// The failure for a method the server does not have.
+pub fn unimplemented(method: &str) -> Failure {
+    Failure::Status(Status::unimplemented(format!("this server has no method \"{method}\"")))
 }
 
-/// Encodes a reply.
-pub fn encode<M: prost::Message>(message: &M) -> Vec<u8> {
-    message.encode_to_vec()
+/// Encodes a handler's result as the reply, in the request's format.
+pub fn encode_reply<M: Payload, F: Into<Failure>>(
+    result: std::result::Result<M, F>,
+    format: WireFormat,
+) -> std::result::Result<Vec<u8>, Failure> {
+    let response = result.map_err(Into::into)?;
+    codec::encode(&response, format).map_err(|e| Failure::Status(Status::internal(e.to_string())))
 }

@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use lapin::types::{AMQPValue, ShortString};
 use tokio::sync::Semaphore;
 
-use crate::bus::{Bus, durability, subscriber_queue};
+use crate::bus::{self, Bus, durability, subscriber_queue};
 use crate::contract::{ExchangeKind, Inbound};
 use crate::envelope::{self, short};
 use crate::error::{Error, Result};
@@ -134,6 +134,16 @@ impl Context {
         &self.message.routing_key
     }
 
+    /// The content type it was sent with: `application/x-protobuf` or `application/json`.
+    pub fn content_type(&self) -> Option<&str> {
+        short(self.message.properties.content_type())
+    }
+
+    /// The fingerprint of the schema the sender was generated from, when it sent one.
+    pub fn schema_fingerprint(&self) -> Option<String> {
+        envelope::header_str(self.message.properties.headers(), envelope::SCHEMA)
+    }
+
     /// Whether the broker delivered it before (to this or another consumer) without an acknowledgement.
     pub fn redelivered(&self) -> bool {
         self.redelivered
@@ -176,7 +186,7 @@ impl<T: Inbound> Subscriber<T> {
             group: group.to_owned(),
             pattern: None,
             queue: None,
-            prefetch: bus.config().prefetch,
+            prefetch: T::default_prefetch().unwrap_or(bus.config().prefetch),
             concurrency: 1,
             temporary: false,
             retry: T::retry_policy().unwrap_or_default(),
@@ -233,6 +243,9 @@ impl<T: Inbound> Subscriber<T> {
 
     /// The queue this subscriber consumes.
     pub fn queue_name(&self) -> String {
+        if let Some(queue) = T::work_queue() {
+            return queue.to_owned();
+        }
         if let Some(queue) = &self.queue {
             return queue.clone();
         }
@@ -255,12 +268,24 @@ impl<T: Inbound> Subscriber<T> {
         E: Into<HandlerError>,
     {
         let exchange = T::exchange();
+        let work_queue = T::work_queue();
+        if let Some(queue) = work_queue
+            && (self.pattern.is_some() || self.queue.is_some() || self.temporary)
+        {
+            return Err(Error::config(format!(
+                "workers of a task consume its contract's queue \"{queue}\": drop `pattern`, `queue` and `temporary`"
+            )));
+        }
         let bindings: Vec<String> = match (&self.pattern, exchange.kind) {
+            _ if work_queue.is_some() => Vec::new(),
             (_, ExchangeKind::Fanout | ExchangeKind::Headers) => vec![String::new()],
             (Some(pattern), kind) => {
+                if let Some(problem) = topic::pattern_problem(pattern) {
+                    return Err(Error::config(format!("bad binding pattern: {problem}")));
+                }
                 let keys = T::routing_keys();
                 let matches = |key: &&str| match kind {
-                    ExchangeKind::Topic => topic::matches(pattern, key),
+                    ExchangeKind::Topic => topic::overlaps(pattern, key),
                     _ => pattern == key,
                 };
                 if !keys.iter().any(matches) {
@@ -280,14 +305,20 @@ impl<T: Inbound> Subscriber<T> {
         // deleted the queue): bypassing the bus's declared-once cache on purpose.
         let setup: Setup = {
             let (queue, temporary, prioritized) = (queue.clone(), self.temporary, T::prioritized());
-            let quorum = T::quorum().then_some(self.retry.max_attempts);
+            let options = match work_queue {
+                Some(queue) => bus::work_queue::<T>(queue),
+                None => {
+                    subscriber_queue(&queue, temporary, prioritized, T::quorum().then_some(self.retry.max_attempts))
+                }
+            };
             Arc::new(move |bus: Bus| {
-                let (queue, bindings) = (queue.clone(), bindings.clone());
+                let (queue, bindings, options) = (queue.clone(), bindings.clone(), options.clone());
                 Box::pin(async move {
                     let transport = &bus.inner.transport;
-                    transport.declare_exchange(exchange).await?;
+                    if work_queue.is_none() {
+                        transport.declare_exchange(exchange).await?;
+                    }
                     transport.declare_queue(&format!("{queue}.dlq"), &durability(temporary)).await?;
-                    let options = subscriber_queue(&queue, temporary, prioritized, quorum);
                     transport.declare_queue(&queue, &options).await?;
                     for key in &bindings {
                         transport.bind(&queue, exchange.name, key).await?;
@@ -414,7 +445,21 @@ impl Worker {
     {
         let type_name = short(delivery.properties.kind()).unwrap_or_default();
         let mut tracker = self.stats.delivered(type_name);
-        let message = match T::decode(type_name, &delivery.body) {
+        let headers = delivery.properties.headers();
+        if let Some(seen) = headers.as_ref().and_then(|h| h.inner().get(envelope::SCHEMA)) {
+            let seen = match seen {
+                AMQPValue::ShortString(s) => s.as_str(),
+                AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).unwrap_or_default(),
+                _ => "",
+            };
+            if let Some(own) = T::fingerprint(type_name)
+                && !own.is_empty()
+                && seen != own
+            {
+                self.stats.schema_mismatch(type_name, seen, own);
+            }
+        }
+        let message = match T::decode(type_name, envelope::format_of(&delivery.properties), &delivery.body) {
             Ok(message) => message,
             // Decoding will never succeed: dead-letter at once, no retries.
             Err(error) => {
@@ -423,7 +468,6 @@ impl Worker {
                 return None;
             }
         };
-        let headers = delivery.properties.headers();
         let attempt = 1 + envelope::header_i64(headers, envelope::ATTEMPTS).unwrap_or(0).clamp(0, 1 << 20) as u32;
         let context = Context::new(&self.bus, &delivery, attempt);
         let run = async {

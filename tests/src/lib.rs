@@ -8,7 +8,7 @@ use std::future::Future;
 pub mod faults;
 
 /// Contracts generated into `OUT_DIR` by `build.rs` with `warren_codegen::Builder`: the README's quick start
-/// (`shop.v1`) and the awkward-names fixture (`awkward.v1`).
+/// (`shop.v1`), the awkward-names fixture (`awkward.v1`) and the richer-contracts fixture (`rich.v1`).
 pub mod quickstart {
     include!(concat!(env!("OUT_DIR"), "/warren_contracts.rs"));
 }

@@ -187,3 +187,82 @@ fn a_retry_policy_without_max_attempts_is_rejected() {
     assert_reported(&error, "retry_without_attempts", 10, &["retry policy without max_attempts"]);
     assert_help(&error, "add `max_attempts: N`");
 }
+
+#[test]
+fn a_template_naming_no_field_lists_the_fields() {
+    let error = load_error("template_unknown_field");
+    assert_reported(
+        &error,
+        "template_unknown_field",
+        10,
+        &["routing key \"order.{regoin}.placed\", but it has no field \"regoin\" (fields: id, region)"],
+    );
+    assert_help(&error, "name one of the event's fields");
+}
+
+#[test]
+fn a_template_on_a_float_field_says_why_it_cannot_be_a_key_word() {
+    let error = load_error("template_float_field");
+    assert_reported(&error, "template_float_field", 10, &["field \"amount\" is a floating-point number"]);
+    assert_help(&error, "template a singular string, integer, bool or enum field");
+}
+
+#[test]
+fn a_template_needs_a_topic_exchange() {
+    let error = load_error("template_on_direct");
+    assert_reported(&error, "template_on_direct", 10, &["templated routing key \"order.{region}\" on direct exchange"]);
+    assert_help(&error, "templates need a topic exchange");
+}
+
+#[test]
+fn keys_some_routing_key_matches_both_are_refused() {
+    let error = load_error("overlapping_keys");
+    assert_reported(
+        &error,
+        "overlapping_keys",
+        14,
+        &["have routing keys \"order.{region}\" and \"order.eu\", which some key matches both"],
+    );
+}
+
+#[test]
+fn a_declared_subscription_that_can_never_match_is_a_codegen_error() {
+    let error = load_error("subscription_never_matches");
+    assert_reported(
+        &error,
+        "subscription_never_matches",
+        8,
+        &["subscription \"users\" has pattern \"user.*\", which can never match an event", "order.placed"],
+    );
+    assert_help(&error, "fix the pattern");
+}
+
+#[test]
+fn a_rule_that_does_not_fit_the_field_type_is_a_codegen_error() {
+    let error = load_error("rule_misfit");
+    assert_reported(
+        &error,
+        "rule_misfit",
+        11,
+        &["field fixtures.v1.OrderPlaced.customer has `min`/`max`, which apply to singular number fields only"],
+    );
+    assert_help(&error, "min_len");
+}
+
+#[test]
+fn declared_errors_must_be_one_oneof() {
+    let error = load_error("errors_not_oneof");
+    assert_reported(
+        &error,
+        "errors_not_oneof",
+        7,
+        &["error message fixtures.v1.OrderError must consist of exactly one oneof"],
+    );
+    assert_help(&error, "oneof reason");
+}
+
+#[test]
+fn a_message_cannot_be_both_event_and_task() {
+    let error = load_error("event_and_task");
+    assert_reported(&error, "event_and_task", 11, &["message fixtures.v1.OrderPlaced is both an event and a task"]);
+}

@@ -59,7 +59,7 @@ fn a_breaking_edit_to_a_seed_proto_names_file_line_and_rule() {
     assert_eq!(blocking.len(), 1, "{blocking:#?}");
     assert!(
         blocking[0].starts_with(
-            "proto/gametrade/v1/events.proto:36:1: routing-key-changed: event gametrade.v1.UserRegistered"
+            "proto/gametrade/v1/events.proto:40:1: routing-key-changed: event gametrade.v1.UserRegistered"
         ),
         "{}",
         blocking[0]

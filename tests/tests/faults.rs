@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use warren::{Bus, BusConfig, Code, Error, HandlerError, Health, RetryPolicy, RpcContext, Status};
+use warren::{Bus, BusConfig, Code, Error, HandlerError, Health, RetryPolicy, RpcContext};
 use warren_contracts::at::v1::{IntSumRequest, IntSumResponse, IntSummator, IntSummatorClient, IntSummatorServer};
 use warren_contracts::gametrade::v1::UserRegistered;
 use warren_tests::faults::{Ledger, PrivateNode, rabbitmqctl};
@@ -301,7 +301,11 @@ async fn a_publish_to_a_missing_exchange_is_a_typed_error_and_the_publisher_goes
 struct Summator;
 
 impl IntSummator for Summator {
-    async fn int_sum(&self, request: IntSumRequest, _: RpcContext) -> Result<IntSumResponse, Status> {
+    async fn int_sum(
+        &self,
+        request: IntSumRequest,
+        _: RpcContext,
+    ) -> Result<IntSumResponse, warren::RpcError<warren_contracts::at::v1::int_sum_error::Reason>> {
         Ok(IntSumResponse { sum: request.a + request.b })
     }
 }

@@ -31,6 +31,8 @@ struct Channel {
     description: String,
     /// (key in the channel, `$ref` of the component message).
     messages: Vec<(String, String)>,
+    /// Routing-key templates: (name, description), both quoted.
+    parameters: Vec<(String, String)>,
     binding: Option<ChannelBinding>,
 }
 
@@ -106,6 +108,14 @@ pub(super) fn render(docs: &Docs<'_>, generated: &str) -> askama::Result<String>
             title: yaml(name),
             description: yaml(&with_default(&comment, &format!("Event {name}."))),
             messages: vec![(short.to_owned(), yaml(&message_ref))],
+            parameters: event
+                .routing_key
+                .split('.')
+                .filter_map(|w| w.strip_prefix('{').and_then(|w| w.strip_suffix('}')))
+                .map(|field| {
+                    (field.to_owned(), yaml(&format!("Filled from field `{field}` of the event when it is published.")))
+                })
+                .collect(),
             binding: Some(ChannelBinding::Exchange {
                 name: yaml(&event.exchange),
                 kind: event.kind.as_str().to_owned(),
@@ -222,6 +232,7 @@ pub(super) fn render(docs: &Docs<'_>, generated: &str) -> askama::Result<String>
             title: yaml(name),
             description: yaml(&with_default(&comment, &format!("Service {name}."))),
             messages: requests,
+            parameters: Vec::new(),
             binding: Some(ChannelBinding::Queue { name: yaml(&service.queue) }),
         });
         api.channels.push(Channel {
@@ -233,6 +244,7 @@ pub(super) fn render(docs: &Docs<'_>, generated: &str) -> askama::Result<String>
                  `reply_to` property.",
             ),
             messages: responses,
+            parameters: Vec::new(),
             binding: None,
         });
     }

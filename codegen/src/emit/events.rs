@@ -5,7 +5,68 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 
 use super::{docs, rust_path};
-use crate::model::{Exchange, ExchangeKind, Package};
+use crate::model::{Event, Exchange, ExchangeKind, KeyKind, KeyPart, Package};
+
+pub(super) fn format(json: bool) -> TokenStream {
+    if json { quote!(::warren::WireFormat::Json) } else { quote!(::warren::WireFormat::Protobuf) }
+}
+
+pub(super) fn retry(retry: Option<crate::model::Retry>) -> TokenStream {
+    match retry {
+        Some(r) => {
+            let (attempts, initial, multiplier, max) =
+                (r.max_attempts, u64::from(r.initial_backoff_ms), r.multiplier, u64::from(r.max_backoff_ms));
+            quote!(::std::option::Option::Some(::warren::RetryPolicy {
+                max_attempts: #attempts,
+                initial_backoff: ::std::time::Duration::from_millis(#initial),
+                multiplier: #multiplier,
+                max_backoff: ::std::time::Duration::from_millis(#max),
+            }))
+        }
+        None => quote!(::std::option::Option::None),
+    }
+}
+
+/// `Event::routing_key` for a templated key: each field's value checked and put in its word.
+fn routing_key_fn(event: &Event) -> TokenStream {
+    if !event.key_parts.iter().any(|p| matches!(p, KeyPart::Field { .. })) {
+        return TokenStream::new();
+    }
+    let type_name = &event.full_name;
+    let template = event
+        .key_parts
+        .iter()
+        .map(|p| match p {
+            KeyPart::Literal(word) => word.replace('{', "{{").replace('}', "}}"),
+            KeyPart::Field { .. } => "{}".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(".");
+    let values = event.key_parts.iter().filter_map(|p| {
+        let KeyPart::Field { name, rust_name, kind } = p else { return None };
+        let field = super::ident(rust_name);
+        let field = quote!(self.#field);
+        Some(match kind {
+            KeyKind::Text => quote!(::warren::__codegen::key_word(#type_name, #name, &#field)?),
+            KeyKind::Integer | KeyKind::Bool => quote!(#field),
+            KeyKind::Enum { path, prefix } => {
+                let ty = rust_path(path);
+                quote!(::warren::__codegen::enum_word(
+                    #type_name,
+                    #name,
+                    #ty::try_from(#field).ok().map(|value| value.as_str_name()),
+                    #prefix,
+                    #field,
+                )?)
+            }
+        })
+    });
+    quote! {
+        fn routing_key(&self) -> ::std::result::Result<::std::borrow::Cow<'static, str>, ::warren::Error> {
+            ::std::result::Result::Ok(::std::borrow::Cow::Owned(::std::format!(#template, #( #values ),*)))
+        }
+    }
+}
 
 fn exchange_spec(exchange: &Exchange) -> TokenStream {
     let name = &exchange.name;
@@ -44,20 +105,11 @@ pub(super) fn emit(package: &Package) -> TokenStream {
             }
             None => quote!(::std::option::Option::None),
         };
-        let retry = match event.retry {
-            Some(r) => {
-                let (attempts, initial, multiplier, max) =
-                    (r.max_attempts, u64::from(r.initial_backoff_ms), r.multiplier, u64::from(r.max_backoff_ms));
-                quote!(::std::option::Option::Some(::warren::RetryPolicy {
-                    max_attempts: #attempts,
-                    initial_backoff: ::std::time::Duration::from_millis(#initial),
-                    multiplier: #multiplier,
-                    max_backoff: ::std::time::Duration::from_millis(#max),
-                }))
-            }
-            None => quote!(::std::option::Option::None),
-        };
+        let retry = retry(event.retry);
         let quorum = event.quorum;
+        let binding_key = &event.binding;
+        let wire = format(event.json);
+        let routing_key_fn = routing_key_fn(event);
         let binding = if event.exchange.kind.uses_routing_key() {
             format!("`{}` on exchange `{}`", event.routing_key, event.exchange.name)
         } else {
@@ -79,10 +131,13 @@ pub(super) fn emit(package: &Package) -> TokenStream {
                     type_name: #type_name,
                     exchange: #exchange,
                     routing_key: #routing_key,
+                    binding: #binding_key,
                     priority: #priority,
                     retry: #retry,
                     quorum: #quorum,
+                    format: #wire,
                 };
+                #routing_key_fn
             }
 
             impl #ty {
@@ -134,6 +189,25 @@ pub(super) fn emit(package: &Package) -> TokenStream {
             ),
             "",
         );
+        let declared = package.subscriptions.iter().filter(|s| s.exchange == group.exchange.name).map(|s| {
+            let function = format_ident!("{}", s.rust_name);
+            let pattern = &s.pattern;
+            let doc = docs::doc_attrs(
+                &format!(
+                    "{}\n\nSubscribes consumer group `group` to pattern `{pattern}`: the contract's `{}` \
+                     subscription, checked against the routing keys when the code was generated.",
+                    if s.doc.is_empty() { format!("The `{}` subscription.", s.name) } else { s.doc.clone() },
+                    s.name
+                ),
+                "",
+            );
+            quote! {
+                #doc
+                pub fn #function(bus: &::warren::Bus, group: &str) -> ::warren::Subscriber<Self> {
+                    Self::subscribe(bus, group, #pattern)
+                }
+            }
+        });
         out.extend(quote! {
             #enum_doc
             #[derive(Clone, PartialEq, Debug)]
@@ -148,7 +222,7 @@ pub(super) fn emit(package: &Package) -> TokenStream {
                 }
 
                 fn routing_keys() -> ::std::vec::Vec<&'static str> {
-                    ::std::vec![ #( <#types as ::warren::__codegen::Event>::SPEC.routing_key ),* ]
+                    ::std::vec![ #( <#types as ::warren::__codegen::Event>::SPEC.binding ),* ]
                 }
 
                 fn queue_suffix() -> &'static str {
@@ -169,11 +243,19 @@ pub(super) fn emit(package: &Package) -> TokenStream {
 
                 fn decode(
                     type_name: &str,
+                    format: ::warren::WireFormat,
                     payload: &[u8],
                 ) -> ::std::result::Result<Self, ::warren::__codegen::DecodeError> {
                     match type_name {
-                        #( #type_names => ::warren::__codegen::decode::<#types>(payload).map(Self::#variants), )*
+                        #( #type_names => ::warren::__codegen::decode_as::<#types>(type_name, format, payload).map(Self::#variants), )*
                         other => ::std::result::Result::Err(::warren::__codegen::DecodeError::unexpected_type(other)),
+                    }
+                }
+
+                fn fingerprint(type_name: &str) -> ::std::option::Option<&'static str> {
+                    match type_name {
+                        #( #type_names => ::std::option::Option::Some(<#types as ::warren::Payload>::FINGERPRINT), )*
+                        _ => ::std::option::Option::None,
                     }
                 }
             }
@@ -183,6 +265,8 @@ pub(super) fn emit(package: &Package) -> TokenStream {
                 pub fn subscribe(bus: &::warren::Bus, group: &str, pattern: &str) -> ::warren::Subscriber<Self> {
                     ::warren::Subscriber::new(bus, group).pattern(pattern)
                 }
+
+                #( #declared )*
             }
         });
     }

@@ -45,12 +45,7 @@ fn emit_service(service: &Service) -> TokenStream {
     let mut dispatch_arms = Vec::new();
     let mut client_methods = Vec::new();
     for method in &service.methods {
-        let rust_name = format_ident!("{}", method.rust_name.trim_start_matches("r#"));
-        let rust_name = if method.rust_name.starts_with("r#") {
-            syn::Ident::new_raw(&rust_name.to_string(), proc_macro2::Span::call_site())
-        } else {
-            rust_name
-        };
+        let rust_name = super::ident(&method.rust_name);
         let input = rust_path(&method.input_rust);
         let output = rust_path(&method.output_rust);
         let name = &method.name;
@@ -63,31 +58,47 @@ fn emit_service(service: &Service) -> TokenStream {
             None => quote!(::std::option::Option::None),
         };
         let doc = docs::doc_attrs(&method.doc, &format!("The `{}` rpc.", method.name));
+        let (error, call) = match &method.errors {
+            Some(set) => {
+                let errors = rust_path(&set.enum_path);
+                (quote!(::warren::RpcError<#errors>), quote!(call_with_errors))
+            }
+            None => (quote!(::warren::Status), quote!(call)),
+        };
+        let errors_doc = match &method.errors {
+            Some(set) => docs::doc_paragraph(&format!(
+                "Fails with one of the errors of `{}` ([`::warren::RpcError::Service`]), or a transport-level                  [`::warren::Status`].",
+                set.full_name
+            )),
+            None => TokenStream::new(),
+        };
         trait_methods.push(quote! {
             #doc
+            #errors_doc
             fn #rust_name(
                 &self,
                 request: #input,
                 context: ::warren::RpcContext,
-            ) -> impl ::std::future::Future<Output = ::std::result::Result<#output, ::warren::Status>> + ::std::marker::Send;
+            ) -> impl ::std::future::Future<Output = ::std::result::Result<#output, #error>> + ::std::marker::Send;
         });
         dispatch_arms.push(quote! {
             #path => {
-                let request = ::warren::__codegen::decode_request::<#input>(&payload)?;
-                let response = service.#rust_name(request, context).await?;
-                ::std::result::Result::Ok(::warren::__codegen::encode(&response))
+                let format = context.format();
+                let request = ::warren::__codegen::decode_request::<#input>(&context, &payload)?;
+                ::warren::__codegen::encode_reply(service.#rust_name(request, context).await, format)
             }
         });
         client_methods.push(quote! {
             #doc
-            pub async fn #rust_name(&self, request: #input) -> ::std::result::Result<#output, ::warren::Status> {
+            #errors_doc
+            pub async fn #rust_name(&self, request: #input) -> ::std::result::Result<#output, #error> {
                 const METHOD: ::warren::__codegen::MethodSpec = ::warren::__codegen::MethodSpec {
                     service: #client::SERVICE,
                     name: #name,
                     path: #path,
                     timeout: #timeout,
                 };
-                self.inner.call(&METHOD, &request).await
+                self.inner.#call(&METHOD, &request).await
             }
         });
     }

@@ -1,27 +1,12 @@
 //! Failures: undecodable and mistyped messages, failing, panicking and slow handlers; retries and the DLQ.
 
-use std::time::Duration;
-
 use tokio::sync::mpsc;
 use warren::amqp::{AMQPValue, BasicProperties};
-use warren::{Bus, HandlerError, RawMessage, RetryPolicy};
+use warren::{HandlerError, RetryPolicy};
 use warren_contracts::gametrade::v1::UserRegistered;
 use warren_tests::{Harness, unique, within};
 
-use super::collect;
-
-/// Waits for one message in `queue`.
-async fn next_in(bus: &Bus, queue: &str) -> RawMessage {
-    within(600, &format!("a message in {queue}"), async {
-        loop {
-            if let Some(message) = bus.fetch(queue).await.unwrap() {
-                return message;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-}
+use super::{collect, next_in};
 
 async fn garbage_and_mistyped_messages_go_to_the_dead_letter_queue_at_once(h: &Harness) {
     let bus = h.bus("dlq-test").await;

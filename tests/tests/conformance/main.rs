@@ -2,6 +2,7 @@
 //! in-memory transport (`rabbitmq::…` and `in_memory::…` in each module). A difference between the two that
 //! cannot be removed is listed in the README under "Documented differences".
 
+mod contracts;
 mod delivery;
 mod failures;
 mod lifecycle;
@@ -10,8 +11,11 @@ mod priority;
 mod routing;
 mod rpc;
 
+use std::time::Duration;
+
 use tokio::sync::mpsc;
-use warren::{Context, HandlerError, Inbound, Subscriber, Subscription};
+use warren::{Bus, Context, HandlerError, Inbound, RawMessage, Subscriber, Subscription};
+use warren_tests::within;
 
 /// Starts `subscriber` (temporary queue) sending each message and its context to the returned receiver.
 async fn collect<T: Inbound + Send>(
@@ -27,4 +31,17 @@ async fn collect<T: Inbound + Send>(
         .await
         .expect("subscribing works");
     (subscription, rx)
+}
+
+/// Waits for one message in `queue`.
+async fn next_in(bus: &Bus, queue: &str) -> RawMessage {
+    within(600, &format!("a message in {queue}"), async {
+        loop {
+            if let Some(message) = bus.fetch(queue).await.unwrap() {
+                return message;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
 }

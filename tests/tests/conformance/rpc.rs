@@ -2,19 +2,20 @@
 
 use std::time::Duration;
 
-use warren::{Code, RpcContext, Status};
-use warren_contracts::at::v1::{IntSumRequest, IntSumResponse, IntSummator, IntSummatorClient, IntSummatorServer};
+use warren::{Code, RpcContext, RpcError};
+use warren_contracts::at::v1::int_sum_error::Reason;
+use warren_contracts::at::v1::{
+    IntSumRequest, IntSumResponse, IntSummator, IntSummatorClient, IntSummatorServer, Overflow,
+};
 use warren_tests::{Harness, within};
 
 /// The AT_QUEUE IntSummator component.
 struct Summator;
 
 impl IntSummator for Summator {
-    async fn int_sum(&self, request: IntSumRequest, _: RpcContext) -> Result<IntSumResponse, Status> {
-        let sum = request
-            .a
-            .checked_add(request.b)
-            .ok_or_else(|| Status::invalid_argument(format!("{} + {} overflows int64", request.a, request.b)))?;
+    async fn int_sum(&self, request: IntSumRequest, _: RpcContext) -> Result<IntSumResponse, RpcError<Reason>> {
+        let (a, b) = (request.a, request.b);
+        let sum = a.checked_add(b).ok_or(RpcError::Service(Reason::Overflow(Overflow { a, b })))?;
         Ok(IntSumResponse { sum })
     }
 }
@@ -24,6 +25,10 @@ impl IntSummator for Summator {
 struct WrongArguments {
     #[prost(string, tag = "1")]
     a: String,
+}
+
+impl warren::Payload for WrongArguments {
+    const TYPE_NAME: &'static str = "at.v1.IntSumRequest";
 }
 
 // The RabbitMQ variant shares the contract's queue `at.IntSummator` with every other user of the broker, so
@@ -43,10 +48,9 @@ async fn a_call_across_two_connections_returns_the_sum(h: &Harness) {
     let reply = within(10, "int_sum reply", client.int_sum(IntSumRequest { a: 5, b: 18 })).await.unwrap();
     assert_eq!(reply.sum, 23);
 
-    // A server-side Status reaches the caller with its code and message.
-    let status = client.int_sum(IntSumRequest { a: i64::MAX, b: 1 }).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("overflows"), "{status}");
+    // A declared error reaches the caller typed, with its details.
+    let error = client.int_sum(IntSumRequest { a: i64::MAX, b: 1 }).await.unwrap_err();
+    assert_eq!(error, RpcError::Service(Reason::Overflow(Overflow { a: i64::MAX, b: 1 })), "{error}");
 
     // Many calls in flight at once are matched to their replies by correlation id.
     let calls = (0..50).map(|i| {

@@ -3,8 +3,14 @@
 //! Everything downstream (code, and later docs and compatibility checks) reads this model, never the raw
 //! descriptors, so a rule is enforced in one place.
 
+mod keys;
+mod messages;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+pub use keys::{KeyKind, KeyPart, Subscription};
+pub use messages::{FieldCheck, FieldKind, Message, Rules, Shape};
 
 use prost_reflect::{DescriptorPool, DynamicMessage, ExtensionDescriptor, MessageDescriptor, ReflectMessage, Value};
 
@@ -19,6 +25,8 @@ const SERVICE_OPTIONS: i32 = 3;
 const EXCHANGE_EXT: i32 = 50100;
 const EVENT_EXT: i32 = 50101;
 const SERVICE_EXT: i32 = 50102;
+const TASK_EXT: i32 = 50104;
+const SUBSCRIPTION_EXT: i32 = 50105;
 
 /// How an exchange routes messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +84,14 @@ pub struct Event {
     pub variant: String,
     /// The exchange it is published to.
     pub exchange: Exchange,
-    /// The routing key it is published with.
+    /// The routing key it is published with, templates included.
     pub routing_key: String,
+    /// The routing key word by word, with templates resolved to fields.
+    pub key_parts: Vec<KeyPart>,
+    /// The key subscribers bind with by default: the routing key with `*` for each template.
+    pub binding: String,
+    /// Whether it is sent as JSON by default.
+    pub json: bool,
     /// Its default priority (0 = LOW … 3 = CRITICAL), when the contract prioritizes it.
     pub priority: Option<u8>,
     /// Its retry policy, when the contract declares one.
@@ -88,6 +102,44 @@ pub struct Event {
     pub doc: String,
     /// Where the message is declared.
     pub location: Location,
+}
+
+/// A message marked with `option (warren.task)`.
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// Full proto name.
+    pub full_name: String,
+    /// Rust path relative to the package module.
+    pub rust_path: String,
+    /// The work queue.
+    pub queue: String,
+    /// Default prefetch of workers.
+    pub prefetch: Option<u16>,
+    /// Its retry policy, when the contract declares one.
+    pub retry: Option<Retry>,
+    /// Whether the work queue is a quorum queue.
+    pub quorum: bool,
+    /// Whether it is sent as JSON by default.
+    pub json: bool,
+    /// The message's proto comment.
+    pub doc: String,
+    /// Where the message is declared.
+    pub location: Location,
+}
+
+/// The errors a method declares: a message with one oneof, generated as an enum.
+#[derive(Debug, Clone)]
+pub struct ErrorSet {
+    /// Full proto name of the error message.
+    pub full_name: String,
+    /// Rust path of the message, relative to the package module.
+    pub rust_path: String,
+    /// Rust path of the oneof's enum, relative to the package module.
+    pub enum_path: String,
+    /// Rust name of the oneof field.
+    pub field: String,
+    /// The cases: Rust variant name and proto field name.
+    pub cases: Vec<(String, String)>,
 }
 
 /// A retry policy from `(warren.event).retry`, defaults filled in.
@@ -131,6 +183,8 @@ pub struct Method {
     pub output_rust: String,
     /// Per-method deadline override in milliseconds.
     pub timeout_ms: Option<u32>,
+    /// The errors it declares, when it declares any.
+    pub errors: Option<ErrorSet>,
     /// The rpc's proto comment.
     pub doc: String,
 }
@@ -171,6 +225,14 @@ pub struct Package {
     pub groups: Vec<EventGroup>,
     /// Services declared in the package.
     pub services: Vec<Service>,
+    /// Tasks declared in the package.
+    pub tasks: Vec<Task>,
+    /// Subscriptions declared in the package.
+    pub subscriptions: Vec<Subscription>,
+    /// Every message of the package (nested ones included), for `Payload` impls.
+    pub messages: Vec<Message>,
+    /// Error sets its services use, once each.
+    pub error_sets: Vec<ErrorSet>,
 }
 
 /// All compiled contracts: the model plus the descriptors it came from.
@@ -191,6 +253,9 @@ struct Extensions {
     event: ExtensionDescriptor,
     service: ExtensionDescriptor,
     method: ExtensionDescriptor,
+    task: ExtensionDescriptor,
+    subscription: ExtensionDescriptor,
+    rules: ExtensionDescriptor,
 }
 
 impl Extensions {
@@ -204,6 +269,9 @@ impl Extensions {
             event: ext("warren.event"),
             service: ext("warren.service"),
             method: ext("warren.method"),
+            task: ext("warren.task"),
+            subscription: ext("warren.subscription"),
+            rules: ext("warren.rules"),
         }
     }
 }
@@ -214,6 +282,10 @@ fn string_field(message: &DynamicMessage, name: &str) -> String {
 
 fn u32_field(message: &DynamicMessage, name: &str) -> u32 {
     message.get_field_by_name(name).and_then(|v| v.as_u32()).unwrap_or_default()
+}
+
+fn enum_field(message: &DynamicMessage, name: &str) -> i32 {
+    message.get_field_by_name(name).and_then(|v| v.as_enum_number()).unwrap_or_default()
 }
 
 fn extension_message(options: &DynamicMessage, ext: &ExtensionDescriptor) -> Option<DynamicMessage> {
@@ -286,6 +358,10 @@ impl Contracts {
                 events: Vec::new(),
                 groups: Vec::new(),
                 services: Vec::new(),
+                tasks: Vec::new(),
+                subscriptions: Vec::new(),
+                messages: Vec::new(),
+                error_sets: Vec::new(),
             });
             package.files.push(name.clone());
             package.paths.push(path_of(name));
@@ -299,12 +375,35 @@ impl Contracts {
             let mut messages: Vec<MessageDescriptor> = file.messages().collect();
             while let Some(message) = messages.pop() {
                 messages.extend(message.child_messages());
-                if let Some(event) = read_event(&message, &ext, &info, &exchanges)? {
-                    package.events.push(event);
+                let event = read_event(&message, &ext, &info, &exchanges)?;
+                let task = read_task(&message, &ext, &info)?;
+                if let (Some(event), Some(task)) = (&event, &task) {
+                    return Err(Error::contract(
+                        task.location.clone(),
+                        format!("message {} is both an event and a task", event.full_name),
+                        "an event goes to every subscriber group, a task to one worker: choose one, or declare two messages",
+                    ));
                 }
+                package.events.extend(event);
+                package.tasks.extend(task);
             }
             for service in file.services() {
                 package.services.push(read_service(&service, &ext, &info)?);
+            }
+            package.subscriptions.extend(read_subscriptions(&file, &ext, &info)?);
+        }
+        let files: Vec<_> = requested
+            .iter()
+            .filter(|name| name.as_str() != OPTIONS_PROTO_NAME)
+            .map(|name| pool.get_file_by_name(name).expect("requested files are in the pool"))
+            .collect();
+        let infos: Vec<(String, SourceInfo<'_>)> = files
+            .iter()
+            .map(|f| (f.name().to_owned(), SourceInfo::new(f.file_descriptor_proto(), path_of(f.name()))))
+            .collect();
+        for (package, messages) in messages::read(&pool, &infos, &ext.rules)? {
+            if let Some(package) = packages.get_mut(&package) {
+                package.messages = messages;
             }
         }
         let mut packages: Vec<Package> = packages.into_values().collect();
@@ -313,10 +412,21 @@ impl Contracts {
             package
                 .events
                 .sort_by(|a, b| (&a.location.file, a.location.line).cmp(&(&b.location.file, b.location.line)));
-            check_routing_keys(&package.events)?;
+            keys::check_distinct(&package.events)?;
             package.groups = group_events(&package.events);
+            for subscription in &package.subscriptions {
+                keys::check_subscription(subscription, &package.groups, &package.events)?;
+            }
             check_names(package, &pool)?;
+            let mut sets: Vec<ErrorSet> = Vec::new();
+            for set in package.services.iter().flat_map(|s| &s.methods).filter_map(|m| m.errors.as_ref()) {
+                if !sets.iter().any(|s| s.full_name == set.full_name) {
+                    sets.push(set.clone());
+                }
+            }
+            package.error_sets = sets;
         }
+        check_queues(&packages)?;
         Ok(Contracts { packages, exchanges, descriptor_set, pool, requested })
     }
 }
@@ -405,7 +515,7 @@ fn read_event(
                 "add `routing_key: \"<words.separated.by.dots>\"` to its (warren.event) option",
             ));
         }
-        if routing_key.contains(['*', '#']) || routing_key.split('.').any(str::is_empty) {
+        if routing_key.contains(['*', '#']) || routing_key.split('.').any(str::is_empty) || routing_key.len() > 255 {
             return Err(Error::contract(
                 location,
                 format!("event {full_name} has routing key \"{routing_key}\", which is not a plain dotted key"),
@@ -413,32 +523,15 @@ fn read_event(
             ));
         }
     }
-    let priority = option.get_field_by_name("priority").and_then(|v| v.as_enum_number()).unwrap_or(0);
-    let priority = (1..=4).contains(&priority).then(|| (priority - 1) as u8);
-    let retry_field = option.descriptor().get_field_by_name("retry").expect("options.proto declares retry");
-    let retry = if option.has_field(&retry_field) {
-        let Value::Message(retry) = option.get_field(&retry_field).into_owned() else {
-            unreachable!("a message field")
-        };
-        let or = |value: u32, default: u32| if value == 0 { default } else { value };
-        let max_attempts = u32_field(&retry, "max_attempts");
-        if max_attempts == 0 {
-            return Err(Error::contract(
-                location,
-                format!("event {full_name} has a retry policy without max_attempts"),
-                "add `max_attempts: N` (deliveries in all, at least 1) to its `retry`",
-            ));
-        }
-        Some(Retry {
-            max_attempts,
-            initial_backoff_ms: or(u32_field(&retry, "initial_backoff_ms"), 1_000),
-            multiplier: or(u32_field(&retry, "multiplier"), 2),
-            max_backoff_ms: or(u32_field(&retry, "max_backoff_ms"), 300_000),
-        })
+    let (key_parts, binding) = if exchange.kind.uses_routing_key() {
+        keys::parse_template(&routing_key, message, exchange, &location)?
     } else {
-        None
+        (Vec::new(), routing_key.clone())
     };
-    let quorum = option.get_field_by_name("queue_type").and_then(|v| v.as_enum_number()) == Some(2);
+    let priority = enum_field(&option, "priority");
+    let priority = (1..=4).contains(&priority).then(|| (priority - 1) as u8);
+    let retry = read_retry(&option, &format!("event {full_name}"), &location)?;
+    let quorum = enum_field(&option, "queue_type") == 2;
     if quorum && priority.is_some() {
         return Err(Error::contract(
             location,
@@ -457,22 +550,125 @@ fn read_event(
         full_name,
         exchange: exchange.clone(),
         routing_key,
+        key_parts,
+        binding,
+        json: enum_field(&option, "wire_format") == 2,
         doc: info.comment(message.path()),
         location: info.location(message.path()),
     }))
 }
 
-fn check_routing_keys(events: &[Event]) -> Result<()> {
-    let mut seen: BTreeMap<(&str, &str), &Event> = BTreeMap::new();
-    for event in events.iter().filter(|e| e.exchange.kind.uses_routing_key()) {
-        if let Some(first) = seen.insert((&event.exchange.name, &event.routing_key), event) {
+/// The `retry` of an event or task option, defaults filled in.
+fn read_retry(option: &DynamicMessage, what: &str, location: &Location) -> Result<Option<Retry>> {
+    let retry_field = option.descriptor().get_field_by_name("retry").expect("options.proto declares retry");
+    if !option.has_field(&retry_field) {
+        return Ok(None);
+    }
+    let Value::Message(retry) = option.get_field(&retry_field).into_owned() else { unreachable!("a message field") };
+    let or = |value: u32, default: u32| if value == 0 { default } else { value };
+    let max_attempts = u32_field(&retry, "max_attempts");
+    if max_attempts == 0 {
+        return Err(Error::contract(
+            location.clone(),
+            format!("{what} has a retry policy without max_attempts"),
+            "add `max_attempts: N` (deliveries in all, at least 1) to its `retry`",
+        ));
+    }
+    Ok(Some(Retry {
+        max_attempts,
+        initial_backoff_ms: or(u32_field(&retry, "initial_backoff_ms"), 1_000),
+        multiplier: or(u32_field(&retry, "multiplier"), 2),
+        max_backoff_ms: or(u32_field(&retry, "max_backoff_ms"), 300_000),
+    }))
+}
+
+fn read_task(message: &MessageDescriptor, ext: &Extensions, info: &SourceInfo<'_>) -> Result<Option<Task>> {
+    let Some(option) = extension_message(&message.options(), &ext.task) else {
+        return Ok(None);
+    };
+    let mut option_path = message.path().to_vec();
+    option_path.extend([MESSAGE_OPTIONS, TASK_EXT]);
+    let location = info.location(&option_path);
+    let full_name = message.full_name().to_owned();
+    let queue = string_field(&option, "queue");
+    if queue.is_empty() || queue.starts_with("amq.") {
+        return Err(Error::contract(
+            location,
+            format!("task {full_name} has no usable queue (\"{queue}\")"),
+            "add `queue: \"<name>\"` to its (warren.task) option; names starting with \"amq.\" are reserved",
+        ));
+    }
+    let prefetch = match u32_field(&option, "prefetch") {
+        0 => None,
+        n => Some(u16::try_from(n).map_err(|_| {
+            Error::contract(
+                location.clone(),
+                format!("task {full_name} has prefetch {n}, above AMQP's limit of 65535"),
+                "use a prefetch between 1 and 65535 (tens to hundreds suit most workers)",
+            )
+        })?),
+    };
+    Ok(Some(Task {
+        retry: read_retry(&option, &format!("task {full_name}"), &location)?,
+        quorum: enum_field(&option, "queue_type") == 2,
+        json: enum_field(&option, "wire_format") == 2,
+        rust_path: ident::rust_type_path(message.package_name(), message),
+        full_name,
+        queue,
+        prefetch,
+        doc: info.comment(message.path()),
+        location,
+    }))
+}
+
+fn read_subscriptions(
+    file: &prost_reflect::FileDescriptor,
+    ext: &Extensions,
+    info: &SourceInfo<'_>,
+) -> Result<Vec<Subscription>> {
+    let options = file.options();
+    if !options.has_extension(&ext.subscription) {
+        return Ok(Vec::new());
+    }
+    let Value::List(list) = options.get_extension(&ext.subscription).into_owned() else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<Subscription> = Vec::new();
+    for (index, value) in list.iter().enumerate() {
+        let Value::Message(m) = value else { continue };
+        let path = [FILE_OPTIONS, SUBSCRIPTION_EXT, index as i32];
+        let subscription = Subscription {
+            name: string_field(m, "name"),
+            rust_name: format!("subscribe_{}", string_field(m, "name")),
+            exchange: string_field(m, "exchange"),
+            pattern: string_field(m, "pattern"),
+            doc: info.comment(&path),
+            location: info.location(&path),
+        };
+        if out.iter().any(|s| s.name == subscription.name) {
             return Err(Error::contract(
-                event.location.clone(),
-                format!(
-                    "events {} and {} both use routing key \"{}\" on exchange \"{}\"",
-                    first.full_name, event.full_name, event.routing_key, event.exchange.name
-                ),
-                "give each event its own routing key; subscribers bind by key and could not tell them apart",
+                subscription.location,
+                format!("subscription \"{}\" is declared twice", subscription.name),
+                "give each subscription its own name",
+            ));
+        }
+        out.push(subscription);
+    }
+    Ok(out)
+}
+
+/// Work queues and service queues are shared by name on the broker: two declarations of one name would fight.
+fn check_queues(packages: &[Package]) -> Result<()> {
+    let mut seen: BTreeMap<&str, (&str, &Location)> = BTreeMap::new();
+    let tasks = packages.iter().flat_map(|p| &p.tasks).map(|t| (t.queue.as_str(), t.full_name.as_str(), &t.location));
+    let services =
+        packages.iter().flat_map(|p| &p.services).map(|s| (s.queue.as_str(), s.full_name.as_str(), &s.location));
+    for (queue, owner, location) in tasks.chain(services) {
+        if let Some((first, _)) = seen.insert(queue, (owner, location)) {
+            return Err(Error::contract(
+                location.clone(),
+                format!("{owner} uses queue \"{queue}\", which {first} already uses"),
+                "give each task and service its own queue",
             ));
         }
     }
@@ -517,6 +713,7 @@ fn read_service(
     }
     let default_timeout_ms =
         option.as_ref().map(|o| u32_field(o, "default_timeout_ms")).filter(|t| *t > 0).unwrap_or(30_000);
+    let service_errors = option.as_ref().map(|o| string_field(o, "errors")).filter(|e| !e.is_empty());
     let mut methods = Vec::new();
     for method in service.methods() {
         if method.is_client_streaming() || method.is_server_streaming() {
@@ -526,8 +723,15 @@ fn read_service(
                 "use unary rpcs; publish a stream of events instead",
             ));
         }
-        let timeout_ms =
-            extension_message(&method.options(), &ext.method).map(|o| u32_field(&o, "timeout_ms")).filter(|t| *t > 0);
+        let method_option = extension_message(&method.options(), &ext.method);
+        let timeout_ms = method_option.as_ref().map(|o| u32_field(o, "timeout_ms")).filter(|t| *t > 0);
+        let errors = match method_option.map(|o| string_field(&o, "errors")).filter(|e| !e.is_empty()) {
+            Some(name) => Some(read_errors(&name, service, info.location(method.path()))?),
+            None => match &service_errors {
+                Some(name) => Some(read_errors(name, service, location.clone())?),
+                None => None,
+            },
+        };
         let input = method.input();
         let output = method.output();
         methods.push(Method {
@@ -538,6 +742,7 @@ fn read_service(
             output_rust: ident::rust_type_path(service.package_name(), &output),
             output: output.full_name().to_owned(),
             timeout_ms,
+            errors,
             doc: info.comment(method.path()),
         });
     }
@@ -549,6 +754,56 @@ fn read_service(
         methods,
         doc: info.comment(service.path()),
         location,
+    })
+}
+
+/// Resolves an `errors` option: a message of the service's package that is one oneof.
+fn read_errors(name: &str, service: &prost_reflect::ServiceDescriptor, location: Location) -> Result<ErrorSet> {
+    let package = service.package_name();
+    let pool = service.parent_pool();
+    let message = pool
+        .get_message_by_name(&format!("{package}.{name}"))
+        .or_else(|| pool.get_message_by_name(name))
+        .ok_or_else(|| {
+            Error::contract(
+                location.clone(),
+                format!("service {} names errors \"{name}\", but there is no such message", service.full_name()),
+                format!("declare `message {name} {{ oneof reason {{ ... }} }}` in package {package}, or fix the name"),
+            )
+        })?;
+    let full_name = message.full_name().to_owned();
+    if message.package_name() != package {
+        return Err(Error::contract(
+            location,
+            format!("service {} names errors {full_name} from another package", service.full_name()),
+            format!("declare the error message in package {package}, next to the service"),
+        ));
+    }
+    let oneofs: Vec<_> = message.oneofs().filter(|o| !o.is_synthetic()).collect();
+    let loose: Vec<String> =
+        message.fields().filter(|f| f.containing_oneof().is_none()).map(|f| f.name().to_owned()).collect();
+    let [oneof] = oneofs.as_slice() else {
+        return Err(Error::contract(
+            location,
+            format!("error message {full_name} must consist of exactly one oneof, but has {}", oneofs.len()),
+            format!("write `message {} {{ oneof reason {{ NotFound not_found = 1; ... }} }}`", message.name()),
+        ));
+    };
+    if !loose.is_empty() {
+        return Err(Error::contract(
+            location,
+            format!("error message {full_name} has fields outside its oneof: {}", loose.join(", ")),
+            "move them into the cases' messages: each case carries its own details",
+        ));
+    }
+    let rust_path = ident::rust_type_path(package, &message);
+    let parent = rust_path.rsplit_once("::").map(|(p, _)| format!("{p}::")).unwrap_or_default();
+    Ok(ErrorSet {
+        enum_path: format!("{parent}{}::{}", ident::field_name(message.name()), ident::type_name(oneof.name())),
+        field: ident::field_name(oneof.name()),
+        cases: oneof.fields().map(|f| (ident::type_name(f.name()), f.name().to_owned())).collect(),
+        full_name,
+        rust_path,
     })
 }
 

@@ -1,0 +1,360 @@
+//! Every message of the requested packages: its schema fingerprint and its validation rules
+//! (`[(warren.rules) = { ... }]` on fields), checked against the field types here so that the generated
+//! checks always compile and mean something.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost_reflect::{
+    Cardinality, DescriptorPool, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
+};
+
+use super::extension_message;
+use crate::compile::SourceInfo;
+use crate::error::{Error, Location, Result};
+use crate::ident;
+
+const FIELD_OPTIONS: i32 = 8;
+const RULES_EXT: i32 = 50106;
+
+/// A message the generated crate defines; it gets a `Payload` impl.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Full proto name.
+    pub full_name: String,
+    /// Rust path relative to the package module.
+    pub rust_path: String,
+    /// Hash of the message's schema, see [`fingerprint`].
+    pub fingerprint: String,
+    /// Fields with rules, or holding messages with rules.
+    pub checks: Vec<FieldCheck>,
+}
+
+/// What a field's Rust value is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldKind {
+    /// `String`.
+    Text,
+    /// `Vec<u8>`.
+    Bytes,
+    /// `bool`.
+    Bool,
+    /// An integer of the named Rust type.
+    Int(&'static str),
+    /// A float of the named Rust type.
+    Float(&'static str),
+    /// An `i32` holding a value of the enum at this Rust path.
+    Enum(String),
+    /// A message at this Rust path.
+    Message(String),
+}
+
+/// How a field holds its values, as prost generates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `T`.
+    Plain,
+    /// `Option<T>`: a message field, or a proto3 `optional` scalar.
+    Optional,
+    /// `Vec<T>`.
+    Repeated,
+    /// A map.
+    Map,
+}
+
+/// Validation rules of a field, checked to fit its type.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rules {
+    /// Set / non-empty / non-zero.
+    pub required: bool,
+    /// Smallest allowed number.
+    pub min: Option<f64>,
+    /// Largest allowed number.
+    pub max: Option<f64>,
+    /// Fewest characters, bytes or items.
+    pub min_len: Option<u32>,
+    /// Most characters, bytes or items.
+    pub max_len: Option<u32>,
+    /// Enum values must be declared ones.
+    pub defined: bool,
+}
+
+/// One field the generated `check` looks at.
+#[derive(Debug, Clone)]
+pub struct FieldCheck {
+    /// Proto name, used in violation messages.
+    pub name: String,
+    /// Rust field name.
+    pub rust_name: String,
+    /// Its type.
+    pub kind: FieldKind,
+    /// How it holds values.
+    pub shape: Shape,
+    /// Its own rules.
+    pub rules: Rules,
+    /// Whether its message values have checks of their own to run.
+    pub nested: bool,
+}
+
+/// Reads every message of `files` (with rules and fingerprints), grouped by package.
+pub(crate) fn read(
+    pool: &DescriptorPool,
+    files: &[(String, SourceInfo<'_>)],
+    rules_ext: &ExtensionDescriptor,
+) -> Result<BTreeMap<String, Vec<Message>>> {
+    let mut messages: Vec<(String, MessageDescriptor, Vec<FieldCheck>)> = Vec::new();
+    for (name, info) in files {
+        let file = pool.get_file_by_name(name).expect("requested files are in the pool");
+        let mut todo: Vec<MessageDescriptor> = file.messages().collect();
+        todo.reverse();
+        while let Some(message) = todo.pop() {
+            let mut children: Vec<_> = message.child_messages().filter(|m| !m.is_map_entry()).collect();
+            children.reverse();
+            todo.extend(children);
+            let checks = own_checks(&message, info, rules_ext)?;
+            messages.push((file.package_name().to_owned(), message, checks));
+        }
+    }
+    // Which messages have something to check, directly or in message fields (to any depth).
+    let generated: BTreeSet<String> = messages.iter().map(|(_, m, _)| m.full_name().to_owned()).collect();
+    let mut checked: BTreeSet<String> =
+        messages.iter().filter(|(_, _, c)| !c.is_empty()).map(|(_, m, _)| m.full_name().to_owned()).collect();
+    loop {
+        let before = checked.len();
+        for (_, message, _) in &messages {
+            if message_fields(message).any(|(_, target)| checked.contains(target.full_name())) {
+                checked.insert(message.full_name().to_owned());
+            }
+        }
+        if checked.len() == before {
+            break;
+        }
+    }
+    let mut out: BTreeMap<String, Vec<Message>> = BTreeMap::new();
+    for (package, message, mut checks) in messages {
+        for (field, target) in message_fields(&message) {
+            if !generated.contains(target.full_name()) || !checked.contains(target.full_name()) {
+                continue;
+            }
+            match checks.iter_mut().find(|c| c.name == field.name()) {
+                Some(check) => check.nested = true,
+                None => {
+                    let (kind, shape) = kind_and_shape(&package, &field);
+                    checks.push(FieldCheck {
+                        name: field.name().to_owned(),
+                        rust_name: ident::field_name(field.name()),
+                        kind,
+                        shape,
+                        rules: Rules::default(),
+                        nested: true,
+                    });
+                }
+            }
+        }
+        out.entry(package.clone()).or_default().push(Message {
+            full_name: message.full_name().to_owned(),
+            rust_path: ident::rust_type_path(&package, &message),
+            fingerprint: fingerprint(&message),
+            checks,
+        });
+    }
+    Ok(out)
+}
+
+/// The singular and repeated (not map, not oneof) message fields of `message`, with their types.
+fn message_fields(message: &MessageDescriptor) -> impl Iterator<Item = (FieldDescriptor, MessageDescriptor)> + '_ {
+    message.fields().filter(|f| !f.is_map() && f.containing_oneof().is_none()).filter_map(|f| match f.kind() {
+        Kind::Message(target) => Some((f, target)),
+        _ => None,
+    })
+}
+
+fn kind_and_shape(package: &str, field: &FieldDescriptor) -> (FieldKind, Shape) {
+    let kind = match field.kind() {
+        Kind::String => FieldKind::Text,
+        Kind::Bytes => FieldKind::Bytes,
+        Kind::Bool => FieldKind::Bool,
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => FieldKind::Int("i32"),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => FieldKind::Int("i64"),
+        Kind::Uint32 | Kind::Fixed32 => FieldKind::Int("u32"),
+        Kind::Uint64 | Kind::Fixed64 => FieldKind::Int("u64"),
+        Kind::Float => FieldKind::Float("f32"),
+        Kind::Double => FieldKind::Float("f64"),
+        Kind::Enum(e) => FieldKind::Enum(ident::rust_enum_path(package, &e)),
+        Kind::Message(m) => FieldKind::Message(ident::rust_type_path(package, &m)),
+    };
+    let shape = if field.is_map() {
+        Shape::Map
+    } else if field.is_list() {
+        Shape::Repeated
+    } else if matches!(field.kind(), Kind::Message(_)) || field.supports_presence() {
+        Shape::Optional
+    } else {
+        Shape::Plain
+    };
+    (kind, shape)
+}
+
+fn own_checks(
+    message: &MessageDescriptor,
+    info: &SourceInfo<'_>,
+    ext: &ExtensionDescriptor,
+) -> Result<Vec<FieldCheck>> {
+    let mut checks = Vec::new();
+    for field in message.fields() {
+        let Some(option) = extension_message(&field.options(), ext) else { continue };
+        let mut path = field.path().to_vec();
+        path.extend([FIELD_OPTIONS, RULES_EXT]);
+        let location = info.location(&path);
+        let number = |name: &str| {
+            let f = option.descriptor().get_field_by_name(name).expect("options.proto declares the rule");
+            option.has_field(&f).then(|| option.get_field(&f).into_owned())
+        };
+        let float = |name: &str| number(name).and_then(|v| v.as_f64());
+        let count = |name: &str| number(name).and_then(|v| v.as_u32());
+        let flag = |name: &str| number(name).and_then(|v| v.as_bool()).unwrap_or(false);
+        let rules = Rules {
+            required: flag("required"),
+            min: float("min"),
+            max: float("max"),
+            min_len: count("min_len"),
+            max_len: count("max_len"),
+            defined: flag("defined"),
+        };
+        let (kind, shape) = kind_and_shape(message.package_name(), &field);
+        let target = format!("field {}.{}", message.full_name(), field.name());
+        check_fit(&target, &field, &kind, shape, &rules, location)?;
+        if rules == Rules::default() {
+            continue;
+        }
+        checks.push(FieldCheck {
+            name: field.name().to_owned(),
+            rust_name: ident::field_name(field.name()),
+            kind,
+            shape,
+            rules,
+            nested: false,
+        });
+    }
+    Ok(checks)
+}
+
+/// Rules must fit the field: a rule that could never apply is a mistake in the contract.
+fn check_fit(
+    target: &str,
+    field: &FieldDescriptor,
+    kind: &FieldKind,
+    shape: Shape,
+    rules: &Rules,
+    at: Location,
+) -> Result<()> {
+    let fail = |message: String, help: &str| Err(Error::contract(at.clone(), message, help));
+    if field.containing_oneof().is_some_and(|o| !o.is_synthetic()) {
+        return fail(
+            format!("{target} is in a oneof, and Warren has no rules for oneof fields"),
+            "move the rules to the message the oneof case holds, or drop them",
+        );
+    }
+    let numeric = matches!(kind, FieldKind::Int(_) | FieldKind::Float(_));
+    let single = matches!(shape, Shape::Plain | Shape::Optional);
+    if (rules.min.is_some() || rules.max.is_some()) && !(numeric && single) {
+        return fail(
+            format!("{target} has `min`/`max`, which apply to singular number fields only"),
+            "drop `min`/`max`, or use `min_len`/`max_len` for lengths and counts",
+        );
+    }
+    if let (Some(min), Some(max)) = (rules.min, rules.max)
+        && min > max
+    {
+        return fail(format!("{target} has min {min} above max {max}"), "swap or fix the bounds");
+    }
+    if let FieldKind::Int(ty) = kind {
+        for bound in [rules.min, rules.max].into_iter().flatten() {
+            let (low, high) = match *ty {
+                "i32" => (f64::from(i32::MIN), f64::from(i32::MAX)),
+                "u32" => (0.0, f64::from(u32::MAX)),
+                "u64" => (0.0, u64::MAX as f64),
+                _ => (i64::MIN as f64, i64::MAX as f64),
+            };
+            if bound.fract() != 0.0 || bound < low || bound > high {
+                return fail(
+                    format!("{target} is an integer field ({ty}), but has the bound {bound}"),
+                    "use a whole number the field's type can hold",
+                );
+            }
+        }
+    }
+    let has_len = matches!(kind, FieldKind::Text | FieldKind::Bytes) || matches!(shape, Shape::Repeated | Shape::Map);
+    if (rules.min_len.is_some() || rules.max_len.is_some()) && !has_len {
+        return fail(
+            format!("{target} has `min_len`/`max_len`, which apply to strings, bytes, repeated and map fields"),
+            "drop them, or use `min`/`max` for numbers",
+        );
+    }
+    if let (Some(min), Some(max)) = (rules.min_len, rules.max_len)
+        && min > max
+    {
+        return fail(format!("{target} has min_len {min} above max_len {max}"), "swap or fix the bounds");
+    }
+    if rules.defined && !(matches!(kind, FieldKind::Enum(_)) && shape != Shape::Map) {
+        return fail(
+            format!("{target} has `defined`, which applies to enum fields only"),
+            "drop `defined`, or make the field an enum",
+        );
+    }
+    Ok(())
+}
+
+/// A hash of `message`'s schema: the names, numbers, types and labels of its fields, and likewise of every
+/// message and enum it uses, to any depth. Comments and options do not count; renaming a field does (JSON
+/// uses names). FNV-1a, 64 bits, as 16 hex digits: for noticing drift, not for security.
+pub(crate) fn fingerprint(message: &MessageDescriptor) -> String {
+    let mut texts: BTreeMap<String, String> = BTreeMap::new();
+    let mut todo = vec![message.clone()];
+    while let Some(message) = todo.pop() {
+        if texts.contains_key(message.full_name()) {
+            continue;
+        }
+        let mut text = format!("message {}{{", message.full_name());
+        let mut fields: Vec<FieldDescriptor> = message.fields().collect();
+        fields.sort_by_key(FieldDescriptor::number);
+        for field in fields {
+            let label = match field.cardinality() {
+                Cardinality::Repeated => "repeated",
+                Cardinality::Required => "required",
+                Cardinality::Optional if field.supports_presence() => "optional",
+                Cardinality::Optional => "",
+            };
+            let oneof = field.containing_oneof().filter(|o| !o.is_synthetic()).map(|o| o.name().to_owned());
+            let kind = match field.kind() {
+                Kind::Message(target) => {
+                    let name = target.full_name().to_owned();
+                    todo.push(target);
+                    name
+                }
+                Kind::Enum(target) => {
+                    let values: Vec<String> = target.values().map(|v| format!("{}={}", v.name(), v.number())).collect();
+                    texts.insert(
+                        target.full_name().to_owned(),
+                        format!("enum {}{{{}}}", target.full_name(), values.join(",")),
+                    );
+                    target.full_name().to_owned()
+                }
+                other => format!("{other:?}").to_ascii_lowercase(),
+            };
+            text.push_str(&format!(
+                "{} {label} {kind} {} {};",
+                field.number(),
+                field.name(),
+                oneof.unwrap_or_default()
+            ));
+        }
+        text.push('}');
+        texts.insert(message.full_name().to_owned(), text);
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in texts.values().flat_map(|t| t.bytes().chain([b'\n'])) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}

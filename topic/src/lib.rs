@@ -1,0 +1,190 @@
+//! AMQP topic patterns, shared by Warren's code generator (which checks contracts) and its runtime (which
+//! routes in memory and checks subscriptions): `*` matches exactly one word, `#` zero or more.
+//!
+//! ```
+//! use warren_topic::{matches, overlaps};
+//!
+//! assert!(matches("user.*", "user.registered"));
+//! // Some key matches both: "order.eu.created".
+//! assert!(overlaps("order.*.created", "*.eu.#"));
+//! assert!(!overlaps("user.*", "item.#"));
+//! ```
+
+/// Whether binding `pattern` matches `routing_key` on a topic exchange. Allocates nothing.
+pub fn matches(pattern: &str, routing_key: &str) -> bool {
+    // Most bindings are plain keys from a contract: compare them whole.
+    if !pattern.contains(['*', '#']) {
+        return pattern == routing_key;
+    }
+    words_match(Some(pattern), Some(routing_key))
+}
+
+/// The first word of what is left, and the rest; `None` when no words are left.
+fn split(words: Option<&str>) -> Option<(&str, Option<&str>)> {
+    words.map(|w| match w.split_once('.') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (w, None),
+    })
+}
+
+fn words_match(pattern: Option<&str>, key: Option<&str>) -> bool {
+    match split(pattern) {
+        None => key.is_none(),
+        // `#`: match zero words, or swallow one word and try again.
+        Some(("#", rest)) => {
+            words_match(rest, key) || split(key).is_some_and(|(_, key_rest)| words_match(pattern, key_rest))
+        }
+        Some((word, rest)) => match split(key) {
+            Some((first, key_rest)) => (word == "*" || word == first) && words_match(rest, key_rest),
+            None => false,
+        },
+    }
+}
+
+/// Whether some routing key matches both topic patterns `a` and `b`.
+///
+/// Used to check that a subscription pattern can ever receive a contract event whose key is a template
+/// (`order.{region}.created` binds as `order.*.created`), and that two events' keys cannot collide.
+pub fn overlaps(a: &str, b: &str) -> bool {
+    let a: Vec<&str> = a.split('.').collect();
+    let b: Vec<&str> = b.split('.').collect();
+    // Search the pairs of positions (i, j) both patterns can reach after producing the same words.
+    let width = b.len() + 1;
+    let mut seen = vec![false; (a.len() + 1) * width];
+    let mut todo = vec![(0, 0)];
+    while let Some((i, j)) = todo.pop() {
+        if std::mem::replace(&mut seen[i * width + j], true) {
+            continue;
+        }
+        if i == a.len() && j == b.len() {
+            return true;
+        }
+        let (x, y) = (a.get(i).copied(), b.get(j).copied());
+        // A `#` may produce no word at all.
+        if x == Some("#") {
+            todo.push((i + 1, j));
+        }
+        if y == Some("#") {
+            todo.push((i, j + 1));
+        }
+        // Both produce one word: possible unless they are two different literal words. A `#` may go on
+        // producing words, so it stays.
+        if let (Some(x), Some(y)) = (x, y) {
+            let wild = |w: &str| w == "*" || w == "#";
+            if wild(x) || wild(y) || x == y {
+                let next_i = if x == "#" { i } else { i + 1 };
+                let next_j = if y == "#" { j } else { j + 1 };
+                todo.push((next_i, next_j));
+            }
+        }
+    }
+    false
+}
+
+/// Why `pattern` is not a usable binding pattern, if it is not: it must be non-empty words separated by
+/// single dots, each word either `*`, `#` or free of both.
+pub fn pattern_problem(pattern: &str) -> Option<String> {
+    if pattern.is_empty() {
+        return Some("the pattern is empty".to_owned());
+    }
+    for word in pattern.split('.') {
+        if word.is_empty() {
+            return Some(format!("\"{pattern}\" has an empty word (two dots in a row, or a dot at an end)"));
+        }
+        if word != "*" && word != "#" && word.contains(['*', '#']) {
+            return Some(format!(
+                "word \"{word}\" of \"{pattern}\" mixes a wildcard with other characters; `*` and `#` stand alone"
+            ));
+        }
+    }
+    None
+}
+
+/// Why `value` cannot be one word of a routing key, if it cannot: it must be non-empty and free of `.`, `*`
+/// and `#` (which would split the key or act as wildcards in bindings).
+pub fn word_problem(value: &str) -> Option<&'static str> {
+    if value.is_empty() {
+        Some("is empty")
+    } else if value.contains('.') {
+        Some("contains '.'")
+    } else if value.contains(['*', '#']) {
+        Some("contains a wildcard ('*' or '#')")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_patterns_match_like_rabbitmq() {
+        for (pattern, key, expected) in [
+            ("user.*", "user.registered", true),
+            ("user.*", "item.listed", false),
+            ("user.*", "user.a.b", false),
+            ("user.#", "user.a.b", true),
+            ("user.#", "user", true),
+            ("#", "anything.at.all", true),
+            ("*.registered", "user.registered", true),
+            ("a.*.c", "a.b.c", true),
+            ("a.*.c", "a.c", false),
+            ("#.c", "c", true),
+            ("a.#.c", "a.x.y.c", true),
+            ("user.registered", "user.registered", true),
+        ] {
+            assert_eq!(matches(pattern, key), expected, "{pattern} vs {key}");
+        }
+    }
+
+    #[test]
+    fn overlap_means_some_key_matches_both() {
+        for (a, b, expected) in [
+            ("user.*", "user.registered", true),
+            ("user.*", "item.listed", false),
+            ("order.*.created", "order.eu.created", true),
+            ("order.*.created", "order.eu.deleted", false),
+            ("order.*.created", "#.created", true),
+            ("order.*.created", "order.#", true),
+            ("order.*.created", "order", false),
+            ("order.*.created", "*.*", false),
+            ("#", "a.b.c", true),
+            ("#", "#", true),
+            ("a.#", "#.b", true),
+            ("a.#.c", "*.b.*", true),
+            ("a.#.c", "x.#", false),
+            ("*.*", "#.x.y.z", false),
+            ("#.a.#", "b.#", true),
+            ("a", "a", true),
+            ("a", "b", false),
+        ] {
+            assert_eq!(overlaps(a, b), expected, "{a} vs {b}");
+            assert_eq!(overlaps(b, a), expected, "{b} vs {a} (symmetry)");
+        }
+    }
+
+    #[test]
+    fn overlap_agrees_with_matching_on_plain_keys() {
+        let patterns = ["#", "*", "a.*", "a.#", "#.b", "*.b.#", "a.*.c", "a.#.c"];
+        let keys = ["a", "b", "a.b", "a.c", "a.b.c", "a.x.y.c", "x.b", "x.b.y"];
+        for pattern in patterns {
+            for key in keys {
+                assert_eq!(overlaps(pattern, key), matches(pattern, key), "{pattern} vs {key}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_patterns_and_words_are_named() {
+        assert!(pattern_problem("user.*").is_none());
+        assert!(pattern_problem("#").is_none());
+        assert!(pattern_problem("").unwrap().contains("empty"));
+        assert!(pattern_problem("user..x").unwrap().contains("empty word"));
+        assert!(pattern_problem("user.a*").unwrap().contains("stand alone"));
+        assert_eq!(word_problem("eu"), None);
+        assert_eq!(word_problem(""), Some("is empty"));
+        assert_eq!(word_problem("e.u"), Some("contains '.'"));
+        assert_eq!(word_problem("e#"), Some("contains a wildcard ('*' or '#')"));
+    }
+}
