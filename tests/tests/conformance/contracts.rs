@@ -220,10 +220,22 @@ impl Orders for OrderDesk {
     }
 }
 
+/// A caller that skips the rules (another language, an old build): the server checks them itself.
+#[derive(Clone, PartialEq, prost::Message)]
+struct UncheckedFind {
+    #[prost(int64, tag = "1")]
+    order_id: i64,
+}
+
+impl warren::Payload for UncheckedFind {
+    const TYPE_NAME: &'static str = "rich.v1.FindRequest";
+}
+
 async fn declared_rpc_errors_arrive_typed_and_invalid_requests_are_not_sent(h: &Harness) {
     let server_bus = h.bus("orders-server").await;
     let serving = OrdersServer::new(OrderDesk).serve(&server_bus).await.unwrap();
-    let client = OrdersClient::new(&h.bus("orders-client").await);
+    let client_bus = h.bus("orders-client").await;
+    let client = OrdersClient::new(&client_bus);
     assert_eq!(within(10, "find", client.find(FindRequest { order_id: 1 })).await.unwrap().order_id, 1);
     let missing = client.find(FindRequest { order_id: 7 }).await.unwrap_err();
     assert_eq!(missing, RpcError::Service(lookup_error::Reason::NotFound(NotFound { order_id: 7 })));
@@ -237,6 +249,17 @@ async fn declared_rpc_errors_arrive_typed_and_invalid_requests_are_not_sent(h: &
     let invalid = client.find(FindRequest { order_id: 0 }).await.unwrap_err();
     assert_eq!(invalid.code(), warren::Code::InvalidArgument, "{invalid}");
     assert!(invalid.to_string().contains("field `order_id` must be at least 1"), "{invalid}");
+    const FIND: warren::MethodSpec = warren::MethodSpec {
+        service: OrdersClient::SERVICE,
+        name: "Find",
+        path: "/rich.v1.Orders/Find",
+        timeout: None,
+    };
+    let unchecked = warren::RpcClient::new(&client_bus, OrdersClient::SERVICE);
+    let call = unchecked.call::<_, OrderCreated>(&FIND, &UncheckedFind { order_id: 0 });
+    let status = within(10, "the server's answer", call).await.unwrap_err();
+    assert_eq!(status.code(), warren::Code::InvalidArgument, "{status}");
+    assert!(status.message().contains("field `order_id` must be at least 1"), "{status}");
     serving.stop().await;
 }
 
