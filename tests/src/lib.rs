@@ -15,7 +15,21 @@ pub mod quickstart {
 use std::path::PathBuf;
 use std::time::Duration;
 
-use warren::{Bus, BusConfig};
+use warren::{Bus, BusConfig, RpcContext, RpcError};
+use warren_contracts::at::v1::int_sum_error::Reason;
+use warren_contracts::at::v1::{IntSumRequest, IntSumResponse, IntSummator, Overflow};
+
+/// The AT_QUEUE IntSummator component: `a + b`, or the contract's `Overflow` error.
+#[derive(Debug)]
+pub struct Summator;
+
+impl IntSummator for Summator {
+    async fn int_sum(&self, request: IntSumRequest, _: RpcContext) -> Result<IntSumResponse, RpcError<Reason>> {
+        let (a, b) = (request.a, request.b);
+        let sum = a.checked_add(b).ok_or(RpcError::Service(Reason::Overflow(Overflow { a, b })))?;
+        Ok(IntSumResponse { sum })
+    }
+}
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

@@ -9,11 +9,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use warren::{Bus, BusConfig, Code, Error, HandlerError, Health, RetryPolicy, RpcContext};
-use warren_contracts::at::v1::{IntSumRequest, IntSumResponse, IntSummator, IntSummatorClient, IntSummatorServer};
+use warren::{Bus, BusConfig, Code, Error, HandlerError, Health, RetryPolicy};
+use warren_contracts::at::v1::{IntSumRequest, IntSummatorClient, IntSummatorServer};
 use warren_contracts::gametrade::v1::UserRegistered;
 use warren_tests::faults::{Ledger, PrivateNode, rabbitmqctl};
-use warren_tests::{Harness, unique, within};
+use warren_tests::{Harness, Summator, unique, within};
 
 /// Warnings (reconnections, re-subscriptions) go to the test's output, to read alongside the ledger.
 fn logs() {
@@ -296,18 +296,6 @@ async fn a_publish_to_a_missing_exchange_is_a_typed_error_and_the_publisher_goes
     bus.publish(&event(7)).await.expect("the publisher replaced its channel");
     assert_eq!(within(10, "the next message", rx.recv()).await, Some(7));
     subscription.stop().await;
-}
-
-struct Summator;
-
-impl IntSummator for Summator {
-    async fn int_sum(
-        &self,
-        request: IntSumRequest,
-        _: RpcContext,
-    ) -> Result<IntSumResponse, warren::RpcError<warren_contracts::at::v1::int_sum_error::Reason>> {
-        Ok(IntSumResponse { sum: request.a + request.b })
-    }
 }
 
 #[tokio::test]

@@ -5,14 +5,14 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use warren::{HandlerError, RpcContext, RpcError};
-use warren_contracts::at::v1::int_sum_error::Reason;
-use warren_contracts::at::v1::{IntSumRequest, IntSumResponse, IntSummator, IntSummatorServer, Overflow};
+use warren::HandlerError;
+use warren_contracts::at::v1::IntSummatorServer;
 use warren_contracts::streaming::v1::{NotificationType, UserNotification};
-use warren_tests::{Harness, unique, within};
+use warren_tests::{Harness, Summator, unique, within};
 
 async fn plain_channel(h: &Harness) -> (Connection, lapin::Channel) {
-    let connection = Connection::connect(h.url(), ConnectionProperties::default())
+    let connecting = Connection::connect(h.url(), ConnectionProperties::default());
+    let connection = within(10, "the plain AMQP connection", connecting)
         .await
         .expect("start RabbitMQ: the plain AMQP client could not connect");
     let channel = connection.create_channel().await.unwrap();
@@ -50,15 +50,6 @@ async fn json_published_by_hand_reaches_the_typed_subscriber() {
     expected.set_notification_type(NotificationType::Warning);
     assert_eq!((notification, key.as_str()), (expected, "user.warning"));
     subscription.stop().await;
-}
-
-struct Summator;
-
-impl IntSummator for Summator {
-    async fn int_sum(&self, request: IntSumRequest, _: RpcContext) -> Result<IntSumResponse, RpcError<Reason>> {
-        let (a, b) = (request.a, request.b);
-        Ok(IntSumResponse { sum: a.checked_add(b).ok_or(RpcError::Service(Reason::Overflow(Overflow { a, b })))? })
-    }
 }
 
 /// A reply as a plain client sees it: status code and message headers, error type header, JSON body.

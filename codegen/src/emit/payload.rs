@@ -10,7 +10,7 @@ use crate::model::{ErrorSet, FieldCheck, FieldKind, Message, Package, Shape};
 /// `root` is the path from the package module to the crate root (or include file root), e.g. `super::super`.
 pub(super) fn emit(package: &Package, root: &TokenStream) -> TokenStream {
     let mut out: TokenStream = package.messages.iter().map(|m| payload(m, root)).collect();
-    out.extend(package.error_sets.iter().map(service_error));
+    out.extend(package.error_sets().into_iter().map(service_error));
     out
 }
 

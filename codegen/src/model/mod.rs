@@ -231,8 +231,19 @@ pub struct Package {
     pub subscriptions: Vec<Subscription>,
     /// Every message of the package (nested ones included), for `Payload` impls.
     pub messages: Vec<Message>,
-    /// Error sets its services use, once each.
-    pub error_sets: Vec<ErrorSet>,
+}
+
+impl Package {
+    /// The error sets the package's services use, once each, in order of first use.
+    pub fn error_sets(&self) -> Vec<&ErrorSet> {
+        let mut sets: Vec<&ErrorSet> = Vec::new();
+        for set in self.services.iter().flat_map(|s| &s.methods).filter_map(|m| m.errors.as_ref()) {
+            if !sets.iter().any(|s| s.full_name == set.full_name) {
+                sets.push(set);
+            }
+        }
+        sets
+    }
 }
 
 /// All compiled contracts: the model plus the descriptors it came from.
@@ -361,7 +372,6 @@ impl Contracts {
                 tasks: Vec::new(),
                 subscriptions: Vec::new(),
                 messages: Vec::new(),
-                error_sets: Vec::new(),
             });
             package.files.push(name.clone());
             package.paths.push(path_of(name));
@@ -418,13 +428,6 @@ impl Contracts {
                 keys::check_subscription(subscription, &package.groups, &package.events)?;
             }
             check_names(package, &pool)?;
-            let mut sets: Vec<ErrorSet> = Vec::new();
-            for set in package.services.iter().flat_map(|s| &s.methods).filter_map(|m| m.errors.as_ref()) {
-                if !sets.iter().any(|s| s.full_name == set.full_name) {
-                    sets.push(set.clone());
-                }
-            }
-            package.error_sets = sets;
         }
         check_queues(&packages)?;
         Ok(Contracts { packages, exchanges, descriptor_set, pool, requested })

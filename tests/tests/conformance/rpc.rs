@@ -2,23 +2,10 @@
 
 use std::time::Duration;
 
-use warren::{Code, RpcContext, RpcError};
+use warren::{Code, RpcError};
 use warren_contracts::at::v1::int_sum_error::Reason;
-use warren_contracts::at::v1::{
-    IntSumRequest, IntSumResponse, IntSummator, IntSummatorClient, IntSummatorServer, Overflow,
-};
-use warren_tests::{Harness, within};
-
-/// The AT_QUEUE IntSummator component.
-struct Summator;
-
-impl IntSummator for Summator {
-    async fn int_sum(&self, request: IntSumRequest, _: RpcContext) -> Result<IntSumResponse, RpcError<Reason>> {
-        let (a, b) = (request.a, request.b);
-        let sum = a.checked_add(b).ok_or(RpcError::Service(Reason::Overflow(Overflow { a, b })))?;
-        Ok(IntSumResponse { sum })
-    }
-}
+use warren_contracts::at::v1::{IntSumRequest, IntSumResponse, IntSummatorClient, IntSummatorServer, Overflow};
+use warren_tests::{Harness, Summator, within};
 
 /// What AT_QUEUE's SumRequester sends when it gets the types wrong: `a` as a string.
 #[derive(Clone, PartialEq, prost::Message)]
