@@ -3,12 +3,10 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex as StdMutex};
 
-use lapin::BasicProperties;
-
 use crate::codec::{self, Payload, WireFormat};
 use crate::config::{BusConfig, Endpoint};
 use crate::contract::{Event, ExchangeSpec, Inbound, Task};
-use crate::envelope;
+use crate::envelope::{self, Envelope, Properties};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::rpc::Replies;
@@ -39,6 +37,8 @@ pub(crate) struct Inner {
     /// The RPC client's reply path, opened on the first call (and again after a reconnection).
     pub(crate) replies: tokio::sync::Mutex<Option<Arc<Replies>>>,
     pub(crate) metrics: Metrics,
+    /// The service name, shared by every message's `app_id`.
+    pub(crate) app_id: Arc<str>,
     /// Subscribers and servers, for shutdown.
     pub(crate) running: crate::feed::Running,
     /// Set by shutdown and close: publishing fails with [`Error::Closed`] from then on.
@@ -86,12 +86,12 @@ pub struct RawMessage {
 impl RawMessage {
     /// A header's value as text, when it is a string.
     pub fn header_str(&self, name: &str) -> Option<String> {
-        envelope::header_str(self.properties.headers(), name)
+        envelope::header_str(self.properties.headers().as_ref(), name)
     }
 
     /// A header's value as an integer, when it is one.
     pub fn header_i64(&self, name: &str) -> Option<i64> {
-        envelope::header_i64(self.properties.headers(), name)
+        envelope::header_i64(self.properties.headers().as_ref(), name)
     }
 }
 
@@ -126,6 +126,7 @@ impl Bus {
 
     fn on(config: BusConfig, transport: Transport) -> Bus {
         let metrics = Metrics::new(config.history);
+        let app_id = config.service_name.as_str().into();
         Bus {
             inner: Arc::new(Inner {
                 config,
@@ -134,6 +135,7 @@ impl Bus {
                 exchanges: std::sync::RwLock::default(),
                 replies: tokio::sync::Mutex::new(None),
                 metrics,
+                app_id,
                 running: crate::feed::Running::default(),
                 closed: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -203,15 +205,11 @@ impl Bus {
         options: PublishOptions,
     ) -> Result<()> {
         let payload = codec::encode(message, format)?;
-        let message_id = envelope::new_id();
-        let correlation_id = options.correlation_id.unwrap_or_else(|| message_id.clone());
-        let app_id = &self.inner.config.service_name;
-        let mut properties =
-            envelope::properties(P::TYPE_NAME, format, P::FINGERPRINT, app_id, message_id, correlation_id)
-                .with_delivery_mode(2);
-        if let Some(priority) = priority {
-            properties = properties.with_priority(priority.as_amqp());
-        }
+        let mut envelope = Envelope::new(P::TYPE_NAME, format, P::FINGERPRINT, &self.inner.app_id);
+        envelope.correlation_id = options.correlation_id.map(Arc::from);
+        envelope.persistent = true;
+        envelope.priority = priority.map(crate::Priority::as_amqp);
+        let properties = Properties::from(envelope);
         // History keeps protobuf, whatever went on the wire.
         let kept = self.inner.metrics.history_enabled().then(|| match format {
             WireFormat::Protobuf => payload.clone(),
@@ -268,7 +266,7 @@ impl Bus {
         exchange: &str,
         routing_key: &str,
         payload: Vec<u8>,
-        properties: BasicProperties,
+        properties: Properties,
     ) -> Result<()> {
         self.check_open_and_size(payload.len())?;
         let publish = Publish { exchange, routing_key, mandatory: true, confirm: true };
@@ -285,7 +283,7 @@ impl Bus {
         body: &[u8],
         properties: crate::amqp::BasicProperties,
     ) -> Result<()> {
-        self.publish_raw(exchange, routing_key, body.to_vec(), properties).await
+        self.publish_raw(exchange, routing_key, body.to_vec(), properties.into()).await
     }
 
     /// Takes one ready message from `queue`, if there is one, acknowledging it at once; e.g. to inspect or
@@ -299,7 +297,7 @@ impl Bus {
                 exchange: m.exchange.to_string(),
                 routing_key: m.routing_key.to_string(),
                 redelivered,
-                properties: m.properties,
+                properties: m.properties.into_amqp(),
                 body: m.body,
             }
         }))

@@ -1,5 +1,7 @@
 //! The envelope: what Warren puts in AMQP properties and headers, so any AMQP client can interoperate.
 
+use std::sync::Arc;
+
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
@@ -33,51 +35,294 @@ pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// Properties of a message Warren publishes; `fingerprint` (of the message's schema) goes in a header unless
-/// it is empty.
-pub(crate) fn properties(
-    type_name: &str,
-    format: WireFormat,
-    fingerprint: &str,
-    app_id: &str,
-    message_id: String,
-    correlation_id: String,
-) -> BasicProperties {
-    let properties = BasicProperties::default()
-        .with_message_id(ShortString::from(message_id))
-        .with_correlation_id(ShortString::from(correlation_id))
-        .with_type(ShortString::from(type_name))
-        .with_app_id(ShortString::from(app_id))
-        .with_timestamp(now_unix())
-        .with_content_type(ShortString::from(format.content_type()));
-    if fingerprint.is_empty() {
-        return properties;
+/// A message id in text form, held inline: making one allocates nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MessageId([u8; uuid::fmt::Hyphenated::LENGTH]);
+
+impl MessageId {
+    /// A fresh, time-ordered id (UUID v7).
+    pub(crate) fn new() -> Self {
+        let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
+        uuid::Uuid::now_v7().hyphenated().encode_lower(&mut text);
+        MessageId(text)
     }
-    let mut headers = FieldTable::default();
-    // A long string: RabbitMQ reads the short-string field type as a 16-bit integer.
-    headers.insert(ShortString::from(SCHEMA), long_string(fingerprint));
-    properties.with_headers(headers)
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Always ASCII: written by the UUID formatter above.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
-/// The wire format a message's `content_type` names.
-pub(crate) fn format_of(properties: &BasicProperties) -> WireFormat {
-    WireFormat::from_content_type(short(properties.content_type()))
+impl std::fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What Warren puts in the properties of a message it publishes, in a form that is cheap to build, share
+/// and drop: the contract's names are `'static`, the service name is shared, the id is inline. It becomes
+/// lapin's properties only when it goes to RabbitMQ; the in-memory broker carries it as it is.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Envelope {
+    /// The message type's full proto name (AMQP `type`), or the RPC method's path.
+    pub(crate) kind: &'static str,
+    pub(crate) format: WireFormat,
+    /// Fingerprint of the schema, sent as the `x-warren-schema` header unless empty.
+    pub(crate) schema: &'static str,
+    pub(crate) app_id: Arc<str>,
+    pub(crate) message_id: MessageId,
+    /// `None`: the message's own id.
+    pub(crate) correlation_id: Option<Arc<str>>,
+    /// Unix seconds.
+    pub(crate) timestamp: u64,
+    /// Delivery mode 2: written to disk by a durable queue.
+    pub(crate) persistent: bool,
+    pub(crate) priority: Option<u8>,
+    pub(crate) reply_to: Option<Arc<str>>,
+    /// Per-message TTL.
+    pub(crate) expiration_ms: Option<u64>,
+    /// Headers besides the schema.
+    pub(crate) headers: Option<FieldTable>,
+}
+
+impl Envelope {
+    /// The envelope of a new message of type `kind`, from service `app_id`.
+    pub(crate) fn new(kind: &'static str, format: WireFormat, schema: &'static str, app_id: &Arc<str>) -> Self {
+        Envelope {
+            kind,
+            format,
+            schema,
+            app_id: Arc::clone(app_id),
+            message_id: MessageId::new(),
+            correlation_id: None,
+            timestamp: now_unix(),
+            persistent: false,
+            priority: None,
+            reply_to: None,
+            expiration_ms: None,
+            headers: None,
+        }
+    }
+
+    fn to_amqp(&self) -> BasicProperties {
+        let mut properties = BasicProperties::default()
+            .with_message_id(ShortString::from(self.message_id.as_str()))
+            .with_correlation_id(ShortString::from(
+                self.correlation_id.as_deref().unwrap_or_else(|| self.message_id.as_str()),
+            ))
+            .with_type(ShortString::from(self.kind))
+            .with_app_id(ShortString::from(&*self.app_id))
+            .with_timestamp(self.timestamp)
+            .with_content_type(ShortString::from(self.format.content_type()));
+        if self.persistent {
+            properties = properties.with_delivery_mode(2);
+        }
+        if let Some(priority) = self.priority {
+            properties = properties.with_priority(priority);
+        }
+        if let Some(reply_to) = &self.reply_to {
+            properties = properties.with_reply_to(ShortString::from(&**reply_to));
+        }
+        if let Some(ms) = self.expiration_ms {
+            properties = properties.with_expiration(ShortString::from(ms.to_string()));
+        }
+        let mut headers = self.headers.clone();
+        if !self.schema.is_empty() {
+            // A long string: RabbitMQ reads the short-string field type as a 16-bit integer.
+            headers.get_or_insert_default().insert(ShortString::from(SCHEMA), long_string(self.schema));
+        }
+        match headers {
+            Some(headers) => properties.with_headers(headers),
+            None => properties,
+        }
+    }
+}
+
+/// A message's properties: as Warren built them for a publish, or as anyone else set them (a broker
+/// delivery, a raw publish). Read through one set of accessors either way.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Properties {
+    Warren(Envelope),
+    Amqp(BasicProperties),
+}
+
+impl From<Envelope> for Properties {
+    fn from(envelope: Envelope) -> Self {
+        Properties::Warren(envelope)
+    }
+}
+
+impl From<BasicProperties> for Properties {
+    fn from(properties: BasicProperties) -> Self {
+        Properties::Amqp(properties)
+    }
+}
+
+impl Properties {
+    /// As lapin's properties, for RabbitMQ and for [`crate::RawMessage`].
+    pub(crate) fn to_amqp(&self) -> BasicProperties {
+        match self {
+            Properties::Warren(envelope) => envelope.to_amqp(),
+            Properties::Amqp(properties) => properties.clone(),
+        }
+    }
+
+    pub(crate) fn into_amqp(self) -> BasicProperties {
+        match self {
+            Properties::Warren(envelope) => envelope.to_amqp(),
+            Properties::Amqp(properties) => properties,
+        }
+    }
+
+    /// The AMQP `type`: the message type's full proto name, or the RPC method.
+    pub(crate) fn kind(&self) -> Option<&str> {
+        match self {
+            Properties::Warren(envelope) => Some(envelope.kind),
+            Properties::Amqp(p) => short(p.kind()),
+        }
+    }
+
+    /// The wire format the `content_type` names.
+    pub(crate) fn format(&self) -> WireFormat {
+        match self {
+            Properties::Warren(envelope) => envelope.format,
+            Properties::Amqp(p) => WireFormat::from_content_type(short(p.content_type())),
+        }
+    }
+
+    pub(crate) fn content_type(&self) -> Option<&str> {
+        match self {
+            Properties::Warren(envelope) => Some(envelope.format.content_type()),
+            Properties::Amqp(p) => short(p.content_type()),
+        }
+    }
+
+    pub(crate) fn message_id(&self) -> Option<&str> {
+        match self {
+            Properties::Warren(envelope) => Some(envelope.message_id.as_str()),
+            Properties::Amqp(p) => short(p.message_id()),
+        }
+    }
+
+    pub(crate) fn correlation_id(&self) -> Option<&str> {
+        match self {
+            Properties::Warren(e) => Some(e.correlation_id.as_deref().unwrap_or_else(|| e.message_id.as_str())),
+            Properties::Amqp(p) => short(p.correlation_id()),
+        }
+    }
+
+    pub(crate) fn app_id(&self) -> Option<&str> {
+        match self {
+            Properties::Warren(envelope) => Some(&envelope.app_id),
+            Properties::Amqp(p) => short(p.app_id()),
+        }
+    }
+
+    pub(crate) fn reply_to(&self) -> Option<&str> {
+        match self {
+            Properties::Warren(envelope) => envelope.reply_to.as_deref(),
+            Properties::Amqp(p) => short(p.reply_to()),
+        }
+    }
+
+    pub(crate) fn timestamp(&self) -> Option<u64> {
+        match self {
+            Properties::Warren(envelope) => Some(envelope.timestamp),
+            Properties::Amqp(p) => *p.timestamp(),
+        }
+    }
+
+    pub(crate) fn priority(&self) -> Option<u8> {
+        match self {
+            Properties::Warren(envelope) => envelope.priority,
+            Properties::Amqp(p) => *p.priority(),
+        }
+    }
+
+    /// The per-message TTL (`expiration`), when set and a number of milliseconds.
+    pub(crate) fn expiration_ms(&self) -> Option<u64> {
+        match self {
+            Properties::Warren(envelope) => envelope.expiration_ms,
+            Properties::Amqp(p) => short(p.expiration()).and_then(|ms| ms.parse().ok()),
+        }
+    }
+
+    /// The headers, without the schema fingerprint of a Warren envelope (see [`Properties::schema`]).
+    pub(crate) fn headers(&self) -> Option<&FieldTable> {
+        match self {
+            Properties::Warren(envelope) => envelope.headers.as_ref(),
+            Properties::Amqp(p) => p.headers().as_ref(),
+        }
+    }
+
+    /// The fingerprint of the schema the sender encoded with, when it sent one.
+    pub(crate) fn schema(&self) -> Option<&str> {
+        match self {
+            Properties::Warren(envelope) => Some(envelope.schema).filter(|s| !s.is_empty()),
+            Properties::Amqp(p) => match p.headers().as_ref()?.inner().get(SCHEMA)? {
+                AMQPValue::ShortString(s) => Some(s.as_str()),
+                AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+                _ => None,
+            },
+        }
+    }
+
+    pub(crate) fn header_str(&self, key: &str) -> Option<String> {
+        header_str(self.headers(), key)
+    }
+
+    pub(crate) fn header_i64(&self, key: &str) -> Option<i64> {
+        header_i64(self.headers(), key)
+    }
+
+    /// The same properties with `headers` instead of the current ones (a Warren envelope keeps its schema).
+    pub(crate) fn with_headers(&self, headers: FieldTable) -> Properties {
+        match self {
+            Properties::Warren(envelope) => Properties::Warren(Envelope { headers: Some(headers), ..envelope.clone() }),
+            Properties::Amqp(p) => Properties::Amqp(p.clone().with_headers(headers)),
+        }
+    }
+
+    /// The same properties without a per-message TTL.
+    pub(crate) fn without_expiration(&self) -> Properties {
+        match self {
+            Properties::Warren(envelope) => Properties::Warren(Envelope { expiration_ms: None, ..envelope.clone() }),
+            Properties::Amqp(p) => Properties::Amqp(amqp_without_expiration(p)),
+        }
+    }
+}
+
+/// `properties` minus `expiration` (lapin's properties have setters but no way to clear a field).
+fn amqp_without_expiration(p: &BasicProperties) -> BasicProperties {
+    let mut out = BasicProperties::default();
+    macro_rules! copy {
+        ($($get:ident => $set:ident),* $(,)?) => {
+            $( if let Some(value) = p.$get().clone() { out = out.$set(value); } )*
+        };
+    }
+    copy!(
+        content_type => with_content_type, content_encoding => with_content_encoding, headers => with_headers,
+        delivery_mode => with_delivery_mode, priority => with_priority, correlation_id => with_correlation_id,
+        reply_to => with_reply_to, message_id => with_message_id, timestamp => with_timestamp,
+        kind => with_type, user_id => with_user_id, app_id => with_app_id, cluster_id => with_cluster_id,
+    );
+    out
 }
 
 pub(crate) fn short(value: &Option<ShortString>) -> Option<&str> {
     value.as_ref().map(ShortString::as_str)
 }
 
-pub(crate) fn header_str(headers: &Option<FieldTable>, key: &str) -> Option<String> {
-    match headers.as_ref()?.inner().get(key)? {
+pub(crate) fn header_str(headers: Option<&FieldTable>, key: &str) -> Option<String> {
+    match headers?.inner().get(key)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         _ => None,
     }
 }
 
-pub(crate) fn header_i64(headers: &Option<FieldTable>, key: &str) -> Option<i64> {
-    match headers.as_ref()?.inner().get(key)? {
+pub(crate) fn header_i64(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
+    match headers?.inner().get(key)? {
         AMQPValue::LongLongInt(n) => Some(*n),
         AMQPValue::LongInt(n) => Some(i64::from(*n)),
         AMQPValue::ShortInt(n) => Some(i64::from(*n)),

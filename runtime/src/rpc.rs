@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, oneshot};
 use crate::bus::{Bus, durability};
 use crate::codec::{self, Payload, WireFormat};
 use crate::contract::{MethodSpec, ServiceSpec};
-use crate::envelope::{self, header_i64, header_str, short};
+use crate::envelope::{self, Envelope, Properties};
 use crate::error::{Error, Result};
 use crate::feed::{Feed, Setup, Stop};
 use crate::status::{Code, Status};
@@ -202,15 +202,15 @@ impl Replies {
         let mut replies = std::mem::replace(&mut path.replies.stream, Box::pin(futures_util::stream::empty()));
         tokio::spawn(async move {
             while let Some(Ok(delivery)) = replies.next().await {
-                let Some(id) = short(delivery.properties.correlation_id()) else { continue };
+                let Some(id) = delivery.properties.correlation_id() else { continue };
                 let waiter = routes.lock().expect("pending calls").remove(id);
                 match waiter {
                     Some(waiter) => {
-                        let headers = delivery.properties.headers();
-                        let code = header_i64(headers, envelope::STATUS_CODE).map_or(0, |c| c as i32);
-                        let message = header_str(headers, envelope::STATUS_MESSAGE).unwrap_or_default();
-                        let error_type = header_str(headers, envelope::ERROR_TYPE);
-                        let format = envelope::format_of(&delivery.properties);
+                        let p = &delivery.properties;
+                        let code = p.header_i64(envelope::STATUS_CODE).map_or(0, |c| c as i32);
+                        let message = p.header_str(envelope::STATUS_MESSAGE).unwrap_or_default();
+                        let error_type = p.header_str(envelope::ERROR_TYPE);
+                        let format = p.format();
                         let payload = delivery.into_message().body;
                         let _ = waiter.send(Reply { code, message, payload, error_type, format });
                     }
@@ -310,22 +310,19 @@ impl RpcClient {
         bus.declare_queue(self.service.queue, durability(false)).await?;
         bus.check_size(payload.len())?;
 
-        let id = envelope::new_id();
+        let mut envelope = Envelope::new(method.path, WireFormat::Protobuf, Req::FINGERPRINT, &bus.inner.app_id);
+        envelope.reply_to = Some(Arc::clone(&replies.path.address));
+        envelope.expiration_ms = Some(timeout.as_millis().clamp(1, u128::from(u64::MAX)) as u64);
+        let id = envelope.message_id.as_str().to_owned();
         let (tx, rx) = oneshot::channel();
         replies.pending.lock().expect("pending calls").insert(id.clone(), tx);
         let guard = PendingGuard { pending: &replies.pending, id: &id };
-        let expiration = timeout.as_millis().max(1).to_string();
-        let app_id = &bus.config().service_name;
-        let properties =
-            envelope::properties(method.path, WireFormat::Protobuf, Req::FINGERPRINT, app_id, id.clone(), id.clone())
-                .with_reply_to(ShortString::from(replies.path.address.as_str()))
-                .with_expiration(ShortString::from(expiration));
         let deadline_error =
             || Status::deadline_exceeded(format!("{method} got no reply within {timeout:?} (is a server running?)"));
         let publish = Publish { exchange: "", routing_key: self.service.queue, mandatory: true, confirm: true };
         // Wait for the reply and the publish confirm together: a reply proves the request was routed, so it
         // need not wait behind the confirm; a return (no queue) or a failed send ends the call at once.
-        let sent = replies.path.send_request(publish, payload, properties);
+        let sent = replies.path.send_request(publish, payload, Properties::from(envelope));
         tokio::pin!(sent);
         tokio::pin!(rx);
         let until = tokio::time::sleep(timeout.saturating_sub(started.elapsed()));
@@ -463,20 +460,18 @@ where
             let app_id = app_id.clone();
             tokio::spawn(async move {
                 let p = &delivery.properties;
-                let method = short(p.kind()).unwrap_or_default().to_owned();
-                let deadline = short(p.expiration())
-                    .and_then(|ms| ms.parse::<u64>().ok())
-                    .map(|ms| Instant::now() + Duration::from_millis(ms));
+                let method = p.kind().unwrap_or_default().to_owned();
+                let deadline = p.expiration_ms().map(|ms| Instant::now() + Duration::from_millis(ms));
                 let context = RpcContext {
                     method: method.clone(),
-                    caller: short(p.app_id()).map(str::to_owned),
-                    message_id: short(p.message_id()).map(str::to_owned),
+                    caller: p.app_id().map(str::to_owned),
+                    message_id: p.message_id().map(str::to_owned),
                     deadline,
-                    format: envelope::format_of(p),
+                    format: p.format(),
                 };
                 let format = context.format;
                 let result = handler(method, delivery.body.clone(), context).await;
-                if let (Some(reply_to), Some(correlation_id)) = (short(p.reply_to()), short(p.correlation_id())) {
+                if let (Some(reply_to), Some(correlation_id)) = (p.reply_to(), p.correlation_id()) {
                     let mut headers = FieldTable::default();
                     let (payload, code, message) = match result {
                         Ok(payload) => (payload, 0, String::new()),
@@ -507,7 +502,8 @@ where
                     // Not mandatory (RabbitMQ ≤ 4.1 would return every direct reply), not confirmed: direct
                     // reply-to is at-most-once anyway.
                     let publish = Publish { exchange: "", routing_key: reply_to, mandatory: false, confirm: false };
-                    let sent = tokio::time::timeout(timeout, transport.publish(publish, payload, properties)).await;
+                    let sent =
+                        tokio::time::timeout(timeout, transport.publish(publish, payload, properties.into())).await;
                     if !matches!(sent, Ok(Ok(_))) {
                         tracing::warn!(correlation_id, "reply could not be sent; the caller will time out");
                     }

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 
 use crate::bus::{self, Bus, durability, subscriber_queue};
 use crate::contract::{ExchangeKind, Inbound};
-use crate::envelope::{self, short};
+use crate::envelope;
 use crate::error::{Error, Result};
 use crate::feed::{Feed, Setup, Stop};
 use crate::metrics::{Fate, SubscriberStats};
@@ -111,17 +111,17 @@ impl Context {
 
     /// The publisher's unique id for the message (stable across redeliveries: use it to deduplicate).
     pub fn message_id(&self) -> Option<&str> {
-        short(self.message.properties.message_id())
+        self.message.properties.message_id()
     }
 
     /// The correlation id the publisher set.
     pub fn correlation_id(&self) -> Option<&str> {
-        short(self.message.properties.correlation_id())
+        self.message.properties.correlation_id()
     }
 
     /// The publishing service's name.
     pub fn app_id(&self) -> Option<&str> {
-        short(self.message.properties.app_id())
+        self.message.properties.app_id()
     }
 
     /// The exchange the message was published to.
@@ -136,12 +136,12 @@ impl Context {
 
     /// The content type it was sent with: `application/x-protobuf` or `application/json`.
     pub fn content_type(&self) -> Option<&str> {
-        short(self.message.properties.content_type())
+        self.message.properties.content_type()
     }
 
     /// The fingerprint of the schema the sender was generated from, when it sent one.
-    pub fn schema_fingerprint(&self) -> Option<String> {
-        envelope::header_str(self.message.properties.headers(), envelope::SCHEMA)
+    pub fn schema_fingerprint(&self) -> Option<&str> {
+        self.message.properties.schema()
     }
 
     /// Whether the broker delivered it before (to this or another consumer) without an acknowledgement.
@@ -151,7 +151,7 @@ impl Context {
 
     /// When it was published, in Unix seconds.
     pub fn timestamp(&self) -> Option<u64> {
-        *self.message.properties.timestamp()
+        self.message.properties.timestamp()
     }
 
     /// Which delivery of the message this is: 1 the first time, 2 on the first retry, and so on.
@@ -443,23 +443,17 @@ impl Worker {
         O: Into<Outcome>,
         E: Into<HandlerError>,
     {
-        let type_name = short(delivery.properties.kind()).unwrap_or_default();
+        let properties = &delivery.properties;
+        let type_name = properties.kind().unwrap_or_default();
         let mut tracker = self.stats.delivered(type_name);
-        let headers = delivery.properties.headers();
-        if let Some(seen) = headers.as_ref().and_then(|h| h.inner().get(envelope::SCHEMA)) {
-            let seen = match seen {
-                AMQPValue::ShortString(s) => s.as_str(),
-                AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).unwrap_or_default(),
-                _ => "",
-            };
-            if let Some(own) = T::fingerprint(type_name)
-                && !own.is_empty()
-                && seen != own
-            {
-                self.stats.schema_mismatch(type_name, seen, own);
-            }
+        if let Some(seen) = properties.schema()
+            && let Some(own) = T::fingerprint(type_name)
+            && !own.is_empty()
+            && seen != own
+        {
+            self.stats.schema_mismatch(type_name, seen, own);
         }
-        let message = match T::decode(type_name, envelope::format_of(&delivery.properties), &delivery.body) {
+        let message = match T::decode(type_name, properties.format(), &delivery.body) {
             Ok(message) => message,
             // Decoding will never succeed: dead-letter at once, no retries.
             Err(error) => {
@@ -468,7 +462,7 @@ impl Worker {
                 return None;
             }
         };
-        let attempt = 1 + envelope::header_i64(headers, envelope::ATTEMPTS).unwrap_or(0).clamp(0, 1 << 20) as u32;
+        let attempt = 1 + properties.header_i64(envelope::ATTEMPTS).unwrap_or(0).clamp(0, 1 << 20) as u32;
         let context = Context::new(&self.bus, &delivery, attempt);
         let run = async {
             // A handler may panic while making its future, not only while it runs: catch both.
@@ -530,7 +524,7 @@ impl Worker {
         };
         let mut headers = self.failure_headers(delivery, reason);
         headers.insert(ShortString::from(envelope::ATTEMPTS), AMQPValue::LongLongInt(i64::from(attempt)));
-        let properties = delivery.properties.clone().with_headers(headers);
+        let properties = delivery.properties.with_headers(headers);
         let sent = match self.bus.declare_queue(&retry_queue, options).await {
             Ok(()) => self.bus.publish_raw("", &retry_queue, delivery.body.clone(), properties).await,
             Err(error) => Err(error),
@@ -555,7 +549,7 @@ impl Worker {
         tracing::warn!(queue = %self.queue, reason, attempts, "dead-lettering message");
         let mut headers = self.failure_headers(delivery, reason);
         headers.insert(ShortString::from(envelope::ATTEMPTS), AMQPValue::LongLongInt(i64::from(attempts)));
-        let properties = delivery.properties.clone().with_headers(headers);
+        let properties = delivery.properties.with_headers(headers);
         let dlq = format!("{}.dlq", self.queue);
         match self.bus.publish_raw("", &dlq, delivery.body.clone(), properties).await {
             Ok(()) => {
@@ -572,7 +566,7 @@ impl Worker {
     /// the first failure, are kept from the first failure on, across retry hops.
     fn failure_headers(&self, delivery: &Delivery, reason: &str) -> lapin::types::FieldTable {
         let old = delivery.properties.headers();
-        let mut headers = old.clone().unwrap_or_default();
+        let mut headers = old.cloned().unwrap_or_default();
         let mut put = |key: &str, value: AMQPValue| {
             headers.insert(ShortString::from(key), value);
         };
@@ -581,7 +575,7 @@ impl Worker {
             put(envelope::DLQ_EXCHANGE, envelope::long_string(&delivery.exchange));
             put(envelope::DLQ_ROUTING_KEY, envelope::long_string(&delivery.routing_key));
         }
-        if !old.as_ref().is_some_and(|h| h.contains_key(envelope::FIRST_FAILED_AT)) {
+        if !old.is_some_and(|h| h.contains_key(envelope::FIRST_FAILED_AT)) {
             put(envelope::FIRST_FAILED_AT, now.clone());
         }
         put(envelope::DLQ_FAILED_AT, now);

@@ -22,12 +22,13 @@ use lapin::options::{
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
 use tokio::sync::{Mutex, Semaphore, watch};
 
 use super::{Acker, Canceller, Consumer, Delivery, Message, Publish, QueueOptions, ReplyPath, Settle, Transport};
 use crate::config::{BusConfig, Endpoint};
 use crate::contract::{ExchangeKind, ExchangeSpec};
+use crate::envelope::Properties;
 use crate::error::{Error, Result, deadline};
 use crate::health::Health;
 
@@ -217,7 +218,7 @@ impl Amqp {
 
     /// Publishes and waits for the confirm, re-sending after connection or channel failures until the
     /// publish deadline. Unroutable, nacked and missing-exchange outcomes are final.
-    pub(crate) async fn publish(&self, publish: Publish<'_>, body: &[u8], properties: BasicProperties) -> Result<()> {
+    pub(crate) async fn publish(&self, publish: Publish<'_>, body: &[u8], properties: Properties) -> Result<()> {
         let by = Instant::now() + self.config.publish_timeout;
         // A free slot needs no timer; only a full window is waited for, within the publish deadline.
         let _slot = match self.window.try_acquire() {
@@ -233,7 +234,7 @@ impl Amqp {
         let mut attempt = 0u32;
         loop {
             let error = match self.publisher(by).await {
-                Ok(channel) => match publish_on(&channel, publish, body, properties.clone(), self.timeout()).await {
+                Ok(channel) => match publish_on(&channel, publish, body, &properties, self.timeout()).await {
                     Ok(()) => return Ok(()),
                     Err(error) => error,
                 },
@@ -333,7 +334,7 @@ impl Amqp {
             cancel: Canceller::Amqp(channel.clone()),
         };
         Ok(ReplyPath {
-            address: REPLY_TO.to_owned(),
+            address: REPLY_TO.into(),
             requests: Transport::Amqp(Arc::clone(self)),
             amqp_channel: Some(channel),
             replies,
@@ -553,7 +554,7 @@ fn from_lapin(d: lapin::message::Delivery, acker: impl FnOnce(lapin::Acker) -> A
         message: Arc::new(Message {
             exchange: d.exchange.as_str().into(),
             routing_key: d.routing_key.as_str().into(),
-            properties: d.properties,
+            properties: Properties::Amqp(d.properties),
             body: d.data,
         }),
         redelivered: d.redelivered,
@@ -567,7 +568,7 @@ pub(crate) async fn publish_on(
     channel: &Channel,
     publish: Publish<'_>,
     body: &[u8],
-    properties: BasicProperties,
+    properties: &Properties,
     timeout: Duration,
 ) -> Result<()> {
     let send_and_confirm = async {
@@ -577,7 +578,7 @@ pub(crate) async fn publish_on(
                 ShortString::from(publish.routing_key),
                 BasicPublishOptions { mandatory: publish.mandatory, ..BasicPublishOptions::default() },
                 body,
-                properties,
+                properties.to_amqp(),
             )
             .await?;
         if publish.confirm { confirm.await } else { Ok(Confirmation::NotRequested) }

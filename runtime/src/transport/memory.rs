@@ -17,7 +17,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
-use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -26,6 +25,7 @@ use super::{
     Acker as AnyAcker, Canceller as AnyCanceller, Consumer, Delivery, Message, Publish, QueueOptions, ReplyPath, Settle,
 };
 use crate::contract::{ExchangeKind, ExchangeSpec};
+use crate::envelope::Properties;
 use crate::error::{Error, Result};
 use crate::topic;
 
@@ -121,7 +121,7 @@ impl Broker {
         Ok(())
     }
 
-    pub(crate) fn publish(&self, publish: Publish<'_>, body: Vec<u8>, properties: BasicProperties) -> Result<()> {
+    pub(crate) fn publish(&self, publish: Publish<'_>, body: Vec<u8>, properties: Properties) -> Result<()> {
         let shared = &self.state;
         with_state(shared, |state| {
             if publish.exchange.is_empty() && publish.routing_key.starts_with(REPLY_PREFIX) {
@@ -202,7 +202,7 @@ impl Broker {
         self.lock().replies.insert(address.clone(), sender);
         let canceller = Canceller { state: Arc::downgrade(&self.state), queue: address.as_str().into(), consumer: 0 };
         ReplyPath {
-            address: address.clone(),
+            address: address.as_str().into(),
             requests: super::Transport::Memory(self.clone()),
             amqp_channel: None,
             replies: Consumer {
@@ -399,20 +399,14 @@ impl State {
     }
 
     /// The queues a message published to `exchange` with `key` goes to.
-    fn route(&self, exchange: &str, key: &str, properties: &BasicProperties) -> Result<Vec<Arc<str>>> {
+    fn route(&self, exchange: &str, key: &str, properties: &Properties) -> Result<Vec<Arc<str>>> {
         let mut queues = Vec::new();
         self.route_into(exchange, key, properties, &mut queues)?;
         Ok(queues)
     }
 
     /// [`State::route`] into a buffer the caller reuses.
-    fn route_into(
-        &self,
-        exchange: &str,
-        key: &str,
-        properties: &BasicProperties,
-        queues: &mut Vec<Arc<str>>,
-    ) -> Result<()> {
+    fn route_into(&self, exchange: &str, key: &str, properties: &Properties, queues: &mut Vec<Arc<str>>) -> Result<()> {
         queues.clear();
         if exchange.is_empty() {
             queues.extend(self.queues.get(key).map(|q| Arc::clone(&q.name)));
@@ -426,7 +420,7 @@ impl State {
                 ExchangeKind::Direct => binding.key == key,
                 ExchangeKind::Topic => topic::matches(&binding.key, key),
                 ExchangeKind::Fanout => true,
-                ExchangeKind::Headers => headers_match(&binding.arguments, properties.headers().as_ref()),
+                ExchangeKind::Headers => headers_match(&binding.arguments, properties.headers()),
             };
             if matched && !queues.contains(&binding.queue) {
                 queues.push(Arc::clone(&binding.queue));
@@ -437,7 +431,7 @@ impl State {
 
     fn enqueue(&mut self, name: &str, mut message: Queued, shared: &Arc<Mutex<State>>) {
         let Some(queue) = self.queues.get_mut(name) else { return };
-        if queue.options.message_ttl.is_some() || message.message.properties.expiration().is_some() {
+        if queue.options.message_ttl.is_some() || message.message.properties.expiration_ms().is_some() {
             Self::set_expiry(queue, &mut message);
         }
         let level = queue.level(&message);
@@ -452,13 +446,7 @@ impl State {
     /// When `message` expires in `queue`: the earlier of its own `expiration` and the queue's TTL.
     fn set_expiry(queue: &Queue, message: &mut Queued) {
         let now = Instant::now();
-        let per_message = message
-            .message
-            .properties
-            .expiration()
-            .as_ref()
-            .and_then(|ms| ms.as_str().parse::<u64>().ok())
-            .map(|ms| now + Duration::from_millis(ms));
+        let per_message = message.message.properties.expiration_ms().map(|ms| now + Duration::from_millis(ms));
         let per_queue = queue.options.message_ttl.map(|ms| now + Duration::from_millis(u64::from(ms)));
         message.expires_at = match (per_message, per_queue) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -643,7 +631,7 @@ impl State {
         let message = &queued.message;
         let key = if key.is_empty() { message.routing_key.to_string() } else { key };
         // RabbitMQ drops a per-message TTL when dead-lettering, so the copy does not expire again at once.
-        let properties = without_expiration(&record_death(message, name, reason));
+        let properties = record_death(message, name, reason).without_expiration();
         let Ok(queues) = self.route(&exchange, &key, &properties) else { return };
         let body = match Arc::try_unwrap(queued.message) {
             Ok(message) => message.body,
@@ -659,8 +647,8 @@ impl State {
 
 /// Properties with RabbitMQ's dead-letter headers added: `x-death` (newest first, one entry per queue and
 /// reason, with a count) and the `x-first-death-*` trio.
-fn record_death(message: &Message, queue: &str, reason: &str) -> BasicProperties {
-    let mut headers = message.properties.headers().clone().unwrap_or_default();
+fn record_death(message: &Message, queue: &str, reason: &str) -> Properties {
+    let mut headers = message.properties.headers().cloned().unwrap_or_default();
     let mut deaths: Vec<AMQPValue> = match headers.inner().get("x-death") {
         Some(AMQPValue::FieldArray(array)) => array.as_slice().to_vec(),
         _ => Vec::new(),
@@ -697,24 +685,7 @@ fn record_death(message: &Message, queue: &str, reason: &str) -> BasicProperties
         headers.insert(ShortString::from("x-first-death-exchange"), text(&message.exchange));
     }
     headers.insert(ShortString::from("x-death"), AMQPValue::FieldArray(FieldArray::from(deaths)));
-    message.properties.clone().with_headers(headers)
-}
-
-/// `properties` minus `expiration` (lapin's properties have setters but no way to clear a field).
-fn without_expiration(p: &BasicProperties) -> BasicProperties {
-    let mut out = BasicProperties::default();
-    macro_rules! copy {
-        ($($get:ident => $set:ident),* $(,)?) => {
-            $( if let Some(value) = p.$get().clone() { out = out.$set(value); } )*
-        };
-    }
-    copy!(
-        content_type => with_content_type, content_encoding => with_content_encoding, headers => with_headers,
-        delivery_mode => with_delivery_mode, priority => with_priority, correlation_id => with_correlation_id,
-        reply_to => with_reply_to, message_id => with_message_id, timestamp => with_timestamp,
-        kind => with_type, user_id => with_user_id, app_id => with_app_id, cluster_id => with_cluster_id,
-    );
-    out
+    message.properties.with_headers(headers)
 }
 
 /// Headers-exchange matching: `x-match` = `all` (default) or `any` over the binding's non-`x-` arguments.

@@ -11,10 +11,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use crate::contract::ExchangeSpec;
+use crate::envelope::Properties;
 use crate::error::Result;
 
 /// A queue's settings, as both transports understand them.
@@ -74,7 +74,7 @@ impl QueueOptions {
 pub(crate) struct Message {
     pub(crate) exchange: std::sync::Arc<str>,
     pub(crate) routing_key: std::sync::Arc<str>,
-    pub(crate) properties: BasicProperties,
+    pub(crate) properties: Properties,
     pub(crate) body: Vec<u8>,
 }
 
@@ -233,7 +233,7 @@ impl Transport {
         }
     }
 
-    pub(crate) async fn publish(&self, publish: Publish<'_>, body: Vec<u8>, properties: BasicProperties) -> Result<()> {
+    pub(crate) async fn publish(&self, publish: Publish<'_>, body: Vec<u8>, properties: Properties) -> Result<()> {
         match self {
             Transport::Amqp(amqp) => amqp.publish(publish, &body, properties).await,
             Transport::Memory(broker) => broker.publish(publish, body, properties),
@@ -299,7 +299,7 @@ impl Transport {
 /// A client's side of RPC: where replies come back, and how requests go out so that they do.
 pub(crate) struct ReplyPath {
     /// The `reply_to` address.
-    pub(crate) address: String,
+    pub(crate) address: std::sync::Arc<str>,
     /// Publishes requests (on AMQP, on the channel that consumes replies, as direct reply-to requires).
     pub(crate) requests: Transport,
     pub(crate) amqp_channel: Option<lapin::Channel>,
@@ -308,14 +308,9 @@ pub(crate) struct ReplyPath {
 }
 
 impl ReplyPath {
-    pub(crate) async fn send_request(
-        &self,
-        publish: Publish<'_>,
-        body: Vec<u8>,
-        properties: BasicProperties,
-    ) -> Result<()> {
+    pub(crate) async fn send_request(&self, publish: Publish<'_>, body: Vec<u8>, properties: Properties) -> Result<()> {
         match &self.amqp_channel {
-            Some(channel) => amqp::publish_on(channel, publish, &body, properties, self.requests.timeout()).await,
+            Some(channel) => amqp::publish_on(channel, publish, &body, &properties, self.requests.timeout()).await,
             None => self.requests.publish(publish, body, properties).await,
         }
     }
