@@ -1,6 +1,6 @@
 //! The bus: one broker connection (RabbitMQ or in memory), shared by publishers, subscribers and RPC.
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::sync::{Arc, Mutex as StdMutex};
 
 use crate::codec::{self, Payload, WireFormat};
@@ -31,9 +31,9 @@ pub(crate) struct Inner {
     pub(crate) config: BusConfig,
     pub(crate) transport: Transport,
     /// Queues this bus has declared, so each is declared once.
-    declared: StdMutex<HashSet<String>>,
+    declared: StdMutex<FxHashSet<String>>,
     /// Exchanges this bus has declared; read on every publish, so keyed by the contract's `'static` names.
-    exchanges: std::sync::RwLock<HashSet<&'static str>>,
+    exchanges: std::sync::RwLock<FxHashSet<&'static str>>,
     /// The RPC client's reply path, opened on the first call (and again after a reconnection).
     pub(crate) replies: tokio::sync::Mutex<Option<Arc<Replies>>>,
     pub(crate) metrics: Metrics,
@@ -131,7 +131,7 @@ impl Bus {
             inner: Arc::new(Inner {
                 config,
                 transport,
-                declared: StdMutex::new(HashSet::new()),
+                declared: StdMutex::default(),
                 exchanges: std::sync::RwLock::default(),
                 replies: tokio::sync::Mutex::new(None),
                 metrics,

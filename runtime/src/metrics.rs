@@ -311,10 +311,10 @@ impl Metrics {
 
     /// Counts a publish of `type_name`, and keeps `body` when history is on.
     pub(crate) fn published(&self, type_name: &'static str, body: Option<Vec<u8>>) {
-        let counter = self.published.read().expect("metrics").get(type_name).cloned();
-        let counter = counter
-            .unwrap_or_else(|| Arc::clone(self.published.write().expect("metrics").entry(type_name).or_default()));
-        counter.fetch_add(1, Ordering::Relaxed);
+        let counted = self.published.read().expect("metrics").get(type_name).map(|c| c.fetch_add(1, Ordering::Relaxed));
+        if counted.is_none() {
+            self.published.write().expect("metrics").entry(type_name).or_default().fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(body) = body.filter(|_| self.history_capacity > 0) {
             let mut history = self.history.lock().expect("history");
             let recent = history.entry(type_name).or_default();

@@ -554,7 +554,7 @@ fn from_lapin(d: lapin::message::Delivery, acker: impl FnOnce(lapin::Acker) -> A
         message: Arc::new(Message {
             exchange: d.exchange.as_str().into(),
             routing_key: d.routing_key.as_str().into(),
-            properties: Properties::Amqp(d.properties),
+            properties: Properties::from(d.properties),
             body: d.data,
         }),
         redelivered: d.redelivered,

@@ -101,6 +101,7 @@ impl Broker {
             Some(_) => Ok(()),
             None => {
                 state.queues.insert(name.to_owned(), Queue::new(name, options.clone()));
+                state.routes.remove(""); // the default exchange routes to every queue by name
                 Ok(())
             }
         }
@@ -111,12 +112,13 @@ impl Broker {
         if !state.queues.contains_key(queue) {
             return Err(Error::config(format!("cannot bind queue \"{queue}\": it does not exist")));
         }
-        let Some(exchange) = state.exchanges.get_mut(exchange) else {
+        let Some(exchange_state) = state.exchanges.get_mut(exchange) else {
             return Err(Error::ExchangeNotFound { exchange: exchange.to_owned() });
         };
         let binding = Binding { queue: queue.into(), key: key.to_owned(), arguments };
-        if !exchange.bindings.contains(&binding) {
-            exchange.bindings.push(binding);
+        if !exchange_state.bindings.contains(&binding) {
+            exchange_state.bindings.push(binding);
+            state.routes.remove(exchange);
         }
         Ok(())
     }
@@ -134,10 +136,8 @@ impl Broker {
                 }
                 return Ok(());
             }
-            let mut queues = std::mem::take(&mut state.scratch);
-            state.route_into(publish.exchange, publish.routing_key, &properties, &mut queues)?;
-            if queues.is_empty() {
-                state.scratch = queues;
+            let route = state.resolve(publish.exchange, publish.routing_key, &properties)?;
+            if route.queues.is_empty() {
                 return if publish.mandatory {
                     Err(Error::Unroutable {
                         exchange: publish.exchange.to_owned(),
@@ -148,12 +148,10 @@ impl Broker {
                 };
             }
             // One shared copy, however many queues it goes to.
-            let (exchange, routing_key) = state.intern(publish.exchange, publish.routing_key);
-            let message = Arc::new(Message { exchange, routing_key, properties, body });
-            for queue in queues.drain(..) {
-                state.enqueue(&queue, Queued::new(Arc::clone(&message)), shared);
+            let message = Arc::new(Message { exchange: route.exchange, routing_key: route.key, properties, body });
+            for queue in route.queues.iter() {
+                state.enqueue(queue, Queued::new(Arc::clone(&message)), shared);
             }
-            state.scratch = queues;
             Ok(())
         })
     }
@@ -247,8 +245,8 @@ struct State {
     outbox: Vec<Outgoing>,
     /// The outbox's spare buffer, so publishing allocates no new one each time.
     spare: Vec<Outgoing>,
-    /// Routing's buffer, reused for the same reason.
-    scratch: Vec<Arc<str>>,
+    /// Routing decisions by exchange and routing key, forgotten whenever the topology changes.
+    routes: FxHashMap<Box<str>, FxHashMap<Box<str>, Route>>,
     /// Exchange names and routing keys seen, shared by the messages that carry them.
     names: FxHashMap<Box<str>, Arc<str>>,
     /// Acknowledged messages, freed after the lock is released (freeing is not free, and the publisher waits
@@ -381,7 +379,38 @@ impl Queue {
     }
 }
 
+/// Where messages with one exchange and routing key go, and those names as shared strings for the messages.
+#[derive(Clone)]
+struct Route {
+    exchange: Arc<str>,
+    key: Arc<str>,
+    queues: Arc<[Arc<str>]>,
+}
+
 impl State {
+    /// Where a message goes: decided once per exchange and routing key, then remembered until the topology
+    /// changes (matching a routing key against every topic binding is the costliest part of a publish).
+    /// Headers exchanges decide per message.
+    fn resolve(&mut self, exchange: &str, key: &str, properties: &Properties) -> Result<Route> {
+        /// Distinct routing keys remembered per exchange; keys made from templates can be unbounded.
+        const MAX_ROUTES: usize = 4096;
+        if let Some(route) = self.routes.get(exchange).and_then(|routes| routes.get(key)) {
+            return Ok(route.clone());
+        }
+        let queues: Arc<[Arc<str>]> = self.route(exchange, key, properties)?.into();
+        let (exchange_name, routing_key) = self.intern(exchange, key);
+        let route = Route { exchange: exchange_name, key: routing_key, queues };
+        if self.exchanges.get(exchange).is_some_and(|e| e.kind == ExchangeKind::Headers) {
+            return Ok(route);
+        }
+        let routes = self.routes.entry(exchange.into()).or_default();
+        if routes.len() >= MAX_ROUTES {
+            routes.clear();
+        }
+        routes.insert(key.into(), route.clone());
+        Ok(route)
+    }
+
     /// `exchange` and `key` as shared strings, interned while there are not too many distinct ones.
     fn intern(&mut self, exchange: &str, key: &str) -> (Arc<str>, Arc<str>) {
         const MAX_NAMES: usize = 4096;
@@ -400,21 +429,13 @@ impl State {
 
     /// The queues a message published to `exchange` with `key` goes to.
     fn route(&self, exchange: &str, key: &str, properties: &Properties) -> Result<Vec<Arc<str>>> {
-        let mut queues = Vec::new();
-        self.route_into(exchange, key, properties, &mut queues)?;
-        Ok(queues)
-    }
-
-    /// [`State::route`] into a buffer the caller reuses.
-    fn route_into(&self, exchange: &str, key: &str, properties: &Properties, queues: &mut Vec<Arc<str>>) -> Result<()> {
-        queues.clear();
         if exchange.is_empty() {
-            queues.extend(self.queues.get(key).map(|q| Arc::clone(&q.name)));
-            return Ok(());
+            return Ok(self.queues.get(key).map(|q| Arc::clone(&q.name)).into_iter().collect());
         }
         let Some(exchange_state) = self.exchanges.get(exchange) else {
             return Err(Error::ExchangeNotFound { exchange: exchange.to_owned() });
         };
+        let mut queues = Vec::new();
         for binding in &exchange_state.bindings {
             let matched = match exchange_state.kind {
                 ExchangeKind::Direct => binding.key == key,
@@ -426,7 +447,7 @@ impl State {
                 queues.push(Arc::clone(&binding.queue));
             }
         }
-        Ok(())
+        Ok(queues)
     }
 
     fn enqueue(&mut self, name: &str, mut message: Queued, shared: &Arc<Mutex<State>>) {
@@ -615,6 +636,7 @@ impl State {
     }
 
     fn delete_queue(&mut self, name: &str) {
+        self.routes.clear();
         if let Some(notify) = self.queues.remove(name).and_then(|queue| queue.expiry) {
             notify.notify_one(); // the expiry task sees the queue gone and ends
         }
@@ -761,5 +783,56 @@ impl Canceller {
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State").field("queues", &self.queues.len()).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOPIC: ExchangeSpec =
+        ExchangeSpec { name: "routes.test", kind: ExchangeKind::Topic, durable: false, auto_delete: false };
+
+    fn send(broker: &Broker, exchange: &str, key: &str) -> Result<()> {
+        let publish = Publish { exchange, routing_key: key, mandatory: true, confirm: true };
+        broker.publish(publish, b"x".to_vec(), lapin::BasicProperties::default().into())
+    }
+
+    fn depth(broker: &Broker, queue: &str) -> u64 {
+        broker.queue_depth(queue).expect("queue exists")
+    }
+
+    /// Remembered routes must never outlive the topology they were decided on.
+    #[tokio::test]
+    async fn remembered_routes_follow_bindings_and_deleted_queues() {
+        let broker = Broker::default();
+        broker.declare_exchange(&TOPIC).unwrap();
+        assert!(matches!(send(&broker, TOPIC.name, "user.created"), Err(Error::Unroutable { .. })));
+
+        let auto_delete = QueueOptions { auto_delete: true, ..QueueOptions::default() };
+        broker.declare_queue("a", &auto_delete).unwrap();
+        broker.bind("a", TOPIC.name, "user.*", FieldTable::default()).unwrap();
+        send(&broker, TOPIC.name, "user.created").unwrap();
+        assert_eq!(depth(&broker, "a"), 1, "the new binding is used although the key was unroutable before");
+
+        broker.declare_queue("b", &QueueOptions::default()).unwrap();
+        broker.bind("b", TOPIC.name, "*.created", FieldTable::default()).unwrap();
+        send(&broker, TOPIC.name, "user.created").unwrap();
+        assert_eq!((depth(&broker, "a"), depth(&broker, "b")), (2, 1), "a second binding adds a queue");
+
+        // The default exchange reaches a queue declared after a publish found none by that name.
+        assert!(matches!(send(&broker, "", "c"), Err(Error::Unroutable { .. })));
+        broker.declare_queue("c", &QueueOptions::default()).unwrap();
+        send(&broker, "", "c").unwrap();
+        assert_eq!(depth(&broker, "c"), 1);
+
+        // An auto-delete queue goes with its last consumer, and its binding with it.
+        send(&broker, TOPIC.name, "user.deleted").unwrap();
+        let consumer = broker.consume("a", 0, "t".into()).unwrap();
+        consumer.cancel.cancel("t", Duration::from_secs(1)).await;
+        assert!(broker.queue_depth("a").is_err(), "auto-delete queue removed");
+        send(&broker, TOPIC.name, "user.created").unwrap();
+        assert_eq!(depth(&broker, "b"), 2, "only the remaining queue receives");
+        assert!(matches!(send(&broker, TOPIC.name, "user.deleted"), Err(Error::Unroutable { .. })));
     }
 }
