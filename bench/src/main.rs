@@ -68,9 +68,13 @@ enum Goal {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // Small in-memory runs, for `valgrind --tool=callgrind`.
     if args.iter().any(|a| a == "--profile-one") {
-        // One small single-subscriber run, for `valgrind --tool=callgrind`.
         memory::in_memory_one_subscriber(20_000).await;
+        return;
+    }
+    if args.iter().any(|a| a == "--profile-fan-out") {
+        memory::in_memory_fan_out(5_000, 10).await;
         return;
     }
     let scale = if args.iter().any(|a| a == "--quick") { QUICK } else { FULL };

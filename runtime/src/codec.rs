@@ -85,7 +85,7 @@ impl fmt::Debug for Schema {
 
 /// A message type of a contract: it knows its proto name, the fingerprint of its schema, where its descriptors
 /// are (for JSON), and its validation rules. Implemented by generated code for every message.
-pub trait Payload: prost::Message + Default + Send + Sync + 'static {
+pub trait Payload: prost::Message + Clone + Default + Send + Sync + 'static {
     /// Full proto name, e.g. `gametrade.v1.UserRegistered`; sent as the AMQP `type` property.
     const TYPE_NAME: &'static str;
     /// A hash of the message's schema (its fields and the types they use, transitively): equal

@@ -166,7 +166,7 @@ pub fn enum_word(
 /// Something a subscriber can receive: one event type, or a generated enum of several.
 ///
 /// Implemented for every [`Event`], and by generated code for each exchange's event enum.
-pub trait Inbound: Sized + Send + 'static {
+pub trait Inbound: Clone + Sized + Send + Sync + 'static {
     /// The exchange subscriptions bind to.
     fn exchange() -> &'static ExchangeSpec;
     /// The keys subscribers bind with by default, one per accepted event (templates as `*`).

@@ -93,15 +93,22 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 /// message rather than copying from it.
 #[derive(Debug, Clone)]
 pub struct Context {
-    bus: Bus,
+    // The subscriber's own handle: cloning the bus itself for every delivery would have every subscriber
+    // thread count references on one shared cache line.
+    bus: Arc<Bus>,
     message: Arc<Message>,
     redelivered: bool,
     attempt: u32,
 }
 
 impl Context {
-    fn new(bus: &Bus, delivery: &Delivery, attempt: u32) -> Self {
-        Context { bus: bus.clone(), message: Arc::clone(&delivery.message), redelivered: delivery.redelivered, attempt }
+    fn new(bus: &Arc<Bus>, delivery: &Delivery, attempt: u32) -> Self {
+        Context {
+            bus: Arc::clone(bus),
+            message: Arc::clone(&delivery.message),
+            redelivered: delivery.redelivered,
+            attempt,
+        }
     }
 
     /// The bus the message arrived on, to publish follow-up events.
@@ -338,6 +345,7 @@ impl<T: Inbound> Subscriber<T> {
         let worker = Worker {
             stats: bus.inner.metrics.subscriber(&self.group, &queue),
             bus: bus.clone(),
+            context_bus: Arc::new(bus.clone()),
             group: self.group.clone(),
             queue: queue.clone(),
             retry: self.retry,
@@ -417,6 +425,8 @@ async fn linger(feed: &mut Feed) -> Option<Delivery> {
 struct Worker {
     stats: Arc<SubscriberStats>,
     bus: Bus,
+    /// What handlers' contexts share.
+    context_bus: Arc<Bus>,
     group: String,
     queue: String,
     retry: RetryPolicy,
@@ -453,7 +463,7 @@ impl Worker {
         {
             self.stats.schema_mismatch(type_name, seen, own);
         }
-        let message = match T::decode(type_name, properties.format(), &delivery.body) {
+        let message = match delivery.message.decode::<T>(type_name, properties.format()) {
             Ok(message) => message,
             // Decoding will never succeed: dead-letter at once, no retries.
             Err(error) => {
@@ -463,7 +473,7 @@ impl Worker {
             }
         };
         let attempt = 1 + properties.header_i64(envelope::ATTEMPTS).unwrap_or(0).clamp(0, 1 << 20) as u32;
-        let context = Context::new(&self.bus, &delivery, attempt);
+        let context = Context::new(&self.context_bus, &delivery, attempt);
         let run = async {
             // A handler may panic while making its future, not only while it runs: catch both.
             let future = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(message, context))) {

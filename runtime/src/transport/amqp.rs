@@ -551,12 +551,12 @@ fn delivery(result: lapin::Result<lapin::message::Delivery>) -> Result<Delivery>
 /// A lapin delivery as the transport's, settled through `acker` (given lapin's acker).
 fn from_lapin(d: lapin::message::Delivery, acker: impl FnOnce(lapin::Acker) -> Acker) -> Delivery {
     Delivery {
-        message: Arc::new(Message {
-            exchange: d.exchange.as_str().into(),
-            routing_key: d.routing_key.as_str().into(),
-            properties: Properties::from(d.properties),
-            body: d.data,
-        }),
+        message: Arc::new(Message::new(
+            d.exchange.as_str().into(),
+            d.routing_key.as_str().into(),
+            Properties::from(d.properties),
+            d.data,
+        )),
         redelivered: d.redelivered,
         acker: acker(d.acker),
     }

@@ -129,8 +129,7 @@ impl Broker {
             if publish.exchange.is_empty() && publish.routing_key.starts_with(REPLY_PREFIX) {
                 // Direct reply-to: straight to the waiting client, or nowhere (replies are at-most-once).
                 if let Some(sink) = state.replies.get(publish.routing_key) {
-                    let message =
-                        Message { exchange: "".into(), routing_key: publish.routing_key.into(), properties, body };
+                    let message = Message::new("".into(), publish.routing_key.into(), properties, body);
                     let delivery = Delivery { message: Arc::new(message), redelivered: false, acker: AnyAcker::None };
                     let _ = sink.send(Ok(delivery));
                 }
@@ -148,7 +147,11 @@ impl Broker {
                 };
             }
             // One shared copy, however many queues it goes to.
-            let message = Arc::new(Message { exchange: route.exchange, routing_key: route.key, properties, body });
+            let mut message = Message::new(route.exchange, route.key, properties, body);
+            if route.queues.len() > 1 {
+                message = message.fanned_out();
+            }
+            let message = Arc::new(message);
             for queue in route.queues.iter() {
                 state.enqueue(queue, Queued::new(Arc::clone(&message)), shared);
             }
@@ -270,7 +273,11 @@ fn with_state<R>(shared: &Arc<Mutex<State>>, operation: impl FnOnce(&mut State) 
     }
     let mut state = lock(shared);
     let result = operation(&mut state);
-    let acknowledged = std::mem::take(&mut state.acknowledged);
+    // Sized like this batch for the next one, so that one does not grow it step by step.
+    let acknowledged = match state.acknowledged.len() {
+        0 => Vec::new(),
+        n => std::mem::replace(&mut state.acknowledged, Vec::with_capacity(n)),
+    };
     if state.outbox.is_empty() {
         drop(state);
         drop(acknowledged);
@@ -660,7 +667,7 @@ impl State {
             Err(shared) => shared.body.clone(),
         };
         let (exchange, routing_key) = self.intern(&exchange, &key);
-        let copy = Arc::new(Message { exchange, routing_key, properties, body });
+        let copy = Arc::new(Message::new(exchange, routing_key, properties, body));
         for queue in queues {
             self.enqueue(&queue, Queued::new(Arc::clone(&copy)), shared);
         }

@@ -70,12 +70,60 @@ impl QueueOptions {
 
 /// A message as published: where to and what. Shared, never copied, between the queues a message is routed
 /// to, its deliveries, and the handler's [`crate::Context`].
-#[derive(Debug)]
 pub(crate) struct Message {
     pub(crate) exchange: std::sync::Arc<str>,
     pub(crate) routing_key: std::sync::Arc<str>,
     pub(crate) properties: Properties,
     pub(crate) body: Vec<u8>,
+    /// For a message routed to several queues: the payload as the first subscriber decoded it, for the
+    /// others to clone instead of decoding again.
+    decoded: Option<std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("exchange", &self.exchange)
+            .field("routing_key", &self.routing_key)
+            .field("properties", &self.properties)
+            .field("body", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Message {
+    pub(crate) fn new(
+        exchange: std::sync::Arc<str>,
+        routing_key: std::sync::Arc<str>,
+        properties: Properties,
+        body: Vec<u8>,
+    ) -> Self {
+        Message { exchange, routing_key, properties, body, decoded: None }
+    }
+
+    /// A message that goes to several queues: subscribers of the same type share one decoding.
+    pub(crate) fn fanned_out(mut self) -> Self {
+        self.decoded = Some(std::sync::OnceLock::new());
+        self
+    }
+
+    /// The payload as a `T`: decoded, or cloned from another subscriber's decoding of the same message.
+    pub(crate) fn decode<T: crate::contract::Inbound>(
+        &self,
+        type_name: &str,
+        format: crate::WireFormat,
+    ) -> std::result::Result<T, crate::contract::DecodeError> {
+        let Some(shared) = &self.decoded else { return T::decode(type_name, format, &self.body) };
+        if let Some(decoded) = shared.get() {
+            if let Some(value) = decoded.downcast_ref::<T>() {
+                return Ok(value.clone());
+            }
+            return T::decode(type_name, format, &self.body); // a subscriber of another type decoded it
+        }
+        let value = T::decode(type_name, format, &self.body)?;
+        let _ = shared.set(Box::new(value.clone())); // another subscriber may have been quicker; either is right
+        Ok(value)
+    }
 }
 
 /// A message handed to a consumer, with the means to settle it.
@@ -89,11 +137,13 @@ pub(crate) struct Delivery {
 impl Delivery {
     /// The message itself, copied only if something else still shares it.
     pub(crate) fn into_message(self) -> Message {
-        std::sync::Arc::try_unwrap(self.message).unwrap_or_else(|shared| Message {
-            exchange: shared.exchange.clone(),
-            routing_key: shared.routing_key.clone(),
-            properties: shared.properties.clone(),
-            body: shared.body.clone(),
+        std::sync::Arc::try_unwrap(self.message).unwrap_or_else(|shared| {
+            Message::new(
+                shared.exchange.clone(),
+                shared.routing_key.clone(),
+                shared.properties.clone(),
+                shared.body.clone(),
+            )
         })
     }
 }

@@ -69,6 +69,36 @@ async fn a_fanout_exchange_delivers_to_every_group(h: &Harness) {
     second_sub.stop().await;
 }
 
+/// One message, several queues, subscribers of different types: each gets its own equal value (the in-memory
+/// broker decodes once per type and clones for the rest; nothing one handler does is seen by another).
+async fn one_event_reaches_groups_of_different_types_each_with_its_own_copy(h: &Harness) {
+    let bus = h.bus("fan-out-test").await;
+    let (typed_sub, mut typed) = collect(UserRegistered::subscribe(&bus, &unique("welcome"))).await;
+    let (first_sub, mut first) = collect(GametradeEvents::subscribe(&bus, &unique("audit"), "user.*")).await;
+    let (second_sub, mut second) = collect(GametradeEvents::subscribe(&bus, &unique("stats"), "#")).await;
+    let sent: Vec<UserRegistered> = (1..=20)
+        .map(|i| UserRegistered { user_id: i, username: format!("player{i}"), email: format!("p{i}@example.com") })
+        .collect();
+    for event in &sent {
+        bus.publish(event).await.unwrap();
+    }
+    for expected in &sent {
+        assert_eq!(&within(10, "the typed subscriber", typed.recv()).await.unwrap().0, expected);
+        for rx in [&mut first, &mut second] {
+            match within(10, "an enum subscriber", rx.recv()).await.unwrap().0 {
+                GametradeEvents::UserRegistered(mut received) => {
+                    assert_eq!(&received, expected);
+                    received.username.push_str("-changed"); // owned: the other groups' copies are unaffected
+                }
+                other => panic!("expected UserRegistered, got {other:?}"),
+            }
+        }
+    }
+    for subscription in [typed_sub, first_sub, second_sub] {
+        subscription.stop().await;
+    }
+}
+
 async fn a_pattern_that_matches_no_event_is_refused_at_subscribe_time(h: &Harness) {
     let bus = h.bus("pattern-test").await;
     let error = GametradeEvents::subscribe(&bus, &unique("typo"), "usr.*")
@@ -100,6 +130,7 @@ warren_tests::on_both_transports!(
     a_user_pattern_subscriber_gets_user_registered_and_not_item_listed,
     a_direct_exchange_routes_by_exact_key,
     a_fanout_exchange_delivers_to_every_group,
+    one_event_reaches_groups_of_different_types_each_with_its_own_copy,
     a_pattern_that_matches_no_event_is_refused_at_subscribe_time,
     an_unroutable_publish_is_an_error_not_a_silent_drop,
 );
