@@ -12,11 +12,13 @@ use std::collections::{HashMap, VecDeque};
 
 use rustc_hash::FxHashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
+use futures_util::task::AtomicWaker;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -160,21 +162,28 @@ impl Broker {
     }
 
     pub(crate) fn consume(&self, queue: &str, prefetch: u16, tag: String) -> Result<Consumer> {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let id = with_state(&self.state, |state| {
+        let inbox = with_state(&self.state, |state| {
             state.next_consumer += 1;
             let id = state.next_consumer;
             let Some(q) = state.queues.get_mut(queue) else {
                 return Err(Error::config(format!("cannot consume from queue \"{queue}\": it does not exist")));
             };
-            q.consumers.push(Slot { id, sender, prefetch: usize::from(prefetch), unacked: 0 });
+            let inbox = Arc::new(Inbox {
+                deliveries: Mutex::default(),
+                waker: AtomicWaker::new(),
+                closed: AtomicBool::new(false),
+                state: Arc::downgrade(&self.state),
+                queue: Arc::clone(&q.name),
+                consumer: id,
+            });
+            q.consumers.push(Slot { id, inbox: Arc::clone(&inbox), prefetch: usize::from(prefetch), unacked: 0 });
             state.dispatch(queue, &self.state);
-            Ok(id)
+            Ok(inbox)
         })?;
-        let canceller = Canceller { state: Arc::downgrade(&self.state), queue: queue.into(), consumer: id };
+        let canceller = Canceller { state: Arc::downgrade(&self.state), queue: queue.into(), consumer: inbox.consumer };
         Ok(Consumer {
             tag,
-            stream: Box::pin(Deliveries { receiver, canceller: Some(canceller.clone()) }),
+            stream: Box::pin(Deliveries { inbox, taken: VecDeque::new(), canceller: Some(canceller.clone()) }),
             cancel: AnyCanceller::Memory(canceller),
         })
     }
@@ -208,20 +217,102 @@ impl Broker {
             amqp_channel: None,
             replies: Consumer {
                 tag: address,
-                stream: Box::pin(Deliveries { receiver, canceller: Some(canceller.clone()) }),
+                stream: Box::pin(Replies { receiver, canceller: Some(canceller.clone()) }),
                 cancel: AnyCanceller::Memory(canceller),
             },
         }
     }
 }
 
+/// One consumer's deliveries: put there by the broker under its lock, taken by the consumer's task without
+/// it. Replaces a channel per consumer: no sender to clone per delivery, and one wake-up per batch rather
+/// than per message.
+struct Inbox {
+    deliveries: Mutex<VecDeque<Delivery>>,
+    /// The consumer's task, when it waits for deliveries.
+    waker: AtomicWaker,
+    /// The broker let go of the consumer (queue deleted, broker gone): the stream ends once drained.
+    closed: AtomicBool,
+    state: Weak<Mutex<State>>,
+    queue: Arc<str>,
+    consumer: u64,
+}
+
+impl Inbox {
+    /// Adds a delivery; `true` when the inbox was empty, so the consumer may be waiting and must be woken.
+    fn put(&self, delivery: Delivery) -> bool {
+        let mut deliveries = self.deliveries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        deliveries.push_back(delivery);
+        deliveries.len() == 1
+    }
+
+    /// Moves every waiting delivery into `into` (empty), trading buffers: one lock for the whole batch.
+    fn take_all(&self, into: &mut VecDeque<Delivery>) {
+        std::mem::swap(&mut *self.deliveries.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), into);
+    }
+
+    /// Ends the stream. Deliveries not yet taken are dropped: the broker has put them back in the queue.
+    /// (Their ackers point at this inbox: keeping them would also keep it alive forever.)
+    fn close(&self) {
+        let untaken = std::mem::take(&mut *self.deliveries.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        self.closed.store(true, Ordering::Release);
+        self.waker.wake();
+        drop(untaken);
+    }
+}
+
 /// Consumer deliveries; dropping the stream cancels the consumer, like closing its channel.
 struct Deliveries {
+    inbox: Arc<Inbox>,
+    /// Taken from the inbox, not yet handed out.
+    taken: VecDeque<Delivery>,
+    canceller: Option<Canceller>,
+}
+
+impl Deliveries {
+    fn next_taken(&mut self) -> Option<Delivery> {
+        if self.taken.is_empty() {
+            self.inbox.take_all(&mut self.taken);
+        }
+        self.taken.pop_front()
+    }
+}
+
+impl Stream for Deliveries {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.inbox.closed.load(Ordering::Acquire) {
+            self.taken.clear(); // back in the queue already
+            return Poll::Ready(None);
+        }
+        if let Some(delivery) = self.next_taken() {
+            return Poll::Ready(Some(Ok(delivery)));
+        }
+        self.inbox.waker.register(cx.waker());
+        // Again after registering: a delivery put in between would otherwise wait for the next wake-up.
+        if let Some(delivery) = self.next_taken() {
+            return Poll::Ready(Some(Ok(delivery)));
+        }
+        if self.inbox.closed.load(Ordering::Acquire) { Poll::Ready(None) } else { Poll::Pending }
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        if let Some(canceller) = self.canceller.take() {
+            canceller.cancel();
+        }
+    }
+}
+
+/// RPC replies for one client.
+struct Replies {
     receiver: mpsc::UnboundedReceiver<Result<Delivery>>,
     canceller: Option<Canceller>,
 }
 
-impl Stream for Deliveries {
+impl Stream for Replies {
     type Item = Result<Delivery>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -229,7 +320,7 @@ impl Stream for Deliveries {
     }
 }
 
-impl Drop for Deliveries {
+impl Drop for Replies {
     fn drop(&mut self) {
         if let Some(canceller) = self.canceller.take() {
             canceller.cancel();
@@ -243,11 +334,9 @@ struct State {
     queues: FxHashMap<String, Queue>,
     replies: FxHashMap<String, mpsc::UnboundedSender<Result<Delivery>>>,
     next_consumer: u64,
-    /// Deliveries decided under the lock, sent after it is released (a send may wake a thread, which must not
-    /// happen while holding the broker).
-    outbox: Vec<Outgoing>,
-    /// The outbox's spare buffer, so publishing allocates no new one each time.
-    spare: Vec<Outgoing>,
+    /// Consumers that got deliveries while they may be waiting: woken after the lock is released (a wake-up
+    /// may wake a thread, which must not happen while holding the broker).
+    wakes: Vec<Arc<Inbox>>,
     /// Routing decisions by exchange and routing key, forgotten whenever the topology changes.
     routes: FxHashMap<Box<str>, FxHashMap<Box<str>, Route>>,
     /// Exchange names and routing keys seen, shared by the messages that carry them.
@@ -257,55 +346,23 @@ struct State {
     acknowledged: Vec<Queued>,
 }
 
-/// A delivery on its way to a consumer.
-struct Outgoing {
-    queue: Arc<str>,
-    consumer: u64,
-    sender: mpsc::UnboundedSender<Result<Delivery>>,
-    delivery: Delivery,
-}
-
-/// Runs `operation` on the broker state, then sends the deliveries it decided on, outside the lock. A
-/// consumer found gone on sending is removed, and its messages requeued, under the lock again.
+/// Runs `operation` on the broker state, then wakes the consumers it gave deliveries to, outside the lock.
 fn with_state<R>(shared: &Arc<Mutex<State>>, operation: impl FnOnce(&mut State) -> R) -> R {
-    fn lock(shared: &Mutex<State>) -> MutexGuard<'_, State> {
-        shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-    let mut state = lock(shared);
+    let mut state = shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let result = operation(&mut state);
     // Sized like this batch for the next one, so that one does not grow it step by step.
     let acknowledged = match state.acknowledged.len() {
         0 => Vec::new(),
         n => std::mem::replace(&mut state.acknowledged, Vec::with_capacity(n)),
     };
-    if state.outbox.is_empty() {
-        drop(state);
-        drop(acknowledged);
-        return result;
-    }
-    let spare = std::mem::take(&mut state.spare);
-    let mut outbox = std::mem::replace(&mut state.outbox, spare);
+    let wakes = match state.wakes.len() {
+        0 => Vec::new(),
+        n => std::mem::replace(&mut state.wakes, Vec::with_capacity(n)),
+    };
     drop(state);
     drop(acknowledged);
-    while !outbox.is_empty() {
-        let mut gone = Vec::new();
-        for out in outbox.drain(..) {
-            if out.sender.send(Ok(out.delivery)).is_err() {
-                gone.push((out.queue, out.consumer));
-            }
-        }
-        if gone.is_empty() {
-            break;
-        }
-        let mut state = lock(shared);
-        for (queue, consumer) in gone {
-            state.remove_consumer(&queue, consumer, shared);
-        }
-        outbox.append(&mut state.outbox);
-    }
-    let mut state = lock(shared);
-    if state.spare.capacity() < outbox.capacity() {
-        state.spare = outbox;
+    for inbox in wakes {
+        inbox.waker.wake();
     }
     result
 }
@@ -340,10 +397,17 @@ impl Queued {
 
 struct Slot {
     id: u64,
-    sender: mpsc::UnboundedSender<Result<Delivery>>,
+    inbox: Arc<Inbox>,
     /// 0 = unlimited.
     prefetch: usize,
     unacked: usize,
+}
+
+impl Drop for Slot {
+    /// The broker lets go of the consumer (cancelled, queue deleted, broker gone): its stream ends.
+    fn drop(&mut self) {
+        self.inbox.close();
+    }
 }
 
 struct Queue {
@@ -560,25 +624,35 @@ impl State {
                 let delivery = Delivery {
                     message: Arc::clone(&message.message),
                     redelivered: message.redelivered,
-                    acker: AnyAcker::Memory(Acker {
-                        state: Arc::downgrade(shared),
-                        queue: Arc::clone(&queue.name),
-                        tag,
-                    }),
+                    acker: AnyAcker::Memory(Acker { inbox: Arc::clone(&slot.inbox), tag }),
                 };
                 slot.unacked += 1;
-                self.outbox.push(Outgoing {
-                    queue: Arc::clone(&queue.name),
-                    consumer: slot.id,
-                    sender: slot.sender.clone(),
-                    delivery,
-                });
+                if slot.inbox.put(delivery) {
+                    self.wakes.push(Arc::clone(&slot.inbox));
+                }
                 queue.unacked.insert(tag, (slot.id, message));
             }
         }
         for message in expired {
             self.dead_letter(name, message, "expired", shared);
         }
+    }
+
+    /// Acknowledges deliveries of `name` by tag, looking the queue up once; `false` if any was not pending.
+    fn ack(&mut self, name: &str, tags: impl Iterator<Item = u64>) -> bool {
+        let Some(queue) = self.queues.get_mut(name) else { return false };
+        let mut all = true;
+        for tag in tags {
+            let Some((consumer, message)) = queue.unacked.remove(&tag) else {
+                all = false;
+                continue;
+            };
+            if let Some(slot) = queue.consumers.iter_mut().find(|s| s.id == consumer) {
+                slot.unacked -= 1;
+            }
+            self.acknowledged.push(message);
+        }
+        all
     }
 
     fn settle(&mut self, name: &str, tag: u64, how: Settle, shared: &Arc<Mutex<State>>) -> bool {
@@ -733,34 +807,38 @@ fn headers_match(binding: &FieldTable, headers: Option<&FieldTable>) -> bool {
 }
 
 /// Settles one delivery of the in-memory broker.
-#[derive(Debug)]
 pub(crate) struct Acker {
-    state: Weak<Mutex<State>>,
-    queue: Arc<str>,
+    /// The consumer it was delivered to, which knows its broker and queue.
+    inbox: Arc<Inbox>,
     tag: u64,
 }
 
+impl std::fmt::Debug for Acker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acker").field("queue", &self.inbox.queue).field("tag", &self.tag).finish()
+    }
+}
+
 impl Acker {
-    /// Acknowledges several deliveries under one lock.
+    /// Acknowledges deliveries of one consumer under one lock.
     pub(crate) fn ack_all<'a>(ackers: impl Iterator<Item = &'a Acker>) -> bool {
         let mut ackers = ackers.peekable();
         let Some(first) = ackers.peek() else { return true };
-        let (Some(shared), queue) = (first.state.upgrade(), Arc::clone(&first.queue)) else { return false };
+        let Some(shared) = first.inbox.state.upgrade() else { return false };
+        let queue = Arc::clone(&first.inbox.queue);
         with_state(&shared, |state| {
-            let mut all = true;
-            for acker in ackers {
-                all &= state.settle(&acker.queue, acker.tag, Settle::Ack, &shared);
-            }
+            let all = state.ack(&queue, ackers.map(|acker| acker.tag));
             state.dispatch(&queue, &shared);
             all
         })
     }
 
     pub(crate) fn settle(&self, how: Settle) -> bool {
-        let Some(shared) = self.state.upgrade() else { return false };
+        let Some(shared) = self.inbox.state.upgrade() else { return false };
+        let queue = &self.inbox.queue;
         with_state(&shared, |state| {
-            let settled = state.settle(&self.queue, self.tag, how, &shared);
-            state.dispatch(&self.queue, &shared);
+            let settled = state.settle(queue, self.tag, how, &shared);
+            state.dispatch(queue, &shared);
             settled
         })
     }
