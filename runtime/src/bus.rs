@@ -37,8 +37,8 @@ pub(crate) struct Inner {
     /// The RPC client's reply path, opened on the first call (and again after a reconnection).
     pub(crate) replies: tokio::sync::Mutex<Option<Arc<Replies>>>,
     pub(crate) metrics: Metrics,
-    /// The service name, shared by every message's `app_id`.
-    pub(crate) app_id: Arc<str>,
+    /// The service name, for every message's `app_id`.
+    pub(crate) app_id: &'static str,
     /// Subscribers and servers, for shutdown.
     pub(crate) running: crate::feed::Running,
     /// Set by shutdown and close: publishing fails with [`Error::Closed`] from then on.
@@ -126,7 +126,7 @@ impl Bus {
 
     fn on(config: BusConfig, transport: Transport) -> Bus {
         let metrics = Metrics::new(config.history);
-        let app_id = config.service_name.as_str().into();
+        let app_id = envelope::static_name(&config.service_name);
         Bus {
             inner: Arc::new(Inner {
                 config,
@@ -205,7 +205,7 @@ impl Bus {
         options: PublishOptions,
     ) -> Result<()> {
         let payload = codec::encode(message, format)?;
-        let mut envelope = Envelope::new(P::TYPE_NAME, format, P::FINGERPRINT, &self.inner.app_id);
+        let mut envelope = Envelope::new(P::TYPE_NAME, format, P::FINGERPRINT, self.inner.app_id);
         envelope.correlation_id = options.correlation_id.map(Arc::from);
         envelope.persistent = true;
         envelope.priority = priority.map(crate::Priority::as_amqp);

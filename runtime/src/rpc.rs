@@ -310,7 +310,7 @@ impl RpcClient {
         bus.declare_queue(self.service.queue, durability(false)).await?;
         bus.check_size(payload.len())?;
 
-        let mut envelope = Envelope::new(method.path, WireFormat::Protobuf, Req::FINGERPRINT, &bus.inner.app_id);
+        let mut envelope = Envelope::new(method.path, WireFormat::Protobuf, Req::FINGERPRINT, bus.inner.app_id);
         envelope.reply_to = Some(Arc::clone(&replies.path.address));
         envelope.expiration_ms = Some(timeout.as_millis().clamp(1, u128::from(u64::MAX)) as u64);
         let id = envelope.message_id.as_str().to_owned();
