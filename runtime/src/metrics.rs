@@ -208,19 +208,19 @@ impl SubscriberStats {
     }
 
     /// Counts a delivery of `type_name` arriving; the returned tracker counts the rest.
-    pub(crate) fn delivered(self: &Arc<Self>, type_name: &str) -> Tracker {
+    pub(crate) fn delivered(&self, type_name: &str) -> Tracker<'_> {
         let of_type = self.of_type(type_name);
         for stats in [&self.total, &*of_type] {
             stats.delivered.fetch_add(1, Ordering::Relaxed);
         }
         // `ended` starts true: a delivery whose handler never starts (undecodable) is not in flight.
-        Tracker { subscriber: Arc::clone(self), of_type, started: None, ended: true }
+        Tracker { subscriber: self, of_type, started: None, ended: true }
     }
 }
 
 /// Follows one delivery through its handler.
-pub(crate) struct Tracker {
-    subscriber: Arc<SubscriberStats>,
+pub(crate) struct Tracker<'a> {
+    subscriber: &'a SubscriberStats,
     of_type: Arc<Stats>,
     started: Option<Instant>,
     /// Whether the handler was started and has ended (so `in_flight` is decremented once).
@@ -230,7 +230,7 @@ pub(crate) struct Tracker {
 /// One handler run in this many is timed.
 const TIME_EVERY: u64 = 8;
 
-impl Tracker {
+impl Tracker<'_> {
     fn each(&self, count: impl Fn(&Stats)) {
         count(&self.subscriber.total);
         count(&self.of_type);

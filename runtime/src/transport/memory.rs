@@ -532,7 +532,10 @@ impl State {
         if expires {
             Self::watch_expiry(queue, shared);
         }
-        self.dispatch(name, shared);
+        let expired = Self::dispatch_queue(queue, &mut self.wakes);
+        for message in expired {
+            self.dead_letter(name, message, "expired", shared);
+        }
     }
 
     /// When `message` expires in `queue`: the earlier of its own `expiration` and the queue's TTL.
@@ -600,8 +603,17 @@ impl State {
 
     /// Hands ready messages to consumers with room under their prefetch, round robin.
     fn dispatch(&mut self, name: &str, shared: &Arc<Mutex<State>>) {
+        let Some(queue) = self.queues.get_mut(name) else { return };
+        let expired = Self::dispatch_queue(queue, &mut self.wakes);
+        for message in expired {
+            self.dead_letter(name, message, "expired", shared);
+        }
+    }
+
+    /// [`State::dispatch`] on a queue already looked up; returns the messages found expired, to dead-letter.
+    fn dispatch_queue(queue: &mut Queue, wakes: &mut Vec<Arc<Inbox>>) -> Vec<Queued> {
         let mut expired = Vec::new();
-        if let Some(queue) = self.queues.get_mut(name) {
+        {
             let mut now = None;
             while let Some(level) = queue.ready.iter().rposition(|level| !level.is_empty()) {
                 let count = queue.consumers.len();
@@ -628,14 +640,12 @@ impl State {
                 };
                 slot.unacked += 1;
                 if slot.inbox.put(delivery) {
-                    self.wakes.push(Arc::clone(&slot.inbox));
+                    wakes.push(Arc::clone(&slot.inbox));
                 }
                 queue.unacked.insert(tag, (slot.id, message));
             }
         }
-        for message in expired {
-            self.dead_letter(name, message, "expired", shared);
-        }
+        expired
     }
 
     /// Acknowledges deliveries of `name` by tag, looking the queue up once; `false` if any was not pending.
