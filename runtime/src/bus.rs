@@ -303,8 +303,13 @@ impl Bus {
         }))
     }
 
+    /// Whether shutdown or close has begun.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.closed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn check_open_and_size(&self, size: usize) -> Result<()> {
-        if self.inner.closed.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.is_closed() {
             return Err(Error::Closed);
         }
         self.check_size(size)

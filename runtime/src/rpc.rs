@@ -332,6 +332,11 @@ impl RpcClient {
             tokio::select! {
                 reply = &mut rx => match reply {
                     Ok(reply) => break reply,
+                    // A call that raced a shutdown (its reply path closed under it) was cancelled, like the
+                    // calls shutdown found waiting.
+                    Err(_) if bus.is_closed() => {
+                        return Err(Status::cancelled(format!("{method}: the bus is shutting down")));
+                    }
                     Err(_) => return Err(Status::unavailable(format!("{method}: the reply channel closed"))),
                 },
                 sent = &mut sent, if !confirmed => match sent {
