@@ -162,7 +162,7 @@ impl Broker {
     }
 
     pub(crate) fn consume(&self, queue: &str, prefetch: u16, tag: String) -> Result<Consumer> {
-        let inbox = with_state(&self.state, |state| {
+        let (inbox, id) = with_state(&self.state, |state| {
             state.next_consumer += 1;
             let id = state.next_consumer;
             let Some(q) = state.queues.get_mut(queue) else {
@@ -174,13 +174,12 @@ impl Broker {
                 closed: AtomicBool::new(false),
                 state: Arc::downgrade(&self.state),
                 queue: Arc::clone(&q.name),
-                consumer: id,
             });
             q.consumers.push(Slot { id, inbox: Arc::clone(&inbox), prefetch: usize::from(prefetch), unacked: 0 });
             state.dispatch(queue, &self.state);
-            Ok(inbox)
+            Ok((inbox, id))
         })?;
-        let canceller = Canceller { state: Arc::downgrade(&self.state), queue: queue.into(), consumer: inbox.consumer };
+        let canceller = Canceller { state: Arc::downgrade(&self.state), queue: queue.into(), consumer: id };
         Ok(Consumer {
             tag,
             stream: Box::pin(Deliveries { inbox, taken: VecDeque::new(), canceller: Some(canceller.clone()) }),
@@ -235,7 +234,6 @@ struct Inbox {
     closed: AtomicBool,
     state: Weak<Mutex<State>>,
     queue: Arc<str>,
-    consumer: u64,
 }
 
 impl Inbox {
@@ -613,37 +611,35 @@ impl State {
     /// [`State::dispatch`] on a queue already looked up; returns the messages found expired, to dead-letter.
     fn dispatch_queue(queue: &mut Queue, wakes: &mut Vec<Arc<Inbox>>) -> Vec<Queued> {
         let mut expired = Vec::new();
-        {
-            let mut now = None;
-            while let Some(level) = queue.ready.iter().rposition(|level| !level.is_empty()) {
-                let count = queue.consumers.len();
-                let Some(offset) = (0..count).find(|i| {
-                    let slot = &queue.consumers[(queue.next + i) % count];
-                    slot.prefetch == 0 || slot.unacked < slot.prefetch
-                }) else {
-                    break;
-                };
-                let index = (queue.next + offset) % count;
-                queue.next = (index + 1) % count;
-                let message = queue.ready[level].pop_front().expect("level is not empty");
-                if message.expires_at.is_some_and(|at| at <= *now.get_or_insert_with(Instant::now)) {
-                    expired.push(message);
-                    continue;
-                }
-                queue.next_tag += 1;
-                let tag = queue.next_tag;
-                let slot = &mut queue.consumers[index];
-                let delivery = Delivery {
-                    message: Arc::clone(&message.message),
-                    redelivered: message.redelivered,
-                    acker: AnyAcker::Memory(Acker { inbox: Arc::clone(&slot.inbox), tag }),
-                };
-                slot.unacked += 1;
-                if slot.inbox.put(delivery) {
-                    wakes.push(Arc::clone(&slot.inbox));
-                }
-                queue.unacked.insert(tag, (slot.id, message));
+        let mut now = None;
+        while let Some(level) = queue.ready.iter().rposition(|level| !level.is_empty()) {
+            let count = queue.consumers.len();
+            let Some(offset) = (0..count).find(|i| {
+                let slot = &queue.consumers[(queue.next + i) % count];
+                slot.prefetch == 0 || slot.unacked < slot.prefetch
+            }) else {
+                break;
+            };
+            let index = (queue.next + offset) % count;
+            queue.next = (index + 1) % count;
+            let message = queue.ready[level].pop_front().expect("level is not empty");
+            if message.expires_at.is_some_and(|at| at <= *now.get_or_insert_with(Instant::now)) {
+                expired.push(message);
+                continue;
             }
+            queue.next_tag += 1;
+            let tag = queue.next_tag;
+            let slot = &mut queue.consumers[index];
+            let delivery = Delivery {
+                message: Arc::clone(&message.message),
+                redelivered: message.redelivered,
+                acker: AnyAcker::Memory(Acker { inbox: Arc::clone(&slot.inbox), tag }),
+            };
+            slot.unacked += 1;
+            if slot.inbox.put(delivery) {
+                wakes.push(Arc::clone(&slot.inbox));
+            }
+            queue.unacked.insert(tag, (slot.id, message));
         }
         expired
     }

@@ -1,8 +1,9 @@
 //! Transports: what the bus needs from a broker, over AMQP (lapin) or in memory.
 //!
-//! Both speak AMQP's model — exchanges, queues, bindings, properties and headers (lapin's `BasicProperties`
-//! and `FieldTable`) — so everything above this module (subscribers, retries, dead letters, RPC) is written
-//! once and behaves the same on both.
+//! Both speak AMQP's model — exchanges, queues, bindings, properties and headers (Warren's
+//! [`Properties`], which become lapin's `BasicProperties` only on the way to RabbitMQ, and lapin's
+//! `FieldTable`) — so everything above this module (subscribers, retries, dead letters, RPC) is written once
+//! and behaves the same on both.
 
 pub(crate) mod amqp;
 pub(crate) mod memory;
