@@ -165,10 +165,15 @@ impl Feed {
                 return None;
             }
             if let Some(consumer) = self.current.as_mut() {
+                // Only a link newer than the consumer's own ends it: the consumer may have been opened on the
+                // new link already (after its stream failed), and one that is alive must not be abandoned.
+                let opened_on = consumer.generation;
                 let reconnected = async {
                     match self.generations.as_mut() {
                         Some(generations) => {
-                            let _ = generations.changed().await;
+                            if generations.wait_for(|current| *current > opened_on).await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
                         }
                         None => std::future::pending().await,
                     }
@@ -183,7 +188,7 @@ impl Feed {
                     () = self.stop.stopped() => return None,
                 };
                 tracing::warn!(queue = %self.queue, reason = %ended, "consumer ended; consuming again");
-                self.current = None;
+                self.discard();
             }
             match self.subscribe().await {
                 Ok(consumer) => {
@@ -203,6 +208,17 @@ impl Feed {
         }
     }
 
+    /// Lets go of the current consumer. Its channel is closed in the background, in case it is still open:
+    /// a consumer left open on a live channel would keep up to `prefetch` deliveries from everyone.
+    fn discard(&mut self) {
+        if let Some(consumer) = self.current.take() {
+            let timeout = self.bus.config().operation_timeout;
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { consumer.cancel.cancel(&consumer.tag, timeout).await });
+            }
+        }
+    }
+
     /// Cancels the consumer: what it holds unacknowledged goes back to the queue.
     pub(crate) async fn cancel(&mut self) {
         if let Some(consumer) = self.current.take() {
@@ -215,11 +231,6 @@ impl Drop for Feed {
     fn drop(&mut self) {
         // Dropped without `cancel` (the consuming task was aborted): close the channel anyway, so the broker
         // requeues what this consumer held.
-        if let Some(consumer) = self.current.take() {
-            let timeout = self.bus.config().operation_timeout;
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { consumer.cancel.cancel(&consumer.tag, timeout).await });
-            }
-        }
+        self.discard();
     }
 }

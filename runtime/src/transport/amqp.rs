@@ -151,6 +151,11 @@ impl Amqp {
     }
 
     async fn channel_on(&self, consume: bool) -> Result<Channel> {
+        Ok(self.channel_and_generation(consume).await?.0)
+    }
+
+    /// A new channel, and the generation of the link it was opened on.
+    async fn channel_and_generation(&self, consume: bool) -> Result<(Channel, u64)> {
         let by = Instant::now() + self.timeout();
         loop {
             let link = self.link(by).await?;
@@ -162,7 +167,7 @@ impl Amqp {
                 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                result => return result,
+                result => return result.map(|channel| (channel, link.generation)),
             }
         }
     }
@@ -276,7 +281,7 @@ impl Amqp {
     }
 
     pub(crate) async fn consume(&self, queue: &str, prefetch: u16, tag: String) -> Result<Consumer> {
-        let channel = self.channel_on(true).await?;
+        let (channel, generation) = self.channel_and_generation(true).await?;
         deadline("basic qos", self.timeout(), channel.basic_qos(prefetch, BasicQosOptions::default())).await?;
         let consumer = deadline(
             "basic consume",
@@ -289,7 +294,7 @@ impl Amqp {
             ),
         )
         .await?;
-        Ok(Consumer { tag, stream: Box::pin(consumer.map(delivery)), cancel: Canceller::Amqp(channel) })
+        Ok(Consumer { tag, stream: Box::pin(consumer.map(delivery)), cancel: Canceller::Amqp(channel), generation })
     }
 
     pub(crate) async fn queue_depth(&self, queue: &str) -> Result<u64> {
@@ -332,6 +337,7 @@ impl Amqp {
             tag,
             stream: Box::pin(consumer.map(|d| delivery(d).map(|d| Delivery { acker: Acker::None, ..d }))),
             cancel: Canceller::Amqp(channel.clone()),
+            generation: link.generation,
         };
         Ok(ReplyPath {
             address: REPLY_TO.into(),

@@ -184,6 +184,7 @@ impl Broker {
             tag,
             stream: Box::pin(Deliveries { inbox, taken: VecDeque::new(), canceller: Some(canceller.clone()) }),
             cancel: AnyCanceller::Memory(canceller),
+            generation: 0,
         })
     }
 
@@ -218,6 +219,7 @@ impl Broker {
                 tag: address,
                 stream: Box::pin(Replies { receiver, canceller: Some(canceller.clone()) }),
                 cancel: AnyCanceller::Memory(canceller),
+                generation: 0,
             },
         }
     }

@@ -212,6 +212,9 @@ pub(crate) struct Consumer {
     pub(crate) tag: String,
     pub(crate) stream: Pin<Box<dyn Stream<Item = Result<Delivery>> + Send + Sync>>,
     pub(crate) cancel: Canceller,
+    /// The transport generation (see [`Transport::generations`]) the consumer was opened on; a newer one
+    /// means this consumer is dead. Always 0 in memory.
+    pub(crate) generation: u64,
 }
 
 impl std::fmt::Debug for Consumer {
