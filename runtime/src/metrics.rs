@@ -4,7 +4,7 @@
 //! the counters and asks the broker how deep each subscriber's queue is.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -71,14 +71,14 @@ pub struct MetricsSnapshot {
 /// Latency histogram: bucket `i` holds durations around `2^(i/4)` nanoseconds.
 const BUCKETS: usize = 4 * 40;
 
-/// Counters of one event type at one subscriber (or the subscriber's total).
+/// Counters of one event type at one subscriber. A delivery is in flight from `delivered` until one of its
+/// fates (`processed`, `retried`, `dead_lettered`) is counted, so a delivery costs two counter updates.
 pub(crate) struct Stats {
     delivered: AtomicU64,
     processed: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
     dead_lettered: AtomicU64,
-    in_flight: AtomicI64,
     time_total_ns: AtomicU64,
     timed: AtomicU64,
     histogram: [AtomicU64; BUCKETS],
@@ -92,7 +92,6 @@ impl Default for Stats {
             failed: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
-            in_flight: AtomicI64::new(0),
             time_total_ns: AtomicU64::new(0),
             timed: AtomicU64::new(0),
             histogram: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -121,12 +120,19 @@ fn bucket_limit(i: usize) -> Duration {
 
 impl Stats {
     fn add(&self, into: &mut Counters) {
-        into.delivered += self.delivered.load(Ordering::Relaxed);
-        into.processed += self.processed.load(Ordering::Relaxed);
+        // Fates first: `delivered` is counted before any fate, so read after them it is never behind.
+        let (processed, retried, dead_lettered) = (
+            self.processed.load(Ordering::Relaxed),
+            self.retried.load(Ordering::Relaxed),
+            self.dead_lettered.load(Ordering::Relaxed),
+        );
+        let delivered = self.delivered.load(Ordering::Relaxed);
+        into.delivered += delivered;
+        into.processed += processed;
         into.failed += self.failed.load(Ordering::Relaxed);
-        into.retried += self.retried.load(Ordering::Relaxed);
-        into.dead_lettered += self.dead_lettered.load(Ordering::Relaxed);
-        into.in_flight += self.in_flight.load(Ordering::Relaxed).max(0) as u64;
+        into.retried += retried;
+        into.dead_lettered += dead_lettered;
+        into.in_flight += delivered.saturating_sub(processed + retried + dead_lettered);
     }
 
     fn times(&self) -> (u64, u64, [u64; BUCKETS]) {
@@ -152,12 +158,11 @@ fn latency(total_ns: u64, count: u64, histogram: &[u64; BUCKETS]) -> (Duration, 
     (mean, bucket_limit(BUCKETS - 1))
 }
 
-/// One subscriber's counters, per event type and in total.
+/// One subscriber's counters, per event type (its totals are their sums).
 pub(crate) struct SubscriberStats {
     pub(crate) group: String,
     pub(crate) queue: String,
     started: Instant,
-    total: Stats,
     by_type: RwLock<FxHashMap<String, Arc<Stats>>>,
     schema_mismatches: AtomicU64,
     foreign_schemas: Mutex<std::collections::BTreeSet<String>>,
@@ -177,7 +182,6 @@ impl SubscriberStats {
             group: group.to_owned(),
             queue: queue.to_owned(),
             started: Instant::now(),
-            total: Stats::default(),
             by_type: RwLock::default(),
             schema_mismatches: AtomicU64::new(0),
             foreign_schemas: Mutex::default(),
@@ -207,79 +211,67 @@ impl SubscriberStats {
         Arc::clone(self.by_type.write().expect("metrics").entry(type_name.to_owned()).or_default())
     }
 
-    /// Counts a delivery of `type_name` arriving; the returned tracker counts the rest.
-    pub(crate) fn delivered(&self, type_name: &str) -> Tracker<'_> {
-        let of_type = self.of_type(type_name);
-        for stats in [&self.total, &*of_type] {
-            stats.delivered.fetch_add(1, Ordering::Relaxed);
-        }
-        // `ended` starts true: a delivery whose handler never starts (undecodable) is not in flight.
-        Tracker { subscriber: self, of_type, started: None, ended: true }
+    /// Counts a delivery of `type_name` arriving; the returned tracker counts the rest. `last` remembers the
+    /// previous delivery's type, so that a stream of one type finds its counters without a lookup.
+    pub(crate) fn delivered<'a>(&self, type_name: &str, last: &'a mut LastType) -> Tracker<'a> {
+        let stats = match last.0.take() {
+            Some((name, stats)) if *name == *type_name => (name, stats),
+            _ => (type_name.into(), self.of_type(type_name)),
+        };
+        let of_type = &last.0.insert(stats).1;
+        let n = of_type.delivered.fetch_add(1, Ordering::Relaxed);
+        Tracker { of_type, timed: n.is_multiple_of(TIME_EVERY), started: None }
     }
 }
+
+/// The event type a subscriber's worker saw last, and its counters.
+#[derive(Default)]
+pub(crate) struct LastType(Option<(Box<str>, Arc<Stats>)>);
 
 /// Follows one delivery through its handler.
 pub(crate) struct Tracker<'a> {
-    subscriber: &'a SubscriberStats,
-    of_type: Arc<Stats>,
+    of_type: &'a Stats,
+    /// Whether this run is one of the timed ones.
+    timed: bool,
     started: Option<Instant>,
-    /// Whether the handler was started and has ended (so `in_flight` is decremented once).
-    ended: bool,
 }
 
-/// One handler run in this many is timed.
+/// One handler run in this many is timed: reading the clock twice per message is a measurable cost on the
+/// in-memory transport, and a sample gives the same mean and p99.
 const TIME_EVERY: u64 = 8;
 
 impl Tracker<'_> {
-    fn each(&self, count: impl Fn(&Stats)) {
-        count(&self.subscriber.total);
-        count(&self.of_type);
-    }
-
-    /// The handler starts. One run in [`TIME_EVERY`] is timed: reading the clock twice per message is a
-    /// measurable cost on the in-memory transport, and a sample gives the same mean and p99.
+    /// The handler starts.
     pub(crate) fn start(&mut self) {
-        self.each(|s| {
-            s.in_flight.fetch_add(1, Ordering::Relaxed);
-        });
-        self.ended = false;
-        let n = self.subscriber.total.delivered.load(Ordering::Relaxed);
-        if n % TIME_EVERY == 1 || TIME_EVERY == 1 {
+        if self.timed {
             self.started = Some(Instant::now());
         }
     }
 
     /// The handler ended (in any way).
     pub(crate) fn stop(&mut self) {
-        if self.ended {
-            return;
+        if let Some(started) = self.started.take() {
+            let ns = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+            let s = self.of_type;
+            s.time_total_ns.fetch_add(ns, Ordering::Relaxed);
+            s.timed.fetch_add(1, Ordering::Relaxed);
+            s.histogram[bucket(ns)].fetch_add(1, Ordering::Relaxed);
         }
-        self.ended = true;
-        let timed = self.started.take().map(|started| started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64);
-        self.each(|s| {
-            s.in_flight.fetch_sub(1, Ordering::Relaxed);
-            if let Some(ns) = timed {
-                s.time_total_ns.fetch_add(ns, Ordering::Relaxed);
-                s.timed.fetch_add(1, Ordering::Relaxed);
-                s.histogram[bucket(ns)].fetch_add(1, Ordering::Relaxed);
-            }
-        });
     }
 
     /// How the delivery ended; a failure is counted as such before it is retried or dead-lettered.
     pub(crate) fn ended(mut self, fate: Fate, failed: bool) {
         self.stop();
-        self.each(|s| {
-            if failed {
-                s.failed.fetch_add(1, Ordering::Relaxed);
-            }
-            let counter = match fate {
-                Fate::Processed => &s.processed,
-                Fate::Retried => &s.retried,
-                Fate::DeadLettered => &s.dead_lettered,
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-        });
+        let s = self.of_type;
+        if failed {
+            s.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let counter = match fate {
+            Fate::Processed => &s.processed,
+            Fate::Retried => &s.retried,
+            Fate::DeadLettered => &s.dead_lettered,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -366,22 +358,25 @@ impl Metrics {
         let mut subscribers = BTreeMap::new();
         for stats in self.subscribers.lock().expect("metrics").iter() {
             let mut counters = Counters::default();
-            stats.total.add(&mut counters);
-            let (total, count, histogram) = stats.total.times();
-            (counters.processing_time_mean, counters.processing_time_p99) = latency(total, count, &histogram);
-            let running = stats.started.elapsed();
-            counters.rate_per_second = per_second(counters.processed, running);
+            let (mut time_total, mut timed, mut times) = (0, 0, [0; BUCKETS]);
             for (type_name, of_type) in stats.by_type.read().expect("metrics").iter() {
                 let entry =
                     events.entry(type_name.clone()).or_insert_with(|| (Counters::default(), 0, 0, [0; BUCKETS]));
                 of_type.add(&mut entry.0);
+                of_type.add(&mut counters);
                 let (total, count, histogram) = of_type.times();
                 entry.1 += total;
                 entry.2 += count;
-                for (sum, n) in entry.3.iter_mut().zip(histogram) {
+                time_total += total;
+                timed += count;
+                for ((sum, all), n) in entry.3.iter_mut().zip(times.iter_mut()).zip(histogram) {
                     *sum += n;
+                    *all += n;
                 }
             }
+            (counters.processing_time_mean, counters.processing_time_p99) = latency(time_total, timed, &times);
+            let running = stats.started.elapsed();
+            counters.rate_per_second = per_second(counters.processed, running);
             let queue_depth = depths.get(&stats.queue).copied().flatten();
             subscribers.insert(
                 stats.queue.clone(),
@@ -424,6 +419,35 @@ mod tests {
             assert!(limit >= Duration::from_nanos(ns), "{ns} ns over its bucket's limit {limit:?}");
             assert!(limit.as_nanos() as f64 <= ns as f64 * 1.26 + 2.0, "{ns} ns: limit {limit:?} too loose");
         }
+    }
+
+    #[test]
+    fn a_delivery_is_in_flight_until_its_fate_and_subscriber_totals_sum_the_types() {
+        let metrics = Metrics::new(0);
+        let stats = metrics.subscriber("group", "queue");
+        let mut last = LastType::default();
+        // Types interleaved, so the remembered type is replaced each time.
+        let a = stats.delivered("pkg.A", &mut last);
+        a.ended(Fate::Processed, false);
+        let b = stats.delivered("pkg.B", &mut last);
+        b.ended(Fate::Retried, true);
+        let a = stats.delivered("pkg.A", &mut last);
+        a.ended(Fate::DeadLettered, true);
+        let pending = stats.delivered("pkg.A", &mut last);
+        let snapshot = metrics.snapshot(&BTreeMap::new());
+        let of = |name: &str| {
+            let c = &snapshot.events[name];
+            (c.delivered, c.processed, c.failed, c.retried, c.dead_lettered, c.in_flight)
+        };
+        assert_eq!(of("pkg.A"), (3, 1, 1, 0, 1, 1));
+        assert_eq!(of("pkg.B"), (1, 0, 1, 1, 0, 0));
+        let total = &snapshot.subscribers["queue"].counters;
+        assert_eq!(
+            (total.delivered, total.processed, total.failed, total.retried, total.dead_lettered, total.in_flight),
+            (4, 1, 2, 1, 1, 1)
+        );
+        pending.ended(Fate::Processed, false);
+        assert_eq!(metrics.snapshot(&BTreeMap::new()).subscribers["queue"].counters.in_flight, 0);
     }
 
     #[test]

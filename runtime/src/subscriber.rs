@@ -14,7 +14,7 @@ use crate::contract::{ExchangeKind, Inbound};
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::feed::{Feed, Setup, Stop};
-use crate::metrics::{Fate, SubscriberStats};
+use crate::metrics::{Fate, LastType, SubscriberStats};
 use crate::topic;
 use crate::transport::{Acker, Delivery, Message, Settle};
 
@@ -358,6 +358,7 @@ impl<T: Inbound> Subscriber<T> {
         let lingers = matches!(bus.inner.transport, crate::transport::Transport::Memory(_));
         let task = tokio::spawn(async move {
             let mut acks = Vec::with_capacity(batch);
+            let mut last = LastType::default();
             while signal.deadline().is_none() {
                 // Take what is ready without waiting; before waiting, send the acks collected so far, so an
                 // idle consumer never holds one back.
@@ -378,7 +379,7 @@ impl<T: Inbound> Subscriber<T> {
                 if concurrency == 1 {
                     // One at a time: run the handler right here, in order, without a task per message, and
                     // acknowledge in batches.
-                    if let Some(acker) = worker.process::<T, _, _, _, _>(delivery, handler.as_ref()).await {
+                    if let Some(acker) = worker.process::<T, _, _, _, _>(delivery, handler.as_ref(), &mut last).await {
                         acks.push(acker);
                         if acks.len() >= batch {
                             Acker::ack_all(&mut acks).await;
@@ -390,7 +391,8 @@ impl<T: Inbound> Subscriber<T> {
                 let handler = Arc::clone(&handler);
                 let worker = worker.clone();
                 tokio::spawn(async move {
-                    if let Some(acker) = worker.process::<T, _, _, _, _>(delivery, handler.as_ref()).await {
+                    let mut last = LastType::default();
+                    if let Some(acker) = worker.process::<T, _, _, _, _>(delivery, handler.as_ref(), &mut last).await {
                         Acker::ack_all(&mut vec![acker]).await;
                     }
                     drop(permit);
@@ -445,7 +447,7 @@ enum Verdict {
 impl Worker {
     /// Handles one delivery; returns its acker when it is to be acknowledged (the caller batches acks), after
     /// settling it otherwise.
-    async fn process<T, F, Fut, O, E>(&self, delivery: Delivery, handler: &F) -> Option<Acker>
+    async fn process<T, F, Fut, O, E>(&self, delivery: Delivery, handler: &F, last: &mut LastType) -> Option<Acker>
     where
         T: Inbound,
         F: Fn(T, Context) -> Fut,
@@ -455,7 +457,7 @@ impl Worker {
     {
         let properties = &delivery.properties;
         let type_name = properties.kind().unwrap_or_default();
-        let mut tracker = self.stats.delivered(type_name);
+        let mut tracker = self.stats.delivered(type_name, last);
         if let Some(seen) = properties.schema()
             && let Some(own) = T::fingerprint(type_name)
             && !own.is_empty()
