@@ -1,4 +1,5 @@
-//! Warren's benchmarks: `cargo xtask bench [--quick] [--memory]` builds this in release mode and prints one table.
+//! Warren's benchmarks: `cargo xtask bench [--quick] [--memory] [--only W1,W7]` builds this in release mode and
+//! prints one table; `--profile NAME [--raw]` runs one workload once, for `valgrind --tool=callgrind` or `perf`.
 //!
 //! Each RabbitMQ workload runs for Warren and for a raw-lapin baseline written with best practice
 //! (`raw.rs`), alternating the two sides round by round (A B A B …), and reports each side's median, the ratio
@@ -65,20 +66,115 @@ enum Goal {
     Latency(f64),
 }
 
+const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…] [--profile NAME [--raw]]
+  --quick          a reduced set (100 B payloads, fewer messages), in under two minutes
+  --memory         only W9, the in-memory transport (no broker needed); the same as --only W9
+  --only W1,W7     only the workloads named (W1–W9)
+  --profile NAME   run one workload once and exit, for a profiler: one, fan-out (W9, in memory) or W1–W8
+                   (Warren's side, 100 B, the --quick size; with --raw, the raw-lapin side)";
+
+/// What the command line asked for.
+#[derive(Debug, Default)]
+struct Args {
+    quick: bool,
+    memory: bool,
+    only: Option<Vec<String>>,
+    profile: Option<String>,
+    raw: bool,
+}
+
+impl Args {
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+        let mut parsed = Args::default();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => parsed.quick = true,
+                "--memory" => parsed.memory = true,
+                "--raw" => parsed.raw = true,
+                "--only" | "--profile" => {
+                    let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
+                    if arg == "--only" {
+                        let names: Vec<String> = value.split(',').map(|w| w.trim().to_uppercase()).collect();
+                        if let Some(bad) = names.iter().find(|w| !WORKLOADS.contains(&w.as_str()) && *w != "W9") {
+                            return Err(format!("--only: no workload \"{bad}\" (W1–W9)"));
+                        }
+                        parsed.only = Some(names);
+                    } else {
+                        let name = value.to_uppercase();
+                        let known = ["ONE", "FAN-OUT"].contains(&name.as_str()) || WORKLOADS.contains(&name.as_str());
+                        if !known {
+                            return Err(format!("--profile: no workload \"{value}\" (one, fan-out, W1–W8)"));
+                        }
+                        parsed.profile = Some(name);
+                    }
+                }
+                "-h" | "--help" => return Err(String::new()),
+                other => return Err(format!("unknown argument \"{other}\"")),
+            }
+        }
+        if parsed.memory {
+            parsed.only = Some(vec!["W9".to_owned()]);
+        }
+        Ok(parsed)
+    }
+
+    /// Whether the table includes the workload whose row is `name` ("W4 consume, …").
+    fn runs(&self, name: &str) -> bool {
+        self.only.as_ref().is_none_or(|only| only.iter().any(|w| name.starts_with(&format!("{w} "))))
+    }
+}
+
+/// The RabbitMQ workloads, by the names `--only` and `--profile` take.
+const WORKLOADS: [&str; 8] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"];
+
+/// Runs one workload of one side once, for a profiler.
+async fn profile(name: &str, side: Side, url: String) {
+    let env = |n| Env { url: url.clone(), n, size: 100 };
+    let run = match name {
+        "ONE" => {
+            let took = memory::in_memory_one_subscriber(20_000).await;
+            return println!("one: {}/s", thousands(20_000.0 / took.as_secs_f64()));
+        }
+        "FAN-OUT" => {
+            let took = memory::in_memory_fan_out(5_000, 10).await;
+            return println!("fan-out: {} deliveries/s", thousands(50_000.0 / took.as_secs_f64()));
+        }
+        "W1" => workloads::publish(&env(QUICK.publish), side, false, false).await,
+        "W2" => workloads::publish(&env(QUICK.publish), side, true, false).await,
+        "W3" => workloads::confirm_latency(&env(QUICK.latency), side).await,
+        "W4" => workloads::consume(&env(QUICK.consume), side).await,
+        "W5" => workloads::rpc(&env(QUICK.rpc_serial), side, 1).await,
+        "W6" => workloads::rpc(&env(QUICK.rpc_parallel), side, 64).await,
+        "W7" => workloads::fan_out(&env(QUICK.fan_out), side).await,
+        "W8" => workloads::publish(&env(QUICK.publish), side, true, true).await,
+        _ => unreachable!("names are checked when parsed"),
+    };
+    println!(
+        "{name} {side:?}: {}/s, {:.1} µs CPU per message",
+        thousands(run.rate()),
+        run.cpu_per_message().as_secs_f64() * 1e6
+    );
+}
+
 #[tokio::main]
-async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    // Small in-memory runs, for `valgrind --tool=callgrind`.
-    if args.iter().any(|a| a == "--profile-one") {
-        memory::in_memory_one_subscriber(20_000).await;
-        return;
-    }
-    if args.iter().any(|a| a == "--profile-fan-out") {
-        memory::in_memory_fan_out(5_000, 10).await;
-        return;
-    }
-    let scale = if args.iter().any(|a| a == "--quick") { QUICK } else { FULL };
+async fn main() -> std::process::ExitCode {
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(problem) => {
+            if problem.is_empty() {
+                println!("{USAGE}");
+                return std::process::ExitCode::SUCCESS;
+            }
+            eprintln!("warren-bench: {problem}\n{USAGE}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let url = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| warren::DEFAULT_URL.to_owned());
+    if let Some(name) = &args.profile {
+        profile(name, if args.raw { Side::Raw } else { Side::Warren }, url).await;
+        return std::process::ExitCode::SUCCESS;
+    }
+    let scale = if args.quick { QUICK } else { FULL };
     println!(
         "Warren benchmarks: {} rounds per side, alternating, median shown; CPU is client CPU per message.",
         scale.rounds
@@ -86,23 +182,29 @@ async fn main() {
     println!();
     println!("| workload | payload | Warren | raw lapin | Warren / raw | CPU/msg Warren | CPU/msg raw | goal |");
     println!("|---|---:|---:|---:|---:|---:|---:|---|");
-    // `--memory`: only W9, which needs no broker.
-    let sizes: &[usize] = if args.iter().any(|a| a == "--memory") { &[] } else { scale.sizes };
+    // `--memory` (`--only W9`) needs no broker.
+    let sizes: &[usize] = if WORKLOADS.iter().any(|w| args.runs(&format!("{w} "))) { scale.sizes } else { &[] };
     for &size in sizes {
         let env = |n| Env { url: url.clone(), n, size };
-        compare("W1 publish, no confirms", &env(scale.publish), scale.rounds, Goal::Throughput(0.9), |e, s| {
+        compare(&args, "W1 publish, no confirms", &env(scale.publish), scale.rounds, Goal::Throughput(0.9), |e, s| {
             Box::pin(async move { workloads::publish(&e, s, false, false).await })
         })
         .await;
-        compare("W2 publish, confirms", &env(scale.publish), scale.rounds, Goal::Throughput(0.9), |e, s| {
+        compare(&args, "W2 publish, confirms", &env(scale.publish), scale.rounds, Goal::Throughput(0.9), |e, s| {
             Box::pin(async move { workloads::publish(&e, s, true, false).await })
         })
         .await;
-        compare("W3 one confirm in flight (latency)", &env(scale.latency), scale.rounds, Goal::Latency(1.1), |e, s| {
-            Box::pin(async move { workloads::confirm_latency(&e, s).await })
-        })
+        compare(
+            &args,
+            "W3 one confirm in flight (latency)",
+            &env(scale.latency),
+            scale.rounds,
+            Goal::Latency(1.1),
+            |e, s| Box::pin(async move { workloads::confirm_latency(&e, s).await }),
+        )
         .await;
         compare(
+            &args,
             "W4 consume, prefetch 256, manual ack",
             &env(scale.consume),
             scale.rounds,
@@ -111,6 +213,7 @@ async fn main() {
         )
         .await;
         compare(
+            &args,
             "W5 RPC, one call at a time (latency)",
             &env(scale.rpc_serial),
             scale.rounds,
@@ -118,11 +221,17 @@ async fn main() {
             |e, s| Box::pin(async move { workloads::rpc(&e, s, 1).await }),
         )
         .await;
-        compare("W6 RPC, 64 calls in flight", &env(scale.rpc_parallel), scale.rounds, Goal::Throughput(0.9), |e, s| {
-            Box::pin(async move { workloads::rpc(&e, s, 64).await })
-        })
+        compare(
+            &args,
+            "W6 RPC, 64 calls in flight",
+            &env(scale.rpc_parallel),
+            scale.rounds,
+            Goal::Throughput(0.9),
+            |e, s| Box::pin(async move { workloads::rpc(&e, s, 64).await }),
+        )
         .await;
         compare(
+            &args,
             "W7 fan-out to 10 queues (deliveries)",
             &env(scale.fan_out),
             scale.rounds,
@@ -131,6 +240,7 @@ async fn main() {
         )
         .await;
         compare(
+            &args,
             "W8 persistent, durable queue, confirms",
             &env(scale.publish),
             scale.rounds,
@@ -139,19 +249,25 @@ async fn main() {
         )
         .await;
     }
-    // In memory, a round takes about a second and scheduling noise is large: more rounds for a steadier median.
-    let rounds = scale.rounds.max(5);
-    let one = median_memory(rounds, || memory::in_memory_one_subscriber(scale.memory_one)).await;
-    memory_row("W9 in-memory publish → handler, 1 subscriber", scale.memory_one, one, "events/s");
-    let fan = median_memory(rounds, || memory::in_memory_fan_out(scale.memory_fan_out, 10)).await;
-    memory_row("W9 in-memory topic exchange → 10 subscribers", scale.memory_fan_out, fan, "events/s");
-    memory_row("W9 … the same, counted per delivery", scale.memory_fan_out * 10, fan, "deliveries/s");
+    if args.runs("W9 ") {
+        // In memory, a round takes about a second and scheduling noise is large: more rounds for a steadier median.
+        let rounds = scale.rounds.max(5);
+        let one = median_memory(rounds, || memory::in_memory_one_subscriber(scale.memory_one)).await;
+        memory_row("W9 in-memory publish → handler, 1 subscriber", scale.memory_one, one, "events/s");
+        let fan = median_memory(rounds, || memory::in_memory_fan_out(scale.memory_fan_out, 10)).await;
+        memory_row("W9 in-memory topic exchange → 10 subscribers", scale.memory_fan_out, fan, "events/s");
+        memory_row("W9 … the same, counted per delivery", scale.memory_fan_out * 10, fan, "deliveries/s");
+    }
+    std::process::ExitCode::SUCCESS
 }
 
 type Workload = fn(Env, Side) -> std::pin::Pin<Box<dyn Future<Output = Run>>>;
 
 /// Runs `workload` for both sides, alternating, and prints its row.
-async fn compare(name: &str, env: &Env, rounds: usize, goal: Goal, workload: Workload) {
+async fn compare(args: &Args, name: &str, env: &Env, rounds: usize, goal: Goal, workload: Workload) {
+    if !args.runs(name) {
+        return;
+    }
     let (mut warren, mut raw) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         warren.push(workload(env.clone(), Side::Warren).await);

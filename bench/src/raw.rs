@@ -35,13 +35,19 @@ pub(crate) async fn channel(connection: &Connection, confirms: bool) -> Channel 
     channel
 }
 
+/// How long a benchmark queue outlives its last use. Workloads delete their queues; this is for a run that was
+/// interrupted, whose queues would otherwise keep collecting every later run's messages (and slow the broker).
+const QUEUE_EXPIRY_MS: u32 = 120_000;
+
 /// Declares `queue` and binds it to `exchange` with `user.registered` (the topology, not timed).
 pub(crate) async fn queue(channel: &Channel, queue: &str, exchange: &str, durable: bool) {
     let kind = ExchangeKind::Topic;
     let options = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     channel.exchange_declare(exchange.into(), kind, options, FieldTable::default()).await.expect("exchange");
     let options = QueueDeclareOptions { durable, ..QueueDeclareOptions::default() };
-    channel.queue_declare(queue.into(), options, FieldTable::default()).await.expect("queue");
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-expires".into(), lapin::types::AMQPValue::LongUInt(QUEUE_EXPIRY_MS));
+    channel.queue_declare(queue.into(), options, arguments).await.expect("queue");
     let bind = QueueBindOptions::default();
     channel
         .queue_bind(queue.into(), exchange.into(), "user.registered".into(), bind, FieldTable::default())

@@ -141,14 +141,18 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Runs a broker operation with a deadline: every wait on the broker goes through here.
-pub(crate) async fn deadline<T>(
+///
+/// A plain function around [`tokio::time::timeout`], not an `async fn`: an `async fn` would keep the future
+/// it is given and the timeout wrapping it side by side, doubling the size of every publish in flight.
+pub(crate) fn deadline<T>(
     operation: &'static str,
     after: Duration,
     future: impl Future<Output = lapin::Result<T>>,
-) -> Result<T> {
-    match tokio::time::timeout(after, future).await {
+) -> impl Future<Output = Result<T>> {
+    use futures_util::FutureExt;
+    tokio::time::timeout(after, future).map(move |outcome| match outcome {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(source)) => Err(Error::broker(operation, source)),
         Err(_) => Err(Error::Timeout { operation, after }),
-    }
+    })
 }

@@ -41,7 +41,7 @@ fn run() -> Result<ExitCode> {
                  check-compat [--against <git rev or manifest file>] [--allow RULE]...\n                   \
                  report breaking contract changes against proto/warren.lock as committed (or the baseline given)\n  \
                  docs [--check]   rewrite (or check) docs/asyncapi.yaml and docs/CATALOG.md alone\n  \
-                 bench [--quick]  build the benchmarks in release mode and print their table"
+                 bench [--quick] [--memory] [--only W1,W7] [--profile NAME [--raw]]\n                   build the benchmarks in release mode and print their table"
             );
             if args.is_empty() || args == ["help"] || args == ["--help"] {
                 Ok(ExitCode::SUCCESS)
@@ -52,7 +52,7 @@ fn run() -> Result<ExitCode> {
     }
 }
 
-/// `cargo xtask bench [--quick]`: the benchmarks never run inside `cargo test`; they run here, optimised.
+/// `cargo xtask bench [args]` (see `warren-bench --help`): the benchmarks never run inside `cargo test`; they run here, optimised.
 fn bench(root: &Path, args: &[&str]) -> Result<ExitCode> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = std::process::Command::new(cargo)

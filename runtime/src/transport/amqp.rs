@@ -56,9 +56,10 @@ pub(crate) struct Amqp {
     config: BusConfig,
     link: watch::Sender<Option<Link>>,
     health: StdMutex<Health>,
-    /// The publishing channel (in confirm mode) and the generation it belongs to. Read on every publish, so
-    /// a plain read lock; `opening` serializes replacing it.
-    publisher: StdRwLock<Option<(u64, Channel)>>,
+    /// The publishing channels and the generation each belongs to: `[fire-and-forget, confirmed]`. The
+    /// first is not in confirm mode, so fire-and-forget publishes cost neither the broker nor lapin a confirm.
+    /// Read on every publish, so a plain read lock; `opening` serializes replacing them.
+    publishers: [StdRwLock<Option<(u64, Channel)>>; 2],
     opening: Mutex<()>,
     topology: StdMutex<Topology>,
     /// At most this many publishes wait for confirms at once.
@@ -87,7 +88,7 @@ impl Amqp {
             config: config.clone(),
             link: watch::Sender::new(Some(link.clone())),
             health: StdMutex::new(Health::Connected),
-            publisher: StdRwLock::new(None),
+            publishers: [StdRwLock::new(None), StdRwLock::new(None)],
             opening: Mutex::new(()),
             topology: StdMutex::default(),
             window: Semaphore::new(PUBLISH_WINDOW),
@@ -225,12 +226,14 @@ impl Amqp {
     /// publish deadline. Unroutable, nacked and missing-exchange outcomes are final.
     pub(crate) async fn publish(&self, publish: Publish<'_>, body: &[u8], properties: Properties) -> Result<()> {
         let by = Instant::now() + self.config.publish_timeout;
-        // A free slot needs no timer; only a full window is waited for, within the publish deadline.
+        // A free slot needs no timer; only a full window is waited for, within the publish deadline. The
+        // waits off the common path are boxed: thousands of publishes may be in flight, each as large as the
+        // largest state of this function.
         let _slot = match self.window.try_acquire() {
             Ok(slot) => slot,
             Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
-                tokio::time::timeout(self.config.publish_timeout, self.window.acquire())
+                Box::pin(tokio::time::timeout(self.config.publish_timeout, self.window.acquire()))
                     .await
                     .map_err(|_| Error::Timeout { operation: "publish window", after: self.config.publish_timeout })?
                     .map_err(|_| Error::Closed)?
@@ -238,7 +241,11 @@ impl Amqp {
         };
         let mut attempt = 0u32;
         loop {
-            let error = match self.publisher(by).await {
+            let channel = match self.current_publisher(publish.confirm) {
+                Some(channel) => Ok(channel),
+                None => Box::pin(self.publisher(publish.confirm, by)).await,
+            };
+            let error = match channel {
                 Ok(channel) => match publish_on(&channel, publish, body, &properties, self.timeout()).await {
                     Ok(()) => return Ok(()),
                     Err(error) => error,
@@ -250,32 +257,37 @@ impl Amqp {
                 Failure::Transient if Instant::now() < by && !self.closing.load(Ordering::Relaxed) => {
                     attempt += 1;
                     tracing::debug!(%error, attempt, "publish not confirmed; sending it again");
-                    tokio::time::sleep(jittered(Duration::from_millis(20) * attempt.min(25))).await;
+                    Box::pin(tokio::time::sleep(jittered(Duration::from_millis(20) * attempt.min(25)))).await;
                 }
                 Failure::Transient => return Err(error),
             }
         }
     }
 
-    /// The publishing channel of the current link, opened (in confirm mode) when missing or broken.
-    async fn publisher(&self, by: Instant) -> Result<Channel> {
-        if let Some(channel) = self.current_publisher() {
+    /// The publishing channel of the current link (in confirm mode if `confirmed`), opened when missing or
+    /// broken.
+    async fn publisher(&self, confirmed: bool, by: Instant) -> Result<Channel> {
+        if let Some(channel) = self.current_publisher(confirmed) {
             return Ok(channel);
         }
         let link = self.link(by).await?;
         let _opening = self.opening.lock().await;
-        if let Some(channel) = self.current_publisher() {
+        if let Some(channel) = self.current_publisher(confirmed) {
             return Ok(channel); // another publish opened it meanwhile
         }
-        let channel = open_confirmed(&link.publish, self.timeout()).await?;
-        *self.publisher.write().expect("publisher") = Some((link.generation, channel.clone()));
+        let channel = if confirmed {
+            open_confirmed(&link.publish, self.timeout()).await?
+        } else {
+            deadline("channel open", self.timeout(), link.publish.create_channel()).await?
+        };
+        *self.publishers[usize::from(confirmed)].write().expect("publisher") = Some((link.generation, channel.clone()));
         Ok(channel)
     }
 
-    /// The publishing channel, if it belongs to the current link and is open.
-    fn current_publisher(&self) -> Option<Channel> {
+    /// The publishing channel (in confirm mode if `confirmed`), if it belongs to the current link and is open.
+    fn current_publisher(&self, confirmed: bool) -> Option<Channel> {
         let generation = self.link.borrow().as_ref().map(|link| link.generation)?;
-        let publisher = self.publisher.read().expect("publisher");
+        let publisher = self.publishers[usize::from(confirmed)].read().expect("publisher");
         let (of, channel) = publisher.as_ref()?;
         (*of == generation && channel.status().connected()).then(|| channel.clone())
     }
@@ -682,5 +694,32 @@ async fn connect(config: &BusConfig, role: &str, within: Duration, started: Inst
         tracing::debug!(url = %config.redacted_url(), attempts, %reason, "connect failed; retrying");
         tokio::time::sleep(jittered(backoff).min(left)).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `make` would return, without calling it.
+    fn future_size<Fut>(_make: impl FnOnce() -> Fut) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Never called: gives the closures above a value of any type.
+    fn never<T>() -> T {
+        unreachable!("only used in closures that are never called")
+    }
+
+    #[test]
+    fn a_publish_in_flight_is_not_much_larger_than_lapins_own() {
+        // Thousands of publishes may be in flight, each allocated at this size. An `async fn` wrapper around a
+        // future it is given keeps two copies of it, which once made a publish three times lapin's.
+        let lapin = future_size(|| {
+            never::<&Channel>().basic_publish(never(), never(), never(), &[], lapin::BasicProperties::default())
+        });
+        let publish = Publish { exchange: "", routing_key: "", mandatory: false, confirm: true };
+        let warren = future_size(|| never::<&Amqp>().publish(publish, &[], never()));
+        assert!(warren <= lapin + 1024, "a publish future takes {warren} bytes, lapin's basic_publish {lapin}");
     }
 }

@@ -114,7 +114,31 @@ async fn messages_a_stopped_consumer_left_unacknowledged_are_redelivered(h: &Har
     rescuer.stop().await;
 }
 
+async fn fire_and_forget_and_confirmed_publishes_both_arrive(h: &Harness) {
+    let bus = h.bus("fire-and-forget-test").await;
+    let (subscription, mut received) = collect(UserRegistered::subscribe(&bus, &unique("mixed"))).await;
+    let fire_and_forget = warren::PublishOptions { fire_and_forget: true, ..Default::default() };
+    // Alternating, so each kind of publish runs after the other (over AMQP they use separate channels).
+    for user_id in 0..20 {
+        let event = UserRegistered { user_id, ..Default::default() };
+        if user_id % 2 == 0 {
+            bus.publish_with(&event, fire_and_forget.clone()).await.unwrap();
+        } else {
+            bus.publish(&event).await.unwrap();
+        }
+    }
+    let mut seen = BTreeSet::new();
+    while seen.len() < 20 {
+        let (event, _) = within(10, "all twenty", received.recv()).await.unwrap();
+        assert!(seen.insert(event.user_id), "duplicate {}", event.user_id);
+    }
+    let metrics = bus.metrics().await;
+    assert_eq!(metrics.events["gametrade.v1.UserRegistered"].published, 20, "both kinds are counted as published");
+    subscription.stop().await;
+}
+
 warren_tests::on_both_transports!(
+    fire_and_forget_and_confirmed_publishes_both_arrive,
     consumers_of_one_group_share_the_messages,
     prefetch_limits_the_messages_in_flight,
     messages_a_stopped_consumer_left_unacknowledged_are_redelivered,
