@@ -99,6 +99,8 @@ impl Running {
     }
 }
 
+const CANCELLED: &str = "the broker cancelled the consumer (queue deleted, or connection lost)";
+
 /// Deliveries from one queue, consumed again whenever the broker ends the consumer, until stopped.
 pub(crate) struct Feed {
     bus: Bus,
@@ -110,6 +112,8 @@ pub(crate) struct Feed {
     stop: StopSignal,
     /// The transport's reconnections; a consumer from an earlier generation is dead.
     generations: Option<watch::Receiver<u64>>,
+    /// Why the current consumer's stream ended, when [`Feed::next_within`] saw it end.
+    ended: Option<String>,
 }
 
 impl std::fmt::Debug for Feed {
@@ -138,6 +142,7 @@ impl Feed {
             current: None,
             stop,
             generations: bus.inner.transport.generations(),
+            ended: None,
         };
         feed.current = Some(feed.subscribe().await?);
         Ok(feed)
@@ -157,12 +162,37 @@ impl Feed {
         }
     }
 
+    /// The current consumer's next delivery, if one arrives within `within`. Waits on nothing else: an
+    /// ended stream is left for [`Feed::next`] to handle.
+    pub(crate) async fn next_within(&mut self, within: Duration) -> Option<Delivery> {
+        if self.ended.is_some() {
+            return None;
+        }
+        let consumer = self.current.as_mut()?;
+        match tokio::time::timeout(within, consumer.next()).await {
+            Err(_) => None,
+            Ok(Some(Ok(delivery))) => Some(delivery),
+            Ok(Some(Err(error))) => {
+                self.ended = Some(error.to_string());
+                None
+            }
+            Ok(None) => {
+                self.ended = Some(CANCELLED.to_owned());
+                None
+            }
+        }
+    }
+
     /// The next delivery; `None` once stopped.
     pub(crate) async fn next(&mut self) -> Option<Delivery> {
         let mut backoff = Duration::from_millis(50);
         loop {
             if self.stop.deadline().is_some() {
                 return None;
+            }
+            if let Some(reason) = self.ended.take() {
+                tracing::warn!(queue = %self.queue, %reason, "consumer ended; consuming again");
+                self.discard();
             }
             if let Some(consumer) = self.current.as_mut() {
                 // Only a link newer than the consumer's own ends it: the consumer may have been opened on the
@@ -182,7 +212,7 @@ impl Feed {
                     next = consumer.next() => match next {
                         Some(Ok(delivery)) => return Some(delivery),
                         Some(Err(error)) => error.to_string(),
-                        None => "the broker cancelled the consumer (queue deleted, or connection lost)".to_owned(),
+                        None => CANCELLED.to_owned(),
                     },
                     () = reconnected => "the connection was replaced".to_owned(),
                     () = self.stop.stopped() => return None,

@@ -354,8 +354,10 @@ impl<T: Inbound> Subscriber<T> {
         };
         let batch = usize::from(self.prefetch / 4).max(1);
         // Lingering saves the in-memory publisher a thread wake-up per message; over AMQP, lapin's own I/O
-        // thread wakes the consumer anyway, and yielding would only churn the scheduler.
-        let lingers = matches!(bus.inner.transport, crate::transport::Transport::Memory(_));
+        // thread wakes the consumer anyway, and yielding would only churn the scheduler. Over AMQP, acks are
+        // frames: a consumer that caught up waits a moment for the next delivery before acknowledging, or it
+        // would send an ack per message whenever it is faster than the broker.
+        let memory = matches!(bus.inner.transport, crate::transport::Transport::Memory(_));
         let task = tokio::spawn(async move {
             let mut acks = Vec::with_capacity(batch);
             let mut last = LastType::default();
@@ -364,17 +366,10 @@ impl<T: Inbound> Subscriber<T> {
                 // idle consumer never holds one back.
                 let delivery = match feed.ready() {
                     Some(delivery) => delivery,
-                    None => {
-                        Acker::ack_all(&mut acks).await;
-                        let lingered = if lingers { linger(&mut feed).await } else { None };
-                        match lingered {
-                            Some(delivery) => delivery,
-                            None => match feed.next().await {
-                                Some(delivery) => delivery,
-                                None => break, // stopped
-                            },
-                        }
-                    }
+                    None => match next_delivery(&mut feed, &mut acks, memory).await {
+                        Some(delivery) => delivery,
+                        None => break, // stopped
+                    },
                 };
                 if concurrency == 1 {
                     // One at a time: run the handler right here, in order, without a task per message, and
@@ -407,6 +402,25 @@ impl<T: Inbound> Subscriber<T> {
         });
         Ok(Subscription { queue, stop, task, timeout })
     }
+}
+
+/// How long a consumer over AMQP that has caught up waits for the next delivery before sending the acks it holds.
+const ACK_DELAY: Duration = Duration::from_millis(2);
+
+/// The next delivery when none is ready: before waiting for long, sends the acks collected so far, so an idle
+/// consumer never holds one back. `None` once stopped.
+async fn next_delivery(feed: &mut Feed, acks: &mut Vec<Acker>, memory: bool) -> Option<Delivery> {
+    if !memory
+        && !acks.is_empty()
+        && let Some(delivery) = feed.next_within(ACK_DELAY).await
+    {
+        return Some(delivery);
+    }
+    Acker::ack_all(acks).await;
+    if memory && let Some(delivery) = linger(feed).await {
+        return Some(delivery);
+    }
+    feed.next().await
 }
 
 /// Before a consumer parks its thread, it yields a few times: under load the next message is usually a moment

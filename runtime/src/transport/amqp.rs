@@ -613,17 +613,26 @@ pub(crate) async fn publish_on(
     }
 }
 
+/// How long an ack, nack or reject may take to be written. Past it, the connection is as good as gone: the
+/// delivery counts as not settled, and the broker redelivers it once it notices. Without a limit, a consumer
+/// whose connection died under it (lapin does not always fail the pending write) would wait forever instead
+/// of consuming again.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub(crate) async fn settle(acker: &lapin::Acker, how: Settle) -> bool {
-    let result = match how {
-        Settle::Ack => acker.ack(BasicAckOptions::default()).await,
-        Settle::Requeue => acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await,
-        Settle::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
+    let settling = async {
+        match how {
+            Settle::Ack => acker.ack(BasicAckOptions::default()).await,
+            Settle::Requeue => acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await,
+            Settle::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
+        }
     };
-    matches!(result, Ok(true))
+    matches!(tokio::time::timeout(SETTLE_TIMEOUT, settling).await, Ok(Ok(true)))
 }
 
 pub(crate) async fn ack_multiple(last: &lapin::Acker) -> bool {
-    matches!(last.ack(BasicAckOptions { multiple: true }).await, Ok(true))
+    let acking = last.ack(BasicAckOptions { multiple: true });
+    matches!(tokio::time::timeout(SETTLE_TIMEOUT, acking).await, Ok(Ok(true)))
 }
 
 pub(crate) async fn cancel(channel: &Channel, tag: &str, timeout: Duration) {
