@@ -34,6 +34,13 @@ pub(crate) struct Inner {
     declared: StdMutex<FxHashSet<String>>,
     /// Exchanges this bus has declared; read on every publish, so keyed by the contract's `'static` names.
     exchanges: std::sync::RwLock<FxHashSet<&'static str>>,
+    /// Held while declaring, so that a burst of first publishes declares once: each declaration over AMQP
+    /// opens a channel, and a thousand at once would leave lapin's channel table a thousand slots wide for
+    /// good (it walks the whole table for every frame it writes).
+    declaring: tokio::sync::Mutex<()>,
+    /// Declarations sent to the transport, for tests.
+    #[cfg(test)]
+    declarations: std::sync::atomic::AtomicUsize,
     /// The RPC client's reply path, opened on the first call (and again after a reconnection).
     pub(crate) replies: tokio::sync::Mutex<Option<Arc<Replies>>>,
     pub(crate) metrics: Metrics,
@@ -133,6 +140,9 @@ impl Bus {
                 transport,
                 declared: StdMutex::default(),
                 exchanges: std::sync::RwLock::default(),
+                declaring: tokio::sync::Mutex::new(()),
+                #[cfg(test)]
+                declarations: std::sync::atomic::AtomicUsize::new(0),
                 replies: tokio::sync::Mutex::new(None),
                 metrics,
                 app_id,
@@ -322,9 +332,15 @@ impl Bus {
 
     /// Runs `declare` unless this bus already declared `key`.
     async fn declare_once(&self, key: String, declare: impl Future<Output = Result<()>>) -> Result<()> {
-        if self.inner.declared.lock().expect("declared set").contains(&key) {
+        let done = || self.inner.declared.lock().expect("declared set").contains(&key);
+        if done() {
             return Ok(());
         }
+        let _declaring = self.inner.declaring.lock().await;
+        if done() {
+            return Ok(()); // declared while this call waited
+        }
+        self.count_declaration().await;
         declare.await?;
         self.inner.declared.lock().expect("declared set").insert(key);
         Ok(())
@@ -332,12 +348,28 @@ impl Bus {
 
     /// Declares `exchange` (once per bus) as the contract describes it.
     pub(crate) async fn declare_exchange(&self, exchange: &ExchangeSpec) -> Result<()> {
-        if self.inner.exchanges.read().expect("exchange set").contains(exchange.name) {
+        let done = || self.inner.exchanges.read().expect("exchange set").contains(exchange.name);
+        if done() {
             return Ok(());
         }
+        let _declaring = self.inner.declaring.lock().await;
+        if done() {
+            return Ok(()); // declared while this call waited
+        }
+        self.count_declaration().await;
         self.inner.transport.declare_exchange(exchange).await?;
         self.inner.exchanges.write().expect("exchange set").insert(exchange.name);
         Ok(())
+    }
+
+    /// Counts a declaration (in tests), and lets other tasks run before it is sent, as a declaration over
+    /// the network would.
+    async fn count_declaration(&self) {
+        #[cfg(test)]
+        {
+            self.inner.declarations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Declares a queue (once per bus).
@@ -431,4 +463,26 @@ pub async fn terminated() -> &'static str {
     }
     ctrl_c.await;
     "SIGINT"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::ExchangeKind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_first_publishes_declares_the_exchange_once() {
+        static EXCHANGE: ExchangeSpec =
+            ExchangeSpec { name: "burst.events", kind: ExchangeKind::Topic, durable: true, auto_delete: false };
+        let bus = Bus::in_memory();
+        let mut declaring = tokio::task::JoinSet::new();
+        for _ in 0..100 {
+            let bus = bus.clone();
+            declaring.spawn(async move { bus.declare_exchange(&EXCHANGE).await });
+        }
+        while let Some(declared) = declaring.join_next().await {
+            declared.unwrap().unwrap();
+        }
+        assert_eq!(bus.inner.declarations.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
 }
