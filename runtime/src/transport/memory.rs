@@ -346,23 +346,42 @@ struct State {
     acknowledged: Vec<Queued>,
 }
 
-/// Runs `operation` on the broker state, then wakes the consumers it gave deliveries to, outside the lock.
+/// Buffers kept for reuse by [`with_state`].
+#[derive(Default)]
+struct Spare {
+    acknowledged: Vec<Queued>,
+    wakes: Vec<Arc<Inbox>>,
+}
+
+/// Spare buffers larger than this are let go rather than kept.
+const SPARE_LIMIT: usize = 4096;
+
+thread_local! {
+    /// This thread's emptied buffers from earlier [`with_state`] calls, swapped into the state for the next:
+    /// taking a batch out from under the lock then costs no allocation (a batch of acks is past malloc's
+    /// fast path, and freeing it was a tenth of an in-memory message's cost).
+    static SPARE: std::cell::RefCell<Spare> = std::cell::RefCell::default();
+}
+
+/// Runs `operation` on the broker state, then, outside the lock, drops the messages it acknowledged and wakes
+/// the consumers it gave deliveries to.
 fn with_state<R>(shared: &Arc<Mutex<State>>, operation: impl FnOnce(&mut State) -> R) -> R {
     let mut state = shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let result = operation(&mut state);
-    // Sized like this batch for the next one, so that one does not grow it step by step.
-    let acknowledged = match state.acknowledged.len() {
-        0 => Vec::new(),
-        n => std::mem::replace(&mut state.acknowledged, Vec::with_capacity(n)),
-    };
-    let wakes = match state.wakes.len() {
-        0 => Vec::new(),
-        n => std::mem::replace(&mut state.wakes, Vec::with_capacity(n)),
-    };
+    if state.acknowledged.is_empty() && state.wakes.is_empty() {
+        return result;
+    }
+    let mut taken = SPARE.with_borrow_mut(|spare| Spare {
+        acknowledged: std::mem::replace(&mut state.acknowledged, std::mem::take(&mut spare.acknowledged)),
+        wakes: std::mem::replace(&mut state.wakes, std::mem::take(&mut spare.wakes)),
+    });
     drop(state);
-    drop(acknowledged);
-    for inbox in wakes {
+    taken.acknowledged.clear();
+    for inbox in taken.wakes.drain(..) {
         inbox.waker.wake();
+    }
+    if taken.acknowledged.capacity() <= SPARE_LIMIT && taken.wakes.capacity() <= SPARE_LIMIT {
+        SPARE.with_borrow_mut(|spare| *spare = taken);
     }
     result
 }
