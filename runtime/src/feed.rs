@@ -99,6 +99,7 @@ impl Running {
     }
 }
 
+/// Why a consumer whose stream simply ended is consumed again.
 const CANCELLED: &str = "the broker cancelled the consumer (queue deleted, or connection lost)";
 
 /// Deliveries from one queue, consumed again whenever the broker ends the consumer, until stopped.
