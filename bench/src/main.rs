@@ -95,13 +95,13 @@ impl Args {
                     let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
                     if arg == "--only" {
                         let names: Vec<String> = value.split(',').map(|w| w.trim().to_uppercase()).collect();
-                        if let Some(bad) = names.iter().find(|w| !WORKLOADS.contains(&w.as_str()) && *w != "W9") {
+                        if let Some(bad) = names.iter().find(|w| rabbitmq(w).is_none() && *w != "W9") {
                             return Err(format!("--only: no workload \"{bad}\" (W1–W9)"));
                         }
                         parsed.only = Some(names);
                     } else {
                         let name = value.to_uppercase();
-                        let known = ["ONE", "FAN-OUT"].contains(&name.as_str()) || WORKLOADS.contains(&name.as_str());
+                        let known = ["ONE", "FAN-OUT"].contains(&name.as_str()) || rabbitmq(&name).is_some();
                         if !known {
                             return Err(format!("--profile: no workload \"{value}\" (one, fan-out, W1–W8)"));
                         }
@@ -124,12 +124,82 @@ impl Args {
     }
 }
 
-/// The RabbitMQ workloads, by the names `--only` and `--profile` take.
-const WORKLOADS: [&str; 8] = ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8"];
+type Workload = fn(Env, Side) -> std::pin::Pin<Box<dyn Future<Output = Run>>>;
+
+/// One RabbitMQ workload: its row, its goal, how many messages a run takes, and how to run one side.
+struct Spec {
+    /// The row's name; its first word ("W4") is what `--only` and `--profile` take.
+    name: &'static str,
+    goal: Goal,
+    messages: fn(&Scale) -> u64,
+    run: Workload,
+}
+
+impl Spec {
+    fn id(&self) -> &'static str {
+        self.name.split(' ').next().unwrap_or(self.name)
+    }
+}
+
+/// The RabbitMQ workloads, in table order.
+const RABBITMQ: [Spec; 8] = [
+    Spec {
+        name: "W1 publish, no confirms",
+        goal: Goal::Throughput(0.9),
+        messages: |s| s.publish,
+        run: |e, s| Box::pin(async move { workloads::publish(&e, s, false, false).await }),
+    },
+    Spec {
+        name: "W2 publish, confirms",
+        goal: Goal::Throughput(0.9),
+        messages: |s| s.publish,
+        run: |e, s| Box::pin(async move { workloads::publish(&e, s, true, false).await }),
+    },
+    Spec {
+        name: "W3 one confirm in flight (latency)",
+        goal: Goal::Latency(1.1),
+        messages: |s| s.latency,
+        run: |e, s| Box::pin(async move { workloads::confirm_latency(&e, s).await }),
+    },
+    Spec {
+        name: "W4 consume, prefetch 256, manual ack",
+        goal: Goal::Throughput(0.9),
+        messages: |s| s.consume,
+        run: |e, s| Box::pin(async move { workloads::consume(&e, s).await }),
+    },
+    Spec {
+        name: "W5 RPC, one call at a time (latency)",
+        goal: Goal::Latency(1.1),
+        messages: |s| s.rpc_serial,
+        run: |e, s| Box::pin(async move { workloads::rpc(&e, s, 1).await }),
+    },
+    Spec {
+        name: "W6 RPC, 64 calls in flight",
+        goal: Goal::Throughput(0.9),
+        messages: |s| s.rpc_parallel,
+        run: |e, s| Box::pin(async move { workloads::rpc(&e, s, 64).await }),
+    },
+    Spec {
+        name: "W7 fan-out to 10 queues (deliveries)",
+        goal: Goal::Throughput(0.9),
+        messages: |s| s.fan_out,
+        run: |e, s| Box::pin(async move { workloads::fan_out(&e, s).await }),
+    },
+    Spec {
+        name: "W8 persistent, durable queue, confirms",
+        goal: Goal::Throughput(0.9),
+        messages: |s| s.publish,
+        run: |e, s| Box::pin(async move { workloads::publish(&e, s, true, true).await }),
+    },
+];
+
+/// The RabbitMQ workload `--only` or `--profile` names.
+fn rabbitmq(id: &str) -> Option<&'static Spec> {
+    RABBITMQ.iter().find(|spec| spec.id() == id)
+}
 
 /// Runs one workload of one side once, for a profiler.
 async fn profile(name: &str, side: Side, url: String) {
-    let env = |n| Env { url: url.clone(), n, size: 100 };
     let run = match name {
         "ONE" => {
             let took = memory::in_memory_one_subscriber(20_000).await;
@@ -139,15 +209,10 @@ async fn profile(name: &str, side: Side, url: String) {
             let took = memory::in_memory_fan_out(5_000, 10).await;
             return println!("fan-out: {} deliveries/s", thousands(50_000.0 / took.as_secs_f64()));
         }
-        "W1" => workloads::publish(&env(QUICK.publish), side, false, false).await,
-        "W2" => workloads::publish(&env(QUICK.publish), side, true, false).await,
-        "W3" => workloads::confirm_latency(&env(QUICK.latency), side).await,
-        "W4" => workloads::consume(&env(QUICK.consume), side).await,
-        "W5" => workloads::rpc(&env(QUICK.rpc_serial), side, 1).await,
-        "W6" => workloads::rpc(&env(QUICK.rpc_parallel), side, 64).await,
-        "W7" => workloads::fan_out(&env(QUICK.fan_out), side).await,
-        "W8" => workloads::publish(&env(QUICK.publish), side, true, true).await,
-        _ => unreachable!("names are checked when parsed"),
+        id => {
+            let spec = rabbitmq(id).expect("names are checked when parsed");
+            (spec.run)(Env { url, n: (spec.messages)(&QUICK), size: 100 }, side).await
+        }
     };
     println!(
         "{name} {side:?}: {}/s, {:.1} µs CPU per message",
@@ -183,71 +248,12 @@ async fn main() -> std::process::ExitCode {
     println!("| workload | payload | Warren | raw lapin | Warren / raw | CPU/msg Warren | CPU/msg raw | goal |");
     println!("|---|---:|---:|---:|---:|---:|---:|---|");
     // `--memory` (`--only W9`) needs no broker.
-    let sizes: &[usize] = if WORKLOADS.iter().any(|w| args.runs(&format!("{w} "))) { scale.sizes } else { &[] };
+    let sizes: &[usize] = if RABBITMQ.iter().any(|spec| args.runs(spec.name)) { scale.sizes } else { &[] };
     for &size in sizes {
-        let env = |n| Env { url: url.clone(), n, size };
-        compare(&args, "W1 publish, no confirms", &env(scale.publish), scale.rounds, Goal::Throughput(0.9), |e, s| {
-            Box::pin(async move { workloads::publish(&e, s, false, false).await })
-        })
-        .await;
-        compare(&args, "W2 publish, confirms", &env(scale.publish), scale.rounds, Goal::Throughput(0.9), |e, s| {
-            Box::pin(async move { workloads::publish(&e, s, true, false).await })
-        })
-        .await;
-        compare(
-            &args,
-            "W3 one confirm in flight (latency)",
-            &env(scale.latency),
-            scale.rounds,
-            Goal::Latency(1.1),
-            |e, s| Box::pin(async move { workloads::confirm_latency(&e, s).await }),
-        )
-        .await;
-        compare(
-            &args,
-            "W4 consume, prefetch 256, manual ack",
-            &env(scale.consume),
-            scale.rounds,
-            Goal::Throughput(0.9),
-            |e, s| Box::pin(async move { workloads::consume(&e, s).await }),
-        )
-        .await;
-        compare(
-            &args,
-            "W5 RPC, one call at a time (latency)",
-            &env(scale.rpc_serial),
-            scale.rounds,
-            Goal::Latency(1.1),
-            |e, s| Box::pin(async move { workloads::rpc(&e, s, 1).await }),
-        )
-        .await;
-        compare(
-            &args,
-            "W6 RPC, 64 calls in flight",
-            &env(scale.rpc_parallel),
-            scale.rounds,
-            Goal::Throughput(0.9),
-            |e, s| Box::pin(async move { workloads::rpc(&e, s, 64).await }),
-        )
-        .await;
-        compare(
-            &args,
-            "W7 fan-out to 10 queues (deliveries)",
-            &env(scale.fan_out),
-            scale.rounds,
-            Goal::Throughput(0.9),
-            |e, s| Box::pin(async move { workloads::fan_out(&e, s).await }),
-        )
-        .await;
-        compare(
-            &args,
-            "W8 persistent, durable queue, confirms",
-            &env(scale.publish),
-            scale.rounds,
-            Goal::Throughput(0.9),
-            |e, s| Box::pin(async move { workloads::publish(&e, s, true, true).await }),
-        )
-        .await;
+        for spec in RABBITMQ.iter().filter(|spec| args.runs(spec.name)) {
+            let env = Env { url: url.clone(), n: (spec.messages)(&scale), size };
+            compare(spec, &env, scale.rounds).await;
+        }
     }
     if args.runs("W9 ") {
         // In memory, a round takes about a second and scheduling noise is large: more rounds for a steadier median.
@@ -261,13 +267,9 @@ async fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-type Workload = fn(Env, Side) -> std::pin::Pin<Box<dyn Future<Output = Run>>>;
-
-/// Runs `workload` for both sides, alternating, and prints its row.
-async fn compare(args: &Args, name: &str, env: &Env, rounds: usize, goal: Goal, workload: Workload) {
-    if !args.runs(name) {
-        return;
-    }
+/// Runs `spec` for both sides, alternating, and prints its row.
+async fn compare(spec: &Spec, env: &Env, rounds: usize) {
+    let (name, goal, workload) = (spec.name, spec.goal, spec.run);
     let (mut warren, mut raw) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         warren.push(workload(env.clone(), Side::Warren).await);
