@@ -332,7 +332,28 @@ impl Bus {
 
     /// Runs `declare` unless this bus already declared `key`.
     async fn declare_once(&self, key: String, declare: impl Future<Output = Result<()>>) -> Result<()> {
-        let done = || self.inner.declared.lock().expect("declared set").contains(&key);
+        let declared = &self.inner.declared;
+        let done = || declared.lock().expect("declared set").contains(&key);
+        let record = || declared.lock().expect("declared set").insert(key.clone());
+        self.single_flight(done, declare, record).await
+    }
+
+    /// Declares `exchange` (once per bus) as the contract describes it.
+    pub(crate) async fn declare_exchange(&self, exchange: &ExchangeSpec) -> Result<()> {
+        let exchanges = &self.inner.exchanges;
+        let done = || exchanges.read().expect("exchange set").contains(exchange.name);
+        let record = || exchanges.write().expect("exchange set").insert(exchange.name);
+        self.single_flight(done, self.inner.transport.declare_exchange(exchange), record).await
+    }
+
+    /// Runs `declare` unless `done`, one declaration at a time, and `record`s it before the next may start:
+    /// calls that waited find it done.
+    async fn single_flight<R>(
+        &self,
+        done: impl Fn() -> bool,
+        declare: impl Future<Output = Result<()>>,
+        record: impl FnOnce() -> R,
+    ) -> Result<()> {
         if done() {
             return Ok(());
         }
@@ -342,23 +363,7 @@ impl Bus {
         }
         self.count_declaration().await;
         declare.await?;
-        self.inner.declared.lock().expect("declared set").insert(key);
-        Ok(())
-    }
-
-    /// Declares `exchange` (once per bus) as the contract describes it.
-    pub(crate) async fn declare_exchange(&self, exchange: &ExchangeSpec) -> Result<()> {
-        let done = || self.inner.exchanges.read().expect("exchange set").contains(exchange.name);
-        if done() {
-            return Ok(());
-        }
-        let _declaring = self.inner.declaring.lock().await;
-        if done() {
-            return Ok(()); // declared while this call waited
-        }
-        self.count_declaration().await;
-        self.inner.transport.declare_exchange(exchange).await?;
-        self.inner.exchanges.write().expect("exchange set").insert(exchange.name);
+        record();
         Ok(())
     }
 
