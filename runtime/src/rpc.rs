@@ -2,7 +2,12 @@
 //!
 //! Each bus has one long-lived reply consumer on `amq.rabbitmq.reply-to` (no-ack, as RabbitMQ requires),
 //! on the same channel the requests are published on; replies are matched to calls by correlation id.
-//! Servers publish replies without `mandatory` (RabbitMQ ≤ 4.1 would return every direct reply otherwise).
+//! Requests go out without publisher confirms or `mandatory`: the reply is the confirmation. The caller declares
+//! the service's queue before its first call, so a request is routed even when no server runs yet (it waits, and
+//! expires with the call's deadline); a lost connection ends the reply consumer, which fails every waiting call at
+//! once. A confirm per request would cost every call a broker round of work and a client wake-up and tell the
+//! caller nothing the reply does not. Servers publish replies without `mandatory` (RabbitMQ ≤ 4.1 would return
+//! every direct reply otherwise).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -319,41 +324,26 @@ impl RpcClient {
         let guard = PendingGuard { pending: &replies.pending, id: &id };
         let deadline_error =
             || Status::deadline_exceeded(format!("{method} got no reply within {timeout:?} (is a server running?)"));
-        let publish = Publish { exchange: "", routing_key: self.service.queue, mandatory: true, confirm: true };
-        // Wait for the reply and the publish confirm together: a reply proves the request was routed, so it
-        // need not wait behind the confirm; a return (no queue) or a failed send ends the call at once.
-        let sent = replies.path.send_request(publish, payload, Properties::from(envelope));
-        tokio::pin!(sent);
-        tokio::pin!(rx);
-        let until = tokio::time::sleep(timeout.saturating_sub(started.elapsed()));
-        tokio::pin!(until);
-        let mut confirmed = false;
-        let reply = loop {
-            tokio::select! {
-                reply = &mut rx => match reply {
-                    Ok(reply) => break reply,
-                    // A call that raced a shutdown (its reply path closed under it) was cancelled, like the
-                    // calls shutdown found waiting.
-                    Err(_) if bus.is_closed() => {
-                        return Err(Status::cancelled(format!("{method}: the bus is shutting down")));
-                    }
-                    Err(_) => return Err(Status::unavailable(format!("{method}: the reply channel closed"))),
-                },
-                sent = &mut sent, if !confirmed => match sent {
-                    Ok(()) => confirmed = true,
-                    Err(Error::Unroutable { .. }) => {
-                        return Err(Status::unavailable(format!(
-                            "{method}: no queue \"{}\" to take the request",
-                            self.service.queue
-                        )));
-                    }
-                    Err(Error::Closed) => {
-                        return Err(Status::cancelled(format!("{method}: the bus is shutting down")));
-                    }
-                    Err(error) => return Err(Status::unavailable(format!("{method}: request not sent: {error}"))),
-                },
-                () = &mut until => return Err(deadline_error()),
+        // Neither confirmed nor mandatory (see the module's docs): sent once lapin has written it.
+        let publish = Publish { exchange: "", routing_key: self.service.queue, mandatory: false, confirm: false };
+        let until = started + timeout;
+        match tokio::time::timeout_at(until, replies.path.send_request(publish, payload, Properties::from(envelope)))
+            .await
+        {
+            Err(_) => return Err(deadline_error()),
+            Ok(Ok(())) => {}
+            Ok(Err(Error::Closed)) => return Err(Status::cancelled(format!("{method}: the bus is shutting down"))),
+            Ok(Err(error)) => return Err(Status::unavailable(format!("{method}: request not sent: {error}"))),
+        }
+        let reply = match tokio::time::timeout_at(until, rx).await {
+            Err(_) => return Err(deadline_error()),
+            Ok(Ok(reply)) => reply,
+            // A call that raced a shutdown (its reply path closed under it) was cancelled, like the calls shutdown
+            // found waiting.
+            Ok(Err(_)) if bus.is_closed() => {
+                return Err(Status::cancelled(format!("{method}: the bus is shutting down")));
             }
+            Ok(Err(_)) => return Err(Status::unavailable(format!("{method}: the reply channel closed"))),
         };
         drop(guard);
         Ok(reply)

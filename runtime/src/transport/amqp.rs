@@ -331,7 +331,8 @@ impl Amqp {
 
     pub(crate) async fn reply_path(self: &Arc<Self>) -> Result<ReplyPath> {
         let link = self.link(Instant::now() + self.timeout()).await?;
-        let channel = open_confirmed(&link.publish, self.timeout()).await?;
+        // Not in confirm mode: requests are not confirmed (see `rpc`).
+        let channel = deadline("channel open", self.timeout(), link.publish.create_channel()).await?;
         let tag = format!("replies.{}", crate::envelope::new_id());
         let consumer = deadline(
             "basic consume (reply-to)",
