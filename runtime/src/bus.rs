@@ -331,10 +331,10 @@ impl Bus {
     }
 
     /// Runs `declare` unless this bus already declared `key`.
-    async fn declare_once(&self, key: String, declare: impl Future<Output = Result<()>>) -> Result<()> {
+    async fn declare_once<F: Future<Output = Result<()>>>(&self, key: &str, declare: impl FnOnce() -> F) -> Result<()> {
         let declared = &self.inner.declared;
-        let done = || declared.lock().expect("declared set").contains(&key);
-        let record = || declared.lock().expect("declared set").insert(key.clone());
+        let done = || declared.lock().expect("declared set").contains(key);
+        let record = || declared.lock().expect("declared set").insert(key.to_owned());
         self.single_flight(done, declare, record).await
     }
 
@@ -343,28 +343,33 @@ impl Bus {
         let exchanges = &self.inner.exchanges;
         let done = || exchanges.read().expect("exchange set").contains(exchange.name);
         let record = || exchanges.write().expect("exchange set").insert(exchange.name);
-        self.single_flight(done, self.inner.transport.declare_exchange(exchange), record).await
+        self.single_flight(done, || self.inner.transport.declare_exchange(exchange), record).await
     }
 
     /// Runs `declare` unless `done`, one declaration at a time, and `record`s it before the next may start:
     /// calls that waited find it done.
-    async fn single_flight<R>(
+    async fn single_flight<R, F: Future<Output = Result<()>>>(
         &self,
         done: impl Fn() -> bool,
-        declare: impl Future<Output = Result<()>>,
+        declare: impl FnOnce() -> F,
         record: impl FnOnce() -> R,
     ) -> Result<()> {
         if done() {
             return Ok(());
         }
-        let _declaring = self.inner.declaring.lock().await;
-        if done() {
-            return Ok(()); // declared while this call waited
-        }
-        self.count_declaration().await;
-        declare.await?;
-        record();
-        Ok(())
+        // Boxed, and made only here: a declaration's futures (a channel, a round trip) take kilobytes, and
+        // every publish, which may have to declare, would otherwise carry them.
+        Box::pin(async {
+            let _declaring = self.inner.declaring.lock().await;
+            if done() {
+                return Ok(()); // declared while this call waited
+            }
+            self.count_declaration().await;
+            declare().await?;
+            record();
+            Ok(())
+        })
+        .await
     }
 
     /// Counts a declaration (in tests), and lets other tasks run before it is sent, as a declaration over
@@ -379,7 +384,7 @@ impl Bus {
 
     /// Declares a queue (once per bus).
     pub(crate) async fn declare_queue(&self, queue: &str, options: QueueOptions) -> Result<()> {
-        self.declare_once(queue.to_owned(), self.inner.transport.declare_queue(queue, &options)).await
+        self.declare_once(queue, || self.inner.transport.declare_queue(queue, &options)).await
     }
 
     /// Closes the connection at once. Subscribers and servers stop; calls in flight fail. Prefer
