@@ -66,10 +66,14 @@ enum Goal {
     Latency(f64),
 }
 
-const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…] [--profile NAME [--raw]]
+const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…] [--raw-envelope minimal|warren]
+                    [--profile NAME [--raw]]
   --quick          a reduced set (100 B payloads, fewer messages), in under two minutes
   --memory         only W9, the in-memory transport (no broker needed); the same as --only W9
   --only W1,W7     only the workloads named (W1–W9)
+  --raw-envelope   what raw lapin's events carry: minimal (the default: message id, type, content type,
+                   persistence, as a hand-written service would) or warren (Warren's whole envelope: also
+                   correlation id, app id, timestamp and the schema header; the same bytes as Warren's)
   --profile NAME   run one workload once and exit, for a profiler: one, fan-out (W9, in memory) or W1–W8
                    (Warren's side, 100 B, the --quick size; with --raw, the raw-lapin side)";
 
@@ -81,6 +85,7 @@ struct Args {
     only: Option<Vec<String>>,
     profile: Option<String>,
     raw: bool,
+    warrens_envelope: bool,
 }
 
 impl Args {
@@ -91,6 +96,16 @@ impl Args {
                 "--quick" => parsed.quick = true,
                 "--memory" => parsed.memory = true,
                 "--raw" => parsed.raw = true,
+                "--raw-envelope" => match args.next().as_deref() {
+                    Some("minimal") => parsed.warrens_envelope = false,
+                    Some("warren") => parsed.warrens_envelope = true,
+                    other => {
+                        return Err(format!(
+                            "--raw-envelope takes minimal or warren, not {}",
+                            other.unwrap_or("nothing")
+                        ));
+                    }
+                },
                 "--only" | "--profile" => {
                     let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
                     if arg == "--only" {
@@ -235,6 +250,9 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let url = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| warren::DEFAULT_URL.to_owned());
+    if args.warrens_envelope {
+        raw::send_warrens_envelope();
+    }
     if let Some(name) = &args.profile {
         profile(name, if args.raw { Side::Raw } else { Side::Warren }, url).await;
         return std::process::ExitCode::SUCCESS;
@@ -244,6 +262,11 @@ async fn main() -> std::process::ExitCode {
         "Warren benchmarks: {} rounds per side, alternating, median shown; CPU is client CPU per message.",
         scale.rounds
     );
+    if args.warrens_envelope {
+        println!(
+            "Raw lapin's events carry Warren's whole envelope (--raw-envelope warren): both sides send the same bytes."
+        );
+    }
     println!();
     println!("| workload | payload | Warren | raw lapin | Warren / raw | CPU/msg Warren | CPU/msg raw | goal |");
     println!("|---|---:|---:|---:|---:|---:|---:|---|");

@@ -1,9 +1,12 @@
 //! The baseline: hand-written lapin code with the best practice the notes describe — publishes pipelined with
 //! up to a thousand confirms in flight, consumers acknowledging in batches with `multiple`, RPC clients with one
-//! long-lived direct reply-to consumer. It sets the same envelope Warren does (message id, type, content type,
-//! persistence) and encodes and decodes the same protobuf messages, so the comparison is of the messaging layer.
+//! long-lived direct reply-to consumer. It encodes and decodes the same protobuf messages. Its events carry the
+//! envelope a hand-written service would: message id, type, content type and persistence. With
+//! `--raw-envelope warren` they carry Warren's whole envelope instead (also correlation id, app id, timestamp
+//! and the `x-warren-schema` header), so both sides send the same bytes and the ratio is the layer's cost alone.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
@@ -11,7 +14,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use prost::Message as _;
 use tokio::sync::oneshot;
@@ -46,7 +49,7 @@ pub(crate) async fn queue(channel: &Channel, queue: &str, exchange: &str, durabl
     channel.exchange_declare(exchange.into(), kind, options, FieldTable::default()).await.expect("exchange");
     let options = QueueDeclareOptions { durable, ..QueueDeclareOptions::default() };
     let mut arguments = FieldTable::default();
-    arguments.insert("x-expires".into(), lapin::types::AMQPValue::LongUInt(QUEUE_EXPIRY_MS));
+    arguments.insert("x-expires".into(), AMQPValue::LongUInt(QUEUE_EXPIRY_MS));
     channel.queue_declare(queue.into(), options, arguments).await.expect("queue");
     let bind = QueueBindOptions::default();
     channel
@@ -59,12 +62,33 @@ pub(crate) async fn delete(channel: &Channel, queue: &str) {
     let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
 }
 
+/// Whether raw events carry Warren's whole envelope (`--raw-envelope warren`).
+static WARRENS_ENVELOPE: AtomicBool = AtomicBool::new(false);
+
+/// Makes raw events carry Warren's whole envelope from now on.
+pub(crate) fn send_warrens_envelope() {
+    WARRENS_ENVELOPE.store(true, Ordering::Relaxed);
+}
+
 fn properties(persistent: bool) -> BasicProperties {
-    BasicProperties::default()
-        .with_message_id(ShortString::from(uuid::Uuid::now_v7().to_string()))
+    let id = uuid::Uuid::now_v7().to_string();
+    let properties = BasicProperties::default()
         .with_type("gametrade.v1.UserRegistered".into())
         .with_content_type("application/x-protobuf".into())
-        .with_delivery_mode(if persistent { 2 } else { 1 })
+        .with_delivery_mode(if persistent { 2 } else { 1 });
+    if !WARRENS_ENVELOPE.load(Ordering::Relaxed) {
+        return properties.with_message_id(ShortString::from(id));
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut headers = FieldTable::default();
+    let fingerprint = <UserRegistered as warren::Payload>::FINGERPRINT;
+    headers.insert("x-warren-schema".into(), AMQPValue::LongString(fingerprint.as_bytes().to_vec().into()));
+    properties
+        .with_correlation_id(ShortString::from(id.as_str()))
+        .with_message_id(ShortString::from(id))
+        .with_app_id("warren-bench".into())
+        .with_timestamp(now.as_secs())
+        .with_headers(headers)
 }
 
 /// Publishes one event to [`EXCHANGE`], waiting for its confirm when `confirm`.

@@ -39,6 +39,12 @@ impl WireFormat {
     /// The format a `content_type` names: JSON for `application/json` (parameters such as `; charset=utf-8`
     /// allowed, case ignored), protobuf for anything else, including no content type at all.
     pub fn from_content_type(content_type: Option<&str>) -> Self {
+        // Warren's own content types first, as they are on nearly every message: no parsing.
+        match content_type {
+            Some(CONTENT_TYPE_PROTOBUF) => return WireFormat::Protobuf,
+            Some(CONTENT_TYPE_JSON) => return WireFormat::Json,
+            _ => {}
+        }
         let essence = content_type.map(|c| c.split(';').next().unwrap_or_default().trim());
         match essence {
             Some(c) if c.eq_ignore_ascii_case(CONTENT_TYPE_JSON) => WireFormat::Json,

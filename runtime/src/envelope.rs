@@ -145,11 +145,10 @@ impl Envelope {
     }
 
     fn to_amqp(&self) -> BasicProperties {
+        let id = self.message_id.as_str();
         let mut properties = BasicProperties::default()
-            .with_message_id(ShortString::from(self.message_id.as_str()))
-            .with_correlation_id(ShortString::from(
-                self.correlation_id.as_deref().unwrap_or_else(|| self.message_id.as_str()),
-            ))
+            .with_message_id(ShortString::from(id))
+            .with_correlation_id(ShortString::from(self.correlation_id.as_deref().unwrap_or(id)))
             .with_type(ShortString::from(self.kind))
             .with_app_id(ShortString::from(self.app_id))
             .with_timestamp(self.timestamp)

@@ -41,7 +41,7 @@ fn run() -> Result<ExitCode> {
                  check-compat [--against <git rev or manifest file>] [--allow RULE]...\n                   \
                  report breaking contract changes against proto/warren.lock as committed (or the baseline given)\n  \
                  docs [--check]   rewrite (or check) docs/asyncapi.yaml and docs/CATALOG.md alone\n  \
-                 bench [--quick] [--memory] [--only W1,W7] [--profile NAME [--raw]]\n                   build the benchmarks in release mode and print their table"
+                 bench [--quick] [--memory] [--only W1,W7] [--raw-envelope minimal|warren] [--profile NAME [--raw]]\n                   build the benchmarks in release mode and print their table"
             );
             if args.is_empty() || args == ["help"] || args == ["--help"] {
                 Ok(ExitCode::SUCCESS)

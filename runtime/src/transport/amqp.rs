@@ -52,14 +52,18 @@ struct Topology {
 }
 
 /// RabbitMQ, through two supervised connections.
+/// A publishing channel and the link generation it was opened on.
+type Publisher = (u64, Arc<Channel>);
+
 pub(crate) struct Amqp {
     config: BusConfig,
     link: watch::Sender<Option<Link>>,
     health: StdMutex<Health>,
     /// The publishing channels and the generation each belongs to: `[fire-and-forget, confirmed]`. The
     /// first is not in confirm mode, so fire-and-forget publishes cost neither the broker nor lapin a confirm.
-    /// Read on every publish, so a plain read lock; `opening` serializes replacing them.
-    publishers: [StdRwLock<Option<(u64, Channel)>>; 2],
+    /// Read on every publish, so a plain read lock, and an `Arc`: one count to take, where a `Channel`
+    /// clone takes a dozen; `opening` serializes replacing them.
+    publishers: [StdRwLock<Option<Publisher>>; 2],
     opening: Mutex<()>,
     topology: StdMutex<Topology>,
     /// At most this many publishes wait for confirms at once.
@@ -266,7 +270,7 @@ impl Amqp {
 
     /// The publishing channel of the current link (in confirm mode if `confirmed`), opened when missing or
     /// broken.
-    async fn publisher(&self, confirmed: bool, by: Instant) -> Result<Channel> {
+    async fn publisher(&self, confirmed: bool, by: Instant) -> Result<Arc<Channel>> {
         if let Some(channel) = self.current_publisher(confirmed) {
             return Ok(channel);
         }
@@ -280,12 +284,13 @@ impl Amqp {
         } else {
             deadline("channel open", self.timeout(), link.publish.create_channel()).await?
         };
+        let channel = Arc::new(channel);
         *self.publishers[usize::from(confirmed)].write().expect("publisher") = Some((link.generation, channel.clone()));
         Ok(channel)
     }
 
     /// The publishing channel (in confirm mode if `confirmed`), if it belongs to the current link and is open.
-    fn current_publisher(&self, confirmed: bool) -> Option<Channel> {
+    fn current_publisher(&self, confirmed: bool) -> Option<Arc<Channel>> {
         let generation = self.link.borrow().as_ref().map(|link| link.generation)?;
         let publisher = self.publishers[usize::from(confirmed)].read().expect("publisher");
         let (of, channel) = publisher.as_ref()?;
