@@ -311,7 +311,9 @@ impl Amqp {
             ),
         )
         .await?;
-        Ok(Consumer { tag, stream: Box::pin(consumer.map(delivery)), cancel: Canceller::Amqp(channel), generation })
+        let mut names = Names::default();
+        let stream = Box::pin(consumer.map(move |d| delivery(d, &mut names)));
+        Ok(Consumer { tag, stream, cancel: Canceller::Amqp(channel), generation })
     }
 
     pub(crate) async fn queue_depth(&self, queue: &str) -> Result<u64> {
@@ -331,7 +333,7 @@ impl Amqp {
             })
             .await?;
         // Fetched with no_ack: nothing to settle.
-        Ok(got.map(|message| from_lapin(message.delivery, |_| Acker::None)))
+        Ok(got.map(|message| from_lapin(message.delivery, &mut Names::default(), |_| Acker::None)))
     }
 
     pub(crate) async fn reply_path(self: &Arc<Self>) -> Result<ReplyPath> {
@@ -353,7 +355,10 @@ impl Amqp {
         .await?;
         let replies = Consumer {
             tag,
-            stream: Box::pin(consumer.map(|d| delivery(d).map(|d| Delivery { acker: Acker::None, ..d }))),
+            stream: Box::pin(consumer.map({
+                let mut names = Names::default();
+                move |d| delivery(d, &mut names).map(|d| Delivery { acker: Acker::None, ..d })
+            })),
             cancel: Canceller::Amqp(channel.clone()),
             generation: link.generation,
         };
@@ -568,16 +573,32 @@ async fn bind_on(channel: &Channel, queue: &str, exchange: &str, key: &str, time
     deadline("queue bind", timeout, bind).await
 }
 
-fn delivery(result: lapin::Result<lapin::message::Delivery>) -> Result<Delivery> {
-    Ok(from_lapin(result.map_err(|e| Error::broker("consume", e))?, Acker::Amqp))
+fn delivery(result: lapin::Result<lapin::message::Delivery>, names: &mut Names) -> Result<Delivery> {
+    Ok(from_lapin(result.map_err(|e| Error::broker("consume", e))?, names, Acker::Amqp))
+}
+
+/// A consumer's last exchange and routing key: a queue's deliveries nearly always repeat them, and sharing
+/// the previous one's saves two allocations per delivery.
+#[derive(Default)]
+struct Names {
+    exchange: Option<Arc<str>>,
+    routing_key: Option<Arc<str>>,
+}
+
+/// `name` as an `Arc<str>`: `last`'s if it is the same, else a new one, remembered.
+fn shared(last: &mut Option<Arc<str>>, name: &str) -> Arc<str> {
+    match last {
+        Some(same) if **same == *name => Arc::clone(same),
+        _ => Arc::clone(last.insert(Arc::from(name))),
+    }
 }
 
 /// A lapin delivery as the transport's, settled through `acker` (given lapin's acker).
-fn from_lapin(d: lapin::message::Delivery, acker: impl FnOnce(lapin::Acker) -> Acker) -> Delivery {
+fn from_lapin(d: lapin::message::Delivery, names: &mut Names, acker: impl FnOnce(lapin::Acker) -> Acker) -> Delivery {
     Delivery {
         message: Arc::new(Message::new(
-            d.exchange.as_str().into(),
-            d.routing_key.as_str().into(),
+            shared(&mut names.exchange, d.exchange.as_str()),
+            shared(&mut names.routing_key, d.routing_key.as_str()),
             Properties::from(d.properties),
             d.data,
         )),
@@ -724,6 +745,18 @@ mod tests {
     /// Never called: gives the closures above a value of any type.
     fn never<T>() -> T {
         unreachable!("only used in closures that are never called")
+    }
+
+    #[test]
+    fn a_repeated_name_is_shared_and_a_new_one_replaces_it() {
+        let mut last = None;
+        let first = shared(&mut last, "user.registered");
+        let again = shared(&mut last, "user.registered");
+        assert!(Arc::ptr_eq(&first, &again), "the same routing key is shared, not allocated again");
+        let other = shared(&mut last, "user.deleted");
+        assert_eq!(&*other, "user.deleted");
+        assert!(Arc::ptr_eq(&other, &shared(&mut last, "user.deleted")), "the new name is remembered");
+        assert_eq!(&*first, "user.registered", "names handed out earlier stay as they were");
     }
 
     #[test]
