@@ -51,10 +51,10 @@ struct Topology {
     bindings: Vec<(String, String, String)>,
 }
 
-/// RabbitMQ, through two supervised connections.
 /// A publishing channel and the link generation it was opened on.
 type Publisher = (u64, Arc<Channel>);
 
+/// RabbitMQ, through two supervised connections.
 pub(crate) struct Amqp {
     config: BusConfig,
     link: watch::Sender<Option<Link>>,
@@ -165,7 +165,7 @@ impl Amqp {
         loop {
             let link = self.link(by).await?;
             let connection = if consume { &link.consume } else { &link.publish };
-            match deadline("channel open", self.timeout(), connection.create_channel()).await {
+            match open_channel(connection, self.timeout()).await {
                 // Just after the broker closed a channel, lapin refuses new ones for a moment.
                 Err(Error::Broker { source, .. })
                     if matches!(source.kind(), ErrorKind::InvalidChannelState(..)) && Instant::now() < by =>
@@ -282,7 +282,7 @@ impl Amqp {
         let channel = if confirmed {
             open_confirmed(&link.publish, self.timeout()).await?
         } else {
-            deadline("channel open", self.timeout(), link.publish.create_channel()).await?
+            open_channel(&link.publish, self.timeout()).await?
         };
         let channel = Arc::new(channel);
         *self.publishers[usize::from(confirmed)].write().expect("publisher") = Some((link.generation, channel.clone()));
@@ -339,7 +339,7 @@ impl Amqp {
     pub(crate) async fn reply_path(self: &Arc<Self>) -> Result<ReplyPath> {
         let link = self.link(Instant::now() + self.timeout()).await?;
         // Not in confirm mode: requests are not confirmed (see `rpc`).
-        let channel = deadline("channel open", self.timeout(), link.publish.create_channel()).await?;
+        let channel = open_channel(&link.publish, self.timeout()).await?;
         let tag = format!("replies.{}", crate::envelope::new_id());
         let consumer = deadline(
             "basic consume (reply-to)",
@@ -525,7 +525,7 @@ async fn replay(amqp: &Amqp, connection: &Connection) -> Result<()> {
         (topology.exchanges.clone(), topology.queues.clone(), topology.bindings.clone())
     };
     let timeout = amqp.timeout();
-    let channel = deadline("channel open", timeout, connection.create_channel()).await?;
+    let channel = open_channel(connection, timeout).await?;
     for exchange in &exchanges {
         declare_exchange_on(&channel, exchange, timeout).await?;
     }
@@ -668,8 +668,13 @@ pub(crate) async fn cancel(channel: &Channel, tag: &str, timeout: Duration) {
     close_quietly(channel).await;
 }
 
+/// Opens a channel on `connection`, within `timeout`.
+async fn open_channel(connection: &Connection, timeout: Duration) -> Result<Channel> {
+    deadline("channel open", timeout, connection.create_channel()).await
+}
+
 async fn open_confirmed(connection: &Connection, timeout: Duration) -> Result<Channel> {
-    let channel = deadline("channel open", timeout, connection.create_channel()).await?;
+    let channel = open_channel(connection, timeout).await?;
     deadline("confirm select", timeout, channel.confirm_select(ConfirmSelectOptions::default())).await?;
     Ok(channel)
 }
