@@ -14,6 +14,7 @@ mod workloads;
 use std::time::Duration;
 
 use measure::{Run, median, thousands};
+use memory::Values;
 use workloads::{Env, Side};
 
 /// How much work each workload does.
@@ -74,7 +75,7 @@ const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…]
   --raw-envelope   what raw lapin's events carry: minimal (the default: message id, type, content type,
                    persistence, as a hand-written service would) or warren (Warren's whole envelope: also
                    correlation id, app id, timestamp and the schema header; the same bytes as Warren's)
-  --profile NAME   run one workload once and exit, for a profiler: one, fan-out (W9, in memory) or W1–W8
+  --profile NAME   run one workload once and exit, for a profiler: one, fan-out, fan-out-shared (W9, in memory) or W1–W8
                    (Warren's side, 100 B, the --quick size; with --raw, the raw-lapin side)";
 
 /// What the command line asked for.
@@ -116,9 +117,12 @@ impl Args {
                         parsed.only = Some(names);
                     } else {
                         let name = value.to_uppercase();
-                        let known = ["ONE", "FAN-OUT"].contains(&name.as_str()) || rabbitmq(&name).is_some();
+                        let known =
+                            ["ONE", "FAN-OUT", "FAN-OUT-SHARED"].contains(&name.as_str()) || rabbitmq(&name).is_some();
                         if !known {
-                            return Err(format!("--profile: no workload \"{value}\" (one, fan-out, W1–W8)"));
+                            return Err(format!(
+                                "--profile: no workload \"{value}\" (one, fan-out, fan-out-shared, W1–W8)"
+                            ));
                         }
                         parsed.profile = Some(name);
                     }
@@ -220,9 +224,10 @@ async fn profile(name: &str, side: Side, url: String) {
             let took = memory::in_memory_one_subscriber(20_000).await;
             return println!("one: {}/s", thousands(20_000.0 / took.as_secs_f64()));
         }
-        "FAN-OUT" => {
-            let took = memory::in_memory_fan_out(5_000, 10).await;
-            return println!("fan-out: {} deliveries/s", thousands(50_000.0 / took.as_secs_f64()));
+        "FAN-OUT" | "FAN-OUT-SHARED" => {
+            let values = if name == "FAN-OUT" { Values::Owned } else { Values::Shared };
+            let took = memory::in_memory_fan_out(5_000, 10, values).await;
+            return println!("{name}: {} deliveries/s", thousands(50_000.0 / took.as_secs_f64()));
         }
         id => {
             let spec = rabbitmq(id).expect("names are checked when parsed");
@@ -283,9 +288,12 @@ async fn main() -> std::process::ExitCode {
         let rounds = scale.rounds.max(5);
         let one = median_memory(rounds, || memory::in_memory_one_subscriber(scale.memory_one)).await;
         memory_row("W9 in-memory publish → handler, 1 subscriber", scale.memory_one, one, "events/s");
-        let fan = median_memory(rounds, || memory::in_memory_fan_out(scale.memory_fan_out, 10)).await;
-        memory_row("W9 in-memory topic exchange → 10 subscribers", scale.memory_fan_out, fan, "events/s");
-        memory_row("W9 … the same, counted per delivery", scale.memory_fan_out * 10, fan, "deliveries/s");
+        let n = scale.memory_fan_out;
+        let fan = median_memory(rounds, || memory::in_memory_fan_out(n, 10, Values::Owned)).await;
+        memory_row("W9 in-memory topic exchange → 10 subscribers", n, fan, "events/s");
+        memory_row("W9 … the same, counted per delivery", n * 10, fan, "deliveries/s");
+        let shared = median_memory(rounds, || memory::in_memory_fan_out(n, 10, Values::Shared)).await;
+        memory_row("W9 … 10 `shared()` subscribers (one `Arc` value)", n, shared, "events/s");
     }
     std::process::ExitCode::SUCCESS
 }

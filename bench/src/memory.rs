@@ -47,14 +47,26 @@ pub(crate) async fn in_memory_one_subscriber(n: u64) -> Duration {
     took
 }
 
+/// What the fan-out's handlers take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Values {
+    /// Each handler its own `T` (the default): one decoding, a clone for each further subscriber.
+    Owned,
+    /// `Subscriber::shared`: every handler an `Arc<T>` of the one decoded value.
+    Shared,
+}
+
 /// Publish through a topic exchange to `groups` subscribers bound with `user.*`.
-pub(crate) async fn in_memory_fan_out(n: u64, groups: usize) -> Duration {
+pub(crate) async fn in_memory_fan_out(n: u64, groups: usize, values: Values) -> Duration {
     let bus = Bus::in_memory();
     let counter = Counter::new(n * groups as u64);
     let mut subscriptions = Vec::new();
     for g in 0..groups {
         let subscriber = GametradeEvents::subscribe(&bus, &format!("bench-{g}"), "user.*");
-        subscriptions.push(counting(subscriber, &counter).await);
+        subscriptions.push(match values {
+            Values::Owned => counting(subscriber, &counter).await,
+            Values::Shared => counting(subscriber.shared(), &counter).await,
+        });
     }
     let started = Instant::now();
     publish_from_a_task(&bus, n).await;

@@ -197,7 +197,22 @@ pub trait Inbound: Clone + Sized + Send + Sync + 'static {
     fn retry_policy() -> Option<crate::RetryPolicy> {
         None
     }
+    /// Keeps a decoded value for the other subscribers of the same message (in memory, a message routed to
+    /// several queues is decoded once). Implementations keep the default.
+    #[doc(hidden)]
+    fn into_shared(self) -> Shared {
+        std::sync::Arc::new(self)
+    }
+    /// This subscriber's value from one that [`Inbound::into_shared`] kept, if it is of this type: a clone.
+    /// Implementations keep the default.
+    #[doc(hidden)]
+    fn from_shared(kept: &Shared) -> Option<Self> {
+        (**kept).downcast_ref::<Self>().cloned()
+    }
 }
+
+/// A decoded value kept for the other subscribers of a message; see [`Inbound::into_shared`].
+pub(crate) type Shared = std::sync::Arc<dyn std::any::Any + Send + Sync>;
 
 impl<E: Event> Inbound for E {
     fn exchange() -> &'static ExchangeSpec {
@@ -230,6 +245,61 @@ impl<E: Event> Inbound for E {
 
     fn fingerprint(type_name: &str) -> Option<&'static str> {
         fingerprint_of::<E>(type_name)
+    }
+}
+
+/// What a [`Subscriber::shared`](crate::Subscriber::shared) handler receives: the decoded value behind an
+/// [`Arc`](std::sync::Arc), so the subscribers of one message in this process can share it instead of each
+/// getting a copy. Everything else (exchange, keys, queue, policy) is `T`'s.
+impl<T: Inbound> Inbound for std::sync::Arc<T> {
+    fn exchange() -> &'static ExchangeSpec {
+        T::exchange()
+    }
+
+    fn routing_keys() -> Vec<&'static str> {
+        T::routing_keys()
+    }
+
+    fn queue_suffix() -> &'static str {
+        T::queue_suffix()
+    }
+
+    fn decode(type_name: &str, format: WireFormat, payload: &[u8]) -> Result<Self, DecodeError> {
+        T::decode(type_name, format, payload).map(std::sync::Arc::new)
+    }
+
+    fn fingerprint(type_name: &str) -> Option<&'static str> {
+        T::fingerprint(type_name)
+    }
+
+    fn work_queue() -> Option<&'static str> {
+        T::work_queue()
+    }
+
+    fn default_prefetch() -> Option<u16> {
+        T::default_prefetch()
+    }
+
+    fn prioritized() -> bool {
+        T::prioritized()
+    }
+
+    fn quorum() -> bool {
+        T::quorum()
+    }
+
+    fn retry_policy() -> Option<crate::RetryPolicy> {
+        T::retry_policy()
+    }
+
+    /// The value itself, not a copy: an `Arc<T>` is already shared.
+    fn into_shared(self) -> Shared {
+        self
+    }
+
+    /// Another handle on the very value that was kept, when it is a `T`.
+    fn from_shared(kept: &Shared) -> Option<Self> {
+        kept.clone().downcast::<T>().ok()
     }
 }
 

@@ -248,6 +248,43 @@ impl<T: Inbound> Subscriber<T> {
         self
     }
 
+    /// Hands the handler an `Arc<T>` instead of a `T`: the same queue, bindings and policies, but a message
+    /// that several subscribers of this bus receive (a fan-out on the in-memory transport) is decoded once and
+    /// shared, instead of cloned for each. For handlers that only read the event; over RabbitMQ every delivery
+    /// is decoded on its own either way.
+    ///
+    /// ```no_run
+    /// # async fn example<T: warren::Inbound + std::fmt::Debug>(subscriber: warren::Subscriber<T>) -> warren::Result<()> {
+    /// use std::sync::Arc;
+    ///
+    /// // `subscriber` as the generated code makes it, e.g. `UserRegistered::subscribe(&bus, "audit")`:
+    /// let subscription = subscriber
+    ///     .shared()
+    ///     .handle(|event: Arc<T>, _| async move {
+    ///         println!("audit: {event:?}");
+    ///         Ok::<_, warren::HandlerError>(())
+    ///     })
+    ///     .await?;
+    /// # subscription.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn shared(self) -> Subscriber<std::sync::Arc<T>> {
+        let Subscriber { bus, group, pattern, queue, prefetch, concurrency, temporary, retry, handler_timeout, .. } =
+            self;
+        Subscriber {
+            bus,
+            group,
+            pattern,
+            queue,
+            prefetch,
+            concurrency,
+            temporary,
+            retry,
+            handler_timeout,
+            _type: PhantomData,
+        }
+    }
+
     /// The queue this subscriber consumes.
     pub fn queue_name(&self) -> String {
         if let Some(queue) = T::work_queue() {

@@ -78,7 +78,7 @@ pub(crate) struct Message {
     pub(crate) body: Vec<u8>,
     /// For a message routed to several queues: the payload as the first subscriber decoded it, for the
     /// others to clone instead of decoding again.
-    decoded: Option<std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>>,
+    decoded: Option<std::sync::OnceLock<crate::contract::Shared>>,
 }
 
 impl std::fmt::Debug for Message {
@@ -108,22 +108,26 @@ impl Message {
         self
     }
 
-    /// The payload as a `T`: decoded, or cloned from another subscriber's decoding of the same message.
+    /// The payload as a `T`: decoded, or taken from another subscriber's decoding of the same message (a clone
+    /// of the value, or for [`Subscriber::shared`](crate::Subscriber::shared) handlers the value itself).
     pub(crate) fn decode<T: crate::contract::Inbound>(
         &self,
         type_name: &str,
         format: crate::WireFormat,
     ) -> std::result::Result<T, crate::contract::DecodeError> {
-        let Some(shared) = &self.decoded else { return T::decode(type_name, format, &self.body) };
-        if let Some(decoded) = shared.get() {
-            if let Some(value) = decoded.downcast_ref::<T>() {
-                return Ok(value.clone());
+        let Some(slot) = &self.decoded else { return T::decode(type_name, format, &self.body) };
+        if let Some(kept) = slot.get() {
+            if let Some(value) = T::from_shared(kept) {
+                return Ok(value);
             }
             return T::decode(type_name, format, &self.body); // a subscriber of another type decoded it
         }
-        let value = T::decode(type_name, format, &self.body)?;
-        let _ = shared.set(Box::new(value.clone())); // another subscriber may have been quicker; either is right
-        Ok(value)
+        let decoded = T::decode(type_name, format, &self.body)?.into_shared();
+        // Another subscriber may have been quicker; if it was of another type, decode again for this one.
+        match T::from_shared(slot.get_or_init(|| decoded)) {
+            Some(value) => Ok(value),
+            None => T::decode(type_name, format, &self.body),
+        }
     }
 }
 

@@ -1,9 +1,11 @@
 //! Routing: topic patterns, direct keys, fanout, refused patterns, unroutable publishes.
 
+use std::sync::Arc;
+
 use warren::{Error, HandlerError};
 use warren_contracts::gametrade::v1::{GametradeEvents, ItemListed, UserRegistered};
 use warren_contracts::streaming::v1::{OrderCompleted, OrderProcessing, SystemEvent};
-use warren_tests::{Harness, unique, within};
+use warren_tests::{Harness, Transport, unique, within};
 
 use super::collect;
 
@@ -99,6 +101,43 @@ async fn one_event_reaches_groups_of_different_types_each_with_its_own_copy(h: &
     }
 }
 
+/// `Subscriber::shared` handlers get the event behind an `Arc`, alongside owned ones on the same message. In
+/// memory, the shared subscribers of one message hold the very same value; over RabbitMQ each delivery is
+/// decoded on its own, so only equality holds there.
+async fn shared_subscribers_read_one_value_and_owned_ones_keep_their_own(h: &Harness) {
+    let bus = h.bus("shared-test").await;
+    let (owned_sub, mut owned) = collect(GametradeEvents::subscribe(&bus, &unique("owned"), "user.*")).await;
+    let (first_sub, mut first) = collect(GametradeEvents::subscribe(&bus, &unique("first"), "user.*").shared()).await;
+    let (second_sub, mut second) = collect(GametradeEvents::subscribe(&bus, &unique("second"), "#").shared()).await;
+    let (typed_sub, mut typed) = collect(UserRegistered::subscribe(&bus, &unique("typed")).shared()).await;
+    let sent: Vec<UserRegistered> = (1..=5)
+        .map(|i| UserRegistered { user_id: i, username: format!("player{i}"), email: format!("p{i}@example.com") })
+        .collect();
+    for event in &sent {
+        bus.publish(event).await.unwrap();
+    }
+    for expected in &sent {
+        let expected_enum = GametradeEvents::UserRegistered(expected.clone());
+        match within(10, "the owned subscriber", owned.recv()).await.unwrap().0 {
+            GametradeEvents::UserRegistered(mut received) => {
+                assert_eq!(&received, expected);
+                received.username.push_str("-changed"); // its own copy: the shared value below is unaffected
+            }
+            other => panic!("expected UserRegistered, got {other:?}"),
+        }
+        let (one, _) = within(10, "the first shared subscriber", first.recv()).await.unwrap();
+        let (other, _) = within(10, "the second shared subscriber", second.recv()).await.unwrap();
+        assert_eq!((&*one, &*other), (&expected_enum, &expected_enum));
+        if h.transport == Transport::InMemory {
+            assert!(Arc::ptr_eq(&one, &other), "in memory, shared subscribers of one message share its value");
+        }
+        assert_eq!(&*within(10, "the typed shared subscriber", typed.recv()).await.unwrap().0, expected);
+    }
+    for subscription in [owned_sub, first_sub, second_sub, typed_sub] {
+        subscription.stop().await;
+    }
+}
+
 async fn a_pattern_that_matches_no_event_is_refused_at_subscribe_time(h: &Harness) {
     let bus = h.bus("pattern-test").await;
     let error = GametradeEvents::subscribe(&bus, &unique("typo"), "usr.*")
@@ -131,6 +170,7 @@ warren_tests::on_both_transports!(
     a_direct_exchange_routes_by_exact_key,
     a_fanout_exchange_delivers_to_every_group,
     one_event_reaches_groups_of_different_types_each_with_its_own_copy,
+    shared_subscribers_read_one_value_and_owned_ones_keep_their_own,
     a_pattern_that_matches_no_event_is_refused_at_subscribe_time,
     an_unroutable_publish_is_an_error_not_a_silent_drop,
 );
