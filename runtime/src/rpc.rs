@@ -495,7 +495,10 @@ where
                         .with_content_type(ShortString::from(format.content_type()))
                         .with_headers(headers);
                     // Not mandatory (RabbitMQ ≤ 4.1 would return every direct reply), not confirmed: direct
-                    // reply-to is at-most-once anyway.
+                    // reply-to is at-most-once anyway. On the publishing connection, although the consuming one
+                    // (where the request came in) would wake one I/O thread per call instead of two: under a
+                    // resource alarm RabbitMQ blocks every connection that publishes, and a blocked consuming
+                    // connection would stall the acks that drain the queues.
                     let publish = Publish { exchange: "", routing_key: reply_to, mandatory: false, confirm: false };
                     let sent =
                         tokio::time::timeout(timeout, transport.publish(publish, payload, properties.into())).await;
