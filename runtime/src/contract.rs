@@ -165,7 +165,8 @@ pub fn enum_word(
 
 /// Something a subscriber can receive: one event type, or a generated enum of several.
 ///
-/// Implemented for every [`Event`], and by generated code for each exchange's event enum.
+/// Implemented for every [`Event`], by generated code for each exchange's event enum, and for `Arc<T>` of any of
+/// them (see [`Subscriber::shared`](crate::Subscriber::shared)).
 pub trait Inbound: Clone + Sized + Send + Sync + 'static {
     /// The exchange subscriptions bind to.
     fn exchange() -> &'static ExchangeSpec;
@@ -200,13 +201,13 @@ pub trait Inbound: Clone + Sized + Send + Sync + 'static {
     /// Keeps a decoded value for the other subscribers of the same message (in memory, a message routed to
     /// several queues is decoded once). Implementations keep the default.
     #[doc(hidden)]
-    fn into_shared(self) -> Shared {
+    fn into_shared(self) -> std::sync::Arc<dyn std::any::Any + Send + Sync> {
         std::sync::Arc::new(self)
     }
     /// This subscriber's value from one that [`Inbound::into_shared`] kept, if it is of this type: a clone.
     /// Implementations keep the default.
     #[doc(hidden)]
-    fn from_shared(kept: &Shared) -> Option<Self> {
+    fn from_shared(kept: &std::sync::Arc<dyn std::any::Any + Send + Sync>) -> Option<Self> {
         (**kept).downcast_ref::<Self>().cloned()
     }
 }
@@ -293,12 +294,12 @@ impl<T: Inbound> Inbound for std::sync::Arc<T> {
     }
 
     /// The value itself, not a copy: an `Arc<T>` is already shared.
-    fn into_shared(self) -> Shared {
+    fn into_shared(self) -> std::sync::Arc<dyn std::any::Any + Send + Sync> {
         self
     }
 
     /// Another handle on the very value that was kept, when it is a `T`.
-    fn from_shared(kept: &Shared) -> Option<Self> {
+    fn from_shared(kept: &std::sync::Arc<dyn std::any::Any + Send + Sync>) -> Option<Self> {
         kept.clone().downcast::<T>().ok()
     }
 }

@@ -248,10 +248,12 @@ impl<T: Inbound> Subscriber<T> {
         self
     }
 
-    /// Hands the handler an `Arc<T>` instead of a `T`: the same queue, bindings and policies, but a message
-    /// that several subscribers of this bus receive (a fan-out on the in-memory transport) is decoded once and
-    /// shared, instead of cloned for each. For handlers that only read the event; over RabbitMQ every delivery
-    /// is decoded on its own either way.
+    /// Hands the handler an `Arc<T>` instead of a `T`: the same queue, bindings and policies, but when a
+    /// message reaches several subscribers of `T` (a fan-out on the in-memory transport), they share one decoded
+    /// value instead of each getting a clone. A message keeps one decoding, of the type that decoded it first:
+    /// subscribers of another type decode their own. For handlers that only read the event; over RabbitMQ every
+    /// delivery is decoded on its own either way. (Once is enough: `.shared().shared()` would hand over an
+    /// `Arc<Arc<T>>`.)
     ///
     /// ```no_run
     /// # async fn example<T: warren::Inbound + std::fmt::Debug>(subscriber: warren::Subscriber<T>) -> warren::Result<()> {
@@ -269,8 +271,18 @@ impl<T: Inbound> Subscriber<T> {
     /// # Ok(()) }
     /// ```
     pub fn shared(self) -> Subscriber<std::sync::Arc<T>> {
-        let Subscriber { bus, group, pattern, queue, prefetch, concurrency, temporary, retry, handler_timeout, .. } =
-            self;
+        let Subscriber {
+            bus,
+            group,
+            pattern,
+            queue,
+            prefetch,
+            concurrency,
+            temporary,
+            retry,
+            handler_timeout,
+            _type: _,
+        } = self;
         Subscriber {
             bus,
             group,

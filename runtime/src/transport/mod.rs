@@ -77,7 +77,7 @@ pub(crate) struct Message {
     pub(crate) properties: Properties,
     pub(crate) body: Vec<u8>,
     /// For a message routed to several queues: the payload as the first subscriber decoded it, for the
-    /// others to clone instead of decoding again.
+    /// others of the same type to clone (or, for `Arc<T>` handlers, share) instead of decoding again.
     decoded: Option<std::sync::OnceLock<crate::contract::Shared>>,
 }
 
