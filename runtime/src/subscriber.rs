@@ -271,28 +271,17 @@ impl<T: Inbound> Subscriber<T> {
     /// # Ok(()) }
     /// ```
     pub fn shared(self) -> Subscriber<std::sync::Arc<T>> {
-        let Subscriber {
-            bus,
-            group,
-            pattern,
-            queue,
-            prefetch,
-            concurrency,
-            temporary,
-            retry,
-            handler_timeout,
-            _type: _,
-        } = self;
+        // Every field named (no `..`): a field added later must be carried over here, or this does not compile.
         Subscriber {
-            bus,
-            group,
-            pattern,
-            queue,
-            prefetch,
-            concurrency,
-            temporary,
-            retry,
-            handler_timeout,
+            bus: self.bus,
+            group: self.group,
+            pattern: self.pattern,
+            queue: self.queue,
+            prefetch: self.prefetch,
+            concurrency: self.concurrency,
+            temporary: self.temporary,
+            retry: self.retry,
+            handler_timeout: self.handler_timeout,
             _type: PhantomData,
         }
     }
