@@ -400,6 +400,9 @@ impl<T: Inbound> Subscriber<T> {
             let mut acks = Vec::with_capacity(batch);
             let mut last = LastType::default();
             while signal.deadline().is_none() {
+                // A turn of tokio's cooperative budget per delivery: a consumer that always finds one ready
+                // (a backlog, a fast publisher) still lets the other tasks of its thread run now and then.
+                tokio::task::coop::consume_budget().await;
                 // Take what is ready without waiting; before waiting, send the acks collected so far, so an
                 // idle consumer never holds one back.
                 let delivery = match feed.ready() {

@@ -1,4 +1,5 @@
-//! Delivery: competing consumers, prefetch, redelivery of what a stopped consumer left unacknowledged.
+//! Delivery: competing consumers, prefetch, redelivery of what a stopped consumer left unacknowledged, and
+//! publishers and consumers that share their thread with other tasks.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -137,7 +138,79 @@ async fn fire_and_forget_and_confirmed_publishes_both_arrive(h: &Harness) {
     subscription.stop().await;
 }
 
+/// On one thread (the tests' runtime), a loop of publishes and a consumer with a backlog each let other tasks
+/// run as they go: neither holds the thread until its work is done.
+async fn a_publishing_loop_and_a_consumer_with_a_backlog_let_other_tasks_run(h: &Harness) {
+    const EVENTS: usize = 1_000;
+    let bus = h.bus("fairness-test").await;
+    let group = unique("fair");
+    let handled = Arc::new(AtomicUsize::new(0));
+    let count = |handled: &Arc<AtomicUsize>| {
+        let handled = Arc::clone(handled);
+        move |_: UserRegistered, _| {
+            handled.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<_, HandlerError>(()))
+        }
+    };
+    let all_handled = |handled: Arc<AtomicUsize>, goal: usize| async move {
+        while handled.load(Ordering::SeqCst) < goal {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+
+    let subscription = UserRegistered::subscribe(&bus, &group).handle(count(&handled)).await.unwrap();
+    for user_id in 0..EVENTS as i64 {
+        bus.publish(&UserRegistered { user_id, ..Default::default() }).await.unwrap();
+    }
+    let while_publishing = handled.load(Ordering::SeqCst);
+    assert!(
+        while_publishing > 0,
+        "the subscriber handled none of {EVENTS} events while a loop published them: the loop kept the thread"
+    );
+    within(30, "every event handled", all_handled(Arc::clone(&handled), EVENTS)).await;
+    subscription.stop().await;
+
+    // The group's queue stays: fill it with nobody consuming, then consume the backlog beside a task that
+    // counts its turns on the thread.
+    for user_id in 0..EVENTS as i64 {
+        bus.publish(&UserRegistered { user_id, ..Default::default() }).await.unwrap();
+    }
+    let turns = Arc::new(AtomicUsize::new(0));
+    let other_task = tokio::spawn({
+        let turns = Arc::clone(&turns);
+        async move {
+            // Bounded: a task that is always ready would stop a paused clock from ever advancing.
+            for _ in 0..100_000 {
+                turns.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let seen_turns = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let backlog = Arc::new(AtomicUsize::new(0));
+    let subscription = UserRegistered::subscribe(&bus, &group)
+        .handle({
+            let (turns, seen_turns, backlog) = (Arc::clone(&turns), Arc::clone(&seen_turns), Arc::clone(&backlog));
+            move |_: UserRegistered, _| {
+                seen_turns.lock().unwrap().insert(turns.load(Ordering::SeqCst));
+                backlog.fetch_add(1, Ordering::SeqCst);
+                std::future::ready(Ok::<_, HandlerError>(()))
+            }
+        })
+        .await
+        .unwrap();
+    within(30, "the backlog handled", all_handled(Arc::clone(&backlog), EVENTS)).await;
+    other_task.abort();
+    let seen_turns = seen_turns.lock().unwrap().len();
+    assert!(
+        seen_turns > 1,
+        "the other task never ran while the consumer worked through a backlog of {EVENTS}: it kept the thread"
+    );
+    subscription.stop().await;
+}
+
 warren_tests::on_both_transports!(
+    a_publishing_loop_and_a_consumer_with_a_backlog_let_other_tasks_run,
     fire_and_forget_and_confirmed_publishes_both_arrive,
     consumers_of_one_group_share_the_messages,
     prefetch_limits_the_messages_in_flight,
