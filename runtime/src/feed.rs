@@ -151,8 +151,11 @@ impl Feed {
 
     async fn subscribe(&self) -> Result<Consumer> {
         (self.setup)(self.bus.clone()).await?;
-        let tag = format!("{}.{}", self.tag_prefix, crate::envelope::new_id());
-        self.bus.inner.transport.consume(&self.queue, self.prefetch, tag).await
+        self.bus
+            .inner
+            .transport
+            .consume(&self.queue, self.prefetch, crate::transport::consumer_tag(&self.tag_prefix))
+            .await
     }
 
     /// A delivery that is ready now, without waiting.

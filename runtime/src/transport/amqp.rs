@@ -340,7 +340,7 @@ impl Amqp {
         let link = self.link(Instant::now() + self.timeout()).await?;
         // Not in confirm mode: requests are not confirmed (see `rpc`).
         let channel = open_channel(&link.publish, self.timeout()).await?;
-        let tag = format!("replies.{}", crate::envelope::new_id());
+        let tag = super::consumer_tag("replies");
         let consumer = deadline(
             "basic consume (reply-to)",
             self.timeout(),

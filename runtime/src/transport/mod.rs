@@ -18,6 +18,15 @@ use crate::contract::ExchangeSpec;
 use crate::envelope::Properties;
 use crate::error::Result;
 
+/// A consumer tag: the subscriber's group (or the service, or `replies`) and a number unique in this process, e.g. `billing.7`.
+///
+/// A tag only has to be unique on its channel. A short one also costs less on every delivery: lapin looks the
+/// consumer up by its tag, hashing it, for each of a delivery's three frames.
+pub(crate) fn consumer_tag(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!("{prefix}.{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
 /// A queue's settings, as both transports understand them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct QueueOptions {
