@@ -229,7 +229,7 @@ impl Broker {
 /// it. Replaces a channel per consumer: no sender to clone per delivery, and one wake-up per batch rather
 /// than per message.
 struct Inbox {
-    deliveries: Mutex<VecDeque<Delivery>>,
+    deliveries: Mutex<VecDeque<Handed>>,
     /// The consumer's task, when it waits for deliveries.
     waker: AtomicWaker,
     /// The broker let go of the consumer (queue deleted, broker gone): the stream ends once drained.
@@ -240,19 +240,18 @@ struct Inbox {
 
 impl Inbox {
     /// Adds a delivery; `true` when the inbox was empty, so the consumer may be waiting and must be woken.
-    fn put(&self, delivery: Delivery) -> bool {
+    fn put(&self, delivery: Handed) -> bool {
         let mut deliveries = self.deliveries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         deliveries.push_back(delivery);
         deliveries.len() == 1
     }
 
     /// Moves every waiting delivery into `into` (empty), trading buffers: one lock for the whole batch.
-    fn take_all(&self, into: &mut VecDeque<Delivery>) {
+    fn take_all(&self, into: &mut VecDeque<Handed>) {
         std::mem::swap(&mut *self.deliveries.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), into);
     }
 
     /// Ends the stream. Deliveries not yet taken are dropped: the broker has put them back in the queue.
-    /// (Their ackers point at this inbox: keeping them would also keep it alive forever.)
     fn close(&self) {
         let untaken = std::mem::take(&mut *self.deliveries.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
         self.closed.store(true, Ordering::Release);
@@ -261,11 +260,20 @@ impl Inbox {
     }
 }
 
+/// A delivery as the broker hands it to a consumer's inbox. The consumer makes it a [`Delivery`], with an
+/// acker that points back at the inbox: counting that reference on the consumer's thread, not the
+/// publisher's, keeps the count from bouncing between two cores' caches on every message.
+struct Handed {
+    message: Arc<Message>,
+    redelivered: bool,
+    tag: u64,
+}
+
 /// Consumer deliveries; dropping the stream cancels the consumer, like closing its channel.
 struct Deliveries {
     inbox: Arc<Inbox>,
     /// Taken from the inbox, not yet handed out.
-    taken: VecDeque<Delivery>,
+    taken: VecDeque<Handed>,
     canceller: Option<Canceller>,
 }
 
@@ -274,7 +282,8 @@ impl Deliveries {
         if self.taken.is_empty() {
             self.inbox.take_all(&mut self.taken);
         }
-        self.taken.pop_front()
+        let Handed { message, redelivered, tag } = self.taken.pop_front()?;
+        Some(Delivery { message, redelivered, acker: AnyAcker::Memory(Acker { inbox: Arc::clone(&self.inbox), tag }) })
     }
 }
 
@@ -651,11 +660,7 @@ impl State {
             queue.next_tag += 1;
             let tag = queue.next_tag;
             let slot = &mut queue.consumers[index];
-            let delivery = Delivery {
-                message: Arc::clone(&message.message),
-                redelivered: message.redelivered,
-                acker: AnyAcker::Memory(Acker { inbox: Arc::clone(&slot.inbox), tag }),
-            };
+            let delivery = Handed { message: Arc::clone(&message.message), redelivered: message.redelivered, tag };
             slot.unacked += 1;
             if slot.inbox.put(delivery) {
                 wakes.push(Arc::clone(&slot.inbox));
