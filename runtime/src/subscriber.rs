@@ -412,6 +412,11 @@ impl<T: Inbound> Subscriber<T> {
                         None => break, // stopped
                     },
                 };
+                if signal.deadline().is_some() {
+                    // Stopped while this task waited or gave up its thread: no handler starts after a stop.
+                    // The delivery goes back to the queue with the consumer.
+                    break;
+                }
                 if concurrency == 1 {
                     // One at a time: run the handler right here, in order, without a task per message, and
                     // acknowledge in batches.

@@ -176,16 +176,6 @@ async fn a_publishing_loop_and_a_consumer_with_a_backlog_let_other_tasks_run(h: 
         bus.publish(&UserRegistered { user_id, ..Default::default() }).await.unwrap();
     }
     let turns = Arc::new(AtomicUsize::new(0));
-    let other_task = tokio::spawn({
-        let turns = Arc::clone(&turns);
-        async move {
-            // Bounded: a task that is always ready would stop a paused clock from ever advancing.
-            for _ in 0..100_000 {
-                turns.fetch_add(1, Ordering::SeqCst);
-                tokio::task::yield_now().await;
-            }
-        }
-    });
     let seen_turns = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
     let backlog = Arc::new(AtomicUsize::new(0));
     let subscription = UserRegistered::subscribe(&bus, &group)
@@ -199,6 +189,20 @@ async fn a_publishing_loop_and_a_consumer_with_a_backlog_let_other_tasks_run(h: 
         })
         .await
         .unwrap();
+    // Spawned after the consumer, so it runs only when the consumer gives up the thread; it stops once the
+    // backlog is done (and after a bound), since a task that is always ready stops a paused clock.
+    let other_task = tokio::spawn({
+        let (turns, backlog) = (Arc::clone(&turns), Arc::clone(&backlog));
+        async move {
+            for _ in 0..1_000_000 {
+                if backlog.load(Ordering::SeqCst) >= EVENTS {
+                    break;
+                }
+                turns.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+        }
+    });
     within(30, "the backlog handled", all_handled(Arc::clone(&backlog), EVENTS)).await;
     other_task.abort();
     let seen_turns = seen_turns.lock().unwrap().len();
@@ -209,7 +213,50 @@ async fn a_publishing_loop_and_a_consumer_with_a_backlog_let_other_tasks_run(h: 
     subscription.stop().await;
 }
 
+/// Once `stop` is called, no handler starts: what the subscriber had not begun stays in the queue.
+async fn a_stopped_subscriber_starts_no_more_handlers(h: &Harness) {
+    const EVENTS: usize = 1_000;
+    let bus = h.bus("stop-test").await;
+    let group = unique("stopping");
+    let handled = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let handled = Arc::clone(&handled);
+        move |_: UserRegistered, _| {
+            handled.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok::<_, HandlerError>(()))
+        }
+    };
+    UserRegistered::subscribe(&bus, &group).handle(handler.clone()).await.unwrap().stop().await;
+    for user_id in 0..EVENTS as i64 {
+        bus.publish(&UserRegistered { user_id, ..Default::default() }).await.unwrap();
+    }
+    let subscription = UserRegistered::subscribe(&bus, &group).handle(handler.clone()).await.unwrap();
+    // Bounded, as a task that is always ready stops a paused clock.
+    for _ in 0..1_000_000 {
+        if handled.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let before_stop = handled.load(Ordering::SeqCst);
+    assert!(before_stop > 0, "the subscriber started on its backlog");
+    subscription.stop().await;
+    assert_eq!(handled.load(Ordering::SeqCst), before_stop, "a handler started after stop was called");
+    // The rest is still in the queue, and each message is handled once.
+    let rest = UserRegistered::subscribe(&bus, &group).handle(handler).await.unwrap();
+    within(30, "the rest handled", async {
+        while handled.load(Ordering::SeqCst) < EVENTS {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(h.quiet_period()).await;
+    assert_eq!(handled.load(Ordering::SeqCst), EVENTS, "a message was handled twice");
+    rest.stop().await;
+}
+
 warren_tests::on_both_transports!(
+    a_stopped_subscriber_starts_no_more_handlers,
     a_publishing_loop_and_a_consumer_with_a_backlog_let_other_tasks_run,
     fire_and_forget_and_confirmed_publishes_both_arrive,
     consumers_of_one_group_share_the_messages,
