@@ -18,7 +18,8 @@ use crate::contract::ExchangeSpec;
 use crate::envelope::Properties;
 use crate::error::Result;
 
-/// A consumer tag: the subscriber's group (or the service, or `replies`) and a number unique in this process, e.g. `billing.7`.
+/// A consumer tag: the subscriber's group (or the service, or `replies`) and a number unique in this process,
+/// e.g. `billing.7`.
 ///
 /// A tag only has to be unique on its channel. A short one also costs less on every delivery: lapin looks the
 /// consumer up by its tag, hashing it, for each of a delivery's three frames.
@@ -306,7 +307,7 @@ impl Transport {
             Transport::Memory(broker) => {
                 // The in-memory broker never makes a publish wait, so a publishing loop would never give its
                 // thread to anyone else (its subscribers included) without a turn of tokio's cooperative
-                // budget here, as a channel send takes.
+                // budget here, as a bounded tokio channel's send takes.
                 tokio::task::coop::consume_budget().await;
                 broker.publish(publish, body, properties)
             }
