@@ -138,6 +138,32 @@ async fn fire_and_forget_and_confirmed_publishes_both_arrive(h: &Harness) {
     subscription.stop().await;
 }
 
+/// A handler that counts the events it handles in `handled`.
+fn counting(
+    handled: &Arc<AtomicUsize>,
+) -> impl Fn(UserRegistered, warren::Context) -> std::future::Ready<Result<(), HandlerError>> + Clone + Send + Sync + 'static
+{
+    let handled = Arc::clone(handled);
+    move |_, _| {
+        handled.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(()))
+    }
+}
+
+/// Waits until `counter` reaches `goal` (callers bound the wait with [`within`]).
+async fn until(counter: &AtomicUsize, goal: usize) {
+    while counter.load(Ordering::SeqCst) < goal {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Publishes `count` `UserRegistered` events, one after the other.
+async fn publish_users(bus: &warren::Bus, count: usize) {
+    for user_id in 0..count as i64 {
+        bus.publish(&UserRegistered { user_id, ..Default::default() }).await.unwrap();
+    }
+}
+
 /// On one thread (the tests' runtime), a loop of publishes and a consumer with a backlog each let other tasks
 /// run as they go: neither holds the thread until its work is done.
 async fn a_publishing_loop_and_a_consumer_with_a_backlog_let_other_tasks_run(h: &Harness) {
@@ -145,36 +171,19 @@ async fn a_publishing_loop_and_a_consumer_with_a_backlog_let_other_tasks_run(h: 
     let bus = h.bus("fairness-test").await;
     let group = unique("fair");
     let handled = Arc::new(AtomicUsize::new(0));
-    let count = |handled: &Arc<AtomicUsize>| {
-        let handled = Arc::clone(handled);
-        move |_: UserRegistered, _| {
-            handled.fetch_add(1, Ordering::SeqCst);
-            std::future::ready(Ok::<_, HandlerError>(()))
-        }
-    };
-    let all_handled = |handled: Arc<AtomicUsize>, goal: usize| async move {
-        while handled.load(Ordering::SeqCst) < goal {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-
-    let subscription = UserRegistered::subscribe(&bus, &group).handle(count(&handled)).await.unwrap();
-    for user_id in 0..EVENTS as i64 {
-        bus.publish(&UserRegistered { user_id, ..Default::default() }).await.unwrap();
-    }
+    let subscription = UserRegistered::subscribe(&bus, &group).handle(counting(&handled)).await.unwrap();
+    publish_users(&bus, EVENTS).await;
     let while_publishing = handled.load(Ordering::SeqCst);
     assert!(
         while_publishing > 0,
         "the subscriber handled none of {EVENTS} events while a loop published them: the loop kept the thread"
     );
-    within(30, "every event handled", all_handled(Arc::clone(&handled), EVENTS)).await;
+    within(30, "every event handled", until(&handled, EVENTS)).await;
     subscription.stop().await;
 
     // The group's queue stays: fill it with nobody consuming, then consume the backlog beside a task that
     // counts its turns on the thread.
-    for user_id in 0..EVENTS as i64 {
-        bus.publish(&UserRegistered { user_id, ..Default::default() }).await.unwrap();
-    }
+    publish_users(&bus, EVENTS).await;
     let turns = Arc::new(AtomicUsize::new(0));
     let seen_turns = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
     let backlog = Arc::new(AtomicUsize::new(0));
@@ -203,7 +212,7 @@ async fn a_publishing_loop_and_a_consumer_with_a_backlog_let_other_tasks_run(h: 
             }
         }
     });
-    within(30, "the backlog handled", all_handled(Arc::clone(&backlog), EVENTS)).await;
+    within(30, "the backlog handled", until(&backlog, EVENTS)).await;
     other_task.abort();
     let seen_turns = seen_turns.lock().unwrap().len();
     assert!(
@@ -219,18 +228,9 @@ async fn a_stopped_subscriber_starts_no_more_handlers(h: &Harness) {
     let bus = h.bus("stop-test").await;
     let group = unique("stopping");
     let handled = Arc::new(AtomicUsize::new(0));
-    let handler = {
-        let handled = Arc::clone(&handled);
-        move |_: UserRegistered, _| {
-            handled.fetch_add(1, Ordering::SeqCst);
-            std::future::ready(Ok::<_, HandlerError>(()))
-        }
-    };
-    UserRegistered::subscribe(&bus, &group).handle(handler.clone()).await.unwrap().stop().await;
-    for user_id in 0..EVENTS as i64 {
-        bus.publish(&UserRegistered { user_id, ..Default::default() }).await.unwrap();
-    }
-    let subscription = UserRegistered::subscribe(&bus, &group).handle(handler.clone()).await.unwrap();
+    UserRegistered::subscribe(&bus, &group).handle(counting(&handled)).await.unwrap().stop().await;
+    publish_users(&bus, EVENTS).await;
+    let subscription = UserRegistered::subscribe(&bus, &group).handle(counting(&handled)).await.unwrap();
     // Bounded, as a task that is always ready stops a paused clock.
     for _ in 0..1_000_000 {
         if handled.load(Ordering::SeqCst) > 0 {
@@ -243,13 +243,8 @@ async fn a_stopped_subscriber_starts_no_more_handlers(h: &Harness) {
     subscription.stop().await;
     assert_eq!(handled.load(Ordering::SeqCst), before_stop, "a handler started after stop was called");
     // The rest is still in the queue, and each message is handled once.
-    let rest = UserRegistered::subscribe(&bus, &group).handle(handler).await.unwrap();
-    within(30, "the rest handled", async {
-        while handled.load(Ordering::SeqCst) < EVENTS {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let rest = UserRegistered::subscribe(&bus, &group).handle(counting(&handled)).await.unwrap();
+    within(30, "the rest handled", until(&handled, EVENTS)).await;
     tokio::time::sleep(h.quiet_period()).await;
     assert_eq!(handled.load(Ordering::SeqCst), EVENTS, "a message was handled twice");
     rest.stop().await;
