@@ -215,7 +215,9 @@ impl Bus {
         options: PublishOptions,
     ) -> Result<()> {
         let payload = codec::encode(message, format)?;
-        let mut envelope = Envelope::new(P::TYPE_NAME, format, P::FINGERPRINT, self.inner.app_id);
+        let publishes = self.inner.metrics.publishes(P::TYPE_NAME);
+        let schema = if publishes.stamps_schema() { P::FINGERPRINT } else { "" };
+        let mut envelope = Envelope::new(P::TYPE_NAME, format, schema, self.inner.app_id);
         envelope.correlation_id = options.correlation_id.map(Arc::from);
         envelope.persistent = true;
         envelope.priority = priority.map(crate::Priority::as_amqp);
@@ -232,7 +234,7 @@ impl Bus {
         } else {
             self.publish_raw(exchange, routing_key, payload, properties).await?;
         }
-        self.inner.metrics.published(P::TYPE_NAME, kept);
+        self.inner.metrics.published(P::TYPE_NAME, &publishes, kept);
         Ok(())
     }
 

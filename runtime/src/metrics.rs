@@ -51,7 +51,8 @@ pub struct SubscriberMetrics {
     pub uptime: Duration,
     /// Deliveries whose `x-warren-schema` fingerprint differed from the subscriber's own for their type: the
     /// sender was built from another version of the contract. They were still decoded (protobuf and JSON
-    /// tolerate added and removed fields); a growing count says which services to regenerate.
+    /// tolerate added and removed fields); a growing count says which services to regenerate. A Warren sender
+    /// stamps its first message of each type and then one in 64, so this counts samples, not every message.
     pub schema_mismatches: u64,
     /// The foreign fingerprints seen, as `<type>@<fingerprint>`, sorted.
     pub foreign_schemas: Vec<String>,
@@ -281,10 +282,32 @@ pub(crate) struct Recorded {
     pub(crate) body: Vec<u8>,
 }
 
+/// One event type's publishes from this bus.
+#[derive(Debug, Default)]
+pub(crate) struct Publishes {
+    /// Publishes begun, confirmed or not: numbers them for [`Publishes::stamps_schema`].
+    begun: AtomicU64,
+    /// Publishes that went through.
+    done: AtomicU64,
+}
+
+/// A bus stamps a type's schema fingerprint on its first message of that type and then on one in this many.
+pub(crate) const SCHEMA_STAMP_EVERY: u64 = 64;
+
+impl Publishes {
+    /// Begins a publish; `true` when it is to carry the schema fingerprint. The fingerprint changes only when
+    /// a service is rebuilt, which starts a new process and so a new bus: its first message of each type shows
+    /// the change. Stamping every message instead costs each one a header table, which lapin builds and parses
+    /// as a `BTreeMap` with owned strings (about a tenth of a fan-out delivery's client CPU).
+    pub(crate) fn stamps_schema(&self) -> bool {
+        self.begun.fetch_add(1, Ordering::Relaxed).is_multiple_of(SCHEMA_STAMP_EVERY)
+    }
+}
+
 /// A bus's counters and history.
 pub(crate) struct Metrics {
     started: Instant,
-    published: RwLock<FxHashMap<&'static str, Arc<AtomicU64>>>,
+    published: RwLock<FxHashMap<&'static str, Arc<Publishes>>>,
     subscribers: Mutex<Vec<Arc<SubscriberStats>>>,
     history_capacity: usize,
     history: Mutex<FxHashMap<&'static str, VecDeque<Recorded>>>,
@@ -301,12 +324,17 @@ impl Metrics {
         }
     }
 
-    /// Counts a publish of `type_name`, and keeps `body` when history is on.
-    pub(crate) fn published(&self, type_name: &'static str, body: Option<Vec<u8>>) {
-        let counted = self.published.read().expect("metrics").get(type_name).map(|c| c.fetch_add(1, Ordering::Relaxed));
-        if counted.is_none() {
-            self.published.write().expect("metrics").entry(type_name).or_default().fetch_add(1, Ordering::Relaxed);
+    /// The publish counters of `type_name`.
+    pub(crate) fn publishes(&self, type_name: &'static str) -> Arc<Publishes> {
+        if let Some(publishes) = self.published.read().expect("metrics").get(type_name) {
+            return Arc::clone(publishes);
         }
+        Arc::clone(self.published.write().expect("metrics").entry(type_name).or_default())
+    }
+
+    /// Counts a publish of `type_name` that went through, and keeps `body` when history is on.
+    pub(crate) fn published(&self, type_name: &'static str, publishes: &Publishes, body: Option<Vec<u8>>) {
+        publishes.done.fetch_add(1, Ordering::Relaxed);
         if let Some(body) = body.filter(|_| self.history_capacity > 0) {
             let mut history = self.history.lock().expect("history");
             let recent = history.entry(type_name).or_default();
@@ -353,7 +381,7 @@ impl Metrics {
                 .entry((*type_name).to_owned())
                 .or_insert_with(|| (Counters::default(), 0, 0, [0; BUCKETS]))
                 .0
-                .published = count.load(Ordering::Relaxed);
+                .published = count.done.load(Ordering::Relaxed);
         }
         let mut subscribers = BTreeMap::new();
         for stats in self.subscribers.lock().expect("metrics").iter() {

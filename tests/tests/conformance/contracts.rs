@@ -231,6 +231,27 @@ impl warren::Payload for UncheckedFind {
     const TYPE_NAME: &'static str = "rich.v1.FindRequest";
 }
 
+async fn a_bus_stamps_the_schema_on_its_first_message_of_a_type_and_then_one_in_64(h: &Harness) {
+    let bus = h.bus("stamp-test").await;
+    let (subscription, mut rx) = collect(RichEvents::subscribe(&bus, &unique("stamps"), "order.archived")).await;
+    for id in 1..=130 {
+        bus.publish(&OrderArchived { order_id: id, ..Default::default() }).await.unwrap();
+    }
+    let mut stamped = Vec::new();
+    for position in 0..130 {
+        let (_, ctx) = within(10, "an archived order", rx.recv()).await.unwrap();
+        if let Some(fingerprint) = ctx.schema_fingerprint() {
+            assert_eq!(fingerprint, <OrderArchived as warren::Payload>::FINGERPRINT);
+            stamped.push(position);
+        }
+    }
+    assert_eq!(stamped, [0, 64, 128], "the first, the 65th and the 129th carry the fingerprint");
+    let metrics = bus.metrics().await;
+    assert_eq!(metrics.subscribers[subscription.queue()].schema_mismatches, 0);
+    assert_eq!(metrics.events["rich.v1.OrderArchived"].published, 130);
+    subscription.stop().await;
+}
+
 async fn declared_rpc_errors_arrive_typed_and_invalid_requests_are_not_sent(h: &Harness) {
     let server_bus = h.bus("orders-server").await;
     let serving = OrdersServer::new(OrderDesk).serve(&server_bus).await.unwrap();
@@ -269,5 +290,6 @@ warren_tests::on_both_transports!(
     tasks_go_to_exactly_one_worker_and_failures_retry_then_dead_letter,
     json_on_the_wire_decodes_like_protobuf_and_replies_match_the_request,
     a_foreign_schema_fingerprint_is_counted_and_the_message_still_handled,
+    a_bus_stamps_the_schema_on_its_first_message_of_a_type_and_then_one_in_64,
     declared_rpc_errors_arrive_typed_and_invalid_requests_are_not_sent,
 );
