@@ -294,10 +294,10 @@ async fn main() -> std::process::ExitCode {
             fan.push(memory::in_memory_fan_out(n, 10, Values::Owned).await);
             shared.push(memory::in_memory_fan_out(n, 10, Values::Shared).await);
         }
-        memory_row("W9 in-memory publish → handler, 1 subscriber", scale.memory_one, one, Some(1_000_000));
-        memory_row("W9 in-memory topic exchange → 10 subscribers", n, fan.clone(), Some(300_000));
-        memory_row("W9 … the same, counted per delivery", n * 10, fan, None);
-        memory_row("W9 … 10 `shared()` subscribers (one `Arc` value)", n, shared, Some(300_000));
+        memory_row("W9 in-memory publish → handler, 1 subscriber", scale.memory_one, one, "events/s", Some(1_000_000));
+        memory_row("W9 in-memory topic exchange → 10 subscribers", n, fan.clone(), "events/s", Some(300_000));
+        memory_row("W9 … the same, counted per delivery", n * 10, fan, "deliveries/s", None);
+        memory_row("W9 … 10 `shared()` subscribers (one `Arc` value)", n, shared, "events/s", Some(300_000));
     }
     std::process::ExitCode::SUCCESS
 }
@@ -338,12 +338,12 @@ async fn compare(spec: &Spec, env: &Env, rounds: usize) {
     );
 }
 
-/// Prints a W9 row: the median rate of `runs` (each the time for `messages`), its range, and the goal if any.
-fn memory_row(name: &str, messages: u64, mut runs: Vec<Duration>, goal: Option<u64>) {
+/// Prints a W9 row: the median rate of `runs` (each the time for `messages`, in `unit`), its range, and the goal
+/// if any.
+fn memory_row(name: &str, messages: u64, mut runs: Vec<Duration>, unit: &str, goal: Option<u64>) {
     runs.sort();
     let rate = |took: Duration| messages as f64 / took.as_secs_f64();
     let (median, slowest, fastest) = (rate(runs[runs.len() / 2]), rate(runs[runs.len() - 1]), rate(runs[0]));
-    let unit = if name.contains("per delivery") { "deliveries/s" } else { "events/s" };
     let goal = match goal {
         Some(goal) => format!("≥ {} {}", thousands(goal as f64), if median >= goal as f64 { "✔" } else { "✘" }),
         None => "—".to_owned(),

@@ -3,10 +3,11 @@
 //! long-lived direct reply-to consumer. It encodes and decodes the same protobuf messages. Its events carry the
 //! envelope a hand-written service would: message id, type, content type and persistence. With
 //! `--raw-envelope warren` they carry Warren's whole envelope instead (also correlation id, app id, timestamp
-//! and the `x-warren-schema` header), so both sides send the same bytes and the ratio is the layer's cost alone.
+//! and the `x-warren-schema` header, stamped as often as Warren stamps it), so both sides send the same bytes
+//! and the ratio is the layer's cost alone.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
@@ -70,6 +71,18 @@ pub(crate) fn send_warrens_envelope() {
     WARRENS_ENVELOPE.store(true, Ordering::Relaxed);
 }
 
+/// Whether this event gets the schema header, as Warren decides it: the first, the first in each second (`now`,
+/// Unix seconds) and one in 64.
+fn stamps_schema(now: u64) -> bool {
+    static BEGUN: AtomicU64 = AtomicU64::new(0);
+    static STAMPED_IN: AtomicU64 = AtomicU64::new(u64::MAX);
+    let stamp = BEGUN.fetch_add(1, Ordering::Relaxed).is_multiple_of(64) || STAMPED_IN.load(Ordering::Relaxed) != now;
+    if stamp {
+        STAMPED_IN.store(now, Ordering::Relaxed);
+    }
+    stamp
+}
+
 fn properties(persistent: bool) -> BasicProperties {
     let id = uuid::Uuid::now_v7().to_string();
     let properties = BasicProperties::default()
@@ -80,15 +93,19 @@ fn properties(persistent: bool) -> BasicProperties {
         return properties.with_message_id(ShortString::from(id));
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let mut headers = FieldTable::default();
-    let fingerprint = <UserRegistered as warren::Payload>::FINGERPRINT;
-    headers.insert("x-warren-schema".into(), AMQPValue::LongString(fingerprint.as_bytes().to_vec().into()));
+    let properties = if stamps_schema(now.as_secs()) {
+        let mut headers = FieldTable::default();
+        let fingerprint = <UserRegistered as warren::Payload>::FINGERPRINT;
+        headers.insert("x-warren-schema".into(), AMQPValue::LongString(fingerprint.as_bytes().to_vec().into()));
+        properties.with_headers(headers)
+    } else {
+        properties
+    };
     properties
         .with_correlation_id(ShortString::from(id.as_str()))
         .with_message_id(ShortString::from(id))
         .with_app_id("warren-bench".into())
         .with_timestamp(now.as_secs())
-        .with_headers(headers)
 }
 
 /// Publishes one event to [`EXCHANGE`], waiting for its confirm when `confirm`.

@@ -215,9 +215,11 @@ impl Bus {
         options: PublishOptions,
     ) -> Result<()> {
         let payload = codec::encode(message, format)?;
+        let mut envelope = Envelope::new(P::TYPE_NAME, format, "", self.inner.app_id);
         let publishes = self.inner.metrics.publishes(P::TYPE_NAME);
-        let schema = if publishes.stamps_schema() { P::FINGERPRINT } else { "" };
-        let mut envelope = Envelope::new(P::TYPE_NAME, format, schema, self.inner.app_id);
+        if publishes.stamps_schema(envelope.timestamp) {
+            envelope.schema = P::FINGERPRINT;
+        }
         envelope.correlation_id = options.correlation_id.map(Arc::from);
         envelope.persistent = true;
         envelope.priority = priority.map(crate::Priority::as_amqp);

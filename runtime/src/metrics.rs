@@ -52,7 +52,8 @@ pub struct SubscriberMetrics {
     /// Deliveries whose `x-warren-schema` fingerprint differed from the subscriber's own for their type: the
     /// sender was built from another version of the contract. They were still decoded (protobuf and JSON
     /// tolerate added and removed fields); a growing count says which services to regenerate. A Warren sender
-    /// stamps its first message of each type and then one in 64, so this counts samples, not every message.
+    /// stamps its first message of each type, then the first in each second and one in 64, so this counts
+    /// samples, not every message.
     pub schema_mismatches: u64,
     /// The foreign fingerprints seen, as `<type>@<fingerprint>`, sorted.
     pub foreign_schemas: Vec<String>,
@@ -289,18 +290,29 @@ pub(crate) struct Publishes {
     begun: AtomicU64,
     /// Publishes that went through.
     done: AtomicU64,
+    /// The Unix second of the last publish that carried the schema fingerprint.
+    stamped_in: AtomicU64,
 }
 
-/// A bus stamps a type's schema fingerprint on its first message of that type and then on one in this many.
+/// A bus stamps a type's schema fingerprint on at least one in this many of its messages of that type.
 pub(crate) const SCHEMA_STAMP_EVERY: u64 = 64;
 
 impl Publishes {
-    /// Begins a publish; `true` when it is to carry the schema fingerprint. The fingerprint changes only when
-    /// a service is rebuilt, which starts a new process and so a new bus: its first message of each type shows
-    /// the change. Stamping every message instead costs each one a header table, which lapin builds and parses
-    /// as a `BTreeMap` with owned strings (about a tenth of a fan-out delivery's client CPU).
-    pub(crate) fn stamps_schema(&self) -> bool {
-        self.begun.fetch_add(1, Ordering::Relaxed).is_multiple_of(SCHEMA_STAMP_EVERY)
+    /// Begins a publish at Unix second `now`; `true` when it is to carry the schema fingerprint: until one
+    /// publish of the type went through, then on the first publish in each second and on one in
+    /// [`SCHEMA_STAMP_EVERY`]. So a type sent now and then is stamped every time, and a subscriber learns of a
+    /// sender built from another contract within a second or 64 messages, whichever side was rebuilt.
+    /// Stamping every message instead costs each one a header table, which lapin builds and parses as a
+    /// `BTreeMap` with owned strings (about a tenth of a fan-out delivery's client CPU).
+    pub(crate) fn stamps_schema(&self, now: u64) -> bool {
+        let n = self.begun.fetch_add(1, Ordering::Relaxed);
+        let stamp = n.is_multiple_of(SCHEMA_STAMP_EVERY)
+            || self.stamped_in.load(Ordering::Relaxed) != now
+            || self.done.load(Ordering::Relaxed) == 0;
+        if stamp {
+            self.stamped_in.store(now, Ordering::Relaxed);
+        }
+        stamp
     }
 }
 
@@ -377,6 +389,9 @@ impl Metrics {
         let per_second = |n: u64, over: Duration| if over.is_zero() { 0.0 } else { n as f64 / over.as_secs_f64() };
         let mut events: BTreeMap<String, (Counters, u64, u64, [u64; BUCKETS])> = BTreeMap::new();
         for (type_name, count) in self.published.read().expect("metrics").iter() {
+            if count.done.load(Ordering::Relaxed) == 0 {
+                continue; // none went through: reported as before any publish
+            }
             events
                 .entry((*type_name).to_owned())
                 .or_insert_with(|| (Counters::default(), 0, 0, [0; BUCKETS]))

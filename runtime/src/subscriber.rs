@@ -147,7 +147,8 @@ impl Context {
     }
 
     /// The fingerprint of the schema the sender was generated from, when it sent one. A Warren bus stamps it
-    /// on its first message of each type and then on one in 64; other senders may never stamp it.
+    /// on its first message of each type, then on the first in each second and on one in 64; other senders
+    /// may never stamp it.
     pub fn schema_fingerprint(&self) -> Option<&str> {
         self.message.properties.schema()
     }

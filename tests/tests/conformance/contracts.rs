@@ -231,24 +231,47 @@ impl warren::Payload for UncheckedFind {
     const TYPE_NAME: &'static str = "rich.v1.FindRequest";
 }
 
-async fn a_bus_stamps_the_schema_on_its_first_message_of_a_type_and_then_one_in_64(h: &Harness) {
+async fn a_bus_stamps_the_schema_on_its_first_message_of_a_type_then_each_second_and_one_in_64(h: &Harness) {
+    /// `SCHEMA_STAMP_EVERY` in the runtime.
+    const EVERY: usize = 64;
     let bus = h.bus("stamp-test").await;
     let (subscription, mut rx) = collect(RichEvents::subscribe(&bus, &unique("stamps"), "order.archived")).await;
     for id in 1..=130 {
         bus.publish(&OrderArchived { order_id: id, ..Default::default() }).await.unwrap();
     }
-    let mut stamped = Vec::new();
+    let (mut stamped, mut expected, mut stamped_in) = (Vec::new(), Vec::new(), None);
     for position in 0..130 {
         let (_, ctx) = within(10, "an archived order", rx.recv()).await.unwrap();
         if let Some(fingerprint) = ctx.schema_fingerprint() {
             assert_eq!(fingerprint, <OrderArchived as warren::Payload>::FINGERPRINT);
             stamped.push(position);
         }
+        // The first, one in 64, and the first of each second (publishes here are one after another).
+        let second = ctx.timestamp().expect("Warren sets the timestamp");
+        if position % EVERY == 0 || stamped_in != Some(second) {
+            expected.push(position);
+            stamped_in = Some(second);
+        }
     }
-    assert_eq!(stamped, [0, 64, 128], "the first, the 65th and the 129th carry the fingerprint");
+    assert!(stamped.starts_with(&[0]) && stamped.contains(&64) && stamped.contains(&128), "{stamped:?}");
+    assert_eq!(stamped, expected, "stamped: the first, one in 64 and the first of each second");
+    assert!(stamped.len() < 130, "not every message carries the header");
+    // Once the second has turned (on the wall clock, which the paused test clock does not move), the next is
+    // stamped again: a type sent now and then always is.
+    let last = stamped_in.expect("130 timestamps");
+    tokio::task::spawn_blocking(move || {
+        while std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() <= last {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    bus.publish(&OrderArchived { order_id: 131, ..Default::default() }).await.unwrap();
+    let (_, ctx) = within(10, "the order archived a second later", rx.recv()).await.unwrap();
+    assert!(ctx.schema_fingerprint().is_some(), "the first in a new second carries the fingerprint");
     let metrics = bus.metrics().await;
     assert_eq!(metrics.subscribers[subscription.queue()].schema_mismatches, 0);
-    assert_eq!(metrics.events["rich.v1.OrderArchived"].published, 130);
+    assert_eq!(metrics.events["rich.v1.OrderArchived"].published, 131);
     subscription.stop().await;
 }
 
@@ -290,6 +313,6 @@ warren_tests::on_both_transports!(
     tasks_go_to_exactly_one_worker_and_failures_retry_then_dead_letter,
     json_on_the_wire_decodes_like_protobuf_and_replies_match_the_request,
     a_foreign_schema_fingerprint_is_counted_and_the_message_still_handled,
-    a_bus_stamps_the_schema_on_its_first_message_of_a_type_and_then_one_in_64,
+    a_bus_stamps_the_schema_on_its_first_message_of_a_type_then_each_second_and_one_in_64,
     declared_rpc_errors_arrive_typed_and_invalid_requests_are_not_sent,
 );
