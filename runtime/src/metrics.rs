@@ -298,17 +298,15 @@ pub(crate) struct Publishes {
 pub(crate) const SCHEMA_STAMP_EVERY: u64 = 64;
 
 impl Publishes {
-    /// Begins a publish at Unix second `now`; `true` when it is to carry the schema fingerprint: until one
-    /// publish of the type went through, then on the first publish in each second and on one in
-    /// [`SCHEMA_STAMP_EVERY`]. So a type sent now and then is stamped every time, and a subscriber learns of a
-    /// sender built from another contract within a second or 64 messages, whichever side was rebuilt.
+    /// Begins a publish at Unix second `now`; `true` when it is to carry the schema fingerprint: the first
+    /// publish of the type, the first in each second, and one in [`SCHEMA_STAMP_EVERY`]. So a type sent now
+    /// and then is stamped every time, and a subscriber learns of a sender built from another contract within
+    /// a second or 64 messages, whichever side was rebuilt (and even if the first stamped publish failed).
     /// Stamping every message instead costs each one a header table, which lapin builds and parses as a
     /// `BTreeMap` with owned strings (about a tenth of a fan-out delivery's client CPU).
     pub(crate) fn stamps_schema(&self, now: u64) -> bool {
         let n = self.begun.fetch_add(1, Ordering::Relaxed);
-        let stamp = n.is_multiple_of(SCHEMA_STAMP_EVERY)
-            || self.stamped_in.load(Ordering::Relaxed) != now
-            || self.done.load(Ordering::Relaxed) == 0;
+        let stamp = n.is_multiple_of(SCHEMA_STAMP_EVERY) || self.stamped_in.load(Ordering::Relaxed) != now;
         if stamp {
             self.stamped_in.store(now, Ordering::Relaxed);
         }
