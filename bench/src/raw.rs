@@ -72,7 +72,7 @@ pub(crate) fn send_warrens_envelope() {
 }
 
 /// Whether this event gets the schema header, as Warren decides it: the first, the first in each second (`now`,
-/// Unix seconds) and one in 64.
+/// Unix seconds) and one in 64. Counted per process, where Warren counts per bus: a few stamps fewer.
 fn stamps_schema(now: u64) -> bool {
     static BEGUN: AtomicU64 = AtomicU64::new(0);
     static STAMPED_IN: AtomicU64 = AtomicU64::new(u64::MAX);

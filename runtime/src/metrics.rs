@@ -299,9 +299,10 @@ pub(crate) const SCHEMA_STAMP_EVERY: u64 = 64;
 
 impl Publishes {
     /// Begins a publish at Unix second `now`; `true` when it is to carry the schema fingerprint: the first
-    /// publish of the type, the first in each second, and one in [`SCHEMA_STAMP_EVERY`]. So a type sent now
-    /// and then is stamped every time, and a subscriber learns of a sender built from another contract within
-    /// a second or 64 messages, whichever side was rebuilt (and even if the first stamped publish failed).
+    /// publish of the type, at least one begun in each second (concurrent publishers may both stamp), and one
+    /// in [`SCHEMA_STAMP_EVERY`]. So a type sent now and then is stamped every time, and a subscriber learns of
+    /// a sender built from another contract within a second or 64 messages, whichever side was rebuilt (and
+    /// even if a stamped publish failed).
     /// Stamping every message instead costs each one a header table, which lapin builds and parses as a
     /// `BTreeMap` with owned strings (about a tenth of a fan-out delivery's client CPU).
     pub(crate) fn stamps_schema(&self, now: u64) -> bool {
@@ -387,14 +388,15 @@ impl Metrics {
         let per_second = |n: u64, over: Duration| if over.is_zero() { 0.0 } else { n as f64 / over.as_secs_f64() };
         let mut events: BTreeMap<String, (Counters, u64, u64, [u64; BUCKETS])> = BTreeMap::new();
         for (type_name, count) in self.published.read().expect("metrics").iter() {
-            if count.done.load(Ordering::Relaxed) == 0 {
+            let done = count.done.load(Ordering::Relaxed);
+            if done == 0 {
                 continue; // none went through: reported as before any publish
             }
             events
                 .entry((*type_name).to_owned())
                 .or_insert_with(|| (Counters::default(), 0, 0, [0; BUCKETS]))
                 .0
-                .published = count.done.load(Ordering::Relaxed);
+                .published = done;
         }
         let mut subscribers = BTreeMap::new();
         for stats in self.subscribers.lock().expect("metrics").iter() {
@@ -460,6 +462,28 @@ mod tests {
             assert!(limit >= Duration::from_nanos(ns), "{ns} ns over its bucket's limit {limit:?}");
             assert!(limit.as_nanos() as f64 <= ns as f64 * 1.26 + 2.0, "{ns} ns: limit {limit:?} too loose");
         }
+    }
+
+    #[test]
+    fn the_schema_goes_on_the_first_publish_the_first_of_each_second_and_one_in_64() {
+        let publishes = Publishes::default();
+        let stamped: Vec<u64> = (0..130).filter(|_| publishes.stamps_schema(1_000)).collect();
+        assert_eq!(stamped.len(), 3, "publishes 0, 64 and 128 within one second");
+        assert!(publishes.stamps_schema(1_001), "the first in a new second");
+        assert!(!publishes.stamps_schema(1_001), "the second in that second");
+        assert!(publishes.stamps_schema(1_000), "a clock stepped back is another second");
+    }
+
+    #[test]
+    fn a_type_none_of_whose_publishes_went_through_is_not_reported() {
+        let metrics = Metrics::new(0);
+        let failing = metrics.publishes("pkg.Failing");
+        assert!(failing.stamps_schema(1));
+        let sent = metrics.publishes("pkg.Sent");
+        metrics.published("pkg.Sent", &sent, None);
+        let events = metrics.snapshot(&BTreeMap::new()).events;
+        assert_eq!(events.keys().collect::<Vec<_>>(), ["pkg.Sent"]);
+        assert_eq!(events["pkg.Sent"].published, 1);
     }
 
     #[test]

@@ -260,7 +260,13 @@ async fn a_bus_stamps_the_schema_on_its_first_message_of_a_type_then_each_second
     // stamped again: a type sent now and then always is.
     let last = stamped_in.expect("130 timestamps");
     tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
         while std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() <= last {
+            assert!(
+                started.elapsed().as_secs() < 3,
+                "the wall clock did not reach second {} (stepped back?)",
+                last + 1
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     })
