@@ -303,6 +303,7 @@ impl Publishes {
     /// in [`SCHEMA_STAMP_EVERY`]. So a type sent now and then is stamped every time, and a subscriber learns of
     /// a sender built from another contract within a second or 64 messages, whichever side was rebuilt (and
     /// even if a stamped publish failed).
+    ///
     /// Stamping every message instead costs each one a header table, which lapin builds and parses as a
     /// `BTreeMap` with owned strings (about a tenth of a fan-out delivery's client CPU).
     pub(crate) fn stamps_schema(&self, now: u64) -> bool {
