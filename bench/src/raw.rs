@@ -2,9 +2,10 @@
 //! up to a thousand confirms in flight, consumers acknowledging in batches with `multiple`, RPC clients with one
 //! long-lived direct reply-to consumer. It encodes and decodes the same protobuf messages. Its events carry the
 //! envelope a hand-written service would: message id, type, content type and persistence. With
-//! `--raw-envelope warren` they carry Warren's whole envelope instead (also correlation id, app id, timestamp
-//! and the `x-warren-schema` header, stamped as often as Warren stamps it), so both sides send the same bytes
-//! and the ratio is the layer's cost alone.
+//! `--raw-envelope warren` they carry Warren's whole envelope instead (also app id, timestamp and the
+//! `x-warren-schema` header, stamped as often as Warren stamps it; like Warren's, an event that starts a
+//! conversation goes without a correlation id), so both sides send the same bytes and the ratio is the
+//! layer's cost alone.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,7 +103,6 @@ fn properties(persistent: bool) -> BasicProperties {
         properties
     };
     properties
-        .with_correlation_id(ShortString::from(id.as_str()))
         .with_message_id(ShortString::from(id))
         .with_app_id("warren-bench".into())
         .with_timestamp(now.as_secs())

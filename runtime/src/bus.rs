@@ -61,8 +61,9 @@ impl std::fmt::Debug for Bus {
 /// Per-publish settings; the defaults suit almost every event.
 #[derive(Debug, Clone, Default)]
 pub struct PublishOptions {
-    /// Correlation id to send; defaults to the new message's id. Set it to the id of the message that caused
-    /// this one to trace a chain of events.
+    /// Correlation id to send. Set it to the correlation id of the message that caused this one, to trace a
+    /// chain of events. Without one the message starts a conversation: it travels without a correlation id,
+    /// and [`crate::Context::correlation_id`] gives its message id.
     pub correlation_id: Option<String>,
     /// Priority of this message instead of the contract's default.
     pub priority: Option<crate::Priority>,

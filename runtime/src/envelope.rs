@@ -110,7 +110,8 @@ pub(crate) struct Envelope {
     pub(crate) schema: &'static str,
     pub(crate) app_id: &'static str,
     pub(crate) message_id: MessageId,
-    /// `None`: the message's own id.
+    /// `None`: the message starts a conversation, and its own id is its correlation id. It then goes without
+    /// one, unless it is an RPC request (see [`Envelope::to_amqp`]).
     pub(crate) correlation_id: Option<Arc<str>>,
     /// Unix seconds.
     pub(crate) timestamp: u64,
@@ -144,11 +145,22 @@ impl Envelope {
         }
     }
 
+    /// The AMQP properties. A message that starts a conversation is sent without a correlation id, as its
+    /// own id already says it: one short string fewer for every consumer to parse, allocate and free (a
+    /// thousand instructions of the 30,000 a fanned-out delivery costs the client, by callgrind). Readers
+    /// take the message id instead ([`Properties::correlation_id`]). An RPC request always carries one: an
+    /// RPC server written for plain AMQP replies with the correlation id it received.
     fn to_amqp(&self) -> BasicProperties {
         let id = self.message_id.as_str();
-        let mut properties = BasicProperties::default()
-            .with_message_id(ShortString::from(id))
-            .with_correlation_id(ShortString::from(self.correlation_id.as_deref().unwrap_or(id)))
+        let mut properties = BasicProperties::default().with_message_id(ShortString::from(id));
+        match (&self.correlation_id, &self.reply_to) {
+            (Some(correlation_id), _) => {
+                properties = properties.with_correlation_id(ShortString::from(&**correlation_id))
+            }
+            (None, Some(_)) => properties = properties.with_correlation_id(ShortString::from(id)),
+            (None, None) => {}
+        }
+        let mut properties = properties
             .with_type(ShortString::from(self.kind))
             .with_app_id(ShortString::from(self.app_id))
             .with_timestamp(self.timestamp)
@@ -245,10 +257,11 @@ impl Properties {
         }
     }
 
+    /// The correlation id; the message id when the message has none (it starts a conversation).
     pub(crate) fn correlation_id(&self) -> Option<&str> {
         match self {
             Properties::Warren(e) => Some(e.correlation_id.as_deref().unwrap_or_else(|| e.message_id.as_str())),
-            Properties::Amqp(p) => short(p.correlation_id()),
+            Properties::Amqp(p) => short(p.correlation_id()).or_else(|| short(p.message_id())),
         }
     }
 
@@ -403,6 +416,25 @@ mod tests {
         // Other threads draw from their own generators.
         let other = std::thread::spawn(|| MessageId::with_time().0).join().unwrap();
         assert!(!distinct.contains(other.as_str()));
+    }
+
+    #[test]
+    fn an_rpc_request_always_carries_a_correlation_id_and_an_event_only_one_of_its_own() {
+        let event = Envelope::new("gametrade.v1.UserRegistered", WireFormat::Protobuf, "", "svc");
+        let amqp = event.to_amqp();
+        assert_eq!(amqp.correlation_id(), &None);
+        let read = Properties::from(amqp);
+        assert_eq!(read.correlation_id(), Some(event.message_id.as_str()), "read as its message id");
+
+        let mut caused = event.clone();
+        caused.correlation_id = Some(Arc::from("order-7"));
+        assert_eq!(caused.to_amqp().correlation_id().as_ref().map(|c| c.as_str()), Some("order-7"));
+
+        // A server written for plain AMQP replies with the correlation id it got; there must be one.
+        let mut request = Envelope::new("/at.v1.IntSummator/IntSum", WireFormat::Protobuf, "", "svc");
+        request.reply_to = Some(Arc::from("amq.rabbitmq.reply-to"));
+        let amqp = request.to_amqp();
+        assert_eq!(amqp.correlation_id().as_ref().map(|c| c.as_str()), Some(request.message_id.as_str()));
     }
 
     #[test]

@@ -121,7 +121,8 @@ impl Context {
         self.message.properties.message_id()
     }
 
-    /// The correlation id the publisher set.
+    /// The correlation id the publisher set ([`crate::PublishOptions::correlation_id`]), or the message id for a
+    /// message that starts a conversation (it travels without one).
     pub fn correlation_id(&self) -> Option<&str> {
         self.message.properties.correlation_id()
     }

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use warren::{Error, HandlerError};
+use warren::{Error, HandlerError, Outcome, PublishOptions};
 use warren_contracts::gametrade::v1::{GametradeEvents, ItemListed, UserRegistered};
 use warren_contracts::streaming::v1::{OrderCompleted, OrderProcessing, SystemEvent};
 use warren_tests::{Harness, Transport, unique, within};
 
-use super::collect;
+use super::{collect, next_in};
 
 async fn a_published_event_reaches_its_typed_subscriber_equal(h: &Harness) {
     let bus = h.bus("events-test").await;
@@ -23,6 +23,38 @@ async fn a_published_event_reaches_its_typed_subscriber_equal(h: &Harness) {
     assert_eq!((ctx.exchange(), ctx.routing_key()), ("gametrade.events", "user.registered"));
     assert!(!ctx.redelivered());
     assert_eq!(ctx.attempt(), 1);
+    subscription.stop().await;
+}
+
+/// A message that starts a conversation travels without a correlation id (its message id says it) and is read
+/// as its own; one given a correlation id carries it. Seen on the wire through the dead-letter copies.
+async fn a_correlation_id_travels_only_when_it_differs_from_the_message_id(h: &Harness) {
+    let bus = h.bus("correlation-test").await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let subscription = UserRegistered::subscribe(&bus, &unique("correlation"))
+        .temporary()
+        .handle(move |_: UserRegistered, ctx: warren::Context| {
+            let seen = (ctx.message_id().map(str::to_owned), ctx.correlation_id().map(str::to_owned));
+            let sent = tx.send(seen).map_err(|_| HandlerError::from("the test stopped listening"));
+            async move { sent.map(|()| Outcome::DeadLetter { reason: "to look at it".into() }) }
+        })
+        .await
+        .unwrap();
+    let dlq = format!("{}.dlq", subscription.queue());
+
+    bus.publish(&UserRegistered { user_id: 1, ..Default::default() }).await.unwrap();
+    let (id, correlation) = within(10, "the first delivery", rx.recv()).await.unwrap();
+    assert_eq!(correlation, id, "a message that starts a conversation is read as its own correlation id");
+    let dead = next_in(&bus, &dlq).await;
+    assert_eq!(dead.properties.message_id().as_ref().map(|m| m.to_string()), id);
+    assert_eq!(dead.properties.correlation_id(), &None, "it travels without one");
+
+    let options = PublishOptions { correlation_id: Some("order-7".into()), ..PublishOptions::default() };
+    bus.publish_with(&UserRegistered { user_id: 2, ..Default::default() }, options).await.unwrap();
+    let (_, correlation) = within(10, "the second delivery", rx.recv()).await.unwrap();
+    assert_eq!(correlation.as_deref(), Some("order-7"));
+    let dead = next_in(&bus, &dlq).await;
+    assert_eq!(dead.properties.correlation_id().as_ref().map(|c| c.as_str()), Some("order-7"));
     subscription.stop().await;
 }
 
@@ -163,6 +195,7 @@ async fn an_unroutable_publish_is_an_error_not_a_silent_drop(h: &Harness) {
 
 warren_tests::on_both_transports!(
     a_published_event_reaches_its_typed_subscriber_equal,
+    a_correlation_id_travels_only_when_it_differs_from_the_message_id,
     a_user_pattern_subscriber_gets_user_registered_and_not_item_listed,
     a_direct_exchange_routes_by_exact_key,
     a_fanout_exchange_delivers_to_every_group,
