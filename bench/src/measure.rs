@@ -86,6 +86,16 @@ impl Counter {
         Counter { seen: Arc::default(), done: Arc::default(), target }
     }
 
+    /// Waits (up to 10 s, or panics) until `count` messages were handled.
+    pub(crate) async fn wait_for(&self, count: u64) {
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.seen.load(Ordering::Relaxed) < count {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        waited.await.expect("the warm-up messages arrive within 10 s");
+    }
+
     pub(crate) fn hit(&self) {
         if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
             self.done.notify_one();

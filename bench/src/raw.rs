@@ -102,10 +102,7 @@ fn properties(persistent: bool) -> BasicProperties {
     } else {
         properties
     };
-    properties
-        .with_message_id(ShortString::from(id))
-        .with_app_id("warren-bench".into())
-        .with_timestamp(now.as_secs())
+    properties.with_message_id(ShortString::from(id)).with_app_id("warren-bench".into()).with_timestamp(now.as_secs())
 }
 
 /// Publishes one event to [`EXCHANGE`], waiting for its confirm when `confirm`.

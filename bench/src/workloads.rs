@@ -276,11 +276,15 @@ pub(crate) async fn fan_out(env: &Env, side: Side) -> Run {
     match side {
         Side::Warren => {
             let bus = bus(env).await;
-            let counter = Counter::new(deliveries);
+            // The warm-up event's deliveries count too; the timer starts once they are in, with the publishing
+            // channel open, as raw's is.
+            let counter = Counter::new(QUEUES as u64 + deliveries);
             let mut subscriptions = Vec::new();
             for q in 0..QUEUES {
                 subscriptions.push(counting(&bus, &unique(&format!("fan{q}")), &counter, true).await);
             }
+            bus.publish(&event(env.size, 0)).await.expect("warm-up publish");
+            counter.wait_for(QUEUES as u64).await;
             let run = timed(deliveries, async {
                 futures_util::stream::iter(0..n)
                     .map(|i| {

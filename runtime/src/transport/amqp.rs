@@ -228,7 +228,7 @@ impl Amqp {
 
     /// Publishes and waits for the confirm, re-sending after connection or channel failures until the
     /// publish deadline. Unroutable, nacked and missing-exchange outcomes are final.
-    pub(crate) async fn publish(&self, publish: Publish<'_>, body: &[u8], properties: Properties) -> Result<()> {
+    pub(crate) async fn publish(&self, publish: Publish<'_>, body: &[u8], properties: &Properties) -> Result<()> {
         let by = Instant::now() + self.config.publish_timeout;
         // A free slot needs no timer; only a full window is waited for, within the publish deadline. The
         // waits off the common path are boxed: thousands of publishes may be in flight, each as large as the
@@ -250,7 +250,7 @@ impl Amqp {
                 None => Box::pin(self.publisher(publish.confirm, by)).await,
             };
             let error = match channel {
-                Ok(channel) => match publish_on(&channel, publish, body, &properties, self.timeout()).await {
+                Ok(channel) => match publish_on(&channel, publish, body, properties, self.timeout()).await {
                     Ok(()) => return Ok(()),
                     Err(error) => error,
                 },

@@ -303,7 +303,7 @@ impl Transport {
 
     pub(crate) async fn publish(&self, publish: Publish<'_>, body: Vec<u8>, properties: Properties) -> Result<()> {
         match self {
-            Transport::Amqp(amqp) => amqp.publish(publish, &body, properties).await,
+            Transport::Amqp(amqp) => amqp.publish(publish, &body, &properties).await,
             Transport::Memory(broker) => {
                 // The in-memory broker never makes a publish wait, so a publishing loop would never give its
                 // thread to anyone else (its subscribers included) without a turn of tokio's cooperative
