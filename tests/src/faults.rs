@@ -220,3 +220,90 @@ pub fn rabbitmqctl(args: &[&str]) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// A TCP relay in front of a broker that can stall: while frozen it forwards nothing either way and closes
+/// nothing, as a network that silently drops packets would. Stops (with its connections) when dropped.
+#[derive(Debug)]
+pub struct Relay {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    /// Listens on a free loopback port and relays each connection to `target` (`host:port`).
+    pub fn start(target: &str) -> Relay {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+        listener.set_nonblocking(true).expect("a non-blocking listener");
+        let port = listener.local_addr().expect("the relay's address").port();
+        let (frozen, stopped) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (on_ice, done, target) = (Arc::clone(&frozen), Arc::clone(&stopped), target.to_owned());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                        for (from, to) in [(&client, &server), (&server, &client)] {
+                            let (from, to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                            let (on_ice, done) = (Arc::clone(&on_ice), Arc::clone(&done));
+                            std::thread::spawn(move || pump(from, to, &on_ice, &done));
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Relay { port, frozen, stopped }
+    }
+
+    /// The relay's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops forwarding (`true`) or forwards again, including what was held back (`false`).
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen.store(frozen, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Copies `from` to `to` until either closes or the relay stops; holds everything while frozen.
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    frozen: &std::sync::atomic::AtomicBool,
+    stopped: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering::Relaxed;
+    let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buffer = vec![0; 64 * 1024];
+    while !stopped.load(Relaxed) {
+        if frozen.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        match from.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                while frozen.load(Relaxed) && !stopped.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if to.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use warren::{Bus, BusConfig, Code, Error, HandlerError, Health, RetryPolicy};
 use warren_contracts::at::v1::{IntSumRequest, IntSummatorClient, IntSummatorServer};
 use warren_contracts::gametrade::v1::UserRegistered;
-use warren_tests::faults::{Ledger, PrivateNode, rabbitmqctl};
+use warren_tests::faults::{Ledger, PrivateNode, Relay, rabbitmqctl};
 use warren_tests::{Harness, Summator, unique, within};
 
 /// Warnings (reconnections, re-subscriptions) go to the test's output, to read alongside the ledger.
@@ -252,6 +252,56 @@ async fn a_handler_panicking_on_every_tenth_message_dead_letters_exactly_those()
     ledger.drain(Duration::from_secs(30)).await;
     let verdict = assert_nothing_lost(&ledger, "panic on every 10th");
     assert_eq!((verdict.consumed, verdict.dead_lettered), (180, 20));
+    subscription.stop().await;
+}
+
+/// A broker that stops answering without closing anything (a network that drops packets) must not hang a
+/// publish: it fails at its deadline, and once the network is back the bus publishes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_confirm_never_comes_fails_at_its_deadline() {
+    logs();
+    let h = Harness::rabbitmq().await;
+    let broker = h.url().split('@').nth(1).and_then(|rest| rest.split('/').next()).expect("host:port in the URL");
+    let relay = Relay::start(broker);
+    let url = h.url().replace(broker, &format!("127.0.0.1:{}", relay.port()));
+    let (operation, publish) = (Duration::from_millis(800), Duration::from_millis(1500));
+    let config = BusConfig::new(&url).unwrap().service_name("fault-stall");
+    let bus = h.bus_with(config.operation_timeout(operation).publish_timeout(publish)).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let subscription = UserRegistered::subscribe(&bus, &unique("stall"))
+        .temporary()
+        .handle(move |e: UserRegistered, _| std::future::ready(tx.send(e.user_id).map_err(HandlerError::from)))
+        .await
+        .unwrap();
+    bus.publish(&event(1)).await.expect("published before the stall");
+
+    relay.freeze(true);
+    let stalled_events: Vec<UserRegistered> = (2..66).map(event).collect();
+    let started = Instant::now();
+    let stalled = within(
+        10,
+        "the stalled publishes",
+        futures_util::future::join_all(stalled_events.iter().map(|e| bus.publish(e))),
+    )
+    .await;
+    let took = started.elapsed();
+    for result in &stalled {
+        assert!(matches!(result, Err(Error::Timeout { .. })), "a stalled publish times out: {result:?}");
+    }
+    assert!(took >= publish && took < publish + operation + Duration::from_secs(1), "failed after {took:?}");
+
+    relay.freeze(false);
+    within(30, "a publish after the stall", async {
+        while bus.publish(&event(100)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let mut seen = Vec::new();
+    while !seen.contains(&100) {
+        seen.push(within(10, "the deliveries", rx.recv()).await.unwrap());
+    }
+    assert_eq!(seen.first(), Some(&1), "{seen:?}");
     subscription.stop().await;
 }
 
