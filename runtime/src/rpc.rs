@@ -327,13 +327,12 @@ impl RpcClient {
         // Neither confirmed nor mandatory (see the module's docs): sent once lapin has written it.
         let publish = Publish { exchange: "", routing_key: self.service.queue, mandatory: false, confirm: false };
         let until = started + timeout;
-        match tokio::time::timeout_at(until, replies.path.send_request(publish, payload, Properties::from(envelope)))
-            .await
-        {
-            Err(_) => return Err(deadline_error()),
-            Ok(Ok(())) => {}
-            Ok(Err(Error::Closed)) => return Err(Status::cancelled(format!("{method}: the bus is shutting down"))),
-            Ok(Err(error)) => return Err(Status::unavailable(format!("{method}: request not sent: {error}"))),
+        // The send's own deadline is the call's (or the operation timeout, if that comes first): one timer.
+        match replies.path.send_request(publish, payload, Properties::from(envelope), until.into_std()).await {
+            Ok(()) => {}
+            Err(Error::Timeout { .. }) if Instant::now() >= until => return Err(deadline_error()),
+            Err(Error::Closed) => return Err(Status::cancelled(format!("{method}: the bus is shutting down"))),
+            Err(error) => return Err(Status::unavailable(format!("{method}: request not sent: {error}"))),
         }
         let reply = match tokio::time::timeout_at(until, rx).await {
             Err(_) => return Err(deadline_error()),
@@ -500,9 +499,9 @@ where
                     // resource alarm RabbitMQ blocks every connection that publishes, and a blocked consuming
                     // connection would stall the acks that drain the queues.
                     let publish = Publish { exchange: "", routing_key: reply_to, mandatory: false, confirm: false };
-                    let sent =
-                        tokio::time::timeout(timeout, transport.publish(publish, payload, properties.into())).await;
-                    if !matches!(sent, Ok(Ok(_))) {
+                    let until = std::time::Instant::now() + timeout;
+                    let sent = transport.publish_until(publish, payload, properties.into(), Some(until)).await;
+                    if sent.is_err() {
                         tracing::warn!(correlation_id, "reply could not be sent; the caller will time out");
                     }
                 }

@@ -107,6 +107,16 @@ impl Amqp {
         self.config.operation_timeout
     }
 
+    /// How long one publish attempt may take: the operation timeout, but not past `by`.
+    pub(crate) fn attempt_timeout(&self, by: Instant) -> Duration {
+        self.timeout().min(by.saturating_duration_since(Instant::now()))
+    }
+
+    /// When a publish begun now gives up: the publish timeout from now.
+    pub(crate) fn publish_deadline(&self) -> Instant {
+        Instant::now() + self.config.publish_timeout
+    }
+
     pub(crate) fn generations(&self) -> watch::Receiver<u64> {
         let mut generation = self.link.subscribe();
         let (sender, receiver) = watch::channel(generation.borrow().as_ref().map_or(0, |l| l.generation));
@@ -226,10 +236,16 @@ impl Amqp {
         Ok(())
     }
 
-    /// Publishes and waits for the confirm, re-sending after connection or channel failures until the
-    /// publish deadline. Unroutable, nacked and missing-exchange outcomes are final.
-    pub(crate) async fn publish(&self, publish: Publish<'_>, body: &[u8], properties: &Properties) -> Result<()> {
-        let by = Instant::now() + self.config.publish_timeout;
+    /// Publishes and waits for the confirm, re-sending after connection or channel failures until `by` (at the
+    /// latest; each attempt also ends at the operation timeout). Unroutable, nacked and missing-exchange
+    /// outcomes are final.
+    pub(crate) async fn publish(
+        &self,
+        publish: Publish<'_>,
+        body: &[u8],
+        properties: &Properties,
+        by: Instant,
+    ) -> Result<()> {
         // A free slot needs no timer; only a full window is waited for, within the publish deadline. The
         // waits off the common path are boxed: thousands of publishes may be in flight, each as large as the
         // largest state of this function.
@@ -237,9 +253,10 @@ impl Amqp {
             Ok(slot) => slot,
             Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
-                Box::pin(tokio::time::timeout(self.config.publish_timeout, self.window.acquire()))
+                let after = by.saturating_duration_since(Instant::now());
+                Box::pin(tokio::time::timeout(after, self.window.acquire()))
                     .await
-                    .map_err(|_| Error::Timeout { operation: "publish window", after: self.config.publish_timeout })?
+                    .map_err(|_| Error::Timeout { operation: "publish window", after })?
                     .map_err(|_| Error::Closed)?
             }
         };
@@ -250,7 +267,7 @@ impl Amqp {
                 None => Box::pin(self.publisher(publish.confirm, by)).await,
             };
             let error = match channel {
-                Ok(channel) => match publish_on(&channel, publish, body, properties, self.timeout()).await {
+                Ok(channel) => match publish_on(&channel, publish, body, properties, self.attempt_timeout(by)).await {
                     Ok(()) => return Ok(()),
                     Err(error) => error,
                 },
@@ -772,7 +789,7 @@ mod tests {
             never::<&Channel>().basic_publish(never(), never(), never(), &[], lapin::BasicProperties::default())
         });
         let publish = Publish { exchange: "", routing_key: "", mandatory: false, confirm: true };
-        let warren = future_size(|| never::<&Amqp>().publish(publish, &[], never()));
+        let warren = future_size(|| never::<&Amqp>().publish(publish, &[], never(), never()));
         assert!(warren <= lapin + 1024, "a publish future takes {warren} bytes, lapin's basic_publish {lapin}");
     }
 }

@@ -301,9 +301,30 @@ impl Transport {
         }
     }
 
-    pub(crate) async fn publish(&self, publish: Publish<'_>, body: Vec<u8>, properties: Properties) -> Result<()> {
+    /// Publishes, re-sending after connection failures (over AMQP) within the bus's publish timeout.
+    pub(crate) fn publish(
+        &self,
+        publish: Publish<'_>,
+        body: Vec<u8>,
+        properties: Properties,
+    ) -> impl Future<Output = Result<()>> {
+        self.publish_until(publish, body, properties, None)
+    }
+
+    /// [`Transport::publish`], giving up at `until` when given (an RPC reply is worth sending only while its
+    /// caller waits) instead of after the publish timeout.
+    pub(crate) async fn publish_until(
+        &self,
+        publish: Publish<'_>,
+        body: Vec<u8>,
+        properties: Properties,
+        until: Option<std::time::Instant>,
+    ) -> Result<()> {
         match self {
-            Transport::Amqp(amqp) => amqp.publish(publish, &body, &properties).await,
+            Transport::Amqp(amqp) => {
+                let by = until.unwrap_or_else(|| amqp.publish_deadline());
+                amqp.publish(publish, &body, &properties, by).await
+            }
             Transport::Memory(broker) => {
                 // The in-memory broker never makes a publish wait, so a publishing loop would never give its
                 // thread to anyone else (its subscribers included) without a turn of tokio's cooperative
@@ -382,19 +403,20 @@ pub(crate) struct ReplyPath {
 }
 
 impl ReplyPath {
-    pub(crate) async fn send_request(&self, publish: Publish<'_>, body: Vec<u8>, properties: Properties) -> Result<()> {
-        match &self.amqp_channel {
-            Some(channel) => amqp::publish_on(channel, publish, &body, &properties, self.requests.timeout()).await,
-            None => self.requests.publish(publish, body, properties).await,
-        }
-    }
-}
-
-impl Transport {
-    fn timeout(&self) -> std::time::Duration {
-        match self {
-            Transport::Amqp(amqp) => amqp.timeout(),
-            Transport::Memory(_) => std::time::Duration::from_secs(10),
+    /// Sends a request once, giving up at `until` (the call's deadline) or the operation timeout, whichever
+    /// comes first: [`Error::Timeout`].
+    pub(crate) async fn send_request(
+        &self,
+        publish: Publish<'_>,
+        body: Vec<u8>,
+        properties: Properties,
+        until: std::time::Instant,
+    ) -> Result<()> {
+        match (&self.amqp_channel, &self.requests) {
+            (Some(channel), Transport::Amqp(amqp)) => {
+                amqp::publish_on(channel, publish, &body, &properties, amqp.attempt_timeout(until)).await
+            }
+            _ => self.requests.publish_until(publish, body, properties, Some(until)).await,
         }
     }
 }
