@@ -74,7 +74,7 @@ const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…]
   --only W1,W7     only the workloads named (W1–W9)
   --raw-envelope   what raw lapin's events carry: minimal (the default: message id, type, content type,
                    persistence, as a hand-written service would) or warren (Warren's whole envelope: also
-                   correlation id, app id, timestamp and the schema header; the same bytes as Warren's)
+                   app id, timestamp and the schema header; the same bytes as Warren's)
   --profile NAME   run one workload once and exit, for a profiler: one, fan-out, fan-out-shared (W9, in memory) or W1–W8
                    (Warren's side, 100 B, the --quick size; with --raw, the raw-lapin side)";
 

@@ -328,7 +328,7 @@ impl RpcClient {
         let publish = Publish { exchange: "", routing_key: self.service.queue, mandatory: false, confirm: false };
         let until = started + timeout;
         // The send's own deadline is the call's (or the operation timeout, if that comes first): one timer.
-        match replies.path.send_request(publish, payload, Properties::from(envelope), until.into_std()).await {
+        match replies.path.send_request(publish, payload, Properties::from(envelope), until).await {
             Ok(()) => {}
             Err(Error::Timeout { .. }) if Instant::now() >= until => return Err(deadline_error()),
             Err(Error::Closed) => return Err(Status::cancelled(format!("{method}: the bus is shutting down"))),
@@ -499,7 +499,9 @@ where
                     // resource alarm RabbitMQ blocks every connection that publishes, and a blocked consuming
                     // connection would stall the acks that drain the queues.
                     let publish = Publish { exchange: "", routing_key: reply_to, mandatory: false, confirm: false };
+                    // Worth sending while the caller waits, and for no longer than the operation timeout.
                     let until = std::time::Instant::now() + timeout;
+                    let until = deadline.map_or(until, |caller| until.min(caller.into_std()));
                     let sent = transport.publish_until(publish, payload, properties.into(), Some(until)).await;
                     if sent.is_err() {
                         tracing::warn!(correlation_id, "reply could not be sent; the caller will time out");

@@ -245,6 +245,12 @@ impl Relay {
                 match listener.accept() {
                     Ok((client, _)) => {
                         let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                        // Accepted sockets may inherit the listener's non-blocking mode (on some systems).
+                        let _ = client.set_nonblocking(false);
+                        for socket in [&client, &server] {
+                            let _ = socket.set_nodelay(true);
+                            let _ = socket.set_write_timeout(Some(Duration::from_secs(1)));
+                        }
                         for (from, to) in [(&client, &server), (&server, &client)] {
                             let (from, to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
                             let (on_ice, done) = (Arc::clone(&on_ice), Arc::clone(&done));

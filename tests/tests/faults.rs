@@ -261,9 +261,11 @@ async fn a_handler_panicking_on_every_tenth_message_dead_letters_exactly_those()
 async fn a_publish_whose_confirm_never_comes_fails_at_its_deadline() {
     logs();
     let h = Harness::rabbitmq().await;
-    let broker = h.url().split('@').nth(1).and_then(|rest| rest.split('/').next()).expect("host:port in the URL");
-    let relay = Relay::start(broker);
-    let url = h.url().replace(broker, &format!("127.0.0.1:{}", relay.port()));
+    // amqp://[user:password@]host[:port]/vhost
+    let authority = h.url().split("://").nth(1).and_then(|rest| rest.split('/').next()).expect("a broker URL");
+    let broker = authority.rsplit('@').next().unwrap_or(authority);
+    let relay = Relay::start(&if broker.contains(':') { broker.to_owned() } else { format!("{broker}:5672") });
+    let url = h.url().replacen(broker, &format!("127.0.0.1:{}", relay.port()), 1);
     let (operation, publish) = (Duration::from_millis(800), Duration::from_millis(1500));
     let config = BusConfig::new(&url).unwrap().service_name("fault-stall");
     let bus = h.bus_with(config.operation_timeout(operation).publish_timeout(publish)).await;

@@ -278,7 +278,11 @@ impl Amqp {
                 Failure::Transient if Instant::now() < by && !self.closing.load(Ordering::Relaxed) => {
                     attempt += 1;
                     tracing::debug!(%error, attempt, "publish not confirmed; sending it again");
-                    Box::pin(tokio::time::sleep(jittered(Duration::from_millis(20) * attempt.min(25)))).await;
+                    let pause = jittered(Duration::from_millis(20) * attempt.min(25));
+                    Box::pin(tokio::time::sleep(pause.min(by.saturating_duration_since(Instant::now())))).await;
+                    if Instant::now() >= by {
+                        return Err(error); // no time left for another attempt
+                    }
                 }
                 Failure::Transient => return Err(error),
             }
@@ -292,14 +296,18 @@ impl Amqp {
             return Ok(channel);
         }
         let link = self.link(by).await?;
-        let _opening = self.opening.lock().await;
+        let after = self.attempt_timeout(by);
+        let _opening = tokio::time::timeout(after, self.opening.lock())
+            .await
+            .map_err(|_| Error::Timeout { operation: "publishing channel", after })?;
         if let Some(channel) = self.current_publisher(confirmed) {
             return Ok(channel); // another publish opened it meanwhile
         }
+        let after = self.attempt_timeout(by);
         let channel = if confirmed {
-            open_confirmed(&link.publish, self.timeout()).await?
+            open_confirmed(&link.publish, after).await?
         } else {
-            open_channel(&link.publish, self.timeout()).await?
+            open_channel(&link.publish, after).await?
         };
         let channel = Arc::new(channel);
         *self.publishers[usize::from(confirmed)].write().expect("publisher") = Some((link.generation, channel.clone()));

@@ -312,7 +312,7 @@ impl Transport {
     }
 
     /// [`Transport::publish`], giving up at `until` when given (an RPC reply is worth sending only while its
-    /// caller waits) instead of after the publish timeout.
+    /// caller waits, and no longer than the operation timeout) instead of after the publish timeout.
     pub(crate) async fn publish_until(
         &self,
         publish: Publish<'_>,
@@ -403,20 +403,21 @@ pub(crate) struct ReplyPath {
 }
 
 impl ReplyPath {
-    /// Sends a request once, giving up at `until` (the call's deadline) or the operation timeout, whichever
-    /// comes first: [`Error::Timeout`].
+    /// Sends a request once, giving up at `until` (the call's deadline, on tokio's clock) or after the operation
+    /// timeout, whichever comes first: [`Error::Timeout`].
     pub(crate) async fn send_request(
         &self,
         publish: Publish<'_>,
         body: Vec<u8>,
         properties: Properties,
-        until: std::time::Instant,
+        until: tokio::time::Instant,
     ) -> Result<()> {
         match (&self.amqp_channel, &self.requests) {
             (Some(channel), Transport::Amqp(amqp)) => {
-                amqp::publish_on(channel, publish, &body, &properties, amqp.attempt_timeout(until)).await
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                amqp::publish_on(channel, publish, &body, &properties, amqp.timeout().min(left)).await
             }
-            _ => self.requests.publish_until(publish, body, properties, Some(until)).await,
+            _ => self.requests.publish(publish, body, properties).await,
         }
     }
 }
