@@ -153,12 +153,8 @@ impl Envelope {
     fn to_amqp(&self) -> BasicProperties {
         let id = self.message_id.as_str();
         let mut properties = BasicProperties::default().with_message_id(ShortString::from(id));
-        match (&self.correlation_id, &self.reply_to) {
-            (Some(correlation_id), _) => {
-                properties = properties.with_correlation_id(ShortString::from(&**correlation_id))
-            }
-            (None, Some(_)) => properties = properties.with_correlation_id(ShortString::from(id)),
-            (None, None) => {}
+        if let Some(correlation_id) = self.correlation_id.as_deref().or(self.reply_to.as_ref().map(|_| id)) {
+            properties = properties.with_correlation_id(ShortString::from(correlation_id));
         }
         let mut properties = properties
             .with_type(ShortString::from(self.kind))

@@ -47,6 +47,17 @@ async fn recording(bus: &Bus, group: &str, ledger: &Arc<Ledger>) -> warren::Subs
         .expect("subscribe")
 }
 
+/// A temporary subscriber in group `group` that sends each event's sequence number to the returned receiver.
+async fn forwarding(bus: &Bus, group: &str) -> (warren::Subscription, tokio::sync::mpsc::UnboundedReceiver<i64>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let subscription = UserRegistered::subscribe(bus, &unique(group))
+        .temporary()
+        .handle(move |e: UserRegistered, _| std::future::ready(tx.send(e.user_id).map_err(HandlerError::from)))
+        .await
+        .expect("subscribe");
+    (subscription, rx)
+}
+
 /// Publishes 0..n, 64 at a time, recording each outcome; `fault` runs once `at` messages are confirmed.
 async fn publish_all(bus: &Bus, n: i64, ledger: &Arc<Ledger>) {
     let mut tasks = tokio::task::JoinSet::new();
@@ -269,12 +280,7 @@ async fn a_publish_whose_confirm_never_comes_fails_at_its_deadline() {
     let (operation, publish) = (Duration::from_millis(800), Duration::from_millis(1500));
     let config = BusConfig::new(&url).unwrap().service_name("fault-stall");
     let bus = h.bus_with(config.operation_timeout(operation).publish_timeout(publish)).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let subscription = UserRegistered::subscribe(&bus, &unique("stall"))
-        .temporary()
-        .handle(move |e: UserRegistered, _| std::future::ready(tx.send(e.user_id).map_err(HandlerError::from)))
-        .await
-        .unwrap();
+    let (subscription, mut rx) = forwarding(&bus, "stall").await;
     bus.publish(&event(1)).await.expect("published before the stall");
 
     relay.freeze(true);
@@ -311,15 +317,7 @@ async fn a_publish_whose_confirm_never_comes_fails_at_its_deadline() {
 async fn an_oversize_publish_is_refused_and_the_next_one_succeeds() {
     let h = Harness::rabbitmq().await;
     let bus = h.bus_with(h.config("fault-oversize").max_message_size(1024)).await;
-    let (subscription, mut rx) = {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let sub = UserRegistered::subscribe(&bus, &unique("sizes"))
-            .temporary()
-            .handle(move |e: UserRegistered, _| std::future::ready(tx.send(e.user_id).map_err(HandlerError::from)))
-            .await
-            .unwrap();
-        (sub, rx)
-    };
+    let (subscription, mut rx) = forwarding(&bus, "sizes").await;
     let huge = UserRegistered { user_id: 1, username: "x".repeat(4096), email: String::new() };
     match bus.publish(&huge).await {
         Err(Error::TooLarge { size, limit }) => assert!(size > limit && limit == 1024),
@@ -334,12 +332,7 @@ async fn an_oversize_publish_is_refused_and_the_next_one_succeeds() {
 async fn a_publish_to_a_missing_exchange_is_a_typed_error_and_the_publisher_goes_on() {
     let h = Harness::rabbitmq().await;
     let bus = h.bus("fault-missing-exchange").await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let subscription = UserRegistered::subscribe(&bus, &unique("after"))
-        .temporary()
-        .handle(move |e: UserRegistered, _| std::future::ready(tx.send(e.user_id).map_err(HandlerError::from)))
-        .await
-        .unwrap();
+    let (subscription, mut rx) = forwarding(&bus, "after").await;
     let error = bus
         .publish_bytes("no-such-exchange", "key", b"payload", Default::default())
         .await
