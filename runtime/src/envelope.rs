@@ -50,7 +50,7 @@ pub(crate) fn new_id() -> String {
 }
 
 /// A message id in text form, held inline: making one allocates nothing.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct MessageId([u8; uuid::fmt::Hyphenated::LENGTH]);
 
 impl MessageId {
@@ -86,8 +86,13 @@ impl MessageId {
         (MessageId(text), since_epoch.as_secs())
     }
 
+    /// The id `text` holds, when it has an id's length (as Warren's ids, and any other UUID in text form).
+    pub(crate) fn parse(text: &str) -> Option<MessageId> {
+        text.as_bytes().try_into().ok().map(MessageId)
+    }
+
     pub(crate) fn as_str(&self) -> &str {
-        // Always ASCII: written by the UUID formatter above.
+        // Always UTF-8: written by the UUID formatter above, or taken whole from a `str`.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
@@ -251,6 +256,14 @@ impl Properties {
         match self {
             Properties::Warren(envelope) => Some(envelope.message_id.as_str()),
             Properties::Amqp(p) => short(p.message_id()),
+        }
+    }
+
+    /// The message id as a [`MessageId`], when it has an id's length.
+    pub(crate) fn id(&self) -> Option<MessageId> {
+        match self {
+            Properties::Warren(envelope) => Some(envelope.message_id),
+            Properties::Amqp(p) => short(p.message_id()).and_then(MessageId::parse),
         }
     }
 

@@ -22,9 +22,10 @@ use lapin::options::{
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ErrorKind};
+use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use tokio::sync::{Mutex, Semaphore, watch};
 
+use super::confirms::{Confirms, Outcome};
 use super::{Acker, Canceller, Consumer, Delivery, Message, Publish, QueueOptions, ReplyPath, Settle, Transport};
 use crate::config::{BusConfig, Endpoint};
 use crate::contract::{ExchangeKind, ExchangeSpec};
@@ -52,7 +53,13 @@ struct Topology {
 }
 
 /// A publishing channel and the link generation it was opened on.
-type Publisher = (u64, Arc<Channel>);
+type Publisher = (u64, Arc<PublishChannel>);
+
+/// A channel that publishes; in confirm mode, with what matches its confirms to its publishes.
+pub(crate) struct PublishChannel {
+    channel: Channel,
+    confirms: Option<Confirms>,
+}
 
 /// RabbitMQ, through two supervised connections.
 pub(crate) struct Amqp {
@@ -242,7 +249,7 @@ impl Amqp {
     pub(crate) async fn publish(
         &self,
         publish: Publish<'_>,
-        body: &[u8],
+        body: Vec<u8>,
         properties: &Properties,
         by: Instant,
     ) -> Result<()> {
@@ -260,6 +267,8 @@ impl Amqp {
                     .map_err(|_| Error::Closed)?
             }
         };
+        // Shared with each attempt's send, which the confirm router may hold past this function's end.
+        let body = Arc::new(body);
         let mut attempt = 0u32;
         loop {
             let channel = match self.current_publisher(publish.confirm) {
@@ -267,10 +276,12 @@ impl Amqp {
                 None => Box::pin(self.publisher(publish.confirm, by)).await,
             };
             let error = match channel {
-                Ok(channel) => match publish_on(&channel, publish, body, properties, self.attempt_timeout(by)).await {
-                    Ok(()) => return Ok(()),
-                    Err(error) => error,
-                },
+                Ok(channel) => {
+                    match publish_through(&channel, publish, &body, properties, self.attempt_timeout(by)).await {
+                        Ok(()) => return Ok(()),
+                        Err(error) => error,
+                    }
+                }
                 Err(error) => error,
             };
             match classify(&error, publish.exchange) {
@@ -291,7 +302,7 @@ impl Amqp {
 
     /// The publishing channel of the current link (in confirm mode if `confirmed`), opened when missing or
     /// broken.
-    async fn publisher(&self, confirmed: bool, by: Instant) -> Result<Arc<Channel>> {
+    async fn publisher(&self, confirmed: bool, by: Instant) -> Result<Arc<PublishChannel>> {
         if let Some(channel) = self.current_publisher(confirmed) {
             return Ok(channel);
         }
@@ -309,17 +320,18 @@ impl Amqp {
         } else {
             open_channel(&link.publish, after).await?
         };
-        let channel = Arc::new(channel);
+        let confirms = confirmed.then(|| Confirms::new(channel.clone()));
+        let channel = Arc::new(PublishChannel { channel, confirms });
         *self.publishers[usize::from(confirmed)].write().expect("publisher") = Some((link.generation, channel.clone()));
         Ok(channel)
     }
 
     /// The publishing channel (in confirm mode if `confirmed`), if it belongs to the current link and is open.
-    fn current_publisher(&self, confirmed: bool) -> Option<Arc<Channel>> {
+    fn current_publisher(&self, confirmed: bool) -> Option<Arc<PublishChannel>> {
         let generation = self.link.borrow().as_ref().map(|link| link.generation)?;
         let publisher = self.publishers[usize::from(confirmed)].read().expect("publisher");
         let (of, channel) = publisher.as_ref()?;
-        (*of == generation && channel.status().connected()).then(|| channel.clone())
+        (*of == generation && channel.channel.status().connected()).then(|| channel.clone())
     }
 
     pub(crate) async fn consume(&self, queue: &str, prefetch: u16, tag: String) -> Result<Consumer> {
@@ -632,8 +644,7 @@ fn from_lapin(d: lapin::message::Delivery, names: &mut Names, acker: impl FnOnce
     }
 }
 
-/// Publishes on `channel` and, when asked, waits for the broker's confirm; one deadline covers both (one
-/// timer per publish: with a thousand publishes in flight, timers are a measurable cost).
+/// Publishes on `channel`, which is not in confirm mode, within `timeout`: done once lapin has written it.
 pub(crate) async fn publish_on(
     channel: &Channel,
     publish: Publish<'_>,
@@ -641,27 +652,53 @@ pub(crate) async fn publish_on(
     properties: &Properties,
     timeout: Duration,
 ) -> Result<()> {
-    let send_and_confirm = async {
-        let confirm = channel
-            .basic_publish(
-                ShortString::from(publish.exchange),
-                ShortString::from(publish.routing_key),
-                BasicPublishOptions { mandatory: publish.mandatory, ..BasicPublishOptions::default() },
-                body,
-                properties.to_amqp(),
-            )
-            .await?;
-        if publish.confirm { confirm.await } else { Ok(Confirmation::NotRequested) }
+    let sending = channel.basic_publish(
+        ShortString::from(publish.exchange),
+        ShortString::from(publish.routing_key),
+        BasicPublishOptions { mandatory: publish.mandatory, ..BasicPublishOptions::default() },
+        body,
+        properties.to_amqp(),
+    );
+    deadline("publish", timeout, sending).await.map(drop)
+}
+
+/// Publishes on `channel` and, when it is in confirm mode, waits for the broker's confirm; one deadline covers
+/// both (one timer per publish: with a thousand publishes in flight, timers are a measurable cost).
+async fn publish_through(
+    channel: &Arc<PublishChannel>,
+    publish: Publish<'_>,
+    body: &Arc<Vec<u8>>,
+    properties: &Properties,
+    timeout: Duration,
+) -> Result<()> {
+    let Some(confirms) = &channel.confirms else {
+        return publish_on(&channel.channel, publish, body, properties, timeout).await;
     };
-    match deadline("publish and confirm", timeout, send_and_confirm).await? {
-        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(_returned)) => Err(Error::Unroutable {
-            exchange: publish.exchange.to_owned(),
-            routing_key: publish.routing_key.to_owned(),
-        }),
-        Confirmation::Nack(_) => {
-            Err(Error::Nacked { exchange: publish.exchange.to_owned(), routing_key: publish.routing_key.to_owned() })
+    let sending = {
+        let (channel, body) = (Arc::clone(channel), Arc::clone(body));
+        let (exchange, routing_key) = (ShortString::from(publish.exchange), ShortString::from(publish.routing_key));
+        let options = BasicPublishOptions { mandatory: publish.mandatory, ..BasicPublishOptions::default() };
+        let properties = properties.to_amqp();
+        Box::pin(async move {
+            let confirm = channel.channel.basic_publish(exchange, routing_key, options, &body, properties).await?;
+            confirm.await
+        })
+    };
+    let outcome = tokio::time::timeout(timeout, confirms.publish(properties.id(), sending))
+        .await
+        .map_err(|_| Error::Timeout { operation: "publish and confirm", after: timeout })?;
+    let refused = |exchange: &str, routing_key: &str| (exchange.to_owned(), routing_key.to_owned());
+    match outcome {
+        Outcome::Delivered => Ok(()),
+        Outcome::Returned => {
+            let (exchange, routing_key) = refused(publish.exchange, publish.routing_key);
+            Err(Error::Unroutable { exchange, routing_key })
         }
+        Outcome::Refused => {
+            let (exchange, routing_key) = refused(publish.exchange, publish.routing_key);
+            Err(Error::Nacked { exchange, routing_key })
+        }
+        Outcome::Failed(source) => Err(Error::broker("publish and confirm", source)),
     }
 }
 
@@ -797,7 +834,7 @@ mod tests {
             never::<&Channel>().basic_publish(never(), never(), never(), &[], lapin::BasicProperties::default())
         });
         let publish = Publish { exchange: "", routing_key: "", mandatory: false, confirm: true };
-        let warren = future_size(|| never::<&Amqp>().publish(publish, &[], never(), never()));
+        let warren = future_size(|| never::<&Amqp>().publish(publish, Vec::new(), never(), never()));
         assert!(warren <= lapin + 1024, "a publish future takes {warren} bytes, lapin's basic_publish {lapin}");
     }
 }

@@ -6,6 +6,7 @@
 //! and behaves the same on both.
 
 pub(crate) mod amqp;
+mod confirms;
 pub(crate) mod memory;
 
 use std::pin::Pin;
@@ -323,7 +324,7 @@ impl Transport {
         match self {
             Transport::Amqp(amqp) => {
                 let by = until.unwrap_or_else(|| amqp.publish_deadline());
-                amqp.publish(publish, &body, &properties, by).await
+                amqp.publish(publish, body, &properties, by).await
             }
             Transport::Memory(broker) => {
                 // The in-memory broker never makes a publish wait, so a publishing loop would never give its

@@ -193,6 +193,55 @@ async fn an_unroutable_publish_is_an_error_not_a_silent_drop(h: &Harness) {
     }
 }
 
+/// Many publishes in flight at once, routable and unroutable mixed: each gets its own outcome. (lapin hands a
+/// returned message to whichever confirm it completes next, and RabbitMQ acks many publishes at once: before
+/// Warren matched returns by message id, one publish in twelve to twenty here got another's outcome.)
+async fn concurrent_publishes_each_get_their_own_outcome(h: &Harness) {
+    let bus = h.bus("pairing-test").await;
+    let (subscription, mut rx) = collect(UserRegistered::subscribe(&bus, &unique("pairing"))).await;
+    // Large routable messages keep lapin busy between numbering a publish and queueing it.
+    let large = "x".repeat(64 * 1024);
+    let mut lanes = tokio::task::JoinSet::new();
+    for lane in 0..32_i64 {
+        let (bus, large) = (bus.clone(), large.clone());
+        lanes.spawn(async move {
+            let mut wrong = Vec::new();
+            for i in 0..100_i64 {
+                let seq = lane * 100 + i;
+                if seq % 2 == 0 {
+                    let event = UserRegistered { user_id: seq, username: large.clone(), email: String::new() };
+                    if let Err(error) = bus.publish(&event).await {
+                        wrong.push(format!("routable {seq}: {error}"));
+                    }
+                } else {
+                    match bus.publish(&OrderCompleted { order_id: seq, ..Default::default() }).await {
+                        Err(Error::Unroutable { .. }) => {}
+                        other => wrong.push(format!("unroutable {seq}: {other:?}")),
+                    }
+                }
+            }
+            wrong
+        });
+    }
+    let mut wrong = Vec::new();
+    while let Some(lane) = within(120, "the publishers", lanes.join_next()).await {
+        wrong.extend(lane.unwrap());
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} publishes got another's outcome, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    let mut received = std::collections::BTreeSet::new();
+    while received.len() < 1_600 {
+        let (event, _) = within(30, "the routable events", rx.recv()).await.unwrap();
+        received.insert(event.user_id);
+    }
+    assert!(received.iter().all(|seq| seq % 2 == 0), "exactly the routable events arrive");
+    subscription.stop().await;
+}
+
 warren_tests::on_both_transports!(
     a_published_event_reaches_its_typed_subscriber_equal,
     a_correlation_id_travels_only_when_it_differs_from_the_message_id,
@@ -203,4 +252,5 @@ warren_tests::on_both_transports!(
     shared_subscribers_read_one_value_and_owned_ones_keep_their_own,
     a_pattern_that_matches_no_event_is_refused_at_subscribe_time,
     an_unroutable_publish_is_an_error_not_a_silent_drop,
+    concurrent_publishes_each_get_their_own_outcome,
 );
