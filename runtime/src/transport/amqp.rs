@@ -57,7 +57,7 @@ type Publisher = (u64, Arc<PublishChannel>);
 
 /// A channel that publishes; in confirm mode, with what matches its confirms to its publishes.
 pub(crate) struct PublishChannel {
-    channel: Channel,
+    channel: Arc<Channel>,
     confirms: Option<Confirms>,
 }
 
@@ -267,7 +267,7 @@ impl Amqp {
                     .map_err(|_| Error::Closed)?
             }
         };
-        // Shared with each attempt's send, which the confirm router may hold past this function's end.
+        // Shared with each attempt's send, which may outlive this function (see `confirms`).
         let body = Arc::new(body);
         let mut attempt = 0u32;
         loop {
@@ -320,7 +320,8 @@ impl Amqp {
         } else {
             open_channel(&link.publish, after).await?
         };
-        let confirms = confirmed.then(|| Confirms::new(channel.clone()));
+        let channel = Arc::new(channel);
+        let confirms = confirmed.then(|| Confirms::new(Arc::clone(&channel)));
         let channel = Arc::new(PublishChannel { channel, confirms });
         *self.publishers[usize::from(confirmed)].write().expect("publisher") = Some((link.generation, channel.clone()));
         Ok(channel)
@@ -675,12 +676,12 @@ async fn publish_through(
         return publish_on(&channel.channel, publish, body, properties, timeout).await;
     };
     let sending = {
-        let (channel, body) = (Arc::clone(channel), Arc::clone(body));
+        let (channel, body) = (Arc::clone(&channel.channel), Arc::clone(body));
         let (exchange, routing_key) = (ShortString::from(publish.exchange), ShortString::from(publish.routing_key));
         let options = BasicPublishOptions { mandatory: publish.mandatory, ..BasicPublishOptions::default() };
         let properties = properties.to_amqp();
         Box::pin(async move {
-            let confirm = channel.channel.basic_publish(exchange, routing_key, options, &body, properties).await?;
+            let confirm = channel.basic_publish(exchange, routing_key, options, &body, properties).await?;
             confirm.await
         })
     };
