@@ -688,15 +688,15 @@ async fn publish_through(
     let outcome = tokio::time::timeout(timeout, confirms.publish(properties.id(), sending))
         .await
         .map_err(|_| Error::Timeout { operation: "publish and confirm", after: timeout })?;
-    let refused = |exchange: &str, routing_key: &str| (exchange.to_owned(), routing_key.to_owned());
+    let named = || (publish.exchange.to_owned(), publish.routing_key.to_owned());
     match outcome {
         Outcome::Delivered => Ok(()),
         Outcome::Returned => {
-            let (exchange, routing_key) = refused(publish.exchange, publish.routing_key);
+            let (exchange, routing_key) = named();
             Err(Error::Unroutable { exchange, routing_key })
         }
         Outcome::Refused => {
-            let (exchange, routing_key) = refused(publish.exchange, publish.routing_key);
+            let (exchange, routing_key) = named();
             Err(Error::Nacked { exchange, routing_key })
         }
         Outcome::Failed(source) => Err(Error::broker("publish and confirm", source)),

@@ -14,11 +14,16 @@
 //!
 //! So a publish is numbered, queued and registered here in one step (under `in_order`), and its outcome is
 //! decided here, not by the confirm lapin hands it. RabbitMQ sends a message's `basic.return` before the ack
-//! that covers it, and lapin reads frames in order, so once lapin has finished the ack frame that completed a
-//! confirm, that message's return, if there is one, sits in a confirm completed by that frame or an earlier
-//! one. When confirms complete, whoever drives (below) waits for lapin to finish the frame (lapin holds its
-//! confirm lock across it), takes every confirm completed by then, and only then decides each outcome: returned
-//! when a return carrying its message id came back, whichever confirm carried it.
+//! that covers it, sends returns in publish order, and sends the acks of one flush in ascending order (one
+//! `multiple` ack, then single ones); lapin reads frames in order. So once lapin has finished the ack frame that
+//! completed a confirm, that message's return, if there is one, sits in a confirm completed by that frame or an
+//! earlier one. Whoever drives (below) therefore decides a confirm only after a sync with lapin begun after the
+//! confirm was collected: lapin holds its confirm lock across each ack frame, and the sync takes it. By then
+//! every confirm of those frames is collected and its return counted, and the confirm is decided: returned when
+//! a return carrying its message id came back, whichever confirm carried it.
+//!
+//! Message ids must be distinct among the publishes in flight on a channel; Warren's are. A message whose id is
+//! not of Warren's form (36 characters) is judged by the return, if any, that lapin pairs with it.
 //!
 //! There is no task of its own: the publishes waiting take turns. The last one to poll the confirms in flight
 //! is woken when one completes, decides every outcome that is ready, wakes their publishes, and hands the turn
@@ -70,7 +75,9 @@ struct State {
     waiting: HashMap<u64, Slot, BuildHasherDefault<Numbers>>,
     next: u64,
     /// Completed confirms, not yet decided.
-    done: Vec<(u64, lapin::Result<Confirmation>)>,
+    done: Vec<Done>,
+    /// Counts calls of [`State::collect`]; a confirm collected by call `n` is decided after a sync begun later.
+    collections: u64,
     /// Message ids returned whose own confirm has not completed yet.
     returned: HashMap<MessageId, u32>,
     /// The publish whose task polled `in_flight` last: the one woken when a confirm completes.
@@ -86,6 +93,16 @@ struct Slot {
     waker: Option<Waker>,
     /// Its publish stopped waiting (its deadline passed): decided all the same, to account for its return.
     abandoned: bool,
+}
+
+/// A completed confirm, its return (if any) already counted.
+struct Done {
+    number: u64,
+    /// The [`State::collect`] call that collected it.
+    collection: u64,
+    confirmed: lapin::Result<Confirmation>,
+    /// It carried a return without a message id of Warren's form.
+    anonymous_return: bool,
 }
 
 /// A publish in flight: resolves with its number and its confirm.
@@ -147,19 +164,28 @@ impl Confirms {
             slot.waker = Some(cx.waker().clone());
         }
         state.driver = Some(number);
-        if !state.collect(cx) {
-            return Poll::Pending;
-        }
-        drop(state);
-        // lapin completes an ack frame's confirms under its confirm lock, which `wait_for_confirms` takes first
-        // thing: once it has it, the frame is finished. Once `in_order` is free, every publish numbered so far
-        // is in `in_flight`.
-        let _ = self.channel.wait_for_confirms().now_or_never();
-        drop(self.in_order.lock().unwrap_or_else(PoisonError::into_inner));
-        let mut state = self.state();
-        state.driver = Some(number);
         state.collect(cx);
-        state.decide(number);
+        // A confirm is decided only after lapin has finished the ack frame that completed it; collecting after
+        // a sync may take confirms of a frame lapin is still completing, which wait for the next sync.
+        for _ in 0..SYNCS_PER_POLL {
+            if state.done.is_empty() {
+                break;
+            }
+            let collected = state.collections;
+            drop(state);
+            // lapin completes an ack frame's confirms under its confirm lock, which `wait_for_confirms` takes
+            // first thing: once it has it, the frames begun so far are finished. Once `in_order` is free, every
+            // publish numbered so far is in `in_flight`.
+            let _ = self.channel.wait_for_confirms().now_or_never();
+            drop(self.in_order.lock().unwrap_or_else(PoisonError::into_inner));
+            state = self.state();
+            state.driver = Some(number);
+            state.collect(cx);
+            state.decide(collected, number);
+        }
+        if !state.done.is_empty() {
+            cx.waker().wake_by_ref(); // confirms keep completing: the rest on this task's next turn
+        }
         match state.take(number) {
             Some(outcome) => Poll::Ready(outcome),
             None => Poll::Pending,
@@ -182,41 +208,37 @@ impl Confirms {
 }
 
 impl State {
-    /// Moves the confirms completed so far to `done`; `true` if there were any. Registers `cx` to be woken
-    /// when the next one completes.
-    fn collect(&mut self, cx: &mut Context<'_>) -> bool {
-        let before = self.done.len();
-        while let Poll::Ready(Some(completed)) = self.in_flight.poll_next_unpin(cx) {
-            self.done.push(completed);
-        }
-        self.done.len() > before
-    }
-
-    /// Decides the outcome of every completed confirm, matching returns by message id, and wakes each
-    /// publish decided (but `me`, which is running).
-    fn decide(&mut self, me: u64) {
-        // First every return, whichever confirm carries it; one without a message id stays with its carrier.
-        let mut anonymous = Vec::with_capacity(self.done.len());
-        for (_, confirmed) in &mut self.done {
-            let message = match confirmed {
+    /// Moves the confirms completed so far to `done`, counting the returns they carry, and registers `cx` to
+    /// be woken when the next one completes.
+    fn collect(&mut self, cx: &mut Context<'_>) {
+        self.collections += 1;
+        while let Poll::Ready(Some((number, mut confirmed))) = self.in_flight.poll_next_unpin(cx) {
+            let message = match &mut confirmed {
                 Ok(Confirmation::Ack(message) | Confirmation::Nack(message)) => message.take(),
                 _ => None,
             };
-            anonymous.push(match message.as_ref().and_then(returned_id) {
+            let anonymous_return = match message.as_ref().and_then(returned_id) {
                 Some(id) => {
                     *self.returned.entry(id).or_default() += 1;
                     false
                 }
                 None => message.is_some(),
-            });
-        }
-        for ((number, confirmed), anonymous) in std::mem::take(&mut self.done).into_iter().zip(anonymous) {
-            let id = self.waiting.get(&number).and_then(|slot| slot.id);
-            let returned = match id {
-                Some(id) => take_one(&mut self.returned, id),
-                None => anonymous,
             };
+            self.done.push(Done { number, collection: self.collections, confirmed, anonymous_return });
+        }
+    }
+
+    /// Decides the outcome of the confirms collected by call `collected` of [`State::collect`] or earlier,
+    /// matching returns by message id, and wakes each publish decided (but `me`, which is running).
+    fn decide(&mut self, collected: u64, me: u64) {
+        let (now, later) = std::mem::take(&mut self.done).into_iter().partition(|done| done.collection <= collected);
+        self.done = later;
+        for Done { number, confirmed, anonymous_return, .. } in now {
             let Some(slot) = self.waiting.get_mut(&number) else { continue };
+            let returned = match slot.id {
+                Some(id) => take_one(&mut self.returned, id),
+                None => anonymous_return,
+            };
             if slot.abandoned {
                 self.waiting.remove(&number);
                 continue;
@@ -233,7 +255,7 @@ impl State {
                 waker.wake();
             }
         }
-        if self.in_flight.is_empty() {
+        if self.in_flight.is_empty() && self.done.is_empty() {
             // Every confirm is in: a return still unmatched has no publish left to match (RabbitMQ returns a
             // message before acknowledging it, so this holds nothing; it only bounds what a broker that did
             // not could leave).
@@ -300,6 +322,9 @@ fn take_one(returned: &mut HashMap<MessageId, u32>, id: MessageId) -> bool {
     }
 }
 
+/// How many times one poll syncs with lapin while confirms keep completing, before it yields its thread.
+const SYNCS_PER_POLL: usize = 4;
+
 /// Hashes publish numbers, which are distinct counters: one multiplication spreads them.
 #[derive(Default)]
 struct Numbers(u64);
@@ -317,5 +342,146 @@ impl Hasher for Numbers {
 
     fn write_u64(&mut self, n: u64) {
         self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::BasicProperties;
+    use lapin::types::ShortString;
+
+    use super::*;
+
+    fn id(n: u8) -> MessageId {
+        MessageId::parse(&format!("0190a5c8-0000-7000-8000-0000000000{n:02}")).expect("36 characters")
+    }
+
+    fn returned(id: Option<MessageId>) -> BasicReturnMessage {
+        let mut delivery = lapin::message::Delivery::mock(0, "orders".into(), "completed".into(), false, Vec::new());
+        delivery.properties = BasicProperties::default();
+        if let Some(id) = id {
+            delivery.properties = delivery.properties.with_message_id(ShortString::from(id.as_str()));
+        }
+        BasicReturnMessage { delivery, reply_code: 312, reply_text: "NO_ROUTE".into() }
+    }
+
+    /// Registers a publish (id `id`) whose confirm has completed with `confirmed`.
+    fn publish(state: &mut State, id: Option<MessageId>, confirmed: Confirmation) -> u64 {
+        let number = state.next;
+        state.next += 1;
+        state.waiting.insert(number, Slot { id, outcome: None, waker: None, abandoned: false });
+        state.in_flight.push(Waiting { number, sending: Box::pin(std::future::ready(Ok(confirmed))) });
+        number
+    }
+
+    /// Registers a publish (id `id`) whose confirm completes when the returned sender sends it.
+    fn pending(state: &mut State, id: Option<MessageId>) -> (u64, tokio::sync::oneshot::Sender<Confirmation>) {
+        let (complete, completed) = tokio::sync::oneshot::channel();
+        let number = state.next;
+        state.next += 1;
+        state.waiting.insert(number, Slot { id, outcome: None, waker: None, abandoned: false });
+        let sending = Box::pin(async move { Ok(completed.await.expect("completed")) });
+        state.in_flight.push(Waiting { number, sending });
+        (number, complete)
+    }
+
+    fn collect(state: &mut State) {
+        state.collect(&mut Context::from_waker(Waker::noop()));
+    }
+
+    fn outcome(state: &mut State, number: u64) -> String {
+        state.take(number).map_or_else(|| "undecided".to_owned(), |outcome| format!("{outcome:?}"))
+    }
+
+    #[test]
+    fn a_return_is_matched_to_its_message_whichever_confirm_carries_it() {
+        let mut state = State::default();
+        // One `multiple` ack: lapin handed the first message's return to the third confirm.
+        let a = publish(&mut state, Some(id(1)), Confirmation::Ack(None));
+        let b = publish(&mut state, Some(id(2)), Confirmation::Ack(None));
+        let c = publish(&mut state, Some(id(3)), Confirmation::Ack(Some(returned(Some(id(1))))));
+        collect(&mut state);
+        state.decide(state.collections, u64::MAX);
+        assert_eq!(outcome(&mut state, a), "Returned");
+        assert_eq!(outcome(&mut state, b), "Delivered");
+        assert_eq!(outcome(&mut state, c), "Delivered");
+        assert!(state.returned.is_empty() && state.waiting.is_empty());
+    }
+
+    #[test]
+    fn a_return_carried_by_an_earlier_frame_waits_for_its_own_confirm() {
+        let mut state = State::default();
+        let (owner, complete) = pending(&mut state, Some(id(2)));
+        let holder = publish(&mut state, Some(id(1)), Confirmation::Ack(Some(returned(Some(id(2))))));
+        collect(&mut state);
+        state.decide(state.collections, u64::MAX);
+        assert_eq!(outcome(&mut state, holder), "Delivered");
+        assert_eq!(outcome(&mut state, owner), "undecided");
+        complete.send(Confirmation::Ack(None)).unwrap();
+        collect(&mut state);
+        state.decide(state.collections, u64::MAX);
+        assert_eq!(outcome(&mut state, owner), "Returned");
+    }
+
+    #[test]
+    fn a_confirm_collected_after_the_sync_began_waits_for_the_next_one() {
+        let mut state = State::default();
+        let first = publish(&mut state, Some(id(1)), Confirmation::Ack(None));
+        collect(&mut state);
+        let synced = state.collections;
+        // Collected after the sync: lapin may still be completing its frame, whose other confirms could carry
+        // its return.
+        let second = publish(&mut state, Some(id(2)), Confirmation::Ack(None));
+        collect(&mut state);
+        state.decide(synced, u64::MAX);
+        assert_eq!(outcome(&mut state, first), "Delivered");
+        assert_eq!(outcome(&mut state, second), "undecided");
+        let carrier = publish(&mut state, Some(id(3)), Confirmation::Ack(Some(returned(Some(id(2))))));
+        collect(&mut state);
+        state.decide(state.collections, u64::MAX);
+        assert_eq!(outcome(&mut state, second), "Returned");
+        assert_eq!(outcome(&mut state, carrier), "Delivered");
+    }
+
+    #[test]
+    fn an_abandoned_publish_still_takes_its_return_and_nacks_and_failures_are_told() {
+        let mut state = State::default();
+        let gone = publish(&mut state, Some(id(1)), Confirmation::Ack(None));
+        state.waiting.get_mut(&gone).unwrap().abandoned = true;
+        let nacked = publish(&mut state, Some(id(2)), Confirmation::Nack(Some(returned(Some(id(1))))));
+        let anonymous = publish(&mut state, None, Confirmation::Ack(Some(returned(None))));
+        collect(&mut state);
+        state.decide(state.collections, u64::MAX);
+        assert_eq!(outcome(&mut state, nacked), "Refused");
+        assert_eq!(outcome(&mut state, anonymous), "Returned", "an id-less return stays with its carrier");
+        assert!(state.returned.is_empty(), "the abandoned publish took its return");
+        assert!(state.waiting.is_empty(), "and left");
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn the_driver_leaving_wakes_another_waiting_publish_to_take_the_turn() {
+        let mut state = State::default();
+        let (driver, complete) = pending(&mut state, Some(id(1)));
+        let (other, _keep) = pending(&mut state, Some(id(2)));
+        let woken = Arc::new(Count::default());
+        state.waiting.get_mut(&other).unwrap().waker = Some(Waker::from(Arc::clone(&woken)));
+        state.driver = Some(driver);
+        complete.send(Confirmation::Ack(None)).unwrap();
+        collect(&mut state);
+        state.decide(state.collections, driver);
+        assert_eq!(woken.0.load(std::sync::atomic::Ordering::Relaxed), 0, "nothing decided for the other yet");
+        assert_eq!(outcome(&mut state, driver), "Delivered");
+        assert_eq!(woken.0.load(std::sync::atomic::Ordering::Relaxed), 1, "the other takes the turn");
+        assert_eq!(state.driver, None);
     }
 }
