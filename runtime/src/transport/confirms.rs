@@ -28,7 +28,8 @@
 //! There is no task of its own: the publishes waiting take turns. The last one to poll the confirms in flight
 //! is woken when one completes, decides every outcome that is ready, wakes their publishes, and hands the turn
 //! on when it leaves. A publish alone in flight (a caller awaiting each one) is woken as often as it was by
-//! lapin directly.
+//! lapin directly. The confirms in flight are polled only when lapin wakes them; the wakers put them on a list
+//! under a lock, so that after a sync, taking the list takes every confirm lapin completed before it.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -38,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use futures_util::FutureExt;
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::task::AtomicWaker;
 use lapin::message::BasicReturnMessage;
 use lapin::{Channel, Confirmation};
 
@@ -70,7 +71,7 @@ pub(crate) struct Confirms {
 
 #[derive(Default)]
 struct State {
-    in_flight: FuturesUnordered<Waiting>,
+    in_flight: InFlight,
     /// The publishes waiting for their outcome, by number.
     waiting: HashMap<u64, Slot, BuildHasherDefault<Numbers>>,
     next: u64,
@@ -120,6 +121,81 @@ impl Future for Waiting {
     }
 }
 
+/// The publishes in flight, each polled only when lapin wakes it. (Like `FuturesUnordered`, but its queue of
+/// woken publishes is a plain list under a lock, so taking it takes every publish woken so far, which the
+/// sync relies on; and each slot keeps its waker, so a publish allocates none.)
+#[derive(Default)]
+struct InFlight {
+    slots: Vec<Option<Waiting>>,
+    free: Vec<usize>,
+    /// The waker of each slot, made once: it puts the slot on `woken`'s list.
+    wakers: Vec<Waker>,
+    woken: Arc<Woken>,
+    /// The list being worked through, kept for its capacity.
+    taking: Vec<usize>,
+    len: usize,
+}
+
+/// The slots woken since the list was last taken, and who to tell.
+#[derive(Default)]
+struct Woken {
+    slots: Mutex<Vec<usize>>,
+    driver: AtomicWaker,
+}
+
+/// The waker of one slot.
+struct SlotWaker {
+    slot: usize,
+    woken: Arc<Woken>,
+}
+
+impl std::task::Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.slots.lock().unwrap_or_else(PoisonError::into_inner).push(self.slot);
+        self.woken.driver.wake();
+    }
+}
+
+impl InFlight {
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds a publish, to be polled by the next [`InFlight::completed`].
+    fn insert(&mut self, waiting: Waiting) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            let slot = self.slots.len() - 1;
+            self.wakers.push(Waker::from(Arc::new(SlotWaker { slot, woken: Arc::clone(&self.woken) })));
+            slot
+        });
+        self.slots[slot] = Some(waiting);
+        self.len += 1;
+        self.woken.slots.lock().unwrap_or_else(PoisonError::into_inner).push(slot);
+    }
+
+    /// Polls every publish woken so far and hands those completed to `completed`; `cx` is woken when another
+    /// publish is.
+    fn completed(&mut self, cx: &mut Context<'_>, mut completed: impl FnMut(u64, lapin::Result<Confirmation>)) {
+        self.woken.driver.register(cx.waker());
+        std::mem::swap(&mut *self.woken.slots.lock().unwrap_or_else(PoisonError::into_inner), &mut self.taking);
+        for slot in self.taking.drain(..) {
+            // A slot may be listed twice, or woken late for a publish it held before: polling it again is harmless.
+            let Some(waiting) = self.slots[slot].as_mut() else { continue };
+            if let Poll::Ready(done) = Pin::new(waiting).poll(&mut Context::from_waker(&self.wakers[slot])) {
+                self.slots[slot] = None;
+                self.free.push(slot);
+                self.len -= 1;
+                completed(done.0, done.1);
+            }
+        }
+    }
+}
+
 impl Confirms {
     /// The confirm side of `channel`, which must be in confirm mode.
     pub(crate) fn new(channel: Arc<Channel>) -> Confirms {
@@ -144,7 +220,7 @@ impl Confirms {
             let number = state.next;
             state.next += 1;
             state.waiting.insert(number, Slot { id, outcome: None, waker: None, abandoned: false });
-            state.in_flight.push(Waiting { number, sending });
+            state.in_flight.insert(Waiting { number, sending });
             Poll::Ready(number)
         })
         .await;
@@ -212,28 +288,29 @@ impl State {
     /// be woken when the next one completes.
     fn collect(&mut self, cx: &mut Context<'_>) {
         self.collections += 1;
-        while let Poll::Ready(Some((number, mut confirmed))) = self.in_flight.poll_next_unpin(cx) {
+        let (returned, done, collection) = (&mut self.returned, &mut self.done, self.collections);
+        self.in_flight.completed(cx, |number, mut confirmed| {
             let message = match &mut confirmed {
                 Ok(Confirmation::Ack(message) | Confirmation::Nack(message)) => message.take(),
                 _ => None,
             };
             let anonymous_return = match message.as_ref().and_then(returned_id) {
                 Some(id) => {
-                    *self.returned.entry(id).or_default() += 1;
+                    *returned.entry(id).or_default() += 1;
                     false
                 }
                 None => message.is_some(),
             };
-            self.done.push(Done { number, collection: self.collections, confirmed, anonymous_return });
-        }
+            done.push(Done { number, collection, confirmed, anonymous_return });
+        });
     }
 
     /// Decides the outcome of the confirms collected by call `collected` of [`State::collect`] or earlier,
     /// matching returns by message id, and wakes each publish decided (but `me`, which is running).
     fn decide(&mut self, collected: u64, me: u64) {
-        let (now, later) = std::mem::take(&mut self.done).into_iter().partition(|done| done.collection <= collected);
-        self.done = later;
-        for Done { number, confirmed, anonymous_return, .. } in now {
+        // Collected in order: those to decide come first.
+        let decided = self.done.partition_point(|done| done.collection <= collected);
+        for Done { number, confirmed, anonymous_return, .. } in self.done.drain(..decided) {
             let Some(slot) = self.waiting.get_mut(&number) else { continue };
             let returned = match slot.id {
                 Some(id) => take_one(&mut self.returned, id),
@@ -272,10 +349,13 @@ impl State {
     }
 
     /// When publish `number` leaves and was the driver, wakes another waiting publish to take the turn.
+    /// The one woken becomes the driver until it polls: should it leave first, it hands the turn on in turn.
     fn hand_on(&mut self, number: u64) {
         if self.driver == Some(number) {
             self.driver = None;
-            if let Some(waker) = self.waiting.values_mut().find_map(|slot| slot.waker.take()) {
+            let next = self.waiting.iter_mut().find_map(|(number, slot)| Some((*number, slot.waker.take()?)));
+            if let Some((next, waker)) = next {
+                self.driver = Some(next);
                 waker.wake();
             }
         }
@@ -370,7 +450,7 @@ mod tests {
         let number = state.next;
         state.next += 1;
         state.waiting.insert(number, Slot { id, outcome: None, waker: None, abandoned: false });
-        state.in_flight.push(Waiting { number, sending: Box::pin(std::future::ready(Ok(confirmed))) });
+        state.in_flight.insert(Waiting { number, sending: Box::pin(std::future::ready(Ok(confirmed))) });
         number
     }
 
@@ -381,7 +461,7 @@ mod tests {
         state.next += 1;
         state.waiting.insert(number, Slot { id, outcome: None, waker: None, abandoned: false });
         let sending = Box::pin(async move { Ok(completed.await.expect("completed")) });
-        state.in_flight.push(Waiting { number, sending });
+        state.in_flight.insert(Waiting { number, sending });
         (number, complete)
     }
 
@@ -482,6 +562,26 @@ mod tests {
         assert_eq!(woken.0.load(std::sync::atomic::Ordering::Relaxed), 0, "nothing decided for the other yet");
         assert_eq!(outcome(&mut state, driver), "Delivered");
         assert_eq!(woken.0.load(std::sync::atomic::Ordering::Relaxed), 1, "the other takes the turn");
-        assert_eq!(state.driver, None);
+        assert_eq!(state.driver, Some(other), "and hands it on in turn should it leave before its next poll");
+    }
+
+    #[test]
+    fn a_publish_handed_the_turn_that_stops_waiting_before_its_turn_hands_it_on() {
+        let mut state = State::default();
+        let (driver, _a) = pending(&mut state, Some(id(1)));
+        let (next, _b) = pending(&mut state, Some(id(2)));
+        let (last, _c) = pending(&mut state, Some(id(3)));
+        let woken = Arc::new(Count::default());
+        for number in [next, last] {
+            state.waiting.get_mut(&number).unwrap().waker = Some(Waker::from(Arc::clone(&woken)));
+        }
+        state.driver = Some(driver);
+        state.hand_on(driver);
+        let first = state.driver.expect("a publish took the turn");
+        state.waiting.get_mut(&first).unwrap().abandoned = true;
+        state.hand_on(first); // as `Confirms::abandon` does
+        assert_eq!(woken.0.load(std::sync::atomic::Ordering::Relaxed), 2);
+        let second = state.driver.expect("the turn went on");
+        assert!(second != first && [next, last].contains(&second));
     }
 }
