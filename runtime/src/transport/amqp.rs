@@ -440,8 +440,15 @@ fn classify(error: &Error, exchange: &str) -> Failure {
             Failure::Final(clone_final(error))
         }
         Error::Broker { source, .. } => match source.kind() {
+            // RabbitMQ closes the channel for a publish to a missing exchange, and lapin fails every confirm
+            // waiting on it with that error: only the publish to the exchange it names failed; the others are
+            // sent again on a new channel.
             ErrorKind::ProtocolError(amqp) if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => {
-                Failure::Final(Error::ExchangeNotFound { exchange: exchange.to_owned() })
+                if names_exchange(amqp.get_message().as_str(), exchange) {
+                    Failure::Final(Error::ExchangeNotFound { exchange: exchange.to_owned() })
+                } else {
+                    Failure::Transient
+                }
             }
             ErrorKind::ProtocolError(amqp)
                 if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) =>
@@ -452,6 +459,12 @@ fn classify(error: &Error, exchange: &str) -> Failure {
         },
         _ => Failure::Transient,
     }
+}
+
+/// Whether RabbitMQ's reply text (`NOT_FOUND - no exchange 'orders' in vhost '/'`) names `exchange`. A reply
+/// that names no exchange at all is taken to mean this one.
+fn names_exchange(reply: &str, exchange: &str) -> bool {
+    !reply.contains("no exchange '") || reply.contains(&format!("no exchange '{exchange}'"))
 }
 
 fn clone_final(error: &Error) -> Error {
@@ -804,6 +817,15 @@ async fn connect(config: &BusConfig, role: &str, within: Duration, started: Inst
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_exchange_is_blamed_only_on_the_publish_to_it() {
+        let reply = "NOT_FOUND - no exchange 'no-such-exchange' in vhost 'test'";
+        assert!(names_exchange(reply, "no-such-exchange"));
+        assert!(!names_exchange(reply, "gametrade.events"));
+        assert!(!names_exchange(reply, "no-such"), "a prefix of the name is another exchange");
+        assert!(names_exchange("NOT_FOUND - something else", "orders"));
+    }
 
     /// The size of the future `make` would return, without calling it.
     fn future_size<Fut>(_make: impl FnOnce() -> Fut) -> usize {

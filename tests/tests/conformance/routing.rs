@@ -242,6 +242,49 @@ async fn concurrent_publishes_each_get_their_own_outcome(h: &Harness) {
     subscription.stop().await;
 }
 
+/// A publish to a missing exchange fails alone: RabbitMQ closes the channel for it, and lapin fails every confirm
+/// waiting on that channel with the same error, but the publishes in flight beside it are sent again.
+async fn a_publish_to_a_missing_exchange_fails_alone(h: &Harness) {
+    let bus = h.bus("missing-exchange-test").await;
+    let (subscription, mut rx) = collect(UserRegistered::subscribe(&bus, &unique("beside"))).await;
+    let mut lanes = tokio::task::JoinSet::new();
+    for lane in 0..16_i64 {
+        let bus = bus.clone();
+        lanes.spawn(async move {
+            let mut wrong = Vec::new();
+            for i in 0..50_i64 {
+                let seq = lane * 50 + i;
+                if seq % 25 == 7 {
+                    match bus.publish_bytes("no-such-exchange", "key", b"payload", Default::default()).await {
+                        Err(Error::ExchangeNotFound { exchange }) if exchange == "no-such-exchange" => {}
+                        other => wrong.push(format!("to the missing exchange {seq}: {other:?}")),
+                    }
+                } else if let Err(error) = bus.publish(&UserRegistered { user_id: seq, ..Default::default() }).await {
+                    wrong.push(format!("beside it {seq}: {error:?}"));
+                }
+            }
+            wrong
+        });
+    }
+    let mut wrong = Vec::new();
+    while let Some(lane) = within(120, "the publishers", lanes.join_next()).await {
+        wrong.extend(lane.unwrap());
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} publishes got the wrong outcome, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    let mut received = std::collections::BTreeSet::new();
+    while received.len() < 800 - 32 {
+        let (event, _) = within(30, "the events beside", rx.recv()).await.unwrap();
+        received.insert(event.user_id);
+    }
+    assert!(received.iter().all(|seq| seq % 25 != 7), "exactly the events beside arrive");
+    subscription.stop().await;
+}
+
 warren_tests::on_both_transports!(
     a_published_event_reaches_its_typed_subscriber_equal,
     a_correlation_id_travels_only_when_it_differs_from_the_message_id,
@@ -253,4 +296,5 @@ warren_tests::on_both_transports!(
     a_pattern_that_matches_no_event_is_refused_at_subscribe_time,
     an_unroutable_publish_is_an_error_not_a_silent_drop,
     concurrent_publishes_each_get_their_own_outcome,
+    a_publish_to_a_missing_exchange_fails_alone,
 );
