@@ -28,7 +28,7 @@ use crate::envelope::{self, Envelope, Properties};
 use crate::error::{Error, Result};
 use crate::feed::{Feed, Setup, Stop};
 use crate::status::{Code, Status};
-use crate::transport::{Publish, ReplyPath, Settle};
+use crate::transport::{Delivery, Publish, ReplyPath, Settle};
 
 /// A boxed future, as returned by generated dispatch code.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -442,74 +442,14 @@ where
     let done = bus.inner.running.register(&stop);
     let transport = bus.inner.transport.clone();
     let limit = Arc::new(Semaphore::new(SERVER_CONCURRENCY));
-    let app_id = bus.config().service_name.clone();
+    let app_id: Arc<str> = bus.config().service_name.as_str().into();
     let task = tokio::spawn(async move {
         loop {
             let Some(delivery) = feed.next().await else { break }; // stopped
             let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
                 break;
             };
-            let handler = Arc::clone(&handler);
-            let transport = transport.clone();
-            let app_id = app_id.clone();
-            tokio::spawn(async move {
-                let p = &delivery.properties;
-                let method = p.kind().unwrap_or_default().to_owned();
-                let deadline = p.expiration_ms().map(|ms| Instant::now() + Duration::from_millis(ms));
-                let context = RpcContext {
-                    method: method.clone(),
-                    caller: p.app_id().map(str::to_owned),
-                    message_id: p.message_id().map(str::to_owned),
-                    deadline,
-                    format: p.format(),
-                };
-                let format = context.format;
-                let result = handler(method, delivery.body.clone(), context).await;
-                if let (Some(reply_to), Some(correlation_id)) = (p.reply_to(), p.correlation_id()) {
-                    let mut headers = FieldTable::default();
-                    let (payload, code, message) = match result {
-                        Ok(payload) => (payload, 0, String::new()),
-                        Err(Failure::Status(status)) => {
-                            (Vec::new(), status.code().as_i32(), status.message().to_owned())
-                        }
-                        Err(Failure::Service(error)) => {
-                            let (type_name, message) = (error.type_name(), error.describe());
-                            match error.encode(format) {
-                                Ok(payload) => {
-                                    headers.insert(
-                                        ShortString::from(envelope::ERROR_TYPE),
-                                        envelope::long_string(type_name),
-                                    );
-                                    (payload, Code::Unknown.as_i32(), message)
-                                }
-                                Err(e) => (Vec::new(), Code::Internal.as_i32(), format!("{message} ({e})")),
-                            }
-                        }
-                    };
-                    headers.insert(ShortString::from(envelope::STATUS_CODE), AMQPValue::LongInt(code));
-                    headers.insert(ShortString::from(envelope::STATUS_MESSAGE), envelope::long_string(&message));
-                    let properties = BasicProperties::default()
-                        .with_correlation_id(ShortString::from(correlation_id))
-                        .with_app_id(ShortString::from(app_id.as_str()))
-                        .with_content_type(ShortString::from(format.content_type()))
-                        .with_headers(headers);
-                    // Not mandatory (RabbitMQ ≤ 4.1 would return every direct reply), not confirmed: direct
-                    // reply-to is at-most-once anyway. On the publishing connection, although the consuming one
-                    // (where the request came in) would wake one I/O thread per call instead of two: under a
-                    // resource alarm RabbitMQ blocks every connection that publishes, and a blocked consuming
-                    // connection would stall the acks that drain the queues.
-                    let publish = Publish { exchange: "", routing_key: reply_to, mandatory: false, confirm: false };
-                    // Worth sending while the caller waits, and for no longer than the operation timeout.
-                    let until = std::time::Instant::now() + timeout;
-                    let until = deadline.map_or(until, |caller| until.min(caller.into_std()));
-                    let sent = transport.publish_until(publish, payload, properties.into(), Some(until)).await;
-                    if sent.is_err() {
-                        tracing::warn!(correlation_id, "reply could not be sent; the caller will time out");
-                    }
-                }
-                delivery.settle(Settle::Ack).await;
-                drop(permit);
-            });
+            tokio::spawn(answer(delivery, Arc::clone(&handler), transport.clone(), app_id.clone(), timeout, permit));
         }
         let until = signal.deadline().unwrap_or_else(|| std::time::Instant::now() + timeout);
         let _ = tokio::time::timeout_at(until.into(), limit.acquire_many(SERVER_CONCURRENCY as u32)).await;
@@ -517,6 +457,78 @@ where
         let _ = done.send(true);
     });
     Ok(Serving { stop, task, timeout })
+}
+
+/// Answers one request: runs the handler, replies to the caller (if it asked for a reply), acknowledges.
+async fn answer(
+    mut delivery: Delivery,
+    handler: Arc<Handler>,
+    transport: crate::transport::Transport,
+    app_id: Arc<str>,
+    timeout: Duration,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    // The handler takes the request's body: moved out, unless the message is shared (never over AMQP).
+    let body = match Arc::get_mut(&mut delivery.message) {
+        Some(message) => std::mem::take(&mut message.body),
+        None => delivery.body.clone(),
+    };
+    let p = &delivery.properties;
+    let method = p.kind().unwrap_or_default().to_owned();
+    let deadline = p.expiration_ms().map(|ms| Instant::now() + Duration::from_millis(ms));
+    let context = RpcContext {
+        method: method.clone(),
+        caller: p.app_id().map(str::to_owned),
+        message_id: p.message_id().map(str::to_owned),
+        deadline,
+        format: p.format(),
+    };
+    let format = context.format;
+    // A handler that panics is answered `INTERNAL` at once, rather than left to time out.
+    let handling = std::panic::AssertUnwindSafe(async { handler(method, body, context).await });
+    let result = futures_util::FutureExt::catch_unwind(handling).await.unwrap_or_else(|_| {
+        tracing::warn!("an RPC handler panicked; answering INTERNAL");
+        Err(Failure::Status(Status::internal("the handler panicked")))
+    });
+    if let (Some(reply_to), Some(correlation_id)) = (p.reply_to(), p.correlation_id()) {
+        let mut headers = FieldTable::default();
+        let (payload, code, message) = match result {
+            Ok(payload) => (payload, 0, String::new()),
+            Err(Failure::Status(status)) => (Vec::new(), status.code().as_i32(), status.message().to_owned()),
+            Err(Failure::Service(error)) => {
+                let (type_name, message) = (error.type_name(), error.describe());
+                match error.encode(format) {
+                    Ok(payload) => {
+                        headers.insert(ShortString::from(envelope::ERROR_TYPE), envelope::long_string(type_name));
+                        (payload, Code::Unknown.as_i32(), message)
+                    }
+                    Err(e) => (Vec::new(), Code::Internal.as_i32(), format!("{message} ({e})")),
+                }
+            }
+        };
+        headers.insert(ShortString::from(envelope::STATUS_CODE), AMQPValue::LongInt(code));
+        headers.insert(ShortString::from(envelope::STATUS_MESSAGE), envelope::long_string(&message));
+        let properties = BasicProperties::default()
+            .with_correlation_id(ShortString::from(correlation_id))
+            .with_app_id(ShortString::from(&*app_id))
+            .with_content_type(ShortString::from(format.content_type()))
+            .with_headers(headers);
+        // Not mandatory (RabbitMQ ≤ 4.1 would return every direct reply), not confirmed: direct
+        // reply-to is at-most-once anyway. On the publishing connection, although the consuming one
+        // (where the request came in) would wake one I/O thread per call instead of two: under a
+        // resource alarm RabbitMQ blocks every connection that publishes, and a blocked consuming
+        // connection would stall the acks that drain the queues.
+        let publish = Publish { exchange: "", routing_key: reply_to, mandatory: false, confirm: false };
+        // Worth sending while the caller waits, and for no longer than the operation timeout.
+        let until = std::time::Instant::now() + timeout;
+        let until = deadline.map_or(until, |caller| until.min(caller.into_std()));
+        let sent = transport.publish_until(publish, payload, properties.into(), Some(until)).await;
+        if sent.is_err() {
+            tracing::warn!(correlation_id, "reply could not be sent; the caller will time out");
+        }
+    }
+    delivery.settle(Settle::Ack).await;
+    drop(permit);
 }
 
 /// Decodes and validates a request, or answers `INVALID_ARGUMENT` naming the type, the field and the problem.

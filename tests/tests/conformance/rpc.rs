@@ -24,6 +24,7 @@ async fn int_summator_over_the_bus(h: &Harness) {
     a_call_across_two_connections_returns_the_sum(h).await;
     a_wrong_argument_type_is_answered_with_invalid_argument(h).await;
     a_call_nobody_serves_fails_with_a_deadline_error_on_time(h).await;
+    a_panicking_handler_is_answered_internal_and_the_server_goes_on(h).await;
 }
 
 async fn a_call_across_two_connections_returns_the_sum(h: &Harness) {
@@ -79,6 +80,30 @@ async fn a_call_nobody_serves_fails_with_a_deadline_error_on_time(h: &Harness) {
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status}");
     assert!(took >= deadline, "gave up early, after {took:?}");
     assert!(took <= deadline.mul_f64(1.2), "took {took:?}, more than the deadline + 20%");
+}
+
+/// Sums, but panics on `a == 13`.
+struct Unlucky;
+
+impl warren_contracts::at::v1::IntSummator for Unlucky {
+    async fn int_sum(&self, request: IntSumRequest, _: warren::RpcContext) -> Result<IntSumResponse, RpcError<Reason>> {
+        assert_ne!(request.a, 13, "unlucky");
+        Ok(IntSumResponse { sum: request.a + request.b })
+    }
+}
+
+async fn a_panicking_handler_is_answered_internal_and_the_server_goes_on(h: &Harness) {
+    let serving = IntSummatorServer::new(Unlucky).serve(&h.bus("int-summator").await).await.unwrap();
+    let client = IntSummatorClient::new(&h.bus("sum-requester").await);
+    let status = within(10, "a reply", client.int_sum(IntSumRequest { a: 13, b: 1 })).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status}");
+    assert!(status.to_string().contains("panicked"), "{status}");
+    // The server goes on.
+    for a in 0..3 {
+        let reply = within(10, "a reply", client.int_sum(IntSumRequest { a, b: 1 })).await.unwrap();
+        assert_eq!(reply.sum, a + 1);
+    }
+    serving.stop().await;
 }
 
 warren_tests::on_both_transports!(int_summator_over_the_bus);
