@@ -291,6 +291,10 @@ impl Bus {
     /// Publishes raw bytes with explicit properties to `exchange` with `routing_key`: no contract, no envelope
     /// added. Mandatory and confirmed like every publish. For interop (a message in another format) and tests;
     /// typed code uses [`Bus::publish`].
+    ///
+    /// A returned (unroutable) message is matched to its publish by its `message_id`: give each message one of
+    /// its own (as UUIDs in text form, 36 characters) and keep them distinct among the publishes in flight, or an
+    /// unroutable message can be reported as another's outcome.
     pub async fn publish_bytes(
         &self,
         exchange: &str,

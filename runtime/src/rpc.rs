@@ -484,10 +484,11 @@ async fn answer(
         format: p.format(),
     };
     let format = context.format;
+    let method_name = method.clone();
     // A handler that panics is answered `INTERNAL` at once, rather than left to time out.
     let handling = std::panic::AssertUnwindSafe(async { handler(method, body, context).await });
     let result = futures_util::FutureExt::catch_unwind(handling).await.unwrap_or_else(|_| {
-        tracing::warn!("an RPC handler panicked; answering INTERNAL");
+        tracing::warn!(method = %method_name, correlation_id = ?p.correlation_id(), "an RPC handler panicked; answering INTERNAL");
         Err(Failure::Status(Status::internal("the handler panicked")))
     });
     if let (Some(reply_to), Some(correlation_id)) = (p.reply_to(), p.correlation_id()) {

@@ -462,9 +462,14 @@ fn classify(error: &Error, exchange: &str) -> Failure {
 }
 
 /// Whether RabbitMQ's reply text (`NOT_FOUND - no exchange 'orders' in vhost '/'`) names `exchange`. A reply
-/// that names no exchange at all is taken to mean this one.
+/// that names no exchange at all is taken to mean this one. RabbitMQ cuts a reply to 255 bytes, ending it with
+/// `...`: a name cut short there matches the exchange it begins.
 fn names_exchange(reply: &str, exchange: &str) -> bool {
-    !reply.contains("no exchange '") || reply.contains(&format!("no exchange '{exchange}'"))
+    let Some((_, named)) = reply.split_once("no exchange '") else { return true };
+    match named.split_once('\'') {
+        Some((name, _)) => name == exchange,
+        None => named.strip_suffix("...").is_some_and(|cut| exchange.starts_with(cut)),
+    }
 }
 
 fn clone_final(error: &Error) -> Error {
@@ -825,6 +830,10 @@ mod tests {
         assert!(!names_exchange(reply, "gametrade.events"));
         assert!(!names_exchange(reply, "no-such"), "a prefix of the name is another exchange");
         assert!(names_exchange("NOT_FOUND - something else", "orders"));
+        let long = "x".repeat(250);
+        let cut = format!("NOT_FOUND - no exchange '{}...", &long[..227]);
+        assert!(names_exchange(&cut, &long), "a name RabbitMQ cut short still names its exchange");
+        assert!(!names_exchange(&cut, "orders"));
     }
 
     /// The size of the future `make` would return, without calling it.
