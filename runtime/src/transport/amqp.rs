@@ -292,10 +292,10 @@ impl Amqp {
                     let pause = jittered(Duration::from_millis(20) * attempt.min(25));
                     Box::pin(tokio::time::sleep(pause.min(by.saturating_duration_since(Instant::now())))).await;
                     if Instant::now() >= by {
-                        return Err(error); // no time left for another attempt
+                        return Err(gave_up(error, publish.exchange, self.config.publish_timeout)); // no time left for another attempt
                     }
                 }
-                Failure::Transient => return Err(error),
+                Failure::Transient => return Err(gave_up(error, publish.exchange, self.config.publish_timeout)),
             }
         }
     }
@@ -459,6 +459,23 @@ fn classify(error: &Error, exchange: &str) -> Failure {
         },
         _ => Failure::Transient,
     }
+}
+
+/// The error a publish to `exchange` ends with when it gives up after `error`, `after` its start. Another
+/// publish's missing exchange names that exchange, not this one: this publish ran out of time while its channel
+/// kept closing under it.
+fn gave_up(error: Error, exchange: &str, after: Duration) -> Error {
+    if let Error::Broker { source, .. } = &error
+        && let ErrorKind::ProtocolError(amqp) = source.kind()
+        && amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+        && !names_exchange(amqp.get_message().as_str(), exchange)
+    {
+        return Error::Timeout {
+            operation: "publish (its channel kept being closed by publishes to a missing exchange)",
+            after,
+        };
+    }
+    error
 }
 
 /// Whether RabbitMQ's reply text (`NOT_FOUND - no exchange 'orders' in vhost '/'`) names `exchange`. A reply
@@ -834,6 +851,24 @@ mod tests {
         let cut = format!("NOT_FOUND - no exchange '{}...", &long[..227]);
         assert!(names_exchange(&cut, &long), "a name RabbitMQ cut short still names its exchange");
         assert!(!names_exchange(&cut, "orders"));
+    }
+
+    #[test]
+    fn a_publish_that_runs_out_of_time_behind_another_exchanges_error_says_so() {
+        let not_found = |exchange: &str| Error::Broker {
+            operation: "publish and confirm",
+            source: ErrorKind::ProtocolError(lapin::protocol::AMQPError::new(
+                AMQPSoftError::NOTFOUND.into(),
+                format!("NOT_FOUND - no exchange '{exchange}' in vhost '/'").into(),
+            ))
+            .into(),
+        };
+        let after = Duration::from_secs(30);
+        let error = gave_up(not_found("missing"), "orders", after);
+        assert!(matches!(error, Error::Timeout { after: a, .. } if a == after), "{error:?}");
+        assert!(error.to_string().contains("missing exchange"), "{error}");
+        let own = gave_up(not_found("orders"), "orders", after);
+        assert!(matches!(own, Error::Broker { .. }), "its own exchange's error stays as it is: {own:?}");
     }
 
     /// The size of the future `make` would return, without calling it.
