@@ -439,17 +439,17 @@ fn classify(error: &Error, exchange: &str) -> Failure {
         Error::Unroutable { .. } | Error::Nacked { .. } | Error::TooLarge { .. } | Error::Closed => {
             Failure::Final(clone_final(error))
         }
-        Error::Broker { source, .. } => match source.kind() {
-            // RabbitMQ closes the channel for a publish to a missing exchange, and lapin fails every confirm
-            // waiting on it with that error: only the publish to the exchange it names failed; the others are
-            // sent again on a new channel.
-            ErrorKind::ProtocolError(amqp) if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => {
-                if names_exchange(amqp.get_message().as_str(), exchange) {
-                    Failure::Final(Error::ExchangeNotFound { exchange: exchange.to_owned() })
-                } else {
-                    Failure::Transient
-                }
+        // RabbitMQ closes the channel for a publish to a missing exchange, and lapin fails every confirm waiting
+        // on it with that error: only the publish to the exchange it names failed; the others are sent again on
+        // a new channel.
+        Error::Broker { .. } if let Some(reply) = not_found_reply(error) => {
+            if names_exchange(reply, exchange) {
+                Failure::Final(Error::ExchangeNotFound { exchange: exchange.to_owned() })
+            } else {
+                Failure::Transient
             }
+        }
+        Error::Broker { source, .. } => match source.kind() {
             ErrorKind::ProtocolError(amqp)
                 if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) =>
             {
@@ -465,17 +465,26 @@ fn classify(error: &Error, exchange: &str) -> Failure {
 /// publish's missing exchange names that exchange, not this one: this publish ran out of time while its channel
 /// kept closing under it.
 fn gave_up(error: Error, exchange: &str, after: Duration) -> Error {
-    if let Error::Broker { source, .. } = &error
-        && let ErrorKind::ProtocolError(amqp) = source.kind()
-        && amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
-        && !names_exchange(amqp.get_message().as_str(), exchange)
-    {
+    if not_found_reply(&error).is_some_and(|reply| !names_exchange(reply, exchange)) {
         return Error::Timeout {
             operation: "publish (its channel kept being closed by publishes to a missing exchange)",
             after,
         };
     }
     error
+}
+
+/// The broker's reply text, when `error` is a channel closed with `NOT_FOUND`.
+fn not_found_reply(error: &Error) -> Option<&str> {
+    match error {
+        Error::Broker { source, .. } => match source.kind() {
+            ErrorKind::ProtocolError(amqp) if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => {
+                Some(amqp.get_message().as_str())
+            }
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// Whether RabbitMQ's reply text (`NOT_FOUND - no exchange 'orders' in vhost '/'`) names `exchange`. A reply

@@ -193,6 +193,28 @@ async fn an_unroutable_publish_is_an_error_not_a_silent_drop(h: &Harness) {
     }
 }
 
+/// Waits for publishing lanes that each return what went wrong, and asserts nothing did.
+async fn none_wrong(mut lanes: tokio::task::JoinSet<Vec<String>>, how: &str) {
+    let mut wrong = Vec::new();
+    while let Some(lane) = within(120, "the publishers", lanes.join_next()).await {
+        wrong.extend(lane.unwrap());
+    }
+    assert!(wrong.is_empty(), "{} publishes {how}, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
+}
+
+/// Receives until `count` distinct `UserRegistered` events have arrived.
+async fn receive_distinct(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(UserRegistered, warren::Context)>,
+    count: usize,
+    what: &str,
+) {
+    let mut received = std::collections::BTreeSet::new();
+    while received.len() < count {
+        let (event, _) = within(30, what, rx.recv()).await.unwrap();
+        received.insert(event.user_id);
+    }
+}
+
 /// Many publishes in flight at once, routable and unroutable mixed: each gets its own outcome. (lapin hands a
 /// returned message to whichever confirm it completes next, and RabbitMQ acks many publishes at once: before
 /// Warren matched returns by message id, one publish in nine to twenty here got another's outcome.)
@@ -223,22 +245,9 @@ async fn concurrent_publishes_each_get_their_own_outcome(h: &Harness) {
             wrong
         });
     }
-    let mut wrong = Vec::new();
-    while let Some(lane) = within(120, "the publishers", lanes.join_next()).await {
-        wrong.extend(lane.unwrap());
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} publishes got another's outcome, e.g. {:?}",
-        wrong.len(),
-        &wrong[..wrong.len().min(5)]
-    );
+    none_wrong(lanes, "got another's outcome").await;
     // Every routable event arrives (unroutable ones are another type: they cannot).
-    let mut received = std::collections::BTreeSet::new();
-    while received.len() < 1_600 {
-        let (event, _) = within(30, "the routable events", rx.recv()).await.unwrap();
-        received.insert(event.user_id);
-    }
+    receive_distinct(&mut rx, 1_600, "the routable events").await;
     subscription.stop().await;
 }
 
@@ -266,22 +275,9 @@ async fn a_publish_to_a_missing_exchange_fails_alone(h: &Harness) {
             wrong
         });
     }
-    let mut wrong = Vec::new();
-    while let Some(lane) = within(120, "the publishers", lanes.join_next()).await {
-        wrong.extend(lane.unwrap());
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} publishes got the wrong outcome, e.g. {:?}",
-        wrong.len(),
-        &wrong[..wrong.len().min(5)]
-    );
+    none_wrong(lanes, "got the wrong outcome").await;
     // Every event beside the failing publishes arrives, at least once.
-    let mut received = std::collections::BTreeSet::new();
-    while received.len() < 800 - 32 {
-        let (event, _) = within(30, "the events beside", rx.recv()).await.unwrap();
-        received.insert(event.user_id);
-    }
+    receive_distinct(&mut rx, 800 - 32, "the events beside").await;
     subscription.stop().await;
 }
 
