@@ -25,7 +25,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use tokio::sync::{Mutex, Semaphore, watch};
 
-use super::confirms::{Confirms, Outcome};
+use super::confirms::{Confirmed, Confirms, Outcome};
 use super::{Acker, Canceller, Consumer, Delivery, Message, Publish, QueueOptions, ReplyPath, Settle, Transport};
 use crate::config::{BusConfig, Endpoint};
 use crate::contract::{ExchangeKind, ExchangeSpec};
@@ -726,7 +726,7 @@ async fn publish_through(
         let properties = properties.to_amqp();
         Box::pin(async move {
             let confirm = channel.basic_publish(exchange, routing_key, options, &body, properties).await?;
-            confirm.await
+            confirm.await.map(Confirmed::from)
         })
     };
     let outcome = tokio::time::timeout(timeout, confirms.publish(properties.id(), sending))
