@@ -11,11 +11,13 @@
 //!   `message_id`, after a connection or channel failure (at-least-once), within the publish deadline;
 //! - a deadline on every wait.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, RwLock as StdRwLock, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -349,8 +351,7 @@ impl Amqp {
             ),
         )
         .await?;
-        let mut names = Names::default();
-        let stream = Box::pin(consumer.map(move |d| delivery(d, &mut names)));
+        let stream = Box::pin(Deliveries { consumer, names: Names::default(), no_ack: false });
         Ok(Consumer { tag, stream, cancel: Canceller::Amqp(channel), generation })
     }
 
@@ -393,10 +394,7 @@ impl Amqp {
         .await?;
         let replies = Consumer {
             tag,
-            stream: Box::pin(consumer.map({
-                let mut names = Names::default();
-                move |d| delivery(d, &mut names).map(|d| Delivery { acker: Acker::None, ..d })
-            })),
+            stream: Box::pin(Deliveries { consumer, names: Names::default(), no_ack: true }),
             cancel: Canceller::Amqp(channel.clone()),
             generation: link.generation,
         };
@@ -655,8 +653,31 @@ async fn bind_on(channel: &Channel, queue: &str, exchange: &str, key: &str, time
     deadline("queue bind", timeout, bind).await
 }
 
-fn delivery(result: lapin::Result<lapin::message::Delivery>, names: &mut Names) -> Result<Delivery> {
-    Ok(from_lapin(result.map_err(|e| Error::broker("consume", e))?, names, Acker::Amqp))
+/// A lapin consumer's deliveries, as the transport's. A stream of its own rather than `StreamExt::map` with a
+/// closure: the adapter moved each 432-byte lapin delivery once more on its way (callgrind, W7: 270 instructions
+/// of copies a delivery).
+struct Deliveries {
+    consumer: lapin::Consumer,
+    names: Names,
+    /// Consumed without acknowledgements (direct reply-to): nothing to settle.
+    no_ack: bool,
+}
+
+impl Stream for Deliveries {
+    type Item = Result<Delivery>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let delivery = match std::task::ready!(Pin::new(&mut this.consumer).poll_next(cx)) {
+            None => return Poll::Ready(None),
+            Some(Err(error)) => return Poll::Ready(Some(Err(Error::broker("consume", error)))),
+            Some(Ok(delivery)) => delivery,
+        };
+        let no_ack = this.no_ack;
+        Poll::Ready(Some(Ok(from_lapin(delivery, &mut this.names, |acker| {
+            if no_ack { Acker::None } else { Acker::Amqp(acker) }
+        }))))
+    }
 }
 
 /// A consumer's last exchange and routing key: a queue's deliveries nearly always repeat them, and sharing
