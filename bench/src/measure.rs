@@ -73,17 +73,29 @@ pub(crate) fn thousands(value: f64) -> String {
     out
 }
 
-/// Counts handled messages and wakes the benchmark when `target` is reached.
+/// Counts handled messages and wakes the benchmark when `target` is reached (by every counter of its group).
 #[derive(Clone)]
 pub(crate) struct Counter {
     seen: Arc<AtomicU64>,
     pub(crate) done: Arc<Notify>,
     target: u64,
+    /// The counters of the group still short of their target.
+    short: Arc<AtomicU64>,
 }
 
 impl Counter {
     pub(crate) fn new(target: u64) -> Self {
-        Counter { seen: Arc::default(), done: Arc::default(), target }
+        Counter::group(target, 1).pop().expect("one counter")
+    }
+
+    /// `n` counters, one per subscriber, each to `target`, sharing one `done`, notified once all of them got
+    /// there. Each subscriber counts on its own, as raw lapin's consumers do: one counter shared by handlers on
+    /// both threads would cost every delivery a contended atomic that raw lapin's side does not pay.
+    pub(crate) fn group(target: u64, n: usize) -> Vec<Counter> {
+        let (done, short) = (Arc::new(Notify::new()), Arc::new(AtomicU64::new(n as u64)));
+        (0..n)
+            .map(|_| Counter { seen: Arc::default(), done: Arc::clone(&done), target, short: Arc::clone(&short) })
+            .collect()
     }
 
     /// Waits (up to 10 s, or panics) until `count` messages were handled.
@@ -97,7 +109,9 @@ impl Counter {
     }
 
     pub(crate) fn hit(&self) {
-        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
+        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.target
+            && self.short.fetch_sub(1, Ordering::AcqRel) == 1
+        {
             self.done.notify_one();
         }
     }

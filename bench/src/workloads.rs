@@ -278,13 +278,15 @@ pub(crate) async fn fan_out(env: &Env, side: Side) -> Run {
             let bus = bus(env).await;
             // The warm-up event's deliveries count too; the timer starts once they are in, with the publishing
             // channel open, as raw's is.
-            let counter = Counter::new(QUEUES as u64 + deliveries);
+            let counters = Counter::group(1 + n, QUEUES);
             let mut subscriptions = Vec::new();
-            for q in 0..QUEUES {
-                subscriptions.push(counting(&bus, &unique(&format!("fan{q}")), &counter, true).await);
+            for (q, counter) in counters.iter().enumerate() {
+                subscriptions.push(counting(&bus, &unique(&format!("fan{q}")), counter, true).await);
             }
             bus.publish(&event(env.size, 0)).await.expect("warm-up publish");
-            counter.wait_for(QUEUES as u64).await;
+            for counter in &counters {
+                counter.wait_for(1).await;
+            }
             let run = timed(deliveries, async {
                 futures_util::stream::iter(0..n)
                     .map(|i| {
@@ -294,7 +296,7 @@ pub(crate) async fn fan_out(env: &Env, side: Side) -> Run {
                     .buffer_unordered(raw::WINDOW)
                     .for_each(|()| async {})
                     .await;
-                counter.done.notified().await;
+                counters[0].done.notified().await;
             })
             .await;
             for subscription in subscriptions {
