@@ -507,13 +507,19 @@ async fn answer(
                 }
             }
         };
-        headers.insert(ShortString::from(envelope::STATUS_CODE), AMQPValue::LongInt(code));
-        headers.insert(ShortString::from(envelope::STATUS_MESSAGE), envelope::long_string(&message));
         let properties = BasicProperties::default()
             .with_correlation_id(ShortString::from(correlation_id))
             .with_app_id(ShortString::from(&*app_id))
-            .with_content_type(ShortString::from(format.content_type()))
-            .with_headers(headers);
+            .with_content_type(ShortString::from(format.content_type()));
+        // A success goes without headers: the caller reads a missing status as OK. A header table costs lapin a
+        // map and its strings to build and to parse, on both sides of every call.
+        let properties = if code == 0 {
+            properties
+        } else {
+            headers.insert(ShortString::from(envelope::STATUS_CODE), AMQPValue::LongInt(code));
+            headers.insert(ShortString::from(envelope::STATUS_MESSAGE), envelope::long_string(&message));
+            properties.with_headers(headers)
+        };
         // Not mandatory (RabbitMQ ≤ 4.1 would return every direct reply), not confirmed: direct
         // reply-to is at-most-once anyway. On the publishing connection, although the consuming one
         // (where the request came in) would wake one I/O thread per call instead of two: under a

@@ -215,8 +215,9 @@ pub(super) fn render(docs: &Docs<'_>, generated: &str) -> askama::Result<String>
                 title: yaml(&format!("{name}.{method} response ({})", m.response)),
                 summary: yaml(&format!("The reply to {method}.")),
                 description: yaml(&format!(
-                    "The reply to {method}, or an error status in headers `x-warren-status-code` and \
-                     `x-warren-status-message` with an empty body."
+                    "The reply to {method}. A failure carries header `warren-status` (a gRPC code) and \
+                     `warren-message` with an empty body, or for a declared error header `warren-error` naming its \
+                     type and the encoded error as the body; a reply without `warren-status` succeeded."
                 )),
                 payload: yaml(&format!("#/components/schemas/{}", m.response)),
                 message_type: None,
