@@ -315,7 +315,11 @@ impl RpcClient {
         bus.declare_queue(self.service.queue, durability(false)).await?;
         bus.check_size(payload.len())?;
 
-        let mut envelope = Envelope::new(method.path, WireFormat::Protobuf, Req::FINGERPRINT, bus.inner.app_id);
+        // The schema fingerprint goes on a sample of requests, as on events (see `Publishes::stamps_schema`).
+        let mut envelope = Envelope::new(method.path, WireFormat::Protobuf, "", bus.inner.app_id);
+        if bus.inner.metrics.publishes(method.path).stamps_schema(envelope.timestamp) {
+            envelope.schema = Req::FINGERPRINT;
+        }
         envelope.reply_to = Some(Arc::clone(&replies.path.address));
         envelope.expiration_ms = Some(timeout.as_millis().clamp(1, u128::from(u64::MAX)) as u64);
         let id = envelope.message_id.as_str().to_owned();
