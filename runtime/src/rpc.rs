@@ -533,7 +533,9 @@ async fn answer(
         // Worth sending while the caller waits, and for no longer than the operation timeout.
         let until = std::time::Instant::now() + timeout;
         let until = deadline.map_or(until, |caller| until.min(caller.into_std()));
-        let sent = transport.publish_until(publish, payload, properties.into(), Some(until)).await;
+        // Boxed: each request's task holds this future, and tokio copies a task's future whole when spawning
+        // it; inline, the publish made it 2,848 bytes, copied three times a call.
+        let sent = Box::pin(transport.publish_until(publish, payload, properties.into(), Some(until))).await;
         if sent.is_err() {
             tracing::warn!(correlation_id, "reply could not be sent; the caller will time out");
         }
