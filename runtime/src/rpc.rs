@@ -331,23 +331,22 @@ impl RpcClient {
         // Neither confirmed nor mandatory (see the module's docs): sent once lapin has written it.
         let publish = Publish { exchange: "", routing_key: self.service.queue, mandatory: false, confirm: false };
         let until = started + timeout;
-        // The send's own deadline is the call's (or the operation timeout, if that comes first): one timer.
-        match replies.path.send_request(publish, payload, Properties::from(envelope), until).await {
-            Ok(()) => {}
-            Err(Error::Timeout { .. }) if Instant::now() >= until => return Err(deadline_error()),
-            Err(Error::Closed) => return Err(Status::cancelled(format!("{method}: the bus is shutting down"))),
-            Err(error) => return Err(Status::unavailable(format!("{method}: request not sent: {error}"))),
-        }
-        let reply = match tokio::time::timeout_at(until, rx).await {
-            Err(_) => return Err(deadline_error()),
-            Ok(Ok(reply)) => reply,
-            // A call that raced a shutdown (its reply path closed under it) was cancelled, like the calls shutdown
-            // found waiting.
-            Ok(Err(_)) if bus.is_closed() => {
-                return Err(Status::cancelled(format!("{method}: the bus is shutting down")));
+        let exchange = async {
+            match replies.path.send_request(publish, payload, Properties::from(envelope)).await {
+                Ok(()) => {}
+                Err(Error::Closed) => return Err(Status::cancelled(format!("{method}: the bus is shutting down"))),
+                Err(error) => return Err(Status::unavailable(format!("{method}: request not sent: {error}"))),
             }
-            Ok(Err(_)) => return Err(Status::unavailable(format!("{method}: the reply channel closed"))),
+            match rx.await {
+                Ok(reply) => Ok(reply),
+                // A call that raced a shutdown (its reply path closed under it) was cancelled, like the calls
+                // shutdown found waiting.
+                Err(_) if bus.is_closed() => Err(Status::cancelled(format!("{method}: the bus is shutting down"))),
+                Err(_) => Err(Status::unavailable(format!("{method}: the reply channel closed"))),
+            }
         };
+        // One timer for the whole call: the send and the reply share the call's deadline.
+        let reply = tokio::time::timeout_at(until, exchange).await.unwrap_or_else(|_| Err(deadline_error()))?;
         drop(guard);
         Ok(reply)
     }

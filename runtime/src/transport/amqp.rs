@@ -718,6 +718,17 @@ pub(crate) async fn publish_on(
     properties: &Properties,
     timeout: Duration,
 ) -> Result<()> {
+    deadline("publish", timeout, publish_written(channel, publish, body, properties)).await
+}
+
+/// Publishes on `channel`, which is not in confirm mode: done once lapin has written it. No deadline of its own:
+/// the caller bounds the wait.
+pub(crate) async fn publish_written(
+    channel: &Channel,
+    publish: Publish<'_>,
+    body: &[u8],
+    properties: &Properties,
+) -> lapin::Result<()> {
     let sending = channel.basic_publish(
         ShortString::from(publish.exchange),
         ShortString::from(publish.routing_key),
@@ -725,7 +736,7 @@ pub(crate) async fn publish_on(
         body,
         properties.to_amqp(),
     );
-    deadline("publish", timeout, sending).await.map(drop)
+    sending.await.map(drop)
 }
 
 /// Publishes on `channel` and, when it is in confirm mode, waits for the broker's confirm; one deadline covers

@@ -404,20 +404,12 @@ pub(crate) struct ReplyPath {
 }
 
 impl ReplyPath {
-    /// Sends a request once, giving up at `until` (the call's deadline, on tokio's clock) or after the operation
-    /// timeout, whichever comes first: [`Error::Timeout`].
-    pub(crate) async fn send_request(
-        &self,
-        publish: Publish<'_>,
-        body: Vec<u8>,
-        properties: Properties,
-        until: tokio::time::Instant,
-    ) -> Result<()> {
+    /// Sends a request once. It has no deadline of its own: the caller bounds the send with the call's.
+    pub(crate) async fn send_request(&self, publish: Publish<'_>, body: Vec<u8>, properties: Properties) -> Result<()> {
         match (&self.amqp_channel, &self.requests) {
-            (Some(channel), Transport::Amqp(amqp)) => {
-                let left = until.saturating_duration_since(tokio::time::Instant::now());
-                amqp::publish_on(channel, publish, &body, &properties, amqp.timeout().min(left)).await
-            }
+            (Some(channel), Transport::Amqp(_)) => amqp::publish_written(channel, publish, &body, &properties)
+                .await
+                .map_err(|source| crate::error::Error::broker("publish", source)),
             _ => self.requests.publish(publish, body, properties).await,
         }
     }
