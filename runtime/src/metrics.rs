@@ -283,7 +283,7 @@ pub(crate) struct Recorded {
     pub(crate) body: Vec<u8>,
 }
 
-/// One event type's publishes from this bus.
+/// One event type's publishes from this bus (or an RPC method's requests, for [`Publishes::stamps_schema`] alone).
 #[derive(Debug, Default)]
 pub(crate) struct Publishes {
     /// Publishes begun, confirmed or not: numbers them for [`Publishes::stamps_schema`].
@@ -299,7 +299,7 @@ pub(crate) const SCHEMA_STAMP_EVERY: u64 = 64;
 
 impl Publishes {
     /// Begins a publish at Unix second `now`; `true` when it is to carry the schema fingerprint: the first
-    /// publish of the type, at least one begun in each second (concurrent publishers may both stamp), and one
+    /// publish of the type (or RPC method), at least one begun in each second (concurrent publishers may both stamp), and one
     /// in [`SCHEMA_STAMP_EVERY`]. So a type sent now and then is stamped every time, and a subscriber learns of
     /// a sender built from another contract within a second or 64 messages, whichever side was rebuilt (and
     /// even if a stamped publish failed).
@@ -336,7 +336,7 @@ impl Metrics {
         }
     }
 
-    /// The publish counters of `type_name`.
+    /// The publish counters of `type_name` (an event or task type, or an RPC method's path).
     pub(crate) fn publishes(&self, type_name: &'static str) -> Arc<Publishes> {
         if let Some(publishes) = self.published.read().expect("metrics").get(type_name) {
             return Arc::clone(publishes);

@@ -315,7 +315,8 @@ impl RpcClient {
         bus.declare_queue(self.service.queue, durability(false)).await?;
         bus.check_size(payload.len())?;
 
-        // The schema fingerprint goes on a sample of requests, as on events (see `Publishes::stamps_schema`).
+        // The schema fingerprint goes on a sample of requests, as on events (see `Publishes::stamps_schema`). The
+        // method's `Publishes` only samples: nothing counts it as published, so metrics snapshots leave it out.
         let mut envelope = Envelope::new(method.path, WireFormat::Protobuf, "", bus.inner.app_id);
         if bus.inner.metrics.publishes(method.path).stamps_schema(envelope.timestamp) {
             envelope.schema = Req::FINGERPRINT;
@@ -516,7 +517,7 @@ async fn answer(
             .with_content_type(ShortString::from(format.content_type()));
         // A success goes without headers: the caller reads a missing status as OK. A header table costs lapin a
         // map and its strings to build and to parse, on both sides of every call.
-        let properties = if code == 0 {
+        let properties = if code == 0 && message.is_empty() {
             properties
         } else {
             headers.insert(ShortString::from(envelope::STATUS_CODE), AMQPValue::LongInt(code));

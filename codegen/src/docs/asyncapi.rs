@@ -215,9 +215,9 @@ pub(super) fn render(docs: &Docs<'_>, generated: &str) -> askama::Result<String>
                 title: yaml(&format!("{name}.{method} response ({})", m.response)),
                 summary: yaml(&format!("The reply to {method}.")),
                 description: yaml(&format!(
-                    "The reply to {method}. A failure carries header `warren-status` (a gRPC code) and \
-                     `warren-message` with an empty body, or for a declared error header `warren-error` naming its \
-                     type and the encoded error as the body; a reply without `warren-status` succeeded."
+                    "The reply to {method}. A failure carries headers `warren-status` (a gRPC code) and \
+                     `warren-message`, with an empty body; a declared error also carries `warren-error` naming its \
+                     type, and its body is the encoded error. A reply without `warren-status` succeeded."
                 )),
                 payload: yaml(&format!("#/components/schemas/{}", m.response)),
                 message_type: None,
