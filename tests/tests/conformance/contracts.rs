@@ -313,6 +313,47 @@ async fn declared_rpc_errors_arrive_typed_and_invalid_requests_are_not_sent(h: &
     serving.stop().await;
 }
 
+/// RPC requests carry the schema fingerprint as events do: on the first request of a method, the first in each
+/// second and one in 64, not on every request.
+async fn rpc_requests_carry_the_schema_fingerprint_on_a_sample(h: &Harness) {
+    const CALLS: usize = 70;
+    let bus = h.bus("stamp-rpc").await;
+    // A queue of this test's own and no server: the requests wait there, to be read.
+    let service: &'static warren::ServiceSpec = Box::leak(Box::new(warren::ServiceSpec {
+        name: "rich.v1.Orders",
+        queue: Box::leak(unique("stamp-rpc").into_boxed_str()),
+        default_timeout: std::time::Duration::from_secs(30),
+    }));
+    let find: &'static warren::MethodSpec =
+        Box::leak(Box::new(warren::MethodSpec { service, name: "Find", path: "/rich.v1.Orders/Find", timeout: None }));
+    let client = warren::RpcClient::new(&bus, service);
+    let calls = tokio::spawn(async move {
+        let requests: Vec<FindRequest> = (1..=CALLS as i64).map(|order_id| FindRequest { order_id }).collect();
+        futures_util::future::join_all(requests.iter().map(|request| client.call::<_, OrderCreated>(find, request)))
+            .await;
+    });
+    let (mut read, mut stamped) = (0, 0);
+    within(20, "the requests in their queue", async {
+        while read < CALLS {
+            // Until the client has declared the queue, fetching from it fails.
+            match bus.fetch(service.queue).await {
+                Ok(Some(request)) => {
+                    read += 1;
+                    if let Some(fingerprint) = request.header_str("x-warren-schema") {
+                        assert_eq!(fingerprint, <FindRequest as warren::Payload>::FINGERPRINT);
+                        stamped += 1;
+                    }
+                }
+                Ok(None) | Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await;
+    calls.abort();
+    // The first and the 65th always; the first of a new second once or twice more, at most.
+    assert!((2..=6).contains(&stamped), "{stamped} of {CALLS} requests carried the fingerprint");
+}
+
 warren_tests::on_both_transports!(
     a_templated_key_is_filled_from_the_event_and_bindings_see_it,
     rules_refuse_invalid_messages_before_sending_and_after_receiving,
@@ -321,4 +362,5 @@ warren_tests::on_both_transports!(
     a_foreign_schema_fingerprint_is_counted_and_the_message_still_handled,
     a_bus_stamps_the_schema_on_its_first_message_of_a_type_then_each_second_and_one_in_64,
     declared_rpc_errors_arrive_typed_and_invalid_requests_are_not_sent,
+    rpc_requests_carry_the_schema_fingerprint_on_a_sample,
 );
