@@ -299,10 +299,10 @@ pub(crate) const SCHEMA_STAMP_EVERY: u64 = 64;
 
 impl Publishes {
     /// Begins a publish at Unix second `now`; `true` when it is to carry the schema fingerprint: the first
-    /// publish of the type (or RPC method), at least one begun in each second (concurrent publishers may both stamp), and one
-    /// in [`SCHEMA_STAMP_EVERY`]. So a type sent now and then is stamped every time, and a subscriber learns of
-    /// a sender built from another contract within a second or 64 messages, whichever side was rebuilt (and
-    /// even if a stamped publish failed).
+    /// publish of the type (or RPC method), at least one begun in each second (concurrent publishers may both
+    /// stamp), and one in [`SCHEMA_STAMP_EVERY`]. So a type sent now and then is stamped every time, and a
+    /// subscriber learns of a sender built from another contract within a second or 64 messages, whichever side
+    /// was rebuilt (and even if a stamped publish failed).
     ///
     /// Stamping every message instead costs each one a header table, which lapin builds and parses as a
     /// `BTreeMap` with owned strings (about a tenth of a fan-out delivery's client CPU).

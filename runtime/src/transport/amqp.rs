@@ -294,7 +294,8 @@ impl Amqp {
                     let pause = jittered(Duration::from_millis(20) * attempt.min(25));
                     Box::pin(tokio::time::sleep(pause.min(by.saturating_duration_since(Instant::now())))).await;
                     if Instant::now() >= by {
-                        return Err(gave_up(error, publish.exchange, self.config.publish_timeout)); // no time left for another attempt
+                        // No time left for another attempt.
+                        return Err(gave_up(error, publish.exchange, self.config.publish_timeout));
                     }
                 }
                 Failure::Transient => return Err(gave_up(error, publish.exchange, self.config.publish_timeout)),
@@ -654,8 +655,8 @@ async fn bind_on(channel: &Channel, queue: &str, exchange: &str, key: &str, time
 }
 
 /// A lapin consumer's deliveries, as the transport's. A stream of its own rather than `StreamExt::map` with a
-/// closure: the adapter moved each 432-byte lapin delivery once more on its way (callgrind, W7: 270 instructions
-/// of copies a delivery).
+/// closure: the adapter moved each 432-byte lapin delivery once more on its way (callgrind, W7, Warren against raw
+/// lapin in one binary: about 230 instructions of copies a delivery).
 struct Deliveries {
     consumer: lapin::Consumer,
     names: Names,

@@ -70,7 +70,8 @@ pub(crate) type Sending = Pin<Box<dyn Future<Output = lapin::Result<Confirmed>> 
 
 /// lapin's confirm of one publish, reduced to what deciding its outcome needs. lapin's `Confirmation` carries
 /// the whole returned message inline (472 bytes, returned or not); moved through the polls, the list of
-/// completed confirms and the decision, it cost 380 instructions a publish in copies (callgrind, W2).
+/// completed confirms and the decision, it cost about 500 instructions a publish in copies (callgrind, W2, Warren
+/// against raw lapin in one binary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Confirmed {
     /// Acknowledged (or confirms were not requested), not refused.

@@ -17,7 +17,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use crate::contract::ExchangeSpec;
 use crate::envelope::Properties;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A consumer tag: the subscriber's group (or the service, or `replies`) and a number unique in this process,
 /// e.g. `billing.7`.
@@ -409,7 +409,7 @@ impl ReplyPath {
         match (&self.amqp_channel, &self.requests) {
             (Some(channel), Transport::Amqp(_)) => amqp::publish_written(channel, publish, &body, &properties)
                 .await
-                .map_err(|source| crate::error::Error::broker("publish", source)),
+                .map_err(|source| Error::broker("publish", source)),
             _ => self.requests.publish(publish, body, properties).await,
         }
     }
