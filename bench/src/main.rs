@@ -68,7 +68,7 @@ enum Goal {
 }
 
 const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…] [--raw-envelope minimal|warren]
-                    [--profile NAME [--raw]]
+                    [--profile NAME [--raw] [--messages N]]
   --quick          a reduced set (100 B payloads, fewer messages), in under two minutes
   --memory         only W9, the in-memory transport (no broker needed); the same as --only W9
   --only W1,W7     only the workloads named (W1–W9)
@@ -76,7 +76,9 @@ const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…]
                    persistence, as a hand-written service would) or warren (Warren's whole envelope: also
                    app id, timestamp and the schema header; the same bytes as Warren's)
   --profile NAME   run one workload once and exit, for a profiler: one, fan-out, fan-out-shared (W9, in memory) or W1–W8
-                   (Warren's side, 100 B, the --quick size; with --raw, the raw-lapin side)";
+                   (Warren's side, 100 B, the --quick size; with --raw, the raw-lapin side)
+  --messages N     with --profile W1–W8: N messages (W7: N publishes) rather than the --quick size, so that a
+                   sampling profiler sees the workload rather than its setup";
 
 /// What the command line asked for.
 #[derive(Debug, Default)]
@@ -87,6 +89,8 @@ struct Args {
     profile: Option<String>,
     raw: bool,
     warrens_envelope: bool,
+    /// `--messages`: the profiled run's size.
+    messages: Option<u64>,
 }
 
 impl Args {
@@ -127,9 +131,19 @@ impl Args {
                         parsed.profile = Some(name);
                     }
                 }
+                "--messages" => {
+                    let value = args.next().unwrap_or_default();
+                    match value.parse::<u64>() {
+                        Ok(n) if n > 0 => parsed.messages = Some(n),
+                        _ => return Err(format!("--messages takes a positive count, not \"{value}\"")),
+                    }
+                }
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown argument \"{other}\"")),
             }
+        }
+        if parsed.messages.is_some() && parsed.profile.as_deref().is_none_or(|name| rabbitmq(name).is_none()) {
+            return Err("--messages goes with --profile W1–W8".to_owned());
         }
         if parsed.memory {
             parsed.only = Some(vec!["W9".to_owned()]);
@@ -218,7 +232,7 @@ fn rabbitmq(id: &str) -> Option<&'static Spec> {
 }
 
 /// Runs one workload of one side once, for a profiler.
-async fn profile(name: &str, side: Side, url: String) {
+async fn profile(name: &str, side: Side, url: String, messages: Option<u64>) {
     let run = match name {
         "ONE" => {
             let took = memory::in_memory_one_subscriber(20_000).await;
@@ -231,7 +245,8 @@ async fn profile(name: &str, side: Side, url: String) {
         }
         id => {
             let spec = rabbitmq(id).expect("names are checked when parsed");
-            (spec.run)(Env { url, n: (spec.messages)(&QUICK), size: 100 }, side).await
+            let n = messages.unwrap_or((spec.messages)(&QUICK));
+            (spec.run)(Env { url, n, size: 100 }, side).await
         }
     };
     println!(
@@ -259,7 +274,7 @@ async fn main() -> std::process::ExitCode {
         raw::send_warrens_envelope();
     }
     if let Some(name) = &args.profile {
-        profile(name, if args.raw { Side::Raw } else { Side::Warren }, url).await;
+        profile(name, if args.raw { Side::Raw } else { Side::Warren }, url, args.messages).await;
         return std::process::ExitCode::SUCCESS;
     }
     let scale = if args.quick { QUICK } else { FULL };
