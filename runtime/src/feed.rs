@@ -6,7 +6,9 @@
 //! deliveries through one.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
@@ -23,18 +25,23 @@ pub(crate) type Setup = Arc<dyn Fn(Bus) -> Pin<Box<dyn Future<Output = Result<()
 #[derive(Debug, Clone)]
 pub(crate) struct Stop {
     sender: watch::Sender<Option<Instant>>,
+    stopped: Arc<AtomicBool>,
 }
 
 /// The consumer's side of a [`Stop`].
 #[derive(Debug, Clone)]
 pub(crate) struct StopSignal {
     receiver: watch::Receiver<Option<Instant>>,
+    /// Set once the deadline is: a consumer asks twice per delivery, and one load is cheaper than the watch's
+    /// read lock (perf, W7: the read lock was 0.4 % of the client's CPU samples).
+    stopped: Arc<AtomicBool>,
 }
 
 impl Stop {
     pub(crate) fn new() -> (Stop, StopSignal) {
         let (sender, receiver) = watch::channel(None);
-        (Stop { sender }, StopSignal { receiver })
+        let stopped = Arc::new(AtomicBool::new(false));
+        (Stop { sender, stopped: Arc::clone(&stopped) }, StopSignal { receiver, stopped })
     }
 
     /// Stops the consumer; handlers still running may finish until `deadline`.
@@ -46,12 +53,17 @@ impl Stop {
             }
             earlier
         });
+        // After the deadline is in the watch: whoever sees the flag finds it there.
+        self.stopped.store(true, Ordering::Release);
     }
 }
 
 impl StopSignal {
     /// The deadline, once stopped.
     pub(crate) fn deadline(&self) -> Option<Instant> {
+        if !self.stopped.load(Ordering::Acquire) {
+            return None;
+        }
         *self.receiver.borrow()
     }
 
@@ -115,6 +127,15 @@ pub(crate) struct Feed {
     generations: Option<watch::Receiver<u64>>,
     /// Why the current consumer's stream ended, when [`Feed::next_within`] saw it end.
     ended: Option<String>,
+    /// What ends a wait of [`Feed::next_within`].
+    timer: WaitTimer,
+}
+
+/// One timer for all of a feed's short waits, re-armed only when it fires too early for the current one.
+struct WaitTimer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Set to a deadline not yet seen to pass (and at or before the current wait's end, while one waits).
+    armed: bool,
 }
 
 impl std::fmt::Debug for Feed {
@@ -144,6 +165,7 @@ impl Feed {
             stop,
             generations: bus.inner.transport.generations(),
             ended: None,
+            timer: WaitTimer { sleep: Box::pin(tokio::time::sleep(Duration::ZERO)), armed: false },
         };
         feed.current = Some(feed.subscribe().await?);
         Ok(feed)
@@ -168,19 +190,43 @@ impl Feed {
 
     /// The current consumer's next delivery, if one arrives within `within`. Waits on nothing else: an
     /// ended stream is left for [`Feed::next`] to handle.
+    ///
+    /// A consumer that keeps up with the broker calls this for one delivery in four or so (W7: 51,000 times for
+    /// 200,000 deliveries), so the feed keeps one timer and re-arms it only when it fires before the current
+    /// wait's end: a timer made and dropped per wait costs about 900 instructions, two locks of tokio's timer
+    /// wheel and a clone of the runtime's handle shared by every thread.
     pub(crate) async fn next_within(&mut self, within: Duration) -> Option<Delivery> {
         if self.ended.is_some() {
             return None;
         }
         let consumer = self.current.as_mut()?;
-        match tokio::time::timeout(within, consumer.next()).await {
-            Err(_) => None,
-            Ok(Some(Ok(delivery))) => Some(delivery),
-            Ok(Some(Err(error))) => {
+        let until = tokio::time::Instant::now() + within;
+        let timer = &mut self.timer;
+        if !timer.armed {
+            timer.sleep.as_mut().reset(until);
+            timer.armed = true;
+        }
+        // Armed by an earlier wait, the timer fires at or before `until`; when it fires before, the wait goes on.
+        let next = std::future::poll_fn(|cx| {
+            if let Poll::Ready(next) = consumer.poll_next_unpin(cx) {
+                return Poll::Ready(Some(next));
+            }
+            while timer.sleep.as_mut().poll(cx).is_ready() {
+                if timer.sleep.deadline() >= until {
+                    timer.armed = false;
+                    return Poll::Ready(None);
+                }
+                timer.sleep.as_mut().reset(until);
+            }
+            Poll::Pending
+        });
+        match next.await? {
+            Some(Ok(delivery)) => Some(delivery),
+            Some(Err(error)) => {
                 self.ended = Some(error.to_string());
                 None
             }
-            Ok(None) => {
+            None => {
                 self.ended = Some(CANCELLED.to_owned());
                 None
             }

@@ -221,6 +221,21 @@ pub fn rabbitmqctl(args: &[&str]) {
     );
 }
 
+/// How many of `queue`'s messages, in `vhost` of the shared node, are delivered and not yet acknowledged.
+pub fn unacknowledged(vhost: &str, queue: &str) -> u64 {
+    let args = ["list_queues", "-q", "--no-table-headers", "-p", vhost, "name", "messages_unacknowledged"];
+    let output = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
+    assert!(output.status.success(), "rabbitmqctl list_queues failed: {}", String::from_utf8_lossy(&output.stderr));
+    let listed = String::from_utf8_lossy(&output.stdout);
+    listed
+        .lines()
+        .find_map(|line| {
+            let (name, count) = line.split_once('\t')?;
+            if name == queue { count.trim().parse().ok() } else { None }
+        })
+        .unwrap_or_else(|| panic!("no queue \"{queue}\" in vhost {vhost}: {listed}"))
+}
+
 /// A TCP relay in front of a broker that can stall: while frozen it forwards nothing either way and closes
 /// nothing, as a network that silently drops packets would. Stops (with its connections) when dropped.
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use warren::{Bus, BusConfig, Code, Error, HandlerError, Health, RetryPolicy};
 use warren_contracts::at::v1::{IntSumRequest, IntSummatorClient, IntSummatorServer};
 use warren_contracts::gametrade::v1::UserRegistered;
-use warren_tests::faults::{Ledger, PrivateNode, Relay, rabbitmqctl};
+use warren_tests::faults::{Ledger, PrivateNode, Relay, rabbitmqctl, unacknowledged};
 use warren_tests::{Harness, Summator, unique, within};
 
 /// Warnings (reconnections, re-subscriptions) go to the test's output, to read alongside the ledger.
@@ -166,6 +166,37 @@ async fn a_broker_restart_mid_run_is_a_pause_not_an_outage() {
     until_connected(&bus).await;
     subscription.stop().await;
     bus.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A consumer acknowledges in batches (a quarter of its prefetch), and sends what it holds once no delivery has
+/// come for a moment: a few messages, far fewer than a batch, are all acknowledged while it keeps running.
+#[tokio::test]
+async fn an_idle_consumer_sends_the_acknowledgements_it_holds() {
+    let h = Harness::rabbitmq().await;
+    let bus = h.bus("fault-idle-acks").await;
+    let ledger = Arc::new(Ledger::default());
+    let subscription = recording(&bus, &unique("idle-acks"), &ledger).await;
+    // Three, a few at a time: each run of deliveries ends with the consumer idle, its acks held.
+    for seq in 0..3 {
+        ledger.sent(seq);
+        ledger.published(seq, bus.publish(&event(seq)).await.is_ok());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ledger.drain(Duration::from_secs(10)).await;
+    assert_nothing_lost(&ledger, "idle consumer");
+    let (vhost, queue) = (h.vhost().expect("a RabbitMQ harness has a vhost"), subscription.queue().to_owned());
+    within(10, "the idle consumer's acknowledgements to reach the broker", async {
+        loop {
+            let held = unacknowledged(vhost, &queue);
+            if held == 0 {
+                break;
+            }
+            eprintln!("{held} of 3 still unacknowledged");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    subscription.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
