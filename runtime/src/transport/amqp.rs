@@ -31,7 +31,7 @@ use super::confirms::{Confirmed, Confirms, Outcome};
 use super::{Acker, Canceller, Consumer, Delivery, Message, Publish, QueueOptions, ReplyPath, Settle, Transport};
 use crate::config::{BusConfig, Endpoint};
 use crate::contract::{ExchangeKind, ExchangeSpec};
-use crate::envelope::Properties;
+use crate::envelope::{Inline, Properties};
 use crate::error::{Error, Result, deadline};
 use crate::health::Health;
 
@@ -703,7 +703,7 @@ fn from_lapin(d: lapin::message::Delivery, names: &mut Names, acker: impl FnOnce
         message: Arc::new(Message::new(
             shared(&mut names.exchange, d.exchange.as_str()),
             shared(&mut names.routing_key, d.routing_key.as_str()),
-            Properties::from(d.properties),
+            Properties::Amqp(Inline(d.properties)),
             d.data,
         )),
         redelivered: d.redelivered,

@@ -131,7 +131,7 @@ impl Broker {
             if publish.exchange.is_empty() && publish.routing_key.starts_with(REPLY_PREFIX) {
                 // Direct reply-to: straight to the waiting client, or nowhere (replies are at-most-once).
                 if let Some(sink) = state.replies.get(publish.routing_key) {
-                    let message = Message::new("".into(), publish.routing_key.into(), properties, body);
+                    let message = Message::new("".into(), publish.routing_key.into(), properties.received(), body);
                     let delivery = Delivery { message: Arc::new(message), redelivered: false, acker: AnyAcker::None };
                     let _ = sink.send(Ok(delivery));
                 }
@@ -149,7 +149,7 @@ impl Broker {
                 };
             }
             // One shared copy, however many queues it goes to.
-            let mut message = Message::new(route.exchange, route.key, properties, body);
+            let mut message = Message::new(route.exchange, route.key, properties.received(), body);
             if route.queues.len() > 1 {
                 message = message.fanned_out();
             }
@@ -773,7 +773,7 @@ impl State {
             Err(shared) => shared.body.clone(),
         };
         let (exchange, routing_key) = self.intern(&exchange, &key);
-        let copy = Arc::new(Message::new(exchange, routing_key, properties, body));
+        let copy = Arc::new(Message::new(exchange, routing_key, properties.received(), body));
         for queue in queues {
             self.enqueue(&queue, Queued::new(Arc::clone(&copy)), shared);
         }

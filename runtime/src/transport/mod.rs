@@ -16,7 +16,7 @@ use futures_util::Stream;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use crate::contract::ExchangeSpec;
-use crate::envelope::Properties;
+use crate::envelope::{Properties, Received};
 use crate::error::{Error, Result};
 
 /// A consumer tag: the subscriber's group (or the service, or `replies`) and a number unique in this process,
@@ -85,7 +85,7 @@ impl QueueOptions {
 pub(crate) struct Message {
     pub(crate) exchange: std::sync::Arc<str>,
     pub(crate) routing_key: std::sync::Arc<str>,
-    pub(crate) properties: Properties,
+    pub(crate) properties: Received,
     pub(crate) body: Vec<u8>,
     /// For a message routed to several queues: the payload as the first subscriber decoded it, for the
     /// others of the same type to clone (or, for `Arc<T>` handlers, share) instead of decoding again.
@@ -107,7 +107,7 @@ impl Message {
     pub(crate) fn new(
         exchange: std::sync::Arc<str>,
         routing_key: std::sync::Arc<str>,
-        properties: Properties,
+        properties: Received,
         body: Vec<u8>,
     ) -> Self {
         Message { exchange, routing_key, properties, body, decoded: None }
