@@ -73,10 +73,16 @@ pub(crate) fn thousands(value: f64) -> String {
     out
 }
 
+/// A count alone on its cache lines: the counters of a group are allocated one after another, and two sharing a
+/// line would make their subscribers' threads contend for it.
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
 /// Counts handled messages and wakes the benchmark when `target` is reached (by every counter of its group).
 #[derive(Clone)]
 pub(crate) struct Counter {
-    seen: Arc<AtomicU64>,
+    seen: Arc<Padded>,
     pub(crate) done: Arc<Notify>,
     target: u64,
     /// The counters of the group still short of their target.
@@ -101,7 +107,7 @@ impl Counter {
     /// Waits (up to 10 s, or panics) until `count` messages were handled.
     pub(crate) async fn wait_for(&self, count: u64) {
         let waited = tokio::time::timeout(Duration::from_secs(10), async {
-            while self.seen.load(Ordering::Relaxed) < count {
+            while self.seen.0.load(Ordering::Relaxed) < count {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         });
@@ -109,7 +115,7 @@ impl Counter {
     }
 
     pub(crate) fn hit(&self) {
-        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.target
+        if self.seen.0.fetch_add(1, Ordering::Relaxed) + 1 == self.target
             && self.short.fetch_sub(1, Ordering::AcqRel) == 1
         {
             self.done.notify_one();
