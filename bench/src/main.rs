@@ -68,7 +68,7 @@ enum Goal {
 }
 
 const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…] [--raw-envelope minimal|warren]
-                    [--profile NAME [--raw] [--messages N]]
+                    [--profile NAME [--raw] [--messages N] [--payload 1024]]
   --quick          a reduced set (100 B payloads, fewer messages), in under two minutes
   --memory         only W9, the in-memory transport (no broker needed); the same as --only W9
   --only W1,W7     only the workloads named (W1–W9)
@@ -78,7 +78,8 @@ const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…]
   --profile NAME   run one workload once and exit, for a profiler: one, fan-out, fan-out-shared (W9, in memory) or W1–W8
                    (Warren's side, 100 B, the --quick size; with --raw, the raw-lapin side)
   --messages N     with --profile W1–W8: N messages (W7: N publishes) rather than the --quick size, so that a
-                   sampling profiler sees the workload rather than its setup";
+                   sampling profiler sees the workload rather than its setup
+  --payload 1024   with --profile W1–W8: payloads of that many bytes rather than 100";
 
 /// What the command line asked for.
 #[derive(Debug, Default)]
@@ -91,6 +92,8 @@ struct Args {
     warrens_envelope: bool,
     /// `--messages`: the profiled run's size.
     messages: Option<u64>,
+    /// `--payload`: the profiled run's payload size in bytes.
+    payload: Option<usize>,
 }
 
 impl Args {
@@ -138,12 +141,20 @@ impl Args {
                         _ => return Err(format!("--messages takes a positive count, not \"{value}\"")),
                     }
                 }
+                "--payload" => {
+                    let value = args.next().unwrap_or_default();
+                    match value.parse::<usize>() {
+                        Ok(n) if (12..=1 << 20).contains(&n) => parsed.payload = Some(n),
+                        _ => return Err(format!("--payload takes a size from 12 to 1048576 bytes, not \"{value}\"")),
+                    }
+                }
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown argument \"{other}\"")),
             }
         }
-        if parsed.messages.is_some() && parsed.profile.as_deref().is_none_or(|name| rabbitmq(name).is_none()) {
-            return Err("--messages goes with --profile W1–W8".to_owned());
+        let profiles_rabbitmq = parsed.profile.as_deref().is_some_and(|name| rabbitmq(name).is_some());
+        if (parsed.messages.is_some() || parsed.payload.is_some()) && !profiles_rabbitmq {
+            return Err("--messages and --payload go with --profile W1–W8".to_owned());
         }
         if parsed.memory {
             parsed.only = Some(vec!["W9".to_owned()]);
@@ -232,7 +243,7 @@ fn rabbitmq(id: &str) -> Option<&'static Spec> {
 }
 
 /// Runs one workload of one side once, for a profiler.
-async fn profile(name: &str, side: Side, url: String, messages: Option<u64>) {
+async fn profile(name: &str, side: Side, url: String, args: &Args) {
     let run = match name {
         "ONE" => {
             let took = memory::in_memory_one_subscriber(20_000).await;
@@ -245,8 +256,8 @@ async fn profile(name: &str, side: Side, url: String, messages: Option<u64>) {
         }
         id => {
             let spec = rabbitmq(id).expect("names are checked when parsed");
-            let n = messages.unwrap_or((spec.messages)(&QUICK));
-            (spec.run)(Env { url, n, size: 100 }, side).await
+            let n = args.messages.unwrap_or((spec.messages)(&QUICK));
+            (spec.run)(Env { url, n, size: args.payload.unwrap_or(100) }, side).await
         }
     };
     println!(
@@ -274,7 +285,7 @@ async fn main() -> std::process::ExitCode {
         raw::send_warrens_envelope();
     }
     if let Some(name) = &args.profile {
-        profile(name, if args.raw { Side::Raw } else { Side::Warren }, url, args.messages).await;
+        profile(name, if args.raw { Side::Raw } else { Side::Warren }, url, &args).await;
         return std::process::ExitCode::SUCCESS;
     }
     let scale = if args.quick { QUICK } else { FULL };
