@@ -51,10 +51,11 @@ impl Stop {
             if earlier {
                 *current = Some(deadline);
             }
+            // Under the watch's write lock, before its waiters are woken: whoever is woken sees the flag, and
+            // whoever sees the flag reads the deadline (its read waits for this write).
+            self.stopped.store(true, Ordering::Release);
             earlier
         });
-        // After the deadline is in the watch: whoever sees the flag finds it there.
-        self.stopped.store(true, Ordering::Release);
     }
 }
 
@@ -127,15 +128,8 @@ pub(crate) struct Feed {
     generations: Option<watch::Receiver<u64>>,
     /// Why the current consumer's stream ended, when [`Feed::next_within`] saw it end.
     ended: Option<String>,
-    /// What ends a wait of [`Feed::next_within`].
-    timer: WaitTimer,
-}
-
-/// One timer for all of a feed's short waits, re-armed only when it fires too early for the current one.
-struct WaitTimer {
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    /// Set to a deadline not yet seen to pass (and at or before the current wait's end, while one waits).
-    armed: bool,
+    /// What ends a wait of [`Feed::next_within`], made at the first.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl std::fmt::Debug for Feed {
@@ -165,7 +159,7 @@ impl Feed {
             stop,
             generations: bus.inner.transport.generations(),
             ended: None,
-            timer: WaitTimer { sleep: Box::pin(tokio::time::sleep(Duration::ZERO)), armed: false },
+            timer: None,
         };
         feed.current = Some(feed.subscribe().await?);
         Ok(feed)
@@ -192,33 +186,25 @@ impl Feed {
     /// ended stream is left for [`Feed::next`] to handle.
     ///
     /// A consumer that keeps up with the broker calls this for one delivery in four or so (W7: 51,000 times for
-    /// 200,000 deliveries), so the feed keeps one timer and re-arms it only when it fires before the current
-    /// wait's end: a timer made and dropped per wait costs about 900 instructions, two locks of tokio's timer
-    /// wheel and a clone of the runtime's handle shared by every thread.
+    /// 200,000 deliveries), so the feed keeps one timer and moves its deadline: a timer made and dropped per
+    /// wait costs about 900 instructions, two locks of tokio's timer wheel and a clone of the runtime's handle
+    /// shared by every thread. Moving a deadline that has not passed is one compare-and-swap.
     pub(crate) async fn next_within(&mut self, within: Duration) -> Option<Delivery> {
         if self.ended.is_some() {
             return None;
         }
         let consumer = self.current.as_mut()?;
         let until = tokio::time::Instant::now() + within;
-        let timer = &mut self.timer;
-        if !timer.armed {
-            timer.sleep.as_mut().reset(until);
-            timer.armed = true;
-        }
-        // Armed by an earlier wait, the timer fires at or before `until`; when it fires before, the wait goes on.
-        let next = std::future::poll_fn(|cx| {
-            if let Poll::Ready(next) = consumer.poll_next_unpin(cx) {
-                return Poll::Ready(Some(next));
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                timer.as_mut().reset(until);
+                timer
             }
-            while timer.sleep.as_mut().poll(cx).is_ready() {
-                if timer.sleep.deadline() >= until {
-                    timer.armed = false;
-                    return Poll::Ready(None);
-                }
-                timer.sleep.as_mut().reset(until);
-            }
-            Poll::Pending
+            None => self.timer.insert(Box::pin(tokio::time::sleep_until(until))),
+        };
+        let next = std::future::poll_fn(|cx| match consumer.poll_next_unpin(cx) {
+            Poll::Ready(next) => Poll::Ready(Some(next)),
+            Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
         });
         match next.await? {
             Some(Ok(delivery)) => Some(delivery),
@@ -312,5 +298,52 @@ impl Drop for Feed {
         // Dropped without `cancel` (the consuming task was aborted): close the channel anyway, so the broker
         // requeues what this consumer held.
         self.discard();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{Publish, QueueOptions};
+
+    async fn feed(bus: &Bus) -> Feed {
+        let setup: Setup = Arc::new(|bus: Bus| {
+            Box::pin(async move { bus.inner.transport.declare_queue("q", &QueueOptions::default()).await })
+        });
+        let (_, signal) = Stop::new();
+        Feed::open(bus, "q", 10, "test", setup, signal).await.expect("the feed opens")
+    }
+
+    async fn publish(bus: &Bus) {
+        let to = Publish { exchange: "", routing_key: "q", mandatory: true, confirm: false };
+        let properties = lapin::BasicProperties::default().into();
+        bus.inner.transport.publish(to, b"x".to_vec(), properties).await.expect("published");
+    }
+
+    /// The feed keeps one timer across waits: a wait that begins soon after another ended with a delivery
+    /// still lasts its whole span, not until the earlier wait's deadline.
+    #[tokio::test(start_paused = true)]
+    async fn each_wait_lasts_its_whole_span() {
+        let bus = Bus::in_memory();
+        let mut feed = feed(&bus).await;
+        let within = Duration::from_millis(10);
+        publish(&bus).await;
+        assert!(feed.next_within(within).await.is_some(), "a waiting delivery comes at once");
+        tokio::time::sleep(Duration::from_millis(6)).await;
+        let began = tokio::time::Instant::now();
+        assert!(feed.next_within(within).await.is_none(), "nothing else was published");
+        assert_eq!(began.elapsed(), within, "the wait ended at its own deadline, not the first wait's");
+        // Once a wait has ended at its deadline, the next one waits again, and a delivery ends it.
+        let publisher = tokio::spawn({
+            let bus = bus.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                publish(&bus).await;
+            }
+        });
+        let began = tokio::time::Instant::now();
+        assert!(feed.next_within(within).await.is_some(), "the delivery published during the wait");
+        assert_eq!(began.elapsed(), Duration::from_millis(3));
+        publisher.await.expect("published");
     }
 }

@@ -176,7 +176,20 @@ async fn an_idle_consumer_sends_the_acknowledgements_it_holds() {
     let bus = h.bus("fault-idle-acks").await;
     let ledger = Arc::new(Ledger::default());
     let subscription = recording(&bus, &unique("idle-acks"), &ledger).await;
-    // Three, a few at a time: each run of deliveries ends with the consumer idle, its acks held.
+    let (vhost, queue) = (h.vhost().expect("a RabbitMQ harness has a vhost"), subscription.queue().to_owned());
+    let all_acknowledged = || {
+        within(10, "the idle consumer's acknowledgements to reach the broker", async {
+            loop {
+                let held = unacknowledged(vhost, &queue);
+                if held == 0 {
+                    break;
+                }
+                eprintln!("{held} still unacknowledged");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    // Three, one at a time: each delivery leaves the consumer idle, holding its ack.
     for seq in 0..3 {
         ledger.sent(seq);
         ledger.published(seq, bus.publish(&event(seq)).await.is_ok());
@@ -184,19 +197,22 @@ async fn an_idle_consumer_sends_the_acknowledgements_it_holds() {
     }
     ledger.drain(Duration::from_secs(10)).await;
     assert_nothing_lost(&ledger, "idle consumer");
-    let (vhost, queue) = (h.vhost().expect("a RabbitMQ harness has a vhost"), subscription.queue().to_owned());
-    within(10, "the idle consumer's acknowledgements to reach the broker", async {
-        loop {
-            let held = unacknowledged(vhost, &queue);
-            if held == 0 {
-                break;
-            }
-            eprintln!("{held} of 3 still unacknowledged");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
+    all_acknowledged().await;
+    // Then a burst of eight, still fewer than a batch: deliveries end waits early, and the last wait still ends
+    // with the acks sent.
+    let burst = (3..11).map(|seq| {
+        ledger.sent(seq);
+        let bus = bus.clone();
+        async move { (seq, bus.publish(&event(seq)).await.is_ok()) }
+    });
+    for (seq, confirmed) in futures_util::future::join_all(burst).await {
+        ledger.published(seq, confirmed);
+    }
+    ledger.drain(Duration::from_secs(10)).await;
+    assert_nothing_lost(&ledger, "idle consumer after a burst");
+    all_acknowledged().await;
     subscription.stop().await;
+    bus.shutdown(Duration::from_secs(5)).await.expect("the bus shuts down");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
