@@ -81,6 +81,16 @@ const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…]
                    sampling profiler sees the workload rather than its setup
   --payload 1024   with --profile W1–W8: payloads of that many bytes rather than 100";
 
+/// The number after option `name`, within `range`.
+fn in_range(name: &str, value: Option<String>, range: std::ops::RangeInclusive<u64>) -> Result<u64, String> {
+    let value = value.unwrap_or_default();
+    value
+        .parse()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| format!("{name} takes a number from {} to {}, not \"{value}\"", range.start(), range.end()))
+}
+
 /// What the command line asked for.
 #[derive(Debug, Default)]
 struct Args {
@@ -135,18 +145,11 @@ impl Args {
                     }
                 }
                 "--messages" => {
-                    let value = args.next().unwrap_or_default();
-                    match value.parse::<u64>() {
-                        Ok(n) if n > 0 => parsed.messages = Some(n),
-                        _ => return Err(format!("--messages takes a positive count, not \"{value}\"")),
-                    }
+                    parsed.messages = Some(in_range(&arg, args.next(), 1..=1_000_000_000)?);
                 }
                 "--payload" => {
-                    let value = args.next().unwrap_or_default();
-                    match value.parse::<usize>() {
-                        Ok(n) if (12..=1 << 20).contains(&n) => parsed.payload = Some(n),
-                        _ => return Err(format!("--payload takes a size from 12 to 1048576 bytes, not \"{value}\"")),
-                    }
+                    let bytes = in_range(&arg, args.next(), 12..=1 << 20)?;
+                    parsed.payload = Some(usize::try_from(bytes).map_err(|e| e.to_string())?);
                 }
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown argument \"{other}\"")),

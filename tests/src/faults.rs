@@ -210,8 +210,8 @@ impl Drop for PrivateNode {
     }
 }
 
-/// Runs `rabbitmqctl` against the shared node for something scoped to the test's own vhost.
-pub fn rabbitmqctl(args: &[&str]) {
+/// Runs `rabbitmqctl` against the shared node for something scoped to the test's own vhost; what it printed.
+pub fn rabbitmqctl(args: &[&str]) -> String {
     let output = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
     assert!(
         output.status.success(),
@@ -219,14 +219,13 @@ pub fn rabbitmqctl(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// How many of `queue`'s messages, in `vhost` of the shared node, are delivered and not yet acknowledged.
 pub fn unacknowledged(vhost: &str, queue: &str) -> u64 {
-    let args = ["list_queues", "-q", "--no-table-headers", "-p", vhost, "name", "messages_unacknowledged"];
-    let output = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
-    assert!(output.status.success(), "rabbitmqctl list_queues failed: {}", String::from_utf8_lossy(&output.stderr));
-    let listed = String::from_utf8_lossy(&output.stdout);
+    let listed =
+        rabbitmqctl(&["list_queues", "-q", "--no-table-headers", "-p", vhost, "name", "messages_unacknowledged"]);
     listed
         .lines()
         .find_map(|line| {
