@@ -281,6 +281,37 @@ async fn a_publish_to_a_missing_exchange_fails_alone(h: &Harness) {
     subscription.stop().await;
 }
 
+/// A publish polled once and then dropped is sent all the same, as the memory transport sends it at its first
+/// poll. (Over AMQP, a publish that finds others in flight waits one poll to be handed to lapin with the
+/// publishes ready beside it; dropped before that, it is handed over as it is dropped, not left until another
+/// publish comes.)
+async fn a_publish_dropped_after_its_first_poll_is_sent_all_the_same(h: &Harness) {
+    let bus = h.bus("dropped-test").await;
+    let (subscription, mut rx) = collect(UserRegistered::subscribe(&bus, &unique("dropped"))).await;
+    // The first publish opens the publishing channel; the ones below find it open.
+    bus.publish(&UserRegistered { user_id: 1_000, ..Default::default() }).await.unwrap();
+    for round in 0..20_i64 {
+        let awaited = UserRegistered { user_id: 2 * round, ..Default::default() };
+        let mut in_flight = std::pin::pin!(bus.publish(&awaited));
+        // Polled twice: sent (the second poll hands over a publish that waited to be sent with others), so the
+        // one dropped below is the only one not yet handed to the broker.
+        let mut polled = std::task::Poll::Pending;
+        for _ in 0..2 {
+            if polled.is_pending() {
+                polled = std::future::poll_fn(|cx| std::task::Poll::Ready(in_flight.as_mut().poll(cx))).await;
+            }
+        }
+        let dropped = UserRegistered { user_id: 2 * round + 1, ..Default::default() };
+        let _ = futures_util::FutureExt::now_or_never(bus.publish(&dropped));
+        match polled {
+            std::task::Poll::Ready(published) => published.unwrap(),
+            std::task::Poll::Pending => in_flight.await.unwrap(),
+        }
+    }
+    receive_distinct(&mut rx, 41, "every event, the dropped ones too").await;
+    subscription.stop().await;
+}
+
 warren_tests::on_both_transports!(
     a_published_event_reaches_its_typed_subscriber_equal,
     a_correlation_id_travels_only_when_it_differs_from_the_message_id,
@@ -293,4 +324,5 @@ warren_tests::on_both_transports!(
     an_unroutable_publish_is_an_error_not_a_silent_drop,
     concurrent_publishes_each_get_their_own_outcome,
     a_publish_to_a_missing_exchange_fails_alone,
+    a_publish_dropped_after_its_first_poll_is_sent_all_the_same,
 );
