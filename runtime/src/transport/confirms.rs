@@ -12,9 +12,9 @@
 //!   confirms into such acks, so a return regularly went to another publish: the unroutable message was
 //!   reported delivered, and a delivered one unroutable.
 //!
-//! So publishes are handed to lapin (which numbers each and queues its frames) and registered here in one step,
-//! under the lock of the list of publishes not yet handed over (`unsent`), and each outcome is decided here, not
-//! by the confirm lapin hands it. RabbitMQ sends a message's `basic.return` before the ack
+//! So publishes are handed to lapin (which numbers each and queues its frames) and put in flight here in one
+//! step, under the lock of the list of publishes registered but not yet handed over (`unsent`), and each outcome
+//! is decided here, not by the confirm lapin hands it. RabbitMQ sends a message's `basic.return` before the ack
 //! that covers it, sends returns in publish order, and sends the acks of one flush in ascending order (one
 //! `multiple` ack, then single ones); lapin reads frames in order. So once lapin has finished the ack frame that
 //! completed a confirm, that message's return, if there is one, sits in a confirm completed by that frame or an
@@ -43,9 +43,12 @@
 //! publishes were written three or four to a `sendto`: 4,400 to 7,600 writes for W2's 20,000 publishes, where
 //! raw lapin, which does less between two publishes, made 2,400 to 4,200; in batches, 3,600. A publish that
 //! finds others in flight or waiting to be handed over registers and yields once, so that the publishes ready
-//! on its task and thread register too; the first of them polled again hands every one registered so far to
-//! lapin. A publish alone (a caller awaiting each one) is handed over at once. One registered and then held
-//! without being polled is handed over by the next publish that hands any over, or when it is dropped.
+//! beside it register too; the first of them polled again hands every one registered so far to lapin. (Under
+//! `FuturesUnordered`, which `buffer_unordered` and `join_all` use, that is two a poll of the task, which then
+//! yields to the scheduler; so a publish that finds [`BATCH`] registered hands them over without waiting.) A
+//! publish alone (a caller awaiting each one) is handed over at once. One registered and then held without
+//! being polled is handed over by the next publish that hands any over, or when it is dropped; its deadline runs
+//! meanwhile.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -148,7 +151,8 @@ struct Slot {
     id: Option<MessageId>,
     outcome: Option<Outcome>,
     waker: Option<Waker>,
-    /// Its publish stopped waiting (its deadline passed): decided all the same, to account for its return.
+    /// Its publish stopped waiting (its deadline passed, or its future was dropped): decided all the same, to
+    /// account for its return.
     abandoned: bool,
 }
 
@@ -279,7 +283,7 @@ impl Confirms {
             state.waiting.insert(number, Slot { id, outcome: None, waker: None, abandoned: false });
             let alone = unsent.is_empty() && state.in_flight.is_empty();
             unsent.push(Waiting { number, sending });
-            (number, alone)
+            (number, alone || unsent.len() >= BATCH)
         };
         let mut waiting = Awaiting { confirms: self, number, decided: false };
         if !alone {
@@ -289,25 +293,30 @@ impl Confirms {
         poll_fn(|cx| waiting.poll(cx)).await
     }
 
-    /// Hands every publish registered so far to lapin and puts them in flight, where the next
-    /// [`InFlight::completed`] polls them (the caller's, which follows at once).
-    fn send_unsent(&self) {
+    /// Hands every publish registered so far to lapin and puts them in flight; false if there was none. Each is
+    /// then polled by the next [`InFlight::completed`]: its own publish's, at the latest, which follows its call
+    /// of this.
+    fn send_unsent(&self) -> bool {
         let mut unsent = self.unsent();
         if unsent.is_empty() {
-            return;
+            return false;
         }
+        // Taken out while lapin polls them: should a poll panic, the others are not polled again.
+        let mut batch = std::mem::take(&mut *unsent);
         // lapin numbers a publish and queues its frames in its first poll. The waker it keeps is replaced by
         // the slot's when `in_flight` polls it.
         let mut first_poll = Context::from_waker(Waker::noop());
-        for publish in unsent.iter_mut() {
+        for publish in &mut batch {
             if let Poll::Ready(failed) = publish.sending.as_mut().poll(&mut first_poll) {
                 publish.sending = Box::pin(std::future::ready(failed)); // decided with the others, like any outcome
             }
         }
         let mut state = self.state();
-        for publish in unsent.drain(..) {
+        for publish in batch.drain(..) {
             state.in_flight.insert(publish);
         }
+        *unsent = batch; // empty, kept for its capacity
+        true
     }
 
     /// The outcome of publish `number` once decided; meanwhile drives the confirms in flight.
@@ -354,10 +363,12 @@ impl Confirms {
     /// with the others. One not yet handed to lapin is handed over now: a publish polled once is sent, as it
     /// is by the memory transport, and not left for another publish to send.
     fn abandon(&self, number: u64) {
-        if self.unsent().iter().any(|publish| publish.number == number) {
-            self.send_unsent();
-        }
+        let unsent = self.unsent().iter().any(|publish| publish.number == number);
+        let handed_over = unsent && self.send_unsent();
         let mut state = self.state();
+        if handed_over {
+            state.in_flight.woken.driver.wake(); // the driver, if any, polls them; this publish will not
+        }
         if let Some(slot) = state.waiting.get_mut(&number) {
             if slot.outcome.is_some() {
                 state.waiting.remove(&number);
@@ -500,6 +511,9 @@ fn take_one(returned: &mut HashMap<MessageId, u32>, id: MessageId) -> bool {
         None => false,
     }
 }
+
+/// A publish that finds this many registered and not yet handed to lapin hands them over without yielding.
+const BATCH: usize = 64;
 
 /// How many times one poll syncs with lapin while confirms keep completing, before it yields its thread.
 const SYNCS_PER_POLL: usize = 4;
