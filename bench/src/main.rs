@@ -79,8 +79,8 @@ const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…]
                    app id, timestamp and the schema header; the same bytes as Warren's)
   --profile NAME   run one workload once and exit, for a profiler: one, fan-out, fan-out-shared (W9, in memory) or W1–W8
                    (Warren's side, 100 B, the --quick size; with --raw, the raw-lapin side)
-  --messages N     with --profile W1–W8: N messages (W7: N publishes) rather than the --quick size, so that a
-                   sampling profiler sees the workload rather than its setup
+  --messages N     with --profile: N messages (W7, fan-out: N publishes) rather than the profile's usual size,
+                   so that a sampling profiler sees the workload rather than its setup
   --payload 1024   with --profile W1–W8: payloads of that many bytes rather than 100";
 
 /// The number after option `name`, within `range`.
@@ -158,8 +158,11 @@ impl Args {
             }
         }
         let profiles_rabbitmq = parsed.profile.as_deref().is_some_and(|name| rabbitmq(name).is_some());
-        if (parsed.messages.is_some() || parsed.payload.is_some()) && !profiles_rabbitmq {
-            return Err("--messages and --payload go with --profile W1–W8".to_owned());
+        if parsed.payload.is_some() && !profiles_rabbitmq {
+            return Err("--payload goes with --profile W1–W8".to_owned());
+        }
+        if parsed.messages.is_some() && parsed.profile.is_none() {
+            return Err("--messages goes with --profile".to_owned());
         }
         if parsed.memory {
             parsed.only = Some(vec!["W9".to_owned()]);
@@ -251,13 +254,15 @@ fn rabbitmq(id: &str) -> Option<&'static Spec> {
 async fn profile(name: &str, side: Side, url: String, args: &Args) {
     let run = match name {
         "ONE" => {
-            let took = memory::in_memory_one_subscriber(20_000).await;
-            return println!("one: {}/s", thousands(20_000.0 / took.as_secs_f64()));
+            let n = args.messages.unwrap_or(20_000);
+            let took = memory::in_memory_one_subscriber(n).await;
+            return println!("one: {}/s", thousands(n as f64 / took.as_secs_f64()));
         }
         "FAN-OUT" | "FAN-OUT-SHARED" => {
             let values = if name == "FAN-OUT" { Values::Owned } else { Values::Shared };
-            let took = memory::in_memory_fan_out(5_000, 10, values).await;
-            return println!("{name}: {} deliveries/s", thousands(50_000.0 / took.as_secs_f64()));
+            let n = args.messages.unwrap_or(5_000);
+            let took = memory::in_memory_fan_out(n, 10, values).await;
+            return println!("{name}: {} deliveries/s", thousands((n * 10) as f64 / took.as_secs_f64()));
         }
         id => {
             let spec = rabbitmq(id).expect("names are checked when parsed");
