@@ -79,8 +79,9 @@ const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…]
                    app id, timestamp and the schema header; the same bytes as Warren's)
   --profile NAME   run one workload once and exit, for a profiler: one, fan-out, fan-out-shared (W9, in memory) or W1–W8
                    (Warren's side, 100 B, the --quick size; with --raw, the raw-lapin side)
-  --messages N     with --profile: N messages (W7, fan-out: N publishes) rather than the profile's usual size,
-                   so that a sampling profiler sees the workload rather than its setup
+  --messages N     with --profile: N messages (W7, fan-out, fan-out-shared: N publishes) rather than the usual
+                   size (one: 20,000, the fan-outs: 5,000, W1–W8: the --quick size), so that a sampling
+                   profiler sees the workload rather than its setup
   --payload 1024   with --profile W1–W8: payloads of that many bytes rather than 100";
 
 /// The number after option `name`, within `range`.

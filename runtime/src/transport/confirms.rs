@@ -41,7 +41,7 @@
 //! Publishes are handed to lapin in batches. lapin's I/O thread writes whatever is queued each time it wakes,
 //! and every publish handed over wakes it. Handed over one at a time, each at its first poll, Warren's
 //! publishes were written three or four to a `sendto`: 4,400 to 7,600 writes for W2's 20,000 publishes, where
-//! raw lapin, which does less between two publishes, made 2,400 to 4,200; in batches, 3,600. A publish that
+//! raw lapin, which does less between two publishes, made 2,400 to 4,200; in batches, 1,800 to 3,600. A publish that
 //! finds others in flight or waiting to be handed over registers and yields once, so that the publishes ready
 //! beside it register too; the first of them polled again hands every one registered so far to lapin. (Under
 //! `FuturesUnordered`, which `buffer_unordered` and `join_all` use, that is two a poll of the task, which then
@@ -301,7 +301,8 @@ impl Confirms {
         if unsent.is_empty() {
             return false;
         }
-        // Taken out while lapin polls them: should a poll panic, the others are not polled again.
+        // Taken out while lapin polls them: should a poll panic, the others are not polled again (they are
+        // dropped, and their publishes fail at their deadline).
         let mut batch = std::mem::take(&mut *unsent);
         // lapin numbers a publish and queues its frames in its first poll. The waker it keeps is replaced by
         // the slot's when `in_flight` polls it.
