@@ -202,17 +202,18 @@ async fn none_wrong(mut lanes: tokio::task::JoinSet<Vec<String>>, how: &str) {
     assert!(wrong.is_empty(), "{} publishes {how}, e.g. {:?}", wrong.len(), &wrong[..wrong.len().min(5)]);
 }
 
-/// Receives until `count` distinct `UserRegistered` events have arrived.
+/// Receives until `count` distinct `UserRegistered` events have arrived; their user ids.
 async fn receive_distinct(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<(UserRegistered, warren::Context)>,
     count: usize,
     what: &str,
-) {
+) -> std::collections::BTreeSet<i64> {
     let mut received = std::collections::BTreeSet::new();
     while received.len() < count {
         let (event, _) = within(30, what, rx.recv()).await.unwrap();
         received.insert(event.user_id);
     }
+    received
 }
 
 /// Many publishes in flight at once, routable and unroutable mixed: each gets its own outcome. (lapin hands a
@@ -311,11 +312,7 @@ async fn a_publish_dropped_after_its_first_poll_is_sent_all_the_same(h: &Harness
             std::task::Poll::Pending => in_flight.await.unwrap(),
         }
         // Both arrive before anything else is published.
-        let mut received = std::collections::BTreeSet::new();
-        while received.len() < 2 {
-            let (event, _) = within(30, "the awaited event and the dropped one", rx.recv()).await.unwrap();
-            received.insert(event.user_id);
-        }
+        let received = receive_distinct(&mut rx, 2, "the awaited event and the dropped one").await;
         assert_eq!(received, [2 * round, 2 * round + 1].into(), "round {round}");
     }
     subscription.stop().await;
