@@ -741,7 +741,8 @@ pub(crate) async fn publish_written(
 }
 
 /// Publishes on `channel` and, when it is in confirm mode, waits for the broker's confirm; one deadline covers
-/// both (one timer per publish: with a thousand publishes in flight, timers are a measurable cost).
+/// both. A confirmed publish's deadline is kept by its channel's watchdog (see `confirms`), not a timer of its
+/// own: with a thousand publishes in flight, timers are a measurable cost.
 async fn publish_through(
     channel: &Arc<PublishChannel>,
     publish: Publish<'_>,
@@ -762,9 +763,7 @@ async fn publish_through(
             confirm.await.map(Confirmed::from)
         })
     };
-    let outcome = tokio::time::timeout(timeout, confirms.publish(properties.id(), sending))
-        .await
-        .map_err(|_| Error::Timeout { operation: "publish and confirm", after: timeout })?;
+    let outcome = confirms.publish(properties.id(), sending, Instant::now() + timeout).await;
     let named = || (publish.exchange.to_owned(), publish.routing_key.to_owned());
     match outcome {
         Outcome::Delivered => Ok(()),
@@ -777,6 +776,7 @@ async fn publish_through(
             Err(Error::Nacked { exchange, routing_key })
         }
         Outcome::Failed(source) => Err(Error::broker("publish and confirm", source)),
+        Outcome::TimedOut => Err(Error::Timeout { operation: "publish and confirm", after: timeout }),
     }
 }
 

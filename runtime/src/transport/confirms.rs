@@ -26,9 +26,9 @@
 //! Message ids must be distinct among the publishes in flight on a channel; Warren's are. A message whose id is
 //! not of Warren's form (36 characters) is judged by the return, if any, that lapin pairs with it.
 //!
-//! There is no task of its own: the publishes waiting take turns. The last one to poll the confirms in flight
-//! is woken when one completes, decides every outcome that is ready, wakes their publishes, and hands the turn
-//! on when it leaves. A publish alone in flight (a caller awaiting each one) is woken as often as it was by
+//! No task of its own drives the confirms: the publishes waiting take turns. The last one to poll the confirms
+//! in flight is woken when one completes, decides every outcome that is ready, wakes their publishes, and hands
+//! the turn on when it leaves. A publish alone in flight (a caller awaiting each one) is woken as often as it was by
 //! lapin directly. The confirms in flight are polled only when lapin wakes them; the wakers put them on a list
 //! under a lock, so that after a sync, taking the list takes every confirm lapin completed before it.
 //!
@@ -49,6 +49,10 @@
 //! publish alone (a caller awaiting each one) is handed over at once. One registered and then held without
 //! being polled is handed over by the next publish that hands any over, or when it is dropped; its deadline runs
 //! meanwhile.
+//!
+//! Deadlines are the one thing a task of this module's keeps: a watchdog per channel, sleeping until the
+//! earliest deadline of the publishes waiting (see [`Confirms::publish`]). A publish whose deadline passes is
+//! told so whoever holds the turn, and its confirm, should it come, is decided with the others.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -56,6 +60,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use futures_util::FutureExt;
 use futures_util::task::AtomicWaker;
@@ -75,6 +80,8 @@ pub(crate) enum Outcome {
     Refused,
     /// The channel failed before the broker answered.
     Failed(lapin::Error),
+    /// Its deadline passed first. Its confirm, should it come, is still decided, to account for its return.
+    TimedOut,
 }
 
 /// A confirmed publish: lapin's send, then its confirm, as [`Confirmed`]. It owns what it sends (the channel
@@ -125,7 +132,20 @@ pub(crate) struct Confirms {
     /// Publishes registered but not yet handed to lapin, in registration order. Held while handing them over
     /// and putting them in flight, so that lapin numbers them in the order it queues them.
     unsent: Mutex<Vec<Waiting>>,
-    state: Mutex<State>,
+    /// Shared with the watchdog, which holds it weakly.
+    state: Arc<Mutex<State>>,
+    /// Tells the watchdog to look again: a deadline earlier than its timer's was registered, or (once `state`
+    /// is dropped, so declared after it) this is dropped.
+    alarm: Alarm,
+}
+
+/// Wakes the watchdog; when dropped, to find its state gone and end.
+struct Alarm(Arc<tokio::sync::Notify>);
+
+impl Drop for Alarm {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
 }
 
 #[derive(Default)]
@@ -142,6 +162,8 @@ struct State {
     returned: HashMap<MessageId, u32>,
     /// The publish whose task polled `in_flight` last: the one woken when a confirm completes.
     driver: Option<u64>,
+    /// When the watchdog's timer fires; `None` while it has no publish to watch.
+    armed: Option<Instant>,
 }
 
 /// A publish waiting for its outcome.
@@ -149,11 +171,19 @@ struct Slot {
     /// Matched against returned messages; `None` for a message without an id of Warren's form, which is then
     /// judged by the confirm lapin pairs it with.
     id: Option<MessageId>,
+    /// When the publish gives up waiting, if not decided by then.
+    deadline: Instant,
     outcome: Option<Outcome>,
     waker: Option<Waker>,
     /// Its publish stopped waiting (its deadline passed, or its future was dropped): decided all the same, to
     /// account for its return.
     abandoned: bool,
+}
+
+impl Slot {
+    fn new(id: Option<MessageId>, deadline: Instant) -> Slot {
+        Slot { id, deadline, outcome: None, waker: None, abandoned: false }
+    }
 }
 
 /// A completed confirm, its return (if any) already counted.
@@ -258,9 +288,12 @@ impl InFlight {
 }
 
 impl Confirms {
-    /// The confirm side of `channel`, which must be in confirm mode.
+    /// The confirm side of `channel`, which must be in confirm mode. Spawns its watchdog (see
+    /// [`Confirms::publish`]), which ends when this is dropped.
     pub(crate) fn new(channel: Arc<Channel>) -> Confirms {
-        Confirms { channel, unsent: Mutex::default(), state: Mutex::default() }
+        let (state, alarm) = (Arc::default(), Arc::default());
+        tokio::spawn(watch(Arc::downgrade(&state), Arc::clone(&alarm)));
+        Confirms { channel, unsent: Mutex::default(), state, alarm: Alarm(alarm) }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -273,14 +306,21 @@ impl Confirms {
     }
 
     /// Sends a publish (`sending`, not yet polled: lapin numbers the publish and queues its frames in its first
-    /// poll) and waits for its outcome.
-    pub(crate) async fn publish(&self, id: Option<MessageId>, sending: Sending) -> Outcome {
+    /// poll) and waits for its outcome, until `deadline` at the latest ([`Outcome::TimedOut`]).
+    ///
+    /// The deadlines are kept by one watchdog task per channel rather than a timer per publish (a tokio timer
+    /// registered and removed for every publish cost about 880 instructions each): it sleeps until the earliest
+    /// deadline of the publishes waiting, then tells those whose deadline passed and sleeps until the next. A
+    /// publish whose deadline is earlier than the watchdog's timer wakes it; publishes sent with one timeout
+    /// arrive in deadline order, so that happens when the watchdog is idle, not once a publish.
+    pub(crate) async fn publish(&self, id: Option<MessageId>, sending: Sending, deadline: Instant) -> Outcome {
         let (number, alone) = {
             let mut unsent = self.unsent();
             let mut state = self.state();
-            let number = state.next;
-            state.next += 1;
-            state.waiting.insert(number, Slot { id, outcome: None, waker: None, abandoned: false });
+            let (number, look_again) = state.register(id, deadline);
+            if look_again {
+                self.alarm.0.notify_one();
+            }
             let alone = unsent.is_empty() && state.in_flight.is_empty();
             unsent.push(Waiting { number, sending });
             (number, alone || unsent.len() >= BATCH)
@@ -383,6 +423,19 @@ impl Confirms {
 }
 
 impl State {
+    /// Registers a publish waiting for its outcome until `deadline`, and numbers it; true if the watchdog
+    /// must look again (its timer is set for later, or not set).
+    fn register(&mut self, id: Option<MessageId>, deadline: Instant) -> (u64, bool) {
+        let number = self.next;
+        self.next += 1;
+        self.waiting.insert(number, Slot::new(id, deadline));
+        let look_again = self.armed.is_none_or(|armed| deadline < armed);
+        if look_again {
+            self.armed = Some(deadline);
+        }
+        (number, look_again)
+    }
+
     /// Moves the confirms completed so far to `done`, counting the returns they carry, and registers `cx` to
     /// be woken when the next one completes.
     fn collect(&mut self, cx: &mut Context<'_>) {
@@ -437,12 +490,40 @@ impl State {
         }
     }
 
-    /// The outcome of publish `number`, once decided; it then stops waiting.
+    /// The outcome of publish `number`, once decided; it then stops waiting. One timed out stays, abandoned,
+    /// until its confirm is decided.
     fn take(&mut self, number: u64) -> Option<Outcome> {
-        let outcome = self.waiting.get_mut(&number)?.outcome.take()?;
-        self.waiting.remove(&number);
+        let slot = self.waiting.get_mut(&number)?;
+        let outcome = slot.outcome.take()?;
+        if let Outcome::TimedOut = outcome {
+            slot.abandoned = true;
+            slot.waker = None;
+        } else {
+            self.waiting.remove(&number);
+        }
         self.hand_on(number);
         Some(outcome)
+    }
+
+    /// Times out the undecided publishes whose deadline is `now` or earlier, waking each, and arms the
+    /// watchdog for the earliest deadline left (`None`: no publish to watch).
+    fn expire(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for slot in self.waiting.values_mut() {
+            if slot.abandoned || slot.outcome.is_some() {
+                continue;
+            }
+            if slot.deadline <= now {
+                slot.outcome = Some(Outcome::TimedOut);
+                if let Some(waker) = slot.waker.take() {
+                    waker.wake();
+                }
+            } else if next.is_none_or(|next| slot.deadline < next) {
+                next = Some(slot.deadline);
+            }
+        }
+        self.armed = next;
+        next
     }
 
     /// When publish `number` leaves and was the driver, wakes another waiting publish to take the turn.
@@ -478,6 +559,26 @@ impl Drop for Awaiting<'_> {
     fn drop(&mut self) {
         if !self.decided {
             self.confirms.abandon(self.number);
+        }
+    }
+}
+
+/// Keeps the deadlines of one channel's publishes (see [`Confirms::publish`]) until its [`Confirms`] is dropped.
+async fn watch(state: std::sync::Weak<Mutex<State>>, alarm: Arc<tokio::sync::Notify>) {
+    loop {
+        let next = {
+            let Some(state) = state.upgrade() else { return };
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.expire(Instant::now())
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at.into()) => {}
+                    () = alarm.notified() => {}
+                }
+            }
+            None => alarm.notified().await,
         }
     }
 }
@@ -541,6 +642,9 @@ impl Hasher for Numbers {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
     use lapin::BasicProperties;
     use lapin::types::ShortString;
 
@@ -559,21 +663,31 @@ mod tests {
         BasicReturnMessage { delivery, reply_code: 312, reply_text: "NO_ROUTE".into() }
     }
 
+    /// A deadline no test reaches.
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
     /// Registers a publish (id `id`) whose confirm has completed with `confirmed`.
     fn publish(state: &mut State, id: Option<MessageId>, confirmed: Confirmation) -> u64 {
-        let number = state.next;
-        state.next += 1;
-        state.waiting.insert(number, Slot { id, outcome: None, waker: None, abandoned: false });
+        let (number, _) = state.register(id, later());
         state.in_flight.insert(Waiting { number, sending: Box::pin(std::future::ready(Ok(confirmed.into()))) });
         number
     }
 
     /// Registers a publish (id `id`) whose confirm completes when the returned sender sends it.
     fn pending(state: &mut State, id: Option<MessageId>) -> (u64, tokio::sync::oneshot::Sender<Confirmation>) {
+        pending_until(state, id, later())
+    }
+
+    /// [`pending`], waiting until `deadline`.
+    fn pending_until(
+        state: &mut State,
+        id: Option<MessageId>,
+        deadline: Instant,
+    ) -> (u64, tokio::sync::oneshot::Sender<Confirmation>) {
         let (complete, completed) = tokio::sync::oneshot::channel();
-        let number = state.next;
-        state.next += 1;
-        state.waiting.insert(number, Slot { id, outcome: None, waker: None, abandoned: false });
+        let (number, _) = state.register(id, deadline);
         let sending = Box::pin(async move { Ok(Confirmed::from(completed.await.expect("completed"))) });
         state.in_flight.insert(Waiting { number, sending });
         (number, complete)
@@ -658,7 +772,7 @@ mod tests {
 
     impl std::task::Wake for Count {
         fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.fetch_add(1, Relaxed);
         }
     }
 
@@ -673,9 +787,9 @@ mod tests {
         complete.send(Confirmation::Ack(None)).unwrap();
         collect(&mut state);
         state.decide(state.collections, driver);
-        assert_eq!(woken.0.load(std::sync::atomic::Ordering::Relaxed), 0, "nothing decided for the other yet");
+        assert_eq!(woken.0.load(Relaxed), 0, "nothing decided for the other yet");
         assert_eq!(outcome(&mut state, driver), "Delivered");
-        assert_eq!(woken.0.load(std::sync::atomic::Ordering::Relaxed), 1, "the other takes the turn");
+        assert_eq!(woken.0.load(Relaxed), 1, "the other takes the turn");
         assert_eq!(state.driver, Some(other), "and hands it on in turn should it leave before its next poll");
     }
 
@@ -694,8 +808,71 @@ mod tests {
         let first = state.driver.expect("a publish took the turn");
         state.waiting.get_mut(&first).unwrap().abandoned = true;
         state.hand_on(first); // as `Confirms::abandon` does
-        assert_eq!(woken.0.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(woken.0.load(Relaxed), 2);
         let second = state.driver.expect("the turn went on");
         assert!(second != first && [next, last].contains(&second));
+    }
+
+    #[test]
+    fn a_publish_past_its_deadline_times_out_and_its_late_confirm_still_takes_its_return() {
+        let mut state = State::default();
+        let now = Instant::now();
+        let (late, complete) = pending_until(&mut state, Some(id(1)), now - Duration::from_millis(1));
+        let (on_time, _keep) = pending_until(&mut state, Some(id(2)), now + Duration::from_secs(1));
+        let woken = Arc::new(Count::default());
+        state.waiting.get_mut(&late).unwrap().waker = Some(Waker::from(Arc::clone(&woken)));
+        assert_eq!(state.expire(now), Some(now + Duration::from_secs(1)), "armed for the next deadline");
+        assert_eq!(woken.0.load(Relaxed), 1, "the late one is told");
+        assert_eq!(outcome(&mut state, late), "TimedOut");
+        assert_eq!(outcome(&mut state, on_time), "undecided");
+        // Its confirm comes after all, carrying its own return: counted, and not left for another publish.
+        complete.send(Confirmation::Ack(Some(returned(Some(id(1)))))).unwrap();
+        collect(&mut state);
+        state.decide(state.collections, u64::MAX);
+        assert!(state.returned.is_empty(), "the timed-out publish took its return");
+        assert!(!state.waiting.contains_key(&late), "and left");
+        assert_eq!(outcome(&mut state, on_time), "undecided");
+    }
+
+    #[test]
+    fn only_a_deadline_earlier_than_the_watchdogs_timer_wakes_the_watchdog() {
+        let mut state = State::default();
+        let now = Instant::now();
+        let (_, look_again) = state.register(None, now + Duration::from_secs(2));
+        assert!(look_again, "an idle watchdog is woken");
+        let (_, look_again) = state.register(None, now + Duration::from_secs(3));
+        assert!(!look_again, "a later deadline waits for the timer set");
+        let (_, look_again) = state.register(None, now + Duration::from_secs(1));
+        assert!(look_again, "an earlier one moves it");
+        assert_eq!(state.armed, Some(now + Duration::from_secs(1)));
+    }
+
+    #[tokio::test]
+    async fn the_watchdog_tells_a_publish_at_its_deadline_and_ends_with_its_channel() {
+        let state = Arc::new(Mutex::new(State::default()));
+        let alarm = Alarm(Arc::default());
+        let watchdog = tokio::spawn(watch(Arc::downgrade(&state), Arc::clone(&alarm.0)));
+        let woken = Arc::new(Count::default());
+        let number = {
+            let mut state = state.lock().unwrap();
+            let (number, look_again) = state.register(Some(id(1)), Instant::now() + Duration::from_millis(50));
+            assert!(look_again);
+            state.waiting.get_mut(&number).unwrap().waker = Some(Waker::from(Arc::clone(&woken)));
+            number
+        };
+        alarm.0.notify_one();
+        let told = tokio::time::timeout(Duration::from_secs(5), async {
+            while woken.0.load(Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        told.await.expect("the watchdog told the publish at its deadline, not 5 s later");
+        assert_eq!(outcome(&mut state.lock().unwrap(), number), "TimedOut");
+        drop(state);
+        drop(alarm);
+        tokio::time::timeout(Duration::from_secs(5), watchdog)
+            .await
+            .expect("the watchdog ended with its state")
+            .expect("without panicking");
     }
 }
