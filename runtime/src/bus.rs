@@ -182,13 +182,17 @@ impl Bus {
     ///
     /// Fails before sending anything when the event breaks its contract's validation rules
     /// ([`Error::Invalid`]) or a routing-key template's field has an unusable value ([`Error::RoutingKey`]).
-    pub async fn publish_with<E: Event>(&self, event: &E, options: PublishOptions) -> Result<()> {
-        let spec = E::SPEC;
-        event.validate().map_err(|violations| Error::Invalid { type_name: E::TYPE_NAME, violations })?;
-        let routing_key = event.routing_key()?;
-        self.declare_exchange(&spec.exchange).await?;
-        let format = options.format.unwrap_or(spec.format);
-        self.send(event, spec.exchange.name, &routing_key, format, options.priority.or(spec.priority), options).await
+    #[expect(clippy::manual_async_fn, reason = "smaller future; see `Transport::publish_until`")]
+    pub fn publish_with<E: Event>(&self, event: &E, options: PublishOptions) -> impl Future<Output = Result<()>> {
+        async move {
+            let spec = E::SPEC;
+            event.validate().map_err(|violations| Error::Invalid { type_name: E::TYPE_NAME, violations })?;
+            let routing_key = event.routing_key()?;
+            self.declare_exchange(&spec.exchange).await?;
+            let format = options.format.unwrap_or(spec.format);
+            let priority = options.priority.or(spec.priority);
+            self.send(event, spec.exchange.name, &routing_key, format, priority, options).await
+        }
     }
 
     /// Puts `task` on its work queue (declared with the contract's settings if this bus has not yet), for
@@ -209,7 +213,8 @@ impl Bus {
     }
 
     /// Encodes and publishes a contract message, confirmed unless fire-and-forget, and records it.
-    async fn send<P: Payload>(
+    #[expect(clippy::manual_async_fn, reason = "smaller future; see `Transport::publish_until`")]
+    fn send<P: Payload>(
         &self,
         message: &P,
         exchange: &str,
@@ -217,31 +222,33 @@ impl Bus {
         format: WireFormat,
         priority: Option<crate::Priority>,
         options: PublishOptions,
-    ) -> Result<()> {
-        let payload = codec::encode(message, format)?;
-        let mut envelope = Envelope::new(P::TYPE_NAME, format, "", self.inner.app_id);
-        let publishes = self.inner.metrics.publishes(P::TYPE_NAME);
-        if publishes.stamps_schema(envelope.timestamp) {
-            envelope.schema = P::FINGERPRINT;
+    ) -> impl Future<Output = Result<()>> {
+        async move {
+            let payload = codec::encode(message, format)?;
+            let mut envelope = Envelope::new(P::TYPE_NAME, format, "", self.inner.app_id);
+            let publishes = self.inner.metrics.publishes(P::TYPE_NAME);
+            if publishes.stamps_schema(envelope.timestamp) {
+                envelope.schema = P::FINGERPRINT;
+            }
+            envelope.correlation_id = options.correlation_id.map(Arc::from);
+            envelope.persistent = true;
+            envelope.priority = priority.map(crate::Priority::as_amqp);
+            let properties = Properties::from(envelope);
+            // History keeps protobuf, whatever went on the wire.
+            let kept = self.inner.metrics.history_enabled().then(|| match format {
+                WireFormat::Protobuf => payload.clone(),
+                WireFormat::Json => message.encode_to_vec(),
+            });
+            if options.fire_and_forget {
+                self.check_open_and_size(payload.len())?;
+                let publish = Publish { exchange, routing_key, mandatory: false, confirm: false };
+                self.inner.transport.publish(publish, payload, properties).await?;
+            } else {
+                self.publish_raw(exchange, routing_key, payload, properties).await?;
+            }
+            self.inner.metrics.published(P::TYPE_NAME, &publishes, kept);
+            Ok(())
         }
-        envelope.correlation_id = options.correlation_id.map(Arc::from);
-        envelope.persistent = true;
-        envelope.priority = priority.map(crate::Priority::as_amqp);
-        let properties = Properties::from(envelope);
-        // History keeps protobuf, whatever went on the wire.
-        let kept = self.inner.metrics.history_enabled().then(|| match format {
-            WireFormat::Protobuf => payload.clone(),
-            WireFormat::Json => message.encode_to_vec(),
-        });
-        if options.fire_and_forget {
-            self.check_open_and_size(payload.len())?;
-            let publish = Publish { exchange, routing_key, mandatory: false, confirm: false };
-            self.inner.transport.publish(publish, payload, properties).await?;
-        } else {
-            self.publish_raw(exchange, routing_key, payload, properties).await?;
-        }
-        self.inner.metrics.published(P::TYPE_NAME, &publishes, kept);
-        Ok(())
     }
 
     /// The metrics of this bus: per event type and per subscriber, with queue depths from the broker.

@@ -58,7 +58,7 @@ struct Topology {
 type Publisher = (u64, Arc<PublishChannel>);
 
 /// A channel that publishes; in confirm mode, with what matches its confirms to its publishes.
-pub(crate) struct PublishChannel {
+struct PublishChannel {
     channel: Arc<Channel>,
     confirms: Option<Confirms>,
 }
@@ -248,57 +248,60 @@ impl Amqp {
     /// Publishes and waits for the confirm, re-sending after connection or channel failures until `by` (at the
     /// latest; each attempt also ends at the operation timeout). Unroutable, nacked and missing-exchange
     /// outcomes are final.
-    pub(crate) async fn publish(
+    #[expect(clippy::manual_async_fn, reason = "smaller future; see `Transport::publish_until`")]
+    pub(crate) fn publish(
         &self,
         publish: Publish<'_>,
         body: Vec<u8>,
         properties: &Properties,
         by: Instant,
-    ) -> Result<()> {
-        // A free slot needs no timer; only a full window is waited for, within the publish deadline. The
-        // waits off the common path are boxed: thousands of publishes may be in flight, each as large as the
-        // largest state of this function.
-        let _slot = match self.window.try_acquire() {
-            Ok(slot) => slot,
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
-            Err(tokio::sync::TryAcquireError::NoPermits) => {
-                let after = by.saturating_duration_since(Instant::now());
-                Box::pin(tokio::time::timeout(after, self.window.acquire()))
-                    .await
-                    .map_err(|_| Error::Timeout { operation: "publish window", after })?
-                    .map_err(|_| Error::Closed)?
-            }
-        };
-        // Shared with each attempt's send, which may outlive this function (see `confirms`).
-        let body = Arc::new(body);
-        let mut attempt = 0u32;
-        loop {
-            let channel = match self.current_publisher(publish.confirm) {
-                Some(channel) => Ok(channel),
-                None => Box::pin(self.publisher(publish.confirm, by)).await,
-            };
-            let error = match channel {
-                Ok(channel) => {
-                    match publish_through(&channel, publish, &body, properties, self.attempt_timeout(by)).await {
-                        Ok(()) => return Ok(()),
-                        Err(error) => error,
-                    }
+    ) -> impl Future<Output = Result<()>> {
+        async move {
+            // A free slot needs no timer; only a full window is waited for, within the publish deadline. The
+            // waits off the common path are boxed: thousands of publishes may be in flight, each as large as the
+            // largest state of this function.
+            let _slot = match self.window.try_acquire() {
+                Ok(slot) => slot,
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    let after = by.saturating_duration_since(Instant::now());
+                    Box::pin(tokio::time::timeout(after, self.window.acquire()))
+                        .await
+                        .map_err(|_| Error::Timeout { operation: "publish window", after })?
+                        .map_err(|_| Error::Closed)?
                 }
-                Err(error) => error,
             };
-            match classify(&error, publish.exchange) {
-                Failure::Final(error) => return Err(error),
-                Failure::Transient if Instant::now() < by && !self.closing.load(Ordering::Relaxed) => {
-                    attempt += 1;
-                    tracing::debug!(%error, attempt, "publish not confirmed; sending it again");
-                    let pause = jittered(Duration::from_millis(20) * attempt.min(25));
-                    Box::pin(tokio::time::sleep(pause.min(by.saturating_duration_since(Instant::now())))).await;
-                    if Instant::now() >= by {
-                        // No time left for another attempt.
-                        return Err(gave_up(error, publish.exchange, self.config.publish_timeout));
+            // Shared with each attempt's send, which may outlive this function (see `confirms`).
+            let body = Arc::new(body);
+            let mut attempt = 0u32;
+            loop {
+                let channel = match self.current_publisher(publish.confirm) {
+                    Some(channel) => Ok(channel),
+                    None => Box::pin(self.publisher(publish.confirm, by)).await,
+                };
+                let error = match channel {
+                    Ok(channel) => {
+                        match publish_through(&channel, publish, &body, properties, self.attempt_timeout(by)).await {
+                            Ok(()) => return Ok(()),
+                            Err(error) => error,
+                        }
                     }
+                    Err(error) => error,
+                };
+                match classify(&error, publish.exchange) {
+                    Failure::Final(error) => return Err(error),
+                    Failure::Transient if Instant::now() < by && !self.closing.load(Ordering::Relaxed) => {
+                        attempt += 1;
+                        tracing::debug!(%error, attempt, "publish not confirmed; sending it again");
+                        let pause = jittered(Duration::from_millis(20) * attempt.min(25));
+                        Box::pin(tokio::time::sleep(pause.min(by.saturating_duration_since(Instant::now())))).await;
+                        if Instant::now() >= by {
+                            // No time left for another attempt.
+                            return Err(gave_up(error, publish.exchange, self.config.publish_timeout));
+                        }
+                    }
+                    Failure::Transient => return Err(gave_up(error, publish.exchange, self.config.publish_timeout)),
                 }
-                Failure::Transient => return Err(gave_up(error, publish.exchange, self.config.publish_timeout)),
             }
         }
     }
@@ -712,71 +715,78 @@ fn from_lapin(d: lapin::message::Delivery, names: &mut Names, acker: impl FnOnce
 }
 
 /// Publishes on `channel`, which is not in confirm mode, within `timeout`: done once lapin has written it.
-pub(crate) async fn publish_on(
+pub(crate) fn publish_on(
     channel: &Channel,
     publish: Publish<'_>,
     body: &[u8],
     properties: &Properties,
     timeout: Duration,
-) -> Result<()> {
-    deadline("publish", timeout, publish_written(channel, publish, body, properties)).await
+) -> impl Future<Output = Result<()>> {
+    deadline("publish", timeout, publish_written(channel, publish, body, properties))
 }
 
 /// Publishes on `channel`, which is not in confirm mode: done once lapin has written it. No deadline of its own:
 /// the caller bounds the wait.
+///
+/// lapin's publish is boxed. Inline it made every publish future 1,100 bytes larger, confirmed ones too (a
+/// future is as large as its largest state), and a caller that runs many publishes at once copies each whole
+/// future into a task or a `FuturesUnordered` slot.
 pub(crate) async fn publish_written(
     channel: &Channel,
     publish: Publish<'_>,
     body: &[u8],
     properties: &Properties,
 ) -> lapin::Result<()> {
-    let sending = channel.basic_publish(
+    let sending = Box::pin(channel.basic_publish(
         ShortString::from(publish.exchange),
         ShortString::from(publish.routing_key),
         BasicPublishOptions { mandatory: publish.mandatory, ..BasicPublishOptions::default() },
         body,
         properties.to_amqp(),
-    );
+    ));
     sending.await.map(drop)
 }
 
 /// Publishes on `channel` and, when it is in confirm mode, waits for the broker's confirm; one deadline covers
 /// both. A confirmed publish's deadline is kept by its channel's watchdog (see `confirms`), not a timer of its
 /// own: with a thousand publishes in flight, timers are a measurable cost.
-async fn publish_through(
+#[expect(clippy::manual_async_fn, reason = "smaller future; see `Transport::publish_until`")]
+fn publish_through(
     channel: &Arc<PublishChannel>,
     publish: Publish<'_>,
     body: &Arc<Vec<u8>>,
     properties: &Properties,
     timeout: Duration,
-) -> Result<()> {
-    let Some(confirms) = &channel.confirms else {
-        return publish_on(&channel.channel, publish, body, properties, timeout).await;
-    };
-    let sending = {
-        let (channel, body) = (Arc::clone(&channel.channel), Arc::clone(body));
-        let (exchange, routing_key) = (ShortString::from(publish.exchange), ShortString::from(publish.routing_key));
-        let options = BasicPublishOptions { mandatory: publish.mandatory, ..BasicPublishOptions::default() };
-        let properties = properties.to_amqp();
-        Box::pin(async move {
-            let confirm = channel.basic_publish(exchange, routing_key, options, &body, properties).await?;
-            confirm.await.map(Confirmed::from)
-        })
-    };
-    let outcome = confirms.publish(properties.id(), sending, Instant::now() + timeout).await;
-    let named = || (publish.exchange.to_owned(), publish.routing_key.to_owned());
-    match outcome {
-        Outcome::Delivered => Ok(()),
-        Outcome::Returned => {
-            let (exchange, routing_key) = named();
-            Err(Error::Unroutable { exchange, routing_key })
+) -> impl Future<Output = Result<()>> {
+    async move {
+        let Some(confirms) = &channel.confirms else {
+            return publish_on(&channel.channel, publish, body, properties, timeout).await;
+        };
+        let sending = {
+            let (channel, body) = (Arc::clone(&channel.channel), Arc::clone(body));
+            let (exchange, routing_key) = (ShortString::from(publish.exchange), ShortString::from(publish.routing_key));
+            let options = BasicPublishOptions { mandatory: publish.mandatory, ..BasicPublishOptions::default() };
+            let properties = properties.to_amqp();
+            Box::pin(async move {
+                let confirm = channel.basic_publish(exchange, routing_key, options, &body, properties).await?;
+                confirm.await.map(Confirmed::from)
+            })
+        };
+        let outcome = confirms.publish(properties.id(), sending, Instant::now() + timeout).await;
+        let named = || (publish.exchange.to_owned(), publish.routing_key.to_owned());
+        match outcome {
+            Outcome::Delivered => Ok(()),
+            Outcome::Returned => {
+                let (exchange, routing_key) = named();
+                Err(Error::Unroutable { exchange, routing_key })
+            }
+            Outcome::Refused => {
+                let (exchange, routing_key) = named();
+                Err(Error::Nacked { exchange, routing_key })
+            }
+            Outcome::Failed(source) => Err(Error::broker("publish and confirm", source)),
+            Outcome::TimedOut => Err(Error::Timeout { operation: "publish and confirm", after: timeout }),
         }
-        Outcome::Refused => {
-            let (exchange, routing_key) = named();
-            Err(Error::Nacked { exchange, routing_key })
-        }
-        Outcome::Failed(source) => Err(Error::broker("publish and confirm", source)),
-        Outcome::TimedOut => Err(Error::Timeout { operation: "publish and confirm", after: timeout }),
     }
 }
 

@@ -314,24 +314,33 @@ impl Transport {
 
     /// [`Transport::publish`], giving up at `until` when given (an RPC reply is worth sending only while its
     /// caller waits, and no longer than the operation timeout) instead of after the publish timeout.
-    pub(crate) async fn publish_until(
+    ///
+    /// Written as a function returning an `async` block rather than an `async fn`, as are the other functions
+    /// a publish passes through: an `async fn` keeps its arguments in its future as well as the locals they are
+    /// moved into, so each layer held its own copy of the 176-byte envelope, and a caller running many publishes
+    /// at once (`buffer_unordered`, `join_all`, a task each) copies each whole future into its slot. With
+    /// lapin's own publish boxed (see `amqp::publish_written`), a publish future went from 3,192 to 1,632 bytes.
+    #[expect(clippy::manual_async_fn, reason = "smaller future; see `Transport::publish_until`")]
+    pub(crate) fn publish_until(
         &self,
         publish: Publish<'_>,
         body: Vec<u8>,
         properties: Properties,
         until: Option<std::time::Instant>,
-    ) -> Result<()> {
-        match self {
-            Transport::Amqp(amqp) => {
-                let by = until.unwrap_or_else(|| amqp.publish_deadline());
-                amqp.publish(publish, body, &properties, by).await
-            }
-            Transport::Memory(broker) => {
-                // The in-memory broker never makes a publish wait, so a publishing loop would never give its
-                // thread to anyone else (its subscribers included) without a turn of tokio's cooperative
-                // budget here, as a bounded tokio channel's send takes.
-                tokio::task::coop::consume_budget().await;
-                broker.publish(publish, body, properties)
+    ) -> impl Future<Output = Result<()>> {
+        async move {
+            match self {
+                Transport::Amqp(amqp) => {
+                    let by = until.unwrap_or_else(|| amqp.publish_deadline());
+                    amqp.publish(publish, body, &properties, by).await
+                }
+                Transport::Memory(broker) => {
+                    // The in-memory broker never makes a publish wait, so a publishing loop would never give its
+                    // thread to anyone else (its subscribers included) without a turn of tokio's cooperative
+                    // budget here, as a bounded tokio channel's send takes.
+                    tokio::task::coop::consume_budget().await;
+                    broker.publish(publish, body, properties)
+                }
             }
         }
     }
