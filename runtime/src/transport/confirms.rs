@@ -164,6 +164,9 @@ struct State {
     driver: Option<u64>,
     /// When the watchdog's timer fires; `None` while it has no publish to watch.
     armed: Option<Instant>,
+    /// The watchdog task, spawned by the first publish; spawned again by the next publish should it have ended
+    /// without this being dropped (its runtime shut down while the bus lives on, used from another).
+    watchdog: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A publish waiting for its outcome.
@@ -288,12 +291,10 @@ impl InFlight {
 }
 
 impl Confirms {
-    /// The confirm side of `channel`, which must be in confirm mode. Spawns its watchdog (see
-    /// [`Confirms::publish`]), which ends when this is dropped.
+    /// The confirm side of `channel`, which must be in confirm mode. Its watchdog (see [`Confirms::publish`])
+    /// is spawned by the first publish, on that publish's runtime, and ends when this is dropped.
     pub(crate) fn new(channel: Arc<Channel>) -> Confirms {
-        let (state, alarm) = (Arc::default(), Arc::default());
-        tokio::spawn(watch(Arc::downgrade(&state), Arc::clone(&alarm)));
-        Confirms { channel, unsent: Mutex::default(), state, alarm: Alarm(alarm) }
+        Confirms { channel, unsent: Mutex::default(), state: Arc::default(), alarm: Alarm(Arc::default()) }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -317,6 +318,7 @@ impl Confirms {
         let (number, alone) = {
             let mut unsent = self.unsent();
             let mut state = self.state();
+            keep_watch(&mut state, &self.state, &self.alarm.0);
             let (number, look_again) = state.register(id, deadline);
             if look_again {
                 self.alarm.0.notify_one();
@@ -400,9 +402,9 @@ impl Confirms {
         }
     }
 
-    /// Publish `number` stopped waiting (its deadline passed, or it was dropped); its confirm is still decided
-    /// with the others. One not yet handed to lapin is handed over now: a publish polled once is sent, as it
-    /// is by the memory transport, and not left for another publish to send.
+    /// Publish `number`'s future was dropped before it took its outcome (see [`State::abandon`]). One not yet
+    /// handed to lapin is handed over now: a publish polled once is sent, as it is by the memory transport,
+    /// and not left for another publish to send.
     fn abandon(&self, number: u64) {
         let unsent = self.unsent().iter().any(|publish| publish.number == number);
         let handed_over = unsent && self.send_unsent();
@@ -410,15 +412,7 @@ impl Confirms {
         if handed_over {
             state.in_flight.woken.driver.wake(); // the driver, if any, polls them; this publish will not
         }
-        if let Some(slot) = state.waiting.get_mut(&number) {
-            if slot.outcome.is_some() {
-                state.waiting.remove(&number);
-            } else {
-                slot.abandoned = true;
-                slot.waker = None;
-            }
-        }
-        state.hand_on(number);
+        state.abandon(number);
     }
 }
 
@@ -526,6 +520,24 @@ impl State {
         next
     }
 
+    /// Publish `number` stops waiting before taking its outcome. One decided leaves. One undecided, or told
+    /// that its deadline passed (its confirm may still come, carrying its return), stays, abandoned, until its
+    /// confirm is decided. Either way it hands the turn on, if it held it.
+    fn abandon(&mut self, number: u64) {
+        if let Some(slot) = self.waiting.get_mut(&number) {
+            match slot.outcome {
+                None | Some(Outcome::TimedOut) => {
+                    slot.abandoned = true;
+                    slot.waker = None;
+                }
+                Some(_) => {
+                    self.waiting.remove(&number);
+                }
+            }
+        }
+        self.hand_on(number);
+    }
+
     /// When publish `number` leaves and was the driver, wakes another waiting publish to take the turn.
     /// The one woken becomes the driver until it polls: should it leave first, it hands the turn on in turn.
     fn hand_on(&mut self, number: u64) {
@@ -560,6 +572,14 @@ impl Drop for Awaiting<'_> {
         if !self.decided {
             self.confirms.abandon(self.number);
         }
+    }
+}
+
+/// Spawns the watchdog of `shared` (whose lock `state` is) on the current runtime unless it is running. One
+/// atomic load when it is: a publish pays no more for the check.
+fn keep_watch(state: &mut State, shared: &Arc<Mutex<State>>, alarm: &Arc<tokio::sync::Notify>) {
+    if state.watchdog.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+        state.watchdog = Some(tokio::spawn(watch(Arc::downgrade(shared), Arc::clone(alarm))));
     }
 }
 
@@ -847,32 +867,76 @@ mod tests {
         assert_eq!(state.armed, Some(now + Duration::from_secs(1)));
     }
 
+    #[test]
+    fn a_timed_out_publish_dropped_before_it_looks_still_takes_its_return() {
+        let mut state = State::default();
+        let now = Instant::now();
+        let (late, complete) = pending_until(&mut state, Some(id(1)), now - Duration::from_millis(1));
+        state.expire(now);
+        state.abandon(late); // its future is dropped before it polls again
+        assert!(state.waiting.contains_key(&late), "kept until its confirm is decided");
+        complete.send(Confirmation::Ack(Some(returned(Some(id(1)))))).unwrap();
+        collect(&mut state);
+        state.decide(state.collections, u64::MAX);
+        assert!(state.returned.is_empty(), "it took its return, which no other publish of that id can now");
+        assert!(!state.waiting.contains_key(&late), "and left");
+    }
+
+    /// Registers a publish due in `after` whose waker counts, and tells the watchdog.
+    fn due_in(shared: &Arc<Mutex<State>>, alarm: &Alarm, after: Duration) -> (u64, Arc<Count>) {
+        let woken = Arc::new(Count::default());
+        let mut state = shared.lock().unwrap();
+        keep_watch(&mut state, shared, &alarm.0);
+        let (number, look_again) = state.register(Some(id(1)), Instant::now() + after);
+        assert!(look_again, "the first deadline wakes the watchdog");
+        state.waiting.get_mut(&number).unwrap().waker = Some(Waker::from(Arc::clone(&woken)));
+        drop(state);
+        alarm.0.notify_one();
+        (number, woken)
+    }
+
+    /// Waits until `woken` counts a wake-up; how long that took.
+    async fn told(woken: &Count) -> Duration {
+        let started = Instant::now();
+        let told = tokio::time::timeout(Duration::from_secs(5), async {
+            while woken.0.load(Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        told.await.expect("the watchdog told the publish, not 5 s later");
+        started.elapsed()
+    }
+
     #[tokio::test]
     async fn the_watchdog_tells_a_publish_at_its_deadline_and_ends_with_its_channel() {
         let state = Arc::new(Mutex::new(State::default()));
         let alarm = Alarm(Arc::default());
-        let watchdog = tokio::spawn(watch(Arc::downgrade(&state), Arc::clone(&alarm.0)));
-        let woken = Arc::new(Count::default());
-        let number = {
-            let mut state = state.lock().unwrap();
-            let (number, look_again) = state.register(Some(id(1)), Instant::now() + Duration::from_millis(50));
-            assert!(look_again);
-            state.waiting.get_mut(&number).unwrap().waker = Some(Waker::from(Arc::clone(&woken)));
-            number
-        };
-        alarm.0.notify_one();
-        let told = tokio::time::timeout(Duration::from_secs(5), async {
-            while woken.0.load(Relaxed) == 0 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        });
-        told.await.expect("the watchdog told the publish at its deadline, not 5 s later");
+        keep_watch(&mut state.lock().unwrap(), &state, &alarm.0);
+        tokio::task::yield_now().await; // the watchdog runs, finds nothing to watch and waits for its alarm
+        let (number, woken) = due_in(&state, &alarm, Duration::from_millis(100));
+        let after = told(&woken).await;
+        assert!(after >= Duration::from_millis(90), "not before its deadline: {after:?}");
         assert_eq!(outcome(&mut state.lock().unwrap(), number), "TimedOut");
+        let watchdog = state.lock().unwrap().watchdog.take().expect("spawned");
         drop(state);
         drop(alarm);
         tokio::time::timeout(Duration::from_secs(5), watchdog)
             .await
             .expect("the watchdog ended with its state")
             .expect("without panicking");
+    }
+
+    #[test]
+    fn a_watchdog_whose_runtime_shut_down_is_spawned_again_by_the_next_publish() {
+        let runtime = || tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let alarm = Alarm(Arc::default());
+        runtime().block_on(async { keep_watch(&mut state.lock().unwrap(), &state, &alarm.0) });
+        assert!(state.lock().unwrap().watchdog.as_ref().unwrap().is_finished(), "gone with its runtime");
+        runtime().block_on(async {
+            let (number, woken) = due_in(&state, &alarm, Duration::from_millis(50));
+            told(&woken).await;
+            assert_eq!(outcome(&mut state.lock().unwrap(), number), "TimedOut");
+        });
     }
 }
