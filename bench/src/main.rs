@@ -272,9 +272,10 @@ async fn profile(name: &str, side: Side, url: String, args: &Args) {
         }
     };
     println!(
-        "{name} {side:?}: {}/s, {:.1} µs CPU per message",
+        "{name} {side:?}: {}/s, {:.1} µs CPU and {:.3} context switches per message",
         thousands(run.rate()),
-        run.cpu_per_message().as_secs_f64() * 1e6
+        run.cpu_per_message().as_secs_f64() * 1e6,
+        run.switches_per_message()
     );
 }
 
@@ -301,7 +302,8 @@ async fn main() -> std::process::ExitCode {
     }
     let scale = if args.quick { QUICK } else { FULL };
     println!(
-        "Warren benchmarks: {} rounds per side, alternating, median shown; CPU is client CPU per message.",
+        "Warren benchmarks: {} rounds per side, alternating, median shown; CPU is client CPU per message, \
+         switches the client's context switches per message (Warren / raw).",
         scale.rounds
     );
     if args.warrens_envelope {
@@ -310,8 +312,10 @@ async fn main() -> std::process::ExitCode {
         );
     }
     println!();
-    println!("| workload | payload | Warren | raw lapin | Warren / raw | CPU/msg Warren | CPU/msg raw | goal |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    println!(
+        "| workload | payload | Warren | raw lapin | Warren / raw | CPU/msg Warren | CPU/msg raw | switches/msg | goal |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
     // `--memory` (`--only W9`) needs no broker.
     let sizes: &[usize] = if RABBITMQ.iter().any(|spec| args.runs(spec.name)) { scale.sizes } else { &[] };
     for &size in sizes {
@@ -367,10 +371,12 @@ async fn compare(spec: &Spec, env: &Env, rounds: usize) {
     };
     let cpu_ok = w.cpu_per_message() <= r.cpu_per_message() + Duration::from_micros(1);
     println!(
-        "| {name} | {} B | {shown_w} | {shown_r} | {ratio:.2} | {} | {} | {verdict}; CPU ≤ raw + 1 µs {} |",
+        "| {name} | {} B | {shown_w} | {shown_r} | {ratio:.2} | {} | {} | {:.2} / {:.2} | {verdict}; CPU ≤ raw + 1 µs {} |",
         env.size,
         cpu(&w),
         cpu(&r),
+        w.switches_per_message(),
+        r.switches_per_message(),
         if cpu_ok { "✔" } else { "✘" }
     );
 }
@@ -386,7 +392,7 @@ fn memory_row(name: &str, messages: u64, mut runs: Vec<Duration>, unit: &str, go
         None => "—".to_owned(),
     };
     println!(
-        "| {name} | 100 B | {} {unit} (range {}–{}) | — | — | — | — | {goal} |",
+        "| {name} | 100 B | {} {unit} (range {}–{}) | — | — | — | — | — | {goal} |",
         thousands(median),
         thousands(slowest),
         thousands(fastest),
