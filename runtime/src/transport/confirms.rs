@@ -487,15 +487,13 @@ impl State {
     /// The outcome of publish `number`, once decided; it then stops waiting. One timed out stays, abandoned,
     /// until its confirm is decided.
     fn take(&mut self, number: u64) -> Option<Outcome> {
-        let slot = self.waiting.get_mut(&number)?;
-        let outcome = slot.outcome.take()?;
+        let outcome = self.waiting.get_mut(&number)?.outcome.take()?;
         if let Outcome::TimedOut = outcome {
-            slot.abandoned = true;
-            slot.waker = None;
+            self.abandon(number); // undecided again: kept, as one dropped undecided is
         } else {
             self.waiting.remove(&number);
+            self.hand_on(number);
         }
-        self.hand_on(number);
         Some(outcome)
     }
 
