@@ -236,26 +236,30 @@ pub fn unacknowledged(vhost: &str, queue: &str) -> u64 {
 }
 
 /// A TCP relay in front of a broker that can stall: while frozen it forwards nothing either way and closes
-/// nothing, as a network that silently drops packets would. Stops (with its connections) when dropped.
+/// nothing, as a network that silently drops packets would. Counts the connections open through it. Stops (with
+/// its connections) when dropped.
 #[derive(Debug)]
 pub struct Relay {
     port: u16,
     frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
     stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Relay {
     /// Listens on a free loopback port and relays each connection to `target` (`host:port`).
     pub fn start(target: &str) -> Relay {
         use std::sync::Arc;
-        use std::sync::atomic::AtomicBool;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
         listener.set_nonblocking(true).expect("a non-blocking listener");
         let port = listener.local_addr().expect("the relay's address").port();
         let (frozen, stopped) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let open = Arc::new(AtomicUsize::new(0));
         let (on_ice, done, target) = (Arc::clone(&frozen), Arc::clone(&stopped), target.to_owned());
+        let counted = Arc::clone(&open);
         std::thread::spawn(move || {
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            while !done.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
                         let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
@@ -265,17 +269,40 @@ impl Relay {
                             let _ = socket.set_nodelay(true);
                             let _ = socket.set_write_timeout(Some(Duration::from_secs(1)));
                         }
-                        for (from, to) in [(&client, &server), (&server, &client)] {
+                        // Open until the client's side ends (its close, or the broker's, which shuts it down).
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        for (upstream, from, to) in [(true, &client, &server), (false, &server, &client)] {
                             let (from, to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
-                            let (on_ice, done) = (Arc::clone(&on_ice), Arc::clone(&done));
-                            std::thread::spawn(move || pump(from, to, &on_ice, &done));
+                            let (on_ice, done, counted) =
+                                (Arc::clone(&on_ice), Arc::clone(&done), Arc::clone(&counted));
+                            std::thread::spawn(move || {
+                                pump(from, to, &on_ice, &done);
+                                if upstream {
+                                    counted.fetch_sub(1, Ordering::SeqCst);
+                                }
+                            });
                         }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
         });
-        Relay { port, frozen, stopped }
+        Relay { port, frozen, stopped, open }
+    }
+
+    /// `host:port` of the broker behind `url` (`amqp://[user:password@]host[:port]/vhost`), and `url` with the
+    /// relay in front of that broker instead.
+    pub fn in_front_of(url: &str) -> (Relay, String) {
+        let authority = url.split("://").nth(1).and_then(|rest| rest.split('/').next()).expect("a broker URL");
+        let broker = authority.rsplit('@').next().unwrap_or(authority);
+        let relay = Relay::start(&if broker.contains(':') { broker.to_owned() } else { format!("{broker}:5672") });
+        let relayed = url.replacen(broker, &format!("127.0.0.1:{}", relay.port()), 1);
+        (relay, relayed)
+    }
+
+    /// How many connections are open through the relay: accepted, and not yet closed by either end.
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The relay's port on 127.0.0.1.

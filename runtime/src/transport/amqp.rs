@@ -108,7 +108,7 @@ impl Amqp {
             closing: AtomicBool::new(false),
             recoveries: AtomicU64::new(0),
         });
-        tokio::spawn(supervise(Arc::downgrade(&amqp), link));
+        tokio::spawn(supervise(Arc::downgrade(&amqp), amqp.link.subscribe(), link));
         Ok(amqp)
     }
 
@@ -514,10 +514,24 @@ fn clone_final(error: &Error) -> Error {
 }
 
 /// Watches the link; on a failure, reconnects with backoff and jitter, replays the topology, and publishes the
-/// new link. Ends when the transport is dropped or closed.
-async fn supervise(amqp: Weak<Amqp>, mut link: Link) {
+/// new link. Ends when the transport is closed, or when it is dropped: then it closes both connections, which
+/// its `link` would otherwise keep open (with lapin's I/O threads) for as long as the process lives. `owner` is
+/// a receiver of the transport's link, which fails when the transport is dropped.
+async fn supervise(amqp: Weak<Amqp>, mut owner: watch::Receiver<Option<Link>>, mut link: Link) {
     loop {
-        let failure = wait_for_failure(&link).await;
+        let failure = match wait_for_failure(&link, &mut owner).await {
+            Some(failure) => failure,
+            None => {
+                drop(owner); // it holds the last link too
+                for connection in [&link.publish, &link.consume] {
+                    if connection.status().connected() {
+                        let close = connection.close(200, ShortString::from("bye"));
+                        let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+                    }
+                }
+                return;
+            }
+        };
         let Some(this) = amqp.upgrade() else { return };
         if this.closing.load(Ordering::Relaxed) {
             return;
@@ -576,27 +590,35 @@ async fn supervise(amqp: Weak<Amqp>, mut link: Link) {
     }
 }
 
-/// Resolves with a description once either connection of `link` fails.
-async fn wait_for_failure(link: &Link) -> String {
+/// Resolves with a description once either connection of `link` fails, or with `None` once the transport that
+/// `owner` receives from is dropped.
+async fn wait_for_failure(link: &Link, owner: &mut watch::Receiver<Option<Link>>) -> Option<String> {
     let mut publish_events = link.publish.events_listener();
     let mut consume_events = link.consume.events_listener();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
+            // A new link (this supervisor's own) or none (`close`, which the tick sees) changes it; it fails once
+            // the transport, which holds its sender, is dropped.
+            changed = owner.changed() => {
+                if changed.is_err() {
+                    return None;
+                }
+            }
             // A soft error (e.g. 404 on a publish) closes only its channel: not a reason to reconnect.
             Some(event) = publish_events.next() => {
                 if let lapin::Event::Error(error) = event && !error.is_amqp_soft_error() {
-                    return format!("publishing connection: {error}");
+                    return Some(format!("publishing connection: {error}"));
                 }
             }
             Some(event) = consume_events.next() => {
                 if let lapin::Event::Error(error) = event && !error.is_amqp_soft_error() {
-                    return format!("consuming connection: {error}");
+                    return Some(format!("consuming connection: {error}"));
                 }
             }
             _ = tick.tick() => {
-                if !link.publish.status().connected() { return "publishing connection closed".to_owned() }
-                if !link.consume.status().connected() { return "consuming connection closed".to_owned() }
+                if !link.publish.status().connected() { return Some("publishing connection closed".to_owned()) }
+                if !link.consume.status().connected() { return Some("consuming connection closed".to_owned()) }
             }
         }
     }
