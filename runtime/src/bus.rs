@@ -16,6 +16,10 @@ use crate::transport::{Publish, QueueOptions, Transport};
 
 /// A handle to the message bus. Cheap to clone; clones share one connection.
 ///
+/// Running subscriptions and servers, and RPC clients, hold their bus. Once they have stopped (or been dropped)
+/// and the last clone is dropped, its connections close at once, without waiting for anything in flight;
+/// [`Bus::shutdown`] lets work in progress finish first.
+///
 /// ```no_run
 /// # async fn run() -> Result<(), warren::Error> {
 /// let bus = warren::Bus::from_env().await?; // RABBITMQ_URL, or amqp://guest:guest@127.0.0.1:5672/%2f
