@@ -410,11 +410,15 @@ impl Bus {
         self.declare_once(queue, || self.inner.transport.declare_queue(queue, &options)).await
     }
 
-    /// Closes the connection at once. Subscribers and servers stop; calls in flight fail. Prefer
+    /// Closes the connection at once. Subscribers and servers stop, abandoning the handlers they are running
+    /// (whose messages go back to their queues); RPC calls waiting for a reply fail with `CANCELLED`. Prefer
     /// [`Bus::shutdown`], which lets work in progress finish first.
     pub async fn close(&self) -> Result<()> {
-        self.inner.closed.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.inner.transport.close(std::time::Instant::now()).await
+        let now = std::time::Instant::now();
+        // Handlers are abandoned at once; a consumer still sends the acknowledgements it holds for messages
+        // already handled (or they would be delivered again) and cancels, within the operation timeout.
+        self.inner.running.stop_all(now, now + self.config().operation_timeout).await;
+        self.end(now).await
     }
 
     /// Shuts down gracefully within `deadline`: stops every subscriber and server from taking new messages,
@@ -423,7 +427,13 @@ impl Bus {
     /// done by the deadline is left to the broker: unacknowledged messages are redelivered to another consumer.
     pub async fn shutdown(&self, deadline: std::time::Duration) -> Result<()> {
         let by = std::time::Instant::now() + deadline;
-        self.inner.running.stop_all(by).await;
+        self.inner.running.stop_all(by, by).await;
+        self.end(by).await
+    }
+
+    /// Once subscribers and servers have stopped: fails RPC calls still waiting, refuses publishes from now on,
+    /// waits (until `by`) for those in flight to be confirmed and closes the connections.
+    async fn end(&self, by: std::time::Instant) -> Result<()> {
         if let Some(replies) = self.inner.replies.lock().await.take() {
             replies.fail_pending(&crate::Status::cancelled("the bus is shutting down"));
         }

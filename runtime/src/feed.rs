@@ -96,13 +96,14 @@ impl Running {
         done
     }
 
-    /// Stops every consumer and waits, until `deadline`, for them to settle what they hold.
-    pub(crate) async fn stop_all(&self, deadline: Instant) {
+    /// Stops every consumer, abandoning the handlers still running at `deadline`, and waits, until `wait_until`
+    /// (not before `deadline`), for them to settle what they hold and cancel.
+    pub(crate) async fn stop_all(&self, deadline: Instant, wait_until: Instant) {
         let consumers = std::mem::take(&mut *self.consumers.lock().expect("running consumers"));
         for (stop, _) in &consumers {
             stop.stop(deadline);
         }
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let remaining = wait_until.max(deadline).saturating_duration_since(Instant::now());
         let wait_all = async {
             for (_, mut finished) in consumers {
                 let _ = finished.wait_for(|done| *done).await;

@@ -419,7 +419,8 @@ pub struct Serving {
 
 impl Serving {
     /// Stops taking requests, lets running ones reply (up to the bus's operation timeout), and cancels the
-    /// consumer; requests not yet taken stay queued for another server.
+    /// consumer; requests not yet taken stay queued for another server. Requests still being answered at the
+    /// timeout are abandoned (their handlers dropped) and go back to the queue.
     pub async fn stop(mut self) {
         self.stop.stop(std::time::Instant::now() + self.timeout);
         if tokio::time::timeout(self.timeout + Duration::from_millis(200), &mut self.task).await.is_err() {
@@ -448,15 +449,26 @@ where
     let limit = Arc::new(Semaphore::new(SERVER_CONCURRENCY));
     let app_id: Arc<str> = bus.config().service_name.as_str().into();
     let task = tokio::spawn(async move {
+        // The requests being answered, each in a task of its own: dropped with this task, so that a stop whose
+        // deadline passes abandons them rather than leaving them running with the bus.
+        let mut answering = tokio::task::JoinSet::new();
         loop {
             let Some(delivery) = feed.next().await else { break }; // stopped
             let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
                 break;
             };
-            tokio::spawn(answer(delivery, Arc::clone(&handler), transport.clone(), app_id.clone(), timeout, permit));
+            if answering.len() >= SERVER_CONCURRENCY {
+                // Finished ones wait here to be reaped; at most `SERVER_CONCURRENCY` run.
+                while answering.try_join_next().is_some() {}
+            }
+            let answer = answer(delivery, Arc::clone(&handler), transport.clone(), app_id.clone(), timeout, permit);
+            answering.spawn(answer);
         }
         let until = signal.deadline().unwrap_or_else(|| std::time::Instant::now() + timeout);
         let _ = tokio::time::timeout_at(until.into(), limit.acquire_many(SERVER_CONCURRENCY as u32)).await;
+        // Past the deadline: requests still being answered are abandoned, and go back to the queue with the
+        // consumer.
+        answering.abort_all();
         feed.cancel().await;
         let _ = done.send(true);
     });

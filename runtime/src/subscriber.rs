@@ -402,6 +402,9 @@ impl<T: Inbound> Subscriber<T> {
         let task = tokio::spawn(async move {
             let mut acks = Vec::with_capacity(batch);
             let mut last = LastType::default();
+            // With `concurrency` above 1, the handlers running in tasks of their own: dropped with this task, so
+            // that a stop whose deadline passes abandons them rather than leaving them running with the bus.
+            let mut handlers = tokio::task::JoinSet::new();
             while signal.deadline().is_none() {
                 // A turn of tokio's cooperative budget per delivery: a consumer that always finds one ready
                 // (a backlog, a fast publisher) still lets the other tasks of its thread run now and then.
@@ -432,9 +435,13 @@ impl<T: Inbound> Subscriber<T> {
                     continue;
                 }
                 let Ok(permit) = Arc::clone(&limit).acquire_owned().await else { break };
+                if handlers.len() >= concurrency {
+                    // Finished ones wait here to be reaped; at most `concurrency` run.
+                    while handlers.try_join_next().is_some() {}
+                }
                 let handler = Arc::clone(&handler);
                 let worker = worker.clone();
-                tokio::spawn(async move {
+                handlers.spawn(async move {
                     let mut last = LastType::default();
                     if let Some(acker) = worker.process::<T, _, _, _, _>(delivery, handler.as_ref(), &mut last).await {
                         Acker::ack_all(&mut vec![acker]).await;
@@ -446,6 +453,9 @@ impl<T: Inbound> Subscriber<T> {
             // Let running handlers settle their deliveries, until the stop deadline.
             let until = signal.deadline().unwrap_or_else(|| Instant::now() + timeout);
             let _ = tokio::time::timeout_at(until.into(), limit.acquire_many(concurrency as u32)).await;
+            // Past the deadline: the handlers still running are abandoned, and their messages go back to the
+            // queue with the consumer.
+            handlers.abort_all();
             feed.cancel().await;
             let _ = done.send(true);
         });

@@ -1,14 +1,19 @@
-//! Lifecycle: graceful shutdown lets running handlers finish, fails waiting RPC calls, refuses new publishes.
+//! Lifecycle: graceful shutdown lets running handlers finish, fails waiting RPC calls, refuses new publishes; a
+//! stop past its deadline, or a close, abandons what is still running.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use prost::Message as _;
 use tokio::sync::mpsc;
-use warren::{Code, Error, HandlerError};
-use warren_contracts::at::v1::{IntSumRequest, IntSummatorClient};
+use warren::{Code, Error, HandlerError, RpcContext, RpcError};
+use warren_contracts::at::v1::int_sum_error::Reason;
+use warren_contracts::at::v1::{IntSumRequest, IntSumResponse, IntSummator, IntSummatorClient, IntSummatorServer};
 use warren_contracts::gametrade::v1::UserRegistered;
 use warren_tests::{Harness, unique, within};
+
+use crate::next_in;
 
 async fn shutdown_lets_a_running_handler_finish_and_settle_its_message(h: &Harness) {
     let bus = h.bus("shutdown-test").await;
@@ -55,7 +60,95 @@ async fn shutdown_fails_rpc_calls_still_waiting_with_cancelled(h: &Harness) {
     assert_eq!(status.code(), Code::Cancelled, "{status}");
 }
 
+/// Past a stop's deadline, a handler still running is abandoned: dropped, not left running with the bus, with
+/// one handler at a time and with several. Its message goes back to the queue.
+async fn a_stop_abandons_the_handlers_still_running_at_its_deadline(h: &Harness) {
+    for concurrency in [1, 4] {
+        let bus = h.bus("abandon-test").await;
+        let (started_tx, mut started) = mpsc::unbounded_channel();
+        // Every clone of `alive` lives in the handler: the channel closes once nothing of it is left.
+        let (alive, mut gone) = mpsc::unbounded_channel::<()>();
+        let subscription = UserRegistered::subscribe(&bus, &unique("abandon"))
+            .concurrency(concurrency)
+            .handle(move |_: UserRegistered, _| {
+                let (started_tx, alive) = (started_tx.clone(), alive.clone());
+                async move {
+                    let _alive = alive;
+                    started_tx.send(()).unwrap();
+                    std::future::pending::<()>().await;
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .await
+            .unwrap();
+        let queue = subscription.queue().to_owned();
+        bus.publish(&UserRegistered { user_id: 7, ..Default::default() }).await.unwrap();
+        within(10, "the handler to start", started.recv()).await;
+
+        within(10, "the stop", subscription.stop_within(Duration::from_millis(100))).await;
+        let left = within(5, "the abandoned handler to be dropped", gone.recv()).await;
+        assert_eq!(left, None, "concurrency {concurrency}");
+        let message = next_in(&bus, &queue).await;
+        assert_eq!(UserRegistered::decode(&message.body[..]).unwrap().user_id, 7, "concurrency {concurrency}");
+        assert!(message.redelivered, "the abandoned message went back to the queue, marked redelivered");
+    }
+}
+
+/// Answers nothing: reports each request it takes, then holds it for ever, with a clone of `alive`.
+struct Stuck {
+    started: mpsc::UnboundedSender<()>,
+    alive: mpsc::UnboundedSender<()>,
+}
+
+impl IntSummator for Stuck {
+    async fn int_sum(&self, _: IntSumRequest, _: RpcContext) -> Result<IntSumResponse, RpcError<Reason>> {
+        let _alive = self.alive.clone();
+        self.started.send(()).unwrap();
+        std::future::pending().await
+    }
+}
+
+/// Past a server's stop deadline (the bus's operation timeout), a request still being answered is abandoned.
+async fn a_server_stop_abandons_the_requests_still_being_answered(h: &Harness) {
+    let bus = h.bus_with(h.config("abandon-server").operation_timeout(Duration::from_millis(300))).await;
+    let (started, mut taken) = mpsc::unbounded_channel();
+    let (alive, mut gone) = mpsc::unbounded_channel::<()>();
+    let serving = IntSummatorServer::new(Stuck { started, alive }).serve(&bus).await.unwrap();
+    let client = IntSummatorClient::new(&bus).with_timeout(Duration::from_secs(30));
+    let call = tokio::spawn(async move { client.int_sum(IntSumRequest { a: 1, b: 2 }).await });
+    within(10, "the server to take the request", taken.recv()).await;
+
+    within(10, "the stop", serving.stop()).await;
+    assert_eq!(within(5, "the abandoned request to be dropped", gone.recv()).await, None);
+    call.abort();
+}
+
+/// `close` stops subscribers at once: what is published after it stays in the queue.
+async fn close_stops_subscribers_at_once(h: &Harness) {
+    let bus = h.bus("close-test").await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let subscription = UserRegistered::subscribe(&bus, &unique("closed"))
+        .handle(move |event: UserRegistered, _| std::future::ready(tx.send(event.user_id).map_err(HandlerError::from)))
+        .await
+        .unwrap();
+    let queue = subscription.queue().to_owned();
+    bus.publish(&UserRegistered { user_id: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(within(10, "the first event", rx.recv()).await, Some(1));
+
+    within(10, "close", bus.close()).await.unwrap();
+    let other = h.bus("close-publisher").await;
+    other.publish(&UserRegistered { user_id: 2, ..Default::default() }).await.unwrap();
+    // The handler (with the sender it holds) is dropped once the subscriber has ended.
+    assert_eq!(within(5, "the subscriber to end", rx.recv()).await, None, "the closed bus handled nothing more");
+    let message = next_in(&other, &queue).await;
+    assert_eq!(UserRegistered::decode(&message.body[..]).unwrap().user_id, 2);
+    drop(subscription);
+}
+
 warren_tests::on_both_transports!(
     shutdown_lets_a_running_handler_finish_and_settle_its_message,
     shutdown_fails_rpc_calls_still_waiting_with_cancelled,
+    a_stop_abandons_the_handlers_still_running_at_its_deadline,
+    a_server_stop_abandons_the_requests_still_being_answered,
+    close_stops_subscribers_at_once,
 );
