@@ -356,38 +356,6 @@ async fn a_publish_whose_confirm_never_comes_fails_at_its_deadline() {
     subscription.stop().await;
 }
 
-/// A bus dropped without `close()` closes its connections. Its supervisor used to hold them, with lapin's I/O
-/// thread for each, for as long as the process lived: a service that made a bus per job leaked two connections
-/// a job (the benchmark had 112 open by its ninth workload).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_bus_closes_its_connections() {
-    let h = Harness::rabbitmq().await;
-    let (relay, url) = Relay::in_front_of(h.url());
-    let bus = h.bus_with(BusConfig::new(&url).unwrap().service_name("fault-dropped")).await;
-    // Everything that keeps something running beside the bus: a publishing channel of each kind with the
-    // confirmed one's watchdog, a subscription, an RPC server and a client's reply consumer.
-    let (subscription, mut rx) = forwarding(&bus, "dropped").await;
-    bus.publish(&event(1)).await.expect("a confirmed publish");
-    let fire_and_forget = warren::PublishOptions { fire_and_forget: true, ..Default::default() };
-    bus.publish_with(&event(2), fire_and_forget).await.expect("a fire-and-forget publish");
-    let serving = IntSummatorServer::new(Summator).serve(&bus).await.expect("serve");
-    let client = IntSummatorClient::new(&bus);
-    let reply = within(10, "a reply", client.int_sum(IntSumRequest { a: 2, b: 3 })).await.expect("a call");
-    assert_eq!(reply.sum, 5);
-    assert_eq!(within(10, "the events", async { [rx.recv().await, rx.recv().await] }).await, [Some(1), Some(2)]);
-    assert_eq!(relay.open(), 2, "a bus holds a publishing and a consuming connection");
-
-    serving.stop().await;
-    subscription.stop().await;
-    drop((client, bus));
-    within(5, "the dropped bus's connections to close", async {
-        while relay.open() > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn an_oversize_publish_is_refused_and_the_next_one_succeeds() {
     let h = Harness::rabbitmq().await;

@@ -126,14 +126,24 @@ impl Amqp {
         Instant::now() + self.config.publish_timeout
     }
 
+    /// The link's generation, now and after each reconnection. The task that keeps it ends with the receiver
+    /// (a feed's), or with the transport.
     pub(crate) fn generations(&self) -> watch::Receiver<u64> {
         let mut generation = self.link.subscribe();
         let (sender, receiver) = watch::channel(generation.borrow().as_ref().map_or(0, |l| l.generation));
         tokio::spawn(async move {
-            while generation.changed().await.is_ok() {
-                let current = generation.borrow().as_ref().map_or(0, |l| l.generation);
-                if sender.send(current).is_err() {
-                    return;
+            loop {
+                tokio::select! {
+                    changed = generation.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let current = generation.borrow().as_ref().map_or(0, |l| l.generation);
+                        if sender.send(current).is_err() {
+                            return;
+                        }
+                    }
+                    () = sender.closed() => return,
                 }
             }
         });
