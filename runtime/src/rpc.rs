@@ -197,6 +197,16 @@ impl Replies {
     }
 }
 
+impl Drop for Replies {
+    fn drop(&mut self) {
+        // In memory the broker holds the reply path's sender, and the reader task (`open`) ends only once it is
+        // gone; over AMQP the reply consumer ends with its connection.
+        if let crate::transport::Canceller::Memory(canceller) = &self.path.replies.cancel {
+            canceller.cancel();
+        }
+    }
+}
+
 impl Replies {
     async fn open(bus: &Bus) -> Result<Replies> {
         let mut path = bus.inner.transport.reply_path().await?;

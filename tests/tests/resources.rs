@@ -56,7 +56,6 @@ async fn a_dropped_bus_closes_its_connections() {
 async fn subscribing_and_stopping_leaves_no_task_behind() {
     let h = Harness::rabbitmq().await;
     let bus = h.bus("churn").await;
-    let metrics = tokio::runtime::Handle::current().metrics();
     let subscribe = || async {
         UserRegistered::subscribe(&bus, &unique("churn"))
             .temporary()
@@ -65,15 +64,57 @@ async fn subscribing_and_stopping_leaves_no_task_behind() {
             .expect("subscribe")
     };
     subscribe().await.stop().await; // whatever the first subscription starts for the bus as a whole
-    let before = metrics.num_alive_tasks();
+    let before = tokio::runtime::Handle::current().metrics().num_alive_tasks();
     for _ in 0..20 {
         subscribe().await.stop().await;
     }
     // A stopped consumer closes its channel in a task of its own, which takes a moment.
-    within(5, "the stopped subscriptions' tasks to end", async {
+    until_tasks_are_back_to(before, "the stopped subscriptions' tasks to end").await;
+}
+
+/// Counts tokio's live tasks until they are back to `before`, for at most five seconds.
+async fn until_tasks_are_back_to(before: usize, what: &str) {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    within(5, what, async {
         while metrics.num_alive_tasks() > before {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
+}
+
+/// A bus that made RPC calls through a shared in-memory broker, then was dropped, leaves nothing there: its reply
+/// path's reader used to wait for as long as the broker lived, and the broker kept its sender.
+#[tokio::test]
+async fn a_dropped_in_memory_client_leaves_no_reply_reader_on_a_shared_broker() {
+    let url = format!("memory://{}", unique("replies"));
+    let server = warren::Bus::connect(&url).await.expect("memory:// connects");
+    let serving = IntSummatorServer::new(Summator).serve(&server).await.expect("serve");
+    let call = |bus: warren::Bus, a: i64| async move {
+        let reply = within(5, "a reply", IntSummatorClient::new(&bus).int_sum(IntSumRequest { a, b: 1 })).await;
+        assert_eq!(reply.expect("a call").sum, a + 1);
+    };
+    // The first call starts what the broker keeps for the service's queue (its expiry task).
+    call(warren::Bus::connect(&url).await.expect("memory:// connects"), 0).await;
+    let before = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    for a in 1..=20 {
+        call(warren::Bus::connect(&url).await.expect("memory:// connects"), a).await;
+    }
+    until_tasks_are_back_to(before, "the dropped clients' reply readers to end").await;
+    serving.stop().await;
+}
+
+/// An in-memory broker dropped with queues that held expiring messages (RPC requests carry their deadline)
+/// leaves no task behind: each such queue's expiry task used to wait for ever.
+#[tokio::test]
+async fn a_dropped_in_memory_broker_leaves_no_expiry_task() {
+    let before = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    for a in 0..20 {
+        let bus = warren::Bus::in_memory();
+        let serving = IntSummatorServer::new(Summator).serve(&bus).await.expect("serve");
+        let reply = within(5, "a reply", IntSummatorClient::new(&bus).int_sum(IntSumRequest { a, b: 1 })).await;
+        assert_eq!(reply.expect("a call").sum, a + 1);
+        serving.stop().await;
+    }
+    until_tasks_are_back_to(before, "the dropped brokers' expiry tasks to end").await;
 }

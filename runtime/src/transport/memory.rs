@@ -457,6 +457,15 @@ struct Queue {
     expiry: Option<Arc<Notify>>,
 }
 
+impl Drop for Queue {
+    fn drop(&mut self) {
+        // Deleted, or its broker dropped: the expiry task, waking, finds neither the queue nor the broker, and ends.
+        if let Some(notify) = &self.expiry {
+            notify.notify_one();
+        }
+    }
+}
+
 impl Queue {
     fn new(name: &str, options: QueueOptions) -> Queue {
         let levels = options.max_priority.map_or(1, |max| usize::from(max) + 1);
@@ -755,9 +764,7 @@ impl State {
 
     fn delete_queue(&mut self, name: &str) {
         self.routes.clear();
-        if let Some(notify) = self.queues.remove(name).and_then(|queue| queue.expiry) {
-            notify.notify_one(); // the expiry task sees the queue gone and ends
-        }
+        self.queues.remove(name); // its drop ends its expiry task
         for exchange in self.exchanges.values_mut() {
             exchange.bindings.retain(|b| &*b.queue != name);
         }
