@@ -91,7 +91,8 @@ impl Running {
     pub(crate) fn register(&self, stop: &Stop) -> watch::Sender<bool> {
         let (done, finished) = watch::channel(false);
         let mut consumers = self.consumers.lock().expect("running consumers");
-        consumers.retain(|(_, finished)| !*finished.borrow());
+        // Finished, or aborted (its flag dropped unsent): nothing left to stop.
+        consumers.retain(|(_, finished)| !*finished.borrow() && finished.has_changed().is_ok());
         consumers.push((stop.clone(), finished));
         done
     }
@@ -307,6 +308,17 @@ impl Drop for Feed {
 mod tests {
     use super::*;
     use crate::transport::{Publish, QueueOptions};
+
+    /// A consumer whose task finished, or was aborted before it could say so, is no longer kept for shutdown.
+    #[test]
+    fn running_forgets_consumers_that_finished_or_were_aborted() {
+        let running = Running::default();
+        let finished = running.register(&Stop::new().0);
+        finished.send(true).unwrap();
+        drop(running.register(&Stop::new().0)); // aborted: its flag dropped unsent
+        let _alive = running.register(&Stop::new().0);
+        assert_eq!(running.consumers.lock().unwrap().len(), 1, "only the running one is kept");
+    }
 
     async fn feed(bus: &Bus) -> Feed {
         let setup: Setup = Arc::new(|bus: Bus| {
