@@ -26,7 +26,7 @@ use crate::codec::{self, Payload, WireFormat};
 use crate::contract::{MethodSpec, ServiceSpec};
 use crate::envelope::{self, Envelope, Properties};
 use crate::error::{Error, Result};
-use crate::feed::{Feed, Setup, Stop};
+use crate::feed::{Feed, Handlers, Setup, Stop};
 use crate::status::{Code, Status};
 use crate::transport::{Delivery, Publish, ReplyPath, Settle};
 
@@ -461,16 +461,12 @@ where
     let task = tokio::spawn(async move {
         // The requests being answered, each in a task of its own: dropped with this task, so that a stop whose
         // deadline passes abandons them rather than leaving them running with the bus.
-        let mut answering = tokio::task::JoinSet::new();
+        let mut answering = Handlers::new(SERVER_CONCURRENCY);
         loop {
             let Some(delivery) = feed.next().await else { break }; // stopped
             let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
                 break;
             };
-            if answering.len() >= SERVER_CONCURRENCY {
-                // Finished ones wait here to be reaped; at most `SERVER_CONCURRENCY` run.
-                while answering.try_join_next().is_some() {}
-            }
             let answer = answer(delivery, Arc::clone(&handler), transport.clone(), app_id.clone(), timeout, permit);
             answering.spawn(answer);
         }
@@ -478,7 +474,7 @@ where
         let _ = tokio::time::timeout_at(until.into(), limit.acquire_many(SERVER_CONCURRENCY as u32)).await;
         // Past the deadline: requests still being answered are abandoned, and go back to the queue with the
         // consumer.
-        answering.abort_all();
+        drop(answering);
         feed.cancel().await;
         let _ = done.send(true);
     });

@@ -13,7 +13,7 @@ use crate::bus::{self, Bus, durability, subscriber_queue};
 use crate::contract::{ExchangeKind, Inbound};
 use crate::envelope;
 use crate::error::{Error, Result};
-use crate::feed::{Feed, Setup, Stop};
+use crate::feed::{Feed, Handlers, Setup, Stop};
 use crate::metrics::{Fate, LastType, SubscriberStats};
 use crate::topic;
 use crate::transport::{Acker, Delivery, Message, Settle};
@@ -404,7 +404,7 @@ impl<T: Inbound> Subscriber<T> {
             let mut last = LastType::default();
             // With `concurrency` above 1, the handlers running in tasks of their own: dropped with this task, so
             // that a stop whose deadline passes abandons them rather than leaving them running with the bus.
-            let mut handlers = tokio::task::JoinSet::new();
+            let mut handlers = Handlers::new(concurrency);
             while signal.deadline().is_none() {
                 // A turn of tokio's cooperative budget per delivery: a consumer that always finds one ready
                 // (a backlog, a fast publisher) still lets the other tasks of its thread run now and then.
@@ -435,10 +435,6 @@ impl<T: Inbound> Subscriber<T> {
                     continue;
                 }
                 let Ok(permit) = Arc::clone(&limit).acquire_owned().await else { break };
-                if handlers.len() >= concurrency {
-                    // Finished ones wait here to be reaped; at most `concurrency` run.
-                    while handlers.try_join_next().is_some() {}
-                }
                 let handler = Arc::clone(&handler);
                 let worker = worker.clone();
                 handlers.spawn(async move {
@@ -455,7 +451,7 @@ impl<T: Inbound> Subscriber<T> {
             let _ = tokio::time::timeout_at(until.into(), limit.acquire_many(concurrency as u32)).await;
             // Past the deadline: the handlers still running are abandoned, and their messages go back to the
             // queue with the consumer.
-            handlers.abort_all();
+            drop(handlers);
             feed.cancel().await;
             let _ = done.send(true);
         });
