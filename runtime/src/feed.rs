@@ -344,6 +344,26 @@ mod tests {
     use super::*;
     use crate::transport::{Publish, QueueOptions};
 
+    /// Finished tasks are let go of, so a long-running consumer keeps at most twice its concurrency of handles;
+    /// dropping the list aborts those still running.
+    #[tokio::test]
+    async fn handlers_keep_few_handles_and_abort_on_drop() {
+        let mut handlers = Handlers::new(4);
+        for _ in 0..100 {
+            handlers.spawn(async {});
+            tokio::task::yield_now().await; // the task runs and finishes
+        }
+        assert!(handlers.running.len() <= 8, "{} handles kept", handlers.running.len());
+        let (alive, mut gone) = tokio::sync::mpsc::unbounded_channel::<()>();
+        handlers.spawn(async move {
+            let _alive = alive;
+            std::future::pending::<()>().await;
+        });
+        tokio::task::yield_now().await;
+        drop(handlers);
+        assert_eq!(gone.recv().await, None, "the running task was aborted, dropping what it held");
+    }
+
     /// A consumer whose task finished, or was aborted before it could say so, is no longer kept for shutdown.
     #[test]
     fn running_forgets_consumers_that_finished_or_were_aborted() {
