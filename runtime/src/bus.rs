@@ -416,8 +416,9 @@ impl Bus {
     pub async fn close(&self) -> Result<()> {
         let now = std::time::Instant::now();
         // Handlers are abandoned at once; a consumer still sends the acknowledgements it holds for messages
-        // already handled (or they would be delivered again) and cancels, within the operation timeout.
-        self.inner.running.stop_all(now, now + self.config().operation_timeout).await;
+        // already handled (or they would be delivered again) and cancels, within a second at most.
+        let grace = self.config().operation_timeout.min(std::time::Duration::from_secs(1));
+        self.inner.running.stop_all(now, now + grace).await;
         self.end(now).await
     }
 

@@ -77,7 +77,14 @@ impl StopSignal {
 /// The consumers running on a bus, so that shutdown can stop them all and wait for them.
 #[derive(Default)]
 pub(crate) struct Running {
-    consumers: Mutex<Vec<(Stop, watch::Receiver<bool>)>>,
+    consumers: Mutex<Vec<Registered>>,
+}
+
+/// A running consumer: how to stop it, whether it has finished, and its task, to abort past the deadline.
+struct Registered {
+    stop: Stop,
+    finished: watch::Receiver<bool>,
+    task: tokio::task::AbortHandle,
 }
 
 impl std::fmt::Debug for Running {
@@ -87,30 +94,40 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
-    /// Registers a consumer; it flips the returned flag to `true` when it has finished.
-    pub(crate) fn register(&self, stop: &Stop) -> watch::Sender<bool> {
+    /// Starts a consumer's task with `start`, which gets the flag the task sets to `true` once it has finished.
+    pub(crate) fn run(
+        &self,
+        stop: &Stop,
+        start: impl FnOnce(watch::Sender<bool>) -> tokio::task::JoinHandle<()>,
+    ) -> tokio::task::JoinHandle<()> {
         let (done, finished) = watch::channel(false);
+        let task = start(done);
         let mut consumers = self.consumers.lock().expect("running consumers");
-        // Finished, or aborted (its flag dropped unsent): nothing left to stop.
-        consumers.retain(|(_, finished)| !*finished.borrow() && finished.has_changed().is_ok());
-        consumers.push((stop.clone(), finished));
-        done
+        // Finished or aborted: nothing left to stop.
+        consumers.retain(|consumer| !consumer.task.is_finished());
+        consumers.push(Registered { stop: stop.clone(), finished, task: task.abort_handle() });
+        task
     }
 
     /// Stops every consumer, abandoning the handlers still running at `deadline`, and waits, until `wait_until`
-    /// (not before `deadline`), for them to settle what they hold and cancel.
+    /// (not before `deadline`), for them to settle what they hold and cancel. A consumer that has not finished
+    /// by then (one running its handler in its own task, as one at a time does, or still cancelling) is
+    /// aborted: its messages go back to the queue with its channel.
     pub(crate) async fn stop_all(&self, deadline: Instant, wait_until: Instant) {
-        let consumers = std::mem::take(&mut *self.consumers.lock().expect("running consumers"));
-        for (stop, _) in &consumers {
-            stop.stop(deadline);
+        let mut consumers = std::mem::take(&mut *self.consumers.lock().expect("running consumers"));
+        for consumer in &consumers {
+            consumer.stop.stop(deadline);
         }
         let remaining = wait_until.max(deadline).saturating_duration_since(Instant::now());
         let wait_all = async {
-            for (_, mut finished) in consumers {
-                let _ = finished.wait_for(|done| *done).await;
+            for consumer in &mut consumers {
+                let _ = consumer.finished.wait_for(|done| *done).await;
             }
         };
         let _ = tokio::time::timeout(remaining, wait_all).await;
+        for consumer in &consumers {
+            consumer.task.abort();
+        }
     }
 }
 
@@ -364,14 +381,17 @@ mod tests {
         assert_eq!(gone.recv().await, None, "the running task was aborted, dropping what it held");
     }
 
-    /// A consumer whose task finished, or was aborted before it could say so, is no longer kept for shutdown.
-    #[test]
-    fn running_forgets_consumers_that_finished_or_were_aborted() {
+    /// A consumer whose task finished, or was aborted, is no longer kept for shutdown.
+    #[tokio::test]
+    async fn running_forgets_consumers_that_finished_or_were_aborted() {
         let running = Running::default();
-        let finished = running.register(&Stop::new().0);
-        finished.send(true).unwrap();
-        drop(running.register(&Stop::new().0)); // aborted: its flag dropped unsent
-        let _alive = running.register(&Stop::new().0);
+        let stop = Stop::new().0;
+        let finished = running.run(&stop, |done| tokio::spawn(async move { done.send(true).unwrap() }));
+        finished.await.unwrap();
+        let aborted = running.run(&stop, |_| tokio::spawn(std::future::pending()));
+        aborted.abort();
+        let _ = aborted.await;
+        let _alive = running.run(&stop, |_| tokio::spawn(std::future::pending()));
         assert_eq!(running.consumers.lock().unwrap().len(), 1, "only the running one is kept");
     }
 

@@ -454,29 +454,30 @@ where
     let (stop, signal) = Stop::new();
     let mut feed =
         Feed::open(bus, service.queue, SERVER_CONCURRENCY as u16, service.name, setup, signal.clone()).await?;
-    let done = bus.inner.running.register(&stop);
     let transport = bus.inner.transport.clone();
     let limit = Arc::new(Semaphore::new(SERVER_CONCURRENCY));
     let app_id: Arc<str> = bus.config().service_name.as_str().into();
-    let task = tokio::spawn(async move {
-        // The requests being answered, each in a task of its own: dropped with this task, so that a stop whose
-        // deadline passes abandons them rather than leaving them running with the bus.
-        let mut answering = Handlers::new(SERVER_CONCURRENCY);
-        loop {
-            let Some(delivery) = feed.next().await else { break }; // stopped
-            let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
-                break;
-            };
-            let answer = answer(delivery, Arc::clone(&handler), transport.clone(), app_id.clone(), timeout, permit);
-            answering.spawn(answer);
-        }
-        let until = signal.deadline().unwrap_or_else(|| std::time::Instant::now() + timeout);
-        let _ = tokio::time::timeout_at(until.into(), limit.acquire_many(SERVER_CONCURRENCY as u32)).await;
-        // Past the deadline: requests still being answered are abandoned, and go back to the queue with the
-        // consumer.
-        drop(answering);
-        feed.cancel().await;
-        let _ = done.send(true);
+    let task = bus.inner.running.run(&stop, move |done| {
+        tokio::spawn(async move {
+            // The requests being answered, each in a task of its own: dropped with this task, so that a stop whose
+            // deadline passes abandons them rather than leaving them running with the bus.
+            let mut answering = Handlers::new(SERVER_CONCURRENCY);
+            loop {
+                let Some(delivery) = feed.next().await else { break }; // stopped
+                let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+                    break;
+                };
+                let answer = answer(delivery, Arc::clone(&handler), transport.clone(), app_id.clone(), timeout, permit);
+                answering.spawn(answer);
+            }
+            let until = signal.deadline().unwrap_or_else(|| std::time::Instant::now() + timeout);
+            let _ = tokio::time::timeout_at(until.into(), limit.acquire_many(SERVER_CONCURRENCY as u32)).await;
+            // Past the deadline: requests still being answered are abandoned, and go back to the queue with the
+            // consumer.
+            drop(answering);
+            feed.cancel().await;
+            let _ = done.send(true);
+        })
     });
     Ok(Serving { stop, task, timeout })
 }

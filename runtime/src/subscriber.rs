@@ -377,7 +377,6 @@ impl<T: Inbound> Subscriber<T> {
         };
         let (stop, signal) = Stop::new();
         let mut feed = Feed::open(&bus, &queue, self.prefetch, &self.group, setup, signal.clone()).await?;
-        let done = bus.inner.running.register(&stop);
 
         let timeout = bus.config().operation_timeout;
         let concurrency = self.concurrency;
@@ -399,61 +398,67 @@ impl<T: Inbound> Subscriber<T> {
         // frames: a consumer that caught up waits a moment for the next delivery before acknowledging, or it
         // would send an ack per message whenever it is faster than the broker.
         let memory = matches!(bus.inner.transport, crate::transport::Transport::Memory(_));
-        let task = tokio::spawn(async move {
-            let mut acks = Vec::with_capacity(batch);
-            let mut last = LastType::default();
-            // With `concurrency` above 1, the handlers running in tasks of their own: dropped with this task, so
-            // that a stop whose deadline passes abandons them rather than leaving them running with the bus.
-            let mut handlers = Handlers::new(concurrency);
-            while signal.deadline().is_none() {
-                // A turn of tokio's cooperative budget per delivery: a consumer that always finds one ready
-                // (a backlog, a fast publisher) still lets the other tasks of its thread run now and then.
-                tokio::task::coop::consume_budget().await;
-                // Take what is ready without waiting; before waiting, send the acks collected so far, so an
-                // idle consumer never holds one back.
-                let delivery = match feed.ready() {
-                    Some(delivery) => delivery,
-                    None => match next_delivery(&mut feed, &mut acks, memory).await {
+        let task = bus.inner.running.run(&stop, move |done| {
+            tokio::spawn(async move {
+                let mut acks = Vec::with_capacity(batch);
+                let mut last = LastType::default();
+                // With `concurrency` above 1, the handlers running in tasks of their own: dropped with this task, so
+                // that a stop whose deadline passes abandons them rather than leaving them running with the bus.
+                let mut handlers = Handlers::new(concurrency);
+                while signal.deadline().is_none() {
+                    // A turn of tokio's cooperative budget per delivery: a consumer that always finds one ready
+                    // (a backlog, a fast publisher) still lets the other tasks of its thread run now and then.
+                    tokio::task::coop::consume_budget().await;
+                    // Take what is ready without waiting; before waiting, send the acks collected so far, so an
+                    // idle consumer never holds one back.
+                    let delivery = match feed.ready() {
                         Some(delivery) => delivery,
-                        None => break, // stopped
-                    },
-                };
-                if signal.deadline().is_some() {
-                    // Stopped while this task waited or gave up its thread: no handler starts after a stop.
-                    // The delivery goes back to the queue with the consumer.
-                    break;
-                }
-                if concurrency == 1 {
-                    // One at a time: run the handler right here, in order, without a task per message, and
-                    // acknowledge in batches.
-                    if let Some(acker) = worker.process::<T, _, _, _, _>(delivery, handler.as_ref(), &mut last).await {
-                        acks.push(acker);
-                        if acks.len() >= batch {
-                            Acker::ack_all(&mut acks).await;
+                        None => match next_delivery(&mut feed, &mut acks, memory).await {
+                            Some(delivery) => delivery,
+                            None => break, // stopped
+                        },
+                    };
+                    if signal.deadline().is_some() {
+                        // Stopped while this task waited or gave up its thread: no handler starts after a stop.
+                        // The delivery goes back to the queue with the consumer.
+                        break;
+                    }
+                    if concurrency == 1 {
+                        // One at a time: run the handler right here, in order, without a task per message, and
+                        // acknowledge in batches.
+                        if let Some(acker) =
+                            worker.process::<T, _, _, _, _>(delivery, handler.as_ref(), &mut last).await
+                        {
+                            acks.push(acker);
+                            if acks.len() >= batch {
+                                Acker::ack_all(&mut acks).await;
+                            }
                         }
+                        continue;
                     }
-                    continue;
+                    let Ok(permit) = Arc::clone(&limit).acquire_owned().await else { break };
+                    let handler = Arc::clone(&handler);
+                    let worker = worker.clone();
+                    handlers.spawn(async move {
+                        let mut last = LastType::default();
+                        if let Some(acker) =
+                            worker.process::<T, _, _, _, _>(delivery, handler.as_ref(), &mut last).await
+                        {
+                            Acker::ack_all(&mut vec![acker]).await;
+                        }
+                        drop(permit);
+                    });
                 }
-                let Ok(permit) = Arc::clone(&limit).acquire_owned().await else { break };
-                let handler = Arc::clone(&handler);
-                let worker = worker.clone();
-                handlers.spawn(async move {
-                    let mut last = LastType::default();
-                    if let Some(acker) = worker.process::<T, _, _, _, _>(delivery, handler.as_ref(), &mut last).await {
-                        Acker::ack_all(&mut vec![acker]).await;
-                    }
-                    drop(permit);
-                });
-            }
-            Acker::ack_all(&mut acks).await;
-            // Let running handlers settle their deliveries, until the stop deadline.
-            let until = signal.deadline().unwrap_or_else(|| Instant::now() + timeout);
-            let _ = tokio::time::timeout_at(until.into(), limit.acquire_many(concurrency as u32)).await;
-            // Past the deadline: the handlers still running are abandoned, and their messages go back to the
-            // queue with the consumer.
-            drop(handlers);
-            feed.cancel().await;
-            let _ = done.send(true);
+                Acker::ack_all(&mut acks).await;
+                // Let running handlers settle their deliveries, until the stop deadline.
+                let until = signal.deadline().unwrap_or_else(|| Instant::now() + timeout);
+                let _ = tokio::time::timeout_at(until.into(), limit.acquire_many(concurrency as u32)).await;
+                // Past the deadline: the handlers still running are abandoned, and their messages go back to the
+                // queue with the consumer.
+                drop(handlers);
+                feed.cancel().await;
+                let _ = done.send(true);
+            })
         });
         Ok(Subscription { queue, stop, task, timeout })
     }

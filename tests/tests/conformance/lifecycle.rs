@@ -94,6 +94,45 @@ async fn a_stop_abandons_the_handlers_still_running_at_its_deadline(h: &Harness)
     }
 }
 
+/// `shutdown` and `close` abandon the handlers still running at their deadline as a stop does, one at a time or
+/// several, and do not wait past it. The messages go back to the queue.
+async fn shutdown_and_close_abandon_the_handlers_still_running(h: &Harness) {
+    for (concurrency, close) in [(1, false), (4, false), (1, true), (4, true)] {
+        let case = format!("concurrency {concurrency}, {}", if close { "close" } else { "shutdown" });
+        let bus = h.bus("abandon-shutdown").await;
+        let (started_tx, mut started) = mpsc::unbounded_channel();
+        let (alive, mut gone) = mpsc::unbounded_channel::<()>();
+        let subscription = UserRegistered::subscribe(&bus, &unique("abandon-shutdown"))
+            .concurrency(concurrency)
+            .handle(move |_: UserRegistered, _| {
+                let (started_tx, alive) = (started_tx.clone(), alive.clone());
+                async move {
+                    let _alive = alive;
+                    started_tx.send(()).unwrap();
+                    std::future::pending::<()>().await;
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .await
+            .unwrap();
+        let queue = subscription.queue().to_owned();
+        bus.publish(&UserRegistered { user_id: 9, ..Default::default() }).await.unwrap();
+        within(10, "the handler to start", started.recv()).await;
+
+        let began = std::time::Instant::now();
+        if close {
+            within(10, "close", bus.close()).await.unwrap();
+        } else {
+            within(10, "shutdown", bus.shutdown(Duration::from_millis(200))).await.unwrap();
+        }
+        assert!(began.elapsed() < Duration::from_secs(2), "{case}: took {:?}", began.elapsed());
+        assert_eq!(within(5, "the abandoned handler to be dropped", gone.recv()).await, None, "{case}");
+        let message = next_in(&h.bus("abandon-observer").await, &queue).await;
+        assert_eq!(UserRegistered::decode(&message.body[..]).unwrap().user_id, 9, "{case}");
+        drop(subscription);
+    }
+}
+
 /// Answers nothing: reports each request it takes, then holds it for ever, with a clone of `alive`.
 struct Stuck {
     started: mpsc::UnboundedSender<()>,
@@ -149,6 +188,7 @@ warren_tests::on_both_transports!(
     shutdown_lets_a_running_handler_finish_and_settle_its_message,
     shutdown_fails_rpc_calls_still_waiting_with_cancelled,
     a_stop_abandons_the_handlers_still_running_at_its_deadline,
+    shutdown_and_close_abandon_the_handlers_still_running,
     a_server_stop_abandons_the_requests_still_being_answered,
     close_stops_subscribers_at_once,
 );
