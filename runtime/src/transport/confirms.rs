@@ -311,9 +311,11 @@ impl Confirms {
     ///
     /// The deadlines are kept by one watchdog task per channel rather than a timer per publish (a tokio timer
     /// registered and removed for every publish cost about 880 instructions each): it sleeps until the earliest
-    /// deadline of the publishes waiting, then tells those whose deadline passed and sleeps until the next. A
-    /// publish whose deadline is earlier than the watchdog's timer wakes it; publishes sent with one timeout
-    /// arrive in deadline order, so that happens when the watchdog is idle, not once a publish.
+    /// deadline of the publishes waiting, then tells those whose deadline passed and sleeps until the next.
+    /// Only a publish whose deadline is earlier than the watchdog's timer wakes it. Publishes sent with one
+    /// timeout arrive in deadline order, and an idle watchdog looks again every [`IDLE_LOOK`], so a publish due
+    /// later than that (the default publish timeout is 30 s) registers without a wake-up, whether it comes
+    /// alone or among many.
     pub(crate) async fn publish(&self, id: Option<MessageId>, sending: Sending, deadline: Instant) -> Outcome {
         let (number, alone) = {
             let mut unsent = self.unsent();
@@ -498,8 +500,8 @@ impl State {
     }
 
     /// Times out the undecided publishes whose deadline is `now` or earlier, waking each, and arms the
-    /// watchdog for the earliest deadline left (`None`: no publish to watch).
-    fn expire(&mut self, now: Instant) -> Option<Instant> {
+    /// watchdog for the earliest deadline left, or, with none left, for [`IDLE_LOOK`] from `now`.
+    fn expire(&mut self, now: Instant) -> Instant {
         let mut next: Option<Instant> = None;
         for slot in self.waiting.values_mut() {
             if slot.abandoned || slot.outcome.is_some() {
@@ -514,8 +516,9 @@ impl State {
                 next = Some(slot.deadline);
             }
         }
-        self.armed = next;
-        next
+        let at = next.unwrap_or(now + IDLE_LOOK);
+        self.armed = Some(at);
+        at
     }
 
     /// Publish `number` stops waiting before taking its outcome. One decided leaves. One undecided, or told
@@ -581,22 +584,23 @@ fn keep_watch(state: &mut State, shared: &Arc<Mutex<State>>, alarm: &Arc<tokio::
     }
 }
 
+/// How long a watchdog with no publish to watch sleeps before it looks again. Sleeping until woken instead, it
+/// was woken by every publish that found it idle: one task wake-up and one timer a publish for a publisher that
+/// sends one at a time (W3), the common case of a service. Once a second per idle channel costs nothing
+/// measurable.
+const IDLE_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Keeps the deadlines of one channel's publishes (see [`Confirms::publish`]) until its [`Confirms`] is dropped.
 async fn watch(state: std::sync::Weak<Mutex<State>>, alarm: Arc<tokio::sync::Notify>) {
     loop {
-        let next = {
+        let at = {
             let Some(state) = state.upgrade() else { return };
             let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
             state.expire(Instant::now())
         };
-        match next {
-            Some(at) => {
-                tokio::select! {
-                    () = tokio::time::sleep_until(at.into()) => {}
-                    () = alarm.notified() => {}
-                }
-            }
-            None => alarm.notified().await,
+        tokio::select! {
+            () = tokio::time::sleep_until(at.into()) => {}
+            () = alarm.notified() => {}
         }
     }
 }
@@ -839,7 +843,7 @@ mod tests {
         let (on_time, _keep) = pending_until(&mut state, Some(id(2)), now + Duration::from_secs(1));
         let woken = Arc::new(Count::default());
         state.waiting.get_mut(&late).unwrap().waker = Some(Waker::from(Arc::clone(&woken)));
-        assert_eq!(state.expire(now), Some(now + Duration::from_secs(1)), "armed for the next deadline");
+        assert_eq!(state.expire(now), now + Duration::from_secs(1), "armed for the next deadline");
         assert_eq!(woken.0.load(Relaxed), 1, "the late one is told");
         assert_eq!(outcome(&mut state, late), "TimedOut");
         assert_eq!(outcome(&mut state, on_time), "undecided");
@@ -863,6 +867,18 @@ mod tests {
         let (_, look_again) = state.register(None, now + Duration::from_secs(1));
         assert!(look_again, "an earlier one moves it");
         assert_eq!(state.armed, Some(now + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_idle_watchdog_looks_again_within_a_second_so_later_deadlines_do_not_wake_it() {
+        let mut state = State::default();
+        let now = Instant::now();
+        assert_eq!(state.expire(now), now + IDLE_LOOK, "nothing to watch: it looks again in a second");
+        let (_, look_again) = state.register(None, now + Duration::from_secs(30));
+        assert!(!look_again, "a publish due later is found then");
+        assert_eq!(state.expire(now + IDLE_LOOK), now + Duration::from_secs(30), "and watched from then on");
+        let (_, look_again) = state.register(None, now + IDLE_LOOK + Duration::from_millis(500));
+        assert!(look_again, "one due earlier than the timer wakes it");
     }
 
     #[test]
@@ -910,7 +926,7 @@ mod tests {
         let state = Arc::new(Mutex::new(State::default()));
         let alarm = Alarm(Arc::default());
         keep_watch(&mut state.lock().unwrap(), &state, &alarm.0);
-        tokio::task::yield_now().await; // the watchdog runs, finds nothing to watch and waits for its alarm
+        tokio::task::yield_now().await; // the watchdog runs, finds nothing to watch and sleeps for a second
         let (number, woken) = due_in(&state, &alarm, Duration::from_millis(100));
         let after = told(&woken).await;
         assert!(after >= Duration::from_millis(90), "not before its deadline: {after:?}");
