@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 use tokio::sync::mpsc;
-use warren::{Code, Error, HandlerError, RpcContext, RpcError};
+use warren::{Code, Error, HandlerError, RpcContext, RpcError, Subscription};
 use warren_contracts::at::v1::int_sum_error::Reason;
 use warren_contracts::at::v1::{IntSumRequest, IntSumResponse, IntSummator, IntSummatorClient, IntSummatorServer};
 use warren_contracts::gametrade::v1::UserRegistered;
@@ -60,30 +60,36 @@ async fn shutdown_fails_rpc_calls_still_waiting_with_cancelled(h: &Harness) {
     assert_eq!(status.code(), Code::Cancelled, "{status}");
 }
 
+/// Subscribes with `concurrency` handlers that never return, publishes event `user_id` and waits until a handler
+/// holds it. The receiver closes once nothing of the handler is left: every clone of its sender lives there.
+async fn stuck_on(bus: &warren::Bus, concurrency: usize, user_id: i64) -> (Subscription, mpsc::UnboundedReceiver<()>) {
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let (alive, gone) = mpsc::unbounded_channel::<()>();
+    let subscription = UserRegistered::subscribe(bus, &unique("stuck"))
+        .concurrency(concurrency)
+        .handle(move |_: UserRegistered, _| {
+            let (started_tx, alive) = (started_tx.clone(), alive.clone());
+            async move {
+                let _alive = alive;
+                started_tx.send(()).unwrap();
+                std::future::pending::<()>().await;
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    bus.publish(&UserRegistered { user_id, ..Default::default() }).await.unwrap();
+    within(10, "the handler to start", started.recv()).await;
+    (subscription, gone)
+}
+
 /// Past a stop's deadline, a handler still running is abandoned: dropped, not left running with the bus, with
 /// one handler at a time and with several. Its message goes back to the queue.
 async fn a_stop_abandons_the_handlers_still_running_at_its_deadline(h: &Harness) {
     for concurrency in [1, 4] {
         let bus = h.bus("abandon-test").await;
-        let (started_tx, mut started) = mpsc::unbounded_channel();
-        // Every clone of `alive` lives in the handler: the channel closes once nothing of it is left.
-        let (alive, mut gone) = mpsc::unbounded_channel::<()>();
-        let subscription = UserRegistered::subscribe(&bus, &unique("abandon"))
-            .concurrency(concurrency)
-            .handle(move |_: UserRegistered, _| {
-                let (started_tx, alive) = (started_tx.clone(), alive.clone());
-                async move {
-                    let _alive = alive;
-                    started_tx.send(()).unwrap();
-                    std::future::pending::<()>().await;
-                    Ok::<_, HandlerError>(())
-                }
-            })
-            .await
-            .unwrap();
+        let (subscription, mut gone) = stuck_on(&bus, concurrency, 7).await;
         let queue = subscription.queue().to_owned();
-        bus.publish(&UserRegistered { user_id: 7, ..Default::default() }).await.unwrap();
-        within(10, "the handler to start", started.recv()).await;
 
         within(10, "the stop", subscription.stop_within(Duration::from_millis(100))).await;
         let left = within(5, "the abandoned handler to be dropped", gone.recv()).await;
@@ -100,24 +106,8 @@ async fn shutdown_and_close_abandon_the_handlers_still_running(h: &Harness) {
     for (concurrency, close) in [(1, false), (4, false), (1, true), (4, true)] {
         let case = format!("concurrency {concurrency}, {}", if close { "close" } else { "shutdown" });
         let bus = h.bus("abandon-shutdown").await;
-        let (started_tx, mut started) = mpsc::unbounded_channel();
-        let (alive, mut gone) = mpsc::unbounded_channel::<()>();
-        let subscription = UserRegistered::subscribe(&bus, &unique("abandon-shutdown"))
-            .concurrency(concurrency)
-            .handle(move |_: UserRegistered, _| {
-                let (started_tx, alive) = (started_tx.clone(), alive.clone());
-                async move {
-                    let _alive = alive;
-                    started_tx.send(()).unwrap();
-                    std::future::pending::<()>().await;
-                    Ok::<_, HandlerError>(())
-                }
-            })
-            .await
-            .unwrap();
+        let (subscription, mut gone) = stuck_on(&bus, concurrency, 9).await;
         let queue = subscription.queue().to_owned();
-        bus.publish(&UserRegistered { user_id: 9, ..Default::default() }).await.unwrap();
-        within(10, "the handler to start", started.recv()).await;
 
         let began = std::time::Instant::now();
         if close {
