@@ -11,34 +11,63 @@
 //! ```
 
 /// Whether binding `pattern` matches `routing_key` on a topic exchange. Allocates nothing.
+///
+/// Takes time proportional to the pattern's length times the key's, however many `#` the pattern has.
 pub fn matches(pattern: &str, routing_key: &str) -> bool {
     // Most bindings are plain keys from a contract: compare them whole.
     if !pattern.contains(['*', '#']) {
         return pattern == routing_key;
     }
-    words_match(Some(pattern), Some(routing_key))
-}
-
-/// The first word of what is left, and the rest; `None` when no words are left.
-fn split(words: Option<&str>) -> Option<(&str, Option<&str>)> {
-    words.map(|w| match w.split_once('.') {
-        Some((first, rest)) => (first, Some(rest)),
-        None => (w, None),
-    })
-}
-
-fn words_match(pattern: Option<&str>, key: Option<&str>) -> bool {
-    match split(pattern) {
-        None => key.is_none(),
-        // `#`: match zero words, or swallow one word and try again.
-        Some(("#", rest)) => {
-            words_match(rest, key) || split(key).is_some_and(|(_, key_rest)| words_match(pattern, key_rest))
+    // Wildcard matching over words, as glob matching over characters: `*` is glob's `?`, `#` glob's `*`. On
+    // a mismatch only the most recent `#` matters: it swallows one more word and matching resumes after it.
+    // (An earlier `#` swallowing more instead cannot help: the later `#` can swallow those words itself.)
+    //
+    // Positions are byte offsets of a word's start; a string of n dots has n + 1 words (a key is always at
+    // least one word, `""` being one empty word), so a string is used up when its offset passes its length.
+    let (mut p, mut k) = (0, 0);
+    // After the last `#` seen: where the pattern resumes, and where the key resumes when the `#` swallows
+    // one more word.
+    let mut hash: Option<(usize, usize)> = None;
+    while k <= routing_key.len() {
+        if p <= pattern.len() {
+            let word = word_at(pattern, p);
+            let next_p = p + word.len() + 1;
+            if word == "#" {
+                // Swallow nothing for now.
+                hash = Some((next_p, k));
+                p = next_p;
+                continue;
+            }
+            let key_word = word_at(routing_key, k);
+            if word == "*" || word == key_word {
+                p = next_p;
+                k += key_word.len() + 1;
+                continue;
+            }
         }
-        Some((word, rest)) => match split(key) {
-            Some((first, key_rest)) => (word == "*" || word == first) && words_match(rest, key_rest),
-            None => false,
-        },
+        // A mismatch, or the pattern used up before the key: the last `#` swallows one more word.
+        let Some((resume_p, swallowed_to)) = hash else {
+            return false;
+        };
+        let resume_k = swallowed_to + word_at(routing_key, swallowed_to).len() + 1;
+        hash = Some((resume_p, resume_k));
+        (p, k) = (resume_p, resume_k);
     }
+    // The key is used up: what is left of the pattern must be `#`s, matching nothing.
+    while p <= pattern.len() {
+        let word = word_at(pattern, p);
+        if word != "#" {
+            return false;
+        }
+        p += word.len() + 1;
+    }
+    true
+}
+
+/// The word of `words` starting at byte offset `start` (at most `words.len()`): up to the next dot or the end.
+fn word_at(words: &str, start: usize) -> &str {
+    let rest = &words[start..];
+    rest.find('.').map_or(rest, |end| &rest[..end])
 }
 
 /// Whether some routing key matches both topic patterns `a` and `b`.
@@ -117,6 +146,102 @@ pub fn word_problem(value: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first, recursive matcher: plainly right, but exponential on repeated `#`. The reference for
+    /// [`matches`].
+    fn reference_matches(pattern: &str, routing_key: &str) -> bool {
+        /// The first word of what is left, and the rest; `None` when no words are left.
+        fn split(words: Option<&str>) -> Option<(&str, Option<&str>)> {
+            words.map(|w| match w.split_once('.') {
+                Some((first, rest)) => (first, Some(rest)),
+                None => (w, None),
+            })
+        }
+
+        fn words_match(pattern: Option<&str>, key: Option<&str>) -> bool {
+            match split(pattern) {
+                None => key.is_none(),
+                // `#`: match zero words, or swallow one word and try again.
+                Some(("#", rest)) => {
+                    words_match(rest, key) || split(key).is_some_and(|(_, key_rest)| words_match(pattern, key_rest))
+                }
+                Some((word, rest)) => match split(key) {
+                    Some((first, key_rest)) => (word == "*" || word == first) && words_match(rest, key_rest),
+                    None => false,
+                },
+            }
+        }
+
+        if !pattern.contains(['*', '#']) {
+            return pattern == routing_key;
+        }
+        words_match(Some(pattern), Some(routing_key))
+    }
+
+    /// Every dotted string of 1 to `max_words` words drawn from `alphabet`.
+    fn all_strings(alphabet: &[&str], max_words: usize) -> Vec<String> {
+        let mut all = Vec::new();
+        let mut last: Vec<String> = vec![String::new()];
+        for words in 1..=max_words {
+            last = last
+                .iter()
+                .flat_map(|prefix| {
+                    alphabet
+                        .iter()
+                        .map(move |word| if words == 1 { (*word).to_owned() } else { format!("{prefix}.{word}") })
+                })
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn matching_agrees_with_the_recursive_reference() {
+        // The empty word too: `*` matches it, `""` is a key of one empty word, `a.` one of two words.
+        let patterns = all_strings(&["a", "b", "*", "#", ""], 4);
+        let keys = all_strings(&["a", "b", ""], 5);
+        assert_eq!((patterns.len(), keys.len()), (780, 363));
+        for pattern in &patterns {
+            for key in &keys {
+                assert_eq!(matches(pattern, key), reference_matches(pattern, key), "{pattern:?} vs {key:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn many_hashes_match_in_linear_time() {
+        // The recursive matcher tries every way of sharing the key's words among the `#`s: C(220, 20) here.
+        let pattern = format!("{}.z", ["#"; 20].join("."));
+        let mut words = vec!["w"; 199];
+        words.push("z");
+        assert!(matches(&pattern, &words.join(".")));
+        words[199] = "y";
+        assert!(!matches(&pattern, &words.join(".")));
+        words[100] = "z";
+        assert!(!matches(&pattern, &words.join(".")));
+        let short = "#.#.#.#.#.#.z";
+        assert!(!matches(short, &["w"; 40].join(".")));
+        assert!(matches(&format!("{short}.#"), &["w", "z"].repeat(20).join(".")));
+    }
+
+    #[test]
+    fn empty_words_are_words() {
+        for (pattern, key, expected) in [
+            ("*", "", true),
+            ("#", "", true),
+            ("#.#", "", true),
+            ("*.*", "", false),
+            ("*", "a.", false),
+            ("*.*", "a.", true),
+            ("a.#", "a.", true),
+            ("#.b", ".b", true),
+            ("a.*", "a", false),
+        ] {
+            assert_eq!(matches(pattern, key), expected, "{pattern:?} vs {key:?}");
+            assert_eq!(reference_matches(pattern, key), expected, "reference: {pattern:?} vs {key:?}");
+        }
+    }
 
     #[test]
     fn topic_patterns_match_like_rabbitmq() {
