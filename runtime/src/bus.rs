@@ -7,7 +7,7 @@ use crate::codec::{self, Payload, WireFormat};
 use crate::config::{BusConfig, Endpoint};
 use crate::contract::{Event, ExchangeSpec, Inbound, Task};
 use crate::envelope::{self, Envelope, Properties};
-use crate::error::{Error, Result};
+use crate::error::{Error, Later, Result};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::rpc::Replies;
 use crate::transport::amqp::Amqp;
@@ -427,7 +427,7 @@ impl Bus {
     /// `CANCELLED`, waits for publishes in flight to be confirmed, then closes the connections. What is not
     /// done by the deadline is left to the broker: unacknowledged messages are redelivered to another consumer.
     pub async fn shutdown(&self, deadline: std::time::Duration) -> Result<()> {
-        let by = std::time::Instant::now() + deadline;
+        let by = std::time::Instant::now().later(deadline);
         self.inner.running.stop_all(by, by).await;
         self.end(by).await
     }

@@ -156,3 +156,26 @@ pub(crate) fn deadline<T>(
         Err(_) => Err(Error::Timeout { operation, after }),
     })
 }
+
+/// `self + by`, saturating: a caller may pass [`Duration::MAX`] (or a peer a huge TTL) to mean "no deadline",
+/// and `Instant + Duration` panics on overflow. Past what an `Instant` can hold, the result is a century away.
+pub(crate) trait Later: Sized {
+    /// The instant `by` after this one, or a century after it when that overflows.
+    fn later(self, by: Duration) -> Self;
+}
+
+/// How far away "never" is: far enough that nothing waits that long, near enough that every platform's
+/// `Instant` can hold it.
+const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+impl Later for std::time::Instant {
+    fn later(self, by: Duration) -> Self {
+        self.checked_add(by).or_else(|| self.checked_add(CENTURY)).unwrap_or(self)
+    }
+}
+
+impl Later for tokio::time::Instant {
+    fn later(self, by: Duration) -> Self {
+        self.checked_add(by).or_else(|| self.checked_add(CENTURY)).unwrap_or(self)
+    }
+}

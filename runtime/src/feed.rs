@@ -15,7 +15,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
 use crate::bus::Bus;
-use crate::error::Result;
+use crate::error::{Later, Result};
 use crate::transport::{Consumer, Delivery};
 
 /// Declares what a feed consumes from: the queue, its dead-letter queue, its bindings.
@@ -249,7 +249,7 @@ impl Feed {
             return None;
         }
         let consumer = self.current.as_mut()?;
-        let until = tokio::time::Instant::now() + within;
+        let until = tokio::time::Instant::now().later(within);
         let timer = match &mut self.timer {
             Some(timer) => {
                 timer.as_mut().reset(until);

@@ -25,7 +25,7 @@ use crate::bus::{Bus, durability};
 use crate::codec::{self, Payload, WireFormat};
 use crate::contract::{MethodSpec, ServiceSpec};
 use crate::envelope::{self, Envelope, Properties};
-use crate::error::{Error, Result};
+use crate::error::{Error, Later, Result};
 use crate::feed::{Feed, Handlers, Setup, Stop};
 use crate::status::{Code, Status};
 use crate::transport::{Delivery, Publish, ReplyPath, Settle};
@@ -332,7 +332,8 @@ impl RpcClient {
             envelope.schema = Req::FINGERPRINT;
         }
         envelope.reply_to = Some(Arc::clone(&replies.path.address));
-        envelope.expiration_ms = Some(timeout.as_millis().clamp(1, u128::from(u64::MAX)) as u64);
+        // RabbitMQ refuses a per-message TTL above 2^32 - 1 ms (about 49 days) by closing the channel.
+        envelope.expiration_ms = Some(timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u64);
         let id = envelope.message_id.as_str().to_owned();
         let (tx, rx) = oneshot::channel();
         replies.pending.lock().expect("pending calls").insert(id.clone(), tx);
@@ -341,7 +342,7 @@ impl RpcClient {
             || Status::deadline_exceeded(format!("{method} got no reply within {timeout:?} (is a server running?)"));
         // Neither confirmed nor mandatory (see the module's docs): sent once lapin has written it.
         let publish = Publish { exchange: "", routing_key: self.service.queue, mandatory: false, confirm: false };
-        let until = started + timeout;
+        let until = started.later(timeout);
         let exchange = async {
             match replies.path.send_request(publish, payload, Properties::from(envelope)).await {
                 Ok(()) => {}
@@ -432,8 +433,8 @@ impl Serving {
     /// consumer; requests not yet taken stay queued for another server. Requests still being answered at the
     /// timeout are abandoned (their handlers dropped) and go back to the queue.
     pub async fn stop(mut self) {
-        self.stop.stop(std::time::Instant::now() + self.timeout);
-        if tokio::time::timeout(self.timeout + Duration::from_millis(200), &mut self.task).await.is_err() {
+        self.stop.stop(std::time::Instant::now().later(self.timeout));
+        if tokio::time::timeout(self.timeout.saturating_add(Duration::from_millis(200)), &mut self.task).await.is_err() {
             self.task.abort();
         }
     }
@@ -470,7 +471,7 @@ where
                 let answer = answer(delivery, Arc::clone(&handler), transport.clone(), app_id.clone(), timeout, permit);
                 answering.spawn(answer);
             }
-            let until = signal.deadline().unwrap_or_else(|| std::time::Instant::now() + timeout);
+            let until = signal.deadline().unwrap_or_else(|| std::time::Instant::now().later(timeout));
             let _ = tokio::time::timeout_at(until.into(), limit.acquire_many(SERVER_CONCURRENCY as u32)).await;
             // Past the deadline: requests still being answered are abandoned, and go back to the queue with the
             // consumer.
@@ -498,7 +499,7 @@ async fn answer(
     };
     let p = &delivery.properties;
     let method = p.kind().unwrap_or_default().to_owned();
-    let deadline = p.expiration_ms().map(|ms| Instant::now() + Duration::from_millis(ms));
+    let deadline = p.expiration_ms().map(|ms| Instant::now().later(Duration::from_millis(ms)));
     let context = RpcContext {
         method: method.clone(),
         caller: p.app_id().map(str::to_owned),
@@ -550,7 +551,7 @@ async fn answer(
         // connection would stall the acks that drain the queues.
         let publish = Publish { exchange: "", routing_key: reply_to, mandatory: false, confirm: false };
         // Worth sending while the caller waits, and for no longer than the operation timeout.
-        let until = std::time::Instant::now() + timeout;
+        let until = std::time::Instant::now().later(timeout);
         let until = deadline.map_or(until, |caller| until.min(caller.into_std()));
         // Boxed: each request's task holds this future, and tokio copies a task's future whole when spawning
         // it; inline, the publish made it 2,848 bytes, copied three times a call.

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use crate::bus::{self, Bus, durability, subscriber_queue};
 use crate::contract::{ExchangeKind, Inbound};
 use crate::envelope;
-use crate::error::{Error, Result};
+use crate::error::{Error, Later, Result};
 use crate::feed::{Feed, Handlers, Setup, Stop};
 use crate::metrics::{Fate, LastType, SubscriberStats};
 use crate::topic;
@@ -451,7 +451,7 @@ impl<T: Inbound> Subscriber<T> {
                 }
                 Acker::ack_all(&mut acks).await;
                 // Let running handlers settle their deliveries, until the stop deadline.
-                let until = signal.deadline().unwrap_or_else(|| Instant::now() + timeout);
+                let until = signal.deadline().unwrap_or_else(|| Instant::now().later(timeout));
                 let _ = tokio::time::timeout_at(until.into(), limit.acquire_many(concurrency as u32)).await;
                 // Past the deadline: the handlers still running are abandoned, and their messages go back to the
                 // queue with the consumer.
@@ -724,10 +724,10 @@ impl Subscription {
     /// [`Subscription::stop`] with an explicit deadline: handlers still running when it passes are abandoned,
     /// and their messages go back to the queue, marked redelivered, for another consumer.
     pub async fn stop_within(mut self, deadline: Duration) {
-        let until = Instant::now() + deadline;
+        let until = Instant::now().later(deadline);
         self.stop.stop(until);
         // A little past the deadline: the task itself cancels its consumer once the deadline passes.
-        if tokio::time::timeout(deadline + Duration::from_millis(200), &mut self.task).await.is_err() {
+        if tokio::time::timeout(deadline.saturating_add(Duration::from_millis(200)), &mut self.task).await.is_err() {
             // Still inside a handler: abandon it. Dropping the task drops its feed, which cancels the consumer.
             self.task.abort();
             let _ = (&mut self.task).await;

@@ -32,7 +32,7 @@ use super::{Acker, Canceller, Consumer, Delivery, Message, Publish, QueueOptions
 use crate::config::{BusConfig, Endpoint};
 use crate::contract::{ExchangeKind, ExchangeSpec};
 use crate::envelope::{Inline, Properties};
-use crate::error::{Error, Result, deadline};
+use crate::error::{Error, Later, Result, deadline};
 use crate::health::Health;
 
 /// Direct reply-to: RabbitMQ's pseudo-queue for RPC replies.
@@ -123,7 +123,7 @@ impl Amqp {
 
     /// When a publish begun now gives up: the publish timeout from now.
     pub(crate) fn publish_deadline(&self) -> Instant {
-        Instant::now() + self.config.publish_timeout
+        Instant::now().later(self.config.publish_timeout)
     }
 
     /// The link's generation, now and after each reconnection. The task that keeps it ends with the receiver

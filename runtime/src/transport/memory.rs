@@ -28,7 +28,7 @@ use super::{
 };
 use crate::contract::{ExchangeKind, ExchangeSpec};
 use crate::envelope::Properties;
-use crate::error::{Error, Result};
+use crate::error::{Error, Later, Result};
 use crate::topic;
 
 /// Prefix of reply addresses, as RabbitMQ's direct reply-to names them.
@@ -583,8 +583,8 @@ impl State {
     /// When `message` expires in `queue`: the earlier of its own `expiration` and the queue's TTL.
     fn set_expiry(queue: &Queue, message: &mut Queued) {
         let now = Instant::now();
-        let per_message = message.message.properties.expiration_ms().map(|ms| now + Duration::from_millis(ms));
-        let per_queue = queue.options.message_ttl.map(|ms| now + Duration::from_millis(u64::from(ms)));
+        let per_message = message.message.properties.expiration_ms().map(|ms| now.later(Duration::from_millis(ms)));
+        let per_queue = queue.options.message_ttl.map(|ms| now.later(Duration::from_millis(u64::from(ms))));
         message.expires_at = match (per_message, per_queue) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

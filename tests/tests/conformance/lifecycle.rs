@@ -174,7 +174,22 @@ async fn close_stops_subscribers_at_once(h: &Harness) {
     drop(subscription);
 }
 
+/// `Duration::MAX` (or any huge value) means "no deadline" to a caller; `Instant + Duration` panicked on it.
+async fn huge_deadlines_saturate_instead_of_panicking(h: &Harness) {
+    let bus = h.bus("huge-deadlines").await;
+    let server = IntSummatorServer::new(warren_tests::Summator).serve(&bus).await.unwrap();
+    let client = IntSummatorClient::new(&bus).with_timeout(Duration::MAX);
+    let reply = within(10, "a call with no deadline", client.int_sum(IntSumRequest { a: 2, b: 3 })).await.unwrap();
+    assert_eq!(reply.sum, 5);
+    let (subscription, _received) =
+        crate::collect(UserRegistered::subscribe(&bus, &unique("huge"))).await;
+    within(10, "a stop with no deadline", subscription.stop_within(Duration::MAX)).await;
+    within(10, "a server stop", server.stop()).await;
+    within(10, "a shutdown with no deadline", bus.shutdown(Duration::MAX)).await.unwrap();
+}
+
 warren_tests::on_both_transports!(
+    huge_deadlines_saturate_instead_of_panicking,
     shutdown_lets_a_running_handler_finish_and_settle_its_message,
     shutdown_fails_rpc_calls_still_waiting_with_cancelled,
     a_stop_abandons_the_handlers_still_running_at_its_deadline,
