@@ -473,7 +473,7 @@ pub(crate) fn subscriber_queue(queue: &str, temporary: bool, prioritized: bool, 
         dead_letter: Some((String::new(), format!("{queue}.dlq"))),
         max_priority: prioritized.then_some(crate::Priority::MAX_AMQP),
         quorum: quorum.is_some(),
-        delivery_limit: quorum.map(|attempts| attempts + 2),
+        delivery_limit: quorum.map(|attempts| attempts.saturating_add(2)),
         ..durability(temporary)
     }
 }

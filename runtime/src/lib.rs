@@ -61,7 +61,7 @@ pub use health::Health;
 pub use metrics::{Counters, MetricsSnapshot, SubscriberMetrics};
 pub use rpc::{RpcClient, RpcContext, RpcError, ServiceError, Serving};
 pub use status::{Code, Status};
-pub use subscriber::{Context, HandlerError, Outcome, RetryPolicy, Subscriber, Subscription};
+pub use subscriber::{Context, HandlerError, Outcome, RETRY_LADDER, RetryPolicy, Subscriber, Subscription};
 
 /// AMQP property and header types, for [`Bus::publish_bytes`] and [`RawMessage`].
 pub mod amqp {

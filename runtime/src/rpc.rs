@@ -434,7 +434,8 @@ impl Serving {
     /// timeout are abandoned (their handlers dropped) and go back to the queue.
     pub async fn stop(mut self) {
         self.stop.stop(std::time::Instant::now().later(self.timeout));
-        if tokio::time::timeout(self.timeout.saturating_add(Duration::from_millis(200)), &mut self.task).await.is_err() {
+        if tokio::time::timeout(self.timeout.saturating_add(Duration::from_millis(200)), &mut self.task).await.is_err()
+        {
             self.task.abort();
         }
     }

@@ -60,14 +60,55 @@ impl Default for RetryPolicy {
     }
 }
 
+/// The delays a handler's [`Outcome::Retry`] is rounded up to: each distinct delay is a queue on the broker
+/// (`<queue>.retry.<ms>`), so a handler choosing its own (with jitter, say) would otherwise make them without
+/// bound. From 10 ms to a day, about two rungs to every power of ten.
+pub const RETRY_LADDER: [Duration; 23] = {
+    const fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+    const S: u64 = 1000;
+    [
+        ms(10),
+        ms(25),
+        ms(50),
+        ms(100),
+        ms(250),
+        ms(500),
+        ms(S),
+        ms(2 * S),
+        ms(5 * S),
+        ms(10 * S),
+        ms(15 * S),
+        ms(30 * S),
+        ms(60 * S),
+        ms(120 * S),
+        ms(300 * S),
+        ms(600 * S),
+        ms(900 * S),
+        ms(1800 * S),
+        ms(3600 * S),
+        ms(7200 * S),
+        ms(6 * 3600 * S),
+        ms(12 * 3600 * S),
+        ms(24 * 3600 * S),
+    ]
+};
+
+/// `after` rounded up to the next rung of [`RETRY_LADDER`]; anything above a day waits a day.
+fn retry_rung(after: Duration) -> Duration {
+    RETRY_LADDER.iter().copied().find(|rung| *rung >= after).unwrap_or(RETRY_LADDER[RETRY_LADDER.len() - 1])
+}
+
 /// What a handler decided about a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Outcome {
     /// Done: the message is acknowledged and removed.
     Ack,
-    /// Try again later: the message is redelivered after `after`; counts as a failed attempt, so the retry
-    /// policy's limit still applies.
+    /// Try again later: the message is redelivered after `after`, rounded up to the next rung of
+    /// [`RETRY_LADDER`] (10 ms to a day), as each distinct delay is a queue on the broker; counts as a failed
+    /// attempt, so the retry policy's limit still applies.
     Retry {
         /// How long to wait before redelivery.
         after: Duration,
@@ -581,6 +622,7 @@ impl Worker {
                 return Some(delivery.acker);
             }
             Verdict::Decided(Outcome::Retry { after }) => {
+                let after = retry_rung(after);
                 let fate = self.retry_or_dead_letter(&delivery, attempt, after, "the handler asked to retry").await;
                 tracker.ended(fate, false);
             }
@@ -606,7 +648,8 @@ impl Worker {
         tracing::debug!(queue = %self.queue, attempt, ?after, reason, "retrying message");
         // `<queue>.retry.<ms>`: messages wait there for the TTL, then the broker dead-letters them back into the
         // queue through the default exchange. One queue per delay, so no message waits behind a longer one.
-        let delay_ms = after.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
+        // RabbitMQ takes a TTL of at most 2^31 - 1 ms (about 24 days).
+        let delay_ms = u32::try_from(after.as_millis().clamp(1, i32::MAX as u128)).unwrap_or(i32::MAX as u32);
         let retry_queue = format!("{}.retry.{delay_ms}", self.queue);
         let options = crate::transport::QueueOptions {
             message_ttl: Some(delay_ms),
@@ -745,5 +788,18 @@ mod tests {
         let cut = reason_safe(&long);
         assert!(cut.len() <= 4096);
         assert!(long.starts_with(cut));
+    }
+
+    #[test]
+    fn handler_chosen_delays_round_up_to_the_ladder() {
+        let ms = Duration::from_millis;
+        for (asked, waits) in [(0, 10), (1, 10), (10, 10), (11, 25), (999, 1000), (1001, 2000), (3_000, 5_000)] {
+            assert_eq!(retry_rung(ms(asked)), ms(waits), "{asked} ms");
+        }
+        assert_eq!(retry_rung(Duration::MAX), Duration::from_secs(24 * 3600), "a day at most");
+        assert!(RETRY_LADDER.windows(2).all(|pair| pair[0] < pair[1]), "rising");
+        // Jittered delays land on a handful of queues.
+        let rungs: std::collections::BTreeSet<Duration> = (0..10_000).map(|i| retry_rung(ms(1000 + i))).collect();
+        assert_eq!(rungs.len(), 5, "1 s to 11 s: {rungs:?}");
     }
 }

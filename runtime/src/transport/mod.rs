@@ -51,21 +51,41 @@ pub(crate) struct QueueOptions {
 }
 
 impl QueueOptions {
-    /// The AMQP `x-` arguments for these options.
+    /// Refuses a TTL, expiry or delivery limit RabbitMQ cannot take: it reads them as signed 32-bit integers,
+    /// and a larger value sent as one would wrap negative.
+    pub(crate) fn check(&self, queue: &str) -> Result<()> {
+        let limits = [
+            ("x-message-ttl", self.message_ttl),
+            ("x-expires", self.expires),
+            ("x-delivery-limit", self.delivery_limit),
+        ];
+        for (argument, value) in limits {
+            if let Some(value) = value.filter(|v| i32::try_from(*v).is_err()) {
+                return Err(Error::config(format!(
+                    "queue \"{queue}\": {argument} of {value} is above RabbitMQ's limit of {} (2^31 - 1); use a smaller value",
+                    i32::MAX
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The AMQP `x-` arguments for these options (after [`QueueOptions::check`]).
     pub(crate) fn arguments(&self) -> FieldTable {
         let mut arguments = FieldTable::default();
         let mut put = |key: &str, value: AMQPValue| {
             arguments.insert(ShortString::from(key), value);
         };
+        let int = |value: u32| AMQPValue::LongInt(i32::try_from(value).unwrap_or(i32::MAX));
         if let Some((exchange, routing_key)) = &self.dead_letter {
             put("x-dead-letter-exchange", AMQPValue::LongString(exchange.as_str().into()));
             put("x-dead-letter-routing-key", AMQPValue::LongString(routing_key.as_str().into()));
         }
         if let Some(ttl) = self.message_ttl {
-            put("x-message-ttl", AMQPValue::LongInt(ttl as i32));
+            put("x-message-ttl", int(ttl));
         }
         if let Some(expires) = self.expires {
-            put("x-expires", AMQPValue::LongInt(expires as i32));
+            put("x-expires", int(expires));
         }
         if let Some(max) = self.max_priority {
             put("x-max-priority", AMQPValue::ShortShortUInt(max));
@@ -74,7 +94,7 @@ impl QueueOptions {
             put("x-queue-type", AMQPValue::LongString("quorum".into()));
         }
         if let Some(limit) = self.delivery_limit {
-            put("x-delivery-limit", AMQPValue::LongInt(limit as i32));
+            put("x-delivery-limit", int(limit));
         }
         arguments
     }
@@ -289,6 +309,7 @@ impl Transport {
     }
 
     pub(crate) async fn declare_queue(&self, queue: &str, options: &QueueOptions) -> Result<()> {
+        options.check(queue)?;
         match self {
             Transport::Amqp(amqp) => amqp.declare_queue(queue, options).await,
             Transport::Memory(broker) => broker.declare_queue(queue, options),
@@ -420,6 +441,26 @@ impl ReplyPath {
                 .await
                 .map_err(|source| Error::broker("publish", source)),
             _ => self.requests.publish(publish, body, properties).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_arguments_above_rabbitmqs_signed_32_bit_limit_are_refused_not_wrapped() {
+        let fits = QueueOptions { message_ttl: Some(i32::MAX as u32), expires: Some(60_000), ..Default::default() };
+        fits.check("q").unwrap();
+        assert_eq!(fits.arguments().inner().get("x-message-ttl"), Some(&AMQPValue::LongInt(i32::MAX)));
+        for options in [
+            QueueOptions { message_ttl: Some(u32::MAX), ..Default::default() },
+            QueueOptions { expires: Some(1 << 31), ..Default::default() },
+            QueueOptions { delivery_limit: Some(u32::MAX), ..Default::default() },
+        ] {
+            let error = options.check("orders").unwrap_err().to_string();
+            assert!(error.contains("queue \"orders\"") && error.contains("2147483647"), "{error}");
         }
     }
 }
