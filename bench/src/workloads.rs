@@ -55,7 +55,7 @@ pub(crate) async fn publish(env: &Env, side: Side, confirm: bool, durable: bool)
         Side::Warren => {
             let bus = bus(env).await;
             bus.publish(&event(env.size, 0)).await.expect("warm-up publish"); // declares the exchange
-            let options = PublishOptions { fire_and_forget: !confirm, ..PublishOptions::default() };
+            let options = if confirm { PublishOptions::new() } else { PublishOptions::new().fire_and_forget() };
             timed(n, async {
                 futures_util::stream::iter(0..n)
                     .map(|i| {

@@ -47,6 +47,12 @@ pub use error::{Error, Location, Result};
 pub use manifest::Manifest;
 pub use model::Contracts;
 
+/// The version of the runtime's `__codegen` API this generator writes code for. Generated code asserts, at
+/// compile time, that the runtime it builds against speaks the same one (`warren::__codegen::API_VERSION`),
+/// so a mismatched pair fails to build with a message saying to regenerate. Raise it with the runtime's
+/// whenever generated code would no longer build or behave the same against the other.
+pub const RUNTIME_API_VERSION: u32 = 2;
+
 /// Compiles the configured protos and checks their contracts.
 pub fn load(config: &Config) -> Result<Contracts> {
     let compiled = compile::compile(&config.includes, &config.files)?;

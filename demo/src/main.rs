@@ -186,7 +186,7 @@ impl Story<'_> {
     /// Prints `what` as a step, then publishes `event` with the run's correlation id.
     async fn publish<E: warren::Event>(&mut self, what: &str, event: E) -> anyhow::Result<()> {
         self.say(what);
-        let options = PublishOptions { correlation_id: Some(self.run.to_owned()), ..PublishOptions::default() };
+        let options = PublishOptions::new().correlation_id(self.run);
         self.bus.publish_with(&event, options).await.with_context(|| format!("could not publish: {what}"))
     }
 
@@ -235,11 +235,7 @@ impl Story<'_> {
         note.set_notification_type(NotificationType::Info);
         // JSON on the wire, as a Python service would send it; the typed subscriber reads either format.
         self.say(&format!("notified user {user}, in JSON, routed by its type"));
-        let options = PublishOptions {
-            correlation_id: Some(self.run.to_owned()),
-            format: Some(WireFormat::Json),
-            ..PublishOptions::default()
-        };
+        let options = PublishOptions::new().correlation_id(self.run).format(WireFormat::Json);
         self.bus.publish_with(&note, options).await.context("could not publish the notification")?;
         self.login().await?;
         self.trade(user).await?;
@@ -272,7 +268,7 @@ impl Story<'_> {
         self.publish(&format!("payment {pay} completed"), paid).await?;
         self.say(&format!("order {trade} queued for processing"));
         let order = ProcessOrder { order_id: trade, total_minor: 1250, items: 1 };
-        let options = PublishOptions { correlation_id: Some(self.run.to_owned()), ..PublishOptions::default() };
+        let options = PublishOptions::new().correlation_id(self.run);
         self.bus.enqueue_with(&order, options).await.context("could not queue the order")
     }
 }

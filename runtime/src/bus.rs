@@ -8,6 +8,7 @@ use crate::config::{BusConfig, Endpoint};
 use crate::contract::{Event, ExchangeSpec, Inbound, Task};
 use crate::envelope::{self, Envelope, Properties};
 use crate::error::{Error, Later, Result};
+use crate::headers::{HeaderValue, Headers, MessageProperties};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::rpc::Replies;
 use crate::transport::amqp::Amqp;
@@ -63,7 +64,16 @@ impl std::fmt::Debug for Bus {
 }
 
 /// Per-publish settings; the defaults suit almost every event.
+///
+/// ```
+/// # use warren::{PublishOptions, Priority};
+/// let options = PublishOptions::new()
+///     .correlation_id("order-7")      // the message that caused this one
+///     .priority(Priority::High)
+///     .header("tenant", "eu-1");      // read by handlers with `ctx.headers()`
+/// ```
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct PublishOptions {
     /// Correlation id to send. Set it to the correlation id of the message that caused this one, to trace a
     /// chain of events. Without one the message starts a conversation: it travels without a correlation id,
@@ -77,11 +87,52 @@ pub struct PublishOptions {
     pub fire_and_forget: bool,
     /// Wire format of this message instead of the contract's (protobuf unless the contract says JSON).
     pub format: Option<WireFormat>,
+    /// Application headers to send. Names starting with `x-warren-` or `warren-` are Warren's own and are
+    /// refused ([`Error::Config`], nothing sent), as are empty names and names over 255 bytes.
+    pub headers: Headers,
+}
+
+impl PublishOptions {
+    /// The defaults: confirmed, the contract's priority and format, no correlation id, no headers.
+    pub fn new() -> Self {
+        PublishOptions::default()
+    }
+
+    /// Sends correlation id `id` (see [`PublishOptions::correlation_id`](#structfield.correlation_id)).
+    pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// Sends with `priority` instead of the contract's.
+    pub fn priority(mut self, priority: crate::Priority) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Does not wait for the broker's confirm (see [`PublishOptions::fire_and_forget`](#structfield.fire_and_forget)).
+    pub fn fire_and_forget(mut self) -> Self {
+        self.fire_and_forget = true;
+        self
+    }
+
+    /// Sends in `format` instead of the contract's.
+    pub fn format(mut self, format: WireFormat) -> Self {
+        self.format = Some(format);
+        self
+    }
+
+    /// Sends header `name` with `value`; handlers read it with [`crate::Context::headers`].
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<HeaderValue>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
 }
 
 /// A message as it travels: for interoperating with publishers that do not use Warren, and for inspecting
 /// queues such as a dead-letter queue.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RawMessage {
     /// The exchange it was published to (empty for the default exchange).
     pub exchange: String,
@@ -90,20 +141,25 @@ pub struct RawMessage {
     /// Whether it was delivered before.
     pub redelivered: bool,
     /// AMQP properties and headers.
-    pub properties: crate::amqp::BasicProperties,
+    pub properties: MessageProperties,
     /// The payload.
     pub body: Vec<u8>,
 }
 
 impl RawMessage {
+    /// The headers.
+    pub fn headers(&self) -> &Headers {
+        &self.properties.headers
+    }
+
     /// A header's value as text, when it is a string.
-    pub fn header_str(&self, name: &str) -> Option<String> {
-        envelope::header_str(self.properties.headers().as_ref(), name)
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.properties.headers.get_str(name)
     }
 
     /// A header's value as an integer, when it is one.
     pub fn header_i64(&self, name: &str) -> Option<i64> {
-        envelope::header_i64(self.properties.headers().as_ref(), name)
+        self.properties.headers.get_i64(name)
     }
 }
 
@@ -190,6 +246,7 @@ impl Bus {
     pub fn publish_with<E: Event>(&self, event: &E, options: PublishOptions) -> impl Future<Output = Result<()>> {
         async move {
             let spec = E::SPEC;
+            options.headers.check_application()?;
             event.validate().map_err(|violations| Error::Invalid { type_name: E::TYPE_NAME, violations })?;
             let routing_key = event.routing_key()?;
             self.declare_exchange(&spec.exchange).await?;
@@ -209,6 +266,7 @@ impl Bus {
     /// [`Bus::enqueue`] with per-message options.
     pub async fn enqueue_with<T: Task>(&self, task: &T, options: PublishOptions) -> Result<()> {
         let spec = T::SPEC;
+        options.headers.check_application()?;
         task.validate().map_err(|violations| Error::Invalid { type_name: T::TYPE_NAME, violations })?;
         self.declare_queue(&format!("{}.dlq", spec.queue), durability(false)).await?;
         self.declare_queue(spec.queue, work_queue::<T>(spec.queue)).await?;
@@ -235,6 +293,9 @@ impl Bus {
                 envelope.schema = P::FINGERPRINT;
             }
             envelope.correlation_id = options.correlation_id.map(Arc::from);
+            if !options.headers.is_empty() {
+                envelope.headers = Some(options.headers);
+            }
             envelope.persistent = true;
             envelope.priority = priority.map(crate::Priority::as_amqp);
             let properties = Properties::from(envelope);
@@ -314,7 +375,7 @@ impl Bus {
         exchange: &str,
         routing_key: &str,
         body: &[u8],
-        properties: crate::amqp::BasicProperties,
+        properties: MessageProperties,
     ) -> Result<()> {
         self.publish_raw(exchange, routing_key, body.to_vec(), properties.into()).await
     }
@@ -330,7 +391,7 @@ impl Bus {
                 exchange: m.exchange.to_string(),
                 routing_key: m.routing_key.to_string(),
                 redelivered,
-                properties: m.properties.into_amqp(),
+                properties: m.properties.into_plain(),
                 body: m.body,
             }
         }))

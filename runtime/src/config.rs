@@ -143,6 +143,18 @@ impl BusConfig {
         self
     }
 
+    /// Sets the AMQP heartbeat, in seconds (0: none; a dead peer is then noticed only by TCP).
+    pub fn heartbeat_secs(mut self, seconds: u16) -> Self {
+        self.heartbeat_secs = seconds;
+        self
+    }
+
+    /// Sets the default number of unacknowledged deliveries per subscriber (at least 1).
+    pub fn prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
     /// The URL with the password replaced by `***`: `scheme://user:***@host:port/vhost`, with the scheme,
     /// user, host and vhost as given (the query left out), and the user, port and vhost used when the URL
     /// leaves them out.

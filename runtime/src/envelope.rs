@@ -2,10 +2,8 @@
 
 use std::sync::Arc;
 
-use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-
 use crate::codec::WireFormat;
+use crate::headers::{Headers, MessageProperties};
 
 /// Header carrying the fingerprint of the schema a message was encoded with.
 pub(crate) const SCHEMA: &str = "x-warren-schema";
@@ -15,6 +13,8 @@ pub(crate) const ERROR_TYPE: &str = "warren-error";
 pub(crate) const STATUS_CODE: &str = "warren-status";
 /// Header carrying an RPC reply's status message.
 pub(crate) const STATUS_MESSAGE: &str = "warren-message";
+/// Header carrying an RPC request's deadline: when its caller stops waiting, in Unix milliseconds.
+pub(crate) const DEADLINE: &str = "x-warren-deadline";
 /// Headers added to a dead-lettered message.
 pub(crate) const DLQ_REASON: &str = "x-warren-reason";
 pub(crate) const DLQ_EXCHANGE: &str = "x-warren-original-exchange";
@@ -28,6 +28,19 @@ pub(crate) const ATTEMPTS: &str = "x-warren-attempts";
 
 pub(crate) fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The Unix time in milliseconds `after` from now (saturating), for [`DEADLINE`].
+pub(crate) fn unix_millis_after(after: std::time::Duration) -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.saturating_add(after).as_millis()).unwrap_or(i64::MAX)
+}
+
+/// How long until the Unix time `millis`: zero when it has passed.
+pub(crate) fn until_unix_millis(millis: i64) -> std::time::Duration {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let then = std::time::Duration::from_millis(u64::try_from(millis).unwrap_or(0));
+    then.saturating_sub(now)
 }
 
 /// `name` for the rest of the process: service names are few and live as long as their buses, and a message
@@ -56,29 +69,13 @@ pub(crate) struct MessageId([u8; uuid::fmt::Hyphenated::LENGTH]);
 impl MessageId {
     /// A fresh, time-ordered id (UUID v7), and the Unix time in seconds it holds: one clock reading for both.
     ///
-    /// The 74 random bits come from a per-thread generator seeded from the OS, not from the OS for each id:
-    /// unique all the same, at a fraction of the cost.
+    /// The 74 random bits come from `fastrand`'s per-thread generator (seeded from the OS), not from the OS
+    /// for each id: unique all the same, at a fraction of the cost.
     pub(crate) fn with_time() -> (Self, u64) {
-        thread_local! {
-            static RANDOM: std::cell::Cell<u64> = std::cell::Cell::new(uuid::Uuid::now_v7().as_u64_pair().1);
-        }
         let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let random = RANDOM.with(|state| {
-            // splitmix64: a full-period sequence per thread; two outputs give the 80 bits the builder takes.
-            let next = || {
-                let seed = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-                state.set(seed);
-                let mut z = seed;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^ (z >> 31)
-            };
-            let (high, low) = (next(), next());
-            let mut bytes = [0; 10];
-            bytes[..8].copy_from_slice(&high.to_le_bytes());
-            bytes[8..].copy_from_slice(&low.to_le_bytes()[..2]);
-            bytes
-        });
+        let mut random = [0; 10];
+        random[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+        random[8..].copy_from_slice(&fastrand::u16(..).to_le_bytes());
         let millis = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX);
         let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
         let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
@@ -105,7 +102,7 @@ impl std::fmt::Debug for MessageId {
 
 /// What Warren puts in the properties of a message it publishes, in a form that is cheap to build, share
 /// and drop: the contract's names are `'static`, the service name is shared, the id is inline. It becomes
-/// lapin's properties only when it goes to RabbitMQ; the in-memory broker carries it as it is.
+/// AMQP properties only when it goes to RabbitMQ; the in-memory broker carries it as it is.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Envelope {
     /// The message type's full proto name (AMQP `type`), or the RPC method's path.
@@ -127,7 +124,7 @@ pub(crate) struct Envelope {
     /// Per-message TTL.
     pub(crate) expiration_ms: Option<u64>,
     /// Headers besides the schema.
-    pub(crate) headers: Option<FieldTable>,
+    pub(crate) headers: Option<Headers>,
 }
 
 impl Envelope {
@@ -150,42 +147,40 @@ impl Envelope {
         }
     }
 
-    /// The AMQP properties. A message that starts a conversation is sent without a correlation id, as its
-    /// own id already says it: one short string fewer for every consumer to parse, allocate and free (a
-    /// thousand instructions of the 30,000 a fanned-out delivery costs the client, by callgrind). Readers
-    /// take the message id instead ([`Properties::correlation_id`]). An RPC request always carries one: an
-    /// RPC server written for plain AMQP replies with the correlation id it received.
-    fn to_amqp(&self) -> BasicProperties {
-        let id = self.message_id.as_str();
-        let mut properties = BasicProperties::default().with_message_id(ShortString::from(id));
-        if let Some(correlation_id) = self.correlation_id.as_deref().or(self.reply_to.as_ref().map(|_| id)) {
-            properties = properties.with_correlation_id(ShortString::from(correlation_id));
-        }
-        let mut properties = properties
-            .with_type(ShortString::from(self.kind))
-            .with_app_id(ShortString::from(self.app_id))
-            .with_timestamp(self.timestamp)
-            .with_content_type(ShortString::from(self.format.content_type()));
-        if self.persistent {
-            properties = properties.with_delivery_mode(2);
-        }
-        if let Some(priority) = self.priority {
-            properties = properties.with_priority(priority);
-        }
-        if let Some(reply_to) = &self.reply_to {
-            properties = properties.with_reply_to(ShortString::from(&**reply_to));
-        }
-        if let Some(ms) = self.expiration_ms {
-            properties = properties.with_expiration(ShortString::from(ms.to_string()));
-        }
+    /// The correlation id to send. A message that starts a conversation is sent without one, as its own id
+    /// already says it: one short string fewer for every consumer to parse, allocate and free (a thousand
+    /// instructions of the 30,000 a fanned-out delivery costs the client, by callgrind). Readers take the
+    /// message id instead ([`Properties::correlation_id`]). An RPC request always carries one: an RPC server
+    /// written for plain AMQP replies with the correlation id it received.
+    pub(crate) fn correlation_to_send(&self) -> Option<&str> {
+        self.correlation_id.as_deref().or(self.reply_to.as_ref().map(|_| self.message_id.as_str()))
+    }
+
+    /// The headers to send: the application's and Warren's, with the schema fingerprint unless empty.
+    pub(crate) fn headers_to_send(&self) -> Option<Headers> {
         let mut headers = self.headers.clone();
         if !self.schema.is_empty() {
-            // A long string: RabbitMQ reads the short-string field type as a 16-bit integer.
-            headers.get_or_insert_default().insert(ShortString::from(SCHEMA), long_string(self.schema));
+            headers.get_or_insert_default().insert(SCHEMA, self.schema);
         }
-        match headers {
-            Some(headers) => properties.with_headers(headers),
-            None => properties,
+        headers
+    }
+
+    /// As plain properties, as any client would read them.
+    pub(crate) fn to_plain(&self) -> MessageProperties {
+        MessageProperties {
+            content_type: Some(self.format.content_type().to_owned()),
+            content_encoding: None,
+            headers: self.headers_to_send().unwrap_or_default(),
+            delivery_mode: self.persistent.then_some(2),
+            priority: self.priority,
+            correlation_id: self.correlation_to_send().map(str::to_owned),
+            reply_to: self.reply_to.as_deref().map(str::to_owned),
+            expiration: self.expiration_ms.map(|ms| ms.to_string()),
+            message_id: Some(self.message_id.as_str().to_owned()),
+            timestamp: Some(self.timestamp),
+            kind: Some(self.kind.to_owned()),
+            user_id: None,
+            app_id: Some(self.app_id.to_owned()),
         }
     }
 }
@@ -193,30 +188,30 @@ impl Envelope {
 /// A message's properties: as Warren built them for a publish, or as anyone else set them (a broker
 /// delivery, a raw publish). Read through one set of accessors either way.
 ///
-/// `A` holds lapin's properties: boxed (the default) where properties travel by value, inline in a
+/// `A` holds plain [`MessageProperties`]: boxed (the default) where properties travel by value, inline in a
 /// [`crate::transport::Message`], which lives in an `Arc` of its own.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Properties<A = Box<BasicProperties>> {
+pub(crate) enum Properties<A = Box<MessageProperties>> {
     // A publish's properties are moved through several layers on their way to a queue. Warren's envelope
     // (under two hundred bytes) is copied along: that costs less than allocating and freeing a box for it
-    // (callgrind, W2: 280 instructions a publish fewer than boxed). Lapin's three hundred bytes are boxed
-    // there, and kept inline in a received message: over AMQP one allocation and one copy fewer per delivery
-    // (an in-memory message, built from a publish's properties, is about a hundred bytes larger instead).
+    // (callgrind, W2: 280 instructions a publish fewer than boxed). Plain properties (about three hundred
+    // bytes) are boxed there, and kept inline in a received message: over AMQP one allocation and one copy
+    // fewer per delivery.
     Warren(Envelope),
-    Amqp(A),
+    Plain(A),
 }
 
-/// A received message's properties, lapin's kept inline.
+/// A received message's properties, plain ones kept inline.
 pub(crate) type Received = Properties<Inline>;
 
-/// Lapin's properties, inline.
+/// Plain properties, inline.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Inline(pub(crate) BasicProperties);
+pub(crate) struct Inline(pub(crate) MessageProperties);
 
 impl std::ops::Deref for Inline {
-    type Target = BasicProperties;
+    type Target = MessageProperties;
 
-    fn deref(&self) -> &BasicProperties {
+    fn deref(&self) -> &MessageProperties {
         &self.0
     }
 }
@@ -227,46 +222,38 @@ impl From<Envelope> for Properties {
     }
 }
 
-impl From<BasicProperties> for Properties {
-    fn from(properties: BasicProperties) -> Self {
-        Properties::Amqp(Box::new(properties))
+impl From<MessageProperties> for Properties {
+    fn from(properties: MessageProperties) -> Self {
+        Properties::Plain(Box::new(properties))
     }
 }
 
 impl Properties {
-    /// The same properties, lapin's inline: a message's.
+    /// The same properties, plain ones inline: a message's.
     pub(crate) fn received(self) -> Received {
         match self {
             Properties::Warren(envelope) => Properties::Warren(envelope),
-            Properties::Amqp(properties) => Properties::Amqp(Inline(*properties)),
+            Properties::Plain(properties) => Properties::Plain(Inline(*properties)),
         }
     }
 }
 
 impl Received {
-    /// As lapin's properties, without copying lapin's.
-    pub(crate) fn into_amqp(self) -> BasicProperties {
+    /// As plain properties, without copying plain ones.
+    pub(crate) fn into_plain(self) -> MessageProperties {
         match self {
-            Properties::Warren(envelope) => envelope.to_amqp(),
-            Properties::Amqp(properties) => properties.0,
+            Properties::Warren(envelope) => envelope.to_plain(),
+            Properties::Plain(properties) => properties.0,
         }
     }
 }
 
-impl<A: std::ops::Deref<Target = BasicProperties>> Properties<A> {
-    /// As lapin's properties, for RabbitMQ and for [`crate::RawMessage`].
-    pub(crate) fn to_amqp(&self) -> BasicProperties {
-        match self {
-            Properties::Warren(envelope) => envelope.to_amqp(),
-            Properties::Amqp(properties) => BasicProperties::clone(properties),
-        }
-    }
-
+impl<A: std::ops::Deref<Target = MessageProperties>> Properties<A> {
     /// The AMQP `type`: the message type's full proto name, or the RPC method.
     pub(crate) fn kind(&self) -> Option<&str> {
         match self {
             Properties::Warren(envelope) => Some(envelope.kind),
-            Properties::Amqp(p) => short(p.kind()),
+            Properties::Plain(p) => p.kind.as_deref(),
         }
     }
 
@@ -274,21 +261,21 @@ impl<A: std::ops::Deref<Target = BasicProperties>> Properties<A> {
     pub(crate) fn format(&self) -> WireFormat {
         match self {
             Properties::Warren(envelope) => envelope.format,
-            Properties::Amqp(p) => WireFormat::from_content_type(short(p.content_type())),
+            Properties::Plain(p) => WireFormat::from_content_type(p.content_type.as_deref()),
         }
     }
 
     pub(crate) fn content_type(&self) -> Option<&str> {
         match self {
             Properties::Warren(envelope) => Some(envelope.format.content_type()),
-            Properties::Amqp(p) => short(p.content_type()),
+            Properties::Plain(p) => p.content_type.as_deref(),
         }
     }
 
     pub(crate) fn message_id(&self) -> Option<&str> {
         match self {
             Properties::Warren(envelope) => Some(envelope.message_id.as_str()),
-            Properties::Amqp(p) => short(p.message_id()),
+            Properties::Plain(p) => p.message_id.as_deref(),
         }
     }
 
@@ -296,7 +283,7 @@ impl<A: std::ops::Deref<Target = BasicProperties>> Properties<A> {
     pub(crate) fn id(&self) -> Option<MessageId> {
         match self {
             Properties::Warren(envelope) => Some(envelope.message_id),
-            Properties::Amqp(p) => short(p.message_id()).and_then(MessageId::parse),
+            Properties::Plain(p) => p.message_id.as_deref().and_then(MessageId::parse),
         }
     }
 
@@ -304,35 +291,35 @@ impl<A: std::ops::Deref<Target = BasicProperties>> Properties<A> {
     pub(crate) fn correlation_id(&self) -> Option<&str> {
         match self {
             Properties::Warren(e) => Some(e.correlation_id.as_deref().unwrap_or_else(|| e.message_id.as_str())),
-            Properties::Amqp(p) => short(p.correlation_id()).or_else(|| short(p.message_id())),
+            Properties::Plain(p) => p.correlation_id.as_deref().or(p.message_id.as_deref()),
         }
     }
 
     pub(crate) fn app_id(&self) -> Option<&str> {
         match self {
             Properties::Warren(envelope) => Some(envelope.app_id),
-            Properties::Amqp(p) => short(p.app_id()),
+            Properties::Plain(p) => p.app_id.as_deref(),
         }
     }
 
     pub(crate) fn reply_to(&self) -> Option<&str> {
         match self {
             Properties::Warren(envelope) => envelope.reply_to.as_deref(),
-            Properties::Amqp(p) => short(p.reply_to()),
+            Properties::Plain(p) => p.reply_to.as_deref(),
         }
     }
 
     pub(crate) fn timestamp(&self) -> Option<u64> {
         match self {
             Properties::Warren(envelope) => Some(envelope.timestamp),
-            Properties::Amqp(p) => *p.timestamp(),
+            Properties::Plain(p) => p.timestamp,
         }
     }
 
     pub(crate) fn priority(&self) -> Option<u8> {
         match self {
             Properties::Warren(envelope) => envelope.priority,
-            Properties::Amqp(p) => *p.priority(),
+            Properties::Plain(p) => p.priority,
         }
     }
 
@@ -340,15 +327,15 @@ impl<A: std::ops::Deref<Target = BasicProperties>> Properties<A> {
     pub(crate) fn expiration_ms(&self) -> Option<u64> {
         match self {
             Properties::Warren(envelope) => envelope.expiration_ms,
-            Properties::Amqp(p) => short(p.expiration()).and_then(|ms| ms.parse().ok()),
+            Properties::Plain(p) => p.expiration.as_deref().and_then(|ms| ms.parse().ok()),
         }
     }
 
     /// The headers, without the schema fingerprint of a Warren envelope (see [`Properties::schema`]).
-    pub(crate) fn headers(&self) -> Option<&FieldTable> {
+    pub(crate) fn headers(&self) -> Option<&Headers> {
         match self {
             Properties::Warren(envelope) => envelope.headers.as_ref(),
-            Properties::Amqp(p) => p.headers().as_ref(),
+            Properties::Plain(p) => Some(&p.headers).filter(|h| !h.is_empty()),
         }
     }
 
@@ -356,29 +343,25 @@ impl<A: std::ops::Deref<Target = BasicProperties>> Properties<A> {
     pub(crate) fn schema(&self) -> Option<&str> {
         match self {
             Properties::Warren(envelope) => Some(envelope.schema).filter(|s| !s.is_empty()),
-            Properties::Amqp(p) => match p.headers().as_ref()?.inner().get(SCHEMA)? {
-                AMQPValue::ShortString(s) => Some(s.as_str()),
-                AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
-                _ => None,
-            },
+            Properties::Plain(p) => p.headers.get_str(SCHEMA),
         }
     }
 
-    pub(crate) fn header_str(&self, key: &str) -> Option<String> {
-        header_str(self.headers(), key)
+    pub(crate) fn header_str(&self, key: &str) -> Option<&str> {
+        self.headers()?.get_str(key)
     }
 
     pub(crate) fn header_i64(&self, key: &str) -> Option<i64> {
-        header_i64(self.headers(), key)
+        self.headers()?.get_i64(key)
     }
 
     /// The same properties with `headers` instead of the current ones (a Warren envelope keeps its schema).
-    pub(crate) fn with_headers(&self, headers: FieldTable) -> Properties {
+    pub(crate) fn with_headers(&self, headers: Headers) -> Properties {
         match self {
             Properties::Warren(envelope) => {
                 Properties::Warren(Envelope { headers: Some(headers), ..Envelope::clone(envelope) })
             }
-            Properties::Amqp(p) => Properties::Amqp(Box::new(BasicProperties::clone(p).with_headers(headers))),
+            Properties::Plain(p) => Properties::Plain(Box::new(MessageProperties::clone(p).with_headers(headers))),
         }
     }
 
@@ -388,53 +371,11 @@ impl<A: std::ops::Deref<Target = BasicProperties>> Properties<A> {
             Properties::Warren(envelope) => {
                 Properties::Warren(Envelope { expiration_ms: None, ..Envelope::clone(envelope) })
             }
-            Properties::Amqp(p) => Properties::Amqp(Box::new(amqp_without_expiration(p))),
+            Properties::Plain(p) => {
+                Properties::Plain(Box::new(MessageProperties { expiration: None, ..MessageProperties::clone(p) }))
+            }
         }
     }
-}
-
-/// `properties` minus `expiration` (lapin's properties have setters but no way to clear a field).
-fn amqp_without_expiration(p: &BasicProperties) -> BasicProperties {
-    let mut out = BasicProperties::default();
-    macro_rules! copy {
-        ($($get:ident => $set:ident),* $(,)?) => {
-            $( if let Some(value) = p.$get().clone() { out = out.$set(value); } )*
-        };
-    }
-    copy!(
-        content_type => with_content_type, content_encoding => with_content_encoding, headers => with_headers,
-        delivery_mode => with_delivery_mode, priority => with_priority, correlation_id => with_correlation_id,
-        reply_to => with_reply_to, message_id => with_message_id, timestamp => with_timestamp,
-        kind => with_type, user_id => with_user_id, app_id => with_app_id, cluster_id => with_cluster_id,
-    );
-    out
-}
-
-pub(crate) fn short(value: &Option<ShortString>) -> Option<&str> {
-    value.as_ref().map(ShortString::as_str)
-}
-
-pub(crate) fn header_str(headers: Option<&FieldTable>, key: &str) -> Option<String> {
-    match headers?.inner().get(key)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
-}
-
-pub(crate) fn header_i64(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
-    match headers?.inner().get(key)? {
-        AMQPValue::LongLongInt(n) => Some(*n),
-        AMQPValue::LongInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
-        _ => None,
-    }
-}
-
-pub(crate) fn long_string(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
 }
 
 #[cfg(test)]
@@ -464,20 +405,19 @@ mod tests {
     #[test]
     fn an_rpc_request_always_carries_a_correlation_id_and_an_event_only_one_of_its_own() {
         let event = Envelope::new("gametrade.v1.UserRegistered", WireFormat::Protobuf, "", "svc");
-        let amqp = event.to_amqp();
-        assert_eq!(amqp.correlation_id(), &None);
-        let read = Properties::from(amqp);
+        let plain = event.to_plain();
+        assert_eq!(plain.correlation_id, None);
+        let read = Properties::from(plain);
         assert_eq!(read.correlation_id(), Some(event.message_id.as_str()), "read as its message id");
 
         let mut caused = event.clone();
         caused.correlation_id = Some(Arc::from("order-7"));
-        assert_eq!(caused.to_amqp().correlation_id().as_ref().map(|c| c.as_str()), Some("order-7"));
+        assert_eq!(caused.to_plain().correlation_id.as_deref(), Some("order-7"));
 
         // A server written for plain AMQP replies with the correlation id it got; there must be one.
         let mut request = Envelope::new("/at.v1.IntSummator/IntSum", WireFormat::Protobuf, "", "svc");
         request.reply_to = Some(Arc::from("amq.rabbitmq.reply-to"));
-        let amqp = request.to_amqp();
-        assert_eq!(amqp.correlation_id().as_ref().map(|c| c.as_str()), Some(request.message_id.as_str()));
+        assert_eq!(request.to_plain().correlation_id.as_deref(), Some(request.message_id.as_str()));
     }
 
     #[test]

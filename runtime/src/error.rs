@@ -41,9 +41,9 @@ pub enum Error {
     Broker {
         /// What was attempted.
         operation: &'static str,
-        /// lapin's error.
+        /// What the broker, or the connection to it, said.
         #[source]
-        source: lapin::Error,
+        source: BrokerError,
     },
     /// A mandatory publish matched no queue; the message was returned, not delivered.
     #[error(
@@ -101,6 +101,15 @@ pub enum Error {
         /// The broken rules.
         violations: crate::Violations,
     },
+    /// A header the application asked to send cannot be sent (a reserved `x-warren-*` / `warren-*` name, an
+    /// empty name, a name over 255 bytes); nothing was sent.
+    #[error("cannot send header \"{name}\": {problem}")]
+    Header {
+        /// The header's name (cut to 255 bytes).
+        name: String,
+        /// What is wrong with it, and what to do.
+        problem: String,
+    },
     /// The message could not be encoded in the requested format; nothing was sent.
     #[error("cannot encode {type_name}: {reason}")]
     Encode {
@@ -128,12 +137,56 @@ impl Error {
     }
 
     pub(crate) fn broker(operation: &'static str, source: lapin::Error) -> Self {
-        Error::Broker { operation, source }
+        Error::Broker { operation, source: BrokerError(source) }
     }
 
     /// Whether trying again later may succeed (timeouts, lost connections), as opposed to a bad request.
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Timeout { .. } | Error::Broker { .. } | Error::Connect { .. })
+    }
+}
+
+/// What the broker, or the connection to it, said when an operation failed: the source of
+/// [`Error::Broker`]. Its text is the broker's reply (`NOT_FOUND - no queue 'orders' in vhost '/'`) or the
+/// connection's failure; [`BrokerError::reply_code`] gives the AMQP reply code when the broker refused.
+#[derive(Clone)]
+pub struct BrokerError(lapin::Error);
+
+impl BrokerError {
+    /// The AMQP reply code, when the broker refused the operation: 403 access refused, 404 not found,
+    /// 405 resource locked, 406 precondition failed (e.g. a queue redeclared with other arguments),
+    /// 320 connection forced, 530 not allowed, ….
+    pub fn reply_code(&self) -> Option<u16> {
+        match self.0.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+            _ => None,
+        }
+    }
+
+    /// The client library's error, for the AMQP transport's own decisions.
+    pub(crate) fn lapin(&self) -> &lapin::Error {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for BrokerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerError")
+            .field("reply_code", &self.reply_code())
+            .field("message", &self.to_string())
+            .finish()
+    }
+}
+
+impl std::error::Error for BrokerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0)
     }
 }
 

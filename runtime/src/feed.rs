@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
+use crate::backoff::Backoff;
 use crate::bus::Bus;
 use crate::error::{Later, Result};
 use crate::transport::{Consumer, Delivery};
@@ -276,7 +277,7 @@ impl Feed {
 
     /// The next delivery; `None` once stopped.
     pub(crate) async fn next(&mut self) -> Option<Delivery> {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             if self.stop.deadline().is_some() {
                 return None;
@@ -315,15 +316,14 @@ impl Feed {
                 Ok(consumer) => {
                     tracing::info!(queue = %self.queue, "consuming again");
                     self.current = Some(consumer);
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                 }
                 Err(error) => {
                     tracing::debug!(queue = %self.queue, %error, "cannot consume yet; retrying");
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(backoff.next_wait()) => {}
                         () = self.stop.stopped() => return None,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -405,7 +405,7 @@ mod tests {
 
     async fn publish(bus: &Bus) {
         let to = Publish { exchange: "", routing_key: "q", mandatory: true, confirm: false };
-        let properties = lapin::BasicProperties::default().into();
+        let properties = crate::MessageProperties::default().into();
         bus.inner.transport.publish(to, b"x".to_vec(), properties).await.expect("published");
     }
 

@@ -30,10 +30,12 @@
 //! - `rpc.rs`: RPC clients (direct reply-to, one reply consumer per bus) and servers.
 //! - `contract.rs`: the `'static` contract data generated code hands to the runtime.
 //! - `envelope.rs`: AMQP properties and headers Warren reads and writes.
+//! - `headers.rs`: [`Headers`], [`HeaderValue`] and [`MessageProperties`], Warren's own metadata types.
 //! - `config.rs`, `error.rs`, `status.rs`: settings (password never shown), errors, RPC status codes.
 //!
 //! Generated code uses only [`__codegen`], so the runtime can change inside without regenerating.
 
+mod backoff;
 mod bus;
 mod codec;
 mod config;
@@ -41,6 +43,7 @@ mod contract;
 mod envelope;
 mod error;
 mod feed;
+mod headers;
 mod health;
 mod metrics;
 mod rpc;
@@ -52,32 +55,51 @@ mod transport;
 pub use bus::{Bus, PublishOptions, RawMessage, terminated};
 pub use codec::{CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF, Payload, Schema, Violation, Violations, WireFormat};
 pub use config::{BusConfig, DEFAULT_URL};
-pub use contract::{
-    DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, Priority, ServiceSpec, Task,
-    TaskSpec,
-};
-pub use error::{Error, Result};
+pub use contract::{DecodeError, Event, Inbound, Priority, Task};
+pub use error::{BrokerError, Error, Result};
+pub use headers::{HeaderValue, Headers, MAX_HEADER_NAME_LEN, MessageProperties};
 pub use health::Health;
 pub use metrics::{Counters, MetricsSnapshot, SubscriberMetrics};
-pub use rpc::{RpcClient, RpcContext, RpcError, ServiceError, Serving};
+pub use rpc::{
+    CallOptions, DEFAULT_SERVER_CONCURRENCY, Response, RpcClient, RpcContext, RpcError, ServiceError, Serving,
+};
 pub use status::{Code, Status};
 pub use subscriber::{Context, HandlerError, Outcome, RETRY_LADDER, RetryPolicy, Subscriber, Subscription};
-
-/// AMQP property and header types, for [`Bus::publish_bytes`] and [`RawMessage`].
-pub mod amqp {
-    pub use lapin::BasicProperties;
-    pub use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-}
 
 /// What generated code uses. Not a stable API for hand-written code.
 #[doc(hidden)]
 pub mod __codegen {
+    /// The version of this API, which `warren-codegen` writes code for (its `RUNTIME_API_VERSION`).
+    pub const API_VERSION: u32 = 2;
+
+    /// Stops the build of generated code written for another version of this API.
+    pub const fn check_version(generated_for: u32) {
+        if generated_for != API_VERSION {
+            panic!(
+                "this code was generated for another version of the warren runtime; regenerate it with the \
+                 warren-codegen that matches (in this workspace: `cargo xtask regen`)"
+            );
+        }
+    }
+
     pub use crate::codec::{Payload, Schema, Violations, WireFormat, join};
     pub use crate::contract::{
         DEFAULT_EXCHANGE, DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, ServiceSpec,
         Task, TaskSpec, decode_as, enum_word, fingerprint_of, key_word,
     };
     pub use crate::rpc::{
-        BoxFuture, DeclaredError, Failure, RpcClient, ServiceError, decode_request, encode_reply, serve, unimplemented,
+        BoxFuture, DeclaredError, Failure, RpcClient, ServiceError, decode_request, encode_reply, serve, serve_with,
+        unimplemented,
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn code_generated_for_another_runtime_api_is_told_to_regenerate() {
+        super::__codegen::check_version(super::__codegen::API_VERSION);
+        let refused = std::panic::catch_unwind(|| super::__codegen::check_version(super::__codegen::API_VERSION + 1));
+        let message = *refused.expect_err("another version is refused").downcast::<&str>().unwrap();
+        assert!(message.contains("cargo xtask regen"), "{message}");
+    }
 }

@@ -66,7 +66,8 @@ pub struct MetricsSnapshot {
     pub uptime: Duration,
     /// Per event type (full proto name), over this bus's publishers and all its subscribers.
     pub events: BTreeMap<String, Counters>,
-    /// Per subscriber, by queue.
+    /// Per running subscriber, by queue: the workers of one group on this bus are added up. A subscriber
+    /// leaves it when it stops; what it counted stays in `events`.
     pub subscribers: BTreeMap<String, SubscriberMetrics>,
 }
 
@@ -135,6 +136,22 @@ impl Stats {
         into.retried += retried;
         into.dead_lettered += dead_lettered;
         into.in_flight += delivered.saturating_sub(processed + retried + dead_lettered);
+    }
+
+    /// Adds `other`'s counts to these.
+    fn absorb(&self, other: &Stats) {
+        let pairs = [
+            (&self.delivered, &other.delivered),
+            (&self.processed, &other.processed),
+            (&self.failed, &other.failed),
+            (&self.retried, &other.retried),
+            (&self.dead_lettered, &other.dead_lettered),
+            (&self.time_total_ns, &other.time_total_ns),
+            (&self.timed, &other.timed),
+        ];
+        for (into, from) in pairs.into_iter().chain(self.histogram.iter().zip(&other.histogram)) {
+            into.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
     }
 
     fn times(&self) -> (u64, u64, [u64; BUCKETS]) {
@@ -321,6 +338,9 @@ pub(crate) struct Metrics {
     started: Instant,
     published: RwLock<FxHashMap<&'static str, Arc<Publishes>>>,
     subscribers: Mutex<Vec<Arc<SubscriberStats>>>,
+    /// Per event type, what subscribers that have stopped counted: kept for the per-type totals, while the
+    /// subscribers themselves leave the snapshot.
+    retired: Mutex<FxHashMap<String, Arc<Stats>>>,
     history_capacity: usize,
     history: Mutex<FxHashMap<&'static str, VecDeque<Recorded>>>,
 }
@@ -331,6 +351,7 @@ impl Metrics {
             started: Instant::now(),
             published: RwLock::default(),
             subscribers: Mutex::default(),
+            retired: Mutex::default(),
             history_capacity,
             history: Mutex::default(),
         }
@@ -366,21 +387,32 @@ impl Metrics {
         self.history_capacity > 0
     }
 
-    /// Registers a subscriber's counters.
+    /// Registers a subscriber's counters, until [`Metrics::retire`].
     pub(crate) fn subscriber(&self, group: &str, queue: &str) -> Arc<SubscriberStats> {
         let stats = Arc::new(SubscriberStats::new(group, queue));
         self.subscribers.lock().expect("metrics").push(Arc::clone(&stats));
         stats
     }
 
-    /// Handler successes for `type_name` over all of this bus's subscribers.
+    /// Takes a stopped subscriber out of the snapshot; its counts stay in the per-type totals.
+    pub(crate) fn retire(&self, stats: &Arc<SubscriberStats>) {
+        self.subscribers.lock().expect("metrics").retain(|s| !Arc::ptr_eq(s, stats));
+        let mut retired = self.retired.lock().expect("metrics");
+        for (type_name, of_type) in stats.by_type.read().expect("metrics").iter() {
+            retired.entry(type_name.clone()).or_default().absorb(of_type);
+        }
+    }
+
+    /// Handler successes for `type_name` over all of this bus's subscribers, stopped ones included.
     pub(crate) fn processed(&self, type_name: &str) -> u64 {
         let subscribers = self.subscribers.lock().expect("metrics").clone();
+        let retired = self.retired.lock().expect("metrics").get(type_name).map(|s| s.processed.load(Ordering::Relaxed));
         subscribers
             .iter()
             .filter_map(|s| s.by_type.read().expect("metrics").get(type_name).cloned())
             .map(|stats| stats.processed.load(Ordering::Relaxed))
-            .sum()
+            .sum::<u64>()
+            + retired.unwrap_or(0)
     }
 
     /// Adds everything up; `depth` answers queue depths.
@@ -399,13 +431,31 @@ impl Metrics {
                 .0
                 .published = done;
         }
-        let mut subscribers = BTreeMap::new();
+        for (type_name, of_type) in self.retired.lock().expect("metrics").iter() {
+            let entry = events.entry(type_name.clone()).or_insert_with(|| (Counters::default(), 0, 0, [0; BUCKETS]));
+            of_type.add(&mut entry.0);
+            let (total, count, histogram) = of_type.times();
+            entry.1 += total;
+            entry.2 += count;
+            for (sum, n) in entry.3.iter_mut().zip(histogram) {
+                *sum += n;
+            }
+        }
+        // Subscribers of one queue (workers of one group on this bus) are reported together.
+        let mut by_queue: BTreeMap<String, Vec<Arc<SubscriberStats>>> = BTreeMap::new();
         for stats in self.subscribers.lock().expect("metrics").iter() {
+            by_queue.entry(stats.queue.clone()).or_default().push(Arc::clone(stats));
+        }
+        let mut subscribers = BTreeMap::new();
+        for (queue, of_queue) in by_queue {
             let mut counters = Counters::default();
             let (mut time_total, mut timed, mut times) = (0, 0, [0; BUCKETS]);
-            for (type_name, of_type) in stats.by_type.read().expect("metrics").iter() {
-                let entry =
-                    events.entry(type_name.clone()).or_insert_with(|| (Counters::default(), 0, 0, [0; BUCKETS]));
+            let by_type = of_queue.iter().flat_map(|stats| {
+                let by_type = stats.by_type.read().expect("metrics");
+                by_type.iter().map(|(name, of_type)| (name.clone(), Arc::clone(of_type))).collect::<Vec<_>>()
+            });
+            for (type_name, of_type) in by_type {
+                let entry = events.entry(type_name).or_insert_with(|| (Counters::default(), 0, 0, [0; BUCKETS]));
                 of_type.add(&mut entry.0);
                 of_type.add(&mut counters);
                 let (total, count, histogram) = of_type.times();
@@ -419,19 +469,23 @@ impl Metrics {
                 }
             }
             (counters.processing_time_mean, counters.processing_time_p99) = latency(time_total, timed, &times);
-            let running = stats.started.elapsed();
+            let running = of_queue.iter().map(|stats| stats.started.elapsed()).max().unwrap_or_default();
             counters.rate_per_second = per_second(counters.processed, running);
-            let queue_depth = depths.get(&stats.queue).copied().flatten();
+            let queue_depth = depths.get(&queue).copied().flatten();
+            let foreign: std::collections::BTreeSet<String> = of_queue
+                .iter()
+                .flat_map(|stats| stats.foreign_schemas.lock().expect("metrics").iter().cloned().collect::<Vec<_>>())
+                .collect();
             subscribers.insert(
-                stats.queue.clone(),
+                queue.clone(),
                 SubscriberMetrics {
-                    group: stats.group.clone(),
-                    queue: stats.queue.clone(),
+                    group: of_queue[0].group.clone(),
+                    queue,
                     counters,
                     queue_depth,
                     uptime: running,
-                    schema_mismatches: stats.schema_mismatches.load(Ordering::Relaxed),
-                    foreign_schemas: stats.foreign_schemas.lock().expect("metrics").iter().cloned().collect(),
+                    schema_mismatches: of_queue.iter().map(|s| s.schema_mismatches.load(Ordering::Relaxed)).sum(),
+                    foreign_schemas: foreign.into_iter().collect(),
                 },
             );
         }
@@ -448,7 +502,9 @@ impl Metrics {
 
     /// The queues of this bus's subscribers.
     pub(crate) fn queues(&self) -> Vec<String> {
-        self.subscribers.lock().expect("metrics").iter().map(|s| s.queue.clone()).collect()
+        let queues: std::collections::BTreeSet<String> =
+            self.subscribers.lock().expect("metrics").iter().map(|s| s.queue.clone()).collect();
+        queues.into_iter().collect()
     }
 }
 
@@ -514,6 +570,28 @@ mod tests {
         );
         pending.ended(Fate::Processed, false);
         assert_eq!(metrics.snapshot(&BTreeMap::new()).subscribers["queue"].counters.in_flight, 0);
+    }
+
+    #[test]
+    fn workers_of_one_queue_add_up_and_a_stopped_one_leaves_the_snapshot_but_not_the_totals() {
+        let metrics = Metrics::new(0);
+        let (one, two) = (metrics.subscriber("billing", "billing.q"), metrics.subscriber("billing", "billing.q"));
+        let mut last = LastType::default();
+        one.delivered("pkg.A", &mut last).ended(Fate::Processed, false);
+        let mut last = LastType::default();
+        two.delivered("pkg.A", &mut last).ended(Fate::Processed, false);
+        two.delivered("pkg.A", &mut last).ended(Fate::Processed, false);
+        let snapshot = metrics.snapshot(&BTreeMap::new());
+        assert_eq!(snapshot.subscribers["billing.q"].counters.processed, 3, "both workers counted");
+        assert_eq!(metrics.queues(), ["billing.q"]);
+
+        metrics.retire(&one);
+        metrics.retire(&two);
+        let snapshot = metrics.snapshot(&BTreeMap::new());
+        assert!(snapshot.subscribers.is_empty(), "{:?}", snapshot.subscribers);
+        assert_eq!(snapshot.events["pkg.A"].processed, 3, "the per-type totals keep what they counted");
+        assert_eq!(metrics.processed("pkg.A"), 3);
+        assert!(metrics.queues().is_empty());
     }
 
     #[test]

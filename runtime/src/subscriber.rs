@@ -5,8 +5,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::headers::{HeaderValue, Headers};
 use futures_util::FutureExt;
-use lapin::types::{AMQPValue, ShortString};
 use tokio::sync::Semaphore;
 
 use crate::bus::{self, Bus, durability, subscriber_queue};
@@ -24,6 +24,7 @@ use crate::transport::{Acker, Delivery, Message, Settle};
 /// subscriber's queue), so a waiting message holds no consumer slot and survives a restart. After
 /// `max_attempts` deliveries the message goes to `<queue>.dlq` with the last error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Deliveries in all, the first included; 1 means never retry.
     pub max_attempts: u32,
@@ -36,14 +37,32 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// `max_attempts` deliveries, waiting `initial_backoff`, then `multiplier` times longer each time, up to
+    /// `max_backoff`.
+    pub const fn new(max_attempts: u32, initial_backoff: Duration, multiplier: u32, max_backoff: Duration) -> Self {
+        RetryPolicy { max_attempts, initial_backoff, multiplier, max_backoff }
+    }
+
     /// No retries: the first failure dead-letters the message.
     pub const fn never() -> Self {
-        RetryPolicy { max_attempts: 1, initial_backoff: Duration::ZERO, multiplier: 1, max_backoff: Duration::ZERO }
+        RetryPolicy::new(1, Duration::ZERO, 1, Duration::ZERO)
     }
 
     /// `max_attempts` deliveries, waiting `initial_backoff`, then twice as long each time, up to five minutes.
     pub const fn exponential(max_attempts: u32, initial_backoff: Duration) -> Self {
-        RetryPolicy { max_attempts, initial_backoff, multiplier: 2, max_backoff: Duration::from_secs(300) }
+        RetryPolicy::new(max_attempts, initial_backoff, 2, Duration::from_secs(300))
+    }
+
+    /// The same policy with `max_backoff` as the longest wait.
+    pub const fn max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.max_backoff = max_backoff;
+        self
+    }
+
+    /// The same policy with each wait `multiplier` times the previous one.
+    pub const fn multiplier(mut self, multiplier: u32) -> Self {
+        self.multiplier = multiplier;
+        self
     }
 
     /// The wait after failed delivery number `attempt` (1-based).
@@ -203,6 +222,12 @@ impl Context {
     /// When it was published, in Unix seconds.
     pub fn timestamp(&self) -> Option<u64> {
         self.message.properties.timestamp()
+    }
+
+    /// The headers it was published with ([`crate::PublishOptions::header`]), Warren's own `x-warren-*`
+    /// ones included (a retried message carries its failure record). Empty when it has none.
+    pub fn headers(&self) -> &Headers {
+        self.message.properties.headers().unwrap_or(&crate::headers::NO_HEADERS)
     }
 
     /// Which delivery of the message this is: 1 the first time, 2 on the first retry, and so on.
@@ -439,8 +464,11 @@ impl<T: Inbound> Subscriber<T> {
         // frames: a consumer that caught up waits a moment for the next delivery before acknowledging, or it
         // would send an ack per message whenever it is faster than the broker.
         let memory = matches!(bus.inner.transport, crate::transport::Transport::Memory(_));
+        let registered = Registered { bus: bus.clone(), stats: Arc::clone(&worker.stats) };
         let task = bus.inner.running.run(&stop, move |done| {
             tokio::spawn(async move {
+                // Declared first, so dropped last: after the handlers, whether the task ends or is aborted.
+                let _registered = registered;
                 let mut acks = Vec::with_capacity(batch);
                 let mut last = LastType::default();
                 // With `concurrency` above 1, the handlers running in tasks of their own: dropped with this task, so
@@ -657,7 +685,7 @@ impl Worker {
             ..durability(self.temporary)
         };
         let mut headers = self.failure_headers(delivery, reason);
-        headers.insert(ShortString::from(envelope::ATTEMPTS), AMQPValue::LongLongInt(i64::from(attempt)));
+        headers.insert(envelope::ATTEMPTS, attempt);
         let properties = delivery.properties.with_headers(headers);
         let sent = match self.bus.declare_queue(&retry_queue, options).await {
             Ok(()) => self.bus.publish_raw("", &retry_queue, delivery.body.clone(), properties).await,
@@ -682,7 +710,7 @@ impl Worker {
     async fn dead_letter(&self, delivery: &Delivery, reason: &str, attempts: u32) {
         tracing::warn!(queue = %self.queue, reason, attempts, "dead-lettering message");
         let mut headers = self.failure_headers(delivery, reason);
-        headers.insert(ShortString::from(envelope::ATTEMPTS), AMQPValue::LongLongInt(i64::from(attempts)));
+        headers.insert(envelope::ATTEMPTS, attempts);
         let properties = delivery.properties.with_headers(headers);
         let dlq = format!("{}.dlq", self.queue);
         match self.bus.publish_raw("", &dlq, delivery.body.clone(), properties).await {
@@ -698,25 +726,34 @@ impl Worker {
 
     /// The delivery's headers plus the failure record. The original exchange and routing key, and the time of
     /// the first failure, are kept from the first failure on, across retry hops.
-    fn failure_headers(&self, delivery: &Delivery, reason: &str) -> lapin::types::FieldTable {
+    fn failure_headers(&self, delivery: &Delivery, reason: &str) -> Headers {
         let old = delivery.properties.headers();
         let mut headers = old.cloned().unwrap_or_default();
-        let mut put = |key: &str, value: AMQPValue| {
-            headers.insert(ShortString::from(key), value);
-        };
-        let now = AMQPValue::Timestamp(envelope::now_unix());
-        if envelope::header_str(old, envelope::DLQ_EXCHANGE).is_none() {
-            put(envelope::DLQ_EXCHANGE, envelope::long_string(&delivery.exchange));
-            put(envelope::DLQ_ROUTING_KEY, envelope::long_string(&delivery.routing_key));
+        let now = HeaderValue::Timestamp(envelope::now_unix());
+        if !headers.contains(envelope::DLQ_EXCHANGE) {
+            headers.insert(envelope::DLQ_EXCHANGE, &*delivery.exchange);
+            headers.insert(envelope::DLQ_ROUTING_KEY, &*delivery.routing_key);
         }
-        if !old.is_some_and(|h| h.contains_key(envelope::FIRST_FAILED_AT)) {
-            put(envelope::FIRST_FAILED_AT, now.clone());
+        if !headers.contains(envelope::FIRST_FAILED_AT) {
+            headers.insert(envelope::FIRST_FAILED_AT, now.clone());
         }
-        put(envelope::DLQ_FAILED_AT, now);
-        put(envelope::DLQ_REASON, envelope::long_string(reason_safe(reason)));
-        put(envelope::DLQ_CONSUMER, envelope::long_string(&self.group));
-        put(envelope::DLQ_SERVICE, envelope::long_string(&self.bus.config().service_name));
+        headers.insert(envelope::DLQ_FAILED_AT, now);
+        headers.insert(envelope::DLQ_REASON, reason_safe(reason));
+        headers.insert(envelope::DLQ_CONSUMER, self.group.as_str());
+        headers.insert(envelope::DLQ_SERVICE, self.bus.config().service_name.as_str());
         headers
+    }
+}
+
+/// A running subscriber's place in its bus's metrics, given up when its consume task ends or is aborted.
+struct Registered {
+    bus: Bus,
+    stats: Arc<crate::metrics::SubscriberStats>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.bus.inner.metrics.retire(&self.stats);
     }
 }
 

@@ -412,7 +412,7 @@ async fn connecting_to_a_broker_that_is_down_fails_at_its_deadline_saying_what_w
     assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(4), "gave up after {took:?}");
     match &error {
         Error::Connect { url, attempts, .. } => {
-            assert_eq!(url, "amqp://guest:***@127.0.0.1:5699/%2F");
+            assert_eq!(url, "amqp://guest:***@127.0.0.1:5699/%2f", "as given, password hidden");
             assert!(*attempts > 1, "it retried: {attempts} attempt(s)");
         }
         other => panic!("expected a Connect error, got {other:?}"),

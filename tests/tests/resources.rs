@@ -30,7 +30,7 @@ async fn a_dropped_bus_closes_its_connections() {
         .await
         .expect("subscribe");
     bus.publish(&event(1)).await.expect("a confirmed publish");
-    let fire_and_forget = warren::PublishOptions { fire_and_forget: true, ..Default::default() };
+    let fire_and_forget = warren::PublishOptions::new().fire_and_forget();
     bus.publish_with(&event(2), fire_and_forget).await.expect("a fire-and-forget publish");
     let serving = IntSummatorServer::new(Summator).serve(&bus).await.expect("serve");
     let client = IntSummatorClient::new(&bus);

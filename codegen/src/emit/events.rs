@@ -16,12 +16,12 @@ pub(super) fn retry(retry: Option<crate::model::Retry>) -> TokenStream {
         Some(r) => {
             let (attempts, initial, multiplier, max) =
                 (r.max_attempts, u64::from(r.initial_backoff_ms), r.multiplier, u64::from(r.max_backoff_ms));
-            quote!(::std::option::Option::Some(::warren::RetryPolicy {
-                max_attempts: #attempts,
-                initial_backoff: ::std::time::Duration::from_millis(#initial),
-                multiplier: #multiplier,
-                max_backoff: ::std::time::Duration::from_millis(#max),
-            }))
+            quote!(::std::option::Option::Some(::warren::RetryPolicy::new(
+                #attempts,
+                ::std::time::Duration::from_millis(#initial),
+                #multiplier,
+                ::std::time::Duration::from_millis(#max),
+            )))
         }
         None => quote!(::std::option::Option::None),
     }

@@ -98,7 +98,12 @@ fn warren_layer(package: &Package) -> TokenStream {
             quote!(#( #supers )::*)
         }
     };
-    let mut tokens = payload::emit(package, &root);
+    let version = crate::RUNTIME_API_VERSION;
+    let mut tokens = quote! {
+        // Fails to compile, saying to regenerate, when the runtime speaks another `__codegen` API.
+        const _: () = ::warren::__codegen::check_version(#version);
+    };
+    tokens.extend(payload::emit(package, &root));
     tokens.extend(events::emit(package));
     tokens.extend(tasks::emit(package));
     tokens.extend(rpc::emit(package));

@@ -58,16 +58,26 @@ fn emit_service(service: &Service) -> TokenStream {
             None => quote!(::std::option::Option::None),
         };
         let doc = docs::doc_attrs(&method.doc, &format!("The `{}` rpc.", method.name));
-        let (error, call) = match &method.errors {
+        let (error, call, call_with) = match &method.errors {
             Some(set) => {
                 let errors = rust_path(&set.enum_path);
-                (quote!(::warren::RpcError<#errors>), quote!(call_with_errors))
+                (quote!(::warren::RpcError<#errors>), quote!(call_with_errors), quote!(call_with_errors_with))
             }
-            None => (quote!(::warren::Status), quote!(call)),
+            None => (quote!(::warren::Status), quote!(call), quote!(call_with)),
         };
+        let rust_name_with = format_ident!("{}_with", method.rust_name.trim_start_matches("r#"));
+        // rustdoc cannot link to a raw identifier (`r#type`): name it in plain code instead.
+        let plain = match method.rust_name.strip_prefix("r#") {
+            Some(raw) => format!("`{raw}`"),
+            None => format!("[`Self::{}`]", method.rust_name),
+        };
+        let with_doc = docs::doc_paragraph(&format!(
+            "{plain} with per-call options (deadline, headers); the reply comes with the headers the server sent."
+        ));
         let errors_doc = match &method.errors {
             Some(set) => docs::doc_paragraph(&format!(
-                "Fails with one of the errors of `{}` ([`::warren::RpcError::Service`]), or a transport-level                  [`::warren::Status`].",
+                "Fails with one of the errors of `{}` ([`::warren::RpcError::Service`]), or a transport-level \
+                 [`::warren::Status`].",
                 set.full_name
             )),
             None => TokenStream::new(),
@@ -100,6 +110,21 @@ fn emit_service(service: &Service) -> TokenStream {
                 };
                 self.inner.#call(&METHOD, &request).await
             }
+
+            #with_doc
+            pub async fn #rust_name_with(
+                &self,
+                request: #input,
+                options: ::warren::CallOptions,
+            ) -> ::std::result::Result<::warren::Response<#output>, #error> {
+                const METHOD: ::warren::__codegen::MethodSpec = ::warren::__codegen::MethodSpec {
+                    service: #client::SERVICE,
+                    name: #name,
+                    path: #path,
+                    timeout: #timeout,
+                };
+                self.inner.#call_with(&METHOD, &request, &options).await
+            }
         });
     }
 
@@ -114,19 +139,27 @@ fn emit_service(service: &Service) -> TokenStream {
         #[derive(Debug)]
         pub struct #server<T> {
             service: ::std::sync::Arc<T>,
+            concurrency: u16,
         }
 
         impl<T: #trait_name> #server<T> {
             /// Wraps the service implementation.
             pub fn new(service: T) -> Self {
-                Self { service: ::std::sync::Arc::new(service) }
+                Self { service: ::std::sync::Arc::new(service), concurrency: ::warren::DEFAULT_SERVER_CONCURRENCY }
+            }
+
+            /// Answers up to `n` requests at once (at least one; default [`::warren::DEFAULT_SERVER_CONCURRENCY`]),
+            /// each in a task of its own. The broker sends no more than that before they are acknowledged.
+            pub fn concurrency(mut self, n: u16) -> Self {
+                self.concurrency = n;
+                self
             }
 
             /// Declares the service's queue and starts answering requests; returns once the server is consuming.
             /// Stop it with the returned handle, or by shutting the bus down.
             pub async fn serve(self, bus: &::warren::Bus) -> ::std::result::Result<::warren::Serving, ::warren::Error> {
                 let service = self.service;
-                ::warren::__codegen::serve(bus, #client::SERVICE, move |method, payload, context| {
+                ::warren::__codegen::serve_with(bus, #client::SERVICE, self.concurrency, move |method, payload, context| {
                     let service = ::std::sync::Arc::clone(&service);
                     ::std::boxed::Box::pin(async move {
                         match method.as_str() {

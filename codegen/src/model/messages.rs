@@ -23,7 +23,7 @@ pub struct Message {
     pub full_name: String,
     /// Rust path relative to the package module.
     pub rust_path: String,
-    /// Hash of the message's schema, see [`fingerprint`].
+    /// Hash of the message's schema, see `fingerprint`.
     pub fingerprint: String,
     /// Fields with rules, or holding messages with rules.
     pub checks: Vec<FieldCheck>,

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use futures_util::task::AtomicWaker;
-use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
@@ -29,6 +28,7 @@ use super::{
 use crate::contract::{ExchangeKind, ExchangeSpec};
 use crate::envelope::Properties;
 use crate::error::{Error, Later, Result};
+use crate::headers::{HeaderValue, Headers};
 use crate::topic;
 
 /// Prefix of reply addresses, as RabbitMQ's direct reply-to names them.
@@ -109,7 +109,7 @@ impl Broker {
         }
     }
 
-    pub(crate) fn bind(&self, queue: &str, exchange: &str, key: &str, arguments: FieldTable) -> Result<()> {
+    pub(crate) fn bind(&self, queue: &str, exchange: &str, key: &str, arguments: Headers) -> Result<()> {
         let mut state = self.lock();
         if !state.queues.contains_key(queue) {
             return Err(Error::config(format!("cannot bind queue \"{queue}\": it does not exist")));
@@ -409,7 +409,7 @@ struct Exchange {
 struct Binding {
     queue: Arc<str>,
     key: String,
-    arguments: FieldTable,
+    arguments: Headers,
 }
 
 /// A message in a queue: the shared message, plus what is this queue's own.
@@ -796,56 +796,44 @@ impl State {
 /// reason, with a count) and the `x-first-death-*` trio.
 fn record_death(message: &Message, queue: &str, reason: &str) -> Properties {
     let mut headers = message.properties.headers().cloned().unwrap_or_default();
-    let mut deaths: Vec<AMQPValue> = match headers.inner().get("x-death") {
-        Some(AMQPValue::FieldArray(array)) => array.as_slice().to_vec(),
+    let mut deaths: Vec<HeaderValue> = match headers.remove("x-death") {
+        Some(HeaderValue::Array(deaths)) => deaths,
         _ => Vec::new(),
     };
-    let text = |value: &str| AMQPValue::LongString(value.into());
-    let same = |entry: &AMQPValue| match entry {
-        AMQPValue::FieldTable(table) => {
-            table.inner().get("queue") == Some(&text(queue)) && table.inner().get("reason") == Some(&text(reason))
-        }
-        _ => false,
+    let same = |entry: &HeaderValue| {
+        entry
+            .as_table()
+            .is_some_and(|table| table.get_str("queue") == Some(queue) && table.get_str("reason") == Some(reason))
     };
     let previous = deaths.iter().position(same).map(|i| deaths.remove(i));
-    let count = match &previous {
-        Some(AMQPValue::FieldTable(table)) => match table.inner().get("count") {
-            Some(AMQPValue::LongLongInt(n)) => n + 1,
-            _ => 1,
-        },
-        _ => 1,
-    };
-    let mut entry = FieldTable::default();
-    entry.insert(ShortString::from("count"), AMQPValue::LongLongInt(count));
-    entry.insert(ShortString::from("reason"), text(reason));
-    entry.insert(ShortString::from("queue"), text(queue));
-    entry.insert(ShortString::from("exchange"), text(&message.exchange));
-    entry.insert(
-        ShortString::from("routing-keys"),
-        AMQPValue::FieldArray(FieldArray::from(vec![text(&message.routing_key)])),
-    );
-    entry.insert(ShortString::from("time"), AMQPValue::Timestamp(crate::envelope::now_unix()));
-    deaths.insert(0, AMQPValue::FieldTable(entry));
-    if !headers.contains_key("x-first-death-queue") {
-        headers.insert(ShortString::from("x-first-death-queue"), text(queue));
-        headers.insert(ShortString::from("x-first-death-reason"), text(reason));
-        headers.insert(ShortString::from("x-first-death-exchange"), text(&message.exchange));
+    let count =
+        previous.as_ref().and_then(HeaderValue::as_table).and_then(|table| table.get_i64("count")).map_or(1, |n| n + 1);
+    let entry = Headers::new()
+        .with("count", count)
+        .with("reason", reason)
+        .with("queue", queue)
+        .with("exchange", &*message.exchange)
+        .with("routing-keys", vec![HeaderValue::from(&*message.routing_key)])
+        .with("time", HeaderValue::Timestamp(crate::envelope::now_unix()));
+    deaths.insert(0, HeaderValue::Table(entry));
+    if !headers.contains("x-first-death-queue") {
+        headers.insert("x-first-death-queue", queue);
+        headers.insert("x-first-death-reason", reason);
+        headers.insert("x-first-death-exchange", &*message.exchange);
     }
-    headers.insert(ShortString::from("x-death"), AMQPValue::FieldArray(FieldArray::from(deaths)));
+    headers.insert("x-death", deaths);
     message.properties.with_headers(headers)
 }
 
 /// Headers-exchange matching: `x-match` = `all` (default) or `any` over the binding's non-`x-` arguments.
-fn headers_match(binding: &FieldTable, headers: Option<&FieldTable>) -> bool {
-    let any = matches!(binding.inner().get("x-match"), Some(AMQPValue::LongString(s)) if s.as_bytes() == b"any");
-    let mut wanted = binding.inner().iter().filter(|(key, _)| !key.as_str().starts_with("x-")).peekable();
+fn headers_match(binding: &Headers, headers: Option<&Headers>) -> bool {
+    let any = binding.get_str("x-match") == Some("any");
+    let mut wanted = binding.iter().filter(|(key, _)| !key.starts_with("x-")).peekable();
     if wanted.peek().is_none() {
         return true;
     }
-    let has = |(key, value): (&ShortString, &AMQPValue)| {
-        headers
-            .and_then(|h| h.inner().get(key.as_str()))
-            .is_some_and(|v| v == value || matches!(value, AMQPValue::Void))
+    let has = |(key, value): (&str, &HeaderValue)| {
+        headers.and_then(|h| h.get(key)).is_some_and(|v| v == value || matches!(value, HeaderValue::Void))
     };
     if any { wanted.any(has) } else { wanted.all(has) }
 }
@@ -924,7 +912,7 @@ mod tests {
 
     fn send(broker: &Broker, exchange: &str, key: &str) -> Result<()> {
         let publish = Publish { exchange, routing_key: key, mandatory: true, confirm: true };
-        broker.publish(publish, b"x".to_vec(), lapin::BasicProperties::default().into())
+        broker.publish(publish, b"x".to_vec(), crate::MessageProperties::default().into())
     }
 
     fn depth(broker: &Broker, queue: &str) -> u64 {
@@ -940,12 +928,12 @@ mod tests {
 
         let auto_delete = QueueOptions { auto_delete: true, ..QueueOptions::default() };
         broker.declare_queue("a", &auto_delete).unwrap();
-        broker.bind("a", TOPIC.name, "user.*", FieldTable::default()).unwrap();
+        broker.bind("a", TOPIC.name, "user.*", Headers::new()).unwrap();
         send(&broker, TOPIC.name, "user.created").unwrap();
         assert_eq!(depth(&broker, "a"), 1, "the new binding is used although the key was unroutable before");
 
         broker.declare_queue("b", &QueueOptions::default()).unwrap();
-        broker.bind("b", TOPIC.name, "*.created", FieldTable::default()).unwrap();
+        broker.bind("b", TOPIC.name, "*.created", Headers::new()).unwrap();
         send(&broker, TOPIC.name, "user.created").unwrap();
         assert_eq!((depth(&broker, "a"), depth(&broker, "b")), (2, 1), "a second binding adds a queue");
 

@@ -1,8 +1,8 @@
 //! Transports: what the bus needs from a broker, over AMQP (lapin) or in memory.
 //!
 //! Both speak AMQP's model — exchanges, queues, bindings, properties and headers (Warren's
-//! [`Properties`], which become lapin's `BasicProperties` only on the way to RabbitMQ, and lapin's
-//! `FieldTable`) — so everything above this module (subscribers, retries, dead letters, RPC) is written once
+//! [`Properties`] and [`crate::Headers`], which become lapin's only on the way to RabbitMQ, in
+//! `amqp/properties.rs`) — so everything above this module (subscribers, retries, dead letters, RPC) is written once
 //! and behaves the same on both.
 
 pub(crate) mod amqp;
@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use crate::contract::ExchangeSpec;
 use crate::envelope::{Properties, Received};
@@ -68,35 +67,6 @@ impl QueueOptions {
             }
         }
         Ok(())
-    }
-
-    /// The AMQP `x-` arguments for these options (after [`QueueOptions::check`]).
-    pub(crate) fn arguments(&self) -> FieldTable {
-        let mut arguments = FieldTable::default();
-        let mut put = |key: &str, value: AMQPValue| {
-            arguments.insert(ShortString::from(key), value);
-        };
-        let int = |value: u32| AMQPValue::LongInt(i32::try_from(value).unwrap_or(i32::MAX));
-        if let Some((exchange, routing_key)) = &self.dead_letter {
-            put("x-dead-letter-exchange", AMQPValue::LongString(exchange.as_str().into()));
-            put("x-dead-letter-routing-key", AMQPValue::LongString(routing_key.as_str().into()));
-        }
-        if let Some(ttl) = self.message_ttl {
-            put("x-message-ttl", int(ttl));
-        }
-        if let Some(expires) = self.expires {
-            put("x-expires", int(expires));
-        }
-        if let Some(max) = self.max_priority {
-            put("x-max-priority", AMQPValue::ShortShortUInt(max));
-        }
-        if self.quorum {
-            put("x-queue-type", AMQPValue::LongString("quorum".into()));
-        }
-        if let Some(limit) = self.delivery_limit {
-            put("x-delivery-limit", int(limit));
-        }
-        arguments
     }
 }
 
@@ -319,7 +289,7 @@ impl Transport {
     pub(crate) async fn bind(&self, queue: &str, exchange: &str, key: &str) -> Result<()> {
         match self {
             Transport::Amqp(amqp) => amqp.bind(queue, exchange, key).await,
-            Transport::Memory(broker) => broker.bind(queue, exchange, key, FieldTable::default()),
+            Transport::Memory(broker) => broker.bind(queue, exchange, key, crate::Headers::new()),
         }
     }
 
@@ -453,7 +423,6 @@ mod tests {
     fn queue_arguments_above_rabbitmqs_signed_32_bit_limit_are_refused_not_wrapped() {
         let fits = QueueOptions { message_ttl: Some(i32::MAX as u32), expires: Some(60_000), ..Default::default() };
         fits.check("q").unwrap();
-        assert_eq!(fits.arguments().inner().get("x-message-ttl"), Some(&AMQPValue::LongInt(i32::MAX)));
         for options in [
             QueueOptions { message_ttl: Some(u32::MAX), ..Default::default() },
             QueueOptions { expires: Some(1 << 31), ..Default::default() },

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
-use warren::amqp::{AMQPValue, BasicProperties, FieldTable, LongString};
+use warren::MessageProperties;
 use warren::{Error, HandlerError, PublishOptions, RpcContext, RpcError, WireFormat};
 use warren_tests::quickstart::rich::v1::{
     FindRequest, Line, NotFound, OrderArchived, OrderCreated, Orders, OrdersClient, OrdersServer, Region, ResizeImage,
@@ -87,7 +87,7 @@ async fn rules_refuse_invalid_messages_before_sending_and_after_receiving(h: &Ha
     // A sender without the rules (another language, an old build) gets its message dead-lettered, not handled.
     let mut payload = Vec::new();
     prost::Message::encode(&bad, &mut payload).unwrap();
-    let properties = BasicProperties::default().with_type("rich.v1.OrderCreated".into());
+    let properties = MessageProperties::default().with_kind("rich.v1.OrderCreated");
     bus.publish_bytes("", subscription.queue(), &payload, properties).await.unwrap();
     let dead = next_in(&bus, &format!("{}.dlq", subscription.queue())).await;
     let reason = dead.header_str("x-warren-reason").unwrap();
@@ -157,16 +157,16 @@ async fn json_on_the_wire_decodes_like_protobuf_and_replies_match_the_request(h:
 
     // What a Python service would send by hand: canonical proto3 JSON, unknown fields tolerated.
     let json = br#"{"orderId": "10", "bytesFreed": "18446744073709551615", "region": "REGION_EU", "addedLater": 1}"#;
-    let properties = BasicProperties::default()
-        .with_type("rich.v1.OrderArchived".into())
-        .with_content_type("application/json; charset=utf-8".into());
+    let properties = MessageProperties::default()
+        .with_kind("rich.v1.OrderArchived")
+        .with_content_type("application/json; charset=utf-8");
     bus.publish_bytes("rich.events", "order.archived", json, properties.clone()).await.unwrap();
     let (received, _) = within(10, "the hand-made JSON event", rx.recv()).await.unwrap();
     let expected = OrderArchived { order_id: 10, bytes_freed: u64::MAX, region: Region::Eu as i32 };
     assert_eq!(received, RichEvents::OrderArchived(expected));
 
     // A protobuf publisher can switch a message to JSON, and back.
-    let options = PublishOptions { format: Some(WireFormat::Protobuf), ..Default::default() };
+    let options = PublishOptions::new().format(WireFormat::Protobuf);
     bus.publish_with(&archived, options).await.unwrap();
     let (_, ctx) = within(10, "the protobuf event", rx.recv()).await.unwrap();
     assert_eq!(ctx.content_type(), Some("application/x-protobuf"));
@@ -188,9 +188,10 @@ async fn a_foreign_schema_fingerprint_is_counted_and_the_message_still_handled(h
     let own = ctx.schema_fingerprint().expect("publish stamps the fingerprint");
     assert_eq!(own, <OrderArchived as warren::Payload>::FINGERPRINT);
     for id in [2, 3] {
-        let mut headers = FieldTable::default();
-        headers.insert("x-warren-schema".into(), AMQPValue::LongString(LongString::from("0123456789abcdef")));
-        let properties = BasicProperties::default().with_type("rich.v1.OrderArchived".into()).with_headers(headers);
+        // A raw publish is raw: it may carry Warren's own headers, as another Warren build would send them.
+        let properties = MessageProperties::default()
+            .with_kind("rich.v1.OrderArchived")
+            .with_header("x-warren-schema", "0123456789abcdef");
         let body = prost::Message::encode_to_vec(&OrderArchived { order_id: id, ..Default::default() });
         bus.publish_bytes("rich.events", "order.archived", &body, properties).await.unwrap();
         within(10, "a foreign-schema event", rx.recv()).await.unwrap();
@@ -299,7 +300,7 @@ async fn declared_rpc_errors_arrive_typed_and_invalid_requests_are_not_sent(h: &
     let invalid = client.find(FindRequest { order_id: 0 }).await.unwrap_err();
     assert_eq!(invalid.code(), warren::Code::InvalidArgument, "{invalid}");
     assert!(invalid.to_string().contains("field `order_id` must be at least 1"), "{invalid}");
-    const FIND: warren::MethodSpec = warren::MethodSpec {
+    const FIND: warren::__codegen::MethodSpec = warren::__codegen::MethodSpec {
         service: OrdersClient::SERVICE,
         name: "Find",
         path: "/rich.v1.Orders/Find",
@@ -319,13 +320,17 @@ async fn rpc_requests_carry_the_schema_fingerprint_on_a_sample(h: &Harness) {
     const CALLS: usize = 70;
     let bus = h.bus("stamp-rpc").await;
     // A queue of this test's own and no server: the requests wait there, to be read.
-    let service: &'static warren::ServiceSpec = Box::leak(Box::new(warren::ServiceSpec {
+    let service: &'static warren::__codegen::ServiceSpec = Box::leak(Box::new(warren::__codegen::ServiceSpec {
         name: "rich.v1.Orders",
         queue: Box::leak(unique("stamp-rpc").into_boxed_str()),
         default_timeout: std::time::Duration::from_secs(30),
     }));
-    let find: &'static warren::MethodSpec =
-        Box::leak(Box::new(warren::MethodSpec { service, name: "Find", path: "/rich.v1.Orders/Find", timeout: None }));
+    let find: &'static warren::__codegen::MethodSpec = Box::leak(Box::new(warren::__codegen::MethodSpec {
+        service,
+        name: "Find",
+        path: "/rich.v1.Orders/Find",
+        timeout: None,
+    }));
     let client = warren::RpcClient::new(&bus, service);
     let calls = tokio::spawn(async move {
         let requests: Vec<FindRequest> = (1..=CALLS as i64).map(|order_id| FindRequest { order_id }).collect();

@@ -118,7 +118,7 @@ async fn messages_a_stopped_consumer_left_unacknowledged_are_redelivered(h: &Har
 async fn fire_and_forget_and_confirmed_publishes_both_arrive(h: &Harness) {
     let bus = h.bus("fire-and-forget-test").await;
     let (subscription, mut received) = collect(UserRegistered::subscribe(&bus, &unique("mixed"))).await;
-    let fire_and_forget = warren::PublishOptions { fire_and_forget: true, ..Default::default() };
+    let fire_and_forget = warren::PublishOptions::new().fire_and_forget();
     // Alternating, so each kind of publish runs after the other (over AMQP they use separate channels).
     for user_id in 0..20 {
         let event = UserRegistered { user_id, ..Default::default() };

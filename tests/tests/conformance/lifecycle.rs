@@ -181,8 +181,7 @@ async fn huge_deadlines_saturate_instead_of_panicking(h: &Harness) {
     let client = IntSummatorClient::new(&bus).with_timeout(Duration::MAX);
     let reply = within(10, "a call with no deadline", client.int_sum(IntSumRequest { a: 2, b: 3 })).await.unwrap();
     assert_eq!(reply.sum, 5);
-    let (subscription, _received) =
-        crate::collect(UserRegistered::subscribe(&bus, &unique("huge"))).await;
+    let (subscription, _received) = crate::collect(UserRegistered::subscribe(&bus, &unique("huge"))).await;
     within(10, "a stop with no deadline", subscription.stop_within(Duration::MAX)).await;
     within(10, "a server stop", server.stop()).await;
     within(10, "a shutdown with no deadline", bus.shutdown(Duration::MAX)).await.unwrap();

@@ -6,6 +6,7 @@ mod contracts;
 mod delivery;
 mod failures;
 mod lifecycle;
+mod metadata;
 mod observability;
 mod priority;
 mod routing;

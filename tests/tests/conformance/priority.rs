@@ -35,7 +35,7 @@ async fn higher_priority_messages_are_delivered_first(h: &Harness) {
     bus.publish(&MarketTick { symbol: "first".into(), ..Default::default() }).await.unwrap();
     assert_eq!(within(10, "the first message", seen.recv()).await.as_deref(), Some("first"));
 
-    let with = |priority| PublishOptions { priority: Some(priority), ..PublishOptions::default() };
+    let with = |priority| PublishOptions::new().priority(priority);
     bus.publish_with(&MarketTick { symbol: "low".into(), ..Default::default() }, with(Priority::Low)).await.unwrap();
     bus.publish(&MarketTick { symbol: "normal (contract default)".into(), ..Default::default() }).await.unwrap();
     bus.publish(&TradingSignal { symbol: "high (contract default)".into(), ..Default::default() }).await.unwrap();

@@ -56,7 +56,7 @@ async fn a_wrong_argument_type_is_answered_with_invalid_argument(h: &Harness) {
     let server_bus = h.bus("int-summator").await;
     let serving = IntSummatorServer::new(Summator).serve(&server_bus).await.unwrap();
     let client = warren::RpcClient::new(&h.bus("sum-requester").await, IntSummatorClient::SERVICE);
-    const INT_SUM: warren::MethodSpec = warren::MethodSpec {
+    const INT_SUM: warren::__codegen::MethodSpec = warren::__codegen::MethodSpec {
         service: IntSummatorClient::SERVICE,
         name: "IntSum",
         path: "/at.v1.IntSummator/IntSum",

@@ -29,11 +29,15 @@ use tokio::sync::{Mutex, Semaphore, watch};
 
 use super::confirms::{Confirmed, Confirms, Outcome};
 use super::{Acker, Canceller, Consumer, Delivery, Message, Publish, QueueOptions, ReplyPath, Settle, Transport};
+use crate::backoff::Backoff;
 use crate::config::{BusConfig, Endpoint};
 use crate::contract::{ExchangeKind, ExchangeSpec};
 use crate::envelope::{Inline, Properties};
+
+mod properties;
 use crate::error::{Error, Later, Result, deadline};
 use crate::health::Health;
+pub(crate) use properties::to_lapin;
 
 /// Direct reply-to: RabbitMQ's pseudo-queue for RPC replies.
 pub(crate) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -197,7 +201,7 @@ impl Amqp {
             match open_channel(connection, self.timeout()).await {
                 // Just after the broker closed a channel, lapin refuses new ones for a moment.
                 Err(Error::Broker { source, .. })
-                    if matches!(source.kind(), ErrorKind::InvalidChannelState(..)) && Instant::now() < by =>
+                    if matches!(source.lapin().kind(), ErrorKind::InvalidChannelState(..)) && Instant::now() < by =>
                 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -284,6 +288,7 @@ impl Amqp {
             // Shared with each attempt's send, which may outlive this function (see `confirms`).
             let body = Arc::new(body);
             let mut attempt = 0u32;
+            let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
             loop {
                 let channel = match self.current_publisher(publish.confirm) {
                     Some(channel) => Ok(channel),
@@ -303,7 +308,7 @@ impl Amqp {
                     Failure::Transient if Instant::now() < by && !self.closing.load(Ordering::Relaxed) => {
                         attempt += 1;
                         tracing::debug!(%error, attempt, "publish not confirmed; sending it again");
-                        let pause = jittered(Duration::from_millis(20) * attempt.min(25));
+                        let pause = backoff.next_wait();
                         Box::pin(tokio::time::sleep(pause.min(by.saturating_duration_since(Instant::now())))).await;
                         if Instant::now() >= by {
                             // No time left for another attempt.
@@ -461,7 +466,7 @@ fn classify(error: &Error, exchange: &str) -> Failure {
                 Failure::Transient
             }
         }
-        Error::Broker { source, .. } => match source.kind() {
+        Error::Broker { source, .. } => match source.lapin().kind() {
             ErrorKind::ProtocolError(amqp)
                 if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) =>
             {
@@ -489,7 +494,7 @@ fn gave_up(error: Error, exchange: &str, after: Duration) -> Error {
 /// The broker's reply text, when `error` is a channel closed with `NOT_FOUND`.
 fn not_found_reply(error: &Error) -> Option<&str> {
     match error {
-        Error::Broker { source, .. } => match source.kind() {
+        Error::Broker { source, .. } => match source.lapin().kind() {
             ErrorKind::ProtocolError(amqp) if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => {
                 Some(amqp.get_message().as_str())
             }
@@ -550,7 +555,7 @@ async fn supervise(amqp: Weak<Amqp>, mut owner: watch::Receiver<Option<Link>>, m
         let since = SystemTime::now();
         let started = Instant::now();
         let mut attempts = 0u32;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         *this.health.lock().expect("health") =
             Health::Recovering { since, attempts, last_error: this.config.redact(&failure) };
         for connection in [&link.publish, &link.consume] {
@@ -592,8 +597,7 @@ async fn supervise(amqp: Weak<Amqp>, mut owner: watch::Receiver<Option<Link>>, m
                     };
                     *this.health.lock().expect("health") = health;
                     drop(this);
-                    tokio::time::sleep(jittered(backoff)).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    tokio::time::sleep(backoff.next_wait()).await;
                 }
             }
         };
@@ -674,7 +678,8 @@ async fn declare_exchange_on(channel: &Channel, exchange: &ExchangeSpec, timeout
 async fn declare_queue_on(channel: &Channel, queue: &str, options: &QueueOptions, timeout: Duration) -> Result<()> {
     let declare_options =
         QueueDeclareOptions { durable: options.durable, auto_delete: options.auto_delete, ..Default::default() };
-    let declare = channel.queue_declare(ShortString::from(queue), declare_options, options.arguments());
+    let declare =
+        channel.queue_declare(ShortString::from(queue), declare_options, properties::queue_arguments(options));
     deadline("queue declare", timeout, declare).await.map(drop)
 }
 
@@ -738,7 +743,7 @@ fn from_lapin(d: lapin::message::Delivery, names: &mut Names, acker: impl FnOnce
         message: Arc::new(Message::new(
             shared(&mut names.exchange, d.exchange.as_str()),
             shared(&mut names.routing_key, d.routing_key.as_str()),
-            Properties::Amqp(Inline(d.properties)),
+            Properties::Plain(Inline(properties::from_lapin(d.properties))),
             d.data,
         )),
         redelivered: d.redelivered,
@@ -774,7 +779,7 @@ pub(crate) async fn publish_written(
         ShortString::from(publish.routing_key),
         BasicPublishOptions { mandatory: publish.mandatory, ..BasicPublishOptions::default() },
         body,
-        properties.to_amqp(),
+        to_lapin(properties),
     ));
     sending.await.map(drop)
 }
@@ -798,7 +803,7 @@ fn publish_through(
             let (channel, body) = (Arc::clone(&channel.channel), Arc::clone(body));
             let (exchange, routing_key) = (ShortString::from(publish.exchange), ShortString::from(publish.routing_key));
             let options = BasicPublishOptions { mandatory: publish.mandatory, ..BasicPublishOptions::default() };
-            let properties = properties.to_amqp();
+            let properties = to_lapin(properties);
             Box::pin(async move {
                 let confirm = channel.basic_publish(exchange, routing_key, options, &body, properties).await?;
                 confirm.await.map(Confirmed::from)
@@ -867,20 +872,6 @@ async fn close_quietly(channel: &Channel) {
     }
 }
 
-/// `base` scaled by a pseudo-random factor in [0.5, 1.5), so that many clients do not retry in step.
-fn jittered(base: Duration) -> Duration {
-    static SEED: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
-    // xorshift64*, seeded from the clock once and advanced on every call: no dependency, good enough for jitter.
-    let mut x = SEED.load(Ordering::Relaxed)
-        ^ SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u64);
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    SEED.store(x, Ordering::Relaxed);
-    let unit = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
-    base.mul_f64(0.5 + unit)
-}
-
 /// Connects the publishing and the consuming connection, retrying with backoff until `within` has passed
 /// since `started`; the error says what was tried.
 async fn connect_pair(config: &BusConfig, within: Duration, started: Instant) -> Result<(Connection, Connection)> {
@@ -898,7 +889,7 @@ async fn connect(config: &BusConfig, role: &str, within: Duration, started: Inst
     let properties =
         ConnectionProperties::default().with_connection_name(format!("warren:{}:{role}", config.service_name).into());
     let mut attempts = 0;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         attempts += 1;
         let remaining = within.saturating_sub(started.elapsed());
@@ -915,8 +906,7 @@ async fn connect(config: &BusConfig, role: &str, within: Duration, started: Inst
             return Err(Error::Connect { url: config.redacted_url(), attempts, elapsed, reason });
         }
         tracing::debug!(url = %config.redacted_url(), attempts, %reason, "connect failed; retrying");
-        tokio::time::sleep(jittered(backoff).min(left)).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        tokio::time::sleep(backoff.next_wait().min(left)).await;
     }
 }
 
@@ -939,13 +929,15 @@ mod tests {
 
     #[test]
     fn a_publish_that_runs_out_of_time_behind_another_exchanges_error_says_so() {
-        let not_found = |exchange: &str| Error::Broker {
-            operation: "publish and confirm",
-            source: ErrorKind::ProtocolError(lapin::protocol::AMQPError::new(
-                AMQPSoftError::NOTFOUND.into(),
-                format!("NOT_FOUND - no exchange '{exchange}' in vhost '/'").into(),
-            ))
-            .into(),
+        let not_found = |exchange: &str| {
+            Error::broker(
+                "publish and confirm",
+                ErrorKind::ProtocolError(lapin::protocol::AMQPError::new(
+                    AMQPSoftError::NOTFOUND.into(),
+                    format!("NOT_FOUND - no exchange '{exchange}' in vhost '/'").into(),
+                ))
+                .into(),
+            )
         };
         let after = Duration::from_secs(30);
         let error = gave_up(not_found("missing"), "orders", after);
@@ -953,6 +945,8 @@ mod tests {
         assert!(error.to_string().contains("missing exchange"), "{error}");
         let own = gave_up(not_found("orders"), "orders", after);
         assert!(matches!(own, Error::Broker { .. }), "its own exchange's error stays as it is: {own:?}");
+        let Error::Broker { source, .. } = own else { unreachable!() };
+        assert_eq!(source.reply_code(), Some(404), "the reply code is Warren's to give");
     }
 
     /// The size of the future `make` would return, without calling it.

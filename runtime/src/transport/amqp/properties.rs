@@ -1,0 +1,264 @@
+//! Warren's metadata types to and from lapin's: the only place the two meet.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+
+use crate::envelope::{Envelope, Properties};
+use crate::headers::{HeaderValue, Headers, MessageProperties};
+use crate::transport::QueueOptions;
+
+/// lapin's properties for a publish. A Warren envelope goes straight to lapin's, without plain properties in
+/// between: this is every publish's path.
+pub(crate) fn to_lapin<A: std::ops::Deref<Target = MessageProperties>>(properties: &Properties<A>) -> BasicProperties {
+    match properties {
+        Properties::Warren(envelope) => envelope_to_lapin(envelope),
+        Properties::Plain(plain) => plain_to_lapin(plain),
+    }
+}
+
+fn envelope_to_lapin(envelope: &Envelope) -> BasicProperties {
+    let id = envelope.message_id.as_str();
+    let mut properties = BasicProperties::default().with_message_id(ShortString::from(id));
+    if let Some(correlation_id) = envelope.correlation_to_send() {
+        properties = properties.with_correlation_id(ShortString::from(correlation_id));
+    }
+    let mut properties = properties
+        .with_type(ShortString::from(envelope.kind))
+        .with_app_id(ShortString::from(envelope.app_id))
+        .with_timestamp(envelope.timestamp)
+        .with_content_type(ShortString::from(envelope.format.content_type()));
+    if envelope.persistent {
+        properties = properties.with_delivery_mode(2);
+    }
+    if let Some(priority) = envelope.priority {
+        properties = properties.with_priority(priority);
+    }
+    if let Some(reply_to) = &envelope.reply_to {
+        properties = properties.with_reply_to(ShortString::from(&**reply_to));
+    }
+    if let Some(ms) = envelope.expiration_ms {
+        properties = properties.with_expiration(ShortString::from(ms.to_string()));
+    }
+    match envelope.headers_to_send() {
+        Some(headers) => properties.with_headers(table_to_lapin(&headers)),
+        None => properties,
+    }
+}
+
+fn plain_to_lapin(p: &MessageProperties) -> BasicProperties {
+    let mut out = BasicProperties::default();
+    let short = |text: &String| ShortString::from(text.as_str());
+    if let Some(v) = &p.content_type {
+        out = out.with_content_type(short(v));
+    }
+    if let Some(v) = &p.content_encoding {
+        out = out.with_content_encoding(short(v));
+    }
+    if !p.headers.is_empty() {
+        out = out.with_headers(table_to_lapin(&p.headers));
+    }
+    if let Some(v) = p.delivery_mode {
+        out = out.with_delivery_mode(v);
+    }
+    if let Some(v) = p.priority {
+        out = out.with_priority(v);
+    }
+    if let Some(v) = &p.correlation_id {
+        out = out.with_correlation_id(short(v));
+    }
+    if let Some(v) = &p.reply_to {
+        out = out.with_reply_to(short(v));
+    }
+    if let Some(v) = &p.expiration {
+        out = out.with_expiration(short(v));
+    }
+    if let Some(v) = &p.message_id {
+        out = out.with_message_id(short(v));
+    }
+    if let Some(v) = p.timestamp {
+        out = out.with_timestamp(v);
+    }
+    if let Some(v) = &p.kind {
+        out = out.with_type(short(v));
+    }
+    if let Some(v) = &p.user_id {
+        out = out.with_user_id(short(v));
+    }
+    if let Some(v) = &p.app_id {
+        out = out.with_app_id(short(v));
+    }
+    out
+}
+
+/// A delivery's properties as Warren's. lapin's short strings become `String`s without copying; header
+/// tables are copied (lapin's cannot be taken apart).
+pub(crate) fn from_lapin(p: BasicProperties) -> MessageProperties {
+    let string = |value: Option<ShortString>| value.map(String::from);
+    MessageProperties {
+        headers: p.headers().as_ref().map(table_from_lapin).unwrap_or_default(),
+        delivery_mode: *p.delivery_mode(),
+        priority: *p.priority(),
+        timestamp: *p.timestamp(),
+        content_type: string(p.content_type().clone()),
+        content_encoding: string(p.content_encoding().clone()),
+        correlation_id: string(p.correlation_id().clone()),
+        reply_to: string(p.reply_to().clone()),
+        expiration: string(p.expiration().clone()),
+        message_id: string(p.message_id().clone()),
+        kind: string(p.kind().clone()),
+        user_id: string(p.user_id().clone()),
+        app_id: string(p.app_id().clone()),
+    }
+}
+
+/// Warren's headers as an AMQP field table. Text goes as a long string: RabbitMQ reads the short-string
+/// field type as a 16-bit integer.
+pub(crate) fn table_to_lapin(headers: &Headers) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in headers.iter() {
+        table.insert(ShortString::from(name), value_to_lapin(value));
+    }
+    table
+}
+
+fn value_to_lapin(value: &HeaderValue) -> AMQPValue {
+    match value {
+        HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
+        // The narrowest of the two widths every client reads: a status code goes as a 32-bit integer, as
+        // it always has.
+        HeaderValue::Int(n) => i32::try_from(*n).map_or(AMQPValue::LongLongInt(*n), AMQPValue::LongInt),
+        HeaderValue::Float(x) => AMQPValue::Double(*x),
+        HeaderValue::String(text) => AMQPValue::LongString(LongString::from(text.as_bytes())),
+        HeaderValue::Bytes(bytes) => AMQPValue::ByteArray(bytes.as_slice().into()),
+        HeaderValue::Timestamp(t) => AMQPValue::Timestamp(*t),
+        HeaderValue::Array(values) => {
+            AMQPValue::FieldArray(FieldArray::from(values.iter().map(value_to_lapin).collect::<Vec<_>>()))
+        }
+        HeaderValue::Table(table) => AMQPValue::FieldTable(table_to_lapin(table)),
+        // Warren's enum may grow; anything it cannot say in AMQP goes as no value.
+        #[allow(unreachable_patterns)]
+        _ => AMQPValue::Void,
+    }
+}
+
+pub(crate) fn table_from_lapin(table: &FieldTable) -> Headers {
+    table.inner().iter().map(|(name, value)| (name.as_str(), value_from_lapin(value))).collect()
+}
+
+fn value_from_lapin(value: &AMQPValue) -> HeaderValue {
+    let text = |bytes: &[u8]| match std::str::from_utf8(bytes) {
+        Ok(text) => HeaderValue::String(text.to_owned()),
+        Err(_) => HeaderValue::Bytes(bytes.to_vec()),
+    };
+    match value {
+        AMQPValue::Boolean(b) => HeaderValue::Bool(*b),
+        AMQPValue::ShortShortInt(n) => HeaderValue::Int(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => HeaderValue::Int(i64::from(*n)),
+        AMQPValue::ShortInt(n) => HeaderValue::Int(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => HeaderValue::Int(i64::from(*n)),
+        AMQPValue::LongInt(n) => HeaderValue::Int(i64::from(*n)),
+        AMQPValue::LongUInt(n) => HeaderValue::Int(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => HeaderValue::Int(*n),
+        AMQPValue::Float(x) => HeaderValue::Float(f64::from(*x)),
+        AMQPValue::Double(x) => HeaderValue::Float(*x),
+        AMQPValue::DecimalValue(d) => HeaderValue::Float(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
+        AMQPValue::ShortString(s) => HeaderValue::String(s.as_str().to_owned()),
+        AMQPValue::LongString(s) => text(s.as_bytes()),
+        AMQPValue::ByteArray(bytes) => HeaderValue::Bytes(bytes.as_slice().to_vec()),
+        AMQPValue::FieldArray(values) => HeaderValue::Array(values.as_slice().iter().map(value_from_lapin).collect()),
+        AMQPValue::Timestamp(t) => HeaderValue::Timestamp(*t),
+        AMQPValue::FieldTable(table) => HeaderValue::Table(table_from_lapin(table)),
+        AMQPValue::Void => HeaderValue::Void,
+    }
+}
+
+/// The AMQP `x-` arguments of a queue (after [`QueueOptions::check`]). RabbitMQ compares them, types
+/// included, with an existing queue's: their types are as Warren has always declared them.
+pub(crate) fn queue_arguments(options: &QueueOptions) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    let mut put = |key: &str, value: AMQPValue| {
+        arguments.insert(ShortString::from(key), value);
+    };
+    let int = |value: u32| AMQPValue::LongInt(i32::try_from(value).unwrap_or(i32::MAX));
+    let text = |value: &str| AMQPValue::LongString(value.into());
+    if let Some((exchange, routing_key)) = &options.dead_letter {
+        put("x-dead-letter-exchange", text(exchange));
+        put("x-dead-letter-routing-key", text(routing_key));
+    }
+    if let Some(ttl) = options.message_ttl {
+        put("x-message-ttl", int(ttl));
+    }
+    if let Some(expires) = options.expires {
+        put("x-expires", int(expires));
+    }
+    if let Some(max) = options.max_priority {
+        put("x-max-priority", AMQPValue::ShortShortUInt(max));
+    }
+    if options.quorum {
+        put("x-queue-type", text("quorum"));
+    }
+    if let Some(limit) = options.delivery_limit {
+        put("x-delivery-limit", int(limit));
+    }
+    arguments
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::WireFormat;
+
+    #[test]
+    fn headers_survive_the_trip_through_lapin() {
+        let nested = Headers::new().with("count", 2).with("queue", "orders");
+        let headers = Headers::new()
+            .with("text", "é")
+            .with("int", -5)
+            .with("flag", true)
+            .with("float", 1.5)
+            .with("bytes", vec![0xff, 0x00])
+            .with("when", HeaderValue::Timestamp(1_700_000_000))
+            .with("list", vec![HeaderValue::from("a"), HeaderValue::Table(nested)])
+            .with("none", HeaderValue::Void);
+        assert_eq!(table_from_lapin(&table_to_lapin(&headers)), headers);
+    }
+
+    #[test]
+    fn every_integer_width_and_a_short_string_read_as_warrens() {
+        let mut table = FieldTable::default();
+        table.insert("a".into(), AMQPValue::ShortShortUInt(200));
+        table.insert("b".into(), AMQPValue::LongUInt(u32::MAX));
+        table.insert("c".into(), AMQPValue::ShortString("hi".into()));
+        table.insert("d".into(), AMQPValue::LongString(LongString::from(vec![0xff])));
+        let read = table_from_lapin(&table);
+        assert_eq!(read.get_i64("a"), Some(200));
+        assert_eq!(read.get_i64("b"), Some(i64::from(u32::MAX)));
+        assert_eq!(read.get_str("c"), Some("hi"));
+        assert_eq!(read.get("d"), Some(&HeaderValue::Bytes(vec![0xff])), "not text: bytes");
+    }
+
+    #[test]
+    fn plain_properties_and_envelopes_reach_lapin_whole() {
+        let plain = MessageProperties::default()
+            .with_message_id("m-1")
+            .with_correlation_id("c-1")
+            .with_kind("shop.v1.OrderPlaced")
+            .with_content_type("application/json")
+            .with_header("tenant", "eu")
+            .with_expiration_ms(500)
+            .with_priority(3)
+            .with_reply_to("amq.rabbitmq.reply-to")
+            .with_app_id("shop")
+            .with_user_id("guest")
+            .with_content_encoding("identity")
+            .with_timestamp(7)
+            .persistent();
+        assert_eq!(from_lapin(to_lapin(&Properties::from(plain.clone()))), plain);
+
+        let mut envelope = Envelope::new("shop.v1.OrderPlaced", WireFormat::Json, "abc", "shop");
+        envelope.headers = Some(Headers::new().with("tenant", "eu"));
+        let sent = from_lapin(to_lapin(&Properties::from(envelope.clone())));
+        assert_eq!(sent, envelope.to_plain(), "the fast path says what the plain form says");
+        assert_eq!(sent.headers.get_str(crate::envelope::SCHEMA), Some("abc"));
+    }
+}
