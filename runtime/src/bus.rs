@@ -466,6 +466,30 @@ impl Bus {
         }
     }
 
+    /// Forgets the queues of a subscriber that stopped, unless another subscriber of this bus still consumes
+    /// `queue`: its queue, dead-letter queue and retry queues are no longer declared again after a
+    /// reconnection, and are declared anew should a subscriber use them again. Without this, a bus that starts
+    /// and stops subscribers (temporary ones above all) would replay every queue it ever had.
+    pub(crate) fn forget_subscriber_queues(&self, queue: &str) {
+        if self.inner.metrics.queues().iter().any(|running| running == queue) {
+            return;
+        }
+        let dlq = format!("{queue}.dlq");
+        let retry_prefix = format!("{queue}.retry.");
+        let is_retry = |name: &str| {
+            name.strip_prefix(&retry_prefix).is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let mut forgotten = vec![queue.to_owned(), dlq.clone()];
+        self.inner.declared.lock().expect("declared set").retain(|name| {
+            let ours = name == queue || *name == dlq || is_retry(name);
+            if ours && is_retry(name) {
+                forgotten.push(name.clone());
+            }
+            !ours
+        });
+        self.inner.transport.forget_queues(&forgotten);
+    }
+
     /// Declares a queue (once per bus).
     pub(crate) async fn declare_queue(&self, queue: &str, options: QueueOptions) -> Result<()> {
         self.declare_once(queue, || self.inner.transport.declare_queue(queue, &options)).await

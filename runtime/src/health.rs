@@ -24,6 +24,14 @@ pub enum Health {
         /// Why the last attempt failed.
         last_error: String,
     },
+    /// Connected, but some of what this bus declared could not be declared again after a reconnection (a
+    /// queue that someone redeclared with other arguments, a permission taken away). Everything else was
+    /// recovered and works; this names what did not, with the broker's reply, until the next reconnection
+    /// declares everything again.
+    Degraded {
+        /// Each declaration that failed: what it was and why.
+        failed: Vec<String>,
+    },
     /// The bus was shut down or closed.
     Closed,
 }
@@ -31,6 +39,6 @@ pub enum Health {
 impl Health {
     /// Whether the bus can publish and consume right now.
     pub fn is_connected(&self) -> bool {
-        matches!(self, Health::Connected)
+        matches!(self, Health::Connected | Health::Degraded { .. })
     }
 }

@@ -754,6 +754,7 @@ struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         self.bus.inner.metrics.retire(&self.stats);
+        self.bus.forget_subscriber_queues(&self.stats.queue);
     }
 }
 

@@ -486,3 +486,75 @@ async fn quorum_queues_from_the_contract_always_carry_a_delivery_limit() {
     assert!(line.contains("x-delivery-limit") && line.contains("7"), "{line}");
     subscription.stop().await;
 }
+
+/// After a reconnection the bus declares again what it declared: a declaration the broker now refuses (here
+/// a queue someone redeclared with other arguments) is named in `health()`, and the rest is recovered; a
+/// stopped subscriber's temporary queue is not declared again.
+#[tokio::test]
+async fn a_refused_redeclaration_is_named_in_health_and_the_rest_recovers() {
+    use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    logs();
+    let h = Harness::rabbitmq().await;
+    let vhost = h.vhost().unwrap().to_owned();
+    let bus = h.bus("fault-replay").await;
+    bus.publish(&event(0)).await.unwrap_err(); // declares the exchange; nothing bound yet
+    let (temporary, _rx) = within(10, "a temporary subscriber", async {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let subscription = UserRegistered::subscribe(&bus, &unique("gone"))
+            .temporary()
+            .handle(move |event: UserRegistered, _| {
+                let _ = tx.send(event.user_id);
+                async { Ok::<_, HandlerError>(()) }
+            })
+            .await
+            .unwrap();
+        (subscription, rx)
+    })
+    .await;
+    let gone = temporary.queue().to_owned();
+    temporary.stop().await;
+    // A call declares the service's queue; nobody serves it.
+    let client = IntSummatorClient::new(&bus).with_timeout(Duration::from_millis(100));
+    client.int_sum(IntSumRequest { a: 1, b: 2 }).await.unwrap_err();
+
+    // Someone else redeclares that queue with other arguments.
+    let outsider = lapin::Connection::connect(h.url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = outsider.create_channel().await.unwrap();
+    let queue = IntSummatorClient::SERVICE.queue;
+    channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await.unwrap();
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(5));
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    channel.queue_declare(queue.into(), durable, arguments).await.unwrap();
+
+    let close_vhost = vhost.clone();
+    tokio::task::spawn_blocking(move || rabbitmqctl(&["close_all_connections", "-p", &close_vhost, "fault injection"]))
+        .await
+        .unwrap();
+    let failed = within(30, "health to name the refused queue", async {
+        loop {
+            if let Health::Degraded { failed } = bus.health() {
+                return failed;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].contains(&format!("queue \"{queue}\"")) && failed[0].contains("PRECONDITION_FAILED"),
+        "{failed:?}"
+    );
+    assert!(bus.health().is_connected(), "degraded, not down");
+
+    // The rest was recovered: the exchange is there, and a new subscriber gets events.
+    let (subscription, mut rx) = forwarding(&bus, &unique("after")).await;
+    bus.publish(&event(7)).await.unwrap();
+    assert_eq!(within(10, "an event after recovery", rx.recv()).await, Some(7));
+    // The stopped temporary subscriber's queue was not declared again.
+    let listed =
+        tokio::task::spawn_blocking(move || rabbitmqctl(&["list_queues", "-p", &vhost, "name"])).await.unwrap();
+    assert!(!listed.lines().any(|line| line.trim() == gone), "{gone} came back: {listed}");
+    subscription.stop().await;
+}

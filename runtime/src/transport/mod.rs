@@ -293,6 +293,13 @@ impl Transport {
         }
     }
 
+    /// Stops re-declaring `queues` after reconnections (the in-memory broker never reconnects).
+    pub(crate) fn forget_queues(&self, queues: &[String]) {
+        if let Transport::Amqp(amqp) = self {
+            amqp.forget_queues(queues);
+        }
+    }
+
     /// Publishes, re-sending after connection failures (over AMQP) within the bus's publish timeout.
     pub(crate) fn publish(
         &self,

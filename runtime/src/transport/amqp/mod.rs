@@ -246,6 +246,13 @@ impl Amqp {
         Ok(())
     }
 
+    /// Stops replaying `queues` (and their bindings) after reconnections: what they served has stopped.
+    pub(crate) fn forget_queues(&self, queues: &[String]) {
+        let mut topology = self.topology.lock().expect("topology");
+        topology.queues.retain(|(name, _)| !queues.contains(name));
+        topology.bindings.retain(|(queue, _, _)| !queues.contains(queue));
+    }
+
     pub(crate) async fn bind(&self, queue: &str, exchange: &str, key: &str) -> Result<()> {
         let channel = self.channel_on(false).await?;
         let result = bind_on(&channel, queue, exchange, key, self.timeout()).await;
@@ -573,17 +580,18 @@ async fn supervise(amqp: Weak<Amqp>, mut owner: watch::Receiver<Option<Link>>, m
             attempts += 1;
             let result = match connect_pair(&this.config, this.config.connect_timeout, Instant::now()).await {
                 Ok((publish, consume)) => match replay(&this, &publish).await {
-                    Ok(()) => Ok((publish, consume)),
+                    Ok(failed) => Ok((publish, consume, failed)),
                     Err(error) => Err(error.to_string()),
                 },
                 Err(error) => Err(error.to_string()),
             };
             match result {
-                Ok((publish, consume)) => {
+                Ok((publish, consume, failed)) => {
                     let generation = link.generation + 1;
                     let new = Link { generation, publish: Arc::new(publish), consume: Arc::new(consume) };
                     this.recoveries.fetch_add(1, Ordering::Relaxed);
-                    *this.health.lock().expect("health") = Health::Connected;
+                    *this.health.lock().expect("health") =
+                        if failed.is_empty() { Health::Connected } else { Health::Degraded { failed } };
                     this.link.send_replace(Some(new.clone()));
                     tracing::info!(attempts, after = ?started.elapsed(), "reconnected to RabbitMQ");
                     break new;
@@ -639,24 +647,43 @@ async fn wait_for_failure(link: &Link, owner: &mut watch::Receiver<Option<Link>>
 }
 
 /// Declares everything this bus declared before, on a new connection.
-async fn replay(amqp: &Amqp, connection: &Connection) -> Result<()> {
+/// Declares again everything this bus declared, on a new connection. One declaration the broker refuses does
+/// not stop the others: it is logged and returned, and the rest are declared on a fresh channel (a refusal
+/// closes its channel). Fails only when no channel can be opened.
+async fn replay(amqp: &Amqp, connection: &Connection) -> Result<Vec<String>> {
     let (exchanges, queues, bindings) = {
         let topology = amqp.topology.lock().expect("topology");
         (topology.exchanges.clone(), topology.queues.clone(), topology.bindings.clone())
     };
     let timeout = amqp.timeout();
-    let channel = open_channel(connection, timeout).await?;
+    let mut channel = open_channel(connection, timeout).await?;
+    let mut failed = Vec::new();
+    let mut refused = async |what: String, error: Error, channel: &mut Channel| -> Result<()> {
+        let error = amqp.config.redact(&error.to_string());
+        tracing::warn!(%error, "could not declare {what} again after reconnecting; recovering the rest");
+        failed.push(format!("{what}: {error}"));
+        close_quietly(channel).await;
+        *channel = open_channel(connection, timeout).await?;
+        Ok(())
+    };
     for exchange in &exchanges {
-        declare_exchange_on(&channel, exchange, timeout).await?;
+        if let Err(error) = declare_exchange_on(&channel, exchange, timeout).await {
+            refused(format!("exchange \"{}\"", exchange.name), error, &mut channel).await?;
+        }
     }
     for (queue, options) in &queues {
-        declare_queue_on(&channel, queue, options, timeout).await?;
+        if let Err(error) = declare_queue_on(&channel, queue, options, timeout).await {
+            refused(format!("queue \"{queue}\""), error, &mut channel).await?;
+        }
     }
     for (queue, exchange, key) in &bindings {
-        bind_on(&channel, queue, exchange, key, timeout).await?;
+        if let Err(error) = bind_on(&channel, queue, exchange, key, timeout).await {
+            refused(format!("binding of queue \"{queue}\" to \"{exchange}\" with \"{key}\""), error, &mut channel)
+                .await?;
+        }
     }
     close_quietly(&channel).await;
-    Ok(())
+    Ok(failed)
 }
 
 async fn declare_exchange_on(channel: &Channel, exchange: &ExchangeSpec, timeout: Duration) -> Result<()> {
