@@ -1209,6 +1209,9 @@ impl ::warren::__codegen::Inbound for BackgroundTask {
     fn fingerprint(type_name: &str) -> ::std::option::Option<&'static str> {
         ::warren::__codegen::fingerprint_of::<Self>(type_name)
     }
+    fn sole_type() -> ::std::option::Option<&'static str> {
+        ::std::option::Option::Some(<Self as ::warren::Payload>::TYPE_NAME)
+    }
     fn quorum() -> bool {
         true
     }

@@ -178,6 +178,11 @@ pub trait Inbound: Clone + Sized + Send + Sync + 'static {
     fn decode(type_name: &str, format: WireFormat, payload: &[u8]) -> Result<Self, DecodeError>;
     /// The schema fingerprint of accepted type `type_name`; `None` if the type is not accepted.
     fn fingerprint(type_name: &str) -> Option<&'static str>;
+    /// The one type accepted, when exactly one is (an event, a task): a delivery without a `type` property
+    /// (from a plain AMQP client) is read as this type. `None` for enums of several.
+    fn sole_type() -> Option<&'static str> {
+        None
+    }
     /// For tasks: the work queue all workers share, whatever their group. `None` for events.
     fn work_queue() -> Option<&'static str> {
         None
@@ -228,6 +233,10 @@ impl<E: Event> Inbound for E {
         E::SPEC.type_name
     }
 
+    fn sole_type() -> Option<&'static str> {
+        Some(E::SPEC.type_name)
+    }
+
     fn prioritized() -> bool {
         E::SPEC.priority.is_some()
     }
@@ -271,6 +280,10 @@ impl<T: Inbound> Inbound for std::sync::Arc<T> {
 
     fn fingerprint(type_name: &str) -> Option<&'static str> {
         T::fingerprint(type_name)
+    }
+
+    fn sole_type() -> Option<&'static str> {
+        T::sole_type()
     }
 
     fn work_queue() -> Option<&'static str> {

@@ -604,7 +604,8 @@ impl Worker {
         E: Into<HandlerError>,
     {
         let properties = &delivery.properties;
-        let type_name = properties.kind().unwrap_or_default();
+        // A plain AMQP client may send no `type`: on a queue for one type, the message is read as that type.
+        let type_name = properties.kind().filter(|kind| !kind.is_empty()).or(T::sole_type()).unwrap_or_default();
         let mut tracker = self.stats.delivered(type_name, last);
         if let Some(seen) = properties.schema()
             && let Some(own) = T::fingerprint(type_name)

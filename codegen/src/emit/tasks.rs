@@ -76,6 +76,10 @@ pub(super) fn emit(package: &Package) -> TokenStream {
                         ::warren::__codegen::fingerprint_of::<Self>(type_name)
                     }
 
+                    fn sole_type() -> ::std::option::Option<&'static str> {
+                        ::std::option::Option::Some(<Self as ::warren::Payload>::TYPE_NAME)
+                    }
+
                     fn quorum() -> bool {
                         #quorum
                     }

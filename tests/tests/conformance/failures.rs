@@ -170,7 +170,44 @@ trait DecodeFrom: prost::Message + Default {
 
 impl<M: prost::Message + Default> DecodeFrom for M {}
 
+/// What a plain AMQP client (any language) sends when it knows the queue but not Warren's envelope: no `type`
+/// property. A queue for one type reads it as that type (protobuf unless the content type says JSON); a
+/// subscriber of several types cannot tell, and dead-letters it.
+async fn a_message_without_a_type_is_read_as_the_one_type_its_queue_takes(h: &Harness) {
+    let bus = h.bus("untyped-test").await;
+    let (subscription, mut rx) = collect(UserRegistered::subscribe(&bus, &unique("untyped"))).await;
+    let body = prost::Message::encode_to_vec(&UserRegistered { user_id: 41, ..Default::default() });
+    bus.publish_bytes("", subscription.queue(), &body, MessageProperties::default()).await.unwrap();
+    let (event, ctx) = within(10, "the untyped message", rx.recv()).await.unwrap();
+    assert_eq!(event.user_id, 41);
+    assert_eq!(ctx.content_type(), None);
+    let json = br#"{"userId": "42"}"#;
+    bus.publish_bytes(
+        "",
+        subscription.queue(),
+        json,
+        MessageProperties::default().with_content_type("application/json"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(within(10, "the untyped JSON message", rx.recv()).await.unwrap().0.user_id, 42);
+    // Another type is still refused.
+    let other = MessageProperties::default().with_kind("gametrade.v1.ItemListed");
+    bus.publish_bytes("", subscription.queue(), &body, other).await.unwrap();
+    let dead = next_in(&bus, &format!("{}.dlq", subscription.queue())).await;
+    assert!(dead.header_str("x-warren-reason").unwrap().contains("gametrade.v1.ItemListed"));
+    subscription.stop().await;
+
+    let (several, _rx) =
+        collect(warren_contracts::gametrade::v1::GametradeEvents::subscribe(&bus, &unique("several"), "user.*")).await;
+    bus.publish_bytes("", several.queue(), &body, MessageProperties::default()).await.unwrap();
+    let dead = next_in(&bus, &format!("{}.dlq", several.queue())).await;
+    assert!(dead.header_str("x-warren-reason").unwrap().contains("no type property"), "{dead:?}");
+    several.stop().await;
+}
+
 warren_tests::on_both_transports!(
+    a_message_without_a_type_is_read_as_the_one_type_its_queue_takes,
     garbage_and_mistyped_messages_go_to_the_dead_letter_queue_at_once,
     a_failing_handler_is_retried_with_backoff_then_dead_lettered_with_its_history,
     a_panicking_handler_counts_as_a_failure_and_the_consumer_goes_on,
