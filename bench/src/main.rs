@@ -4,11 +4,13 @@
 //! Each RabbitMQ workload runs for Warren and for a raw-lapin baseline written with best practice
 //! (`raw.rs`), alternating the two sides round by round (A B A B …), and reports each side's median, the ratio
 //! Warren / raw, and the client CPU per message. The in-memory workload (W9) has no baseline. Absolute numbers
-//! depend on the machine; the ratios, measured in one run, are the claim.
+//! depend on the machine; the ratios, measured in one run, are the claim. The RabbitMQ workloads run in a vhost
+//! of their own (`vhost.rs`), made with `rabbitmqctl` for the run and deleted at its end.
 
 mod measure;
 mod memory;
 mod raw;
+mod vhost;
 mod workloads;
 
 use std::time::Duration;
@@ -82,7 +84,9 @@ const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…]
   --messages N     with --profile: N messages (W7, fan-out, fan-out-shared: N publishes) rather than the usual
                    size (one: 20,000, the fan-outs: 5,000, W1–W8: the --quick size), so that a sampling
                    profiler sees the workload rather than its setup
-  --payload 1024   with --profile W1–W8: payloads of that many bytes rather than 100";
+  --payload 1024   with --profile W1–W8: payloads of that many bytes rather than 100
+The RabbitMQ workloads (W1–W8) run in a vhost of their own on RABBITMQ_URL's broker (default: the local one),
+made with rabbitmqctl for the run and deleted at its end: run them on the broker's host.";
 
 /// The number after option `name`, within `range`.
 fn in_range(name: &str, value: Option<String>, range: std::ops::RangeInclusive<u64>) -> Result<u64, String> {
@@ -292,12 +296,46 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let url = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| warren::DEFAULT_URL.to_owned());
+    let base = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| warren::DEFAULT_URL.to_owned());
     if args.warrens_envelope {
         raw::send_warrens_envelope();
     }
+    // `--memory` (`--only W9`) and the in-memory profiles need no broker, and so no vhost.
+    let uses_rabbitmq = match &args.profile {
+        Some(name) => rabbitmq(name).is_some(),
+        None => RABBITMQ.iter().any(|spec| args.runs(spec.name)),
+    };
+    let vhost = if uses_rabbitmq {
+        match private_vhost(&base).await {
+            Ok(vhost) => Some(vhost),
+            Err(problem) => {
+                eprintln!("warren-bench: {problem}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let url = vhost.as_ref().map_or(base, |vhost| vhost.url().to_owned());
+    let code = tokio::select! {
+        code = run(&args, url, uses_rabbitmq) => code,
+        Ok(()) = tokio::signal::ctrl_c() => {
+            // Tasks of the workload cut short may still run, and panic when the vhost goes: not worth a word.
+            std::panic::set_hook(Box::new(|_| {}));
+            let deleting = vhost.as_ref().map(|vhost| format!("; deleting vhost {}", vhost.name()));
+            eprintln!("warren-bench: interrupted{}", deleting.unwrap_or_default());
+            std::process::ExitCode::from(130)
+        }
+    };
+    // Dropping the vhost deletes it, also when a workload panics (the panic unwinds through here).
+    drop(vhost);
+    code
+}
+
+/// Runs what `args` asks for, on the broker at `url` (or in memory).
+async fn run(args: &Args, url: String, uses_rabbitmq: bool) -> std::process::ExitCode {
     if let Some(name) = &args.profile {
-        profile(name, if args.raw { Side::Raw } else { Side::Warren }, url, &args).await;
+        profile(name, if args.raw { Side::Raw } else { Side::Warren }, url, args).await;
         return std::process::ExitCode::SUCCESS;
     }
     let scale = if args.quick { QUICK } else { FULL };
@@ -316,8 +354,7 @@ async fn main() -> std::process::ExitCode {
         "| workload | payload | Warren | raw lapin | Warren / raw | CPU/msg Warren | CPU/msg raw | switches/msg | goal |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
-    // `--memory` (`--only W9`) needs no broker.
-    let sizes: &[usize] = if RABBITMQ.iter().any(|spec| args.runs(spec.name)) { scale.sizes } else { &[] };
+    let sizes: &[usize] = if uses_rabbitmq { scale.sizes } else { &[] };
     for &size in sizes {
         for spec in RABBITMQ.iter().filter(|spec| args.runs(spec.name)) {
             let env = Env { url: url.clone(), n: (spec.messages)(&scale), size };
@@ -341,6 +378,31 @@ async fn main() -> std::process::ExitCode {
         memory_row("W9 … 10 `shared()` subscribers (one `Arc` value)", n, shared, "events/s", Some(300_000));
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// Makes the run's vhost on the broker at `base` (see `vhost.rs`), checks that it can be reached there, and says
+/// which it is.
+async fn private_vhost(base: &str) -> Result<vhost::Vhost, String> {
+    let redacted = |url: &str| warren::BusConfig::new(url).map(|config| config.redacted_url());
+    redacted(base).map_err(|error| format!("RABBITMQ_URL: {error}"))?;
+    let base = base.to_owned();
+    let vhost = tokio::task::spawn_blocking(move || vhost::Vhost::create(&base)).await.map_err(|e| e.to_string())??;
+    let shown = redacted(vhost.url()).map_err(|error| format!("the vhost's URL: {error}"))?;
+    match lapin::Connection::connect(vhost.url(), lapin::ConnectionProperties::default()).await {
+        Ok(connection) => {
+            let _ = connection.close(200, "checked".into()).await;
+        }
+        Err(error) => {
+            return Err(format!(
+                "rabbitmqctl made vhost {} but the broker does not let the benchmark in at {shown} ({error}): is \
+                 RabbitMQ running there, and is it the node rabbitmqctl manages? Run the benchmark on the broker's \
+                 host.",
+                vhost.name()
+            ));
+        }
+    }
+    println!("RabbitMQ workloads run in vhost {} ({shown}), made for this run and deleted at its end.", vhost.name());
+    Ok(vhost)
 }
 
 /// Runs `spec` for both sides, alternating, and prints its row.

@@ -40,8 +40,9 @@ pub(crate) async fn channel(connection: &Connection, confirms: bool) -> Channel 
     channel
 }
 
-/// How long a benchmark queue outlives its last use. Workloads delete their queues; this is for a run that was
-/// interrupted, whose queues would otherwise keep collecting every later run's messages (and slow the broker).
+/// How long a benchmark queue outlives its last use. Workloads delete their queues, and the run's vhost goes at
+/// its end; this is for a run killed outright, whose vhost stays behind, so that its queues do not keep their
+/// messages (and the broker's memory) until someone deletes it.
 const QUEUE_EXPIRY_MS: u32 = 120_000;
 
 /// Declares `queue` and binds it to `exchange` with `user.registered` (the topology, not timed).
