@@ -3,9 +3,10 @@
 //!
 //! Each RabbitMQ workload runs for Warren and for a raw-lapin baseline written with best practice
 //! (`raw.rs`), alternating the two sides round by round (A B A B …), and reports each side's median, the ratio
-//! Warren / raw, and the client CPU per message. The in-memory workload (W9) has no baseline. Absolute numbers
-//! depend on the machine; the ratios, measured in one run, are the claim. The RabbitMQ workloads run in a vhost
-//! of their own (`vhost.rs`), made with `rabbitmqctl` for the run and deleted at its end.
+//! Warren / raw, and the client CPU per message. The in-memory workload (W9) does the same against a plain tokio
+//! channel carrying the same events, prost-encoded (`memory.rs`). Absolute numbers depend on the machine; the
+//! ratios, measured in one run, are the claim. The RabbitMQ workloads run in a vhost of their own (`vhost.rs`),
+//! made with `rabbitmqctl` for the run and deleted at its end.
 
 mod measure;
 mod memory;
@@ -80,7 +81,8 @@ const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…]
                    persistence, as a hand-written service would) or warren (Warren's whole envelope: also
                    app id, timestamp and the schema header; the same bytes as Warren's)
   --profile NAME   run one workload once and exit, for a profiler: one, fan-out, fan-out-shared (W9, in memory) or W1–W8
-                   (Warren's side, 100 B, the --quick size; with --raw, the raw-lapin side)
+                   (Warren's side, 100 B, the --quick size; with --raw, the raw-lapin side, or for W9 the
+                   tokio-channel baseline)
   --messages N     with --profile: N messages (W7, fan-out, fan-out-shared: N publishes) rather than the usual
                    size (one: 20,000, the fan-outs: 5,000, W1–W8: the --quick size), so that a sampling
                    profiler sees the workload rather than its setup
@@ -260,14 +262,22 @@ async fn profile(name: &str, side: Side, url: String, args: &Args) {
     let run = match name {
         "ONE" => {
             let n = args.messages.unwrap_or(20_000);
-            let took = memory::in_memory_one_subscriber(n).await;
-            return println!("one: {}/s", thousands(n as f64 / took.as_secs_f64()));
+            match side {
+                Side::Warren => memory::in_memory_one_subscriber(n).await,
+                Side::Raw => memory::channel_one_subscriber(n).await,
+            }
         }
         "FAN-OUT" | "FAN-OUT-SHARED" => {
             let values = if name == "FAN-OUT" { Values::Owned } else { Values::Shared };
             let n = args.messages.unwrap_or(5_000);
-            let took = memory::in_memory_fan_out(n, 10, values).await;
-            return println!("{name}: {} deliveries/s", thousands((n * 10) as f64 / took.as_secs_f64()));
+            let run = match side {
+                Side::Warren => memory::in_memory_fan_out(n, 10, values).await,
+                Side::Raw => memory::channel_fan_out(n, 10).await,
+            };
+            return println!(
+                "{name} {side:?}: {} deliveries/s",
+                thousands((n * 10) as f64 / run.elapsed.as_secs_f64())
+            );
         }
         id => {
             let spec = rabbitmq(id).expect("names are checked when parsed");
@@ -363,19 +373,26 @@ async fn run(args: &Args, url: String, uses_rabbitmq: bool) -> std::process::Exi
     }
     if args.runs("W9 ") {
         // In memory a round takes about a second, and the machine's speed drifts over seconds: more rounds, with
-        // the three variants taking turns (as the two sides do above), so a slow spell hits each a little.
+        // the variants and their baselines taking turns (as the two sides do above), so a slow spell hits each a
+        // little. The baseline of the `shared()` subscribers is the fan-out's: the same events to ten tasks.
         let rounds = scale.rounds.max(9);
         let n = scale.memory_fan_out;
-        let (mut one, mut fan, mut shared) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut one, mut one_raw) = (Vec::new(), Vec::new());
+        let (mut fan, mut fan_raw, mut shared) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             one.push(memory::in_memory_one_subscriber(scale.memory_one).await);
+            one_raw.push(memory::channel_one_subscriber(scale.memory_one).await);
             fan.push(memory::in_memory_fan_out(n, 10, Values::Owned).await);
+            fan_raw.push(memory::channel_fan_out(n, 10).await);
             shared.push(memory::in_memory_fan_out(n, 10, Values::Shared).await);
         }
-        memory_row("W9 in-memory publish → handler, 1 subscriber", scale.memory_one, one, "events/s", Some(1_000_000));
-        memory_row("W9 in-memory topic exchange → 10 subscribers", n, fan.clone(), "events/s", Some(300_000));
-        memory_row("W9 … the same, counted per delivery", n * 10, fan, "deliveries/s", None);
-        memory_row("W9 … 10 `shared()` subscribers (one `Arc` value)", n, shared, "events/s", Some(300_000));
+        let goal = Some(0.5);
+        let one_name = "W9 in-memory publish → handler, 1 subscriber (raw: tokio `mpsc`, 256)";
+        memory_row(one_name, 1, &one, &one_raw, "events/s", goal);
+        let fan_name = "W9 in-memory topic exchange → 10 subscribers (raw: tokio `broadcast`)";
+        memory_row(fan_name, 1, &fan, &fan_raw, "events/s", goal);
+        memory_row("W9 … the same, counted per delivery", 10, &fan, &fan_raw, "deliveries/s", None);
+        memory_row("W9 … 10 `shared()` subscribers (one `Arc` value)", 1, &shared, &fan_raw, "events/s", goal);
     }
     std::process::ExitCode::SUCCESS
 }
@@ -443,20 +460,32 @@ async fn compare(spec: &Spec, env: &Env, rounds: usize) {
     );
 }
 
-/// Prints a W9 row: the median rate of `runs` (each the time for `messages`, in `unit`), its range, and the goal
-/// if any.
-fn memory_row(name: &str, messages: u64, mut runs: Vec<Duration>, unit: &str, goal: Option<u64>) {
-    runs.sort();
-    let rate = |took: Duration| messages as f64 / took.as_secs_f64();
-    let (median, slowest, fastest) = (rate(runs[runs.len() / 2]), rate(runs[runs.len() - 1]), rate(runs[0]));
+/// Prints a W9 row: for Warren's `runs` and the baseline's `raw` (each of a number of events), each side's median
+/// rate in `unit` (`per_event` of them an event) and its range, the ratio of the medians, client CPU and context
+/// switches per `unit`, and the goal if any (Warren's median at least that fraction of the baseline's).
+fn memory_row(name: &str, per_event: u64, runs: &[Run], raw: &[Run], unit: &str, goal: Option<f64>) {
+    let rate = |run: &Run| run.rate() * per_event as f64;
+    let show = |runs: &[Run]| {
+        let mut rates: Vec<f64> = runs.iter().map(rate).collect();
+        rates.sort_by(f64::total_cmp);
+        let (slowest, fastest) = (rates[0], rates[rates.len() - 1]);
+        let median = median(runs.to_vec());
+        (median, format!("{} {unit} (range {}–{})", thousands(rate(&median)), thousands(slowest), thousands(fastest)))
+    };
+    let ((w, shown_w), (r, shown_r)) = (show(runs), show(raw));
+    let ratio = rate(&w) / rate(&r);
     let goal = match goal {
-        Some(goal) => format!("≥ {} {}", thousands(goal as f64), if median >= goal as f64 { "✔" } else { "✘" }),
+        Some(min) => format!("≥ {min}× {}", if ratio >= min { "✔" } else { "✘" }),
         None => "—".to_owned(),
     };
+    let per_delivery = |run: &Run| {
+        let deliveries = (run.messages * per_event) as f64;
+        (run.cpu.as_secs_f64() * 1e6 / deliveries, run.switches as f64 / deliveries)
+    };
+    let ((cpu_w, switches_w), (cpu_r, switches_r)) = (per_delivery(&w), per_delivery(&r));
+    let bytes = prost::Message::encoded_len(&memory::event(w.messages - 1));
     println!(
-        "| {name} | 100 B | {} {unit} (range {}–{}) | — | — | — | — | — | {goal} |",
-        thousands(median),
-        thousands(slowest),
-        thousands(fastest),
+        "| {name} | {bytes} B | {shown_w} | {shown_r} | {ratio:.2} | {cpu_w:.2} µs | {cpu_r:.2} µs | \
+         {switches_w:.3} / {switches_r:.3} | {goal} |"
     );
 }
