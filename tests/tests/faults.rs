@@ -558,3 +558,40 @@ async fn a_refused_redeclaration_is_named_in_health_and_the_rest_recovers() {
     assert!(!listed.lines().any(|line| line.trim() == gone), "{gone} came back: {listed}");
     subscription.stop().await;
 }
+
+/// A publish polled until it waits for its confirm, and then held without being polled (a `select!` branch
+/// switched off, say), must not hold back the other publishes on its channel. The relay holds the broker's
+/// confirms back until every publish waits, so the held one is the last to have polled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_held_unpolled_holds_back_no_other_publish() {
+    logs();
+    let h = Harness::rabbitmq().await;
+    let (relay, url) = Relay::in_front_of(h.url());
+    let bus = h.bus_with(BusConfig::new(&url).unwrap().service_name("fault-held")).await;
+    let (subscription, _rx) = forwarding(&bus, "held").await;
+    bus.publish(&event(0)).await.expect("published before the freeze");
+
+    relay.freeze(true);
+    let others = tokio::spawn({
+        let bus = bus.clone();
+        async move {
+            let events: Vec<UserRegistered> = (1..=200).map(event).collect();
+            futures_util::future::join_all(events.iter().map(|e| bus.publish(e))).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await; // the others wait for their confirms
+    let held_event = event(-1);
+    let mut held = std::pin::pin!(bus.publish(&held_event));
+    for _ in 0..5 {
+        let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(held.as_mut().poll(cx))).await;
+        assert!(polled.is_pending(), "nothing is confirmed while the relay is frozen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.freeze(false);
+    let started = Instant::now();
+    let results = within(10, "the other publishes, with one held unpolled", others).await.unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "they took {:?}", started.elapsed());
+    within(10, "the held publish, polled again", held).await.unwrap();
+    subscription.stop().await;
+}

@@ -26,17 +26,15 @@
 //! Message ids must be distinct among the publishes in flight on a channel; Warren's are. A message whose id is
 //! not of Warren's form (36 characters) is judged by the return, if any, that lapin pairs with it.
 //!
-//! No task of its own drives the confirms: the publishes waiting take turns. The last one to poll the confirms
-//! in flight is woken when one completes, decides every outcome that is ready, wakes their publishes, and hands
-//! the turn on when it leaves. A publish alone in flight (a caller awaiting each one) is woken as often as it was by
-//! lapin directly. The confirms in flight are polled only when lapin wakes them; the wakers put them on a list
-//! under a lock, so that after a sync, taking the list takes every confirm lapin completed before it.
-//!
-//! The turn has a cost: a publish future that was polled and is then held without being polled or dropped (a
-//! `select!` branch switched off, say) may hold the turn, and the other publishes on its channel then learn
-//! their outcomes when another publish polls, or fail at their deadline and are sent again. Waking each publish
-//! when its own confirm completes would remove that, at 1,300 instructions a publish (W2, callgrind) and
-//! visibly more client CPU; not done.
+//! Who drives the confirms in flight (polls them when lapin wakes them, syncs, decides, wakes the publishes
+//! decided) depends on how many publishes wait. A publish alone (a caller awaiting each one, the common case of a
+//! service) drives its own: lapin wakes its task directly, as it would without Warren. As soon as a second
+//! publish waits, the channel's watchdog task drives them all, until a publish finds itself alone again. So no
+//! publish's outcome depends on another publish's future being polled: one polled and then held without being
+//! polled or dropped (a `select!` branch switched off, say) delays nobody but itself. The confirms in flight are
+//! polled only when lapin wakes them; the wakers put them on a list under a lock, so that after a sync, taking the
+//! list takes every confirm lapin completed before it. (Until December 2026 the publishes waiting took turns
+//! driving instead, and a held one could keep the others' outcomes until their deadline.)
 //!
 //! Publishes are handed to lapin in batches. lapin's I/O thread writes whatever is queued each time it wakes,
 //! and every publish handed over wakes it. Handed over one at a time, each at its first poll, Warren's
@@ -50,9 +48,9 @@
 //! being polled is handed over by the next publish that hands any over, or when it is dropped; its deadline runs
 //! meanwhile.
 //!
-//! Deadlines are the one thing a task of this module's keeps: a watchdog per channel, sleeping until the
-//! earliest deadline of the publishes waiting (see [`Confirms::publish`]). A publish whose deadline passes is
-//! told so whoever holds the turn, and its confirm, should it come, is decided with the others.
+//! The watchdog, one task per channel, also keeps the deadlines, sleeping until the earliest deadline of the
+//! publishes waiting (see [`Confirms::publish`]). A publish whose deadline passes is told so whoever drives, and
+//! its confirm, should it come, is decided with the others.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -128,18 +126,26 @@ impl From<Confirmation> for Confirmed {
 
 /// The confirm side of a channel in confirm mode.
 pub(crate) struct Confirms {
-    channel: Arc<Channel>,
-    /// Publishes registered but not yet handed to lapin, in registration order. Held while handing them over
-    /// and putting them in flight, so that lapin numbers them in the order it queues them.
-    unsent: Mutex<Vec<Waiting>>,
     /// Shared with the watchdog, which holds it weakly.
-    state: Arc<Mutex<State>>,
-    /// Tells the watchdog to look again: a deadline earlier than its timer's was registered, or (once `state`
-    /// is dropped, so declared after it) this is dropped.
+    shared: Arc<Shared>,
+    /// Tells the watchdog to look at the deadlines again: one earlier than its timer's was registered, or
+    /// (once `shared` is dropped, so declared after it) this is dropped.
     alarm: Alarm,
 }
 
-/// Wakes the watchdog; when dropped, to find its state gone and end.
+/// What a channel's publishes and its watchdog share.
+struct Shared {
+    /// Publishes registered but not yet handed to lapin, in registration order. Held while handing them over
+    /// and putting them in flight, so that lapin numbers them in the order it queues them.
+    unsent: Mutex<Vec<Waiting>>,
+    state: Mutex<State>,
+    /// Returns once lapin has finished the ack frames it began (see the module's docs).
+    sync: Box<dyn Fn() + Send + Sync>,
+    /// Wakes the watchdog to drive the confirms (see [`Driver`]); the watchdog waits for it.
+    nudged: Arc<tokio::sync::Notify>,
+}
+
+/// Wakes the watchdog, to look at the deadlines again or to find its channel gone; when dropped, to end.
 struct Alarm(Arc<tokio::sync::Notify>);
 
 impl Drop for Alarm {
@@ -147,6 +153,32 @@ impl Drop for Alarm {
         self.0.notify_one();
     }
 }
+
+/// The waker the watchdog drives the confirms with: a nudge.
+struct Nudge(Arc<tokio::sync::Notify>);
+
+impl std::task::Wake for Nudge {
+    fn wake(self: Arc<Self>) {
+        self.0.notify_one();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.notify_one();
+    }
+}
+
+/// Who polls the confirms in flight, and is woken when one completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Driver {
+    /// The channel's watchdog: whenever more than one publish waits.
+    #[default]
+    Watchdog,
+    /// This publish, alone when it last looked.
+    Publish(u64),
+}
+
+/// No publish: decided publishes are all woken.
+const NOBODY: u64 = u64::MAX;
 
 #[derive(Default)]
 struct State {
@@ -160,8 +192,10 @@ struct State {
     collections: u64,
     /// Message ids returned whose own confirm has not completed yet.
     returned: HashMap<MessageId, u32>,
-    /// The publish whose task polled `in_flight` last: the one woken when a confirm completes.
-    driver: Option<u64>,
+    /// Who polls `in_flight` and is woken when a confirm completes.
+    driver: Driver,
+    /// The watchdog's waker, registered with `in_flight` while it drives (`None` in unit tests of the state).
+    nudge: Option<Waker>,
     /// When the watchdog's timer fires; `None` while it has no publish to watch.
     armed: Option<Instant>,
     /// The watchdog task, spawned by the first publish; spawned again by the next publish should it have ended
@@ -274,8 +308,8 @@ impl InFlight {
 
     /// Polls every publish woken so far and hands those completed to `completed`; `cx` is woken when another
     /// publish is.
-    fn completed(&mut self, cx: &mut Context<'_>, mut completed: impl FnMut(u64, lapin::Result<Confirmed>)) {
-        self.woken.driver.register(cx.waker());
+    fn completed(&mut self, waker: &Waker, mut completed: impl FnMut(u64, lapin::Result<Confirmed>)) {
+        self.woken.driver.register(waker);
         std::mem::swap(&mut *self.woken.slots.lock().unwrap_or_else(PoisonError::into_inner), &mut self.taking);
         for slot in self.taking.drain(..) {
             // A slot may be listed twice, or woken late for a publish it held before: polling it again is harmless.
@@ -294,16 +328,21 @@ impl Confirms {
     /// The confirm side of `channel`, which must be in confirm mode. Its watchdog (see [`Confirms::publish`])
     /// is spawned by the first publish, on that publish's runtime, and ends when this is dropped.
     pub(crate) fn new(channel: Arc<Channel>) -> Confirms {
-        Confirms { channel, unsent: Mutex::default(), state: Arc::default(), alarm: Alarm(Arc::default()) }
+        // lapin completes an ack frame's confirms under its confirm lock, which `wait_for_confirms` takes first
+        // thing: once it has it, the frames begun so far are finished.
+        Confirms::with_sync(Box::new(move || {
+            let _ = channel.wait_for_confirms().now_or_never();
+        }))
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The publishes not yet handed to lapin; taken before [`Confirms::state`] when both are.
-    fn unsent(&self) -> MutexGuard<'_, Vec<Waiting>> {
-        self.unsent.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Confirms that sync with lapin through `sync`.
+    fn with_sync(sync: Box<dyn Fn() + Send + Sync>) -> Confirms {
+        let nudged = Arc::new(tokio::sync::Notify::new());
+        let nudge = Waker::from(Arc::new(Nudge(Arc::clone(&nudged))));
+        let state = State { nudge: Some(nudge.clone()), ..State::default() };
+        state.in_flight.woken.driver.register(&nudge);
+        let shared = Shared { unsent: Mutex::default(), state: Mutex::new(state), sync, nudged };
+        Confirms { shared: Arc::new(shared), alarm: Alarm(Arc::default()) }
     }
 
     /// Sends a publish (`sending`, not yet polled: lapin numbers the publish and queues its frames in its first
@@ -317,29 +356,43 @@ impl Confirms {
     /// later than that (the default publish timeout is 30 s) registers without a wake-up, whether it comes
     /// alone or among many.
     pub(crate) async fn publish(&self, id: Option<MessageId>, sending: Sending, deadline: Instant) -> Outcome {
+        let shared = &*self.shared;
         let (number, alone) = {
-            let mut unsent = self.unsent();
-            let mut state = self.state();
-            keep_watch(&mut state, &self.state, &self.alarm.0);
+            let mut unsent = shared.unsent();
+            let mut state = shared.state();
+            keep_watch(&mut state, &self.shared, &self.alarm.0);
             let (number, look_again) = state.register(id, deadline);
             if look_again {
                 self.alarm.0.notify_one();
+            }
+            if state.waiting.len() > 1 {
+                state.hand_to_watchdog();
             }
             let alone = unsent.is_empty() && state.in_flight.is_empty();
             unsent.push(Waiting { number, sending });
             (number, alone || unsent.len() >= BATCH)
         };
-        let mut waiting = Awaiting { confirms: self, number, decided: false };
+        let mut waiting = Awaiting { shared, number, decided: false };
         if !alone {
             yield_once().await; // the publishes ready beside it register meanwhile (see the module's docs)
         }
-        self.send_unsent();
+        shared.send_unsent();
         poll_fn(|cx| waiting.poll(cx)).await
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The publishes not yet handed to lapin; taken before [`Shared::state`] when both are.
+    fn unsent(&self) -> MutexGuard<'_, Vec<Waiting>> {
+        self.unsent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Hands every publish registered so far to lapin and puts them in flight; false if there was none. Each is
-    /// then polled by the next [`InFlight::completed`]: its own publish's, at the latest, which follows its call
-    /// of this.
+    /// then polled by whoever drives, woken by the slot's waker.
     fn send_unsent(&self) -> bool {
         let mut unsent = self.unsent();
         if unsent.is_empty() {
@@ -364,7 +417,8 @@ impl Confirms {
         true
     }
 
-    /// The outcome of publish `number` once decided; meanwhile drives the confirms in flight.
+    /// The outcome of publish `number` once decided. A publish alone drives the confirms itself meanwhile;
+    /// with others waiting, the watchdog does.
     fn poll_outcome(&self, number: u64, cx: &mut Context<'_>) -> Poll<Outcome> {
         let mut state = self.state();
         if let Some(outcome) = state.take(number) {
@@ -375,33 +429,71 @@ impl Confirms {
         {
             slot.waker = Some(cx.waker().clone());
         }
-        state.driver = Some(number);
-        state.collect(cx);
-        // A confirm is decided only after lapin has finished the ack frame that completed it; collecting after
-        // a sync may take confirms of a frame lapin is still completing, which wait for the next sync.
+        if state.waiting.len() > 1 {
+            // The watchdog decides; this poll only polls the publishes just handed to lapin (the slot's waker
+            // must be registered with lapin's confirm), registering the watchdog to be woken when one
+            // completes, and wakes it should one have completed already.
+            state.hand_to_watchdog();
+            if let Some(nudge) = state.nudge.clone() {
+                state.collect(&nudge);
+                if !state.done.is_empty() {
+                    nudge.wake_by_ref();
+                }
+            }
+            return match state.take(number) {
+                Some(outcome) => Poll::Ready(outcome),
+                None => Poll::Pending,
+            };
+        }
+        state.driver = Driver::Publish(number);
+        state.collect(cx.waker());
+        let mut state = self.settle(state, Driver::Publish(number), cx.waker());
+        match state.take(number) {
+            Some(outcome) => Poll::Ready(outcome),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Decides the confirms collected so far, for `driver` (the publish driving, or the watchdog), whose waker
+    /// `waker` is. A confirm is decided only after lapin has finished the ack frame that completed it;
+    /// collecting after a sync may take confirms of a frame lapin is still completing, which wait for the next
+    /// sync. Stops when another takes over driving meanwhile: it decides them.
+    fn settle<'a>(&'a self, mut state: MutexGuard<'a, State>, driver: Driver, waker: &Waker) -> MutexGuard<'a, State> {
+        let me = match driver {
+            Driver::Publish(number) => number,
+            Driver::Watchdog => NOBODY,
+        };
         for _ in 0..SYNCS_PER_POLL {
             if state.done.is_empty() {
                 break;
             }
             let collected = state.collections;
             drop(state);
-            // lapin completes an ack frame's confirms under its confirm lock, which `wait_for_confirms` takes
-            // first thing: once it has it, the frames begun so far are finished. Once `unsent` is free, every
-            // publish handed to lapin so far is in `in_flight`.
-            let _ = self.channel.wait_for_confirms().now_or_never();
+            (self.sync)();
+            // Once `unsent` is free, every publish handed to lapin so far is in `in_flight`.
             drop(self.unsent());
             state = self.state();
-            state.driver = Some(number);
-            state.collect(cx);
-            state.decide(collected, number);
+            if state.driver != driver {
+                return state;
+            }
+            state.collect(waker);
+            state.decide(collected, me);
         }
         if !state.done.is_empty() {
-            cx.waker().wake_by_ref(); // confirms keep completing: the rest on this task's next turn
+            waker.wake_by_ref(); // confirms keep completing: the rest on the driver's next turn
         }
-        match state.take(number) {
-            Some(outcome) => Poll::Ready(outcome),
-            None => Poll::Pending,
+        state
+    }
+
+    /// The watchdog's turn at the confirms, when it drives them.
+    fn drive(&self) {
+        let mut state = self.state();
+        if state.driver != Driver::Watchdog {
+            return;
         }
+        let Some(nudge) = state.nudge.clone() else { return };
+        state.collect(&nudge);
+        drop(self.settle(state, Driver::Watchdog, &nudge));
     }
 
     /// Publish `number`'s future was dropped before it took its outcome (see [`State::abandon`]). One not yet
@@ -412,7 +504,7 @@ impl Confirms {
         let handed_over = unsent && self.send_unsent();
         let mut state = self.state();
         if handed_over {
-            state.in_flight.woken.driver.wake(); // the driver, if any, polls them; this publish will not
+            state.in_flight.woken.driver.wake(); // whoever drives polls them; this publish will not
         }
         state.abandon(number);
     }
@@ -432,12 +524,12 @@ impl State {
         (number, look_again)
     }
 
-    /// Moves the confirms completed so far to `done`, counting the returns they carry, and registers `cx` to
-    /// be woken when the next one completes.
-    fn collect(&mut self, cx: &mut Context<'_>) {
+    /// Moves the confirms completed so far to `done`, counting the returns they carry, and registers `waker`
+    /// to be woken when the next one completes.
+    fn collect(&mut self, waker: &Waker) {
         self.collections += 1;
         let (returned, done, collection) = (&mut self.returned, &mut self.done, self.collections);
-        self.in_flight.completed(cx, |number, confirmed| {
+        self.in_flight.completed(waker, |number, confirmed| {
             let anonymous_return = match &confirmed {
                 Ok(Confirmed { returned: Returned::Id(id), .. }) => {
                     *returned.entry(*id).or_default() += 1;
@@ -539,15 +631,24 @@ impl State {
         self.hand_on(number);
     }
 
-    /// When publish `number` leaves and was the driver, wakes another waiting publish to take the turn.
-    /// The one woken becomes the driver until it polls: should it leave first, it hands the turn on in turn.
+    /// When publish `number` leaves and was driving, the watchdog drives whatever is left.
     fn hand_on(&mut self, number: u64) {
-        if self.driver == Some(number) {
-            self.driver = None;
-            let next = self.waiting.iter_mut().find_map(|(number, slot)| Some((*number, slot.waker.take()?)));
-            if let Some((next, waker)) = next {
-                self.driver = Some(next);
-                waker.wake();
+        if self.driver == Driver::Publish(number) && (!self.waiting.is_empty() || !self.in_flight.is_empty()) {
+            self.hand_to_watchdog();
+        }
+    }
+
+    /// The watchdog drives the confirms from now on: it is the one woken when one completes, and is woken now
+    /// should any have completed while a publish drove (its wake-up may not lead to a poll).
+    fn hand_to_watchdog(&mut self) {
+        if self.driver == Driver::Watchdog {
+            return;
+        }
+        self.driver = Driver::Watchdog;
+        if let Some(nudge) = &self.nudge {
+            self.in_flight.woken.driver.register(nudge);
+            if !self.in_flight.is_empty() || !self.done.is_empty() {
+                nudge.wake_by_ref();
             }
         }
     }
@@ -555,14 +656,14 @@ impl State {
 
 /// Waits for one publish's outcome; stops waiting (handing the turn on) when dropped first.
 struct Awaiting<'a> {
-    confirms: &'a Confirms,
+    shared: &'a Shared,
     number: u64,
     decided: bool,
 }
 
 impl Awaiting<'_> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let outcome = std::task::ready!(self.confirms.poll_outcome(self.number, cx));
+        let outcome = std::task::ready!(self.shared.poll_outcome(self.number, cx));
         self.decided = true;
         Poll::Ready(outcome)
     }
@@ -571,16 +672,17 @@ impl Awaiting<'_> {
 impl Drop for Awaiting<'_> {
     fn drop(&mut self) {
         if !self.decided {
-            self.confirms.abandon(self.number);
+            self.shared.abandon(self.number);
         }
     }
 }
 
-/// Spawns the watchdog of `shared` (whose lock `state` is) on the current runtime unless it is running. One
+/// Spawns the watchdog of `shared` (whose state `state` is) on the current runtime unless it is running. One
 /// atomic load when it is: a publish pays no more for the check.
-fn keep_watch(state: &mut State, shared: &Arc<Mutex<State>>, alarm: &Arc<tokio::sync::Notify>) {
+fn keep_watch(state: &mut State, shared: &Arc<Shared>, alarm: &Arc<tokio::sync::Notify>) {
     if state.watchdog.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
-        state.watchdog = Some(tokio::spawn(watch(Arc::downgrade(shared), Arc::clone(alarm))));
+        let nudged = Arc::clone(&shared.nudged);
+        state.watchdog = Some(tokio::spawn(watch(Arc::downgrade(shared), Arc::clone(alarm), nudged)));
     }
 }
 
@@ -590,18 +692,24 @@ fn keep_watch(state: &mut State, shared: &Arc<Mutex<State>>, alarm: &Arc<tokio::
 /// measurable.
 const IDLE_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Keeps the deadlines of one channel's publishes (see [`Confirms::publish`]) until its [`Confirms`] is dropped.
-async fn watch(state: std::sync::Weak<Mutex<State>>, alarm: Arc<tokio::sync::Notify>) {
+/// Drives the confirms of one channel's publishes while several wait, and keeps their deadlines (see
+/// [`Confirms::publish`]), until its [`Confirms`] is dropped.
+async fn watch(shared: std::sync::Weak<Shared>, alarm: Arc<tokio::sync::Notify>, nudged: Arc<tokio::sync::Notify>) {
+    let mut at = Instant::now();
+    let mut look = true;
     loop {
-        let at = {
-            let Some(state) = state.upgrade() else { return };
-            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.expire(Instant::now())
-        };
-        tokio::select! {
-            () = tokio::time::sleep_until(at.into()) => {}
-            () = alarm.notified() => {}
+        {
+            let Some(shared) = shared.upgrade() else { return };
+            shared.drive();
+            if look || Instant::now() >= at {
+                at = shared.state().expire(Instant::now());
+            }
         }
+        look = tokio::select! {
+            () = tokio::time::sleep_until(at.into()) => true,
+            () = alarm.notified() => true,
+            () = nudged.notified() => false,
+        };
     }
 }
 
@@ -716,7 +824,7 @@ mod tests {
     }
 
     fn collect(state: &mut State) {
-        state.collect(&mut Context::from_waker(Waker::noop()));
+        state.collect(Waker::noop());
     }
 
     fn outcome(state: &mut State, number: u64) -> String {
@@ -798,41 +906,51 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_driver_leaving_wakes_another_waiting_publish_to_take_the_turn() {
-        let mut state = State::default();
-        let (driver, complete) = pending(&mut state, Some(id(1)));
-        let (other, _keep) = pending(&mut state, Some(id(2)));
-        let woken = Arc::new(Count::default());
-        state.waiting.get_mut(&other).unwrap().waker = Some(Waker::from(Arc::clone(&woken)));
-        state.driver = Some(driver);
-        complete.send(Confirmation::Ack(None)).unwrap();
-        collect(&mut state);
-        state.decide(state.collections, driver);
-        assert_eq!(woken.0.load(Relaxed), 0, "nothing decided for the other yet");
-        assert_eq!(outcome(&mut state, driver), "Delivered");
-        assert_eq!(woken.0.load(Relaxed), 1, "the other takes the turn");
-        assert_eq!(state.driver, Some(other), "and hands it on in turn should it leave before its next poll");
+    /// A state whose watchdog's nudges are counted.
+    fn nudged_state() -> (State, Arc<Count>) {
+        let nudges = Arc::new(Count::default());
+        (State { nudge: Some(Waker::from(Arc::clone(&nudges))), ..State::default() }, nudges)
     }
 
     #[test]
-    fn a_publish_handed_the_turn_that_stops_waiting_before_its_turn_hands_it_on() {
-        let mut state = State::default();
-        let (driver, _a) = pending(&mut state, Some(id(1)));
-        let (next, _b) = pending(&mut state, Some(id(2)));
-        let (last, _c) = pending(&mut state, Some(id(3)));
-        let woken = Arc::new(Count::default());
-        for number in [next, last] {
-            state.waiting.get_mut(&number).unwrap().waker = Some(Waker::from(Arc::clone(&woken)));
-        }
-        state.driver = Some(driver);
-        state.hand_on(driver);
-        let first = state.driver.expect("a publish took the turn");
-        state.waiting.get_mut(&first).unwrap().abandoned = true;
-        state.hand_on(first); // as `Confirms::abandon` does
-        assert_eq!(woken.0.load(Relaxed), 2);
-        let second = state.driver.expect("the turn went on");
-        assert!(second != first && [next, last].contains(&second));
+    fn a_publish_driving_alone_hands_the_confirms_to_the_watchdog_when_it_leaves_others_waiting() {
+        let (mut state, nudges) = nudged_state();
+        let (driver, complete) = pending(&mut state, Some(id(1)));
+        let (other, _keep) = pending(&mut state, Some(id(2)));
+        state.driver = Driver::Publish(driver);
+        complete.send(Confirmation::Ack(None)).unwrap();
+        collect(&mut state);
+        state.decide(state.collections, driver);
+        assert_eq!(outcome(&mut state, driver), "Delivered");
+        assert_eq!(state.driver, Driver::Watchdog, "the watchdog drives what is left");
+        assert_eq!(nudges.0.load(Relaxed), 1, "and is woken, as a confirm may have completed meanwhile");
+        assert!(state.waiting.contains_key(&other));
+    }
+
+    #[test]
+    fn a_publish_leaving_alone_leaves_nothing_to_drive() {
+        let (mut state, nudges) = nudged_state();
+        let driver = publish(&mut state, Some(id(1)), Confirmation::Ack(None));
+        state.driver = Driver::Publish(driver);
+        collect(&mut state);
+        state.decide(state.collections, driver);
+        assert_eq!(outcome(&mut state, driver), "Delivered");
+        assert_eq!(state.driver, Driver::Publish(driver), "no hand-over: the next publish alone drives itself");
+        assert_eq!(nudges.0.load(Relaxed), 0, "a publisher sending one at a time never wakes the watchdog");
+    }
+
+    #[test]
+    fn the_watchdog_takes_over_from_a_publish_once_a_second_waits_and_only_wakes_with_work() {
+        let (mut state, nudges) = nudged_state();
+        state.driver = Driver::Publish(0);
+        state.hand_to_watchdog();
+        assert_eq!((state.driver, nudges.0.load(Relaxed)), (Driver::Watchdog, 0), "nothing in flight: no wake-up");
+        state.driver = Driver::Publish(0);
+        let (_, _keep) = pending(&mut state, Some(id(1)));
+        state.hand_to_watchdog();
+        assert_eq!(nudges.0.load(Relaxed), 1, "a confirm in flight may have completed for the publish");
+        state.hand_to_watchdog();
+        assert_eq!(nudges.0.load(Relaxed), 1, "already driving: nothing more");
     }
 
     #[test]
@@ -896,16 +1014,21 @@ mod tests {
         assert!(!state.waiting.contains_key(&late), "and left");
     }
 
+    /// Confirms with no channel behind them: syncing is a no-op.
+    fn confirms() -> Confirms {
+        Confirms::with_sync(Box::new(|| {}))
+    }
+
     /// Registers a publish due in `after` whose waker counts, and tells the watchdog.
-    fn due_in(shared: &Arc<Mutex<State>>, alarm: &Alarm, after: Duration) -> (u64, Arc<Count>) {
+    fn due_in(confirms: &Confirms, after: Duration) -> (u64, Arc<Count>) {
         let woken = Arc::new(Count::default());
-        let mut state = shared.lock().unwrap();
-        keep_watch(&mut state, shared, &alarm.0);
+        let mut state = confirms.shared.state();
+        keep_watch(&mut state, &confirms.shared, &confirms.alarm.0);
         let (number, look_again) = state.register(Some(id(1)), Instant::now() + after);
         assert!(look_again, "the first deadline wakes the watchdog");
         state.waiting.get_mut(&number).unwrap().waker = Some(Waker::from(Arc::clone(&woken)));
         drop(state);
-        alarm.0.notify_one();
+        confirms.alarm.0.notify_one();
         (number, woken)
     }
 
@@ -923,17 +1046,15 @@ mod tests {
 
     #[tokio::test]
     async fn the_watchdog_tells_a_publish_at_its_deadline_and_ends_with_its_channel() {
-        let state = Arc::new(Mutex::new(State::default()));
-        let alarm = Alarm(Arc::default());
-        keep_watch(&mut state.lock().unwrap(), &state, &alarm.0);
+        let confirms = confirms();
+        keep_watch(&mut confirms.shared.state(), &confirms.shared, &confirms.alarm.0);
         tokio::task::yield_now().await; // the watchdog runs, finds nothing to watch and sleeps for a second
-        let (number, woken) = due_in(&state, &alarm, Duration::from_millis(100));
+        let (number, woken) = due_in(&confirms, Duration::from_millis(100));
         let after = told(&woken).await;
         assert!(after >= Duration::from_millis(90), "not before its deadline: {after:?}");
-        assert_eq!(outcome(&mut state.lock().unwrap(), number), "TimedOut");
-        let watchdog = state.lock().unwrap().watchdog.take().expect("spawned");
-        drop(state);
-        drop(alarm);
+        assert_eq!(outcome(&mut confirms.shared.state(), number), "TimedOut");
+        let watchdog = confirms.shared.state().watchdog.take().expect("spawned");
+        drop(confirms);
         tokio::time::timeout(Duration::from_secs(5), watchdog)
             .await
             .expect("the watchdog ended with its state")
@@ -943,14 +1064,48 @@ mod tests {
     #[test]
     fn a_watchdog_whose_runtime_shut_down_is_spawned_again_by_the_next_publish() {
         let runtime = || tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-        let state = Arc::new(Mutex::new(State::default()));
-        let alarm = Alarm(Arc::default());
-        runtime().block_on(async { keep_watch(&mut state.lock().unwrap(), &state, &alarm.0) });
-        assert!(state.lock().unwrap().watchdog.as_ref().unwrap().is_finished(), "gone with its runtime");
+        let confirms = confirms();
+        runtime().block_on(async { keep_watch(&mut confirms.shared.state(), &confirms.shared, &confirms.alarm.0) });
+        assert!(confirms.shared.state().watchdog.as_ref().unwrap().is_finished(), "gone with its runtime");
         runtime().block_on(async {
-            let (number, woken) = due_in(&state, &alarm, Duration::from_millis(50));
+            let (number, woken) = due_in(&confirms, Duration::from_millis(50));
             told(&woken).await;
-            assert_eq!(outcome(&mut state.lock().unwrap(), number), "TimedOut");
+            assert_eq!(outcome(&mut confirms.shared.state(), number), "TimedOut");
         });
+    }
+
+    /// Two publishes wait; the confirms complete; nobody polls either publish: the watchdog decides both.
+    #[tokio::test]
+    async fn with_several_waiting_the_watchdog_decides_without_any_publish_being_polled() {
+        let confirms = confirms();
+        let woken = Arc::new(Count::default());
+        let mut completes = Vec::new();
+        let numbers: Vec<u64> = {
+            let mut state = confirms.shared.state();
+            keep_watch(&mut state, &confirms.shared, &confirms.alarm.0);
+            (1..=2)
+                .map(|n| {
+                    let (number, complete) = pending(&mut state, Some(id(n)));
+                    state.waiting.get_mut(&number).unwrap().waker = Some(Waker::from(Arc::clone(&woken)));
+                    completes.push(complete);
+                    number
+                })
+                .collect()
+        };
+        confirms.shared.state().hand_to_watchdog();
+        for complete in completes {
+            complete.send(Confirmation::Ack(None)).unwrap();
+        }
+        told(&woken).await;
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while woken.0.load(Relaxed) < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("both decided");
+        for number in numbers {
+            assert_eq!(outcome(&mut confirms.shared.state(), number), "Delivered");
+        }
     }
 }

@@ -250,7 +250,53 @@ async fn a_stopped_subscriber_starts_no_more_handlers(h: &Harness) {
     rest.stop().await;
 }
 
+/// A publish future polled once and then held without being polled (a `select!` branch switched off, say)
+/// must not hold back the outcomes of the other publishes on its bus.
+async fn a_publish_held_unpolled_delays_no_other_publish(h: &Harness) {
+    let bus = h.bus("held-publish").await;
+    let (subscription, _rx) = collect(UserRegistered::subscribe(&bus, &unique("held"))).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let others = tokio::spawn({
+        let (bus, done) = (bus.clone(), Arc::clone(&done));
+        async move {
+            let publishes = (0..1_000).map(|i| {
+                let (bus, done) = (&bus, &done);
+                async move {
+                    bus.publish(&UserRegistered { user_id: i, ..Default::default() }).await.unwrap();
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            futures_util::future::join_all(publishes).await;
+        }
+    });
+    // Once the others are under way, this publish is polled, last of all, and then held.
+    while done.load(Ordering::Relaxed) < 50 {
+        tokio::task::yield_now().await;
+    }
+    let event = UserRegistered { user_id: -1, ..Default::default() };
+    let mut held = std::pin::pin!(bus.publish(&event));
+    // Polled a few times, as a `select!` does before another branch fires: past its first yield, it waits for
+    // its confirm like the others.
+    let mut first = std::task::Poll::Pending;
+    for _ in 0..3 {
+        first = std::future::poll_fn(|cx| std::task::Poll::Ready(held.as_mut().poll(cx))).await;
+        if first.is_ready() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let started = tokio::time::Instant::now();
+    within(5, "the other 1,000 publishes, with one held unpolled", others).await.unwrap();
+    assert_eq!(done.load(Ordering::Relaxed), 1_000);
+    tokio::time::sleep_until(started + Duration::from_secs(10)).await; // held for 10 s in all
+    if first.is_pending() {
+        within(10, "the held publish, polled again", held).await.unwrap();
+    }
+    subscription.stop().await;
+}
+
 warren_tests::on_both_transports!(
+    a_publish_held_unpolled_delays_no_other_publish,
     a_stopped_subscriber_starts_no_more_handlers,
     a_publishing_loop_and_a_consumer_with_a_backlog_let_other_tasks_run,
     fire_and_forget_and_confirmed_publishes_both_arrive,
