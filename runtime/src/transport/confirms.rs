@@ -414,6 +414,13 @@ impl Shared {
             state.in_flight.insert(publish);
         }
         *unsent = batch; // empty, kept for its capacity
+        if state.driver == Driver::Watchdog
+            && let Some(nudge) = state.nudge.clone()
+        {
+            // Polled now with their slots' wakers, so that lapin wakes the watchdog when they complete; those
+            // complete already are on the list the watchdog, woken by their wake-ups, takes.
+            state.collect(&nudge);
+        }
         true
     }
 
@@ -430,20 +437,9 @@ impl Shared {
             slot.waker = Some(cx.waker().clone());
         }
         if state.waiting.len() > 1 {
-            // The watchdog decides; this poll only polls the publishes just handed to lapin (the slot's waker
-            // must be registered with lapin's confirm), registering the watchdog to be woken when one
-            // completes, and wakes it should one have completed already.
+            // The watchdog decides, woken by lapin (see `send_unsent`).
             state.hand_to_watchdog();
-            if let Some(nudge) = state.nudge.clone() {
-                state.collect(&nudge);
-                if !state.done.is_empty() {
-                    nudge.wake_by_ref();
-                }
-            }
-            return match state.take(number) {
-                Some(outcome) => Poll::Ready(outcome),
-                None => Poll::Pending,
-            };
+            return Poll::Pending;
         }
         state.driver = Driver::Publish(number);
         state.collect(cx.waker());
