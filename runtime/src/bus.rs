@@ -221,8 +221,9 @@ impl Bus {
     /// Publishes `event` to its exchange with its routing key, both from the contract, and returns once the
     /// broker has confirmed it. An event no queue is bound for is an [`Error::Unroutable`], never a silent drop.
     ///
-    /// Await it to the end: over AMQP, a publish polled once and then left unpolled may wait to be sent
-    /// together with the publishes beside it, its deadline running meanwhile.
+    /// A publish future polled and then left unpolled (a `select!` branch switched off) delays no other
+    /// publish; over AMQP it may itself wait to be sent together with the publishes beside it, its deadline
+    /// running meanwhile, so await it to the end or drop it.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<()> {
         self.publish_with(event, PublishOptions::default()).await
     }
