@@ -125,6 +125,7 @@ pub struct Violations {
 
 /// One broken validation rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Violation {
     /// Path of the field, by proto names, e.g. `details.total_minor` or `items[2].name`.
     pub field: String,

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 /// Everything counted about one event type or one subscriber, as of a snapshot.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Counters {
     /// Messages published by this bus.
     pub published: u64,
@@ -38,6 +39,7 @@ pub struct Counters {
 
 /// One subscriber's metrics.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct SubscriberMetrics {
     /// Its consumer group.
     pub group: String,
@@ -61,6 +63,7 @@ pub struct SubscriberMetrics {
 
 /// A bus's metrics at one moment: what the trading bus's `get_performance_metrics` gave, typed.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct MetricsSnapshot {
     /// Time since the bus was made.
     pub uptime: Duration,
