@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::codec::WireFormat;
 use crate::headers::{Headers, MessageProperties};
+use crate::transport::amqp::Delivered;
 
 /// Header carrying the fingerprint of the schema a message was encoded with.
 pub(crate) const SCHEMA: &str = "x-warren-schema";
@@ -185,33 +186,35 @@ impl Envelope {
     }
 }
 
-/// A message's properties: as Warren built them for a publish, or as anyone else set them (a broker
-/// delivery, a raw publish). Read through one set of accessors either way.
+/// A message's properties: as Warren built them for a publish, as anyone else set them (a raw publish, the
+/// in-memory broker's deliveries of those), or as RabbitMQ delivered them. Read through one set of accessors
+/// whichever they are.
 ///
-/// `A` holds plain [`MessageProperties`]: boxed (the default) where properties travel by value, inline in a
-/// [`crate::transport::Message`], which lives in an `Arc` of its own.
+/// `A` holds plain [`MessageProperties`] and `R` a RabbitMQ delivery's: boxed (the defaults) where properties
+/// travel by value, inline in a [`crate::transport::Message`], which lives in an `Arc` of its own.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Properties<A = Box<MessageProperties>> {
+pub(crate) enum Properties<A = Box<MessageProperties>, R = Box<Delivered>> {
     // A publish's properties are moved through several layers on their way to a queue. Warren's envelope
     // (under two hundred bytes) is copied along: that costs less than allocating and freeing a box for it
-    // (callgrind, W2: 280 instructions a publish fewer than boxed). Plain properties (about three hundred
-    // bytes) are boxed there, and kept inline in a received message: over AMQP one allocation and one copy
-    // fewer per delivery.
+    // (callgrind, W2: 280 instructions a publish fewer than boxed). The others (about three hundred bytes)
+    // are boxed there, and kept inline in a received message: one allocation and one copy fewer per delivery.
     Warren(Envelope),
     Plain(A),
+    /// As lapin parsed them, read in place (see [`Delivered`]).
+    Delivered(R),
 }
 
-/// A received message's properties, plain ones kept inline.
-pub(crate) type Received = Properties<Inline>;
+/// A received message's properties, kept inline.
+pub(crate) type Received = Properties<Inline, Inline<Delivered>>;
 
-/// Plain properties, inline.
+/// Properties kept inline.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Inline(pub(crate) MessageProperties);
+pub(crate) struct Inline<T = MessageProperties>(pub(crate) T);
 
-impl std::ops::Deref for Inline {
-    type Target = MessageProperties;
+impl<T> std::ops::Deref for Inline<T> {
+    type Target = T;
 
-    fn deref(&self) -> &MessageProperties {
+    fn deref(&self) -> &T {
         &self.0
     }
 }
@@ -229,11 +232,12 @@ impl From<MessageProperties> for Properties {
 }
 
 impl Properties {
-    /// The same properties, plain ones inline: a message's.
+    /// The same properties, kept inline: a message's.
     pub(crate) fn received(self) -> Received {
         match self {
             Properties::Warren(envelope) => Properties::Warren(envelope),
             Properties::Plain(properties) => Properties::Plain(Inline(*properties)),
+            Properties::Delivered(delivered) => Properties::Delivered(Inline(*delivered)),
         }
     }
 }
@@ -244,16 +248,18 @@ impl Received {
         match self {
             Properties::Warren(envelope) => envelope.to_plain(),
             Properties::Plain(properties) => properties.0,
+            Properties::Delivered(delivered) => delivered.0.to_plain(),
         }
     }
 }
 
-impl<A: std::ops::Deref<Target = MessageProperties>> Properties<A> {
+impl<A: std::ops::Deref<Target = MessageProperties>, R: std::ops::Deref<Target = Delivered>> Properties<A, R> {
     /// The AMQP `type`: the message type's full proto name, or the RPC method.
     pub(crate) fn kind(&self) -> Option<&str> {
         match self {
             Properties::Warren(envelope) => Some(envelope.kind),
             Properties::Plain(p) => p.kind.as_deref(),
+            Properties::Delivered(d) => d.kind(),
         }
     }
 
@@ -261,7 +267,7 @@ impl<A: std::ops::Deref<Target = MessageProperties>> Properties<A> {
     pub(crate) fn format(&self) -> WireFormat {
         match self {
             Properties::Warren(envelope) => envelope.format,
-            Properties::Plain(p) => WireFormat::from_content_type(p.content_type.as_deref()),
+            _ => WireFormat::from_content_type(self.content_type()),
         }
     }
 
@@ -269,6 +275,7 @@ impl<A: std::ops::Deref<Target = MessageProperties>> Properties<A> {
         match self {
             Properties::Warren(envelope) => Some(envelope.format.content_type()),
             Properties::Plain(p) => p.content_type.as_deref(),
+            Properties::Delivered(d) => d.content_type(),
         }
     }
 
@@ -276,6 +283,7 @@ impl<A: std::ops::Deref<Target = MessageProperties>> Properties<A> {
         match self {
             Properties::Warren(envelope) => Some(envelope.message_id.as_str()),
             Properties::Plain(p) => p.message_id.as_deref(),
+            Properties::Delivered(d) => d.message_id(),
         }
     }
 
@@ -283,7 +291,7 @@ impl<A: std::ops::Deref<Target = MessageProperties>> Properties<A> {
     pub(crate) fn id(&self) -> Option<MessageId> {
         match self {
             Properties::Warren(envelope) => Some(envelope.message_id),
-            Properties::Plain(p) => p.message_id.as_deref().and_then(MessageId::parse),
+            _ => self.message_id().and_then(MessageId::parse),
         }
     }
 
@@ -292,6 +300,7 @@ impl<A: std::ops::Deref<Target = MessageProperties>> Properties<A> {
         match self {
             Properties::Warren(e) => Some(e.correlation_id.as_deref().unwrap_or_else(|| e.message_id.as_str())),
             Properties::Plain(p) => p.correlation_id.as_deref().or(p.message_id.as_deref()),
+            Properties::Delivered(d) => d.correlation_id().or_else(|| d.message_id()),
         }
     }
 
@@ -299,6 +308,7 @@ impl<A: std::ops::Deref<Target = MessageProperties>> Properties<A> {
         match self {
             Properties::Warren(envelope) => Some(envelope.app_id),
             Properties::Plain(p) => p.app_id.as_deref(),
+            Properties::Delivered(d) => d.app_id(),
         }
     }
 
@@ -306,6 +316,7 @@ impl<A: std::ops::Deref<Target = MessageProperties>> Properties<A> {
         match self {
             Properties::Warren(envelope) => envelope.reply_to.as_deref(),
             Properties::Plain(p) => p.reply_to.as_deref(),
+            Properties::Delivered(d) => d.reply_to(),
         }
     }
 
@@ -313,6 +324,7 @@ impl<A: std::ops::Deref<Target = MessageProperties>> Properties<A> {
         match self {
             Properties::Warren(envelope) => Some(envelope.timestamp),
             Properties::Plain(p) => p.timestamp,
+            Properties::Delivered(d) => d.timestamp(),
         }
     }
 
@@ -320,6 +332,7 @@ impl<A: std::ops::Deref<Target = MessageProperties>> Properties<A> {
         match self {
             Properties::Warren(envelope) => envelope.priority,
             Properties::Plain(p) => p.priority,
+            Properties::Delivered(d) => d.priority(),
         }
     }
 
@@ -328,6 +341,7 @@ impl<A: std::ops::Deref<Target = MessageProperties>> Properties<A> {
         match self {
             Properties::Warren(envelope) => envelope.expiration_ms,
             Properties::Plain(p) => p.expiration.as_deref().and_then(|ms| ms.parse().ok()),
+            Properties::Delivered(d) => d.expiration().and_then(|ms| ms.parse().ok()),
         }
     }
 
@@ -336,6 +350,7 @@ impl<A: std::ops::Deref<Target = MessageProperties>> Properties<A> {
         match self {
             Properties::Warren(envelope) => envelope.headers.as_ref(),
             Properties::Plain(p) => Some(&p.headers).filter(|h| !h.is_empty()),
+            Properties::Delivered(d) => d.headers(),
         }
     }
 
@@ -343,16 +358,22 @@ impl<A: std::ops::Deref<Target = MessageProperties>> Properties<A> {
     pub(crate) fn schema(&self) -> Option<&str> {
         match self {
             Properties::Warren(envelope) => Some(envelope.schema).filter(|s| !s.is_empty()),
-            Properties::Plain(p) => p.headers.get_str(SCHEMA),
+            _ => self.header_str(SCHEMA),
         }
     }
 
     pub(crate) fn header_str(&self, key: &str) -> Option<&str> {
-        self.headers()?.get_str(key)
+        match self {
+            Properties::Delivered(d) => d.header_str(key),
+            _ => self.headers()?.get_str(key),
+        }
     }
 
     pub(crate) fn header_i64(&self, key: &str) -> Option<i64> {
-        self.headers()?.get_i64(key)
+        match self {
+            Properties::Delivered(d) => d.header_i64(key),
+            _ => self.headers()?.get_i64(key),
+        }
     }
 
     /// The same properties with `headers` instead of the current ones (a Warren envelope keeps its schema).
@@ -362,18 +383,19 @@ impl<A: std::ops::Deref<Target = MessageProperties>> Properties<A> {
                 Properties::Warren(Envelope { headers: Some(headers), ..Envelope::clone(envelope) })
             }
             Properties::Plain(p) => Properties::Plain(Box::new(MessageProperties::clone(p).with_headers(headers))),
+            Properties::Delivered(d) => Properties::Plain(Box::new(d.to_plain().with_headers(headers))),
         }
     }
 
     /// The same properties without a per-message TTL.
     pub(crate) fn without_expiration(&self) -> Properties {
+        let plain = |p: MessageProperties| Properties::Plain(Box::new(MessageProperties { expiration: None, ..p }));
         match self {
             Properties::Warren(envelope) => {
                 Properties::Warren(Envelope { expiration_ms: None, ..Envelope::clone(envelope) })
             }
-            Properties::Plain(p) => {
-                Properties::Plain(Box::new(MessageProperties { expiration: None, ..MessageProperties::clone(p) }))
-            }
+            Properties::Plain(p) => plain(MessageProperties::clone(p)),
+            Properties::Delivered(d) => plain(d.to_plain()),
         }
     }
 }

@@ -33,11 +33,11 @@ use crate::backoff::Backoff;
 use crate::config::{BusConfig, Endpoint};
 use crate::contract::{ExchangeKind, ExchangeSpec};
 use crate::envelope::{Inline, Properties};
-
-mod properties;
 use crate::error::{Error, Later, Result, deadline};
 use crate::health::Health;
-pub(crate) use properties::to_lapin;
+
+mod properties;
+pub(crate) use properties::{Delivered, to_lapin};
 
 /// Direct reply-to: RabbitMQ's pseudo-queue for RPC replies.
 pub(crate) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -770,7 +770,7 @@ fn from_lapin(d: lapin::message::Delivery, names: &mut Names, acker: impl FnOnce
         message: Arc::new(Message::new(
             shared(&mut names.exchange, d.exchange.as_str()),
             shared(&mut names.routing_key, d.routing_key.as_str()),
-            Properties::Plain(Inline(properties::from_lapin(d.properties))),
+            Properties::Delivered(Inline(properties::Delivered::new(d.properties))),
             d.data,
         )),
         redelivered: d.redelivered,

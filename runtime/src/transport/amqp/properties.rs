@@ -9,11 +9,100 @@ use crate::transport::QueueOptions;
 
 /// lapin's properties for a publish. A Warren envelope goes straight to lapin's, without plain properties in
 /// between: this is every publish's path.
-pub(crate) fn to_lapin<A: std::ops::Deref<Target = MessageProperties>>(properties: &Properties<A>) -> BasicProperties {
+pub(crate) fn to_lapin<A, R>(properties: &Properties<A, R>) -> BasicProperties
+where
+    A: std::ops::Deref<Target = MessageProperties>,
+    R: std::ops::Deref<Target = Delivered>,
+{
     match properties {
         Properties::Warren(envelope) => envelope_to_lapin(envelope),
         Properties::Plain(plain) => plain_to_lapin(plain),
+        Properties::Delivered(delivered) => delivered.properties.clone(),
     }
+}
+
+/// A delivery's properties as lapin parsed them, read in place. Copied into [`MessageProperties`] on every
+/// delivery, they cost about 1,200 instructions (callgrind, W4), a string allocated and freed for each
+/// property; read here, only what is asked for is looked at, and the headers are converted once, when first
+/// asked for as a whole (a single header is read from lapin's table directly).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Delivered {
+    properties: BasicProperties,
+    headers: std::sync::OnceLock<Headers>,
+}
+
+impl Delivered {
+    pub(crate) fn new(properties: BasicProperties) -> Self {
+        Delivered { properties, headers: std::sync::OnceLock::new() }
+    }
+
+    pub(crate) fn kind(&self) -> Option<&str> {
+        short(self.properties.kind())
+    }
+
+    pub(crate) fn content_type(&self) -> Option<&str> {
+        short(self.properties.content_type())
+    }
+
+    pub(crate) fn message_id(&self) -> Option<&str> {
+        short(self.properties.message_id())
+    }
+
+    pub(crate) fn correlation_id(&self) -> Option<&str> {
+        short(self.properties.correlation_id())
+    }
+
+    pub(crate) fn app_id(&self) -> Option<&str> {
+        short(self.properties.app_id())
+    }
+
+    pub(crate) fn reply_to(&self) -> Option<&str> {
+        short(self.properties.reply_to())
+    }
+
+    pub(crate) fn expiration(&self) -> Option<&str> {
+        short(self.properties.expiration())
+    }
+
+    pub(crate) fn timestamp(&self) -> Option<u64> {
+        *self.properties.timestamp()
+    }
+
+    pub(crate) fn priority(&self) -> Option<u8> {
+        *self.properties.priority()
+    }
+
+    /// The headers, converted on first use; `None` when there are none.
+    pub(crate) fn headers(&self) -> Option<&Headers> {
+        let table = self.properties.headers().as_ref().filter(|table| !table.inner().is_empty())?;
+        Some(self.headers.get_or_init(|| table_from_lapin(table)))
+    }
+
+    /// Header `key` as text, read in place.
+    pub(crate) fn header_str(&self, key: &str) -> Option<&str> {
+        match self.properties.headers().as_ref()?.inner().get(key)? {
+            AMQPValue::LongString(text) => std::str::from_utf8(text.as_bytes()).ok(),
+            AMQPValue::ShortString(text) => Some(text.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Header `key` as an integer, read in place.
+    pub(crate) fn header_i64(&self, key: &str) -> Option<i64> {
+        match value_from_lapin(self.properties.headers().as_ref()?.inner().get(key)?) {
+            HeaderValue::Int(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// As Warren's plain properties.
+    pub(crate) fn to_plain(&self) -> MessageProperties {
+        from_lapin(self.properties.clone())
+    }
+}
+
+fn short(value: &Option<ShortString>) -> Option<&str> {
+    value.as_ref().map(ShortString::as_str)
 }
 
 fn envelope_to_lapin(envelope: &Envelope) -> BasicProperties {
@@ -235,6 +324,34 @@ mod tests {
         assert_eq!(read.get_i64("b"), Some(i64::from(u32::MAX)));
         assert_eq!(read.get_str("c"), Some("hi"));
         assert_eq!(read.get("d"), Some(&HeaderValue::Bytes(vec![0xff])), "not text: bytes");
+    }
+
+    #[test]
+    fn a_delivery_read_in_place_says_what_its_plain_copy_says() {
+        let plain = MessageProperties::default()
+            .with_message_id("m-1")
+            .with_kind("shop.v1.OrderPlaced")
+            .with_content_type("application/json")
+            .with_header("x-warren-attempts", 3)
+            .with_header("x-warren-reason", "boom")
+            .with_reply_to("amq.rabbitmq.reply-to")
+            .with_expiration_ms(250)
+            .with_app_id("shop");
+        let delivered = Properties::<Box<MessageProperties>, Box<Delivered>>::Delivered(Box::new(Delivered::new(
+            to_lapin(&Properties::from(plain.clone())),
+        )));
+        let copy = Properties::from(plain.clone());
+        assert_eq!(delivered.kind(), copy.kind());
+        assert_eq!(delivered.format(), copy.format());
+        assert_eq!(delivered.correlation_id(), Some("m-1"), "the message id when it has no correlation id");
+        assert_eq!(delivered.reply_to(), copy.reply_to());
+        assert_eq!(delivered.expiration_ms(), Some(250));
+        assert_eq!(delivered.header_i64("x-warren-attempts"), Some(3));
+        assert_eq!(delivered.header_str("x-warren-reason"), Some("boom"));
+        assert_eq!(delivered.headers(), Some(&plain.headers));
+        let Properties::Delivered(inner) = &delivered else { unreachable!() };
+        assert_eq!(inner.to_plain(), plain);
+        assert_eq!(delivered.with_headers(Headers::new()), Properties::from(plain.with_headers(Headers::new())));
     }
 
     #[test]
