@@ -184,6 +184,14 @@ impl Bus {
 
     /// Connects with explicit settings. Retries until `config.connect_timeout`, then fails with what was tried.
     pub async fn with_config(config: BusConfig) -> Result<Bus> {
+        if config.service_name.len() > crate::MAX_HEADER_NAME_LEN {
+            return Err(Error::config(format!(
+                "service name of {} bytes: it is every message's `app_id`, which AMQP carries up to {} bytes; \
+                 choose a shorter one (BusConfig::service_name)",
+                config.service_name.len(),
+                crate::MAX_HEADER_NAME_LEN
+            )));
+        }
         let transport = match &config.endpoint {
             Endpoint::Amqp(_) => Transport::Amqp(Amqp::connect(&config).await?),
             Endpoint::Memory(Some(name)) => Transport::Memory(Broker::named(name)),
@@ -378,6 +386,7 @@ impl Bus {
         body: &[u8],
         properties: MessageProperties,
     ) -> Result<()> {
+        properties.check()?;
         self.publish_raw(exchange, routing_key, body.to_vec(), properties.into()).await
     }
 

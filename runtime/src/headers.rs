@@ -16,8 +16,8 @@ pub const MAX_HEADER_NAME_LEN: usize = 255;
 pub enum HeaderValue {
     /// A boolean.
     Bool(bool),
-    /// An integer. AMQP has eight widths; all are read as this, and it is written as a signed 32-bit integer
-    /// when it fits, else a 64-bit one.
+    /// An integer. AMQP has eight widths; all are read as this, and it is written as a signed 64-bit integer,
+    /// as RabbitMQ writes its own.
     Int(i64),
     /// A floating-point number (a decimal value is read as this too).
     Float(f64),
@@ -240,15 +240,37 @@ impl Headers {
         }
     }
 
-    /// Refuses headers an application may not send (see [`Headers::name_problem`]).
+    /// The first name in these headers, or in tables nested in them, that AMQP cannot carry (empty, or over
+    /// 255 bytes), with what is wrong with it.
+    fn unsendable_name(&self) -> Option<(&str, String)> {
+        fn in_value(value: &HeaderValue) -> Option<(&str, String)> {
+            match value {
+                HeaderValue::Table(table) => table.unsendable_name(),
+                HeaderValue::Array(values) => values.iter().find_map(in_value),
+                _ => None,
+            }
+        }
+        self.0.iter().find_map(|(name, value)| {
+            if name.len() > MAX_HEADER_NAME_LEN {
+                Some((
+                    name.as_str(),
+                    format!("the name is {} bytes, longer than AMQP's {MAX_HEADER_NAME_LEN}", name.len()),
+                ))
+            } else {
+                in_value(value)
+            }
+        })
+    }
+
+    /// Refuses headers an application may not send (see [`Headers::name_problem`]), and names in nested
+    /// tables that AMQP cannot carry.
     pub(crate) fn check_application(&self) -> crate::Result<()> {
+        if let Some((name, problem)) = self.unsendable_name() {
+            return Err(crate::Error::Header { name: cut(name), problem });
+        }
         for name in self.0.keys() {
             if let Some(problem) = Headers::name_problem(name) {
-                let mut end = name.len().min(MAX_HEADER_NAME_LEN);
-                while !name.is_char_boundary(end) {
-                    end -= 1;
-                }
-                return Err(crate::Error::Header { name: name[..end].to_owned(), problem });
+                return Err(crate::Error::Header { name: cut(name), problem });
             }
         }
         Ok(())
@@ -264,6 +286,15 @@ impl Headers {
                 .collect(),
         )
     }
+}
+
+/// `name` cut to AMQP's longest, on a character boundary, to show in an error.
+fn cut(name: &str) -> String {
+    let mut end = name.len().min(MAX_HEADER_NAME_LEN);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
 }
 
 /// Whether a header of this name probably holds a credential, whose value `Debug` hides.
@@ -346,6 +377,36 @@ pub struct MessageProperties {
 }
 
 impl MessageProperties {
+    /// Refuses properties AMQP cannot carry: a text property, or a header name at any depth, over 255 bytes
+    /// (an AMQP short string). Warren's own header names are allowed here: a raw publish is raw.
+    pub(crate) fn check(&self) -> crate::Result<()> {
+        let short = [
+            ("content_type", &self.content_type),
+            ("content_encoding", &self.content_encoding),
+            ("correlation_id", &self.correlation_id),
+            ("reply_to", &self.reply_to),
+            ("expiration", &self.expiration),
+            ("message_id", &self.message_id),
+            ("kind", &self.kind),
+            ("user_id", &self.user_id),
+            ("app_id", &self.app_id),
+        ];
+        for (property, value) in short {
+            if let Some(value) = value.as_deref().filter(|v| v.len() > MAX_HEADER_NAME_LEN) {
+                return Err(crate::Error::Config {
+                    message: format!(
+                        "property `{property}` is {} bytes; AMQP carries at most {MAX_HEADER_NAME_LEN} (a short string)",
+                        value.len()
+                    ),
+                });
+            }
+        }
+        match self.headers.unsendable_name() {
+            Some((name, problem)) => Err(crate::Error::Header { name: cut(name), problem }),
+            None => Ok(()),
+        }
+    }
+
     /// With content type `content_type`.
     pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
         self.content_type = Some(content_type.into());
@@ -447,6 +508,18 @@ mod tests {
         assert!(Headers::name_problem("").unwrap().contains("empty"));
         assert!(Headers::name_problem(&"a".repeat(256)).unwrap().contains("255"));
         assert_eq!(Headers::name_problem(&"a".repeat(255)), None);
+    }
+
+    #[test]
+    fn names_amqp_cannot_carry_are_refused_at_any_depth() {
+        let long = "n".repeat(256);
+        let nested = Headers::new().with("outer", Headers::new().with(long.as_str(), 1));
+        assert!(nested.check_application().unwrap_err().to_string().contains("256 bytes"));
+        let in_list = Headers::new().with("list", vec![HeaderValue::Table(Headers::new().with(long.as_str(), 1))]);
+        assert!(in_list.check_application().is_err());
+        let properties = MessageProperties::default().with_kind("k".repeat(256));
+        assert!(properties.check().unwrap_err().to_string().contains("`kind`"));
+        assert!(MessageProperties::default().with_header("x-warren-reason", "raw is raw").check().is_ok());
     }
 
     #[test]

@@ -98,6 +98,8 @@ async fn the_at_queue_int_sum_called_in_json_answers_in_json_and_names_a_wrong_a
             // A success carries no status: only an error does.
             code: match header("warren-status") {
                 None => 0,
+                // A signed 64-bit integer since December 2026 (32-bit before): a plain client reads either.
+                Some(AMQPValue::LongLongInt(code)) => code,
                 Some(AMQPValue::LongInt(code)) => i64::from(code),
                 Some(other) => panic!("a status that is not a number: {other:?}"),
             },

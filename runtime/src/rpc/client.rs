@@ -265,22 +265,26 @@ impl RpcClient {
             envelope.schema = Req::FINGERPRINT;
         }
         envelope.reply_to = Some(Arc::clone(&replies.path.address));
-        // RabbitMQ refuses a per-message TTL above 2^32 - 1 ms (about 49 days) by closing the channel. The TTL
-        // bounds the request's wait in the queue; the absolute deadline tells the server how long its caller
-        // waits, time in the queue included.
-        envelope.expiration_ms = Some(timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u64);
+        // What is left of the call's time once the reply path is open and the queue declared: the TTL bounds
+        // the request's wait in the queue, the absolute deadline tells the server how long its caller waits,
+        // time in the queue included. RabbitMQ refuses a TTL above 2^32 - 1 ms (about 49 days) by closing the
+        // channel.
+        let until = started.later(timeout);
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(deadline_error(method, timeout));
+        }
+        envelope.expiration_ms = Some(left.as_millis().clamp(1, u128::from(u32::MAX)) as u64);
         let mut headers = options.headers.clone();
-        headers.insert(envelope::DEADLINE, envelope::unix_millis_after(timeout));
+        headers.insert(envelope::DEADLINE, envelope::unix_millis_after(left));
         envelope.headers = Some(headers);
         let id = envelope.message_id.as_str().to_owned();
         let (tx, rx) = oneshot::channel();
         replies.pending.lock().expect("pending calls").insert(id.clone(), tx);
         let guard = PendingGuard { pending: &replies.pending, id: &id };
-        let deadline_error =
-            || Status::deadline_exceeded(format!("{method} got no reply within {timeout:?} (is a server running?)"));
+
         // Neither confirmed nor mandatory (see the module's docs): sent once lapin has written it.
         let publish = Publish { exchange: "", routing_key: self.service.queue, mandatory: false, confirm: false };
-        let until = started.later(timeout);
         let exchange = async {
             match replies.path.send_request(publish, payload, Properties::from(envelope)).await {
                 Ok(()) => {}
@@ -296,10 +300,16 @@ impl RpcClient {
             }
         };
         // One timer for the whole call: the send and the reply share the call's deadline.
-        let reply = tokio::time::timeout_at(until, exchange).await.unwrap_or_else(|_| Err(deadline_error()))?;
+        let reply =
+            tokio::time::timeout_at(until, exchange).await.unwrap_or_else(|_| Err(deadline_error(method, timeout)))?;
         drop(guard);
         Ok(reply)
     }
+}
+
+/// The status of a call that got no reply within `timeout`.
+fn deadline_error(method: &MethodSpec, timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!("{method} got no reply within {timeout:?} (is a server running?)"))
 }
 
 /// A reply of a method without declared errors: the response, or the status.

@@ -417,9 +417,13 @@ impl Shared {
         if state.driver == Driver::Watchdog
             && let Some(nudge) = state.nudge.clone()
         {
-            // Polled now with their slots' wakers, so that lapin wakes the watchdog when they complete; those
-            // complete already are on the list the watchdog, woken by their wake-ups, takes.
+            // Polled now with their slots' wakers, so that lapin wakes the watchdog when they complete. One
+            // complete already (a publish refused at once by a closed channel) woke only the no-op waker of its
+            // first poll: the watchdog is woken to decide it.
             state.collect(&nudge);
+            if !state.done.is_empty() {
+                nudge.wake_by_ref();
+            }
         }
         true
     }
@@ -1077,6 +1081,25 @@ mod tests {
             told(&woken).await;
             assert_eq!(outcome(&mut confirms.shared.state(), number), "TimedOut");
         });
+    }
+
+    /// A publish whose send fails at once (a channel already closed) while the watchdog drives wakes the
+    /// watchdog in the hand-over: the hand-over's poll, with a no-op waker, was its only wake-up, and it would
+    /// otherwise wait for the watchdog's next timer.
+    #[test]
+    fn a_publish_complete_at_hand_over_wakes_the_watchdog() {
+        let confirms = confirms();
+        let nudges = Arc::new(Count::default());
+        let (number, _) = {
+            let mut state = confirms.shared.state();
+            state.nudge = Some(Waker::from(Arc::clone(&nudges)));
+            state.register(Some(id(1)), later())
+        };
+        let refused: Sending = Box::pin(std::future::ready(Ok(Confirmed::from(Confirmation::Nack(None)))));
+        confirms.shared.unsent().push(Waiting { number, sending: refused });
+        assert!(confirms.shared.send_unsent());
+        assert_eq!(nudges.0.load(Relaxed), 1, "the watchdog is woken to decide it");
+        assert_eq!(confirms.shared.state().done.len(), 1);
     }
 
     /// Two publishes wait; the confirms complete; nobody polls either publish: the watchdog decides both.

@@ -25,10 +25,18 @@ where
 /// delivery, they cost about 1,200 instructions (callgrind, W4), a string allocated and freed for each
 /// property; read here, only what is asked for is looked at, and the headers are converted once, when first
 /// asked for as a whole (a single header is read from lapin's table directly).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub(crate) struct Delivered {
     properties: BasicProperties,
     headers: std::sync::OnceLock<Headers>,
+}
+
+impl std::fmt::Debug for Delivered {
+    /// As Warren's properties show themselves: header values that look like credentials hidden (lapin's
+    /// `Debug` would print them).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Delivered").field(&self.to_plain()).finish()
+    }
 }
 
 impl Delivered {
@@ -72,10 +80,16 @@ impl Delivered {
         *self.properties.priority()
     }
 
-    /// The headers, converted on first use; `None` when there are none.
+    /// The headers but the schema fingerprint (read with `header_str`), as a Warren envelope's: converted on
+    /// first use; `None` when there are none.
     pub(crate) fn headers(&self) -> Option<&Headers> {
-        let table = self.properties.headers().as_ref().filter(|table| !table.inner().is_empty())?;
-        Some(self.headers.get_or_init(|| table_from_lapin(table)))
+        let table = self.properties.headers().as_ref()?;
+        let headers = self.headers.get_or_init(|| {
+            let mut headers = table_from_lapin(table);
+            headers.remove(crate::envelope::SCHEMA);
+            headers
+        });
+        Some(headers).filter(|headers| !headers.is_empty())
     }
 
     /// Header `key` as text, read in place.
@@ -213,9 +227,8 @@ pub(crate) fn table_to_lapin(headers: &Headers) -> FieldTable {
 fn value_to_lapin(value: &HeaderValue) -> AMQPValue {
     match value {
         HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
-        // The narrowest of the two widths every client reads: a status code goes as a 32-bit integer, as
-        // it always has.
-        HeaderValue::Int(n) => i32::try_from(*n).map_or(AMQPValue::LongLongInt(*n), AMQPValue::LongInt),
+        // As RabbitMQ writes its own (`x-death`'s `count`, which it reads back when a message dies again).
+        HeaderValue::Int(n) => AMQPValue::LongLongInt(*n),
         HeaderValue::Float(x) => AMQPValue::Double(*x),
         HeaderValue::String(text) => AMQPValue::LongString(LongString::from(text.as_bytes())),
         HeaderValue::Bytes(bytes) => AMQPValue::ByteArray(bytes.as_slice().into()),
