@@ -27,10 +27,17 @@
 //!
 //! - `bus.rs`: [`Bus`], the connection, topology declaration, and confirmed, mandatory publishing.
 //! - `subscriber.rs`: [`Subscriber`] → [`Subscription`]: consumer groups, handlers, ack / dead-letter.
-//! - `rpc.rs`: RPC clients (direct reply-to, one reply consumer per bus) and servers.
+//! - `feed.rs`: a consumer that survives reconnections, and the tasks handlers run in.
+//! - `rpc/`: `client.rs` (one reply consumer per bus, [`CallOptions`]), `server.rs` ([`RpcContext`],
+//!   [`Serving`]), `error.rs` ([`RpcError`]).
 //! - `contract.rs`: the `'static` contract data generated code hands to the runtime.
-//! - `envelope.rs`: AMQP properties and headers Warren reads and writes.
+//! - `envelope.rs`: the AMQP properties and headers Warren reads and writes.
 //! - `headers.rs`: [`Headers`], [`HeaderValue`] and [`MessageProperties`], Warren's own metadata types.
+//! - `transport/`: `amqp/` (RabbitMQ through lapin; `properties.rs` is the only place lapin's property and
+//!   header types meet Warren's), `confirms.rs` (publisher confirms, each matched to its publish),
+//!   `memory.rs` (the in-memory broker).
+//! - `metrics.rs`, `health.rs`, `backoff.rs`, `codec.rs`: counters and history, connection state, retry
+//!   waits, wire formats and validation.
 //! - `config.rs`, `error.rs`, `status.rs`: settings (password never shown), errors, RPC status codes.
 //!
 //! Generated code uses only [`__codegen`], so the runtime can change inside without regenerating.
