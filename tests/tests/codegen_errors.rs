@@ -146,6 +146,15 @@ fn a_streaming_rpc_is_rejected_because_it_streams() {
 }
 
 #[test]
+fn rpcs_whose_client_methods_would_share_a_name_are_rejected() {
+    let error = load_error("method_name_collision");
+    assert!(matches!(error, Error::Contract { .. }), "expected Error::Contract, got {error:?}");
+    // `GetWith`'s `get_with` is `Get`'s per-call-options method.
+    assert_reported(&error, "method_name_collision", 10, &["client method `get_with`", "rpc Get already has"]);
+    assert_help(&error, "rename the rpc");
+}
+
+#[test]
 fn a_valid_contract_loads_with_its_events_and_services() {
     let contracts = load("valid").unwrap_or_else(|e| panic!("valid fixture failed to load:\n{e}"));
     assert_eq!(contracts.packages.len(), 1);

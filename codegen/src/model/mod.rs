@@ -749,6 +749,26 @@ fn read_service(
             doc: info.comment(method.path()),
         });
     }
+    // The client has `new`, `with_timeout` and, per rpc, `<rpc>` and `<rpc>_with`: no two may share a name.
+    let mut taken: std::collections::HashMap<String, String> =
+        [("new", "the client's constructor"), ("with_timeout", "the client's deadline setter")]
+            .map(|(name, what)| (name.to_owned(), what.to_owned()))
+            .into();
+    for (method, descriptor) in methods.iter().zip(service.methods()) {
+        let plain = method.rust_name.trim_start_matches("r#");
+        for name in [plain.to_owned(), format!("{plain}_with")] {
+            if let Some(other) = taken.insert(name.clone(), format!("rpc {}", method.name)) {
+                return Err(Error::contract(
+                    info.location(descriptor.path()),
+                    format!(
+                        "rpc {full_name}.{} would generate client method `{name}`, which {other} already has",
+                        method.name
+                    ),
+                    "rename the rpc: each rpc gets a client method `<rpc>` and `<rpc>_with` in snake case",
+                ));
+            }
+        }
+    }
     Ok(Service {
         name: service.name().to_owned(),
         full_name,
