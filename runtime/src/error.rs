@@ -193,23 +193,6 @@ impl std::error::Error for BrokerError {
 /// `Result` with the runtime's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Runs a broker operation with a deadline: every wait on the broker goes through here.
-///
-/// A plain function around [`tokio::time::timeout`], not an `async fn`: an `async fn` would keep the future
-/// it is given and the timeout wrapping it side by side, doubling the size of every publish in flight.
-pub(crate) fn deadline<T>(
-    operation: &'static str,
-    after: Duration,
-    future: impl Future<Output = lapin::Result<T>>,
-) -> impl Future<Output = Result<T>> {
-    use futures_util::FutureExt;
-    tokio::time::timeout(after, future).map(move |outcome| match outcome {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(source)) => Err(Error::broker(operation, source)),
-        Err(_) => Err(Error::Timeout { operation, after }),
-    })
-}
-
 /// `self + by`, saturating: a caller may pass [`Duration::MAX`] (or a peer a huge TTL) to mean "no deadline",
 /// and `Instant + Duration` panics on overflow. Past what an `Instant` can hold, the result is a century away.
 pub(crate) trait Later: Sized {

@@ -165,7 +165,7 @@ impl std::ops::Deref for Delivery {
 /// How a delivery is settled on its transport.
 #[derive(Debug)]
 pub(crate) enum Acker {
-    Amqp(lapin::Acker),
+    Amqp(amqp::AmqpAcker),
     Memory(memory::Acker),
     /// Replies: consumed without acknowledgement.
     None,
@@ -239,7 +239,7 @@ impl Stream for Consumer {
 /// Stops a consumer: no more deliveries; unacknowledged ones go back to the queue.
 #[derive(Debug, Clone)]
 pub(crate) enum Canceller {
-    Amqp(lapin::Channel),
+    Amqp(amqp::Cancel),
     Memory(memory::Canceller),
 }
 
@@ -405,7 +405,7 @@ pub(crate) struct ReplyPath {
     pub(crate) address: std::sync::Arc<str>,
     /// Publishes requests (on AMQP, on the channel that consumes replies, as direct reply-to requires).
     pub(crate) requests: Transport,
-    pub(crate) amqp_channel: Option<lapin::Channel>,
+    pub(crate) amqp_channel: Option<amqp::RequestChannel>,
     /// Replies, in arrival order.
     pub(crate) replies: Consumer,
 }
@@ -414,9 +414,7 @@ impl ReplyPath {
     /// Sends a request once. It has no deadline of its own: the caller bounds the send with the call's.
     pub(crate) async fn send_request(&self, publish: Publish<'_>, body: Vec<u8>, properties: Properties) -> Result<()> {
         match (&self.amqp_channel, &self.requests) {
-            (Some(channel), Transport::Amqp(_)) => amqp::publish_written(channel, publish, &body, &properties)
-                .await
-                .map_err(|source| Error::broker("publish", source)),
+            (Some(channel), Transport::Amqp(_)) => channel.send(publish, &body, &properties).await,
             _ => self.requests.publish(publish, body, properties).await,
         }
     }

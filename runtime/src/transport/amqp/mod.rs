@@ -33,11 +33,47 @@ use crate::backoff::Backoff;
 use crate::config::{BusConfig, Endpoint};
 use crate::contract::{ExchangeKind, ExchangeSpec};
 use crate::envelope::{Inline, Properties};
-use crate::error::{Error, Later, Result, deadline};
+use crate::error::{Error, Later, Result};
 use crate::health::Health;
 
 mod properties;
 pub(crate) use properties::{Delivered, to_lapin};
+
+/// Runs a broker operation with a deadline: every wait on the broker goes through here.
+///
+/// A plain function around [`tokio::time::timeout`], not an `async fn`: an `async fn` would keep the future
+/// it is given and the timeout wrapping it side by side, doubling the size of every publish in flight.
+pub(crate) fn deadline<T>(
+    operation: &'static str,
+    after: Duration,
+    future: impl Future<Output = lapin::Result<T>>,
+) -> impl Future<Output = Result<T>> {
+    use futures_util::FutureExt;
+    tokio::time::timeout(after, future).map(move |outcome| match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(Error::broker(operation, source)),
+        Err(_) => Err(Error::Timeout { operation, after }),
+    })
+}
+
+/// Settles one delivery over AMQP (lapin's acker, kept inside this module).
+#[derive(Debug)]
+pub(crate) struct AmqpAcker(lapin::Acker);
+
+/// Cancels a consumer over AMQP: its channel.
+#[derive(Debug, Clone)]
+pub(crate) struct Cancel(Channel);
+
+/// The channel an RPC client's requests go out on: the one its replies come in on, as direct reply-to requires.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestChannel(Channel);
+
+impl RequestChannel {
+    /// Sends a request once, done once lapin has written it. No deadline of its own: the caller bounds it.
+    pub(crate) async fn send(&self, publish: Publish<'_>, body: &[u8], properties: &Properties) -> Result<()> {
+        publish_written(&self.0, publish, body, properties).await.map_err(|source| Error::broker("publish", source))
+    }
+}
 
 /// Direct reply-to: RabbitMQ's pseudo-queue for RPC replies.
 pub(crate) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -378,7 +414,7 @@ impl Amqp {
         )
         .await?;
         let stream = Box::pin(Deliveries { consumer, names: Names::default(), no_ack: false });
-        Ok(Consumer { tag, stream, cancel: Canceller::Amqp(channel), generation })
+        Ok(Consumer { tag, stream, cancel: Canceller::Amqp(Cancel(channel)), generation })
     }
 
     pub(crate) async fn queue_depth(&self, queue: &str) -> Result<u64> {
@@ -421,13 +457,13 @@ impl Amqp {
         let replies = Consumer {
             tag,
             stream: Box::pin(Deliveries { consumer, names: Names::default(), no_ack: true }),
-            cancel: Canceller::Amqp(channel.clone()),
+            cancel: Canceller::Amqp(Cancel(channel.clone())),
             generation: link.generation,
         };
         Ok(ReplyPath {
             address: REPLY_TO.into(),
             requests: Transport::Amqp(Arc::clone(self)),
-            amqp_channel: Some(channel),
+            amqp_channel: Some(RequestChannel(channel)),
             replies,
         })
     }
@@ -743,7 +779,7 @@ impl Stream for Deliveries {
         };
         let no_ack = this.no_ack;
         Poll::Ready(Some(Ok(from_lapin(delivery, &mut this.names, |acker| {
-            if no_ack { Acker::None } else { Acker::Amqp(acker) }
+            if no_ack { Acker::None } else { Acker::Amqp(AmqpAcker(acker)) }
         }))))
     }
 }
@@ -860,7 +896,7 @@ fn publish_through(
 /// of consuming again.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub(crate) async fn settle(acker: &lapin::Acker, how: Settle) -> bool {
+pub(crate) async fn settle(AmqpAcker(acker): &AmqpAcker, how: Settle) -> bool {
     let settling = async {
         match how {
             Settle::Ack => acker.ack(BasicAckOptions::default()).await,
@@ -871,12 +907,12 @@ pub(crate) async fn settle(acker: &lapin::Acker, how: Settle) -> bool {
     matches!(tokio::time::timeout(SETTLE_TIMEOUT, settling).await, Ok(Ok(true)))
 }
 
-pub(crate) async fn ack_multiple(last: &lapin::Acker) -> bool {
+pub(crate) async fn ack_multiple(AmqpAcker(last): &AmqpAcker) -> bool {
     let acking = last.ack(BasicAckOptions { multiple: true });
     matches!(tokio::time::timeout(SETTLE_TIMEOUT, acking).await, Ok(Ok(true)))
 }
 
-pub(crate) async fn cancel(channel: &Channel, tag: &str, timeout: Duration) {
+pub(crate) async fn cancel(Cancel(channel): &Cancel, tag: &str, timeout: Duration) {
     let _ = tokio::time::timeout(timeout, channel.basic_cancel(ShortString::from(tag), BasicCancelOptions::default()))
         .await;
     close_quietly(channel).await;
