@@ -221,11 +221,11 @@ fn a_marker_naming_no_rule_is_an_error_at_its_line() {
 }
 
 #[test]
-fn every_rule_has_a_fixture_and_a_readme_entry() {
-    let readme = std::fs::read_to_string(warren_tests::workspace_root().join("README.md")).unwrap();
+fn every_rule_has_a_fixture_and_a_docs_entry() {
+    let page = std::fs::read_to_string(warren_tests::workspace_root().join("docs/compat.md")).unwrap();
     for rule in Rule::ALL {
         let case = rule.name().replace('-', "_");
         assert!(case_dir(&case).join("shop.proto").is_file(), "no fixture for {rule}");
-        assert!(readme.contains(&format!("`{rule}`")), "README.md does not explain {rule}");
+        assert!(page.contains(&format!("`{rule}`")), "docs/compat.md does not explain {rule}");
     }
 }

@@ -1,6 +1,6 @@
 //! The conformance suite: every behaviour Warren relies on, written once and run against RabbitMQ and the
 //! in-memory transport (`rabbitmq::…` and `in_memory::…` in each module). A difference between the two that
-//! cannot be removed is listed in the README under "Documented differences".
+//! cannot be removed is listed in docs/in-memory.md under "Documented differences".
 
 mod contracts;
 mod delivery;
