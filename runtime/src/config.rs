@@ -25,6 +25,17 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// How a [`crate::Bus`] connects and behaves.
 ///
 /// `Debug` and every error show the URL with the password replaced by `***`.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = warren::BusConfig::new("amqps://billing:s3cret@rabbit.internal:5671/prod")?
+///     .service_name("billing")
+///     .publish_timeout(Duration::from_secs(10))
+///     .prefetch(64);
+/// assert_eq!(config.redacted_url(), "amqps://billing:***@rabbit.internal:5671/prod");
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// # Ok::<(), warren::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct BusConfig {
     pub(crate) endpoint: Endpoint,

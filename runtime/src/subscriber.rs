@@ -23,6 +23,17 @@ use crate::transport::{Acker, Delivery, Message, Settle};
 /// Each retry waits in a delay queue (`<queue>.retry.<ms>`, a TTL queue that dead-letters back into the
 /// subscriber's queue), so a waiting message holds no consumer slot and survives a restart. After
 /// `max_attempts` deliveries the message goes to `<queue>.dlq` with the last error.
+///
+/// ```
+/// use std::time::Duration;
+/// use warren::RetryPolicy;
+///
+/// // Five deliveries, 200 ms, then 400 ms, 800 ms, 1.6 s apart (never more than ten seconds).
+/// let policy = RetryPolicy::exponential(5, Duration::from_millis(200)).max_backoff(Duration::from_secs(10));
+/// assert_eq!(policy.backoff(1), Duration::from_millis(200));
+/// assert_eq!(policy.backoff(4), Duration::from_millis(1600));
+/// assert_eq!(RetryPolicy::never().max_attempts, 1);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RetryPolicy {
@@ -119,7 +130,22 @@ fn retry_rung(after: Duration) -> Duration {
     RETRY_LADDER.iter().copied().find(|rung| *rung >= after).unwrap_or(RETRY_LADDER[RETRY_LADDER.len() - 1])
 }
 
-/// What a handler decided about a message.
+/// What a handler decided about a message. A handler returning `Ok(())` acknowledges; one returning an
+/// `Outcome` says more:
+///
+/// ```
+/// use std::time::Duration;
+/// use warren::{HandlerError, Outcome};
+///
+/// fn decide(stock: u32) -> Result<Outcome, HandlerError> {
+///     Ok(match stock {
+///         0 => Outcome::Retry { after: Duration::from_secs(30) }, // rounded up to a rung of RETRY_LADDER
+///         n if n > 1_000_000 => Outcome::DeadLetter { reason: format!("implausible stock {n}") },
+///         _ => Outcome::Ack,
+///     })
+/// }
+/// assert_eq!(decide(3).unwrap(), Outcome::Ack);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Outcome {
