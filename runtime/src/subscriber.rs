@@ -264,7 +264,31 @@ impl Context {
 
 /// A subscriber being configured; start it with [`Subscriber::handle`].
 ///
-/// Made by the generated `subscribe` functions, e.g. `UserRegistered::subscribe(&bus, "email-service")`.
+/// Made by the generated `subscribe` functions, e.g. `UserRegistered::subscribe(&bus, "email-service")`, which
+/// is `Subscriber::new(&bus, "email-service")`:
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # async fn run(bus: warren::Bus) -> Result<(), warren::Error> {
+/// # #[derive(Clone, PartialEq, prost::Message)] struct UserRegistered { #[prost(int64, tag = "1")] user_id: i64 }
+/// # impl warren::__codegen::Event for UserRegistered { const SPEC: &'static warren::__codegen::EventSpec = &warren::__codegen::EventSpec {
+/// #     type_name: "gametrade.v1.UserRegistered", routing_key: "user.registered", binding: "user.registered", priority: None,
+/// #     retry: None, quorum: false, format: warren::WireFormat::Protobuf,
+/// #     exchange: warren::__codegen::ExchangeSpec { name: "gametrade.events", kind: warren::__codegen::ExchangeKind::Topic, durable: true, auto_delete: false } }; }
+/// # impl warren::Payload for UserRegistered { const TYPE_NAME: &'static str = "gametrade.v1.UserRegistered"; }
+/// let subscription = warren::Subscriber::<UserRegistered>::new(&bus, "email-service")
+///     .concurrency(8)                                    // eight handlers at once
+///     .retry(warren::RetryPolicy::exponential(5, Duration::from_millis(200)))
+///     .handler_timeout(Duration::from_secs(10))          // a slower handler fails, and is retried
+///     .handle(|event: UserRegistered, ctx: warren::Context| async move {
+///         let tenant = ctx.headers().get_str("tenant").unwrap_or("default");
+///         println!("{tenant}: welcome user {} (attempt {})", event.user_id, ctx.attempt());
+///         Ok::<_, warren::HandlerError>(())
+///     })
+///     .await?;
+/// subscription.stop().await; // handlers running finish first
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 #[must_use = "a subscriber does nothing until `handle` is awaited"]
 pub struct Subscriber<T> {
