@@ -114,7 +114,7 @@ pub(crate) struct Envelope {
     pub(crate) app_id: &'static str,
     pub(crate) message_id: MessageId,
     /// `None`: the message starts a conversation, and its own id is its correlation id. It then goes without
-    /// one, unless it is an RPC request (see [`Envelope::to_amqp`]).
+    /// one, unless it is an RPC request (see [`Envelope::correlation_to_send`]).
     pub(crate) correlation_id: Option<Arc<str>>,
     /// Unix seconds.
     pub(crate) timestamp: u64,

@@ -33,8 +33,8 @@
 //! - `contract.rs`: the `'static` contract data generated code hands to the runtime.
 //! - `envelope.rs`: the AMQP properties and headers Warren reads and writes.
 //! - `headers.rs`: [`Headers`], [`HeaderValue`] and [`MessageProperties`], Warren's own metadata types.
-//! - `transport/`: `amqp/` (RabbitMQ through lapin; `properties.rs` is the only place lapin's property and
-//!   header types meet Warren's), `confirms.rs` (publisher confirms, each matched to its publish),
+//! - `transport/`: `amqp/` (RabbitMQ through lapin: `supervise.rs`, `publish.rs`, `consume.rs`, and
+//!   `properties.rs`, the only place lapin's property and header types meet Warren's), `confirms.rs` (publisher confirms, each matched to its publish),
 //!   `memory.rs` (the in-memory broker).
 //! - `metrics.rs`, `health.rs`, `backoff.rs`, `codec.rs`: counters and history, connection state, retry
 //!   waits, wire formats and validation.

@@ -10,6 +10,11 @@
 //! - publishes that keep their message until the broker confirms it and send it again, with the same
 //!   `message_id`, after a connection or channel failure (at-least-once), within the publish deadline;
 //! - a deadline on every wait.
+//!
+//! This file holds [`Amqp`]: the link, its channels, declarations, and the entry points. The rest, by concern:
+//! `supervise.rs` (connecting, noticing a lost link, reconnecting, replaying the topology), `publish.rs`
+//! (publishing, and classifying a failed publish), `consume.rs` (deliveries and settling them) and
+//! `properties.rs` (lapin's property and header types to and from Warren's).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,8 +41,16 @@ use crate::envelope::{Inline, Properties};
 use crate::error::{Error, Later, Result};
 use crate::health::Health;
 
+mod consume;
 mod properties;
+mod publish;
+mod supervise;
+
+use consume::*;
+pub(crate) use consume::{ack_multiple, cancel, settle};
 pub(crate) use properties::{Delivered, to_lapin};
+use publish::*;
+use supervise::*;
 
 /// Runs a broker operation with a deadline: every wait on the broker goes through here.
 ///
@@ -413,7 +426,7 @@ impl Amqp {
             ),
         )
         .await?;
-        let stream = Box::pin(Deliveries { consumer, names: Names::default(), no_ack: false });
+        let stream = Box::pin(Deliveries::new(consumer, false));
         Ok(Consumer { tag, stream, cancel: Canceller::Amqp(Cancel(channel)), generation })
     }
 
@@ -456,7 +469,7 @@ impl Amqp {
         .await?;
         let replies = Consumer {
             tag,
-            stream: Box::pin(Deliveries { consumer, names: Names::default(), no_ack: true }),
+            stream: Box::pin(Deliveries::new(consumer, true)),
             cancel: Canceller::Amqp(Cancel(channel.clone())),
             generation: link.generation,
         };
@@ -488,436 +501,6 @@ impl Amqp {
     }
 }
 
-/// Whether to try a failed publish again.
-enum Failure {
-    Final(Error),
-    Transient,
-}
-
-fn classify(error: &Error, exchange: &str) -> Failure {
-    match error {
-        Error::Unroutable { .. } | Error::Nacked { .. } | Error::TooLarge { .. } | Error::Closed => {
-            Failure::Final(clone_final(error))
-        }
-        // RabbitMQ closes the channel for a publish to a missing exchange, and lapin fails every confirm waiting
-        // on it with that error: only the publish to the exchange it names failed; the others are sent again on
-        // a new channel.
-        Error::Broker { .. } if let Some(reply) = not_found_reply(error) => {
-            if names_exchange(reply, exchange) {
-                Failure::Final(Error::ExchangeNotFound { exchange: exchange.to_owned() })
-            } else {
-                Failure::Transient
-            }
-        }
-        Error::Broker { source, .. } => match source.lapin().kind() {
-            ErrorKind::ProtocolError(amqp)
-                if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) =>
-            {
-                Failure::Final(Error::Broker { operation: "publish", source: source.clone() })
-            }
-            _ => Failure::Transient,
-        },
-        _ => Failure::Transient,
-    }
-}
-
-/// The error a publish to `exchange` ends with when it gives up after `error`, `after` its start. Another
-/// publish's missing exchange names that exchange, not this one: this publish ran out of time while its channel
-/// kept closing under it.
-fn gave_up(error: Error, exchange: &str, after: Duration) -> Error {
-    if not_found_reply(&error).is_some_and(|reply| !names_exchange(reply, exchange)) {
-        return Error::Timeout {
-            operation: "publish (its channel kept being closed by publishes to a missing exchange)",
-            after,
-        };
-    }
-    error
-}
-
-/// The broker's reply text, when `error` is a channel closed with `NOT_FOUND`.
-fn not_found_reply(error: &Error) -> Option<&str> {
-    match error {
-        Error::Broker { source, .. } => match source.lapin().kind() {
-            ErrorKind::ProtocolError(amqp) if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) => {
-                Some(amqp.get_message().as_str())
-            }
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// Whether RabbitMQ's reply text (`NOT_FOUND - no exchange 'orders' in vhost '/'`) names `exchange`. A reply
-/// that names no exchange at all is taken to mean this one. RabbitMQ cuts a reply to 255 bytes, ending it with
-/// `...`: a name cut short there matches the exchange it begins.
-fn names_exchange(reply: &str, exchange: &str) -> bool {
-    let Some((_, named)) = reply.split_once("no exchange '") else { return true };
-    match named.split_once('\'') {
-        Some((name, _)) => name == exchange,
-        None => named.strip_suffix("...").is_some_and(|cut| exchange.starts_with(cut)),
-    }
-}
-
-fn clone_final(error: &Error) -> Error {
-    match error {
-        Error::Unroutable { exchange, routing_key } => {
-            Error::Unroutable { exchange: exchange.clone(), routing_key: routing_key.clone() }
-        }
-        Error::Nacked { exchange, routing_key } => {
-            Error::Nacked { exchange: exchange.clone(), routing_key: routing_key.clone() }
-        }
-        Error::TooLarge { size, limit } => Error::TooLarge { size: *size, limit: *limit },
-        _ => Error::Closed,
-    }
-}
-
-/// Watches the link; on a failure, reconnects with backoff and jitter, replays the topology, and publishes the
-/// new link. Ends when the transport is closed, or when it is dropped: then it closes both connections, which
-/// its `link` would otherwise keep open (with lapin's I/O threads) for as long as the process lives. `owner` is
-/// a receiver of the transport's link, which fails when the transport is dropped.
-async fn supervise(amqp: Weak<Amqp>, mut owner: watch::Receiver<Option<Link>>, mut link: Link) {
-    loop {
-        let failure = match wait_for_failure(&link, &mut owner).await {
-            Some(failure) => failure,
-            None => {
-                drop(owner); // it holds the last link too
-                for connection in [&link.publish, &link.consume] {
-                    if connection.status().connected() {
-                        let close = connection.close(200, ShortString::from("bye"));
-                        let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
-                    }
-                }
-                return;
-            }
-        };
-        let Some(this) = amqp.upgrade() else { return };
-        if this.closing.load(Ordering::Relaxed) {
-            return;
-        }
-        tracing::warn!(reason = %this.config.redact(&failure), "connection to RabbitMQ lost; recovering");
-        let since = SystemTime::now();
-        let started = Instant::now();
-        let mut attempts = 0u32;
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        *this.health.lock().expect("health") =
-            Health::Recovering { since, attempts, last_error: this.config.redact(&failure) };
-        for connection in [&link.publish, &link.consume] {
-            // Drop whichever connection survived: both are rebuilt together.
-            if connection.status().connected() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), connection.close(200, "recovering".into())).await;
-            }
-        }
-        drop(this);
-        link = loop {
-            let Some(this) = amqp.upgrade() else { return };
-            if this.closing.load(Ordering::Relaxed) {
-                return;
-            }
-            attempts += 1;
-            let result = match connect_pair(&this.config, this.config.connect_timeout, Instant::now()).await {
-                Ok((publish, consume)) => match replay(&this, &publish).await {
-                    Ok(failed) => Ok((publish, consume, failed)),
-                    Err(error) => Err(error.to_string()),
-                },
-                Err(error) => Err(error.to_string()),
-            };
-            match result {
-                Ok((publish, consume, failed)) => {
-                    let generation = link.generation + 1;
-                    let new = Link { generation, publish: Arc::new(publish), consume: Arc::new(consume) };
-                    this.recoveries.fetch_add(1, Ordering::Relaxed);
-                    *this.health.lock().expect("health") =
-                        if failed.is_empty() { Health::Connected } else { Health::Degraded { failed } };
-                    this.link.send_replace(Some(new.clone()));
-                    tracing::info!(attempts, after = ?started.elapsed(), "reconnected to RabbitMQ");
-                    break new;
-                }
-                Err(error) => {
-                    let error = this.config.redact(&error);
-                    let health = if started.elapsed() > this.config.recovery_timeout {
-                        Health::Failed { last_error: error }
-                    } else {
-                        Health::Recovering { since, attempts, last_error: error }
-                    };
-                    *this.health.lock().expect("health") = health;
-                    drop(this);
-                    tokio::time::sleep(backoff.next_wait()).await;
-                }
-            }
-        };
-    }
-}
-
-/// Resolves with a description once either connection of `link` fails, or with `None` once the transport that
-/// `owner` receives from is dropped.
-async fn wait_for_failure(link: &Link, owner: &mut watch::Receiver<Option<Link>>) -> Option<String> {
-    let mut publish_events = link.publish.events_listener();
-    let mut consume_events = link.consume.events_listener();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            // A new link (this supervisor's own) or none (`close`, which the tick sees) changes it; it fails once
-            // the transport, which holds its sender, is dropped.
-            changed = owner.changed() => {
-                if changed.is_err() {
-                    return None;
-                }
-            }
-            // A soft error (e.g. 404 on a publish) closes only its channel: not a reason to reconnect.
-            Some(event) = publish_events.next() => {
-                if let lapin::Event::Error(error) = event && !error.is_amqp_soft_error() {
-                    return Some(format!("publishing connection: {error}"));
-                }
-            }
-            Some(event) = consume_events.next() => {
-                if let lapin::Event::Error(error) = event && !error.is_amqp_soft_error() {
-                    return Some(format!("consuming connection: {error}"));
-                }
-            }
-            _ = tick.tick() => {
-                if !link.publish.status().connected() { return Some("publishing connection closed".to_owned()) }
-                if !link.consume.status().connected() { return Some("consuming connection closed".to_owned()) }
-            }
-        }
-    }
-}
-
-/// Declares everything this bus declared before, on a new connection.
-/// Declares again everything this bus declared, on a new connection. One declaration the broker refuses does
-/// not stop the others: it is logged and returned, and the rest are declared on a fresh channel (a refusal
-/// closes its channel). Fails only when no channel can be opened.
-async fn replay(amqp: &Amqp, connection: &Connection) -> Result<Vec<String>> {
-    let (exchanges, queues, bindings) = {
-        let topology = amqp.topology.lock().expect("topology");
-        (topology.exchanges.clone(), topology.queues.clone(), topology.bindings.clone())
-    };
-    let timeout = amqp.timeout();
-    let mut channel = open_channel(connection, timeout).await?;
-    let mut failed = Vec::new();
-    let mut refused = async |what: String, error: Error, channel: &mut Channel| -> Result<()> {
-        let error = amqp.config.redact(&error.to_string());
-        tracing::warn!(%error, "could not declare {what} again after reconnecting; recovering the rest");
-        failed.push(format!("{what}: {error}"));
-        close_quietly(channel).await;
-        *channel = open_channel(connection, timeout).await?;
-        Ok(())
-    };
-    for exchange in &exchanges {
-        if let Err(error) = declare_exchange_on(&channel, exchange, timeout).await {
-            refused(format!("exchange \"{}\"", exchange.name), error, &mut channel).await?;
-        }
-    }
-    for (queue, options) in &queues {
-        if let Err(error) = declare_queue_on(&channel, queue, options, timeout).await {
-            refused(format!("queue \"{queue}\""), error, &mut channel).await?;
-        }
-    }
-    for (queue, exchange, key) in &bindings {
-        if let Err(error) = bind_on(&channel, queue, exchange, key, timeout).await {
-            refused(format!("binding of queue \"{queue}\" to \"{exchange}\" with \"{key}\""), error, &mut channel)
-                .await?;
-        }
-    }
-    close_quietly(&channel).await;
-    Ok(failed)
-}
-
-async fn declare_exchange_on(channel: &Channel, exchange: &ExchangeSpec, timeout: Duration) -> Result<()> {
-    let kind = match exchange.kind {
-        ExchangeKind::Direct => lapin::ExchangeKind::Direct,
-        ExchangeKind::Topic => lapin::ExchangeKind::Topic,
-        ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
-        ExchangeKind::Headers => lapin::ExchangeKind::Headers,
-    };
-    let options = ExchangeDeclareOptions {
-        durable: exchange.durable,
-        auto_delete: exchange.auto_delete,
-        ..ExchangeDeclareOptions::default()
-    };
-    let declare = channel.exchange_declare(ShortString::from(exchange.name), kind, options, FieldTable::default());
-    deadline("exchange declare", timeout, declare).await
-}
-
-async fn declare_queue_on(channel: &Channel, queue: &str, options: &QueueOptions, timeout: Duration) -> Result<()> {
-    let declare_options =
-        QueueDeclareOptions { durable: options.durable, auto_delete: options.auto_delete, ..Default::default() };
-    let declare =
-        channel.queue_declare(ShortString::from(queue), declare_options, properties::queue_arguments(options));
-    deadline("queue declare", timeout, declare).await.map(drop)
-}
-
-async fn bind_on(channel: &Channel, queue: &str, exchange: &str, key: &str, timeout: Duration) -> Result<()> {
-    let bind = channel.queue_bind(
-        ShortString::from(queue),
-        ShortString::from(exchange),
-        ShortString::from(key),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    );
-    deadline("queue bind", timeout, bind).await
-}
-
-/// A lapin consumer's deliveries, as the transport's. A stream of its own rather than `StreamExt::map` with a
-/// closure: the adapter moved each 432-byte lapin delivery once more on its way (callgrind, W7, Warren against raw
-/// lapin in one binary: about 230 instructions of copies a delivery).
-struct Deliveries {
-    consumer: lapin::Consumer,
-    names: Names,
-    /// Consumed without acknowledgements (direct reply-to): nothing to settle.
-    no_ack: bool,
-}
-
-impl Stream for Deliveries {
-    type Item = Result<Delivery>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        let delivery = match std::task::ready!(Pin::new(&mut this.consumer).poll_next(cx)) {
-            None => return Poll::Ready(None),
-            Some(Err(error)) => return Poll::Ready(Some(Err(Error::broker("consume", error)))),
-            Some(Ok(delivery)) => delivery,
-        };
-        let no_ack = this.no_ack;
-        Poll::Ready(Some(Ok(from_lapin(delivery, &mut this.names, |acker| {
-            if no_ack { Acker::None } else { Acker::Amqp(AmqpAcker(acker)) }
-        }))))
-    }
-}
-
-/// A consumer's last exchange and routing key: a queue's deliveries nearly always repeat them, and sharing
-/// the previous one's saves two allocations per delivery.
-#[derive(Default)]
-struct Names {
-    exchange: Option<Arc<str>>,
-    routing_key: Option<Arc<str>>,
-}
-
-/// `name` as an `Arc<str>`: `last`'s if it is the same, else a new one, remembered.
-fn shared(last: &mut Option<Arc<str>>, name: &str) -> Arc<str> {
-    match last {
-        Some(same) if **same == *name => Arc::clone(same),
-        _ => Arc::clone(last.insert(Arc::from(name))),
-    }
-}
-
-/// A lapin delivery as the transport's, settled through `acker` (given lapin's acker).
-fn from_lapin(d: lapin::message::Delivery, names: &mut Names, acker: impl FnOnce(lapin::Acker) -> Acker) -> Delivery {
-    Delivery {
-        message: Arc::new(Message::new(
-            shared(&mut names.exchange, d.exchange.as_str()),
-            shared(&mut names.routing_key, d.routing_key.as_str()),
-            Properties::Delivered(Inline(properties::Delivered::new(d.properties))),
-            d.data,
-        )),
-        redelivered: d.redelivered,
-        acker: acker(d.acker),
-    }
-}
-
-/// Publishes on `channel`, which is not in confirm mode, within `timeout`: done once lapin has written it.
-pub(crate) fn publish_on(
-    channel: &Channel,
-    publish: Publish<'_>,
-    body: &[u8],
-    properties: &Properties,
-    timeout: Duration,
-) -> impl Future<Output = Result<()>> {
-    deadline("publish", timeout, publish_written(channel, publish, body, properties))
-}
-
-/// Publishes on `channel`, which is not in confirm mode: done once lapin has written it. No deadline of its own:
-/// the caller bounds the wait.
-///
-/// lapin's publish is boxed. Inline it made every publish future 1,100 bytes larger, confirmed ones too (a
-/// future is as large as its largest state), and a caller that runs many publishes at once copies each whole
-/// future into a task or a `FuturesUnordered` slot.
-pub(crate) async fn publish_written(
-    channel: &Channel,
-    publish: Publish<'_>,
-    body: &[u8],
-    properties: &Properties,
-) -> lapin::Result<()> {
-    let sending = Box::pin(channel.basic_publish(
-        ShortString::from(publish.exchange),
-        ShortString::from(publish.routing_key),
-        BasicPublishOptions { mandatory: publish.mandatory, ..BasicPublishOptions::default() },
-        body,
-        to_lapin(properties),
-    ));
-    sending.await.map(drop)
-}
-
-/// Publishes on `channel` and, when it is in confirm mode, waits for the broker's confirm; one deadline covers
-/// both. A confirmed publish's deadline is kept by its channel's watchdog (see `confirms`), not a timer of its
-/// own: with a thousand publishes in flight, timers are a measurable cost.
-#[expect(clippy::manual_async_fn, reason = "smaller future; see `Transport::publish_until`")]
-fn publish_through(
-    channel: &Arc<PublishChannel>,
-    publish: Publish<'_>,
-    body: &Arc<Vec<u8>>,
-    properties: &Properties,
-    timeout: Duration,
-) -> impl Future<Output = Result<()>> {
-    async move {
-        let Some(confirms) = &channel.confirms else {
-            return publish_on(&channel.channel, publish, body, properties, timeout).await;
-        };
-        let sending = {
-            let (channel, body) = (Arc::clone(&channel.channel), Arc::clone(body));
-            let (exchange, routing_key) = (ShortString::from(publish.exchange), ShortString::from(publish.routing_key));
-            let options = BasicPublishOptions { mandatory: publish.mandatory, ..BasicPublishOptions::default() };
-            let properties = to_lapin(properties);
-            Box::pin(async move {
-                let confirm = channel.basic_publish(exchange, routing_key, options, &body, properties).await?;
-                confirm.await.map(Confirmed::from)
-            })
-        };
-        let outcome = confirms.publish(properties.id(), sending, Instant::now() + timeout).await;
-        let named = || (publish.exchange.to_owned(), publish.routing_key.to_owned());
-        match outcome {
-            Outcome::Delivered => Ok(()),
-            Outcome::Returned => {
-                let (exchange, routing_key) = named();
-                Err(Error::Unroutable { exchange, routing_key })
-            }
-            Outcome::Refused => {
-                let (exchange, routing_key) = named();
-                Err(Error::Nacked { exchange, routing_key })
-            }
-            Outcome::Failed(source) => Err(Error::broker("publish and confirm", source)),
-            Outcome::TimedOut => Err(Error::Timeout { operation: "publish and confirm", after: timeout }),
-        }
-    }
-}
-
-/// How long an ack, nack or reject may take to be written. Past it, the connection is as good as gone: the
-/// delivery counts as not settled, and the broker redelivers it once it notices. Without a limit, a consumer
-/// whose connection died under it (lapin does not always fail the pending write) would wait forever instead
-/// of consuming again.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
-
-pub(crate) async fn settle(AmqpAcker(acker): &AmqpAcker, how: Settle) -> bool {
-    let settling = async {
-        match how {
-            Settle::Ack => acker.ack(BasicAckOptions::default()).await,
-            Settle::Requeue => acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await,
-            Settle::Reject => acker.reject(BasicRejectOptions { requeue: false }).await,
-        }
-    };
-    matches!(tokio::time::timeout(SETTLE_TIMEOUT, settling).await, Ok(Ok(true)))
-}
-
-pub(crate) async fn ack_multiple(AmqpAcker(last): &AmqpAcker) -> bool {
-    let acking = last.ack(BasicAckOptions { multiple: true });
-    matches!(tokio::time::timeout(SETTLE_TIMEOUT, acking).await, Ok(Ok(true)))
-}
-
-pub(crate) async fn cancel(Cancel(channel): &Cancel, tag: &str, timeout: Duration) {
-    let _ = tokio::time::timeout(timeout, channel.basic_cancel(ShortString::from(tag), BasicCancelOptions::default()))
-        .await;
-    close_quietly(channel).await;
-}
-
 /// Opens a channel on `connection`, within `timeout`.
 async fn open_channel(connection: &Connection, timeout: Duration) -> Result<Channel> {
     deadline("channel open", timeout, connection.create_channel()).await
@@ -932,44 +515,6 @@ async fn open_confirmed(connection: &Connection, timeout: Duration) -> Result<Ch
 async fn close_quietly(channel: &Channel) {
     if channel.status().connected() {
         let _ = tokio::time::timeout(Duration::from_secs(1), channel.close(200, ShortString::from("done"))).await;
-    }
-}
-
-/// Connects the publishing and the consuming connection, retrying with backoff until `within` has passed
-/// since `started`; the error says what was tried.
-async fn connect_pair(config: &BusConfig, within: Duration, started: Instant) -> Result<(Connection, Connection)> {
-    let publish = connect(config, "publish", within, started).await?;
-    let consume = connect(config, "consume", within, started).await?;
-    Ok((publish, consume))
-}
-
-async fn connect(config: &BusConfig, role: &str, within: Duration, started: Instant) -> Result<Connection> {
-    let Endpoint::Amqp(uri) = &config.endpoint else {
-        return Err(Error::config("the AMQP transport needs an amqp:// URL"));
-    };
-    let mut uri = uri.clone();
-    uri.query.heartbeat = Some(config.heartbeat_secs);
-    let properties =
-        ConnectionProperties::default().with_connection_name(format!("warren:{}:{role}", config.service_name).into());
-    let mut attempts = 0;
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-    loop {
-        attempts += 1;
-        let remaining = within.saturating_sub(started.elapsed());
-        let reason =
-            match tokio::time::timeout(remaining, Connection::connect_uri(uri.clone(), properties.clone())).await {
-                Ok(Ok(connection)) => return Ok(connection),
-                Ok(Err(error)) => config.redact(&error.to_string()),
-                Err(_) => format!("no answer within {within:?}"),
-            };
-        let elapsed = started.elapsed();
-        // Keep trying until the deadline itself; the last wait is cut to what is left of it.
-        let left = within.saturating_sub(elapsed);
-        if left < Duration::from_millis(10) {
-            return Err(Error::Connect { url: config.redacted_url(), attempts, elapsed, reason });
-        }
-        tracing::debug!(url = %config.redacted_url(), attempts, %reason, "connect failed; retrying");
-        tokio::time::sleep(backoff.next_wait().min(left)).await;
     }
 }
 

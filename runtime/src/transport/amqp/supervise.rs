@@ -1,0 +1,243 @@
+//! Keeping the connection: connecting with backoff, noticing a lost link, reconnecting, and declaring again
+//! what the bus declared (one refusal does not stop the rest).
+
+use super::*;
+
+/// Watches the link; on a failure, reconnects with backoff and jitter, replays the topology, and publishes the
+/// new link. Ends when the transport is closed, or when it is dropped: then it closes both connections, which
+/// its `link` would otherwise keep open (with lapin's I/O threads) for as long as the process lives. `owner` is
+/// a receiver of the transport's link, which fails when the transport is dropped.
+pub(super) async fn supervise(amqp: Weak<Amqp>, mut owner: watch::Receiver<Option<Link>>, mut link: Link) {
+    loop {
+        let failure = match wait_for_failure(&link, &mut owner).await {
+            Some(failure) => failure,
+            None => {
+                drop(owner); // it holds the last link too
+                for connection in [&link.publish, &link.consume] {
+                    if connection.status().connected() {
+                        let close = connection.close(200, ShortString::from("bye"));
+                        let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+                    }
+                }
+                return;
+            }
+        };
+        let Some(this) = amqp.upgrade() else { return };
+        if this.closing.load(Ordering::Relaxed) {
+            return;
+        }
+        tracing::warn!(reason = %this.config.redact(&failure), "connection to RabbitMQ lost; recovering");
+        let since = SystemTime::now();
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        *this.health.lock().expect("health") =
+            Health::Recovering { since, attempts, last_error: this.config.redact(&failure) };
+        for connection in [&link.publish, &link.consume] {
+            // Drop whichever connection survived: both are rebuilt together.
+            if connection.status().connected() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), connection.close(200, "recovering".into())).await;
+            }
+        }
+        drop(this);
+        link = loop {
+            let Some(this) = amqp.upgrade() else { return };
+            if this.closing.load(Ordering::Relaxed) {
+                return;
+            }
+            attempts += 1;
+            let result = match connect_pair(&this.config, this.config.connect_timeout, Instant::now()).await {
+                Ok((publish, consume)) => match replay(&this, &publish).await {
+                    Ok(failed) => Ok((publish, consume, failed)),
+                    Err(error) => Err(error.to_string()),
+                },
+                Err(error) => Err(error.to_string()),
+            };
+            match result {
+                Ok((publish, consume, failed)) => {
+                    let generation = link.generation + 1;
+                    let new = Link { generation, publish: Arc::new(publish), consume: Arc::new(consume) };
+                    this.recoveries.fetch_add(1, Ordering::Relaxed);
+                    *this.health.lock().expect("health") =
+                        if failed.is_empty() { Health::Connected } else { Health::Degraded { failed } };
+                    this.link.send_replace(Some(new.clone()));
+                    tracing::info!(attempts, after = ?started.elapsed(), "reconnected to RabbitMQ");
+                    break new;
+                }
+                Err(error) => {
+                    let error = this.config.redact(&error);
+                    let health = if started.elapsed() > this.config.recovery_timeout {
+                        Health::Failed { last_error: error }
+                    } else {
+                        Health::Recovering { since, attempts, last_error: error }
+                    };
+                    *this.health.lock().expect("health") = health;
+                    drop(this);
+                    tokio::time::sleep(backoff.next_wait()).await;
+                }
+            }
+        };
+    }
+}
+
+/// Resolves with a description once either connection of `link` fails, or with `None` once the transport that
+/// `owner` receives from is dropped.
+pub(super) async fn wait_for_failure(link: &Link, owner: &mut watch::Receiver<Option<Link>>) -> Option<String> {
+    let mut publish_events = link.publish.events_listener();
+    let mut consume_events = link.consume.events_listener();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            // A new link (this supervisor's own) or none (`close`, which the tick sees) changes it; it fails once
+            // the transport, which holds its sender, is dropped.
+            changed = owner.changed() => {
+                if changed.is_err() {
+                    return None;
+                }
+            }
+            // A soft error (e.g. 404 on a publish) closes only its channel: not a reason to reconnect.
+            Some(event) = publish_events.next() => {
+                if let lapin::Event::Error(error) = event && !error.is_amqp_soft_error() {
+                    return Some(format!("publishing connection: {error}"));
+                }
+            }
+            Some(event) = consume_events.next() => {
+                if let lapin::Event::Error(error) = event && !error.is_amqp_soft_error() {
+                    return Some(format!("consuming connection: {error}"));
+                }
+            }
+            _ = tick.tick() => {
+                if !link.publish.status().connected() { return Some("publishing connection closed".to_owned()) }
+                if !link.consume.status().connected() { return Some("consuming connection closed".to_owned()) }
+            }
+        }
+    }
+}
+
+/// Declares everything this bus declared before, on a new connection.
+/// Declares again everything this bus declared, on a new connection. One declaration the broker refuses does
+/// not stop the others: it is logged and returned, and the rest are declared on a fresh channel (a refusal
+/// closes its channel). Fails only when no channel can be opened.
+pub(super) async fn replay(amqp: &Amqp, connection: &Connection) -> Result<Vec<String>> {
+    let (exchanges, queues, bindings) = {
+        let topology = amqp.topology.lock().expect("topology");
+        (topology.exchanges.clone(), topology.queues.clone(), topology.bindings.clone())
+    };
+    let timeout = amqp.timeout();
+    let mut channel = open_channel(connection, timeout).await?;
+    let mut failed = Vec::new();
+    let mut refused = async |what: String, error: Error, channel: &mut Channel| -> Result<()> {
+        let error = amqp.config.redact(&error.to_string());
+        tracing::warn!(%error, "could not declare {what} again after reconnecting; recovering the rest");
+        failed.push(format!("{what}: {error}"));
+        close_quietly(channel).await;
+        *channel = open_channel(connection, timeout).await?;
+        Ok(())
+    };
+    for exchange in &exchanges {
+        if let Err(error) = declare_exchange_on(&channel, exchange, timeout).await {
+            refused(format!("exchange \"{}\"", exchange.name), error, &mut channel).await?;
+        }
+    }
+    for (queue, options) in &queues {
+        if let Err(error) = declare_queue_on(&channel, queue, options, timeout).await {
+            refused(format!("queue \"{queue}\""), error, &mut channel).await?;
+        }
+    }
+    for (queue, exchange, key) in &bindings {
+        if let Err(error) = bind_on(&channel, queue, exchange, key, timeout).await {
+            refused(format!("binding of queue \"{queue}\" to \"{exchange}\" with \"{key}\""), error, &mut channel)
+                .await?;
+        }
+    }
+    close_quietly(&channel).await;
+    Ok(failed)
+}
+
+pub(super) async fn declare_exchange_on(channel: &Channel, exchange: &ExchangeSpec, timeout: Duration) -> Result<()> {
+    let kind = match exchange.kind {
+        ExchangeKind::Direct => lapin::ExchangeKind::Direct,
+        ExchangeKind::Topic => lapin::ExchangeKind::Topic,
+        ExchangeKind::Fanout => lapin::ExchangeKind::Fanout,
+        ExchangeKind::Headers => lapin::ExchangeKind::Headers,
+    };
+    let options = ExchangeDeclareOptions {
+        durable: exchange.durable,
+        auto_delete: exchange.auto_delete,
+        ..ExchangeDeclareOptions::default()
+    };
+    let declare = channel.exchange_declare(ShortString::from(exchange.name), kind, options, FieldTable::default());
+    deadline("exchange declare", timeout, declare).await
+}
+
+pub(super) async fn declare_queue_on(
+    channel: &Channel,
+    queue: &str,
+    options: &QueueOptions,
+    timeout: Duration,
+) -> Result<()> {
+    let declare_options =
+        QueueDeclareOptions { durable: options.durable, auto_delete: options.auto_delete, ..Default::default() };
+    let declare =
+        channel.queue_declare(ShortString::from(queue), declare_options, properties::queue_arguments(options));
+    deadline("queue declare", timeout, declare).await.map(drop)
+}
+
+pub(super) async fn bind_on(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let bind = channel.queue_bind(
+        ShortString::from(queue),
+        ShortString::from(exchange),
+        ShortString::from(key),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    );
+    deadline("queue bind", timeout, bind).await
+}
+
+/// Connects the publishing and the consuming connection, retrying with backoff until `within` has passed
+/// since `started`; the error says what was tried.
+pub(super) async fn connect_pair(
+    config: &BusConfig,
+    within: Duration,
+    started: Instant,
+) -> Result<(Connection, Connection)> {
+    let publish = connect(config, "publish", within, started).await?;
+    let consume = connect(config, "consume", within, started).await?;
+    Ok((publish, consume))
+}
+
+pub(super) async fn connect(config: &BusConfig, role: &str, within: Duration, started: Instant) -> Result<Connection> {
+    let Endpoint::Amqp(uri) = &config.endpoint else {
+        return Err(Error::config("the AMQP transport needs an amqp:// URL"));
+    };
+    let mut uri = uri.clone();
+    uri.query.heartbeat = Some(config.heartbeat_secs);
+    let properties =
+        ConnectionProperties::default().with_connection_name(format!("warren:{}:{role}", config.service_name).into());
+    let mut attempts = 0;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    loop {
+        attempts += 1;
+        let remaining = within.saturating_sub(started.elapsed());
+        let reason =
+            match tokio::time::timeout(remaining, Connection::connect_uri(uri.clone(), properties.clone())).await {
+                Ok(Ok(connection)) => return Ok(connection),
+                Ok(Err(error)) => config.redact(&error.to_string()),
+                Err(_) => format!("no answer within {within:?}"),
+            };
+        let elapsed = started.elapsed();
+        // Keep trying until the deadline itself; the last wait is cut to what is left of it.
+        let left = within.saturating_sub(elapsed);
+        if left < Duration::from_millis(10) {
+            return Err(Error::Connect { url: config.redacted_url(), attempts, elapsed, reason });
+        }
+        tracing::debug!(url = %config.redacted_url(), attempts, %reason, "connect failed; retrying");
+        tokio::time::sleep(backoff.next_wait().min(left)).await;
+    }
+}
