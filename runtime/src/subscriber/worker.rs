@@ -1,0 +1,218 @@
+//! One delivery through its handler: decoding, the handler (its panics and timeout caught), then an ack, a
+//! retry through a delay queue, or the dead-letter queue with why.
+
+use super::*;
+
+#[derive(Clone)]
+pub(super) struct Worker {
+    pub(super) stats: Arc<SubscriberStats>,
+    pub(super) bus: Bus,
+    /// What handlers' contexts share.
+    pub(super) context_bus: Arc<Bus>,
+    pub(super) group: String,
+    pub(super) queue: String,
+    pub(super) retry: RetryPolicy,
+    pub(super) handler_timeout: Option<Duration>,
+    pub(super) temporary: bool,
+}
+
+/// What became of one handler run, before settling the delivery.
+pub(super) enum Verdict {
+    /// The handler returned an outcome.
+    Decided(Outcome),
+    /// It failed, panicked or timed out: retried under the policy.
+    Failed(String),
+}
+
+impl Worker {
+    /// Handles one delivery; returns its acker when it is to be acknowledged (the caller batches acks), after
+    /// settling it otherwise.
+    pub(super) async fn process<T, F, Fut, O, E>(
+        &self,
+        delivery: Delivery,
+        handler: &F,
+        last: &mut LastType,
+    ) -> Option<Acker>
+    where
+        T: Inbound,
+        F: Fn(T, Context) -> Fut,
+        Fut: Future<Output = std::result::Result<O, E>>,
+        O: Into<Outcome>,
+        E: Into<HandlerError>,
+    {
+        let properties = &delivery.properties;
+        // A plain AMQP client may send no `type`: on a queue for one type, the message is read as that type.
+        let type_name = properties.kind().filter(|kind| !kind.is_empty()).or(T::sole_type()).unwrap_or_default();
+        let mut tracker = self.stats.delivered(type_name, last);
+        if let Some(seen) = properties.schema()
+            && let Some(own) = T::fingerprint(type_name)
+            && !own.is_empty()
+            && seen != own
+        {
+            self.stats.schema_mismatch(type_name, seen, own);
+        }
+        let message = match delivery.message.decode::<T>(type_name, properties.format()) {
+            Ok(message) => message,
+            // Decoding will never succeed: dead-letter at once, no retries.
+            Err(error) => {
+                self.dead_letter(&delivery, &error.to_string(), 1).await;
+                tracker.ended(Fate::DeadLettered, true);
+                return None;
+            }
+        };
+        let attempt = 1 + properties.header_i64(envelope::ATTEMPTS).unwrap_or(0).clamp(0, 1 << 20) as u32;
+        let context = Context::new(&self.context_bus, &delivery, attempt);
+        let run = async {
+            // A handler may panic while making its future, not only while it runs: catch both.
+            let future = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(message, context))) {
+                Ok(future) => future,
+                Err(panic) => return Verdict::Failed(format!("handler panicked: {}", panic_message(&panic))),
+            };
+            match AssertUnwindSafe(future).catch_unwind().await {
+                Ok(Ok(outcome)) => Verdict::Decided(outcome.into()),
+                Ok(Err(error)) => Verdict::Failed(format!("handler failed: {}", error.into())),
+                Err(panic) => Verdict::Failed(format!("handler panicked: {}", panic_message(&panic))),
+            }
+        };
+        tracker.start();
+        let verdict = match self.handler_timeout {
+            Some(limit) => tokio::time::timeout(limit, run)
+                .await
+                .unwrap_or_else(|_| Verdict::Failed(format!("handler timed out after {limit:?}"))),
+            None => run.await,
+        };
+        tracker.stop();
+        match verdict {
+            Verdict::Decided(Outcome::Ack) => {
+                tracker.ended(Fate::Processed, false);
+                return Some(delivery.acker);
+            }
+            Verdict::Decided(Outcome::Retry { after }) => {
+                let after = retry_rung(after);
+                let fate = self.retry_or_dead_letter(&delivery, attempt, after, "the handler asked to retry").await;
+                tracker.ended(fate, false);
+            }
+            Verdict::Decided(Outcome::DeadLetter { reason }) => {
+                self.dead_letter(&delivery, &reason, attempt).await;
+                tracker.ended(Fate::DeadLettered, false);
+            }
+            Verdict::Failed(reason) => {
+                let after = self.retry.backoff(attempt);
+                let fate = self.retry_or_dead_letter(&delivery, attempt, after, &reason).await;
+                tracker.ended(fate, true);
+            }
+        }
+        None
+    }
+
+    /// Retries through a delay queue while attempts remain, then dead-letters.
+    async fn retry_or_dead_letter(&self, delivery: &Delivery, attempt: u32, after: Duration, reason: &str) -> Fate {
+        if attempt >= self.retry.max_attempts {
+            self.dead_letter(delivery, reason, attempt).await;
+            return Fate::DeadLettered;
+        }
+        tracing::debug!(queue = %self.queue, attempt, ?after, reason, "retrying message");
+        // `<queue>.retry.<ms>`: messages wait there for the TTL, then the broker dead-letters them back into the
+        // queue through the default exchange. One queue per delay, so no message waits behind a longer one.
+        // RabbitMQ takes a TTL of at most 2^31 - 1 ms (about 24 days).
+        let delay_ms = u32::try_from(after.as_millis().clamp(1, i32::MAX as u128)).unwrap_or(i32::MAX as u32);
+        let retry_queue = format!("{}.retry.{delay_ms}", self.queue);
+        let options = crate::transport::QueueOptions {
+            message_ttl: Some(delay_ms),
+            dead_letter: Some((String::new(), self.queue.clone())),
+            ..durability(self.temporary)
+        };
+        let mut headers = self.failure_headers(delivery, reason);
+        headers.insert(envelope::ATTEMPTS, attempt);
+        let properties = delivery.properties.with_headers(headers);
+        let sent = match self.bus.declare_queue(&retry_queue, options).await {
+            Ok(()) => self.bus.publish_raw("", &retry_queue, delivery.body.clone(), properties).await,
+            Err(error) => Err(error),
+        };
+        match sent {
+            Ok(()) => {
+                delivery.settle(Settle::Ack).await;
+            }
+            Err(error) => {
+                // Not lost: back to the queue at once, marked redelivered.
+                tracing::warn!(queue = %self.queue, %error, "could not schedule a retry; requeueing");
+                delivery.settle(Settle::Requeue).await;
+            }
+        }
+        Fate::Retried
+    }
+
+    /// Copies the delivery to `<queue>.dlq` with why, where from and how often it failed, then acknowledges it.
+    /// If the copy cannot be confirmed, rejects it instead, so the broker dead-letters it (without the reason)
+    /// rather than losing it.
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str, attempts: u32) {
+        tracing::warn!(queue = %self.queue, reason, attempts, "dead-lettering message");
+        let mut headers = self.failure_headers(delivery, reason);
+        headers.insert(envelope::ATTEMPTS, attempts);
+        let properties = delivery.properties.with_headers(headers);
+        let dlq = format!("{}.dlq", self.queue);
+        match self.bus.publish_raw("", &dlq, delivery.body.clone(), properties).await {
+            Ok(()) => {
+                delivery.settle(Settle::Ack).await;
+            }
+            Err(error) => {
+                tracing::warn!(queue = %self.queue, %error, "could not copy to the dead-letter queue; rejecting");
+                delivery.settle(Settle::Reject).await;
+            }
+        }
+    }
+
+    /// The delivery's headers plus the failure record. The original exchange and routing key, and the time of
+    /// the first failure, are kept from the first failure on, across retry hops.
+    fn failure_headers(&self, delivery: &Delivery, reason: &str) -> Headers {
+        let old = delivery.properties.headers();
+        let mut headers = old.cloned().unwrap_or_default();
+        let now = HeaderValue::Timestamp(envelope::now_unix());
+        if !headers.contains(envelope::DLQ_EXCHANGE) {
+            headers.insert(envelope::DLQ_EXCHANGE, &*delivery.exchange);
+            headers.insert(envelope::DLQ_ROUTING_KEY, &*delivery.routing_key);
+        }
+        if !headers.contains(envelope::FIRST_FAILED_AT) {
+            headers.insert(envelope::FIRST_FAILED_AT, now.clone());
+        }
+        headers.insert(envelope::DLQ_FAILED_AT, now);
+        headers.insert(envelope::DLQ_REASON, reason_safe(reason));
+        headers.insert(envelope::DLQ_CONSUMER, self.group.as_str());
+        headers.insert(envelope::DLQ_SERVICE, self.bus.config().service_name.as_str());
+        headers
+    }
+}
+
+/// A running subscriber's place in its bus's metrics, given up when its consume task ends or is aborted.
+pub(super) struct Registered {
+    pub(super) bus: Bus,
+    pub(super) stats: Arc<crate::metrics::SubscriberStats>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.bus.inner.metrics.retire(&self.stats);
+        self.bus.forget_subscriber_queues(&self.stats.queue);
+    }
+}
+
+/// Header values are bounded: a huge error text must not make the dead-letter copy oversize.
+pub(super) fn reason_safe(value: &str) -> &str {
+    const MAX: usize = 4096;
+    if value.len() <= MAX {
+        return value;
+    }
+    let mut end = MAX;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    &value[..end]
+}
+
+pub(super) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
