@@ -149,6 +149,12 @@ impl IntSummatorClient {
         self.inner = self.inner.with_timeout(timeout);
         self
     }
+    const INT_SUM_METHOD: ::warren::__codegen::MethodSpec = ::warren::__codegen::MethodSpec {
+        service: IntSummatorClient::SERVICE,
+        name: "IntSum",
+        path: "/at.v1.IntSummator/IntSum",
+        timeout: ::std::option::Option::None,
+    };
     /// Returns the sum a + b.
     ///
     /// Fails with one of the errors of `at.v1.IntSumError` ([`::warren::RpcError::Service`]), or a transport-level [`::warren::Status`].
@@ -159,15 +165,8 @@ impl IntSummatorClient {
         IntSumResponse,
         ::warren::RpcError<int_sum_error::Reason>,
     > {
-        const METHOD: ::warren::__codegen::MethodSpec = ::warren::__codegen::MethodSpec {
-            service: IntSummatorClient::SERVICE,
-            name: "IntSum",
-            path: "/at.v1.IntSummator/IntSum",
-            timeout: ::std::option::Option::None,
-        };
-        self.inner.call_with_errors(&METHOD, &request).await
+        self.inner.call_with_errors(&Self::INT_SUM_METHOD, &request).await
     }
-    ///
     /// [`Self::int_sum`] with per-call options (deadline, headers); the reply comes with the headers the server sent.
     pub async fn int_sum_with(
         &self,
@@ -177,12 +176,6 @@ impl IntSummatorClient {
         ::warren::Response<IntSumResponse>,
         ::warren::RpcError<int_sum_error::Reason>,
     > {
-        const METHOD: ::warren::__codegen::MethodSpec = ::warren::__codegen::MethodSpec {
-            service: IntSummatorClient::SERVICE,
-            name: "IntSum",
-            path: "/at.v1.IntSummator/IntSum",
-            timeout: ::std::option::Option::None,
-        };
-        self.inner.call_with_errors_with(&METHOD, &request, &options).await
+        self.inner.call_with_errors_with(&Self::INT_SUM_METHOD, &request, &options).await
     }
 }

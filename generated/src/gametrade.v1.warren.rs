@@ -1340,6 +1340,12 @@ impl AuthServiceClient {
         self.inner = self.inner.with_timeout(timeout);
         self
     }
+    const AUTHENTICATE_METHOD: ::warren::__codegen::MethodSpec = ::warren::__codegen::MethodSpec {
+        service: AuthServiceClient::SERVICE,
+        name: "Authenticate",
+        path: "/gametrade.v1.AuthService/Authenticate",
+        timeout: ::std::option::Option::None,
+    };
     /// Verifies a username and password and returns an access token for that user.
     ///
     /// Fails with one of the errors of `gametrade.v1.AuthError` ([`::warren::RpcError::Service`]), or a transport-level [`::warren::Status`].
@@ -1350,15 +1356,8 @@ impl AuthServiceClient {
         AuthenticateResponse,
         ::warren::RpcError<auth_error::Reason>,
     > {
-        const METHOD: ::warren::__codegen::MethodSpec = ::warren::__codegen::MethodSpec {
-            service: AuthServiceClient::SERVICE,
-            name: "Authenticate",
-            path: "/gametrade.v1.AuthService/Authenticate",
-            timeout: ::std::option::Option::None,
-        };
-        self.inner.call_with_errors(&METHOD, &request).await
+        self.inner.call_with_errors(&Self::AUTHENTICATE_METHOD, &request).await
     }
-    ///
     /// [`Self::authenticate`] with per-call options (deadline, headers); the reply comes with the headers the server sent.
     pub async fn authenticate_with(
         &self,
@@ -1368,12 +1367,8 @@ impl AuthServiceClient {
         ::warren::Response<AuthenticateResponse>,
         ::warren::RpcError<auth_error::Reason>,
     > {
-        const METHOD: ::warren::__codegen::MethodSpec = ::warren::__codegen::MethodSpec {
-            service: AuthServiceClient::SERVICE,
-            name: "Authenticate",
-            path: "/gametrade.v1.AuthService/Authenticate",
-            timeout: ::std::option::Option::None,
-        };
-        self.inner.call_with_errors_with(&METHOD, &request, &options).await
+        self.inner
+            .call_with_errors_with(&Self::AUTHENTICATE_METHOD, &request, &options)
+            .await
     }
 }

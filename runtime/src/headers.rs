@@ -276,6 +276,11 @@ impl Headers {
         Ok(())
     }
 
+    /// Adds every header of `other`, replacing those of the same name.
+    pub(crate) fn append(&mut self, other: Headers) {
+        self.0.extend(other.0);
+    }
+
     /// These headers without Warren's own.
     pub(crate) fn without_reserved(&self) -> Headers {
         Headers(

@@ -44,6 +44,7 @@ fn emit_service(service: &Service) -> TokenStream {
     let mut trait_methods = Vec::new();
     let mut dispatch_arms = Vec::new();
     let mut client_methods = Vec::new();
+    let mut method_specs = Vec::new();
     for method in &service.methods {
         let rust_name = super::ident(&method.rust_name);
         let input = rust_path(&method.input_rust);
@@ -71,9 +72,14 @@ fn emit_service(service: &Service) -> TokenStream {
             Some(raw) => format!("`{raw}`"),
             None => format!("[`Self::{}`]", method.rust_name),
         };
-        let with_doc = docs::doc_paragraph(&format!(
-            "{plain} with per-call options (deadline, headers); the reply comes with the headers the server sent."
-        ));
+        let with_doc = docs::doc_attrs(
+            &format!(
+                "{plain} with per-call options (deadline, headers); the reply comes with the headers the server sent."
+            ),
+            "",
+        );
+        // One description of the method, used by both of its client methods.
+        let spec = format_ident!("{}_METHOD", method.rust_name.trim_start_matches("r#").to_uppercase());
         let errors_doc = match &method.errors {
             Some(set) => docs::doc_paragraph(&format!(
                 "Fails with one of the errors of `{}` ([`::warren::RpcError::Service`]), or a transport-level \
@@ -102,13 +108,7 @@ fn emit_service(service: &Service) -> TokenStream {
             #doc
             #errors_doc
             pub async fn #rust_name(&self, request: #input) -> ::std::result::Result<#output, #error> {
-                const METHOD: ::warren::__codegen::MethodSpec = ::warren::__codegen::MethodSpec {
-                    service: #client::SERVICE,
-                    name: #name,
-                    path: #path,
-                    timeout: #timeout,
-                };
-                self.inner.#call(&METHOD, &request).await
+                self.inner.#call(&Self::#spec, &request).await
             }
 
             #with_doc
@@ -117,14 +117,16 @@ fn emit_service(service: &Service) -> TokenStream {
                 request: #input,
                 options: ::warren::CallOptions,
             ) -> ::std::result::Result<::warren::Response<#output>, #error> {
-                const METHOD: ::warren::__codegen::MethodSpec = ::warren::__codegen::MethodSpec {
-                    service: #client::SERVICE,
-                    name: #name,
-                    path: #path,
-                    timeout: #timeout,
-                };
-                self.inner.#call_with(&METHOD, &request, &options).await
+                self.inner.#call_with(&Self::#spec, &request, &options).await
             }
+        });
+        method_specs.push(quote! {
+            const #spec: ::warren::__codegen::MethodSpec = ::warren::__codegen::MethodSpec {
+                service: #client::SERVICE,
+                name: #name,
+                path: #path,
+                timeout: #timeout,
+            };
         });
     }
 
@@ -196,6 +198,8 @@ fn emit_service(service: &Service) -> TokenStream {
                 self.inner = self.inner.with_timeout(timeout);
                 self
             }
+
+            #( #method_specs )*
 
             #( #client_methods )*
         }

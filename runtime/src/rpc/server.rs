@@ -67,13 +67,9 @@ impl RpcContext {
     /// Sends header `name` with `value` on the reply, whatever it turns out to be (the caller reads it from
     /// [`crate::Response::headers`]). Warren's own names (`x-warren-*`, `warren-*`) are refused.
     pub fn reply_header(&self, name: impl Into<String>, value: impl Into<crate::HeaderValue>) -> Result<()> {
-        let name = name.into();
-        if let Some(problem) = Headers::name_problem(&name) {
-            return Err(crate::Error::Header { name, problem });
-        }
-        let value = value.into();
-        Headers::new().with(name.as_str(), value.clone()).check_application()?; // names nested in the value
-        self.reply_headers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(name, value);
+        let header = Headers::new().with(name, value);
+        header.check_application()?; // its name, and any nested in its value
+        self.reply_headers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).append(header);
         Ok(())
     }
 }
