@@ -13,7 +13,8 @@ use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::rpc::Replies;
 use crate::transport::amqp::Amqp;
 use crate::transport::memory::Broker;
-use crate::transport::{Publish, QueueOptions, Transport};
+use crate::transport::{Publish, QueueSettings, Transport};
+use warren_topology::{dead_letter_queue, is_retry_queue};
 
 /// A handle to the message bus. Cheap to clone; clones share one connection.
 ///
@@ -277,7 +278,7 @@ impl Bus {
         let spec = T::SPEC;
         options.headers.check_application()?;
         task.validate().map_err(|violations| Error::Invalid { type_name: T::TYPE_NAME, violations })?;
-        self.declare_queue(&format!("{}.dlq", spec.queue), durability(false)).await?;
+        self.declare_queue(&dead_letter_queue(spec.queue), QueueSettings::plain(false)).await?;
         self.declare_queue(spec.queue, work_queue::<T>(spec.queue)).await?;
         let format = options.format.unwrap_or(spec.format);
         self.send(task, "", spec.queue, format, options.priority, options).await
@@ -484,11 +485,8 @@ impl Bus {
         if self.inner.metrics.queues().iter().any(|running| running == queue) {
             return;
         }
-        let dlq = format!("{queue}.dlq");
-        let retry_prefix = format!("{queue}.retry.");
-        let is_retry = |name: &str| {
-            name.strip_prefix(&retry_prefix).is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()))
-        };
+        let dlq = dead_letter_queue(queue);
+        let is_retry = |name: &str| is_retry_queue(queue, name);
         let mut forgotten = vec![queue.to_owned(), dlq.clone()];
         self.inner.declared.lock().expect("declared set").retain(|name| {
             let ours = name == queue || *name == dlq || is_retry(name);
@@ -501,7 +499,7 @@ impl Bus {
     }
 
     /// Declares a queue (once per bus).
-    pub(crate) async fn declare_queue(&self, queue: &str, options: QueueOptions) -> Result<()> {
+    pub(crate) async fn declare_queue(&self, queue: &str, options: QueueSettings) -> Result<()> {
         self.declare_once(queue, || self.inner.transport.declare_queue(queue, &options)).await
     }
 
@@ -547,6 +545,19 @@ impl Bus {
         Ok(signal)
     }
 
+    /// The exchanges, queues and bindings this bus has declared so far: what its subscribers, workers,
+    /// servers and publishers needed, each with the settings Warren's topology rules gave it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let bus = warren::Bus::in_memory();
+    /// assert!(bus.topology().queues.is_empty(), "nothing declared yet");
+    /// # }
+    /// ```
+    pub fn topology(&self) -> crate::Topology {
+        self.inner.transport.topology()
+    }
+
     /// How the connection to the broker is doing: connected, recovering (since when, how many attempts),
     /// failed, or closed.
     pub fn health(&self) -> crate::Health {
@@ -554,39 +565,11 @@ impl Bus {
     }
 }
 
-/// How long a temporary queue (and its dead-letter queue) lives unused.
-const TEMPORARY_QUEUE_EXPIRY_MS: u32 = 60_000;
-
-/// Options of a subscriber queue: rejected messages go to `<queue>.dlq` through the default exchange.
-///
-/// A quorum queue (`quorum` = its retry policy's attempts) always gets `x-delivery-limit`, a little above the
-/// policy, so that a message that keeps crashing its consumer is dead-lettered by the broker instead of
-/// looping. Temporary queues are never quorum queues (RabbitMQ's cannot be auto-delete).
-pub(crate) fn subscriber_queue(queue: &str, temporary: bool, prioritized: bool, quorum: Option<u32>) -> QueueOptions {
-    let quorum = quorum.filter(|_| !temporary);
-    QueueOptions {
-        dead_letter: Some((String::new(), format!("{queue}.dlq"))),
-        max_priority: prioritized.then_some(crate::Priority::MAX_AMQP),
-        quorum: quorum.is_some(),
-        delivery_limit: quorum.map(|attempts| attempts.saturating_add(2)),
-        ..durability(temporary)
-    }
-}
-
-/// Options of the work queue of task type `T`: like a subscriber queue, with the quorum delivery limit from the
+/// Options of the work queue of task type `T`: a consumer queue with the quorum delivery limit from the
 /// contract's policy, so that every worker and sender declares it identically.
-pub(crate) fn work_queue<T: Inbound>(queue: &str) -> QueueOptions {
+pub(crate) fn work_queue<T: Inbound>(queue: &str) -> QueueSettings {
     let quorum = T::quorum().then(|| T::retry_policy().unwrap_or_default().max_attempts);
-    subscriber_queue(queue, false, T::prioritized(), quorum)
-}
-
-/// Options of a plain queue (a dead-letter queue, an RPC queue).
-pub(crate) fn durability(temporary: bool) -> QueueOptions {
-    if temporary {
-        QueueOptions { auto_delete: true, expires: Some(TEMPORARY_QUEUE_EXPIRY_MS), ..QueueOptions::default() }
-    } else {
-        QueueOptions { durable: true, ..QueueOptions::default() }
-    }
+    QueueSettings::consumer(queue, false, T::prioritized(), quorum)
 }
 
 /// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM, naming the signal.

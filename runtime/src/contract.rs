@@ -9,30 +9,7 @@ use std::time::Duration;
 use crate::codec::{Payload, Violations, WireFormat};
 use crate::error::Error;
 
-/// How an exchange routes messages to the queues bound to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ExchangeKind {
-    /// The binding key equals the routing key.
-    Direct,
-    /// Dotted patterns: `*` matches one word, `#` zero or more.
-    Topic,
-    /// Every bound queue, whatever the key.
-    Fanout,
-    /// By header values.
-    Headers,
-}
-
-impl ExchangeKind {
-    /// The AMQP name of the kind.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExchangeKind::Direct => "direct",
-            ExchangeKind::Topic => "topic",
-            ExchangeKind::Fanout => "fanout",
-            ExchangeKind::Headers => "headers",
-        }
-    }
-}
+pub use warren_topology::ExchangeKind;
 
 /// An exchange as the contract declares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,7 +39,7 @@ pub enum Priority {
 
 impl Priority {
     /// The highest AMQP priority Warren uses; prioritized queues are declared with this `x-max-priority`.
-    pub const MAX_AMQP: u8 = 3;
+    pub const MAX_AMQP: u8 = warren_topology::MAX_PRIORITY;
 
     /// The AMQP message priority: LOW..CRITICAL are 0..3.
     pub fn as_amqp(self) -> u8 {

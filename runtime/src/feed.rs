@@ -359,7 +359,7 @@ impl Drop for Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::{Publish, QueueOptions};
+    use crate::transport::{Publish, QueueSettings};
 
     /// Finished tasks are let go of, so a long-running consumer keeps at most twice its concurrency of handles;
     /// dropping the list aborts those still running.
@@ -397,7 +397,7 @@ mod tests {
 
     async fn feed(bus: &Bus) -> Feed {
         let setup: Setup = Arc::new(|bus: Bus| {
-            Box::pin(async move { bus.inner.transport.declare_queue("q", &QueueOptions::default()).await })
+            Box::pin(async move { bus.inner.transport.declare_queue("q", &QueueSettings::default()).await })
         });
         let (_, signal) = Stop::new();
         Feed::open(bus, "q", 10, "test", setup, signal).await.expect("the feed opens")

@@ -33,6 +33,8 @@
 //! - `rpc/`: `client.rs` (one reply consumer per bus, [`CallOptions`]), `server.rs` ([`RpcContext`],
 //!   [`Serving`]), `error.rs` ([`RpcError`]).
 //! - `contract.rs`: the `'static` contract data generated code hands to the runtime.
+//! - `topology.rs`: [`Topology`], what a bus declared (the rules that decide it are the `warren-topology`
+//!   crate's, which the code generator's manifest shares).
 //! - `envelope.rs`: the AMQP properties and headers Warren reads and writes.
 //! - `headers.rs`: [`Headers`], [`HeaderValue`] and [`MessageProperties`], Warren's own metadata types.
 //! - `transport/`: `amqp/` (RabbitMQ through lapin: `supervise.rs`, `publish.rs`, `consume.rs`, and
@@ -59,6 +61,7 @@ mod rpc;
 mod status;
 mod subscriber;
 pub mod topic;
+mod topology;
 mod transport;
 
 pub use bus::{Bus, PublishOptions, RawMessage, terminated};
@@ -74,6 +77,7 @@ pub use rpc::{
 };
 pub use status::{Code, Status};
 pub use subscriber::{Context, HandlerError, Outcome, RETRY_LADDER, RetryPolicy, Subscriber, Subscription};
+pub use topology::{Argument, Binding, Exchange, ExchangeKind, QueueSettings, Topology};
 
 /// What generated code uses. Not a stable API for hand-written code.
 #[doc(hidden)]

@@ -244,7 +244,7 @@ fn subscriber_queue(name: &str, events: &[&model::Event]) -> Queue {
     let bindings = events
         .iter()
         .map(|e| {
-            let key = if e.exchange.kind.uses_routing_key() { e.routing_key.clone() } else { String::new() };
+            let key = if e.exchange.kind.uses_routing_key() { e.binding.clone() } else { String::new() };
             (e.exchange.name.clone(), key)
         })
         .collect();

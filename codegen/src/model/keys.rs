@@ -144,7 +144,7 @@ pub(crate) fn check_distinct(events: &[Event]) -> Result<()> {
                 continue;
             }
             let clash = match event.exchange.kind {
-                ExchangeKind::Topic => warren_topic::overlaps(&first.binding, &event.binding),
+                ExchangeKind::Topic => warren_topology::topic::overlaps(&first.binding, &event.binding),
                 _ => first.binding == event.binding,
             };
             if clash {
@@ -218,12 +218,12 @@ pub(crate) fn check_subscription(subscription: &Subscription, groups: &[EventGro
             "drop the subscription: every subscriber of a fanout or headers exchange gets every event",
         );
     }
-    if let Some(problem) = warren_topic::pattern_problem(pattern) {
+    if let Some(problem) = warren_topology::topic::pattern_problem(pattern) {
         return fail(format!("subscription \"{name}\" has a bad pattern: {problem}"), "write words separated by dots");
     }
     let keys: Vec<&Event> = group.events.iter().map(|i| &events[*i]).collect();
     let matches = |event: &&Event| match kind {
-        ExchangeKind::Topic => warren_topic::overlaps(pattern, &event.binding),
+        ExchangeKind::Topic => warren_topology::topic::overlaps(pattern, &event.binding),
         _ => *pattern == event.binding,
     };
     if !keys.iter().any(matches) {

@@ -10,13 +10,14 @@ use tokio::time::Instant;
 
 use super::RpcError;
 use super::error::ServiceError;
-use crate::bus::{Bus, durability};
+use crate::bus::Bus;
 use crate::codec::{self, Payload, WireFormat};
 use crate::contract::{MethodSpec, ServiceSpec};
 use crate::envelope::{self, Envelope, Properties};
 use crate::error::{Error, Later, Result};
 use crate::headers::Headers;
 use crate::status::{Code, Status};
+use crate::transport::QueueSettings;
 use crate::transport::{Publish, ReplyPath};
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Reply>>>>;
@@ -255,7 +256,7 @@ impl RpcClient {
         };
         // Declared by callers too, so requests wait in the queue for a server that starts late, instead of
         // being returned as unroutable; each request expires with its deadline, so none piles up.
-        bus.declare_queue(self.service.queue, durability(false)).await?;
+        bus.declare_queue(self.service.queue, QueueSettings::plain(false)).await?;
         bus.check_size(payload.len())?;
 
         // The schema fingerprint goes on a sample of requests, as on events (see `Publishes::stamps_schema`). The

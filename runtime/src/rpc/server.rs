@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::BoxFuture;
 use super::error::Failure;
-use crate::bus::{Bus, durability};
+use crate::bus::Bus;
 use crate::codec::{self, Payload, WireFormat};
 use crate::contract::ServiceSpec;
 use crate::envelope;
@@ -16,6 +16,7 @@ use crate::error::{Later, Result};
 use crate::feed::{Feed, Handlers, Setup, Stop};
 use crate::headers::{Headers, MessageProperties};
 use crate::status::{Code, Status};
+use crate::transport::QueueSettings;
 use crate::transport::{Delivery, Publish, Settle};
 
 /// What a server handler knows about a request beyond its payload: who called, the caller's deadline and
@@ -126,7 +127,7 @@ where
     let handler: Arc<Handler> = Arc::new(handler);
     let timeout = bus.config().operation_timeout;
     let setup: Setup = Arc::new(move |bus: Bus| {
-        Box::pin(async move { bus.inner.transport.declare_queue(service.queue, &durability(false)).await })
+        Box::pin(async move { bus.inner.transport.declare_queue(service.queue, &QueueSettings::plain(false)).await })
     });
     let (stop, signal) = Stop::new();
     let mut feed = Feed::open(bus, service.queue, concurrency, service.name, setup, signal.clone()).await?;

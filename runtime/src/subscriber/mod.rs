@@ -9,13 +9,14 @@ use crate::headers::{HeaderValue, Headers};
 use futures_util::FutureExt;
 use tokio::sync::Semaphore;
 
-use crate::bus::{self, Bus, durability, subscriber_queue};
+use crate::bus::{self, Bus};
 use crate::contract::{ExchangeKind, Inbound};
 use crate::envelope;
 use crate::error::{Error, Later, Result};
 use crate::feed::{Feed, Handlers, Setup, Stop};
 use crate::metrics::{Fate, LastType, SubscriberStats};
 use crate::topic;
+use crate::transport::QueueSettings;
 use crate::transport::{Acker, Delivery, Message, Settle};
 
 mod context;
@@ -23,8 +24,9 @@ mod policy;
 mod worker;
 
 pub use context::Context;
-use policy::*;
-pub use policy::{HandlerError, Outcome, RETRY_LADDER, RetryPolicy};
+pub use policy::{HandlerError, Outcome};
+pub use warren_topology::{RETRY_LADDER, RetryPolicy};
+use warren_topology::{dead_letter_queue, retry_rung};
 use worker::*;
 
 /// A subscriber being configured; start it with [`Subscriber::handle`].
@@ -236,9 +238,12 @@ impl<T: Inbound> Subscriber<T> {
             let (queue, temporary, prioritized) = (queue.clone(), self.temporary, T::prioritized());
             let options = match work_queue {
                 Some(queue) => bus::work_queue::<T>(queue),
-                None => {
-                    subscriber_queue(&queue, temporary, prioritized, T::quorum().then_some(self.retry.max_attempts))
-                }
+                None => QueueSettings::consumer(
+                    &queue,
+                    temporary,
+                    prioritized,
+                    T::quorum().then_some(self.retry.max_attempts),
+                ),
             };
             Arc::new(move |bus: Bus| {
                 let (queue, bindings, options) = (queue.clone(), bindings.clone(), options.clone());
@@ -247,7 +252,7 @@ impl<T: Inbound> Subscriber<T> {
                     if work_queue.is_none() {
                         transport.declare_exchange(exchange).await?;
                     }
-                    transport.declare_queue(&format!("{queue}.dlq"), &durability(temporary)).await?;
+                    transport.declare_queue(&dead_letter_queue(&queue), &QueueSettings::plain(temporary)).await?;
                     transport.declare_queue(&queue, &options).await?;
                     for key in &bindings {
                         transport.bind(&queue, exchange.name, key).await?;
@@ -433,18 +438,5 @@ mod tests {
         let cut = reason_safe(&long);
         assert!(cut.len() <= 4096);
         assert!(long.starts_with(cut));
-    }
-
-    #[test]
-    fn handler_chosen_delays_round_up_to_the_ladder() {
-        let ms = Duration::from_millis;
-        for (asked, waits) in [(0, 10), (1, 10), (10, 10), (11, 25), (999, 1000), (1001, 2000), (3_000, 5_000)] {
-            assert_eq!(retry_rung(ms(asked)), ms(waits), "{asked} ms");
-        }
-        assert_eq!(retry_rung(Duration::MAX), Duration::from_secs(24 * 3600), "a day at most");
-        assert!(RETRY_LADDER.windows(2).all(|pair| pair[0] < pair[1]), "rising");
-        // Jittered delays land on a handful of queues.
-        let rungs: std::collections::BTreeSet<Duration> = (0..10_000).map(|i| retry_rung(ms(1000 + i))).collect();
-        assert_eq!(rungs.len(), 5, "1 s to 11 s: {rungs:?}");
     }
 }

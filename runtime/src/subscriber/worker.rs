@@ -114,14 +114,9 @@ impl Worker {
         tracing::debug!(queue = %self.queue, attempt, ?after, reason, "retrying message");
         // `<queue>.retry.<ms>`: messages wait there for the TTL, then the broker dead-letters them back into the
         // queue through the default exchange. One queue per delay, so no message waits behind a longer one.
-        // RabbitMQ takes a TTL of at most 2^31 - 1 ms (about 24 days).
-        let delay_ms = u32::try_from(after.as_millis().clamp(1, i32::MAX as u128)).unwrap_or(i32::MAX as u32);
-        let retry_queue = format!("{}.retry.{delay_ms}", self.queue);
-        let options = crate::transport::QueueOptions {
-            message_ttl: Some(delay_ms),
-            dead_letter: Some((String::new(), self.queue.clone())),
-            ..durability(self.temporary)
-        };
+        let delay_ms = warren_topology::delay_ms(after);
+        let retry_queue = warren_topology::retry_queue(&self.queue, delay_ms);
+        let options = QueueSettings::retry_delay(&self.queue, delay_ms, self.temporary);
         let mut headers = self.failure_headers(delivery, reason);
         headers.insert(envelope::ATTEMPTS, attempt);
         let properties = delivery.properties.with_headers(headers);
@@ -150,7 +145,7 @@ impl Worker {
         let mut headers = self.failure_headers(delivery, reason);
         headers.insert(envelope::ATTEMPTS, attempts);
         let properties = delivery.properties.with_headers(headers);
-        let dlq = format!("{}.dlq", self.queue);
+        let dlq = warren_topology::dead_letter_queue(&self.queue);
         match self.bus.publish_raw("", &dlq, delivery.body.clone(), properties).await {
             Ok(()) => {
                 delivery.settle(Settle::Ack).await;

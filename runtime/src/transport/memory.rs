@@ -23,13 +23,15 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::{
-    Acker as AnyAcker, Canceller as AnyCanceller, Consumer, Delivery, Message, Publish, QueueOptions, ReplyPath, Settle,
+    Acker as AnyAcker, Canceller as AnyCanceller, Consumer, Delivery, Message, Publish, QueueSettings, ReplyPath,
+    Settle,
 };
 use crate::contract::{ExchangeKind, ExchangeSpec};
 use crate::envelope::Properties;
 use crate::error::{Error, Later, Result};
 use crate::headers::{HeaderValue, Headers};
 use crate::topic;
+use crate::topology::Topology;
 
 /// Prefix of reply addresses, as RabbitMQ's direct reply-to names them.
 const REPLY_PREFIX: &str = "amq.rabbitmq.reply-to.";
@@ -38,6 +40,8 @@ const REPLY_PREFIX: &str = "amq.rabbitmq.reply-to.";
 #[derive(Clone, Default)]
 pub(crate) struct Broker {
     state: Arc<Mutex<State>>,
+    /// What the bus holding this handle declared (buses sharing a named broker each keep their own).
+    declared: Arc<Mutex<Topology>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -62,7 +66,7 @@ impl Broker {
         let mut registry = registry().lock().expect("broker registry");
         registry.retain(|_, broker| broker.strong_count() > 0);
         if let Some(state) = registry.get(name).and_then(Weak::upgrade) {
-            return Broker { state };
+            return Broker { state, declared: Arc::default() };
         }
         let broker = Broker::default();
         registry.insert(name.to_owned(), Arc::downgrade(&broker.state));
@@ -89,10 +93,12 @@ impl Broker {
                 state.exchanges.insert(spec.name.to_owned(), Exchange { kind: spec.kind, bindings: Vec::new() });
                 Ok(())
             }
-        }
+        }?;
+        self.record().record_exchange(spec);
+        Ok(())
     }
 
-    pub(crate) fn declare_queue(&self, name: &str, options: &QueueOptions) -> Result<()> {
+    pub(crate) fn declare_queue(&self, name: &str, options: &QueueSettings) -> Result<()> {
         let mut state = self.lock();
         match state.queues.get(name) {
             Some(queue) if queue.options != *options => Err(Error::config(format!(
@@ -106,7 +112,10 @@ impl Broker {
                 state.routes.remove(""); // the default exchange routes to every queue by name
                 Ok(())
             }
-        }
+        }?;
+        drop(state);
+        self.record().record_queue(name, options);
+        Ok(())
     }
 
     pub(crate) fn bind(&self, queue: &str, exchange: &str, key: &str, arguments: Headers) -> Result<()> {
@@ -122,7 +131,14 @@ impl Broker {
             exchange_state.bindings.push(binding);
             state.routes.remove(exchange);
         }
+        drop(state);
+        self.record().record_binding(queue, exchange, key);
         Ok(())
+    }
+
+    /// What this handle's bus declared.
+    pub(crate) fn record(&self) -> MutexGuard<'_, Topology> {
+        self.declared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn publish(&self, publish: Publish<'_>, body: Vec<u8>, properties: Properties) -> Result<()> {
@@ -445,7 +461,7 @@ impl Drop for Slot {
 
 struct Queue {
     name: Arc<str>,
-    options: QueueOptions,
+    options: QueueSettings,
     /// One FIFO per priority level, highest last.
     ready: Vec<VecDeque<Queued>>,
     consumers: Vec<Slot>,
@@ -467,7 +483,7 @@ impl Drop for Queue {
 }
 
 impl Queue {
-    fn new(name: &str, options: QueueOptions) -> Queue {
+    fn new(name: &str, options: QueueSettings) -> Queue {
         let levels = options.max_priority.map_or(1, |max| usize::from(max) + 1);
         Queue {
             name: name.into(),
@@ -926,20 +942,21 @@ mod tests {
         broker.declare_exchange(&TOPIC).unwrap();
         assert!(matches!(send(&broker, TOPIC.name, "user.created"), Err(Error::Unroutable { .. })));
 
-        let auto_delete = QueueOptions { auto_delete: true, ..QueueOptions::default() };
+        let mut auto_delete = QueueSettings::default();
+        auto_delete.auto_delete = true;
         broker.declare_queue("a", &auto_delete).unwrap();
         broker.bind("a", TOPIC.name, "user.*", Headers::new()).unwrap();
         send(&broker, TOPIC.name, "user.created").unwrap();
         assert_eq!(depth(&broker, "a"), 1, "the new binding is used although the key was unroutable before");
 
-        broker.declare_queue("b", &QueueOptions::default()).unwrap();
+        broker.declare_queue("b", &QueueSettings::default()).unwrap();
         broker.bind("b", TOPIC.name, "*.created", Headers::new()).unwrap();
         send(&broker, TOPIC.name, "user.created").unwrap();
         assert_eq!((depth(&broker, "a"), depth(&broker, "b")), (2, 1), "a second binding adds a queue");
 
         // The default exchange reaches a queue declared after a publish found none by that name.
         assert!(matches!(send(&broker, "", "c"), Err(Error::Unroutable { .. })));
-        broker.declare_queue("c", &QueueOptions::default()).unwrap();
+        broker.declare_queue("c", &QueueSettings::default()).unwrap();
         send(&broker, "", "c").unwrap();
         assert_eq!(depth(&broker, "c"), 1);
 

@@ -28,47 +28,8 @@ pub(crate) fn consumer_tag(prefix: &str) -> String {
     format!("{prefix}.{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
-/// A queue's settings, as both transports understand them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct QueueOptions {
-    /// Survives broker restarts.
-    pub(crate) durable: bool,
-    /// Deleted when its last consumer goes.
-    pub(crate) auto_delete: bool,
-    /// Where rejected and expired messages go: (exchange, routing key).
-    pub(crate) dead_letter: Option<(String, String)>,
-    /// Messages expire this many milliseconds after entering the queue.
-    pub(crate) message_ttl: Option<u32>,
-    /// The queue is deleted after this many milliseconds unused.
-    pub(crate) expires: Option<u32>,
-    /// Priorities 0..=max are honoured.
-    pub(crate) max_priority: Option<u8>,
-    /// A replicated quorum queue.
-    pub(crate) quorum: bool,
-    /// A message returned to the queue more often than this is dead-lettered (`delivery_limit`).
-    pub(crate) delivery_limit: Option<u32>,
-}
-
-impl QueueOptions {
-    /// Refuses a TTL, expiry or delivery limit RabbitMQ cannot take: it reads them as signed 32-bit integers,
-    /// and a larger value sent as one would wrap negative.
-    pub(crate) fn check(&self, queue: &str) -> Result<()> {
-        let limits = [
-            ("x-message-ttl", self.message_ttl),
-            ("x-expires", self.expires),
-            ("x-delivery-limit", self.delivery_limit),
-        ];
-        for (argument, value) in limits {
-            if let Some(value) = value.filter(|v| i32::try_from(*v).is_err()) {
-                return Err(Error::config(format!(
-                    "queue \"{queue}\": {argument} of {value} is above RabbitMQ's limit of {} (2^31 - 1); use a smaller value",
-                    i32::MAX
-                )));
-            }
-        }
-        Ok(())
-    }
-}
+/// A queue's settings, as both transports understand them: Warren's topology rules decide them.
+pub(crate) use warren_topology::QueueSettings;
 
 /// A message as published: where to and what. Shared, never copied, between the queues a message is routed
 /// to, its deliveries, and the handler's [`crate::Context`].
@@ -278,8 +239,8 @@ impl Transport {
         }
     }
 
-    pub(crate) async fn declare_queue(&self, queue: &str, options: &QueueOptions) -> Result<()> {
-        options.check(queue)?;
+    pub(crate) async fn declare_queue(&self, queue: &str, options: &QueueSettings) -> Result<()> {
+        options.check(queue).map_err(Error::config)?;
         match self {
             Transport::Amqp(amqp) => amqp.declare_queue(queue, options).await,
             Transport::Memory(broker) => broker.declare_queue(queue, options),
@@ -293,10 +254,20 @@ impl Transport {
         }
     }
 
-    /// Stops re-declaring `queues` after reconnections (the in-memory broker never reconnects).
+    /// Stops re-declaring `queues` after reconnections (the in-memory broker never reconnects, but forgets
+    /// them alike).
     pub(crate) fn forget_queues(&self, queues: &[String]) {
-        if let Transport::Amqp(amqp) = self {
-            amqp.forget_queues(queues);
+        match self {
+            Transport::Amqp(amqp) => amqp.forget_queues(queues),
+            Transport::Memory(broker) => broker.record().forget(queues),
+        }
+    }
+
+    /// What this bus declared.
+    pub(crate) fn topology(&self) -> crate::Topology {
+        match self {
+            Transport::Amqp(amqp) => amqp.topology(),
+            Transport::Memory(broker) => broker.record().clone(),
         }
     }
 
@@ -416,25 +387,6 @@ impl ReplyPath {
         match (&self.amqp_channel, &self.requests) {
             (Some(channel), Transport::Amqp(_)) => channel.send(publish, &body, &properties).await,
             _ => self.requests.publish(publish, body, properties).await,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queue_arguments_above_rabbitmqs_signed_32_bit_limit_are_refused_not_wrapped() {
-        let fits = QueueOptions { message_ttl: Some(i32::MAX as u32), expires: Some(60_000), ..Default::default() };
-        fits.check("q").unwrap();
-        for options in [
-            QueueOptions { message_ttl: Some(u32::MAX), ..Default::default() },
-            QueueOptions { expires: Some(1 << 31), ..Default::default() },
-            QueueOptions { delivery_limit: Some(u32::MAX), ..Default::default() },
-        ] {
-            let error = options.check("orders").unwrap_err().to_string();
-            assert!(error.contains("queue \"orders\"") && error.contains("2147483647"), "{error}");
         }
     }
 }

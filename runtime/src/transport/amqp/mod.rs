@@ -33,13 +33,14 @@ use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use tokio::sync::{Mutex, Semaphore, watch};
 
 use super::confirms::{Confirmed, Confirms, Outcome};
-use super::{Acker, Canceller, Consumer, Delivery, Message, Publish, QueueOptions, ReplyPath, Settle, Transport};
+use super::{Acker, Canceller, Consumer, Delivery, Message, Publish, QueueSettings, ReplyPath, Settle, Transport};
 use crate::backoff::Backoff;
 use crate::config::{BusConfig, Endpoint};
 use crate::contract::{ExchangeKind, ExchangeSpec};
 use crate::envelope::{Inline, Properties};
 use crate::error::{Error, Later, Result};
 use crate::health::Health;
+use crate::topology::{Binding, Exchange, Topology};
 
 mod consume;
 mod properties;
@@ -99,14 +100,6 @@ struct Link {
     consume: Arc<Connection>,
 }
 
-/// What this bus declared, replayed on every new connection.
-#[derive(Default)]
-struct Topology {
-    exchanges: Vec<ExchangeSpec>,
-    queues: Vec<(String, QueueOptions)>,
-    bindings: Vec<(String, String, String)>,
-}
-
 /// A publishing channel and the link generation it was opened on.
 type Publisher = (u64, Arc<PublishChannel>);
 
@@ -127,7 +120,8 @@ pub(crate) struct Amqp {
     /// clone takes a dozen; `opening` serializes replacing them.
     publishers: [StdRwLock<Option<Publisher>>; 2],
     opening: Mutex<()>,
-    topology: StdMutex<Topology>,
+    /// What this bus declared, replayed on every new connection.
+    pub(super) topology: StdMutex<Topology>,
     /// At most this many publishes wait for confirms at once.
     window: Semaphore,
     closing: AtomicBool,
@@ -273,33 +267,30 @@ impl Amqp {
 
     pub(crate) async fn declare_exchange(&self, exchange: &ExchangeSpec) -> Result<()> {
         let channel = self.channel_on(false).await?;
-        let result = declare_exchange_on(&channel, exchange, self.timeout()).await;
+        let result = declare_exchange_on(&channel, &Exchange::from(exchange), self.timeout()).await;
         close_quietly(&channel).await;
         result?;
-        let mut topology = self.topology.lock().expect("topology");
-        if !topology.exchanges.contains(exchange) {
-            topology.exchanges.push(*exchange);
-        }
+        self.topology.lock().expect("topology").record_exchange(exchange);
         Ok(())
     }
 
-    pub(crate) async fn declare_queue(&self, queue: &str, options: &QueueOptions) -> Result<()> {
+    pub(crate) async fn declare_queue(&self, queue: &str, options: &QueueSettings) -> Result<()> {
         let channel = self.channel_on(false).await?;
         let result = declare_queue_on(&channel, queue, options, self.timeout()).await;
         close_quietly(&channel).await;
         result?;
-        let mut topology = self.topology.lock().expect("topology");
-        if !topology.queues.iter().any(|(name, _)| name == queue) {
-            topology.queues.push((queue.to_owned(), options.clone()));
-        }
+        self.topology.lock().expect("topology").record_queue(queue, options);
         Ok(())
+    }
+
+    /// What this bus declared.
+    pub(crate) fn topology(&self) -> Topology {
+        self.topology.lock().expect("topology").clone()
     }
 
     /// Stops replaying `queues` (and their bindings) after reconnections: what they served has stopped.
     pub(crate) fn forget_queues(&self, queues: &[String]) {
-        let mut topology = self.topology.lock().expect("topology");
-        topology.queues.retain(|(name, _)| !queues.contains(name));
-        topology.bindings.retain(|(queue, _, _)| !queues.contains(queue));
+        self.topology.lock().expect("topology").forget(queues);
     }
 
     pub(crate) async fn bind(&self, queue: &str, exchange: &str, key: &str) -> Result<()> {
@@ -307,11 +298,7 @@ impl Amqp {
         let result = bind_on(&channel, queue, exchange, key, self.timeout()).await;
         close_quietly(&channel).await;
         result?;
-        let binding = (queue.to_owned(), exchange.to_owned(), key.to_owned());
-        let mut topology = self.topology.lock().expect("topology");
-        if !topology.bindings.contains(&binding) {
-            topology.bindings.push(binding);
-        }
+        self.topology.lock().expect("topology").record_binding(queue, exchange, key);
         Ok(())
     }
 

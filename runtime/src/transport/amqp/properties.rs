@@ -5,7 +5,8 @@ use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 
 use crate::envelope::{Envelope, Properties};
 use crate::headers::{HeaderValue, Headers, MessageProperties};
-use crate::transport::QueueOptions;
+use crate::transport::QueueSettings;
+use warren_topology::Argument;
 
 /// lapin's properties for a publish. A Warren envelope goes straight to lapin's, without plain properties in
 /// between: this is every publish's path.
@@ -274,33 +275,20 @@ fn value_from_lapin(value: &AMQPValue) -> HeaderValue {
     }
 }
 
-/// The AMQP `x-` arguments of a queue (after [`QueueOptions::check`]). RabbitMQ compares them, types
+/// The AMQP `x-` arguments of a queue (after [`QueueSettings::check`]). RabbitMQ compares them, types
 /// included, with an existing queue's: their types are as Warren has always declared them.
-pub(crate) fn queue_arguments(options: &QueueOptions) -> FieldTable {
+pub(crate) fn queue_arguments(options: &QueueSettings) -> FieldTable {
     let mut arguments = FieldTable::default();
-    let mut put = |key: &str, value: AMQPValue| {
-        arguments.insert(ShortString::from(key), value);
-    };
-    let int = |value: u32| AMQPValue::LongInt(i32::try_from(value).unwrap_or(i32::MAX));
-    let text = |value: &str| AMQPValue::LongString(value.into());
-    if let Some((exchange, routing_key)) = &options.dead_letter {
-        put("x-dead-letter-exchange", text(exchange));
-        put("x-dead-letter-routing-key", text(routing_key));
-    }
-    if let Some(ttl) = options.message_ttl {
-        put("x-message-ttl", int(ttl));
-    }
-    if let Some(expires) = options.expires {
-        put("x-expires", int(expires));
-    }
-    if let Some(max) = options.max_priority {
-        put("x-max-priority", AMQPValue::ShortShortUInt(max));
-    }
-    if options.quorum {
-        put("x-queue-type", text("quorum"));
-    }
-    if let Some(limit) = options.delivery_limit {
-        put("x-delivery-limit", int(limit));
+    for (name, value) in options.arguments() {
+        let value = match value {
+            // A priority has always gone as an unsigned byte, the rest as 32-bit integers.
+            Argument::Int(max) if name == "x-max-priority" => {
+                AMQPValue::ShortShortUInt(u8::try_from(max).unwrap_or(u8::MAX))
+            }
+            Argument::Int(value) => AMQPValue::LongInt(i32::try_from(value).unwrap_or(i32::MAX)),
+            Argument::Str(text) => AMQPValue::LongString(text.into()),
+        };
+        arguments.insert(ShortString::from(name), value);
     }
     arguments
 }

@@ -119,10 +119,7 @@ pub(super) async fn wait_for_failure(link: &Link, owner: &mut watch::Receiver<Op
 /// not stop the others: it is logged and returned, and the rest are declared on a fresh channel (a refusal
 /// closes its channel). Fails only when no channel can be opened.
 pub(super) async fn replay(amqp: &Amqp, connection: &Connection) -> Result<Vec<String>> {
-    let (exchanges, queues, bindings) = {
-        let topology = amqp.topology.lock().expect("topology");
-        (topology.exchanges.clone(), topology.queues.clone(), topology.bindings.clone())
-    };
+    let Topology { exchanges, queues, bindings, .. } = amqp.topology.lock().expect("topology").clone();
     let timeout = amqp.timeout();
     let mut channel = open_channel(connection, timeout).await?;
     let mut failed = Vec::new();
@@ -144,7 +141,7 @@ pub(super) async fn replay(amqp: &Amqp, connection: &Connection) -> Result<Vec<S
             refused(format!("queue \"{queue}\""), error, &mut channel).await?;
         }
     }
-    for (queue, exchange, key) in &bindings {
+    for Binding { queue, exchange, key, .. } in &bindings {
         if let Err(error) = bind_on(&channel, queue, exchange, key, timeout).await {
             refused(format!("binding of queue \"{queue}\" to \"{exchange}\" with \"{key}\""), error, &mut channel)
                 .await?;
@@ -154,7 +151,7 @@ pub(super) async fn replay(amqp: &Amqp, connection: &Connection) -> Result<Vec<S
     Ok(failed)
 }
 
-pub(super) async fn declare_exchange_on(channel: &Channel, exchange: &ExchangeSpec, timeout: Duration) -> Result<()> {
+pub(super) async fn declare_exchange_on(channel: &Channel, exchange: &Exchange, timeout: Duration) -> Result<()> {
     let kind = match exchange.kind {
         ExchangeKind::Direct => lapin::ExchangeKind::Direct,
         ExchangeKind::Topic => lapin::ExchangeKind::Topic,
@@ -166,14 +163,15 @@ pub(super) async fn declare_exchange_on(channel: &Channel, exchange: &ExchangeSp
         auto_delete: exchange.auto_delete,
         ..ExchangeDeclareOptions::default()
     };
-    let declare = channel.exchange_declare(ShortString::from(exchange.name), kind, options, FieldTable::default());
+    let declare =
+        channel.exchange_declare(ShortString::from(exchange.name.as_str()), kind, options, FieldTable::default());
     deadline("exchange declare", timeout, declare).await
 }
 
 pub(super) async fn declare_queue_on(
     channel: &Channel,
     queue: &str,
-    options: &QueueOptions,
+    options: &QueueSettings,
     timeout: Duration,
 ) -> Result<()> {
     let declare_options =

@@ -2,7 +2,7 @@
 //! routes in memory and checks subscriptions): `*` matches exactly one word, `#` zero or more.
 //!
 //! ```
-//! use warren_topic::{matches, overlaps};
+//! use warren_topology::topic::{matches, overlaps};
 //!
 //! assert!(matches("user.*", "user.registered"));
 //! // Some key matches both: "order.eu.created".

@@ -1,0 +1,165 @@
+//! The contract manifest (`proto/warren.lock`, which `check-compat` compares) and the runtime declare the same
+//! queues: for every seed contract and the `rich.v1` fixture, each subscriber queue in the manifest is what a
+//! bus declares when that subscriber starts (flags, `x-` arguments, bindings, dead-letter queue), and its retry
+//! queues are those the generated code's retry policy implies.
+//!
+//! Both sides take their rules from `warren-topology`; this test keeps the inputs in step: what codegen reads
+//! from the contract (priorities, quorum, retry policies, routing keys) against what generated code tells the
+//! runtime.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use warren::{Bus, Inbound, QueueSettings, Subscriber, Topology};
+use warren_codegen::Config;
+use warren_codegen::manifest::{Argument, Consumer, GROUP, Manifest};
+
+const GROUP_NAME: &str = "the-group";
+
+/// What one started subscriber declared, and the retry queues its policy implies.
+struct Started {
+    queue: String,
+    retry_queues: Vec<String>,
+    /// Running until the check: a stopped subscriber's queues leave the bus's topology.
+    _subscription: warren::Subscription,
+}
+
+/// Starts `subscriber` (a handler that acknowledges) and keeps it running.
+async fn start<T: Inbound>(subscriber: Subscriber<T>, started: &mut Vec<Started>) {
+    let queue = subscriber.queue_name();
+    let policy = T::retry_policy().unwrap_or_default();
+    let retry_queues = policy.delays_ms().into_iter().map(|ms| warren_topology::retry_queue(&queue, ms)).collect();
+    let subscription = subscriber
+        .handle(|_: T, _| async { Ok::<_, warren::HandlerError>(()) })
+        .await
+        .unwrap_or_else(|e| panic!("subscriber on {queue} does not start: {e}"));
+    started.push(Started { queue, retry_queues, _subscription: subscription });
+}
+
+fn manifest(includes: &Path, files: &[&str]) -> Manifest {
+    let config = Config::new([includes], files);
+    let contracts = warren_codegen::load(&config).unwrap_or_else(|e| panic!("{e}"));
+    warren_codegen::manifest(&config, &contracts).unwrap()
+}
+
+/// Every consumer queue of `manifest` against what `bus` declared for the subscribers in `started`.
+fn assert_agree(manifest: &Manifest, topology: &Topology, started: &[Started]) {
+    let declared_bindings: BTreeSet<(String, String, String)> =
+        topology.bindings.iter().map(|b| (b.queue.clone(), b.exchange.clone(), b.key.clone())).collect();
+    let mut checked = BTreeSet::new();
+    for (template, queue) in &manifest.queues {
+        if matches!(queue.consumer, Consumer::Service(_)) {
+            continue; // a plain durable queue, checked by the RPC tests
+        }
+        let name = template.replace(GROUP, GROUP_NAME);
+        let settings = topology.queue(&name).unwrap_or_else(|| {
+            panic!("the manifest has queue {template}, which no subscriber started here declared; start one for it")
+        });
+        let arguments: BTreeMap<String, Argument> = settings
+            .arguments()
+            .into_iter()
+            .map(|(key, value)| {
+                let value = match value {
+                    warren::Argument::Int(n) => Argument::Int(n),
+                    warren::Argument::Str(s) => Argument::Str(s.replace(GROUP_NAME, GROUP)), // the group is in no contract name
+                };
+                (key.to_owned(), value)
+            })
+            .collect();
+        let manifest_arguments: BTreeMap<String, Argument> =
+            queue.arguments.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
+        assert_eq!(arguments, manifest_arguments, "arguments of {template}");
+        assert_eq!(settings.durable, queue.durable, "durability of {template}");
+        let bindings: BTreeSet<(String, String)> = declared_bindings
+            .iter()
+            .filter(|(q, _, _)| *q == name)
+            .map(|(_, exchange, key)| (exchange.clone(), key.clone()))
+            .collect();
+        assert_eq!(bindings, queue.bindings, "bindings of {template}");
+        let dead_letter = queue.dead_letter_queue.as_ref().map(|q| q.replace(GROUP, GROUP_NAME));
+        assert_eq!(dead_letter, Some(warren_topology::dead_letter_queue(&name)), "dead-letter queue of {template}");
+        assert_eq!(topology.queue(&warren_topology::dead_letter_queue(&name)), Some(&QueueSettings::plain(false)));
+        let retry_queues: Vec<String> = queue.retry_queues.iter().map(|q| q.replace(GROUP, GROUP_NAME)).collect();
+        let runtime = started.iter().find(|s| s.queue == name).expect("started");
+        assert_eq!(retry_queues, runtime.retry_queues, "retry queues of {template}");
+        checked.insert(name);
+    }
+    for subscriber in started {
+        assert!(
+            checked.contains(&subscriber.queue),
+            "a subscriber declared {}, which the manifest does not list",
+            subscriber.queue
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_seed_contracts_manifest_lists_what_the_runtime_declares() {
+    use warren_contracts::{gametrade, streaming, trading};
+    let bus = Bus::in_memory();
+    let mut started = Vec::new();
+    macro_rules! each {
+        ($($ty:ty),* $(,)?) => { $( start(Subscriber::<$ty>::new(&bus, GROUP_NAME), &mut started).await; )* };
+    }
+    {
+        use gametrade::v1::*;
+        each!(
+            UserRegistered,
+            UserActivated,
+            UserDeactivated,
+            UserUpdated,
+            ItemListed,
+            ItemRemoved,
+            ItemUpdated,
+            MessageSent,
+            MessageRead,
+            MessageDeleted,
+            PaymentInitiated,
+            PaymentCompleted,
+            PaymentFailed,
+            TradeCreated,
+            TradeAccepted,
+            TradeRejected,
+            TradeCanceled,
+            TradeCompleted,
+            SystemAlert,
+            SystemError,
+            SystemInfo,
+            GametradeEvents,
+        );
+    }
+    {
+        use streaming::v1::*;
+        each!(
+            UserNotification,
+            AdminNotification,
+            OrderProcessing,
+            OrderCompleted,
+            SystemEvent,
+            Notifications,
+            Orders,
+            System
+        );
+    }
+    {
+        use trading::v1::*;
+        each!(MarketTick, TradingSignal, TradingEvents);
+    }
+    let root = warren_tests::workspace_root();
+    let config = Config::for_workspace(&root).unwrap();
+    let contracts = warren_codegen::load(&config).unwrap_or_else(|e| panic!("{e}"));
+    let manifest = warren_codegen::manifest(&config, &contracts).unwrap();
+    assert_agree(&manifest, &bus.topology(), &started);
+}
+
+#[tokio::test]
+async fn the_rich_fixtures_manifest_lists_what_the_runtime_declares() {
+    use warren_tests::quickstart::rich::v1::*;
+    let bus = Bus::in_memory();
+    let mut started = Vec::new();
+    start(Subscriber::<OrderCreated>::new(&bus, GROUP_NAME), &mut started).await;
+    start(Subscriber::<OrderArchived>::new(&bus, GROUP_NAME), &mut started).await;
+    start(Subscriber::<RichEvents>::new(&bus, GROUP_NAME), &mut started).await;
+    let fixtures = warren_tests::workspace_root().join("tests/fixtures/build_rs");
+    assert_agree(&manifest(&fixtures, &["rich/v1/rich.proto"]), &bus.topology(), &started);
+}

@@ -1,0 +1,209 @@
+//! The queues Warren declares: their names and their settings.
+
+use std::fmt;
+
+/// RabbitMQ's largest TTL, expiry or delivery limit: it reads them as signed 32-bit integers.
+pub const MAX_TTL_MS: u32 = i32::MAX as u32;
+
+/// The highest AMQP priority Warren uses (LOW..CRITICAL are 0..3); prioritized queues are declared with this
+/// `x-max-priority`.
+pub const MAX_PRIORITY: u8 = 3;
+
+/// How long a temporary queue (and its dead-letter queue) lives unused, in milliseconds.
+pub const TEMPORARY_QUEUE_EXPIRY_MS: u32 = 60_000;
+
+/// How many deliveries a quorum queue allows beyond the retry policy's attempts before the broker itself
+/// dead-letters a message (one that keeps crashing its consumer, say).
+pub const DELIVERY_LIMIT_MARGIN: u32 = 2;
+
+/// The dead-letter queue of `queue`: `<queue>.dlq`.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dlq")
+}
+
+/// The delay queue that holds messages of `queue` for `delay_ms` before they return to it:
+/// `<queue>.retry.<ms>`.
+pub fn retry_queue(queue: &str, delay_ms: u32) -> String {
+    format!("{queue}.retry.{delay_ms}")
+}
+
+/// Whether `name` is one of the delay queues of `queue` (`<queue>.retry.<ms>`).
+pub fn is_retry_queue(queue: &str, name: &str) -> bool {
+    name.strip_prefix(queue)
+        .and_then(|rest| rest.strip_prefix(".retry."))
+        .is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// How Warren declares a queue: its flags and its `x-` arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct QueueSettings {
+    /// Survives broker restarts.
+    pub durable: bool,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// Where rejected and expired messages go: (exchange, routing key).
+    pub dead_letter: Option<(String, String)>,
+    /// Messages expire this many milliseconds after entering the queue.
+    pub message_ttl: Option<u32>,
+    /// The queue is deleted after this many milliseconds unused.
+    pub expires: Option<u32>,
+    /// Priorities 0..=max are honoured.
+    pub max_priority: Option<u8>,
+    /// A replicated quorum queue.
+    pub quorum: bool,
+    /// A message returned to the queue more often than this is dead-lettered.
+    pub delivery_limit: Option<u32>,
+}
+
+impl QueueSettings {
+    /// A plain queue (a dead-letter queue, an RPC queue): durable, or if `temporary`, auto-deleted and
+    /// expiring after [`TEMPORARY_QUEUE_EXPIRY_MS`] unused.
+    pub fn plain(temporary: bool) -> Self {
+        if temporary {
+            QueueSettings { auto_delete: true, expires: Some(TEMPORARY_QUEUE_EXPIRY_MS), ..QueueSettings::default() }
+        } else {
+            QueueSettings { durable: true, ..QueueSettings::default() }
+        }
+    }
+
+    /// A queue that subscribers or workers consume: rejected messages go to [`dead_letter_queue`] through the
+    /// default exchange; a priority queue if `prioritized`.
+    ///
+    /// `quorum_attempts` (the retry policy's attempts, for a contract that asks for a quorum queue) makes it a
+    /// quorum queue with `x-delivery-limit` a little above the policy ([`DELIVERY_LIMIT_MARGIN`]), so that a
+    /// message that keeps crashing its consumer is dead-lettered by the broker instead of looping. Temporary
+    /// queues are never quorum queues (RabbitMQ's cannot be auto-delete).
+    pub fn consumer(queue: &str, temporary: bool, prioritized: bool, quorum_attempts: Option<u32>) -> Self {
+        let quorum_attempts = quorum_attempts.filter(|_| !temporary);
+        QueueSettings {
+            dead_letter: Some((String::new(), dead_letter_queue(queue))),
+            max_priority: prioritized.then_some(MAX_PRIORITY),
+            quorum: quorum_attempts.is_some(),
+            delivery_limit: quorum_attempts.map(|attempts| attempts.saturating_add(DELIVERY_LIMIT_MARGIN)),
+            ..QueueSettings::plain(temporary)
+        }
+    }
+
+    /// The delay queue [`retry_queue`]`(queue, delay_ms)`: each message waits `delay_ms` there, then the broker
+    /// dead-letters it back into `queue` through the default exchange.
+    pub fn retry_delay(queue: &str, delay_ms: u32, temporary: bool) -> Self {
+        QueueSettings {
+            message_ttl: Some(delay_ms),
+            dead_letter: Some((String::new(), queue.to_owned())),
+            ..QueueSettings::plain(temporary)
+        }
+    }
+
+    /// The `x-` arguments these settings are declared with, in a fixed order.
+    pub fn arguments(&self) -> Vec<(&'static str, Argument)> {
+        let mut arguments = Vec::new();
+        if let Some((exchange, routing_key)) = &self.dead_letter {
+            arguments.push(("x-dead-letter-exchange", Argument::Str(exchange.clone())));
+            arguments.push(("x-dead-letter-routing-key", Argument::Str(routing_key.clone())));
+        }
+        if let Some(ttl) = self.message_ttl {
+            arguments.push(("x-message-ttl", Argument::Int(i64::from(ttl))));
+        }
+        if let Some(expires) = self.expires {
+            arguments.push(("x-expires", Argument::Int(i64::from(expires))));
+        }
+        if let Some(max) = self.max_priority {
+            arguments.push(("x-max-priority", Argument::Int(i64::from(max))));
+        }
+        if self.quorum {
+            arguments.push(("x-queue-type", Argument::Str("quorum".to_owned())));
+        }
+        if let Some(limit) = self.delivery_limit {
+            arguments.push(("x-delivery-limit", Argument::Int(i64::from(limit))));
+        }
+        arguments
+    }
+
+    /// Refuses a TTL, expiry or delivery limit RabbitMQ cannot take ([`MAX_TTL_MS`]): sent as a signed 32-bit
+    /// integer, a larger value would wrap negative. The error names the queue, the argument and the limit.
+    pub fn check(&self, queue: &str) -> Result<(), String> {
+        let limits = [
+            ("x-message-ttl", self.message_ttl),
+            ("x-expires", self.expires),
+            ("x-delivery-limit", self.delivery_limit),
+        ];
+        for (argument, value) in limits {
+            if let Some(value) = value.filter(|v| *v > MAX_TTL_MS) {
+                return Err(format!(
+                    "queue \"{queue}\": {argument} of {value} is above RabbitMQ's limit of {MAX_TTL_MS} (2^31 - 1); use a smaller value"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The value of a queue's `x-` argument.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Argument {
+    /// A number, e.g. `x-max-priority` 3.
+    Int(i64),
+    /// Text, e.g. `x-queue-type` `quorum`.
+    Str(String),
+}
+
+impl fmt::Display for Argument {
+    /// A number as is, text quoted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Argument::Int(value) => write!(f, "{value}"),
+            Argument::Str(value) => write!(f, "{value:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_consumer_queue_dead_letters_and_a_quorum_one_has_a_delivery_limit() {
+        let queue = QueueSettings::consumer("g.orders", false, true, Some(5));
+        assert_eq!(
+            queue.arguments(),
+            [
+                ("x-dead-letter-exchange", Argument::Str(String::new())),
+                ("x-dead-letter-routing-key", Argument::Str("g.orders.dlq".to_owned())),
+                ("x-max-priority", Argument::Int(3)),
+                ("x-queue-type", Argument::Str("quorum".to_owned())),
+                ("x-delivery-limit", Argument::Int(7)),
+            ]
+        );
+        assert!(queue.durable && !queue.auto_delete);
+        let temporary = QueueSettings::consumer("g.orders", true, false, Some(5));
+        assert!(!temporary.quorum && temporary.delivery_limit.is_none(), "never a temporary quorum queue");
+        assert_eq!(temporary.expires, Some(TEMPORARY_QUEUE_EXPIRY_MS));
+    }
+
+    #[test]
+    fn retry_queues_are_named_by_their_delay_and_recognized() {
+        assert_eq!(retry_queue("g.orders", 1000), "g.orders.retry.1000");
+        assert!(is_retry_queue("g.orders", "g.orders.retry.1000"));
+        for other in ["g.orders", "g.orders.dlq", "g.orders.retry.", "g.orders.retry.1s", "g.ordersx.retry.1"] {
+            assert!(!is_retry_queue("g.orders", other), "{other}");
+        }
+        let delay = QueueSettings::retry_delay("g.orders", 1000, false);
+        assert_eq!(delay.dead_letter, Some((String::new(), "g.orders".to_owned())));
+        assert_eq!(delay.message_ttl, Some(1000));
+    }
+
+    #[test]
+    fn limits_above_i32_are_refused_by_name() {
+        let fits = QueueSettings { message_ttl: Some(MAX_TTL_MS), expires: Some(60_000), ..Default::default() };
+        assert_eq!(fits.check("q"), Ok(()));
+        for (too_big, argument) in [
+            (QueueSettings { message_ttl: Some(u32::MAX), ..Default::default() }, "x-message-ttl"),
+            (QueueSettings { expires: Some(1 << 31), ..Default::default() }, "x-expires"),
+            (QueueSettings { delivery_limit: Some(u32::MAX), ..Default::default() }, "x-delivery-limit"),
+        ] {
+            let problem = too_big.check("q").unwrap_err();
+            assert!(problem.contains(argument) && problem.contains("2147483647"), "{problem}");
+        }
+    }
+}
