@@ -233,6 +233,29 @@ impl Bus {
     /// A publish future polled and then left unpolled (a `select!` branch switched off) delays no other
     /// publish; over AMQP it may itself wait to be sent together with the publishes beside it, its deadline
     /// running meanwhile, so await it to the end or drop it.
+    ///
+    /// ```
+    /// # #[derive(Clone, PartialEq, prost::Message)] struct UserRegistered { #[prost(int64, tag = "1")] user_id: i64 }
+    /// # impl warren::__codegen::Event for UserRegistered { const SPEC: &'static warren::__codegen::EventSpec = &warren::__codegen::EventSpec {
+    /// #     type_name: "gametrade.v1.UserRegistered", routing_key: "user.registered", binding: "user.registered", priority: None,
+    /// #     retry: None, quorum: false, format: warren::WireFormat::Protobuf,
+    /// #     exchange: warren::__codegen::ExchangeSpec { name: "gametrade.events", kind: warren::__codegen::ExchangeKind::Topic, durable: true, auto_delete: false } }; }
+    /// # impl warren::Payload for UserRegistered { const TYPE_NAME: &'static str = "gametrade.v1.UserRegistered"; }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), warren::Error> {
+    /// use warren::{Bus, Error};
+    ///
+    /// let bus = Bus::in_memory(); // or Bus::from_env().await? for RabbitMQ: the same behaviour
+    /// // Nobody subscribed yet: the broker would drop it, so Warren says so instead.
+    /// let unroutable = bus.publish(&UserRegistered { user_id: 1 }).await;
+    /// assert!(matches!(unroutable, Err(Error::Unroutable { .. })));
+    ///
+    /// let welcome = warren::Subscriber::<UserRegistered>::new(&bus, "email")
+    ///     .handle(|event: UserRegistered, _ctx| async move { println!("welcome, {}", event.user_id); Ok::<_, warren::HandlerError>(()) })
+    ///     .await?;
+    /// bus.publish(&UserRegistered { user_id: 2 }).await?; // confirmed: it is in the queue
+    /// welcome.stop().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn publish<E: Event>(&self, event: &E) -> Result<()> {
         self.publish_with(event, PublishOptions::default()).await
     }
@@ -539,7 +562,7 @@ impl Bus {
     /// signal's name. For services: `bus.shutdown_on_signal(Duration::from_secs(10)).await?` after starting
     /// subscribers and servers.
     pub async fn shutdown_on_signal(&self, deadline: std::time::Duration) -> Result<&'static str> {
-        let signal = terminated().await;
+        let signal = crate::signal::terminated().await;
         tracing::info!(signal, "shutting down");
         self.shutdown(deadline).await?;
         Ok(signal)
@@ -570,21 +593,6 @@ impl Bus {
 pub(crate) fn work_queue<T: Inbound>(queue: &str) -> QueueSettings {
     let quorum = T::quorum().then(|| T::retry_policy().unwrap_or_default().max_attempts);
     QueueSettings::consumer(queue, false, T::prioritized(), quorum)
-}
-
-/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM, naming the signal.
-pub async fn terminated() -> &'static str {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await; // no handler could be installed: never fire
-        }
-    };
-    #[cfg(unix)]
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        return tokio::select! { () = ctrl_c => "SIGINT", _ = term.recv() => "SIGTERM" };
-    }
-    ctrl_c.await;
-    "SIGINT"
 }
 
 #[cfg(test)]

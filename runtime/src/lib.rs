@@ -43,6 +43,7 @@
 //! - `metrics.rs`, `health.rs`, `backoff.rs`, `codec.rs`: counters and history, connection state, retry
 //!   waits, wire formats and validation.
 //! - `config.rs`, `error.rs`, `status.rs`: settings (password never shown), errors, RPC status codes.
+//! - `signal.rs`: [`terminated`], the SIGINT/SIGTERM a service stops on.
 //!
 //! Generated code uses only [`__codegen`], so the runtime can change inside without regenerating.
 
@@ -58,13 +59,14 @@ mod headers;
 mod health;
 mod metrics;
 mod rpc;
+mod signal;
 mod status;
 mod subscriber;
 pub mod topic;
 mod topology;
 mod transport;
 
-pub use bus::{Bus, PublishOptions, RawMessage, terminated};
+pub use bus::{Bus, PublishOptions, RawMessage};
 pub use codec::{CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF, Payload, Schema, Violation, Violations, WireFormat};
 pub use config::{BusConfig, DEFAULT_URL};
 pub use contract::{DecodeError, Event, Inbound, Priority, Task};
@@ -75,6 +77,7 @@ pub use metrics::{Counters, MetricsSnapshot, SubscriberMetrics};
 pub use rpc::{
     CallOptions, DEFAULT_SERVER_CONCURRENCY, Response, RpcClient, RpcContext, RpcError, ServiceError, Serving,
 };
+pub use signal::terminated;
 pub use status::{Code, Status};
 pub use subscriber::{Context, HandlerError, Outcome, RETRY_LADDER, RetryPolicy, Subscriber, Subscription};
 pub use topology::{Argument, Binding, Exchange, ExchangeKind, QueueSettings, Topology};

@@ -21,6 +21,26 @@ use crate::transport::{Delivery, Publish, Settle};
 
 /// What a server handler knows about a request beyond its payload: who called, the caller's deadline and
 /// headers, and a place for headers to send back with the reply. Cheap to clone: it shares the request.
+///
+/// A handler (of a generated service trait) that checks a caller's token, says which replica answered, and
+/// gives up early when the caller will not wait long enough:
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use warren::{RpcContext, RpcError, Status};
+///
+/// fn admit<E>(ctx: &RpcContext) -> Result<(), RpcError<E>> {
+///     if ctx.headers().get_str("authorization") != Some("Bearer s3cret") {
+///         return Err(RpcError::Status(Status::unauthenticated("a bearer token is required")));
+///     }
+///     ctx.reply_header("served-by", "replica-1").map_err(|e| RpcError::Status(Status::internal(e.to_string())))?;
+///     // The caller's own deadline, carried with the request: time spent queued counts against it.
+///     if ctx.deadline().is_some_and(|deadline| deadline < Instant::now() + Duration::from_millis(50)) {
+///         return Err(RpcError::Status(Status::deadline_exceeded("not enough time left to do this well")));
+///     }
+///     Ok(())
+/// }
+/// ```
 #[derive(Debug, Clone)]
 pub struct RpcContext {
     request: Arc<crate::transport::Message>,
