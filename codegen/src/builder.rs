@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, Layout};
+use crate::config::{Config, Layout, ProstSettings};
 use crate::error::{Error, Result};
 
 /// Generates contracts from a `build.rs`, tonic-build style.
@@ -18,9 +18,22 @@ use crate::error::{Error, Result};
 /// ```
 ///
 /// The crate then depends on `warren`, `prost` and `prost-types`; no `protoc` is needed.
+///
+/// prost-build's settings for the message types pass through: [`Builder::type_attribute`],
+/// [`Builder::field_attribute`], [`Builder::extern_path`].
+///
+/// ```no_run
+/// // build.rs: serde on every message, and a shared package's types from the crate that generates them
+/// warren_codegen::Builder::new()
+///     .type_attribute(".", "#[derive(serde::Serialize)]")
+///     .extern_path(".common.v1", "::common_contracts::common::v1")
+///     .compile(&["proto/orders/v1/orders.proto"], &["proto"])?;
+/// # Ok::<(), warren_codegen::Error>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct Builder {
     out_dir: Option<PathBuf>,
+    prost: ProstSettings,
 }
 
 impl Builder {
@@ -32,6 +45,25 @@ impl Builder {
     /// Writes somewhere else than `$OUT_DIR`.
     pub fn out_dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.out_dir = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// Adds `attribute` to the message and enum types matched by `path` (see [`Config::type_attribute`]).
+    pub fn type_attribute(mut self, path: impl Into<String>, attribute: impl Into<String>) -> Self {
+        self.prost.type_attributes.push((path.into(), attribute.into()));
+        self
+    }
+
+    /// Adds `attribute` to the fields matched by `path` (see [`Config::field_attribute`]).
+    pub fn field_attribute(mut self, path: impl Into<String>, attribute: impl Into<String>) -> Self {
+        self.prost.field_attributes.push((path.into(), attribute.into()));
+        self
+    }
+
+    /// Uses `rust_path` for the proto type or package `proto_path` instead of generating it (see
+    /// [`Config::extern_path`]).
+    pub fn extern_path(mut self, proto_path: impl Into<String>, rust_path: impl Into<String>) -> Self {
+        self.prost.extern_paths.push((proto_path.into(), rust_path.into()));
         self
     }
 
@@ -49,6 +81,7 @@ impl Builder {
         };
         let mut config = Config::new(includes, protos);
         config.layout(Layout::OutDir).command("warren_codegen::Builder in build.rs");
+        config.prost = self.prost;
         let contracts = crate::load(&config)?;
         for include in includes {
             println!("cargo:rerun-if-changed={}", include.as_ref().display());

@@ -27,6 +27,31 @@ pub struct Config {
     pub(crate) layout: Layout,
     pub(crate) command: String,
     pub(crate) source_label: Option<String>,
+    pub(crate) prost: ProstSettings,
+}
+
+/// Settings passed through to prost-build for the message types (see [`Config::type_attribute`],
+/// [`Config::field_attribute`], [`Config::extern_path`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ProstSettings {
+    pub(crate) type_attributes: Vec<(String, String)>,
+    pub(crate) field_attributes: Vec<(String, String)>,
+    pub(crate) extern_paths: Vec<(String, String)>,
+}
+
+impl ProstSettings {
+    /// Applies these settings to a prost-build config.
+    pub(crate) fn apply(&self, config: &mut prost_build::Config) {
+        for (path, attribute) in &self.type_attributes {
+            config.type_attribute(path, attribute);
+        }
+        for (path, attribute) in &self.field_attributes {
+            config.field_attribute(path, attribute);
+        }
+        for (proto_path, rust_path) in &self.extern_paths {
+            config.extern_path(proto_path, rust_path);
+        }
+    }
 }
 
 impl Config {
@@ -46,6 +71,7 @@ impl Config {
             layout: Layout::OutDir,
             command: "warren-codegen".to_owned(),
             source_label: None,
+            prost: ProstSettings::default(),
         }
     }
 
@@ -81,6 +107,28 @@ impl Config {
             .command("cargo xtask regen");
         config.source_label = Some("proto".into());
         Ok(config)
+    }
+
+    /// Adds `attribute` (e.g. `#[derive(Eq, Hash)]`) to the message or enum types matched by `path`, as
+    /// prost-build's `type_attribute`: `.` for all, `.shop.v1` for a package, `.shop.v1.OrderPlaced` for one.
+    pub fn type_attribute(&mut self, path: impl Into<String>, attribute: impl Into<String>) -> &mut Self {
+        self.prost.type_attributes.push((path.into(), attribute.into()));
+        self
+    }
+
+    /// Adds `attribute` (e.g. `#[serde(default)]`) to the fields matched by `path`, as prost-build's
+    /// `field_attribute` (`.shop.v1.OrderPlaced.order_id`).
+    pub fn field_attribute(&mut self, path: impl Into<String>, attribute: impl Into<String>) -> &mut Self {
+        self.prost.field_attributes.push((path.into(), attribute.into()));
+        self
+    }
+
+    /// Uses the Rust type at `rust_path` for the proto type or package `proto_path` instead of generating it,
+    /// as prost-build's `extern_path`: for messages another crate already generates (with prost, or with
+    /// Warren, when they carry validation rules: Warren's code validates nested messages through them).
+    pub fn extern_path(&mut self, proto_path: impl Into<String>, rust_path: impl Into<String>) -> &mut Self {
+        self.prost.extern_paths.push((proto_path.into(), rust_path.into()));
+        self
     }
 
     /// Names the command that regenerates the files, for their `@generated` header.

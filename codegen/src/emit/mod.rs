@@ -49,7 +49,7 @@ fn format_rust(file: &str, tokens: TokenStream) -> Result<String> {
 
 pub(crate) fn generate(config: &Config, contracts: &Contracts) -> Result<Files> {
     let mut files = Files::new();
-    let prost_files = prost_messages(contracts)?;
+    let prost_files = prost_messages(config, contracts)?;
     let (src, include_prefix) = match &config.layout {
         Layout::Crate { .. } => (PathBuf::from("src"), None),
         Layout::OutDir => (PathBuf::new(), Some("OUT_DIR")),
@@ -110,8 +110,8 @@ fn warren_layer(package: &Package) -> TokenStream {
     tokens
 }
 
-/// prost's message types, one file per package.
-fn prost_messages(contracts: &Contracts) -> Result<HashMap<String, String>> {
+/// prost's message types, one file per package, with the config's prost-build settings.
+fn prost_messages(config: &Config, contracts: &Contracts) -> Result<HashMap<String, String>> {
     let requests = contracts
         .requested
         .iter()
@@ -122,9 +122,10 @@ fn prost_messages(contracts: &Contracts) -> Result<HashMap<String, String>> {
             (prost_build::Module::from_protobuf_package_name(proto.package()), proto)
         })
         .collect();
-    let mut config = prost_build::Config::new();
-    config.format(true);
-    let modules = config.generate(requests).map_err(Error::Prost)?;
+    let mut prost = prost_build::Config::new();
+    prost.format(true);
+    config.prost.apply(&mut prost);
+    let modules = prost.generate(requests).map_err(Error::Prost)?;
     Ok(modules.into_iter().map(|(module, text)| (module.parts().collect::<Vec<_>>().join("."), text)).collect())
 }
 
