@@ -19,7 +19,9 @@
 //! # Layout
 //!
 //! - `compile.rs`: protox with an embedded `warren/options.proto`; source positions and comments.
-//! - `model.rs`: the contract model, and every rule a contract must follow (each error says file:line and the fix).
+//! - `model/`: the contract model, and every rule a contract must follow (each error says file:line and the fix):
+//!   the types (`mod.rs`), reading Warren's options out of the descriptors (`options.rs`), checks across items
+//!   (`validate.rs`), routing keys and subscriptions (`keys.rs`), messages' validation rules (`messages.rs`).
 //! - `ident.rs`: proto names to Rust names, matching prost-build.
 //! - `emit/`: one emitter per artifact (`events.rs`, `rpc.rs`), and the module tree / crate files (`mod.rs`).
 //! - `builder.rs`: the `build.rs` entry point.

@@ -8,7 +8,7 @@ use prost_reflect::{
     Cardinality, DescriptorPool, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
 };
 
-use super::extension_message;
+use super::options::extension_message;
 use crate::compile::SourceInfo;
 use crate::error::{Error, Location, Result};
 use crate::ident;

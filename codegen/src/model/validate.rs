@@ -1,0 +1,62 @@
+//! Checks across items: names that must be unique among all packages, or must not collide with what Warren
+//! generates.
+
+use std::collections::BTreeMap;
+
+use prost_reflect::DescriptorPool;
+
+use super::Package;
+use crate::error::{Error, Location, Result};
+
+/// Work queues and service queues are shared by name on the broker: two declarations of one name would fight.
+pub(super) fn check_queues(packages: &[Package]) -> Result<()> {
+    let mut seen: BTreeMap<&str, (&str, &Location)> = BTreeMap::new();
+    let tasks = packages.iter().flat_map(|p| &p.tasks).map(|t| (t.queue.as_str(), t.full_name.as_str(), &t.location));
+    let services =
+        packages.iter().flat_map(|p| &p.services).map(|s| (s.queue.as_str(), s.full_name.as_str(), &s.location));
+    for (queue, owner, location) in tasks.chain(services) {
+        if let Some((first, _)) = seen.insert(queue, (owner, location)) {
+            return Err(Error::contract(
+                location.clone(),
+                format!("{owner} uses queue \"{queue}\", which {first} already uses"),
+                "give each task and service its own queue",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Generated names (event enums, clients, servers) must not collide with message or enum names.
+pub(super) fn check_names(package: &Package, pool: &DescriptorPool) -> Result<()> {
+    let taken = |name: &str| {
+        let full = if package.name.is_empty() { name.to_owned() } else { format!("{}.{name}", package.name) };
+        pool.get_message_by_name(&full).is_some() || pool.get_enum_by_name(&full).is_some()
+    };
+    for group in &package.groups {
+        if taken(&group.rust_name) {
+            return Err(Error::contract(
+                group.exchange.location.clone(),
+                format!(
+                    "the enum Warren generates for exchange \"{}\" would be named {}, like a message in package {}",
+                    group.exchange.name, group.rust_name, package.name
+                ),
+                "rename the message, or the exchange",
+            ));
+        }
+    }
+    for service in &package.services {
+        for generated in [format!("{}Client", service.name), format!("{}Server", service.name)] {
+            if taken(&generated) {
+                return Err(Error::contract(
+                    service.location.clone(),
+                    format!(
+                        "service {} would generate {generated}, which is already a message in {}",
+                        service.full_name, package.name
+                    ),
+                    "rename the message or the service",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
