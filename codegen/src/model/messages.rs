@@ -4,14 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use prost_reflect::{
-    Cardinality, DescriptorPool, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
-};
+use prost_reflect::{Cardinality, DescriptorPool, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 
-use super::options::extension_message;
+use super::options::extension;
 use crate::compile::SourceInfo;
 use crate::error::{Error, Location, Result};
 use crate::ident;
+use crate::options_pb as pb;
 
 const FIELD_OPTIONS: i32 = 8;
 const RULES_EXT: i32 = 50106;
@@ -201,25 +200,12 @@ fn own_checks(
 ) -> Result<Vec<FieldCheck>> {
     let mut checks = Vec::new();
     for field in message.fields() {
-        let Some(option) = extension_message(&field.options(), ext) else { continue };
         let mut path = field.path().to_vec();
         path.extend([FIELD_OPTIONS, RULES_EXT]);
         let location = info.location(&path);
-        let number = |name: &str| {
-            let f = option.descriptor().get_field_by_name(name).expect("options.proto declares the rule");
-            option.has_field(&f).then(|| option.get_field(&f).into_owned())
-        };
-        let float = |name: &str| number(name).and_then(|v| v.as_f64());
-        let count = |name: &str| number(name).and_then(|v| v.as_u32());
-        let flag = |name: &str| number(name).and_then(|v| v.as_bool()).unwrap_or(false);
-        let rules = Rules {
-            required: flag("required"),
-            min: float("min"),
-            max: float("max"),
-            min_len: count("min_len"),
-            max_len: count("max_len"),
-            defined: flag("defined"),
-        };
+        let Some(option) = extension::<pb::Rules>(&field.options(), ext, &location)? else { continue };
+        let pb::Rules { required, min, max, min_len, max_len, defined } = option;
+        let rules = Rules { required, min, max, min_len, max_len, defined };
         let (kind, shape) = kind_and_shape(message.package_name(), &field);
         let target = format!("field {}.{}", message.full_name(), field.name());
         check_fit(&target, &field, &kind, shape, &rules, location)?;

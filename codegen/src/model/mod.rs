@@ -23,6 +23,8 @@ use prost_reflect::DescriptorPool;
 
 use crate::error::Location;
 
+pub(crate) use options::options_types;
+
 /// How an exchange routes messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExchangeKind {
