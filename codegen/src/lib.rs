@@ -20,8 +20,9 @@
 //!
 //! - `compile.rs`: protox with an embedded `warren/options.proto`; source positions and comments.
 //! - `model/`: the contract model, and every rule a contract must follow (each error says file:line and the fix):
-//!   the types (`mod.rs`), reading Warren's options out of the descriptors (`options.rs`), checks across items
-//!   (`validate.rs`), routing keys and subscriptions (`keys.rs`), messages' validation rules (`messages.rs`).
+//!   the types (`mod.rs`), reading Warren's options out of the descriptors (`options.rs`; RPC services in
+//!   `services.rs`), checks across items (`validate.rs`), routing keys and subscriptions (`keys.rs`), messages'
+//!   validation rules (`messages.rs`). Every problem is reported in one run, not only the first.
 //! - `options_pb.rs`: prost's types for `warren/options.proto`, which the model reads Warren's options into;
 //!   written by `cargo xtask regen`, never by hand.
 //! - `ident.rs`: proto names to Rust names, matching prost-build.

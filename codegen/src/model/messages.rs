@@ -8,7 +8,7 @@ use prost_reflect::{Cardinality, DescriptorPool, ExtensionDescriptor, FieldDescr
 
 use super::options::extension;
 use crate::compile::SourceInfo;
-use crate::error::{Error, Location, Result};
+use crate::error::{Error, Location, Problems, Result};
 use crate::ident;
 use crate::options_pb as pb;
 
@@ -94,12 +94,14 @@ pub struct FieldCheck {
     pub nested: bool,
 }
 
-/// Reads every message of `files` (with rules and fingerprints), grouped by package.
+/// Reads every message of `files` (with rules and fingerprints), grouped by package. Rules that cannot be
+/// read or do not fit their field are kept in `problems` and left out.
 pub(crate) fn read(
     pool: &DescriptorPool,
     files: &[(String, SourceInfo<'_>)],
     rules_ext: &ExtensionDescriptor,
-) -> Result<BTreeMap<String, Vec<Message>>> {
+    problems: &mut Problems,
+) -> BTreeMap<String, Vec<Message>> {
     let mut messages: Vec<(String, MessageDescriptor, Vec<FieldCheck>)> = Vec::new();
     for (name, info) in files {
         let file = pool.get_file_by_name(name).expect("requested files are in the pool");
@@ -109,7 +111,7 @@ pub(crate) fn read(
             let mut children: Vec<_> = message.child_messages().filter(|m| !m.is_map_entry()).collect();
             children.reverse();
             todo.extend(children);
-            let checks = own_checks(&message, info, rules_ext)?;
+            let checks = own_checks(&message, info, rules_ext, problems);
             messages.push((file.package_name().to_owned(), message, checks));
         }
     }
@@ -156,7 +158,7 @@ pub(crate) fn read(
             checks,
         });
     }
-    Ok(out)
+    out
 }
 
 /// The singular and repeated (not map, not oneof) message fields of `message`, with their types.
@@ -197,19 +199,23 @@ fn own_checks(
     message: &MessageDescriptor,
     info: &SourceInfo<'_>,
     ext: &ExtensionDescriptor,
-) -> Result<Vec<FieldCheck>> {
+    problems: &mut Problems,
+) -> Vec<FieldCheck> {
     let mut checks = Vec::new();
     for field in message.fields() {
         let mut path = field.path().to_vec();
         path.extend([FIELD_OPTIONS, RULES_EXT]);
         let location = info.location(&path);
-        let Some(option) = extension::<pb::Rules>(&field.options(), ext, &location)? else { continue };
+        let Some(Some(option)) = problems.keep(extension::<pb::Rules>(&field.options(), ext, &location)) else {
+            continue;
+        };
         let pb::Rules { required, min, max, min_len, max_len, defined } = option;
         let rules = Rules { required, min, max, min_len, max_len, defined };
         let (kind, shape) = kind_and_shape(message.package_name(), &field);
         let target = format!("field {}.{}", message.full_name(), field.name());
-        check_fit(&target, &field, &kind, shape, &rules, location)?;
-        if rules == Rules::default() {
+        if problems.keep(check_fit(&target, &field, &kind, shape, &rules, location)).is_none()
+            || rules == Rules::default()
+        {
             continue;
         }
         checks.push(FieldCheck {
@@ -221,7 +227,7 @@ fn own_checks(
             nested: false,
         });
     }
-    Ok(checks)
+    checks
 }
 
 /// Rules must fit the field: a rule that could never apply is a mistake in the contract.

@@ -4,13 +4,17 @@
 //! descriptors, so a rule is enforced in one place.
 //!
 //! This file holds the model's types. `Contracts::build` in `options.rs` reads Warren's options out of the
-//! descriptors into them, checking each item on its own; `validate.rs` checks items against each other
-//! (queues, generated names); `keys.rs` handles routing keys and subscriptions, `messages.rs` every message's
-//! validation rules and fingerprint.
+//! descriptors into them, checking each item on its own (`services.rs` reads RPC services); `validate.rs`
+//! checks items against each other (routing keys, subscriptions, queues, generated names); `keys.rs` handles
+//! routing keys and subscriptions, `messages.rs` every message's validation rules and fingerprint.
+//!
+//! Every problem is reported in one run, not only the first: an item that fails is left out and reading goes
+//! on, so that later checks do not report it again in other words.
 
 mod keys;
 mod messages;
 mod options;
+mod services;
 mod validate;
 
 use std::collections::BTreeMap;

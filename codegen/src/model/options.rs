@@ -1,15 +1,14 @@
 //! Reading Warren's options out of the descriptors into the model, checking each item on its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use prost_reflect::{DescriptorPool, DynamicMessage, ExtensionDescriptor, MessageDescriptor, Value};
 
-use super::validate::{check_names, check_queues};
-use super::{Contracts, ErrorSet, Event, EventGroup, Exchange, ExchangeKind, Method, Package, Retry, Service, Task};
-use super::{Subscription, keys, messages};
+use super::{Contracts, Event, EventGroup, Exchange, ExchangeKind, Package, Retry, Subscription, Task};
+use super::{keys, messages, services, validate};
 use crate::compile::{Compiled, OPTIONS_PROTO_NAME, SourceInfo};
-use crate::error::{Error, Location, Result};
+use crate::error::{Error, Location, Problems, Result};
 use crate::ident;
 use crate::options_pb as pb;
 
@@ -31,18 +30,17 @@ pub(crate) fn options_types() -> Result<String> {
 // Field numbers inside descriptor protos, for source locations.
 const FILE_OPTIONS: i32 = 8;
 const MESSAGE_OPTIONS: i32 = 7;
-const SERVICE_OPTIONS: i32 = 3;
 const EXCHANGE_EXT: i32 = 50100;
 const EVENT_EXT: i32 = 50101;
-const SERVICE_EXT: i32 = 50102;
 const TASK_EXT: i32 = 50104;
 const SUBSCRIPTION_EXT: i32 = 50105;
 
-struct Extensions {
+/// Warren's extensions of the descriptor options, looked up once in the pool.
+pub(super) struct Extensions {
     exchange: ExtensionDescriptor,
     event: ExtensionDescriptor,
-    service: ExtensionDescriptor,
-    method: ExtensionDescriptor,
+    pub(super) service: ExtensionDescriptor,
+    pub(super) method: ExtensionDescriptor,
     task: ExtensionDescriptor,
     subscription: ExtensionDescriptor,
     rules: ExtensionDescriptor,
@@ -108,6 +106,8 @@ fn typed<T: prost::Message + Default>(value: &Value, ext: &ExtensionDescriptor, 
 }
 
 impl Contracts {
+    /// Reads the model out of compiled protos and checks it. Every problem is reported, not only the first:
+    /// an item that fails is left out and reading goes on (see [`Problems`]).
     pub(crate) fn build(compiled: Compiled) -> Result<Contracts> {
         let Compiled { pool, descriptor_set, paths, requested } = compiled;
         let pool = if pool.get_file_by_name(OPTIONS_PROTO_NAME).is_some() {
@@ -125,22 +125,36 @@ impl Contracts {
         };
         let ext = Extensions::load(&pool);
         let path_of = |name: &str| paths.get(name).cloned().unwrap_or_else(|| PathBuf::from(name));
+        let mut problems = Problems::default();
 
         // Exchanges from every file, imports included: an event may use an exchange an imported file declares.
-        let mut exchanges: BTreeMap<String, Exchange> = BTreeMap::new();
+        let mut exchanges = Exchanges::default();
         for file in pool.files() {
             let info = SourceInfo::new(file.file_descriptor_proto(), path_of(file.name()));
             for (index, value) in extensions(&file.options(), &ext.exchange).iter().enumerate() {
                 let location = info.location(&[FILE_OPTIONS, EXCHANGE_EXT, index as i32]);
-                let exchange = read_exchange(typed(value, &ext.exchange, &location)?, location)?;
-                if let Some(previous) = exchanges.get(&exchange.name) {
-                    return Err(Error::contract(
+                let Some(option) = problems.keep(typed::<pb::Exchange>(value, &ext.exchange, &location)) else {
+                    continue;
+                };
+                let name = option.name.clone();
+                let exchange = match read_exchange(option, location) {
+                    Ok(exchange) => exchange,
+                    Err(error) => {
+                        problems.push(error);
+                        exchanges.failed.insert(name);
+                        continue;
+                    }
+                };
+                if let Some(previous) = exchanges.declared.get(&exchange.name) {
+                    // The first declaration stands, so events on the exchange are still read.
+                    problems.push(Error::contract(
                         exchange.location,
                         format!("exchange \"{}\" is declared twice (first at {})", exchange.name, previous.location),
                         "declare each exchange once, in one file, and import that file where events use it",
                     ));
+                    continue;
                 }
-                exchanges.insert(exchange.name.clone(), exchange);
+                exchanges.declared.insert(exchange.name.clone(), exchange);
             }
         }
 
@@ -175,22 +189,23 @@ impl Contracts {
             let mut messages: Vec<MessageDescriptor> = file.messages().collect();
             while let Some(message) = messages.pop() {
                 messages.extend(message.child_messages());
-                let event = read_event(&message, &ext, &info, &exchanges)?;
-                let task = read_task(&message, &ext, &info)?;
+                let event = problems.keep(read_event(&message, &ext, &info, &exchanges)).flatten();
+                let task = problems.keep(read_task(&message, &ext, &info)).flatten();
                 if let (Some(event), Some(task)) = (&event, &task) {
-                    return Err(Error::contract(
+                    problems.push(Error::contract(
                         task.location.clone(),
                         format!("message {} is both an event and a task", event.full_name),
                         "an event goes to every subscriber group, a task to one worker: choose one, or declare two messages",
                     ));
+                    continue;
                 }
                 package.events.extend(event);
                 package.tasks.extend(task);
             }
             for service in file.services() {
-                package.services.push(read_service(&service, &ext, &info)?);
+                package.services.extend(services::read_service(&service, &ext, &info, &mut problems));
             }
-            package.subscriptions.extend(read_subscriptions(&file, &ext, &info)?);
+            package.subscriptions.extend(read_subscriptions(&file, &ext, &info, &mut problems));
         }
         let files: Vec<_> = requested
             .iter()
@@ -201,7 +216,7 @@ impl Contracts {
             .iter()
             .map(|f| (f.name().to_owned(), SourceInfo::new(f.file_descriptor_proto(), path_of(f.name()))))
             .collect();
-        for (package, messages) in messages::read(&pool, &infos, &ext.rules)? {
+        for (package, messages) in messages::read(&pool, &infos, &ext.rules, &mut problems) {
             if let Some(package) = packages.get_mut(&package) {
                 package.messages = messages;
             }
@@ -212,16 +227,22 @@ impl Contracts {
             package
                 .events
                 .sort_by(|a, b| (&a.location.file, a.location.line).cmp(&(&b.location.file, b.location.line)));
-            keys::check_distinct(&package.events)?;
             package.groups = group_events(&package.events);
-            for subscription in &package.subscriptions {
-                keys::check_subscription(subscription, &package.groups, &package.events)?;
-            }
-            check_names(package, &pool)?;
         }
-        check_queues(&packages)?;
-        Ok(Contracts { packages, exchanges, descriptor_set, pool, requested })
+        validate::check(&packages, &pool, &mut problems);
+        problems.finish()?;
+        Ok(Contracts { packages, exchanges: exchanges.declared, descriptor_set, pool, requested })
     }
+}
+
+/// The exchanges every file declares.
+#[derive(Default)]
+struct Exchanges {
+    /// Those read, by name.
+    declared: BTreeMap<String, Exchange>,
+    /// Names of those whose declaration is wrong (and already reported): events on them are skipped quietly,
+    /// rather than reported as using an undeclared exchange.
+    failed: BTreeSet<String>,
 }
 
 fn read_exchange(option: pb::Exchange, location: Location) -> Result<Exchange> {
@@ -262,7 +283,7 @@ fn read_event(
     message: &MessageDescriptor,
     ext: &Extensions,
     info: &SourceInfo<'_>,
-    exchanges: &BTreeMap<String, Exchange>,
+    exchanges: &Exchanges,
 ) -> Result<Option<Event>> {
     let mut option_path = message.path().to_vec();
     option_path.extend([MESSAGE_OPTIONS, EVENT_EXT]);
@@ -279,11 +300,15 @@ fn read_event(
             "add `exchange: \"<name>\"` to its (warren.event) option, naming an exchange declared with (warren.exchange)",
         ));
     }
-    let Some(exchange) = exchanges.get(&exchange_name) else {
-        let declared = if exchanges.is_empty() {
+    if exchanges.failed.contains(&exchange_name) {
+        return Ok(None);
+    }
+    let Some(exchange) = exchanges.declared.get(&exchange_name) else {
+        let names = exchanges.declared.keys();
+        let declared = if names.len() == 0 {
             "none is declared".to_owned()
         } else {
-            format!("declared: {}", exchanges.keys().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", "))
+            format!("declared: {}", names.map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", "))
         };
         return Err(Error::contract(
             location,
@@ -420,12 +445,15 @@ fn read_subscriptions(
     file: &prost_reflect::FileDescriptor,
     ext: &Extensions,
     info: &SourceInfo<'_>,
-) -> Result<Vec<Subscription>> {
+    problems: &mut Problems,
+) -> Vec<Subscription> {
     let mut out: Vec<Subscription> = Vec::new();
     for (index, value) in extensions(&file.options(), &ext.subscription).iter().enumerate() {
         let path = [FILE_OPTIONS, SUBSCRIPTION_EXT, index as i32];
         let location = info.location(&path);
-        let option: pb::Subscription = typed(value, &ext.subscription, &location)?;
+        let Some(option) = problems.keep(typed::<pb::Subscription>(value, &ext.subscription, &location)) else {
+            continue;
+        };
         let subscription = Subscription {
             rust_name: format!("subscribe_{}", option.name),
             name: option.name,
@@ -435,15 +463,16 @@ fn read_subscriptions(
             location,
         };
         if out.iter().any(|s| s.name == subscription.name) {
-            return Err(Error::contract(
+            problems.push(Error::contract(
                 subscription.location,
                 format!("subscription \"{}\" is declared twice", subscription.name),
                 "give each subscription its own name",
             ));
+            continue;
         }
         out.push(subscription);
     }
-    Ok(out)
+    out
 }
 
 fn group_events(events: &[Event]) -> Vec<EventGroup> {
@@ -459,144 +488,6 @@ fn group_events(events: &[Event]) -> Vec<EventGroup> {
         }
     }
     groups
-}
-
-fn read_service(
-    service: &prost_reflect::ServiceDescriptor,
-    ext: &Extensions,
-    info: &SourceInfo<'_>,
-) -> Result<Service> {
-    let location = info.location(service.path());
-    let full_name = service.full_name().to_owned();
-    let mut option_path = service.path().to_vec();
-    option_path.extend([SERVICE_OPTIONS, SERVICE_EXT]);
-    let option_location = info.location(&option_path);
-    let option = extension::<pb::Service>(&service.options(), &ext.service, &option_location)?.unwrap_or_default();
-    let queue = option.queue;
-    if queue.is_empty() {
-        return Err(Error::contract(
-            option_location,
-            format!("service {full_name} has no queue"),
-            format!(
-                "add `option (warren.service) = {{ queue: \"{}\" }};` inside the service",
-                full_name.rsplit('.').next().unwrap_or_default()
-            ),
-        ));
-    }
-    let default_timeout_ms = Some(option.default_timeout_ms).filter(|t| *t > 0).unwrap_or(30_000);
-    let service_errors = Some(option.errors).filter(|e| !e.is_empty());
-    let mut methods = Vec::new();
-    for method in service.methods() {
-        if method.is_client_streaming() || method.is_server_streaming() {
-            return Err(Error::contract(
-                info.location(method.path()),
-                format!("rpc {}.{} streams, which Warren does not support over AMQP", full_name, method.name()),
-                "use unary rpcs; publish a stream of events instead",
-            ));
-        }
-        let method_option =
-            extension::<pb::Method>(&method.options(), &ext.method, &info.location(method.path()))?.unwrap_or_default();
-        let timeout_ms = Some(method_option.timeout_ms).filter(|t| *t > 0);
-        let errors = match Some(method_option.errors).filter(|e| !e.is_empty()) {
-            Some(name) => Some(read_errors(&name, service, info.location(method.path()))?),
-            None => match &service_errors {
-                Some(name) => Some(read_errors(name, service, location.clone())?),
-                None => None,
-            },
-        };
-        let input = method.input();
-        let output = method.output();
-        methods.push(Method {
-            name: method.name().to_owned(),
-            rust_name: ident::field_name(method.name()),
-            input_rust: ident::rust_type_path(service.package_name(), &input),
-            input: input.full_name().to_owned(),
-            output_rust: ident::rust_type_path(service.package_name(), &output),
-            output: output.full_name().to_owned(),
-            timeout_ms,
-            errors,
-            doc: info.comment(method.path()),
-        });
-    }
-    // The client has `new`, `with_timeout` and, per rpc, `<rpc>` and `<rpc>_with`: no two may share a name.
-    let mut taken: std::collections::HashMap<String, String> =
-        [("new", "the client's constructor"), ("with_timeout", "the client's deadline setter")]
-            .map(|(name, what)| (name.to_owned(), what.to_owned()))
-            .into();
-    for (method, descriptor) in methods.iter().zip(service.methods()) {
-        let plain = method.rust_name.trim_start_matches("r#");
-        for name in [plain.to_owned(), format!("{plain}_with")] {
-            if let Some(other) = taken.insert(name.clone(), format!("rpc {}", method.name)) {
-                return Err(Error::contract(
-                    info.location(descriptor.path()),
-                    format!(
-                        "rpc {full_name}.{} would generate client method `{name}`, which {other} already has",
-                        method.name
-                    ),
-                    "rename the rpc: each rpc gets a client method `<rpc>` and `<rpc>_with` in snake case",
-                ));
-            }
-        }
-    }
-    Ok(Service {
-        name: service.name().to_owned(),
-        full_name,
-        queue,
-        default_timeout_ms,
-        methods,
-        doc: info.comment(service.path()),
-        location,
-    })
-}
-
-/// Resolves an `errors` option: a message of the service's package that is one oneof.
-fn read_errors(name: &str, service: &prost_reflect::ServiceDescriptor, location: Location) -> Result<ErrorSet> {
-    let package = service.package_name();
-    let pool = service.parent_pool();
-    let message = pool
-        .get_message_by_name(&format!("{package}.{name}"))
-        .or_else(|| pool.get_message_by_name(name))
-        .ok_or_else(|| {
-            Error::contract(
-                location.clone(),
-                format!("service {} names errors \"{name}\", but there is no such message", service.full_name()),
-                format!("declare `message {name} {{ oneof reason {{ ... }} }}` in package {package}, or fix the name"),
-            )
-        })?;
-    let full_name = message.full_name().to_owned();
-    if message.package_name() != package {
-        return Err(Error::contract(
-            location,
-            format!("service {} names errors {full_name} from another package", service.full_name()),
-            format!("declare the error message in package {package}, next to the service"),
-        ));
-    }
-    let oneofs: Vec<_> = message.oneofs().filter(|o| !o.is_synthetic()).collect();
-    let loose: Vec<String> =
-        message.fields().filter(|f| f.containing_oneof().is_none()).map(|f| f.name().to_owned()).collect();
-    let [oneof] = oneofs.as_slice() else {
-        return Err(Error::contract(
-            location,
-            format!("error message {full_name} must consist of exactly one oneof, but has {}", oneofs.len()),
-            format!("write `message {} {{ oneof reason {{ NotFound not_found = 1; ... }} }}`", message.name()),
-        ));
-    };
-    if !loose.is_empty() {
-        return Err(Error::contract(
-            location,
-            format!("error message {full_name} has fields outside its oneof: {}", loose.join(", ")),
-            "move them into the cases' messages: each case carries its own details",
-        ));
-    }
-    let rust_path = ident::rust_type_path(package, &message);
-    let parent = rust_path.rsplit_once("::").map(|(p, _)| format!("{p}::")).unwrap_or_default();
-    Ok(ErrorSet {
-        enum_path: format!("{parent}{}::{}", ident::field_name(message.name()), ident::type_name(oneof.name())),
-        field: ident::field_name(oneof.name()),
-        cases: oneof.fields().map(|f| (ident::type_name(f.name()), f.name().to_owned())).collect(),
-        full_name,
-        rust_path,
-    })
 }
 
 #[cfg(test)]
