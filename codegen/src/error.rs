@@ -56,6 +56,11 @@ pub enum Error {
         /// How to fix it.
         help: String,
     },
+    /// Two or more of the other errors (contract errors, in practice), all found in one run, sorted by location:
+    /// reading goes on past an item that fails, so one run reports every problem. A single problem is
+    /// reported as itself, never wrapped in this.
+    #[error("{}", list(.0))]
+    Errors(Vec<Error>),
     /// prost-build could not generate message types.
     #[error("generating message types with prost-build failed: {0}")]
     Prost(#[source] std::io::Error),
@@ -93,12 +98,80 @@ impl Error {
         Error::Contract { location, message: message.into(), help: help.into() }
     }
 
-    /// Where in the protos the problem is, when it is in the protos.
+    /// `Ok` when `errors` is empty; the error itself when there is one; [`Error::Errors`] (flattened, sorted
+    /// by location) when there are more.
+    fn from_all(errors: Vec<Error>) -> Result<()> {
+        let mut errors: Vec<Error> = errors
+            .into_iter()
+            .flat_map(|error| match error {
+                Error::Errors(inner) => inner,
+                error => vec![error],
+            })
+            .collect();
+        // Stable: problems at one place keep the order they were found in.
+        errors.sort_by(|a, b| {
+            let key = |e: &Error| e.location().map(|l| (l.file.clone(), l.line, l.column));
+            key(a).cmp(&key(b))
+        });
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(Error::Errors(errors)),
+        }
+    }
+
+    /// Where in the protos the problem is, when it is in the protos; for [`Error::Errors`], where the first is.
     pub fn location(&self) -> Option<&Location> {
         match self {
             Error::Proto { location, .. } | Error::Contract { location, .. } => Some(location),
+            Error::Errors(errors) => errors.first().and_then(Error::location),
             _ => None,
         }
+    }
+
+    /// Each problem on its own: the errors of [`Error::Errors`], or this error alone.
+    pub fn errors(&self) -> &[Error] {
+        match self {
+            Error::Errors(errors) => errors,
+            error => std::slice::from_ref(error),
+        }
+    }
+}
+
+/// The text of [`Error::Errors`]: a count, then each error (location first, its `help:` line under it).
+fn list(errors: &[Error]) -> String {
+    let mut text = format!("{} errors in the contracts:", errors.len());
+    for error in errors {
+        text.push('\n');
+        text.push_str(&error.to_string());
+    }
+    text
+}
+
+/// Errors found so far while reading the contracts. An item that fails is skipped (so that later checks do
+/// not report it again in other words) and reading goes on, so that one run reports every problem.
+#[derive(Debug, Default)]
+pub(crate) struct Problems(Vec<Error>);
+
+impl Problems {
+    /// Keeps `error` for the report.
+    pub(crate) fn push(&mut self, error: Error) {
+        self.0.push(error);
+    }
+
+    /// The value of `result`, or `None` with its error kept for the report.
+    pub(crate) fn keep<T>(&mut self, result: Result<T>) -> Option<T> {
+        result.map_err(|error| self.push(error)).ok()
+    }
+
+    /// How many problems have been found so far.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Every problem found, as one error ([`Error::from_all`]); `Ok` when there is none.
+    pub(crate) fn finish(self) -> Result<()> {
+        Error::from_all(self.0)
     }
 }
 

@@ -19,7 +19,12 @@
 //! # Layout
 //!
 //! - `compile.rs`: protox with an embedded `warren/options.proto`; source positions and comments.
-//! - `model.rs`: the contract model, and every rule a contract must follow (each error says file:line and the fix).
+//! - `model/`: the contract model, and every rule a contract must follow (each error says file:line and the fix):
+//!   the types (`mod.rs`), reading Warren's options out of the descriptors (`options.rs`; RPC services in
+//!   `services.rs`), checks across items (`validate.rs`), routing keys and subscriptions (`keys.rs`), messages'
+//!   validation rules (`messages.rs`). Every problem is reported in one run, not only the first.
+//! - `options_pb.rs`: prost's types for `warren/options.proto`, which the model reads Warren's options into;
+//!   written by `cargo xtask regen`, never by hand.
 //! - `ident.rs`: proto names to Rust names, matching prost-build.
 //! - `emit/`: one emitter per artifact (`events.rs`, `rpc.rs`), and the module tree / crate files (`mod.rs`).
 //! - `builder.rs`: the `build.rs` entry point.
@@ -38,6 +43,10 @@ mod error;
 pub mod ident;
 pub mod manifest;
 pub mod model;
+/// prost's types for `warren/options.proto`, which the model reads options into; written by `cargo xtask regen`.
+#[rustfmt::skip]
+#[allow(dead_code, unreachable_pub)]
+mod options_pb;
 mod sources;
 
 pub use builder::Builder;
@@ -68,6 +77,18 @@ pub fn generate(config: &Config) -> Result<Files> {
 /// Generates the files for already loaded contracts.
 pub fn generate_from(config: &Config, contracts: &Contracts) -> Result<Files> {
     emit::generate(config, contracts)
+}
+
+/// Where `cargo xtask regen` writes [`options_types()`], relative to the workspace root.
+pub const OPTIONS_TYPES_FILE: &str = "codegen/src/options_pb.rs";
+
+/// The Rust types of Warren's own options (`warren/options.proto`), as prost-build writes them, under an
+/// `@generated` header: what `cargo xtask regen` writes to [`OPTIONS_TYPES_FILE`].
+///
+/// Codegen reads each option into these types, so renaming an option's field breaks its build rather than
+/// leaving the value unread; a unit test fails while the checked-in file differs from this.
+pub fn options_types() -> Result<String> {
+    model::options_types()
 }
 
 /// The contract manifest of already loaded contracts (what `cargo xtask regen` writes to `proto/warren.lock`).

@@ -1,7 +1,7 @@
 //! Contract errors say where the problem is (file and line), what it is, and how to fix it.
 //!
 //! Each case loads one tiny fixture from `fixtures/errors/<case>/<case>.proto` whose offending declaration
-//! sits on a known line.
+//! sits on a known line; `errors_in_two_files/` holds two files with one mistake each, reported together.
 
 use std::path::PathBuf;
 
@@ -274,4 +274,36 @@ fn declared_errors_must_be_one_oneof() {
 fn a_message_cannot_be_both_event_and_task() {
     let error = load_error("event_and_task");
     assert_reported(&error, "event_and_task", 11, &["message fixtures.v1.OrderPlaced is both an event and a task"]);
+}
+
+/// An item that fails is left out of the checks that follow, so a fixture with one mistake reports one
+/// problem: an exchange without a kind does not also make its event's exchange "undeclared".
+#[test]
+fn a_contract_with_one_mistake_reports_one_problem() {
+    let cases = std::fs::read_dir(case_dir("")).unwrap().map(|entry| entry.unwrap().file_name());
+    let cases: Vec<String> = cases.map(|name| name.into_string().unwrap()).collect();
+    for case in cases.iter().filter(|case| !["valid", "errors_in_two_files"].contains(&case.as_str())) {
+        let error = load_error(case);
+        assert_eq!(error.errors().len(), 1, "{case} reports more than its one mistake:\n{error}");
+    }
+}
+
+/// Reading goes on past a mistake: one run reports every problem, each at its file and line, under a count.
+#[test]
+fn mistakes_in_two_files_are_both_reported_in_one_run() {
+    let dir = case_dir("errors_in_two_files");
+    let error = match warren_codegen::load(&Config::new([&dir], ["orders.proto", "pricing.proto"])) {
+        Ok(contracts) => panic!("the fixture loaded, but it should fail: {contracts:#?}"),
+        Err(error) => error,
+    };
+    assert!(matches!(error, Error::Errors(_)), "expected Error::Errors, got {error:?}");
+    let [orders, pricing] = error.errors() else { panic!("expected two errors:\n{error}") };
+    // `OrderPlaced`'s event option (line 10) lacks its routing key; `Pricer` (line 7) lacks its queue.
+    assert_reported(orders, "orders", 10, &["event fixtures.v1.OrderPlaced has no routing key"]);
+    assert_reported(pricing, "pricing", 7, &["service fixtures.v1.Pricer has no queue"]);
+    assert_eq!(error.location(), orders.location(), "the aggregate's location is its first error's");
+    let text = error.to_string().replace(&format!("{}/", dir.display()), "");
+    insta::with_settings!({ snapshot_path => "snapshots", prepend_module_to_snapshot => false, omit_expression => true }, {
+        insta::assert_snapshot!("errors__errors_in_two_files", text);
+    });
 }

@@ -1,6 +1,6 @@
 //! Project automation: `cargo xtask regen [--check]` rewrites (or checks) everything derived from `proto/`
-//! (`generated/`, `proto/warren.lock`, `docs/`); `check-compat` finds breaking contract changes; `docs` writes
-//! the docs alone; `bench` runs the benchmarks.
+//! (`generated/`, `proto/warren.lock`, `docs/`, `codegen/src/options_pb.rs`); `check-compat` finds breaking
+//! contract changes; `docs` writes the docs alone; `bench` runs the benchmarks.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,7 +36,7 @@ fn run() -> Result<ExitCode> {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
-                 regen            rewrite generated/, proto/warren.lock and docs/ from proto/ (only files that changed)\n  \
+                 regen            rewrite generated/, proto/warren.lock, docs/ and codegen/src/options_pb.rs from proto/\n                   (only files that changed)\n  \
                  regen --check    exit non-zero, listing stale files, if any of them is out of date\n  \
                  check-compat [--against <git rev or manifest file>] [--allow RULE]...\n                   \
                  report breaking contract changes against proto/warren.lock as committed (or the baseline given)\n  \

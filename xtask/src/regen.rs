@@ -1,6 +1,7 @@
 //! `cargo xtask regen [--check]`: everything derived from `proto/`, written (or checked) in one go.
 //!
-//! That is the `generated/` crate, the contract manifest `proto/warren.lock` and the docs under `docs/`.
+//! That is the `generated/` crate, the contract manifest `proto/warren.lock`, the docs under `docs/`, and the
+//! types codegen reads Warren's own options into (`codegen/src/options_pb.rs`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -21,5 +22,9 @@ pub(crate) fn run(root: &Path, check: bool) -> Result<ExitCode> {
     let lock = warren_codegen::manifest_file(&config, &contracts).map_err(|e| anyhow!("{e}"))?;
     derived.files.insert(warren_codegen::manifest::LOCK_FILE.into(), lock.into_bytes());
     derived.extend(Path::new(crate::docs::DIR), crate::docs::files(&config, &contracts)?);
+    // The types codegen reads Warren's options into: generated from proto/warren/options.proto, and compiled
+    // into codegen itself, so a renamed option field breaks its build instead of going unread.
+    let options = warren_codegen::options_types().map_err(|e| anyhow!("{e}"))?;
+    derived.files.insert(warren_codegen::OPTIONS_TYPES_FILE.into(), options.into_bytes());
     sync(root, &derived, check, "cargo xtask regen")
 }

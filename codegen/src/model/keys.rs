@@ -4,7 +4,7 @@
 use prost_reflect::{Kind, MessageDescriptor};
 
 use super::{Event, EventGroup, Exchange, ExchangeKind};
-use crate::error::{Error, Location, Result};
+use crate::error::{Error, Location, Problems, Result};
 use crate::ident;
 
 /// One word of a routing key.
@@ -136,38 +136,36 @@ pub(crate) fn parse_template(
 }
 
 /// Two events on one exchange whose keys some routing key matches both could not be told apart by bindings.
-pub(crate) fn check_distinct(events: &[Event]) -> Result<()> {
+/// Each event that clashes with an earlier one is reported once, naming the first it clashes with.
+pub(crate) fn check_distinct(events: &[Event], problems: &mut Problems) {
     let keyed: Vec<&Event> = events.iter().filter(|e| e.exchange.kind.uses_routing_key()).collect();
     for (i, event) in keyed.iter().enumerate() {
-        for first in &keyed[..i] {
-            if first.exchange.name != event.exchange.name {
-                continue;
-            }
-            let clash = match event.exchange.kind {
-                ExchangeKind::Topic => warren_topology::topic::overlaps(&first.binding, &event.binding),
-                _ => first.binding == event.binding,
+        let clash = keyed[..i].iter().find(|first| {
+            first.exchange.name == event.exchange.name
+                && match event.exchange.kind {
+                    ExchangeKind::Topic => warren_topology::topic::overlaps(&first.binding, &event.binding),
+                    _ => first.binding == event.binding,
+                }
+        });
+        if let Some(first) = clash {
+            let what = if first.routing_key == event.routing_key {
+                format!("both use routing key \"{}\"", event.routing_key)
+            } else {
+                format!(
+                    "have routing keys \"{}\" and \"{}\", which some key matches both",
+                    first.routing_key, event.routing_key
+                )
             };
-            if clash {
-                let what = if first.routing_key == event.routing_key {
-                    format!("both use routing key \"{}\"", event.routing_key)
-                } else {
-                    format!(
-                        "have routing keys \"{}\" and \"{}\", which some key matches both",
-                        first.routing_key, event.routing_key
-                    )
-                };
-                return Err(Error::contract(
-                    event.location.clone(),
-                    format!(
-                        "events {} and {} {what} on exchange \"{}\"",
-                        first.full_name, event.full_name, event.exchange.name
-                    ),
-                    "give each event its own routing key; subscribers bind by key and could not tell them apart",
-                ));
-            }
+            problems.push(Error::contract(
+                event.location.clone(),
+                format!(
+                    "events {} and {} {what} on exchange \"{}\"",
+                    first.full_name, event.full_name, event.exchange.name
+                ),
+                "give each event its own routing key; subscribers bind by key and could not tell them apart",
+            ));
         }
     }
-    Ok(())
 }
 
 /// A binding pattern declared in a contract with `option (warren.subscription)`.

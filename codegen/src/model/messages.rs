@@ -4,14 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use prost_reflect::{
-    Cardinality, DescriptorPool, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
-};
+use prost_reflect::{Cardinality, DescriptorPool, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 
-use super::extension_message;
+use super::options::extension;
 use crate::compile::SourceInfo;
-use crate::error::{Error, Location, Result};
+use crate::error::{Error, Location, Problems, Result};
 use crate::ident;
+use crate::options_pb as pb;
 
 const FIELD_OPTIONS: i32 = 8;
 const RULES_EXT: i32 = 50106;
@@ -95,12 +94,14 @@ pub struct FieldCheck {
     pub nested: bool,
 }
 
-/// Reads every message of `files` (with rules and fingerprints), grouped by package.
+/// Reads every message of `files` (with rules and fingerprints), grouped by package. Rules that cannot be
+/// read or do not fit their field are kept in `problems` and left out.
 pub(crate) fn read(
     pool: &DescriptorPool,
     files: &[(String, SourceInfo<'_>)],
     rules_ext: &ExtensionDescriptor,
-) -> Result<BTreeMap<String, Vec<Message>>> {
+    problems: &mut Problems,
+) -> BTreeMap<String, Vec<Message>> {
     let mut messages: Vec<(String, MessageDescriptor, Vec<FieldCheck>)> = Vec::new();
     for (name, info) in files {
         let file = pool.get_file_by_name(name).expect("requested files are in the pool");
@@ -110,7 +111,7 @@ pub(crate) fn read(
             let mut children: Vec<_> = message.child_messages().filter(|m| !m.is_map_entry()).collect();
             children.reverse();
             todo.extend(children);
-            let checks = own_checks(&message, info, rules_ext)?;
+            let checks = own_checks(&message, info, rules_ext, problems);
             messages.push((file.package_name().to_owned(), message, checks));
         }
     }
@@ -157,7 +158,7 @@ pub(crate) fn read(
             checks,
         });
     }
-    Ok(out)
+    out
 }
 
 /// The singular and repeated (not map, not oneof) message fields of `message`, with their types.
@@ -198,32 +199,23 @@ fn own_checks(
     message: &MessageDescriptor,
     info: &SourceInfo<'_>,
     ext: &ExtensionDescriptor,
-) -> Result<Vec<FieldCheck>> {
+    problems: &mut Problems,
+) -> Vec<FieldCheck> {
     let mut checks = Vec::new();
     for field in message.fields() {
-        let Some(option) = extension_message(&field.options(), ext) else { continue };
         let mut path = field.path().to_vec();
         path.extend([FIELD_OPTIONS, RULES_EXT]);
         let location = info.location(&path);
-        let number = |name: &str| {
-            let f = option.descriptor().get_field_by_name(name).expect("options.proto declares the rule");
-            option.has_field(&f).then(|| option.get_field(&f).into_owned())
+        let Some(Some(option)) = problems.keep(extension::<pb::Rules>(&field.options(), ext, &location)) else {
+            continue;
         };
-        let float = |name: &str| number(name).and_then(|v| v.as_f64());
-        let count = |name: &str| number(name).and_then(|v| v.as_u32());
-        let flag = |name: &str| number(name).and_then(|v| v.as_bool()).unwrap_or(false);
-        let rules = Rules {
-            required: flag("required"),
-            min: float("min"),
-            max: float("max"),
-            min_len: count("min_len"),
-            max_len: count("max_len"),
-            defined: flag("defined"),
-        };
+        let pb::Rules { required, min, max, min_len, max_len, defined } = option;
+        let rules = Rules { required, min, max, min_len, max_len, defined };
         let (kind, shape) = kind_and_shape(message.package_name(), &field);
         let target = format!("field {}.{}", message.full_name(), field.name());
-        check_fit(&target, &field, &kind, shape, &rules, location)?;
-        if rules == Rules::default() {
+        if problems.keep(check_fit(&target, &field, &kind, shape, &rules, location)).is_none()
+            || rules == Rules::default()
+        {
             continue;
         }
         checks.push(FieldCheck {
@@ -235,7 +227,7 @@ fn own_checks(
             nested: false,
         });
     }
-    Ok(checks)
+    checks
 }
 
 /// Rules must fit the field: a rule that could never apply is a mistake in the contract.
