@@ -29,35 +29,7 @@ use crate::error::Location;
 
 pub(crate) use options::options_types;
 
-/// How an exchange routes messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExchangeKind {
-    /// Exact routing key match.
-    Direct,
-    /// Dotted patterns with `*` and `#`.
-    Topic,
-    /// Every bound queue.
-    Fanout,
-    /// By header values.
-    Headers,
-}
-
-impl ExchangeKind {
-    /// The kind's name in Warren's options and in AMQP.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExchangeKind::Direct => "direct",
-            ExchangeKind::Topic => "topic",
-            ExchangeKind::Fanout => "fanout",
-            ExchangeKind::Headers => "headers",
-        }
-    }
-
-    /// Whether routing keys mean anything on this kind of exchange.
-    pub fn uses_routing_key(self) -> bool {
-        matches!(self, ExchangeKind::Direct | ExchangeKind::Topic)
-    }
-}
+pub use warren_topology::ExchangeKind;
 
 /// An exchange declared with `option (warren.exchange)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
