@@ -124,6 +124,10 @@ fn queues(f: &mut Findings<'_>) {
                 };
                 (location, events.iter().cloned().collect::<Vec<_>>(), cause, item)
             }
+            Consumer::Task(task) => {
+                let location = f.current.tasks.get(task).map(|t| t.location.clone());
+                (location, vec![task.clone()], String::new(), format!("message {task}"))
+            }
             Consumer::Service(service) => {
                 let location = f.current.services.get(service).map(|s| s.location.clone());
                 (location, vec![service.clone()], String::new(), format!("service {service}"))
