@@ -29,6 +29,7 @@ use std::ops::RangeInclusive;
 pub use parse::{ParseError, ParseErrorKind};
 
 pub(crate) use build::{build, scalar_name};
+pub(crate) use render::bound_text;
 
 use crate::compat::Rule;
 use crate::error::Location;
@@ -420,9 +421,9 @@ impl Manifest {
     }
 
     /// Every type name the contracts use: field types (map values included), rpc requests and responses,
-    /// events.
+    /// events and tasks.
     pub fn referenced_types(&self) -> BTreeSet<&str> {
-        let mut used: BTreeSet<&str> = self.events.keys().map(String::as_str).collect();
+        let mut used: BTreeSet<&str> = self.events.keys().chain(self.tasks.keys()).map(String::as_str).collect();
         for message in self.messages.values() {
             for field in message.fields.values() {
                 let r#type = field.r#type.as_str();
