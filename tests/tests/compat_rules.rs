@@ -63,7 +63,8 @@ fn the_baseline_is_compatible_with_itself() {
 #[test]
 fn safe_changes_pass() {
     // A new field, event, method and enum value, a method timeout, a retry policy on a classic queue (its delay
-    // queues are named by their delay, so new delays are new queues), and edited and added comments.
+    // queues are named by their delay, so new delays are new queues), a task's prefetch and retry policy, and
+    // edited and added comments.
     let report = check("safe", &[]);
     assert!(report.breaks.is_empty(), "safe changes were reported:\n{}", text(&report));
 }
@@ -187,6 +188,120 @@ fn rpc_queue_renamed() {
 }
 
 #[test]
+fn task_queue_renamed() {
+    // The old work queue is gone and a new one appears: no `queue-arguments-changed` on top.
+    let report = assert_breaks("task_queue_renamed", &[Rule::TaskQueueRenamed], 83);
+    assert!(report.breaks[0].message.contains("\"shop.packers\" (was \"shop.packing\")"), "{}", report.breaks[0]);
+}
+
+#[test]
+fn task_removed_while_its_message_stays() {
+    let report = assert_breaks("task_removed", &[Rule::TaskRemoved], 82);
+    assert!(report.breaks[0].message.contains("shop.v1.PackOrder is no longer a task"), "{}", report.breaks[0]);
+    assert!(report.breaks[0].fix.contains("queue \"shop.packing\" is empty"), "{}", report.breaks[0]);
+}
+
+#[test]
+fn a_removed_task_message_is_a_removed_type() {
+    let report = assert_breaks("type_removed_task", &[Rule::TypeRemoved], 82);
+    assert!(report.breaks[0].message.contains("it is a task on work queue \"shop.packing\""), "{}", report.breaks[0]);
+}
+
+#[test]
+fn event_removed_while_its_message_stays() {
+    // Only `event-removed`: the message is still there (no `type-removed`), and the queues that remain keep
+    // their arguments.
+    let report = assert_breaks("event_removed", &[Rule::EventRemoved], 47);
+    assert!(report.breaks[0].message.contains("shop.v1.OrderShipped is no longer an event"), "{}", report.breaks[0]);
+}
+
+#[test]
+fn wire_format_changed_on_an_event() {
+    let report = assert_breaks("wire_format_changed", &[Rule::WireFormatChanged], 47);
+    let shown = report.breaks[0].to_string();
+    assert!(shown.contains("is now published as JSON by default (was PROTOBUF)"), "{shown}");
+    assert!(shown.contains("readers in other languages"), "{shown}");
+}
+
+#[test]
+fn wire_format_changed_on_a_task() {
+    let report = assert_breaks("task_wire_format_changed", &[Rule::WireFormatChanged], 83);
+    assert!(report.breaks[0].message.contains("task shop.v1.PackOrder is now sent as JSON"), "{}", report.breaks[0]);
+}
+
+#[test]
+fn queue_arguments_changed_by_a_quorum_work_queue() {
+    let report = assert_breaks("task_quorum_queue", &[Rule::QueueArgumentsChanged], 83);
+    let message = &report.breaks[0].message;
+    assert!(message.starts_with("queue shop.packing would be declared with"), "{message}");
+    assert!(message.contains("x-queue-type unset → \"quorum\""), "{message}");
+}
+
+#[test]
+fn rules_tightened_on_a_field() {
+    let report = assert_breaks("rules_tightened", &[Rule::RulesTightened], 37);
+    let message = &report.breaks[0].message;
+    assert!(message.contains("`required` (new), `max_len: 64` (new)"), "{message}");
+    assert!(report.breaks[0].fix.contains("(no rules)"), "{}", report.breaks[0]);
+}
+
+#[test]
+fn rules_tightened_by_a_new_field_its_default_breaks() {
+    // Only `shop`: the optional, upper-bounded and `defined` new fields accept what old senders leave there.
+    let report = assert_breaks("rules_tightened_by_a_new_field", &[Rule::RulesTightened], 45);
+    let message = &report.breaks[0].message;
+    assert!(message.contains("new field 6 `shop`") && message.ends_with(": `required`"), "{message}");
+}
+
+#[test]
+fn loosened_rules_pass() {
+    // A bound dropped, a bound widened, and `min: 0` on a uint32 (which bounds nothing).
+    let report = check("rules_loosened", &[]);
+    assert!(report.breaks.is_empty(), "loosened rules were reported:\n{}", text(&report));
+}
+
+/// `text`, a manifest of the current format, as format version 1 wrote it: no tasks (nor their work queues),
+/// wire formats or validation rules.
+fn as_version_1(text: &str) -> String {
+    let mut out = Vec::new();
+    for paragraph in text.split("\n\n") {
+        if paragraph.starts_with("task ") || paragraph.lines().any(|l| l.starts_with("  task ")) {
+            continue;
+        }
+        let lines = paragraph
+            .lines()
+            .filter(|l| !l.starts_with("  wire-format "))
+            .map(|l| l.split(" rules=").next().unwrap_or(l).replace("warren-manifest 2", "warren-manifest 1"));
+        out.push(lines.collect::<Vec<_>>().join("\n"));
+    }
+    out.join("\n\n")
+}
+
+#[test]
+fn a_version_1_baseline_compares_only_what_it_records() {
+    let v1 = as_version_1(&manifest("baseline").unwrap().render(""));
+    let old = Manifest::parse(&v1).unwrap_or_else(|e| panic!("a version-1 manifest does not read: {e}\n{v1}"));
+    assert_eq!(old.format_version, 1);
+    assert!(old.tasks.is_empty() && !old.records_tasks_and_rules());
+    // What version 1 did not record is not reported as changed: every field seems to have gained its rules,
+    // and every event its wire format.
+    let new = manifest("baseline").unwrap();
+    let report = compat::check(&old, &new, &[]);
+    assert!(report.breaks.is_empty(), "{}", text(&report));
+    for case in ["rules_tightened", "wire_format_changed", "task_queue_renamed"] {
+        let report = compat::check(&old, &manifest(case).unwrap(), &[]);
+        assert!(report.breaks.is_empty(), "{case}:\n{}", text(&report));
+    }
+    // What it did record still counts.
+    let report = compat::check(&old, &manifest("routing_key_changed").unwrap(), &[]);
+    assert_eq!(report.breaks.iter().map(|b| b.rule).collect::<Vec<_>>(), [Rule::RoutingKeyChanged]);
+    // The same baseline claiming version 2 would report every rule as new: the version is what keeps it quiet.
+    let claimed = Manifest { format_version: 2, ..old };
+    let report = compat::check(&claimed, &new, &[]);
+    assert!(report.breaks.iter().any(|b| b.rule == Rule::RulesTightened), "{}", text(&report));
+}
+
+#[test]
 fn a_marker_on_the_item_waives_its_rule() {
     let report = check("waived_by_marker", &[]);
     let [change] = report.breaks.as_slice() else { panic!("expected one break:\n{}", text(&report)) };
@@ -222,10 +337,22 @@ fn a_marker_naming_no_rule_is_an_error_at_its_line() {
 
 #[test]
 fn every_rule_has_a_fixture_and_a_docs_entry() {
-    let page = std::fs::read_to_string(warren_tests::workspace_root().join("docs/compat.md")).unwrap();
     for rule in Rule::ALL {
         let case = rule.name().replace('-', "_");
         assert!(case_dir(&case).join("shop.proto").is_file(), "no fixture for {rule}");
-        assert!(page.contains(&format!("`{rule}`")), "docs/compat.md does not explain {rule}");
     }
+    // docs/compat.md's table lists every rule, in `Rule::ALL`'s order, with what it protects.
+    let page = std::fs::read_to_string(warren_tests::workspace_root().join("docs/compat.md")).unwrap();
+    let rows: Vec<(String, String)> = page
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|row| {
+            let (rule, rest) = row.split_once("` | ")?;
+            let protects = rest.split(" | ").next()?;
+            Some((rule.to_owned(), protects.to_lowercase()))
+        })
+        .collect();
+    let expected: Vec<(String, String)> =
+        Rule::ALL.iter().map(|r| (r.name().to_owned(), r.category().as_str().to_owned())).collect();
+    assert_eq!(rows, expected, "docs/compat.md's rule table is out of step with Rule::ALL (name, protects)");
 }

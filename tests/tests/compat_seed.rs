@@ -1,5 +1,5 @@
 //! `check-compat` on the seed contracts: they match the checked-in lock, a breaking edit to one of them is
-//! reported with file:line and rule, a safe edit passes.
+//! reported with file:line and rule, a safe edit passes; CI's baseline file names a commit.
 
 use std::path::{Path, PathBuf};
 
@@ -78,4 +78,17 @@ fn a_safe_edit_to_a_seed_proto_passes() {
     });
     let report = check_workspace(&root);
     assert!(report.breaks.is_empty(), "{:?}", report.breaks);
+}
+
+#[test]
+fn the_ci_compat_base_is_one_full_commit_hash() {
+    // `.ci/run` reads the first line that is 40 lowercase hex digits; anything else would silently fall back
+    // to HEAD~1.
+    let text = std::fs::read_to_string(workspace_root().join(".ci/compat-base")).unwrap();
+    let hashes: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).collect();
+    let full = |h: &&str| h.len() == 40 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    assert!(
+        hashes.len() == 1 && hashes.iter().all(full),
+        ".ci/compat-base must hold one full commit hash (`git rev-parse HEAD`) besides `#` lines, found {hashes:?}"
+    );
 }

@@ -1,4 +1,5 @@
-//! AMQP rules: what running services declared on the broker, and what subscribers bound to, must not move.
+//! AMQP rules: what running services declared on the broker, and what subscribers bound to, must not move;
+//! events and tasks must keep being published and consumed where they were.
 
 use std::collections::BTreeSet;
 
@@ -9,6 +10,7 @@ use crate::manifest::{Argument, Consumer, PRIORITIES};
 pub(super) fn check(f: &mut Findings<'_>) {
     exchanges(f);
     events(f);
+    tasks(f);
     queues(f);
     rpc_queues(f);
 }
@@ -54,7 +56,30 @@ fn exchanges(f: &mut Findings<'_>) {
 
 fn events(f: &mut Findings<'_>) {
     for (name, old) in &f.baseline.events {
-        let Some(new) = f.current.events.get(name) else { continue };
+        let Some(new) = f.current.events.get(name) else {
+            // A removed message is `type-removed`'s; here the message stays but is no longer an event.
+            if let Some(message) = f.current.messages.get(name) {
+                f.report(
+                    Rule::EventRemoved,
+                    &message.location,
+                    name,
+                    format!(
+                        "message {name} is no longer an event (it was published to exchange \"{}\"{})",
+                        old.exchange,
+                        if old.kind.uses_routing_key() {
+                            format!(" with routing key \"{}\"", old.routing_key)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    format!(
+                        "keep its `(warren.event)` option until no service publishes or subscribes to it; {}",
+                        or_waive(Rule::EventRemoved, &format!("message {name}"))
+                    ),
+                );
+            }
+            continue;
+        };
         let waive = |rule| or_waive(rule, &format!("message {name}"));
         if old.exchange != new.exchange {
             f.report(
@@ -84,6 +109,43 @@ fn events(f: &mut Findings<'_>) {
                      until every subscriber moved; {}",
                     old.routing_key,
                     waive(Rule::RoutingKeyChanged)
+                ),
+            );
+        }
+    }
+}
+
+fn tasks(f: &mut Findings<'_>) {
+    for (name, old) in &f.baseline.tasks {
+        let waive = |rule| or_waive(rule, &format!("message {name}"));
+        let Some(new) = f.current.tasks.get(name) else {
+            // A removed message is `type-removed`'s; here the message stays but is no longer a task.
+            if let Some(message) = f.current.messages.get(name) {
+                f.report(
+                    Rule::TaskRemoved,
+                    &message.location,
+                    name,
+                    format!("message {name} is no longer a task (it was put on work queue \"{}\")", old.queue),
+                    format!(
+                        "keep its `(warren.task)` option until no service sends it and queue \"{}\" is empty; {}",
+                        old.queue,
+                        waive(Rule::TaskRemoved)
+                    ),
+                );
+            }
+            continue;
+        };
+        if old.queue != new.queue {
+            f.report(
+                Rule::TaskQueueRenamed,
+                &new.location,
+                name,
+                format!("task {name} is now put on work queue \"{}\" (was \"{}\")", new.queue, old.queue),
+                format!(
+                    "keep queue \"{}\"; to move, add a new task type on the new queue, send it instead, and keep \
+                     workers on the old queue until it is empty; {}",
+                    old.queue,
+                    waive(Rule::TaskQueueRenamed)
                 ),
             );
         }
@@ -123,6 +185,10 @@ fn queues(f: &mut Findings<'_>) {
                     _ => "the message of one of its events".to_owned(),
                 };
                 (location, events.iter().cloned().collect::<Vec<_>>(), cause, item)
+            }
+            Consumer::Task(task) => {
+                let location = f.current.tasks.get(task).map(|t| t.location.clone());
+                (location, vec![task.clone()], String::new(), format!("message {task}"))
             }
             Consumer::Service(service) => {
                 let location = f.current.services.get(service).map(|s| s.location.clone());

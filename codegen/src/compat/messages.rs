@@ -49,11 +49,14 @@ fn removed(f: &mut Findings<'_>, kind: &str, name: &str, location: &crate::error
     );
 }
 
-/// What in `manifest` uses type `name`, for messages: "event", "field a.B.c", "rpc a.S.M".
+/// What in `manifest` uses type `name`, for messages: "event", "task", "field a.B.c", "rpc a.S.M".
 fn users(manifest: &Manifest, name: &str) -> String {
     let mut users = Vec::new();
     if manifest.events.contains_key(name) {
         users.push("it is an event".to_owned());
+    }
+    if let Some(task) = manifest.tasks.get(name) {
+        users.push(format!("it is a task on work queue \"{}\"", task.queue));
     }
     for (message, m) in &manifest.messages {
         for field in m.fields.values() {

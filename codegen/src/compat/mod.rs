@@ -7,13 +7,20 @@
 //! (see [`marker`]).
 //!
 //! The rules live by what they protect: `messages.rs` (wire and JSON encoding of messages and enums),
-//! `services.rs` (RPC methods), `amqp.rs` (exchanges, routing keys, queues).
+//! `formats.rs` (the default wire format of events and tasks), `validation.rs` (fields' validation rules),
+//! `services.rs` (RPC methods), `amqp.rs` (exchanges, routing keys, queues, and which messages are events and
+//! tasks).
+//!
+//! A baseline read from an older lock file records less (see [`Manifest::records_tasks_and_rules`]): the rules
+//! about what it does not record compare nothing, rather than report everything as new.
 
 mod amqp;
+mod formats;
 pub mod marker;
 mod messages;
 mod rule;
 mod services;
+mod validation;
 
 use std::fmt;
 
@@ -90,6 +97,8 @@ impl Report {
 pub fn check(baseline: &Manifest, current: &Manifest, allow: &[Rule]) -> Report {
     let mut findings = Findings { baseline, current, breaks: Vec::new() };
     messages::check(&mut findings);
+    formats::check(&mut findings);
+    validation::check(&mut findings);
     services::check(&mut findings);
     amqp::check(&mut findings);
     let mut breaks = findings.breaks;

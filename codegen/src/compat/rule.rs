@@ -10,16 +10,19 @@ pub enum Category {
     Wire,
     /// Readers of the protobuf JSON mapping, which names fields and enum values.
     Json,
+    /// Senders whose messages receivers check against the fields' validation rules.
+    Validation,
     /// The broker topology: exchanges, routing keys and queues that running services declared.
     Amqp,
 }
 
 impl Category {
-    /// `wire`, `json` or `amqp`.
+    /// `wire`, `json`, `validation` or `amqp`.
     pub fn as_str(self) -> &'static str {
         match self {
             Category::Wire => "wire",
             Category::Json => "json",
+            Category::Validation => "validation",
             Category::Amqp => "amqp",
         }
     }
@@ -43,16 +46,21 @@ pub enum Rule {
     EnumValueRemoved,
     /// An enum value name now has another number.
     EnumValueRenumbered,
-    /// A message or enum that a field, an rpc or an event used is gone.
+    /// A message or enum that a field, an rpc, an event or a task used is gone.
     TypeRemoved,
     /// An rpc was removed from a service (or the service was removed).
     MethodRemoved,
     /// An rpc's request or response type changed.
     MethodTypeChanged,
+    /// An event or task is encoded in another format by default (protobuf ↔ JSON).
+    WireFormatChanged,
     /// A field kept its number but has a new name.
     FieldRenamed,
     /// An enum value kept its number but has a new name.
     EnumValueRenamed,
+    /// A field's validation rules reject messages they accepted: a new `required`, `defined` or bound, a raised
+    /// minimum or a lowered maximum, or a new field whose rules reject its default value.
+    RulesTightened,
     /// An event is published to another exchange.
     EventExchangeChanged,
     /// An exchange's kind (direct, topic, fanout, headers) changed.
@@ -61,10 +69,17 @@ pub enum Rule {
     ExchangeDurabilityChanged,
     /// An event is published with another routing key.
     RoutingKeyChanged,
-    /// A queue's declared arguments (priority, dead-lettering, durability) changed.
+    /// A subscriber or work queue's declared arguments (priority, queue type, delivery limit, dead-lettering,
+    /// durability) changed.
     QueueArgumentsChanged,
     /// An RPC service consumes another queue.
     RpcQueueRenamed,
+    /// A task is put on another work queue.
+    TaskQueueRenamed,
+    /// A message that stays is no longer an event (its `(warren.event)` option was dropped).
+    EventRemoved,
+    /// A message that stays is no longer a task (its `(warren.task)` option was dropped).
+    TaskRemoved,
 }
 
 impl Rule {
@@ -79,14 +94,19 @@ impl Rule {
         Rule::TypeRemoved,
         Rule::MethodRemoved,
         Rule::MethodTypeChanged,
+        Rule::WireFormatChanged,
         Rule::FieldRenamed,
         Rule::EnumValueRenamed,
+        Rule::RulesTightened,
         Rule::EventExchangeChanged,
         Rule::ExchangeKindChanged,
         Rule::ExchangeDurabilityChanged,
         Rule::RoutingKeyChanged,
         Rule::QueueArgumentsChanged,
         Rule::RpcQueueRenamed,
+        Rule::TaskQueueRenamed,
+        Rule::EventRemoved,
+        Rule::TaskRemoved,
     ];
 
     /// The rule's name, e.g. `field-removed`.
@@ -101,14 +121,19 @@ impl Rule {
             Rule::TypeRemoved => "type-removed",
             Rule::MethodRemoved => "method-removed",
             Rule::MethodTypeChanged => "method-type-changed",
+            Rule::WireFormatChanged => "wire-format-changed",
             Rule::FieldRenamed => "field-renamed",
             Rule::EnumValueRenamed => "enum-value-renamed",
+            Rule::RulesTightened => "rules-tightened",
             Rule::EventExchangeChanged => "event-exchange-changed",
             Rule::ExchangeKindChanged => "exchange-kind-changed",
             Rule::ExchangeDurabilityChanged => "exchange-durability-changed",
             Rule::RoutingKeyChanged => "routing-key-changed",
             Rule::QueueArgumentsChanged => "queue-arguments-changed",
             Rule::RpcQueueRenamed => "rpc-queue-renamed",
+            Rule::TaskQueueRenamed => "task-queue-renamed",
+            Rule::EventRemoved => "event-removed",
+            Rule::TaskRemoved => "task-removed",
         }
     }
 
@@ -116,13 +141,26 @@ impl Rule {
     pub fn category(self) -> Category {
         match self {
             Rule::FieldRenamed | Rule::EnumValueRenamed => Category::Json,
+            Rule::RulesTightened => Category::Validation,
             Rule::EventExchangeChanged
             | Rule::ExchangeKindChanged
             | Rule::ExchangeDurabilityChanged
             | Rule::RoutingKeyChanged
             | Rule::QueueArgumentsChanged
-            | Rule::RpcQueueRenamed => Category::Amqp,
-            _ => Category::Wire,
+            | Rule::RpcQueueRenamed
+            | Rule::TaskQueueRenamed
+            | Rule::EventRemoved
+            | Rule::TaskRemoved => Category::Amqp,
+            Rule::FieldNumberReused
+            | Rule::FieldTypeChanged
+            | Rule::FieldRemoved
+            | Rule::FieldLabelChanged
+            | Rule::EnumValueRemoved
+            | Rule::EnumValueRenumbered
+            | Rule::TypeRemoved
+            | Rule::MethodRemoved
+            | Rule::MethodTypeChanged
+            | Rule::WireFormatChanged => Category::Wire,
         }
     }
 
@@ -152,7 +190,7 @@ impl Rule {
             Rule::EnumValueRenumbered => "the same name is another number on the wire: old and new readers disagree",
             Rule::TypeRemoved => {
                 "subscribers, callers and generated code of the old contract still name it; an event's queues stop \
-                 receiving it"
+                 receiving it, and a task's work queue keeps the tasks already in it with no worker to take them"
             }
             Rule::MethodRemoved => {
                 "callers on the old contract still send it: their requests are answered `UNIMPLEMENTED`, or time out"
@@ -160,11 +198,21 @@ impl Rule {
             Rule::MethodTypeChanged => {
                 "callers and servers on different versions encode different messages for the same method"
             }
+            Rule::WireFormatChanged => {
+                "Warren's subscribers, workers and servers read each message's content type and decode both formats, \
+                 but readers in other languages (or plain AMQP consumers) decode the one format they were written \
+                 for, and fail on every message in the other"
+            }
             Rule::FieldRenamed => {
                 "the protobuf JSON mapping names fields: JSON readers lose the field and the generated Rust field is \
                  renamed"
             }
             Rule::EnumValueRenamed => "the protobuf JSON mapping writes enum values by name: JSON readers reject it",
+            Rule::RulesTightened => {
+                "senders on the old contract still send messages the old rules accept, and such messages wait in \
+                 queues: receivers on the new contract reject them (events and tasks are dead-lettered, calls \
+                 answered INVALID_ARGUMENT)"
+            }
             Rule::EventExchangeChanged => {
                 "subscriber queues are bound to the old exchange and stop receiving the event, without an error"
             }
@@ -182,10 +230,22 @@ impl Rule {
             }
             Rule::QueueArgumentsChanged => {
                 "RabbitMQ refuses to redeclare an existing queue with other arguments (PRECONDITION_FAILED), so \
-                 subscribers of the new version fail to start until the queue is deleted"
+                 subscribers and workers of the new version fail to start until the queue is deleted"
             }
             Rule::RpcQueueRenamed => {
                 "callers on the old contract send to the old queue, which no server consumes: their calls time out"
+            }
+            Rule::TaskQueueRenamed => {
+                "senders on the old contract still put tasks on the old work queue, which workers on the new \
+                 contract no longer consume: those tasks, and the ones already waiting there, are never worked"
+            }
+            Rule::EventRemoved => {
+                "publishers on the old contract keep publishing it into subscriber queues that no subscriber on the \
+                 new contract drains, and subscribers on the old contract stop receiving it, without an error"
+            }
+            Rule::TaskRemoved => {
+                "senders on the old contract keep putting it on its work queue, which no worker on the new contract \
+                 consumes: those tasks, and the ones already waiting there, are never worked"
             }
         }
     }

@@ -244,6 +244,7 @@ fn queue_row(name: &str, queue: &crate::manifest::Queue) -> QueueRow {
             events.iter().map(|e| format!("[`{e}`](#{})", anchor(e))).collect::<Vec<_>>().join("")
         }
         Consumer::Events(events) => format!("{} events (the exchange's event enum)", events.len()),
+        Consumer::Task(task) => format!("workers of [`{task}`](#{})", anchor(task)),
         Consumer::Service(service) => format!("server of [`{service}`](#{})", anchor(service)),
     };
     let bindings = if queue.bindings.is_empty() {

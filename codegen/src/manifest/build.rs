@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use prost_reflect::{Cardinality, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor, Syntax};
 
 use super::{
-    Argument, Consumer, Enum, EnumValue, Event, Exchange, Field, File, GROUP, Label, Manifest, Message, Method, Queue,
-    Reserved, Retry, Service,
+    Argument, Consumer, Enum, EnumValue, Event, Exchange, Field, FieldRules, File, GROUP, Label, Manifest, Message,
+    Method, Queue, Reserved, Retry, Service, Task, WireFormat,
 };
 use crate::compat::{Rule, marker};
 use crate::config::Config;
@@ -37,6 +37,15 @@ pub(crate) fn build(config: &Config, contracts: &Contracts) -> Result<Manifest> 
             },
         );
     }
+    // Validation rules, as the model read and checked them (it lists only fields that have any).
+    for message in contracts.packages.iter().flat_map(|p| &p.messages) {
+        let Some(entry) = manifest.messages.get_mut(&message.full_name) else { continue };
+        for check in &message.checks {
+            if let Some(field) = entry.fields.values_mut().find(|f| f.name == check.name) {
+                field.rules = FieldRules::from(&check.rules);
+            }
+        }
+    }
     let mut subscribers: BTreeMap<String, Vec<&model::Event>> = BTreeMap::new();
     for package in &contracts.packages {
         for event in &package.events {
@@ -49,6 +58,7 @@ pub(crate) fn build(config: &Config, contracts: &Contracts) -> Result<Manifest> 
                     priority: event.priority,
                     retry: event.retry,
                     quorum: event.quorum,
+                    wire_format: WireFormat::of(event.json),
                     location: sources.display(&event.location),
                 },
             );
@@ -60,13 +70,16 @@ pub(crate) fn build(config: &Config, contracts: &Contracts) -> Result<Manifest> 
             let queue = subscribers.entry(format!("{GROUP}.{}", group.exchange.name)).or_default();
             queue.extend(group.events.iter().map(|&index| &package.events[index]));
         }
+        for task in &package.tasks {
+            read_task(task, &sources, &mut manifest);
+        }
         for service in &package.services {
             let allow = service_allow.remove(&service.full_name).unwrap_or_default();
             read_service(service, allow, &sources, &mut manifest);
         }
     }
     for (name, events) in subscribers {
-        let queue = subscriber_queue(&name, &events);
+        let queue = event_queue(&name, &events);
         manifest.queues.insert(name, queue);
     }
     Ok(manifest)
@@ -145,6 +158,7 @@ fn read_message(source: &Source<'_>, message: &MessageDescriptor, proto2: bool) 
                 label: label(&field, proto2),
                 r#type: type_name(&field),
                 json_name: field.json_name().to_owned(),
+                rules: FieldRules::default(),
                 location: Some(source.location(field.path())),
             };
             (field.number(), entry)
@@ -221,26 +235,35 @@ fn read_service(service: &model::Service, allow: BTreeSet<Rule>, sources: &Sourc
     );
 }
 
-/// A subscriber queue as the runtime declares it: durable, dead-lettering to `<queue>.dlq` through the default
-/// exchange, a priority queue when any event it takes is prioritized, a quorum queue (with a delivery limit just
-/// above the retry policy's attempts) when all of them ask for one, retrying through `<queue>.retry.<ms>`.
-fn subscriber_queue(name: &str, events: &[&model::Event]) -> Queue {
-    let dead_letter_queue = format!("{name}.dlq");
-    let mut arguments = BTreeMap::from([
-        ("x-dead-letter-exchange".to_owned(), Argument::Str(String::new())),
-        ("x-dead-letter-routing-key".to_owned(), Argument::Str(dead_letter_queue.clone())),
-    ]);
-    if events.iter().any(|e| e.priority.is_some()) {
-        arguments.insert("x-max-priority".to_owned(), Argument::Int(MAX_PRIORITY));
-    }
+/// A task and its work queue: workers of every group consume the contract's queue, which senders reach through
+/// the default exchange (so it has no bindings); tasks have no priorities.
+fn read_task(task: &model::Task, sources: &Sources<'_>, manifest: &mut Manifest) {
+    manifest.tasks.insert(
+        task.full_name.clone(),
+        Task {
+            queue: task.queue.clone(),
+            prefetch: task.prefetch,
+            retry: task.retry,
+            quorum: task.quorum,
+            wire_format: WireFormat::of(task.json),
+            location: sources.display(&task.location),
+        },
+    );
+    let declaration = Declaration { prioritized: false, quorum: task.quorum, retry: task.retry };
+    let queue = subscriber_queue(&task.queue, declaration, Consumer::Task(task.full_name.clone()), BTreeSet::new());
+    manifest.queues.insert(task.queue.clone(), queue);
+}
+
+/// The queue that subscribers of `events` consume: a priority queue when any of them is prioritized, a quorum
+/// queue when all of them ask for one, bound to each event's exchange with its routing key.
+fn event_queue(name: &str, events: &[&model::Event]) -> Queue {
     // The contract's policy applies only when every event agrees on it, as in the generated event enums.
     let first = events.first().and_then(|e| e.retry);
-    let policy = first.filter(|_| events.iter().all(|e| e.retry == first));
-    let effective = policy.unwrap_or(Retry::DEFAULT);
-    if events.iter().all(|e| e.quorum) {
-        arguments.insert("x-queue-type".to_owned(), Argument::Str("quorum".to_owned()));
-        arguments.insert("x-delivery-limit".to_owned(), Argument::Int(i64::from(effective.max_attempts) + 2));
-    }
+    let declaration = Declaration {
+        prioritized: events.iter().any(|e| e.priority.is_some()),
+        quorum: events.iter().all(|e| e.quorum),
+        retry: first.filter(|_| events.iter().all(|e| e.retry == first)),
+    };
     let bindings = events
         .iter()
         .map(|e| {
@@ -248,13 +271,51 @@ fn subscriber_queue(name: &str, events: &[&model::Event]) -> Queue {
             (e.exchange.name.clone(), key)
         })
         .collect();
+    let consumer = Consumer::Events(events.iter().map(|e| e.full_name.clone()).collect());
+    subscriber_queue(name, declaration, consumer, bindings)
+}
+
+/// What decides the arguments of a queue that subscribers or workers consume: the runtime's `subscriber_queue`
+/// (`runtime/src/bus.rs`) takes the same facts.
+#[derive(Debug, Clone, Copy)]
+struct Declaration {
+    /// Whether any message it takes is prioritized: a priority queue.
+    prioritized: bool,
+    /// Whether it is a quorum queue.
+    quorum: bool,
+    /// The contract's retry policy; `None`: the runtime's default.
+    retry: Option<Retry>,
+}
+
+/// A subscriber or work queue as the runtime declares it: durable, dead-lettering to `<queue>.dlq` through the
+/// default exchange, a priority queue when prioritized, a quorum queue with a delivery limit just above the
+/// retry policy's attempts when asked for one, retrying through `<queue>.retry.<ms>`.
+fn subscriber_queue(
+    name: &str,
+    declaration: Declaration,
+    consumer: Consumer,
+    bindings: BTreeSet<(String, String)>,
+) -> Queue {
+    let dead_letter_queue = format!("{name}.dlq");
+    let mut arguments = BTreeMap::from([
+        ("x-dead-letter-exchange".to_owned(), Argument::Str(String::new())),
+        ("x-dead-letter-routing-key".to_owned(), Argument::Str(dead_letter_queue.clone())),
+    ]);
+    if declaration.prioritized {
+        arguments.insert("x-max-priority".to_owned(), Argument::Int(MAX_PRIORITY));
+    }
+    let effective = declaration.retry.unwrap_or(Retry::DEFAULT);
+    if declaration.quorum {
+        arguments.insert("x-queue-type".to_owned(), Argument::Str("quorum".to_owned()));
+        arguments.insert("x-delivery-limit".to_owned(), Argument::Int(i64::from(effective.max_attempts) + 2));
+    }
     Queue {
-        consumer: Consumer::Events(events.iter().map(|e| e.full_name.clone()).collect()),
+        consumer,
         durable: true,
         arguments,
         bindings,
         dead_letter_queue: Some(dead_letter_queue),
-        retry: policy,
+        retry: declaration.retry,
         retry_queues: effective.delays_ms().iter().map(|ms| format!("{name}.retry.{ms}")).collect(),
     }
 }

@@ -1,9 +1,15 @@
 //! The contract manifest: a normalized description of everything consumers depend on.
 //!
-//! It lists, sorted by name, every message (fields with numbers, labels, types and JSON names; reserved numbers
-//! and names), enum (values; reserved), exchange (kind and flags), event (exchange, routing key, priority), the
-//! queues Warren declares for them (name, arguments, bindings) and RPC service (queue, methods, types,
-//! timeouts). Comments are left out, so editing one changes nothing here.
+//! It lists, sorted by name, every message (fields with numbers, labels, types, JSON names and validation
+//! rules; reserved numbers and names), enum (values; reserved), exchange (kind and flags), event (exchange,
+//! routing key, priority, retry policy, queue type, wire format), task (work queue, prefetch, retry policy,
+//! queue type, wire format), the queues Warren declares for events and tasks (name, arguments, bindings,
+//! dead-letter and retry queues) and RPC service (queue, methods, types, timeouts). Comments are left out, so
+//! editing one changes nothing here.
+//!
+//! The text form is versioned ([`FORMAT_VERSION`]); [`Manifest::parse`] also reads the older versions, which
+//! record less (see [`Manifest::format_version`]), so that a lock file committed by an older Warren still
+//! serves as a baseline.
 //!
 //! `cargo xtask regen` writes it to `proto/warren.lock` ([`Manifest::render`]), and `cargo xtask check-compat`
 //! compares the contracts with a baseline read back from such a file ([`Manifest::parse`]) using
@@ -23,6 +29,7 @@ use std::ops::RangeInclusive;
 pub use parse::{ParseError, ParseErrorKind};
 
 pub(crate) use build::{build, scalar_name};
+pub(crate) use render::bound_text;
 
 use crate::compat::Rule;
 use crate::error::Location;
@@ -34,9 +41,17 @@ pub const LOCK_FILE: &str = "proto/warren.lock";
 /// The placeholder for a subscriber's group in queue names, e.g. `<group>.gametrade.v1.UserRegistered`.
 pub const GROUP: &str = "<group>";
 
+/// The version of the text format that [`Manifest::render`] writes: `warren-manifest 2`.
+///
+/// Version 1 had no tasks, no wire formats and no validation rules.
+pub const FORMAT_VERSION: u32 = 2;
+
 /// Every contract, normalized.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
+    /// The version of the text format it was read from; [`FORMAT_VERSION`] when built from protos. An older
+    /// version records less: see [`Manifest::records_tasks_and_rules`].
+    pub format_version: u32,
     /// Proto files by display path (e.g. `proto/at/v1/int_summator.proto`).
     pub files: BTreeMap<String, File>,
     /// Exchanges by name.
@@ -47,10 +62,29 @@ pub struct Manifest {
     pub enums: BTreeMap<String, Enum>,
     /// Events by the full name of their message.
     pub events: BTreeMap<String, Event>,
+    /// Tasks by the full name of their message.
+    pub tasks: BTreeMap<String, Task>,
     /// Queues by name; subscriber queues are templates over [`GROUP`].
     pub queues: BTreeMap<String, Queue>,
     /// RPC services by full name.
     pub services: BTreeMap<String, Service>,
+}
+
+impl Default for Manifest {
+    /// An empty manifest of the current [`FORMAT_VERSION`].
+    fn default() -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            files: BTreeMap::new(),
+            exchanges: BTreeMap::new(),
+            messages: BTreeMap::new(),
+            enums: BTreeMap::new(),
+            events: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            services: BTreeMap::new(),
+        }
+    }
 }
 
 /// One proto file.
@@ -99,6 +133,8 @@ pub struct Field {
     pub r#type: String,
     /// Name in the protobuf JSON mapping, e.g. `userId`.
     pub json_name: String,
+    /// Its validation rules (`[(warren.rules) = { ... }]`); empty when it has none.
+    pub rules: FieldRules,
     /// Where it is declared, when loaded from protos (a manifest file does not record it).
     pub location: Option<Location>,
 }
@@ -119,6 +155,58 @@ pub enum Label {
     /// A member of the named `oneof`.
     Oneof(String),
 }
+
+/// The validation rules of a field, as `[(warren.rules) = { ... }]` declares them (see
+/// `proto/warren/options.proto`): receivers dead-letter (or answer `INVALID_ARGUMENT` to) a message that breaks
+/// one, and senders refuse to send it.
+///
+/// Bounds compare bit for bit, so that the type can be [`Eq`] (a `nan` bound equals itself); the compatibility
+/// rules compare them as numbers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FieldRules {
+    /// The field must be set: non-empty, present, or non-zero.
+    pub required: bool,
+    /// Numbers: the smallest allowed value.
+    pub min: Option<f64>,
+    /// Numbers: the largest allowed value.
+    pub max: Option<f64>,
+    /// Strings, bytes, repeated and map fields: the fewest characters, bytes or items.
+    pub min_len: Option<u32>,
+    /// Strings, bytes, repeated and map fields: the most characters, bytes or items.
+    pub max_len: Option<u32>,
+    /// Enums: only declared values.
+    pub defined: bool,
+}
+
+impl FieldRules {
+    /// Whether the field has no rules at all.
+    pub fn is_empty(&self) -> bool {
+        *self == FieldRules::default()
+    }
+}
+
+impl From<&crate::model::Rules> for FieldRules {
+    fn from(rules: &crate::model::Rules) -> FieldRules {
+        FieldRules {
+            required: rules.required,
+            min: rules.min,
+            max: rules.max,
+            min_len: rules.min_len,
+            max_len: rules.max_len,
+            defined: rules.defined,
+        }
+    }
+}
+
+impl PartialEq for FieldRules {
+    fn eq(&self, other: &FieldRules) -> bool {
+        let bits = |bound: Option<f64>| bound.map(f64::to_bits);
+        (self.required, bits(self.min), bits(self.max), self.min_len, self.max_len, self.defined)
+            == (other.required, bits(other.min), bits(other.max), other.min_len, other.max_len, other.defined)
+    }
+}
+
+impl Eq for FieldRules {}
 
 /// Retired numbers and names of a message or enum.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -175,8 +263,52 @@ pub struct Event {
     pub retry: Option<Retry>,
     /// Whether its subscribers get quorum queues.
     pub quorum: bool,
+    /// How publishers encode it unless they choose otherwise.
+    pub wire_format: WireFormat,
     /// Where its message is declared.
     pub location: Location,
+}
+
+/// A task: a message put on a work queue, each taken by one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// The work queue, which senders publish to through the default exchange.
+    pub queue: String,
+    /// How many tasks a worker holds unacknowledged; `None`: the bus's prefetch.
+    pub prefetch: Option<u16>,
+    /// The contract's retry policy for its workers; `None`: the runtime's default.
+    pub retry: Option<Retry>,
+    /// Whether the work queue is a quorum queue.
+    pub quorum: bool,
+    /// How senders encode it unless they choose otherwise.
+    pub wire_format: WireFormat,
+    /// Where its option is declared.
+    pub location: Location,
+}
+
+/// How an event or task is encoded by default (the AMQP `content_type` says which, message by message).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WireFormat {
+    /// Protobuf binary, `application/x-protobuf`.
+    #[default]
+    Protobuf,
+    /// The proto3 JSON mapping, `application/json`.
+    Json,
+}
+
+impl WireFormat {
+    /// `protobuf` or `json`, as the manifest writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WireFormat::Protobuf => "protobuf",
+            WireFormat::Json => "json",
+        }
+    }
+
+    /// The format of a model's `json` flag.
+    pub(crate) fn of(json: bool) -> WireFormat {
+        if json { WireFormat::Json } else { WireFormat::Protobuf }
+    }
 }
 
 /// A retry policy: capped attempts with exponential backoff (the model's, also read back from the file).
@@ -203,7 +335,7 @@ impl Retry {
     }
 }
 
-/// A queue Warren declares: a subscriber queue template or an RPC service's queue.
+/// A queue Warren declares: a subscriber queue template, a task's work queue or an RPC service's queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Queue {
     /// Who consumes it.
@@ -216,8 +348,8 @@ pub struct Queue {
     pub bindings: BTreeSet<(String, String)>,
     /// Where messages it rejects go, if anywhere.
     pub dead_letter_queue: Option<String>,
-    /// For subscriber queues, the contract's retry policy (`None`: the runtime's default); code may override
-    /// it per subscriber.
+    /// For subscriber and work queues, the contract's retry policy (`None`: the runtime's default); code may
+    /// override it per subscriber or worker.
     pub retry: Option<Retry>,
     /// Its retry delay queues (`<queue>.retry.<ms>`) under that policy, first retry first.
     pub retry_queues: Vec<String>,
@@ -228,6 +360,8 @@ pub struct Queue {
 pub enum Consumer {
     /// Subscribers of these events (one event type, or an exchange's event enum).
     Events(BTreeSet<String>),
+    /// The workers of this task type.
+    Task(String),
     /// The server of this RPC service.
     Service(String),
 }
@@ -270,6 +404,13 @@ pub struct Method {
 }
 
 impl Manifest {
+    /// Whether the manifest records tasks, wire formats and validation rules: built from protos, or read
+    /// from a file of format version 2 or later. A baseline from an older `warren.lock` does not, and the
+    /// rules about them have nothing to compare it with (so they report nothing).
+    pub fn records_tasks_and_rules(&self) -> bool {
+        self.format_version >= 2
+    }
+
     /// The rules waived for the item named `subject` (a message, enum or service) by markers in the protos.
     pub fn allowed(&self, subject: &str) -> Option<&BTreeSet<Rule>> {
         self.messages
@@ -280,9 +421,9 @@ impl Manifest {
     }
 
     /// Every type name the contracts use: field types (map values included), rpc requests and responses,
-    /// events.
+    /// events and tasks.
     pub fn referenced_types(&self) -> BTreeSet<&str> {
-        let mut used: BTreeSet<&str> = self.events.keys().map(String::as_str).collect();
+        let mut used: BTreeSet<&str> = self.events.keys().chain(self.tasks.keys()).map(String::as_str).collect();
         for message in self.messages.values() {
             for field in message.fields.values() {
                 let r#type = field.r#type.as_str();
@@ -304,8 +445,8 @@ impl Manifest {
     }
 }
 
-/// The version of the text format, written on the first non-comment line.
-const FORMAT: &str = "warren-manifest 1";
+/// The first word of the format line, the first non-comment line: `warren-manifest <version>`.
+const FORMAT: &str = "warren-manifest";
 
 /// The priority names of Warren's options, by AMQP priority.
 pub(crate) const PRIORITIES: [&str; 4] = ["low", "normal", "high", "critical"];

@@ -5,15 +5,16 @@ use std::num::ParseIntError;
 use std::path::PathBuf;
 
 use super::{
-    Consumer, Enum, EnumValue, Event, Exchange, FORMAT, Field, File, Label, Manifest, Message, Method, PRIORITIES,
-    Queue, Reserved, Retry, Service,
+    Consumer, Enum, EnumValue, Event, Exchange, FORMAT, FORMAT_VERSION, Field, FieldRules, File, Label, Manifest,
+    Message, Method, PRIORITIES, Queue, Reserved, Retry, Service, Task, WireFormat,
 };
 use crate::compat::{Rule, UnknownRule};
 use crate::error::Location;
 use crate::model::ExchangeKind;
 
 impl Manifest {
-    /// Reads a manifest written by [`Manifest::render`].
+    /// Reads a manifest written by [`Manifest::render`], of this version of Warren or an older one: a file of
+    /// an older format version reads as what it records (its [`Manifest::format_version`] says which).
     pub fn parse(text: &str) -> Result<Manifest, ParseError> {
         let mut manifest = Manifest::default();
         let mut seen_format = false;
@@ -24,9 +25,14 @@ impl Manifest {
                 continue;
             }
             if !seen_format {
-                if raw.trim() != FORMAT {
-                    return Err(ParseError { line: number, kind: ParseErrorKind::Format(raw.trim().to_owned()) });
-                }
+                let version = raw.trim().strip_prefix(FORMAT).and_then(|v| v.strip_prefix(' ')?.parse::<u32>().ok());
+                manifest.format_version = match version {
+                    Some(version @ 1..=FORMAT_VERSION) => version,
+                    Some(version) if version > FORMAT_VERSION => {
+                        return Err(ParseError { line: number, kind: ParseErrorKind::NewerFormat(version) });
+                    }
+                    _ => return Err(ParseError { line: number, kind: ParseErrorKind::Format(raw.trim().to_owned()) }),
+                };
                 seen_format = true;
                 continue;
             }
@@ -76,9 +82,15 @@ pub struct ParseError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParseErrorKind {
-    /// The file does not start with the format line this version writes.
-    #[error("expected `{FORMAT}`, found {0:?} (written by another version of Warren?)")]
+    /// The file does not start with a format line (`warren-manifest <version>`).
+    #[error("expected `{FORMAT} {FORMAT_VERSION}` (or an older version), found {0:?}: is this a Warren manifest?")]
     Format(String),
+    /// The file is of a newer format version than this Warren reads.
+    #[error(
+        "the manifest is format version {0}, newer than this Warren reads ({FORMAT_VERSION}): update \
+         warren-codegen, or compare with a baseline written by this version"
+    )]
+    NewerFormat(u32),
     /// An item header is not `<kind> <name>`.
     #[error("expected an item header `<kind> <name>`, found {0:?}")]
     Header(String),
@@ -122,6 +134,23 @@ pub enum ParseErrorKind {
     /// An `allow` line naming no rule.
     #[error(transparent)]
     Rule(#[from] UnknownRule),
+}
+
+/// `rules=required,min=1,max=10,min-len=1,max-len=64,defined` (see `render.rs`), without the `rules=`.
+fn parse_rules(text: &str) -> Option<FieldRules> {
+    let mut rules = FieldRules::default();
+    for rule in text.split(',') {
+        match rule.split_once('=') {
+            None if rule == "required" => rules.required = true,
+            None if rule == "defined" => rules.defined = true,
+            Some(("min", value)) => rules.min = Some(value.parse().ok()?),
+            Some(("max", value)) => rules.max = Some(value.parse().ok()?),
+            Some(("min-len", value)) => rules.min_len = Some(value.parse().ok()?),
+            Some(("max-len", value)) => rules.max_len = Some(value.parse().ok()?),
+            _ => return None,
+        }
+    }
+    Some(rules)
 }
 
 fn parse_label(text: &str) -> Option<Label> {
@@ -273,6 +302,24 @@ impl Property {
         }
     }
 
+    /// `wire-format protobuf` or `wire-format json`.
+    fn wire_format(&self) -> Result<WireFormat, ParseError> {
+        match self.value()? {
+            "protobuf" => Ok(WireFormat::Protobuf),
+            "json" => Ok(WireFormat::Json),
+            text => Err(self.error(ParseErrorKind::Value { what: "wire format", text: text.to_owned() })),
+        }
+    }
+
+    /// `queue-type quorum` or `queue-type classic`: whether it is quorum.
+    fn quorum(&self) -> Result<bool, ParseError> {
+        match self.value()? {
+            "quorum" => Ok(true),
+            "classic" => Ok(false),
+            text => Err(self.error(ParseErrorKind::Value { what: "queue type", text: text.to_owned() })),
+        }
+    }
+
     /// `key=value` → `value`.
     fn keyed<'a>(&self, token: &'a str, key: &str) -> Result<&'a str, ParseError> {
         token.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')).ok_or_else(|| self.unexpected())
@@ -328,7 +375,13 @@ impl Item {
                 for p in &self.properties {
                     match (p.key(), p.values().as_slice()) {
                         ("at", _) => location = Some(p.location()?),
-                        ("field", [number, name, label, r#type, json]) => {
+                        ("field", [number, name, label, r#type, json, rules @ ..]) if rules.len() <= 1 => {
+                            let rules = match rules.first() {
+                                None => FieldRules::default(),
+                                Some(text) => parse_rules(p.keyed(text, "rules")?).ok_or_else(|| {
+                                    p.error(ParseErrorKind::Value { what: "rule list", text: (*text).to_owned() })
+                                })?,
+                            };
                             let field = Field {
                                 name: (*name).to_owned(),
                                 label: parse_label(label).ok_or_else(|| {
@@ -336,6 +389,7 @@ impl Item {
                                 })?,
                                 r#type: (*r#type).to_owned(),
                                 json_name: p.keyed(json, "json")?.to_owned(),
+                                rules,
                                 location: None,
                             };
                             fields.insert(p.number(number)?, field);
@@ -376,7 +430,7 @@ impl Item {
             "event" => {
                 let (mut location, mut exchange, mut kind, mut routing_key, mut priority) =
                     (None, None, None, None, None);
-                let (mut retry, mut quorum) = (None, false);
+                let (mut retry, mut quorum, mut wire_format) = (None, false, WireFormat::default());
                 for p in &self.properties {
                     match p.key() {
                         "at" => location = Some(p.location()?),
@@ -395,16 +449,8 @@ impl Item {
                             }
                         }
                         "retry" => retry = p.retry()?,
-                        "queue-type" => {
-                            quorum = match p.value()? {
-                                "quorum" => true,
-                                "classic" => false,
-                                text => {
-                                    let text = text.to_owned();
-                                    return Err(p.error(ParseErrorKind::Value { what: "queue type", text }));
-                                }
-                            }
-                        }
+                        "queue-type" => quorum = p.quorum()?,
+                        "wire-format" => wire_format = p.wire_format()?,
                         _ => return Err(p.unexpected()),
                     }
                 }
@@ -415,13 +461,43 @@ impl Item {
                     priority,
                     retry,
                     quorum,
+                    wire_format,
                     location: location.ok_or_else(|| self.missing("at"))?,
                 };
                 manifest.events.insert(self.name, event);
             }
+            "task" => {
+                let (mut location, mut queue, mut prefetch, mut retry, mut quorum, mut wire_format) =
+                    (None, None, None, None, false, WireFormat::default());
+                for p in &self.properties {
+                    match p.key() {
+                        "at" => location = Some(p.location()?),
+                        "queue" => queue = Some(p.value()?.to_owned()),
+                        "prefetch" => {
+                            prefetch = match p.value()? {
+                                "default" => None,
+                                text => Some(p.number(text)?),
+                            }
+                        }
+                        "retry" => retry = p.retry()?,
+                        "queue-type" => quorum = p.quorum()?,
+                        "wire-format" => wire_format = p.wire_format()?,
+                        _ => return Err(p.unexpected()),
+                    }
+                }
+                let task = Task {
+                    queue: queue.ok_or_else(|| self.missing("queue"))?,
+                    prefetch,
+                    retry,
+                    quorum,
+                    wire_format,
+                    location: location.ok_or_else(|| self.missing("at"))?,
+                };
+                manifest.tasks.insert(self.name, task);
+            }
             "queue" => {
                 let mut events = BTreeSet::new();
-                let mut service = None;
+                let (mut task, mut service) = (None, None);
                 let mut queue = Queue {
                     consumer: Consumer::Events(BTreeSet::new()),
                     durable: true,
@@ -436,6 +512,7 @@ impl Item {
                         ("consumes", _) => {
                             events.insert(p.value()?.to_owned());
                         }
+                        ("task", _) => task = Some(p.value()?.to_owned()),
                         ("serves", _) => service = Some(p.value()?.to_owned()),
                         ("durable", _) => queue.durable = p.boolean()?,
                         ("argument", [key, _]) => {
@@ -456,9 +533,10 @@ impl Item {
                         _ => return Err(p.unexpected()),
                     }
                 }
-                queue.consumer = match service {
-                    Some(service) => Consumer::Service(service),
-                    None => Consumer::Events(events),
+                queue.consumer = match (service, task) {
+                    (Some(service), _) => Consumer::Service(service),
+                    (None, Some(task)) => Consumer::Task(task),
+                    (None, None) => Consumer::Events(events),
                 };
                 manifest.queues.insert(self.name, queue);
             }
