@@ -1,6 +1,6 @@
 //! The contract manifest (`proto/warren.lock`, which `check-compat` compares) and the runtime declare the same
-//! queues: for every seed contract and the `rich.v1` fixture, each subscriber queue in the manifest is what a
-//! bus declares when that subscriber starts (flags, `x-` arguments, bindings, dead-letter queue), and its retry
+//! queues: for every seed contract and the `rich.v1` fixture, each subscriber queue and task work queue in the
+//! manifest is what a bus declares when that subscriber or worker starts (flags, `x-` arguments, bindings, dead-letter queue), and its retry
 //! queues are those the generated code's retry policy implies.
 //!
 //! Both sides take their rules from `warren-topology`; this test keeps the inputs in step: what codegen reads
@@ -58,16 +58,13 @@ fn assert_agree(manifest: &Manifest, topology: &Topology, started: &[Started]) {
         let arguments: BTreeMap<String, Argument> = settings
             .arguments()
             .into_iter()
-            .map(|(key, value)| {
-                let value = match value {
-                    warren::Argument::Int(n) => Argument::Int(n),
-                    warren::Argument::Str(s) => Argument::Str(s.replace(GROUP_NAME, GROUP)), // the group is in no contract name
-                };
-                (key.to_owned(), value)
+            .map(|(key, value)| match value {
+                // the group is in no contract name
+                Argument::Str(text) => (key.to_owned(), Argument::Str(text.replace(GROUP_NAME, GROUP))),
+                number => (key.to_owned(), number),
             })
             .collect();
-        let manifest_arguments: BTreeMap<String, Argument> =
-            queue.arguments.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
+        let manifest_arguments = queue.arguments.clone();
         assert_eq!(arguments, manifest_arguments, "arguments of {template}");
         assert_eq!(settings.durable, queue.durable, "durability of {template}");
         let bindings: BTreeSet<(String, String)> = declared_bindings
@@ -127,6 +124,7 @@ async fn the_seed_contracts_manifest_lists_what_the_runtime_declares() {
             SystemInfo,
             GametradeEvents,
         );
+        start(BackgroundTask::worker(&bus), &mut started).await;
     }
     {
         use streaming::v1::*;
@@ -140,6 +138,7 @@ async fn the_seed_contracts_manifest_lists_what_the_runtime_declares() {
             Orders,
             System
         );
+        start(ProcessOrder::worker(&bus), &mut started).await;
     }
     {
         use trading::v1::*;
@@ -160,6 +159,7 @@ async fn the_rich_fixtures_manifest_lists_what_the_runtime_declares() {
     start(Subscriber::<OrderCreated>::new(&bus, GROUP_NAME), &mut started).await;
     start(Subscriber::<OrderArchived>::new(&bus, GROUP_NAME), &mut started).await;
     start(Subscriber::<RichEvents>::new(&bus, GROUP_NAME), &mut started).await;
+    start(ResizeImage::worker(&bus), &mut started).await;
     let fixtures = warren_tests::workspace_root().join("tests/fixtures/build_rs");
     assert_agree(&manifest(&fixtures, &["rich/v1/rich.proto"]), &bus.topology(), &started);
 }

@@ -5,7 +5,7 @@
 use askama::Template;
 
 use super::{Docs, at, summary};
-use crate::manifest::{Argument, Consumer, Label, Manifest, PRIORITIES, Retry};
+use crate::manifest::{Argument, Consumer, Label, Manifest, PRIORITIES};
 
 #[derive(Template)]
 #[template(path = "CATALOG.md", escape = "none")]
@@ -269,7 +269,7 @@ fn queue_row(name: &str, queue: &crate::manifest::Queue) -> QueueRow {
     let retries = match (&queue.consumer, &queue.retry) {
         (Consumer::Service(_), _) => "—".to_owned(),
         (_, policy) => {
-            let attempts = policy.unwrap_or(Retry::DEFAULT).max_attempts;
+            let attempts = policy.unwrap_or_default().max_attempts;
             let delays: Vec<String> =
                 queue.retry_queues.iter().filter_map(|q| q.rsplit('.').next()).map(|ms| format!("{ms} ms")).collect();
             let source = if policy.is_some() { "contract" } else { "default" };

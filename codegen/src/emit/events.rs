@@ -11,11 +11,16 @@ pub(super) fn format(json: bool) -> TokenStream {
     if json { quote!(::warren::WireFormat::Json) } else { quote!(::warren::WireFormat::Protobuf) }
 }
 
-pub(super) fn retry(retry: Option<crate::model::Retry>) -> TokenStream {
+/// Whole milliseconds, as the contract states them.
+fn millis(wait: std::time::Duration) -> u64 {
+    u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)
+}
+
+pub(super) fn retry(retry: Option<crate::model::RetryPolicy>) -> TokenStream {
     match retry {
         Some(r) => {
             let (attempts, initial, multiplier, max) =
-                (r.max_attempts, u64::from(r.initial_backoff_ms), r.multiplier, u64::from(r.max_backoff_ms));
+                (r.max_attempts, millis(r.initial_backoff), r.multiplier, millis(r.max_backoff));
             quote!(::std::option::Option::Some(::warren::RetryPolicy::new(
                 #attempts,
                 ::std::time::Duration::from_millis(#initial),

@@ -5,17 +5,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use prost_reflect::{Cardinality, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor, Syntax};
 
 use super::{
-    Argument, Consumer, Enum, EnumValue, Event, Exchange, Field, FieldRules, File, GROUP, Label, Manifest, Message,
-    Method, Queue, Reserved, Retry, Service, Task, WireFormat,
+    Consumer, Enum, EnumValue, Event, Exchange, Field, FieldRules, File, GROUP, Label, Manifest, Message, Method,
+    Queue, Reserved, RetryPolicy, Service, Task, WireFormat,
 };
 use crate::compat::{Rule, marker};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::{self, Contracts};
 use crate::sources::{Source, Sources};
-
-/// AMQP's highest priority, which priority queues are declared with (`x-max-priority`).
-const MAX_PRIORITY: i64 = 3;
+use warren_topology::QueueSettings;
 
 /// The manifest of `contracts`, with paths shown as `config` shows them in generated headers.
 pub(crate) fn build(config: &Config, contracts: &Contracts) -> Result<Manifest> {
@@ -284,7 +282,7 @@ struct Declaration {
     /// Whether it is a quorum queue.
     quorum: bool,
     /// The contract's retry policy; `None`: the runtime's default.
-    retry: Option<Retry>,
+    retry: Option<RetryPolicy>,
 }
 
 /// A subscriber or work queue as the runtime declares it: durable, dead-lettering to `<queue>.dlq` through the
@@ -296,27 +294,17 @@ fn subscriber_queue(
     consumer: Consumer,
     bindings: BTreeSet<(String, String)>,
 ) -> Queue {
-    let dead_letter_queue = format!("{name}.dlq");
-    let mut arguments = BTreeMap::from([
-        ("x-dead-letter-exchange".to_owned(), Argument::Str(String::new())),
-        ("x-dead-letter-routing-key".to_owned(), Argument::Str(dead_letter_queue.clone())),
-    ]);
-    if declaration.prioritized {
-        arguments.insert("x-max-priority".to_owned(), Argument::Int(MAX_PRIORITY));
-    }
-    let effective = declaration.retry.unwrap_or(Retry::DEFAULT);
-    if declaration.quorum {
-        arguments.insert("x-queue-type".to_owned(), Argument::Str("quorum".to_owned()));
-        arguments.insert("x-delivery-limit".to_owned(), Argument::Int(i64::from(effective.max_attempts) + 2));
-    }
+    let effective = declaration.retry.unwrap_or_default();
+    let quorum = declaration.quorum.then_some(effective.max_attempts);
+    let settings = QueueSettings::consumer(name, false, declaration.prioritized, quorum);
     Queue {
         consumer,
-        durable: true,
-        arguments,
+        durable: settings.durable,
+        arguments: settings.arguments().into_iter().map(|(key, value)| (key.to_owned(), value)).collect(),
         bindings,
-        dead_letter_queue: Some(dead_letter_queue),
+        dead_letter_queue: Some(warren_topology::dead_letter_queue(name)),
         retry: declaration.retry,
-        retry_queues: effective.delays_ms().iter().map(|ms| format!("{name}.retry.{ms}")).collect(),
+        retry_queues: effective.delays_ms().into_iter().map(|ms| warren_topology::retry_queue(name, ms)).collect(),
     }
 }
 

@@ -260,7 +260,7 @@ pub struct Event {
     /// Default priority (0 = LOW … 3 = CRITICAL), if the event is prioritized.
     pub priority: Option<u8>,
     /// The contract's retry policy for its subscribers; `None`: the runtime's default.
-    pub retry: Option<Retry>,
+    pub retry: Option<RetryPolicy>,
     /// Whether its subscribers get quorum queues.
     pub quorum: bool,
     /// How publishers encode it unless they choose otherwise.
@@ -277,7 +277,7 @@ pub struct Task {
     /// How many tasks a worker holds unacknowledged; `None`: the bus's prefetch.
     pub prefetch: Option<u16>,
     /// The contract's retry policy for its workers; `None`: the runtime's default.
-    pub retry: Option<Retry>,
+    pub retry: Option<RetryPolicy>,
     /// Whether the work queue is a quorum queue.
     pub quorum: bool,
     /// How senders encode it unless they choose otherwise.
@@ -312,28 +312,7 @@ impl WireFormat {
 }
 
 /// A retry policy: capped attempts with exponential backoff (the model's, also read back from the file).
-pub use crate::model::Retry;
-
-impl Retry {
-    /// The runtime's `RetryPolicy::default()`: three deliveries, one and two seconds apart.
-    pub const DEFAULT: Retry =
-        Retry { max_attempts: 3, initial_backoff_ms: 1_000, multiplier: 2, max_backoff_ms: 300_000 };
-
-    /// The distinct waits after failed deliveries, in milliseconds, as the runtime computes them (each wait
-    /// is a delay queue `<queue>.retry.<ms>`).
-    pub fn delays_ms(&self) -> Vec<u64> {
-        let mut delays: Vec<u64> = (1..self.max_attempts)
-            .map(|attempt| {
-                let factor = u64::from(self.multiplier.max(1)).saturating_pow(attempt - 1);
-                let wait =
-                    u64::from(self.initial_backoff_ms).saturating_mul(factor).min(u64::from(self.max_backoff_ms));
-                wait.clamp(1, u64::from(u32::MAX))
-            })
-            .collect();
-        delays.dedup();
-        delays
-    }
-}
+pub use warren_topology::RetryPolicy;
 
 /// A queue Warren declares: a subscriber queue template, a task's work queue or an RPC service's queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -350,7 +329,7 @@ pub struct Queue {
     pub dead_letter_queue: Option<String>,
     /// For subscriber and work queues, the contract's retry policy (`None`: the runtime's default); code may
     /// override it per subscriber or worker.
-    pub retry: Option<Retry>,
+    pub retry: Option<RetryPolicy>,
     /// Its retry delay queues (`<queue>.retry.<ms>`) under that policy, first retry first.
     pub retry_queues: Vec<String>,
 }
@@ -366,14 +345,8 @@ pub enum Consumer {
     Service(String),
 }
 
-/// The value of a queue argument.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Argument {
-    /// A number (e.g. `x-max-priority 3`).
-    Int(i64),
-    /// A string (e.g. `x-dead-letter-exchange ""`).
-    Str(String),
-}
+/// The value of a queue argument (the topology rules' type).
+pub use warren_topology::Argument;
 
 /// An RPC service.
 #[derive(Debug, Clone, PartialEq, Eq)]

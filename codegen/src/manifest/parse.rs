@@ -3,10 +3,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::ParseIntError;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::{
     Consumer, Enum, EnumValue, Event, Exchange, FORMAT, FORMAT_VERSION, Field, FieldRules, File, Label, Manifest,
-    Message, Method, PRIORITIES, Queue, Reserved, Retry, Service, Task, WireFormat,
+    Message, Method, PRIORITIES, Queue, Reserved, RetryPolicy, Service, Task, WireFormat,
 };
 use crate::compat::{Rule, UnknownRule};
 use crate::error::Location;
@@ -289,15 +290,15 @@ impl Property {
     }
 
     /// `retry default` or `retry max-attempts=… initial-backoff-ms=… multiplier=… max-backoff-ms=…`.
-    fn retry(&self) -> Result<Option<Retry>, ParseError> {
+    fn retry(&self) -> Result<Option<RetryPolicy>, ParseError> {
         match self.values().as_slice() {
             ["default"] => Ok(None),
-            [attempts, initial, multiplier, max] => Ok(Some(Retry {
-                max_attempts: self.number(self.keyed(attempts, "max-attempts")?)?,
-                initial_backoff_ms: self.number(self.keyed(initial, "initial-backoff-ms")?)?,
-                multiplier: self.number(self.keyed(multiplier, "multiplier")?)?,
-                max_backoff_ms: self.number(self.keyed(max, "max-backoff-ms")?)?,
-            })),
+            [attempts, initial, multiplier, max] => Ok(Some(RetryPolicy::new(
+                self.number(self.keyed(attempts, "max-attempts")?)?,
+                Duration::from_millis(self.number(self.keyed(initial, "initial-backoff-ms")?)?),
+                self.number(self.keyed(multiplier, "multiplier")?)?,
+                Duration::from_millis(self.number(self.keyed(max, "max-backoff-ms")?)?),
+            ))),
             _ => Err(self.unexpected()),
         }
     }

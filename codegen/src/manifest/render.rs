@@ -19,7 +19,8 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use super::{
-    Argument, Consumer, FORMAT, FORMAT_VERSION, FieldRules, Label, Manifest, PRIORITIES, Reserved, Retry, WireFormat,
+    Argument, Consumer, FORMAT, FORMAT_VERSION, FieldRules, Label, Manifest, PRIORITIES, Reserved, RetryPolicy,
+    WireFormat,
 };
 use crate::compat::Rule;
 use crate::error::Location;
@@ -181,15 +182,15 @@ impl Writer {
         }
     }
 
-    fn retry(&mut self, retry: Option<&Retry>) {
+    fn retry(&mut self, retry: Option<&RetryPolicy>) {
         match retry {
             None => self.line(&["retry", "default"]),
             Some(r) => self.line(&[
                 "retry",
                 &format!("max-attempts={}", r.max_attempts),
-                &format!("initial-backoff-ms={}", r.initial_backoff_ms),
+                &format!("initial-backoff-ms={}", r.initial_backoff.as_millis()),
                 &format!("multiplier={}", r.multiplier),
-                &format!("max-backoff-ms={}", r.max_backoff_ms),
+                &format!("max-backoff-ms={}", r.max_backoff.as_millis()),
             ]),
         }
     }

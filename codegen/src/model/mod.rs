@@ -68,7 +68,7 @@ pub struct Event {
     /// Its default priority (0 = LOW … 3 = CRITICAL), when the contract prioritizes it.
     pub priority: Option<u8>,
     /// Its retry policy, when the contract declares one.
-    pub retry: Option<Retry>,
+    pub retry: Option<RetryPolicy>,
     /// Whether its subscribers get quorum queues.
     pub quorum: bool,
     /// The message's proto comment.
@@ -89,7 +89,7 @@ pub struct Task {
     /// Default prefetch of workers.
     pub prefetch: Option<u16>,
     /// Its retry policy, when the contract declares one.
-    pub retry: Option<Retry>,
+    pub retry: Option<RetryPolicy>,
     /// Whether the work queue is a quorum queue.
     pub quorum: bool,
     /// Whether it is sent as JSON by default.
@@ -115,18 +115,9 @@ pub struct ErrorSet {
     pub cases: Vec<(String, String)>,
 }
 
-/// A retry policy from `(warren.event).retry`, defaults filled in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retry {
-    /// Deliveries in all, the first included.
-    pub max_attempts: u32,
-    /// First wait, in milliseconds.
-    pub initial_backoff_ms: u32,
-    /// Growth factor of the waits.
-    pub multiplier: u32,
-    /// Longest wait, in milliseconds.
-    pub max_backoff_ms: u32,
-}
+/// A retry policy from `(warren.event).retry` or `(warren.task).retry`, defaults filled in: the runtime's own
+/// type, from the topology rules both share.
+pub use warren_topology::RetryPolicy;
 
 /// The events of one package published to one exchange; generated as one enum for pattern subscriptions.
 #[derive(Debug, Clone)]

@@ -2,10 +2,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use prost_reflect::{DescriptorPool, DynamicMessage, ExtensionDescriptor, MessageDescriptor, Value};
 
-use super::{Contracts, Event, EventGroup, Exchange, ExchangeKind, Package, Retry, Subscription, Task};
+use super::{Contracts, Event, EventGroup, Exchange, ExchangeKind, Package, RetryPolicy, Subscription, Task};
 use super::{keys, messages, services, validate};
 use crate::compile::{Compiled, OPTIONS_PROTO_NAME, SourceInfo};
 use crate::error::{Error, Location, Problems, Result};
@@ -381,7 +382,7 @@ fn read_event(
 }
 
 /// The `retry` of an event or task option, defaults filled in.
-fn read_retry(retry: Option<pb::Retry>, what: &str, location: &Location) -> Result<Option<Retry>> {
+fn read_retry(retry: Option<pb::Retry>, what: &str, location: &Location) -> Result<Option<RetryPolicy>> {
     let Some(retry) = retry else {
         return Ok(None);
     };
@@ -394,12 +395,13 @@ fn read_retry(retry: Option<pb::Retry>, what: &str, location: &Location) -> Resu
             "add `max_attempts: N` (deliveries in all, at least 1) to its `retry`",
         ));
     }
-    Ok(Some(Retry {
+    let ms = |value: u32, default: u64| Duration::from_millis(if value == 0 { default } else { u64::from(value) });
+    Ok(Some(RetryPolicy::new(
         max_attempts,
-        initial_backoff_ms: or(retry.initial_backoff_ms, 1_000),
-        multiplier: or(retry.multiplier, 2),
-        max_backoff_ms: or(retry.max_backoff_ms, 300_000),
-    }))
+        ms(retry.initial_backoff_ms, 1_000),
+        or(retry.multiplier, 2),
+        ms(retry.max_backoff_ms, 300_000),
+    )))
 }
 
 fn read_task(message: &MessageDescriptor, ext: &Extensions, info: &SourceInfo<'_>) -> Result<Option<Task>> {
