@@ -3,6 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+/// The text that starts a `warren:allow` marker in a proto comment (see `compat`): left out of generated docs.
+pub(crate) const MARKER: &str = "warren:allow";
+
 use miette::Diagnostic;
 use prost::Message as _;
 use prost_reflect::DescriptorPool;
@@ -173,7 +176,7 @@ fn clean_comment(comment: &str) -> String {
     let lines: Vec<&str> = comment
         .lines()
         .map(|l| l.strip_prefix(' ').unwrap_or(l).trim_end())
-        .filter(|l| !l.starts_with(crate::compat::MARKER))
+        .filter(|l| !l.starts_with(MARKER))
         .collect();
     lines.join("\n").trim().to_owned()
 }

@@ -32,27 +32,36 @@
 //! - `compat/`: the breaking-change rules, comparing a baseline manifest with the current one.
 //! - `docs/`: the AsyncAPI document and the Markdown catalog, from askama templates (`templates/`).
 //! - `sources.rs`: display paths, positions and comments of the requested files, for the manifest and the docs.
+//!
+//! `manifest/`, `compat/`, `docs/` and `sources.rs` are the tooling of `cargo xtask` (the lock file, the
+//! breaking-change checker, the docs): behind the `tooling` feature, off by default, so a `build.rs` that only
+//! generates code compiles none of them.
 
 mod builder;
+#[cfg(feature = "tooling")]
 pub mod compat;
 mod compile;
 mod config;
+#[cfg(feature = "tooling")]
 pub mod docs;
 mod emit;
 mod error;
 pub mod ident;
+#[cfg(feature = "tooling")]
 pub mod manifest;
 pub mod model;
 /// prost's types for `warren/options.proto`, which the model reads options into; written by `cargo xtask regen`.
 #[rustfmt::skip]
 #[allow(dead_code, unreachable_pub)]
 mod options_pb;
+#[cfg(feature = "tooling")]
 mod sources;
 
 pub use builder::Builder;
 pub use config::{Config, Layout};
 pub use emit::{Files, OUT_DIR_INCLUDE_FILE};
 pub use error::{Error, Location, Result};
+#[cfg(feature = "tooling")]
 pub use manifest::Manifest;
 pub use model::Contracts;
 
@@ -94,12 +103,14 @@ pub fn options_types() -> Result<String> {
 /// The contract manifest of already loaded contracts (what `cargo xtask regen` writes to `proto/warren.lock`).
 ///
 /// Fails only on a `warren:allow` marker that names no rule.
+#[cfg(feature = "tooling")]
 pub fn manifest(config: &Config, contracts: &Contracts) -> Result<Manifest> {
     manifest::build(config, contracts)
 }
 
 /// The text of `proto/warren.lock` for already loaded contracts: [`manifest()`] rendered under an `@generated`
 /// header naming the config's command.
+#[cfg(feature = "tooling")]
 pub fn manifest_file(config: &Config, contracts: &Contracts) -> Result<String> {
     let source = match &config.source_label {
         Some(label) => format!("{label}/"),

@@ -16,7 +16,7 @@
 use super::rule::{Rule, UnknownRule};
 
 /// The text that starts a marker.
-pub const MARKER: &str = "warren:allow";
+pub const MARKER: &str = crate::compile::MARKER;
 
 /// The rules that the markers in `comment` waive; an error for a name that is no rule.
 pub(crate) fn parse(comment: &str) -> Result<Vec<Rule>, UnknownRule> {
