@@ -27,7 +27,7 @@
 //!
 //! - `bus.rs`: [`Bus`], the connection, topology declaration, and confirmed, mandatory publishing.
 //! - `subscriber/`: [`Subscriber`] → [`Subscription`] and the consume loop (`mod.rs`), one delivery through its
-//!   handler to an ack, a retry or a dead letter (`worker.rs`), [`RetryPolicy`] and [`Outcome`] (`policy.rs`),
+//!   handler to an ack, a retry or a dead letter (`worker.rs`), [`Outcome`] (`policy.rs`),
 //!   [`Context`] (`context.rs`).
 //! - `feed.rs`: a consumer that survives reconnections, and the tasks handlers run in.
 //! - `rpc/`: `client.rs` (one reply consumer per bus, [`CallOptions`]), `server.rs` ([`RpcContext`],

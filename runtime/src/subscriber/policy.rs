@@ -1,4 +1,5 @@
-//! What a handler decides about a message, and how failed ones are retried.
+//! What a handler decides about a message: [`Outcome`] (acknowledge, retry after a delay, dead-letter), and
+//! [`HandlerError`]. The retry policy and its delays are `warren-topology`'s, shared with the code generator.
 
 use super::*;
 
