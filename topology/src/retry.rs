@@ -84,9 +84,9 @@ impl Default for RetryPolicy {
     }
 }
 
-/// The delays a handler's [`Outcome::Retry`] is rounded up to: each distinct delay is a queue on the broker
-/// (`<queue>.retry.<ms>`), so a handler choosing its own (with jitter, say) would otherwise make them without
-/// bound. From 10 ms to a day, about two rungs to every power of ten.
+/// The delays a handler's `Outcome::Retry` (in the runtime) is rounded up to: each distinct delay is a queue on
+/// the broker (`<queue>.retry.<ms>`), so a handler choosing its own (with jitter, say) would otherwise make them
+/// without bound. From 10 ms to a day, about two rungs to every power of ten.
 pub const RETRY_LADDER: [Duration; 23] = {
     const fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
