@@ -38,8 +38,12 @@
 //! - `envelope.rs`: the AMQP properties and headers Warren reads and writes.
 //! - `headers.rs`: [`Headers`], [`HeaderValue`] and [`MessageProperties`], Warren's own metadata types.
 //! - `transport/`: `amqp/` (RabbitMQ through lapin: `supervise.rs`, `publish.rs`, `consume.rs`, and
-//!   `properties.rs`, the only place lapin's property and header types meet Warren's), `confirms.rs` (publisher confirms, each matched to its publish),
-//!   `memory.rs` (the in-memory broker).
+//!   `properties.rs`, the only place lapin's property and header types meet Warren's); `confirms/` (publisher
+//!   confirms, each matched to its publish: the publish path in `mod.rs`, who drives the confirms and the
+//!   watchdog in `driver.rs`, the bookkeeping that decides outcomes in `state.rs`, the publishes in flight in
+//!   `slots.rs`); `memory/` (the in-memory broker: the handle, its state and topology in `mod.rs`, publishing
+//!   and routing in `publish.rs`, TTL and dead-lettering in `queue.rs`, consumers and acks in `consume.rs`,
+//!   direct reply-to in `reply.rs`).
 //! - `metrics.rs`, `health.rs`, `backoff.rs`, `codec.rs`: counters and history, connection state, retry
 //!   waits, wire formats and validation.
 //! - `config.rs`, `error.rs`, `status.rs`: settings (password never shown), errors, RPC status codes.

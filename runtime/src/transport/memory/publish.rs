@@ -1,0 +1,196 @@
+//! Publishing to the in-memory broker: where a message goes (exchanges by kind, the routes remembered per
+//! exchange and key until the topology changes) and one shared copy of it in each queue.
+
+use std::sync::Arc;
+
+use super::{Broker, Queued, REPLY_PREFIX, State, with_state};
+use crate::contract::ExchangeKind;
+use crate::envelope::Properties;
+use crate::error::{Error, Result};
+use crate::headers::{HeaderValue, Headers};
+use crate::topic;
+use crate::transport::{Acker as AnyAcker, Delivery, Message, Publish};
+
+impl Broker {
+    pub(crate) fn publish(&self, publish: Publish<'_>, body: Vec<u8>, properties: Properties) -> Result<()> {
+        let shared = &self.state;
+        with_state(shared, |state| {
+            if publish.exchange.is_empty() && publish.routing_key.starts_with(REPLY_PREFIX) {
+                // Direct reply-to: straight to the waiting client, or nowhere (replies are at-most-once).
+                if let Some(sink) = state.replies.get(publish.routing_key) {
+                    let message = Message::new("".into(), publish.routing_key.into(), properties.received(), body);
+                    let delivery = Delivery { message: Arc::new(message), redelivered: false, acker: AnyAcker::None };
+                    let _ = sink.send(Ok(delivery));
+                }
+                return Ok(());
+            }
+            let route = state.resolve(publish.exchange, publish.routing_key, &properties)?;
+            if route.queues.is_empty() {
+                return if publish.mandatory {
+                    Err(Error::Unroutable {
+                        exchange: publish.exchange.to_owned(),
+                        routing_key: publish.routing_key.to_owned(),
+                    })
+                } else {
+                    Ok(())
+                };
+            }
+            // One shared copy, however many queues it goes to.
+            let mut message = Message::new(route.exchange, route.key, properties.received(), body);
+            if route.queues.len() > 1 {
+                message = message.fanned_out();
+            }
+            // The last queue takes the message itself: with one queue, no clone and drop of the publisher's own
+            // reference (W9: the count's line is on the core of the consumer that dropped this memory last, and
+            // each change of the count there costs a cache miss).
+            let message = Arc::new(message);
+            let (last, others) = route.queues.split_last().expect("not empty: checked above");
+            for queue in others {
+                state.enqueue(queue, Queued::new(Arc::clone(&message)), shared);
+            }
+            state.enqueue(last, Queued::new(message), shared);
+            Ok(())
+        })
+    }
+}
+
+/// Where messages with one exchange and routing key go, and those names as shared strings for the messages.
+#[derive(Clone)]
+pub(super) struct Route {
+    exchange: Arc<str>,
+    key: Arc<str>,
+    queues: Arc<[Arc<str>]>,
+}
+
+impl State {
+    /// Where a message goes: decided once per exchange and routing key, then remembered until the topology
+    /// changes (matching a routing key against every topic binding is the costliest part of a publish).
+    /// Headers exchanges decide per message.
+    fn resolve(&mut self, exchange: &str, key: &str, properties: &Properties) -> Result<Route> {
+        /// Distinct routing keys remembered per exchange; keys made from templates can be unbounded.
+        const MAX_ROUTES: usize = 4096;
+        if let Some(route) = self.routes.get(exchange).and_then(|routes| routes.get(key)) {
+            return Ok(route.clone());
+        }
+        let queues: Arc<[Arc<str>]> = self.route(exchange, key, properties)?.into();
+        let (exchange_name, routing_key) = self.intern(exchange, key);
+        let route = Route { exchange: exchange_name, key: routing_key, queues };
+        if self.exchanges.get(exchange).is_some_and(|e| e.kind == ExchangeKind::Headers) {
+            return Ok(route);
+        }
+        let routes = self.routes.entry(exchange.into()).or_default();
+        if routes.len() >= MAX_ROUTES {
+            routes.clear();
+        }
+        routes.insert(key.into(), route.clone());
+        Ok(route)
+    }
+
+    /// `exchange` and `key` as shared strings, interned while there are not too many distinct ones.
+    pub(super) fn intern(&mut self, exchange: &str, key: &str) -> (Arc<str>, Arc<str>) {
+        const MAX_NAMES: usize = 4096;
+        let mut get = |name: &str| match self.names.get(name) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let shared: Arc<str> = name.into();
+                if self.names.len() < MAX_NAMES {
+                    self.names.insert(name.into(), Arc::clone(&shared));
+                }
+                shared
+            }
+        };
+        (get(exchange), get(key))
+    }
+
+    /// The queues a message published to `exchange` with `key` goes to.
+    pub(super) fn route(&self, exchange: &str, key: &str, properties: &Properties) -> Result<Vec<Arc<str>>> {
+        if exchange.is_empty() {
+            return Ok(self.queues.get(key).map(|q| Arc::clone(&q.name)).into_iter().collect());
+        }
+        let Some(exchange_state) = self.exchanges.get(exchange) else {
+            return Err(Error::ExchangeNotFound { exchange: exchange.to_owned() });
+        };
+        let mut queues = Vec::new();
+        for binding in &exchange_state.bindings {
+            let matched = match exchange_state.kind {
+                ExchangeKind::Direct => binding.key == key,
+                ExchangeKind::Topic => topic::matches(&binding.key, key),
+                ExchangeKind::Fanout => true,
+                ExchangeKind::Headers => headers_match(&binding.arguments, properties.headers()),
+            };
+            if matched && !queues.contains(&binding.queue) {
+                queues.push(Arc::clone(&binding.queue));
+            }
+        }
+        Ok(queues)
+    }
+}
+
+/// Headers-exchange matching: `x-match` = `all` (default) or `any` over the binding's non-`x-` arguments.
+fn headers_match(binding: &Headers, headers: Option<&Headers>) -> bool {
+    let any = binding.get_str("x-match") == Some("any");
+    let mut wanted = binding.iter().filter(|(key, _)| !key.starts_with("x-")).peekable();
+    if wanted.peek().is_none() {
+        return true;
+    }
+    let has = |(key, value): (&str, &HeaderValue)| {
+        headers.and_then(|h| h.get(key)).is_some_and(|v| v == value || matches!(value, HeaderValue::Void))
+    };
+    if any { wanted.any(has) } else { wanted.all(has) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::contract::ExchangeSpec;
+    use crate::transport::QueueSettings;
+
+    const TOPIC: ExchangeSpec =
+        ExchangeSpec { name: "routes.test", kind: ExchangeKind::Topic, durable: false, auto_delete: false };
+
+    fn send(broker: &Broker, exchange: &str, key: &str) -> Result<()> {
+        let publish = Publish { exchange, routing_key: key, mandatory: true, confirm: true };
+        broker.publish(publish, b"x".to_vec(), crate::MessageProperties::default().into())
+    }
+
+    fn depth(broker: &Broker, queue: &str) -> u64 {
+        broker.queue_depth(queue).expect("queue exists")
+    }
+
+    /// Remembered routes must never outlive the topology they were decided on.
+    #[tokio::test]
+    async fn remembered_routes_follow_bindings_and_deleted_queues() {
+        let broker = Broker::default();
+        broker.declare_exchange(&TOPIC).unwrap();
+        assert!(matches!(send(&broker, TOPIC.name, "user.created"), Err(Error::Unroutable { .. })));
+
+        let mut auto_delete = QueueSettings::default();
+        auto_delete.auto_delete = true;
+        broker.declare_queue("a", &auto_delete).unwrap();
+        broker.bind("a", TOPIC.name, "user.*", Headers::new()).unwrap();
+        send(&broker, TOPIC.name, "user.created").unwrap();
+        assert_eq!(depth(&broker, "a"), 1, "the new binding is used although the key was unroutable before");
+
+        broker.declare_queue("b", &QueueSettings::default()).unwrap();
+        broker.bind("b", TOPIC.name, "*.created", Headers::new()).unwrap();
+        send(&broker, TOPIC.name, "user.created").unwrap();
+        assert_eq!((depth(&broker, "a"), depth(&broker, "b")), (2, 1), "a second binding adds a queue");
+
+        // The default exchange reaches a queue declared after a publish found none by that name.
+        assert!(matches!(send(&broker, "", "c"), Err(Error::Unroutable { .. })));
+        broker.declare_queue("c", &QueueSettings::default()).unwrap();
+        send(&broker, "", "c").unwrap();
+        assert_eq!(depth(&broker, "c"), 1);
+
+        // An auto-delete queue goes with its last consumer, and its binding with it.
+        send(&broker, TOPIC.name, "user.deleted").unwrap();
+        let consumer = broker.consume("a", 0, "t".into()).unwrap();
+        consumer.cancel.cancel("t", Duration::from_secs(1)).await;
+        assert!(broker.queue_depth("a").is_err(), "auto-delete queue removed");
+        send(&broker, TOPIC.name, "user.created").unwrap();
+        assert_eq!(depth(&broker, "b"), 2, "only the remaining queue receives");
+        assert!(matches!(send(&broker, TOPIC.name, "user.deleted"), Err(Error::Unroutable { .. })));
+    }
+}
