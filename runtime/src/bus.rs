@@ -10,6 +10,7 @@ use crate::envelope::{self, Envelope, Properties};
 use crate::error::{Error, Later, Result};
 use crate::headers::{HeaderValue, Headers, MessageProperties};
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::middleware;
 use crate::rpc::Replies;
 use crate::transport::amqp::Amqp;
 use crate::transport::memory::Broker;
@@ -307,9 +308,68 @@ impl Bus {
         self.send(task, "", spec.queue, format, options.priority, options).await
     }
 
-    /// Encodes and publishes a contract message, confirmed unless fire-and-forget, and records it.
+    /// Encodes and publishes a contract message through the bus's layers, if it has any.
     #[expect(clippy::manual_async_fn, reason = "smaller future; see `Transport::publish_until`")]
     fn send<P: Payload>(
+        &self,
+        message: &P,
+        exchange: &str,
+        routing_key: &str,
+        format: WireFormat,
+        priority: Option<crate::Priority>,
+        options: PublishOptions,
+    ) -> impl Future<Output = Result<()>> {
+        async move {
+            if self.inner.config.middleware.get().is_none() {
+                return self.send_now(message, exchange, routing_key, format, priority, options).await;
+            }
+            // Boxed: publishes without layers carry no room for the layers' state.
+            Box::pin(self.send_layered(message, exchange, routing_key, format, priority, options)).await
+        }
+    }
+
+    /// [`Bus::send_now`] between the layers' hooks: each may change the headers or refuse, and each hears how
+    /// it went (a refusal included).
+    async fn send_layered<P: Payload>(
+        &self,
+        message: &P,
+        exchange: &str,
+        routing_key: &str,
+        format: WireFormat,
+        priority: Option<crate::Priority>,
+        mut options: PublishOptions,
+    ) -> Result<()> {
+        let layers = &self.inner.config.middleware;
+        let type_name = P::TYPE_NAME;
+        let started = tokio::time::Instant::now();
+        let mut publish = middleware::Publish { type_name, exchange, routing_key, headers: &mut options.headers };
+        let refused = layers
+            .before(|layer| layer.before_publish(&mut publish))
+            .err()
+            .map(|(layer, refusal)| Error::Refused { layer: layer.to_owned(), reason: refusal.reason().to_owned() });
+        let headers = options.headers.clone();
+        let result = match refused {
+            Some(error) => Err(error),
+            None => match options.headers.check_application() {
+                Ok(()) => self.send_now(message, exchange, routing_key, format, priority, options).await,
+                Err(error) => Err(error),
+            },
+        };
+        let published = middleware::Published {
+            type_name,
+            exchange,
+            routing_key,
+            headers: &headers,
+            result: result.as_ref().map(|_| ()),
+            elapsed: started.elapsed(),
+        };
+        layers.after(|layer| layer.after_publish(&published));
+        result
+    }
+
+    /// Encodes and publishes a contract message, confirmed unless fire-and-forget, and records it.
+    #[expect(clippy::manual_async_fn, reason = "smaller future; see `Transport::publish_until`")]
+    fn send_now<P: Payload>(
         &self,
         message: &P,
         exchange: &str,

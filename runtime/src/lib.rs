@@ -40,6 +40,8 @@
 //! - `transport/`: `amqp/` (RabbitMQ through lapin: `supervise.rs`, `publish.rs`, `consume.rs`, and
 //!   `properties.rs`, the only place lapin's property and header types meet Warren's), `confirms.rs` (publisher confirms, each matched to its publish),
 //!   `memory.rs` (the in-memory broker).
+//! - `middleware.rs`: [`Middleware`], the layers around publish and consume, with what each hook sees
+//!   ([`middleware`]'s context types).
 //! - `metrics.rs`, `health.rs`, `backoff.rs`, `codec.rs`: counters and history, connection state, retry
 //!   waits, wire formats and validation.
 //! - `config.rs`, `error.rs`, `status.rs`: settings (password never shown), errors, RPC status codes.
@@ -58,6 +60,7 @@ mod feed;
 mod headers;
 mod health;
 mod metrics;
+pub mod middleware;
 mod rpc;
 mod signal;
 mod status;
@@ -74,6 +77,7 @@ pub use error::{BrokerError, Error, Result};
 pub use headers::{HeaderValue, Headers, MAX_HEADER_NAME_LEN, MessageProperties};
 pub use health::Health;
 pub use metrics::{Counters, MetricsSnapshot, SubscriberMetrics};
+pub use middleware::{Middleware, Refusal};
 pub use rpc::{
     CallOptions, DEFAULT_SERVER_CONCURRENCY, Response, RpcClient, RpcContext, RpcError, ServiceError, Serving,
 };

@@ -1,0 +1,202 @@
+//! Middleware: layers around publish and consume, registered on the bus and per subscriber, in order.
+
+use std::sync::{Arc, Mutex};
+
+use prost::Message;
+use tokio::sync::mpsc;
+use warren::middleware::{Delivery, Handled, Middleware, Publish, Published, Refusal, Settled};
+use warren::{Error, HandlerError, PublishOptions, RetryPolicy};
+use warren_contracts::gametrade::v1::UserRegistered;
+use warren_tests::{Harness, unique, within};
+
+use super::{collect, next_in};
+
+/// Appends its name to the `layers` header of every publish, and to a shared record of every delivery it sees.
+struct Trail {
+    name: &'static str,
+    seen: Arc<Mutex<Vec<&'static str>>>,
+}
+
+impl Trail {
+    fn new(name: &'static str, seen: &Arc<Mutex<Vec<&'static str>>>) -> Self {
+        Trail { name, seen: Arc::clone(seen) }
+    }
+}
+
+impl Middleware for Trail {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn before_publish(&self, publish: &mut Publish<'_>) -> Result<(), Refusal> {
+        let trail = match publish.headers.get_str("layers") {
+            Some(before) => format!("{before},{}", self.name),
+            None => self.name.to_owned(),
+        };
+        publish.headers.insert("layers", trail);
+        Ok(())
+    }
+
+    fn before_handle(&self, _: &Delivery<'_>) -> Result<(), Refusal> {
+        self.seen.lock().unwrap().push(self.name);
+        Ok(())
+    }
+}
+
+/// Refuses what carries the header `blocked`, and reports every outcome it hears of.
+struct Gate {
+    outcomes: mpsc::UnboundedSender<String>,
+}
+
+impl Gate {
+    fn new() -> (Self, mpsc::UnboundedReceiver<String>) {
+        let (outcomes, rx) = mpsc::unbounded_channel();
+        (Gate { outcomes }, rx)
+    }
+}
+
+impl Middleware for Gate {
+    fn name(&self) -> &str {
+        "gate"
+    }
+
+    fn before_publish(&self, publish: &mut Publish<'_>) -> Result<(), Refusal> {
+        if publish.headers.contains("blocked") { Err(Refusal::new("blocked")) } else { Ok(()) }
+    }
+
+    fn after_publish(&self, published: &Published<'_>) {
+        let outcome = match published.result {
+            Ok(()) => format!("published {}", published.routing_key),
+            Err(error) => format!("not published: {error}"),
+        };
+        let _ = self.outcomes.send(outcome);
+    }
+
+    fn before_handle(&self, delivery: &Delivery<'_>) -> Result<(), Refusal> {
+        if delivery.headers.contains("blocked") { Err(Refusal::new("blocked")) } else { Ok(()) }
+    }
+
+    fn after_handle(&self, handled: &Handled<'_>) {
+        let settled = match handled.settled {
+            Settled::Acked => "acked".to_owned(),
+            Settled::Retried { reason } => format!("retried ({reason})"),
+            Settled::DeadLettered { reason } => format!("dead-lettered ({reason})"),
+            _ => "other".to_owned(),
+        };
+        let failed = if handled.failed { ", failed" } else { "" };
+        let _ = self.outcomes.send(format!("attempt {}: {settled}{failed}", handled.attempt));
+    }
+}
+
+async fn next_outcome(outcomes: &mut mpsc::UnboundedReceiver<String>) -> String {
+    within(600, "a layer's after-hook", outcomes.recv()).await.expect("the layer is alive")
+}
+
+fn user(user_id: i64) -> UserRegistered {
+    UserRegistered { user_id, ..Default::default() }
+}
+
+async fn publish_layers_write_headers_the_handler_reads_and_run_in_registration_order(h: &Harness) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let config =
+        h.config("middleware-test").middleware(Trail::new("first", &seen)).middleware(Trail::new("second", &seen));
+    let bus = h.bus_with(config).await;
+    let subscriber = UserRegistered::subscribe(&bus, &unique("layered")).middleware(Trail::new("own", &seen));
+    let (subscription, mut rx) = collect(subscriber).await;
+
+    bus.publish(&user(1)).await.unwrap();
+    let (event, ctx) = within(600, "the event", rx.recv()).await.unwrap();
+    assert_eq!(event.user_id, 1);
+    assert_eq!(ctx.headers().get_str("layers"), Some("first,second"), "each layer saw the one before it");
+    assert_eq!(*seen.lock().unwrap(), ["first", "second", "own"], "the bus's layers, then the subscriber's");
+    subscription.stop().await;
+}
+
+async fn a_refused_publish_fails_with_the_reason_and_nothing_is_delivered(h: &Harness) {
+    let (gate, mut outcomes) = Gate::new();
+    let bus = h.bus_with(h.config("middleware-test").middleware(gate)).await;
+    let (subscription, mut rx) = collect(UserRegistered::subscribe(&bus, &unique("gated"))).await;
+
+    let refused = bus.publish_with(&user(1), PublishOptions::new().header("blocked", true)).await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::Refused { layer, reason } if layer == "gate" && reason == "blocked"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.to_string(), "refused by middleware \"gate\": blocked");
+    assert_eq!(next_outcome(&mut outcomes).await, "not published: refused by middleware \"gate\": blocked");
+
+    bus.publish(&user(2)).await.unwrap();
+    // The queue keeps order: had the refused event been sent, it would arrive first.
+    assert_eq!(within(600, "the event", rx.recv()).await.unwrap().0.user_id, 2);
+    // The handler may finish before the publisher hears the confirm: either order.
+    let mut heard = [next_outcome(&mut outcomes).await, next_outcome(&mut outcomes).await];
+    heard.sort();
+    assert_eq!(heard, ["attempt 1: acked", "published user.registered"], "the bus's layers see both sides");
+    subscription.stop().await;
+    assert!(rx.try_recv().is_err() && outcomes.try_recv().is_err(), "nothing else happened");
+
+    // Layers write application headers: Warren's own names are refused from them as from the application.
+    let forger = h.bus_with(h.config("middleware-test").middleware(Forger)).await;
+    let error = forger.publish(&user(3)).await.unwrap_err();
+    assert!(matches!(&error, Error::Header { name, .. } if name == "x-warren-reason"), "{error:?}");
+}
+
+/// Tries to send one of Warren's own headers.
+struct Forger;
+
+impl Middleware for Forger {
+    fn before_publish(&self, publish: &mut Publish<'_>) -> Result<(), Refusal> {
+        publish.headers.insert("x-warren-reason", "forged");
+        Ok(())
+    }
+}
+
+async fn a_refused_delivery_is_dead_lettered_with_the_reason_and_never_handled(h: &Harness) {
+    let bus = h.bus("middleware-test").await;
+    let (gate, mut outcomes) = Gate::new();
+    let (subscription, mut rx) = collect(UserRegistered::subscribe(&bus, &unique("refusing")).middleware(gate)).await;
+
+    bus.publish_with(&user(1), PublishOptions::new().header("blocked", true)).await.unwrap();
+    bus.publish(&user(2)).await.unwrap();
+    assert_eq!(next_outcome(&mut outcomes).await, "attempt 1: dead-lettered (refused by gate: blocked), failed");
+    assert_eq!(within(600, "the allowed event", rx.recv()).await.unwrap().0.user_id, 2, "the refused one was not");
+    assert_eq!(next_outcome(&mut outcomes).await, "attempt 1: acked");
+
+    let dead = next_in(&bus, &format!("{}.dlq", subscription.queue())).await;
+    assert_eq!(UserRegistered::decode(dead.body.as_slice()).unwrap().user_id, 1);
+    assert_eq!(dead.header_str("x-warren-reason"), Some("refused by gate: blocked"));
+    assert_eq!(dead.header_i64("x-warren-attempts"), Some(1));
+    subscription.stop().await;
+    assert!(rx.try_recv().is_err(), "the handler never ran for the refused event");
+}
+
+async fn after_hooks_hear_retries_and_the_final_outcome(h: &Harness) {
+    let bus = h.bus("middleware-test").await;
+    let (gate, mut outcomes) = Gate::new();
+    let subscription = UserRegistered::subscribe(&bus, &unique("flaky"))
+        .temporary()
+        .retry(RetryPolicy::exponential(2, h.backoff()))
+        .middleware(gate)
+        .handle(|event: UserRegistered, ctx| async move {
+            match (event.user_id, ctx.attempt()) {
+                (1, 1) => Err(HandlerError::from("not yet")),
+                (1, _) => Ok(warren::Outcome::Ack),
+                _ => Ok(warren::Outcome::DeadLetter { reason: "not wanted".into() }),
+            }
+        })
+        .await
+        .unwrap();
+    bus.publish(&user(1)).await.unwrap();
+    assert_eq!(next_outcome(&mut outcomes).await, "attempt 1: retried (handler failed: not yet), failed");
+    assert_eq!(next_outcome(&mut outcomes).await, "attempt 2: acked");
+    bus.publish(&user(2)).await.unwrap();
+    assert_eq!(next_outcome(&mut outcomes).await, "attempt 1: dead-lettered (not wanted)", "chosen, not failed");
+    subscription.stop().await;
+}
+
+warren_tests::on_both_transports!(
+    publish_layers_write_headers_the_handler_reads_and_run_in_registration_order,
+    a_refused_publish_fails_with_the_reason_and_nothing_is_delivered,
+    a_refused_delivery_is_dead_lettered_with_the_reason_and_never_handled,
+    after_hooks_hear_retries_and_the_final_outcome,
+);
