@@ -1262,20 +1262,27 @@ pub trait AuthService: ::std::marker::Send + ::std::marker::Sync + 'static {
 #[derive(Debug)]
 pub struct AuthServiceServer<T> {
     service: ::std::sync::Arc<T>,
-    concurrency: u16,
+    options: ::warren::ServerOptions,
 }
 impl<T: AuthService> AuthServiceServer<T> {
     /// Wraps the service implementation.
     pub fn new(service: T) -> Self {
         Self {
             service: ::std::sync::Arc::new(service),
-            concurrency: ::warren::DEFAULT_SERVER_CONCURRENCY,
+            options: ::warren::ServerOptions::new(),
         }
     }
     /// Answers up to `n` requests at once (at least one; default [`::warren::DEFAULT_SERVER_CONCURRENCY`]),
     /// each in a task of its own. The broker sends no more than that before they are acknowledged.
     pub fn concurrency(mut self, n: u16) -> Self {
-        self.concurrency = n;
+        self.options = self.options.concurrency(n);
+        self
+    }
+    /// Adds `layer` around this server's requests, after the bus's layers and those added before it: it
+    /// may refuse a request, which is then answered with its status without running the handler (see
+    /// [`::warren::Middleware`]).
+    pub fn middleware(mut self, layer: impl ::warren::Middleware) -> Self {
+        self.options = self.options.middleware(layer);
         self
     }
     /// Declares the service's queue and starts answering requests; returns once the server is consuming.
@@ -1285,10 +1292,10 @@ impl<T: AuthService> AuthServiceServer<T> {
         bus: &::warren::Bus,
     ) -> ::std::result::Result<::warren::Serving, ::warren::Error> {
         let service = self.service;
-        ::warren::__codegen::serve_with(
+        ::warren::__codegen::serve_options(
                 bus,
                 AuthServiceClient::SERVICE,
-                self.concurrency,
+                self.options,
                 move |method, payload, context| {
                     let service = ::std::sync::Arc::clone(&service);
                     ::std::boxed::Box::pin(async move {

@@ -30,8 +30,8 @@
 //!   handler to an ack, a retry or a dead letter (`worker.rs`), [`RetryPolicy`] and [`Outcome`] (`policy.rs`),
 //!   [`Context`] (`context.rs`).
 //! - `feed.rs`: a consumer that survives reconnections, and the tasks handlers run in.
-//! - `rpc/`: `client.rs` (one reply consumer per bus, [`CallOptions`]), `server.rs` ([`RpcContext`],
-//!   [`Serving`]), `error.rs` ([`RpcError`]).
+//! - `rpc/`: `client.rs` (one reply consumer per bus, [`CallOptions`]), `server.rs` ([`ServerOptions`],
+//!   [`RpcContext`], [`Serving`]), `error.rs` ([`RpcError`]).
 //! - `contract.rs`: the `'static` contract data generated code hands to the runtime.
 //! - `topology.rs`: [`Topology`], what a bus declared (the rules that decide it are the `warren-topology`
 //!   crate's, which the code generator's manifest shares).
@@ -40,8 +40,8 @@
 //! - `transport/`: `amqp/` (RabbitMQ through lapin: `supervise.rs`, `publish.rs`, `consume.rs`, and
 //!   `properties.rs`, the only place lapin's property and header types meet Warren's), `confirms.rs` (publisher confirms, each matched to its publish),
 //!   `memory.rs` (the in-memory broker).
-//! - `middleware.rs`: [`Middleware`], the layers around publish and consume, with what each hook sees
-//!   ([`middleware`]'s context types).
+//! - `middleware.rs`: [`Middleware`], the layers around publish, consume, RPC call and RPC serve, and what
+//!   each hook sees ([`middleware`]'s context types).
 //! - `metrics.rs`, `health.rs`, `backoff.rs`, `codec.rs`: counters and history, connection state, retry
 //!   waits, wire formats and validation.
 //! - `config.rs`, `error.rs`, `status.rs`: settings (password never shown), errors, RPC status codes.
@@ -79,7 +79,8 @@ pub use health::Health;
 pub use metrics::{Counters, MetricsSnapshot, SubscriberMetrics};
 pub use middleware::{Middleware, Refusal};
 pub use rpc::{
-    CallOptions, DEFAULT_SERVER_CONCURRENCY, Response, RpcClient, RpcContext, RpcError, ServiceError, Serving,
+    CallOptions, DEFAULT_SERVER_CONCURRENCY, Response, RpcClient, RpcContext, RpcError, ServerOptions, ServiceError,
+    Serving,
 };
 pub use signal::terminated;
 pub use status::{Code, Status};
@@ -108,8 +109,8 @@ pub mod __codegen {
         Task, TaskSpec, decode_as, enum_word, fingerprint_of, key_word,
     };
     pub use crate::rpc::{
-        BoxFuture, DeclaredError, Failure, RpcClient, ServiceError, decode_request, encode_reply, serve, serve_with,
-        unimplemented,
+        BoxFuture, DeclaredError, Failure, RpcClient, ServiceError, decode_request, encode_reply, serve, serve_options,
+        serve_with, unimplemented,
     };
 }
 

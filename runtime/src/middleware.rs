@@ -1,4 +1,4 @@
-//! Middleware: layers around publish and consume, in the spirit of tower layers and
+//! Middleware: layers around publish, consume, RPC call and RPC serve, in the spirit of tower layers and
 //! tonic interceptors. Tracing and metrics are meant to be built as layers, so an application can replace them
 //! or add its own (authentication, tenancy, auditing).
 
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::headers::Headers;
+use crate::status::{Code, Status};
 
 /// A layer around Warren's traffic: every hook has a default that does nothing, so a layer implements only the
 /// points it cares about.
@@ -18,11 +19,16 @@ use crate::headers::Headers;
 /// | [`after_publish`](Middleware::after_publish) | the same, and whether it was confirmed | — |
 /// | [`before_handle`](Middleware::before_handle) | type, queue, routing key, headers, attempt | yes: the message is dead-lettered with the reason, no handler runs |
 /// | [`after_handle`](Middleware::after_handle) | the same, and what became of the message | — |
+/// | [`before_call`](Middleware::before_call) | service, method, headers to send (`&mut`) | yes: the call fails with the [`Status`], nothing is sent |
+/// | [`after_call`](Middleware::after_call) | the same, and the status code | — |
+/// | [`before_serve`](Middleware::before_serve) | method, caller, the caller's headers | yes: answered with the [`Status`], the handler does not run |
+/// | [`after_serve`](Middleware::after_serve) | the same, and the status code answered | — |
 ///
-/// Register layers for all traffic of a bus with [`crate::BusConfig::middleware`], and for one subscriber with
-/// [`crate::Subscriber::middleware`]. Before-hooks run in registration order, the bus's layers before a
-/// subscriber's; the first refusal stops the rest. After-hooks run for every layer, in the same order,
-/// whatever happened (a refusal by another layer included), so counts add up.
+/// Register layers for all traffic of a bus with [`crate::BusConfig::middleware`], for one subscriber with
+/// [`crate::Subscriber::middleware`], and for one RPC server with the generated server's `middleware` (which is
+/// [`crate::ServerOptions::middleware`]). Before-hooks run in registration order, the bus's layers before a
+/// subscriber's or a server's; the first refusal stops the rest. After-hooks run for every layer, in the same
+/// order, whatever happened (a refusal by another layer included), so counts add up.
 ///
 /// Hooks are synchronous, as tonic's interceptors are: they run on every message, where an `async` hook
 /// would cost a boxed future each time, and what they do (read a header, check a token against keys in
@@ -32,7 +38,37 @@ use crate::headers::Headers;
 /// Raw traffic is left alone: [`crate::Bus::publish_bytes`], and Warren's own copies to retry and
 /// dead-letter queues, pass no layer.
 ///
-/// A layer that stamps every publish with the tenant it runs for, and refuses deliveries for other tenants:
+/// An authentication layer for an RPC server, answering `UNAUTHENTICATED` to a caller without the token:
+///
+/// ```
+/// use warren::middleware::{Middleware, Request};
+/// use warren::Status;
+///
+/// struct RequireToken {
+///     token: String,
+/// }
+///
+/// impl Middleware for RequireToken {
+///     fn name(&self) -> &str {
+///         "require-token"
+///     }
+///
+///     fn before_serve(&self, request: &Request<'_>) -> Result<(), Status> {
+///         match request.headers.get_str("authorization") {
+///             Some(given) if given.strip_prefix("Bearer ") == Some(self.token.as_str()) => Ok(()),
+///             _ => Err(Status::unauthenticated(format!("{} needs a bearer token", request.method))),
+///         }
+///     }
+/// }
+///
+/// // For one server: `IntSummatorServer::new(Summator).middleware(RequireToken { .. }).serve(&bus)`, which
+/// // sets these options; `BusConfig::middleware` would guard every server of the bus.
+/// let options = warren::ServerOptions::new().middleware(RequireToken { token: "s3cret".into() });
+/// let shown = format!("{options:?}");
+/// assert!(shown.contains("require-token") && !shown.contains("s3cret"), "Debug names layers, nothing more");
+/// ```
+///
+/// And a layer that stamps every publish with the tenant it runs for, and refuses deliveries for other tenants:
 ///
 /// ```
 /// use warren::middleware::{Delivery, Middleware, Publish, Refusal};
@@ -90,6 +126,29 @@ pub trait Middleware: Send + Sync + 'static {
     /// sent to retry, or dead-lettered.
     fn after_handle(&self, handled: &Handled<'_>) {
         let _ = handled;
+    }
+    /// Before an RPC request is sent: may change its headers (e.g. add a token), or refuse, and then the call
+    /// fails with that status and nothing is sent.
+    fn before_call(&self, call: &mut Call<'_>) -> Result<(), Status> {
+        let _ = call;
+        Ok(())
+    }
+
+    /// After a call ends, with its status code.
+    fn after_call(&self, called: &Called<'_>) {
+        let _ = called;
+    }
+
+    /// Before a server runs its handler for a request: may refuse, and then the request is answered with that
+    /// status and the handler does not run.
+    fn before_serve(&self, request: &Request<'_>) -> Result<(), Status> {
+        let _ = request;
+        Ok(())
+    }
+
+    /// After a request is answered, with the status code answered.
+    fn after_serve(&self, served: &Served<'_>) {
+        let _ = served;
     }
 }
 
@@ -209,6 +268,61 @@ pub struct Handled<'a> {
     /// or a layer refused it (as opposed to a handler that chose to retry or dead-letter).
     pub failed: bool,
     /// From the layers' before-hooks to the end of the handler (or the refusal).
+    pub elapsed: Duration,
+}
+
+/// An RPC request about to be sent.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Call<'a> {
+    /// The service's full proto name (`at.v1.IntSummator`).
+    pub service: &'a str,
+    /// The method's path (`/at.v1.IntSummator/IntSum`).
+    pub method: &'a str,
+    /// The application headers to send. Warren's own names (`x-warren-*`, `warren-*`) are refused here too.
+    pub headers: &'a mut Headers,
+}
+
+/// An RPC call that ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Called<'a> {
+    /// The service's full proto name.
+    pub service: &'a str,
+    /// The method's path.
+    pub method: &'a str,
+    /// The status: the reply's (`OK`, or the code of the error the server answered), or the caller's own
+    /// (`DEADLINE_EXCEEDED`, `UNAVAILABLE`, a layer's refusal, …).
+    pub code: Code,
+    /// From the layers' before-hooks to the reply (or the failure).
+    pub elapsed: Duration,
+}
+
+/// An RPC request a server is about to handle.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Request<'a> {
+    /// The method's path (`/at.v1.IntSummator/IntSum`).
+    pub method: &'a str,
+    /// The calling service's name (its `app_id`), when it sent one.
+    pub caller: Option<&'a str>,
+    /// The caller's headers, Warren's own included.
+    pub headers: &'a Headers,
+}
+
+/// An RPC request answered.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Served<'a> {
+    /// The method's path.
+    pub method: &'a str,
+    /// The calling service's name, when it sent one.
+    pub caller: Option<&'a str>,
+    /// The caller's headers.
+    pub headers: &'a Headers,
+    /// The status answered: `OK`, a handler's or a layer's status, `UNKNOWN` for a declared error.
+    pub code: Code,
+    /// From the layers' before-hooks to the answer being ready.
     pub elapsed: Duration,
 }
 

@@ -1,13 +1,17 @@
-//! Middleware: layers around publish and consume, registered on the bus and per subscriber, in order.
+//! Middleware: layers around publish, consume, RPC call and RPC serve, registered on the bus and per subscriber
+//! or server, in order.
 
 use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use tokio::sync::mpsc;
-use warren::middleware::{Delivery, Handled, Middleware, Publish, Published, Refusal, Settled};
-use warren::{Error, HandlerError, PublishOptions, RetryPolicy};
+use warren::middleware::{
+    Call, Called, Delivery, Handled, Middleware, Publish, Published, Refusal, Request, Served, Settled,
+};
+use warren::{CallOptions, Code, Error, HandlerError, PublishOptions, RetryPolicy, Status};
+use warren_contracts::at::v1::{IntSumRequest, IntSummatorClient, IntSummatorServer};
 use warren_contracts::gametrade::v1::UserRegistered;
-use warren_tests::{Harness, unique, within};
+use warren_tests::{Harness, Summator, unique, within};
 
 use super::{collect, next_in};
 
@@ -194,9 +198,121 @@ async fn after_hooks_hear_retries_and_the_final_outcome(h: &Harness) {
     subscription.stop().await;
 }
 
+/// The docs' example: answers `UNAUTHENTICATED` to a caller without the bearer token.
+struct RequireToken {
+    token: String,
+}
+
+impl Middleware for RequireToken {
+    fn name(&self) -> &str {
+        "require-token"
+    }
+
+    fn before_serve(&self, request: &Request<'_>) -> Result<(), Status> {
+        match request.headers.get_str("authorization") {
+            Some(given) if given.strip_prefix("Bearer ") == Some(self.token.as_str()) => Ok(()),
+            _ => Err(Status::unauthenticated(format!("{} needs a bearer token", request.method))),
+        }
+    }
+}
+
+/// Records, in order, each layer's name as it sees a request, and each status code it hears of.
+struct Record {
+    name: &'static str,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Middleware for Record {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn before_serve(&self, _: &Request<'_>) -> Result<(), Status> {
+        self.seen.lock().unwrap().push(self.name.to_owned());
+        Ok(())
+    }
+
+    fn after_serve(&self, served: &Served<'_>) {
+        self.seen.lock().unwrap().push(format!("{} served {}: {}", self.name, served.method, served.code));
+    }
+
+    fn after_call(&self, called: &Called<'_>) {
+        self.seen.lock().unwrap().push(format!("{} called {}: {}", self.name, called.method, called.code));
+    }
+}
+
+/// A client's layer: sends its token with every call, or refuses to call without one.
+struct BearerToken(Option<&'static str>);
+
+impl Middleware for BearerToken {
+    fn before_call(&self, call: &mut Call<'_>) -> Result<(), Status> {
+        match self.0 {
+            Some(token) => {
+                call.headers.insert("authorization", format!("Bearer {token}"));
+                Ok(())
+            }
+            None => Err(Status::unauthenticated(format!("no token to call {} with", call.method))),
+        }
+    }
+}
+
+async fn an_auth_layer_on_a_server_answers_unauthenticated_to_a_call_without_the_token(h: &Harness) {
+    let server_seen = Arc::new(Mutex::new(Vec::new()));
+    let record = |name| Record { name, seen: Arc::clone(&server_seen) };
+    let server_bus = h.bus_with(h.config("int-summator").middleware(record("bus"))).await;
+    let serving = IntSummatorServer::new(Summator)
+        .middleware(RequireToken { token: "s3cret".into() })
+        .middleware(record("server"))
+        .serve(&server_bus)
+        .await
+        .unwrap();
+    const PATH: &str = "/at.v1.IntSummator/IntSum";
+
+    let anonymous = IntSummatorClient::new(&h.bus("sum-requester").await);
+    let error = within(10, "a reply", anonymous.int_sum(IntSumRequest { a: 1, b: 2 })).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unauthenticated, "{error}");
+    assert_eq!(error.status().unwrap().message(), format!("{PATH} needs a bearer token"));
+    let with_token = CallOptions::new().header("authorization", "Bearer s3cret");
+    let reply = within(10, "a reply", anonymous.int_sum_with(IntSumRequest { a: 1, b: 2 }, with_token)).await.unwrap();
+    assert_eq!(reply.message.sum, 3);
+    assert_eq!(
+        *server_seen.lock().unwrap(),
+        [
+            // Refused by the second layer: the third never saw the request, but every layer hears the answer.
+            "bus".to_owned(),
+            format!("bus served {PATH}: UNAUTHENTICATED"),
+            format!("server served {PATH}: UNAUTHENTICATED"),
+            "bus".to_owned(),
+            "server".to_owned(),
+            format!("bus served {PATH}: OK"),
+            format!("server served {PATH}: OK"),
+        ]
+    );
+
+    // A client's layer sends the token with every call, or refuses to call at all without one.
+    let client_seen = Arc::new(Mutex::new(Vec::new()));
+    let client_config = |token| {
+        h.config("sum-requester")
+            .middleware(BearerToken(token))
+            .middleware(Record { name: "client", seen: Arc::clone(&client_seen) })
+    };
+    let client = IntSummatorClient::new(&h.bus_with(client_config(Some("s3cret"))).await);
+    assert_eq!(within(10, "a reply", client.int_sum(IntSumRequest { a: 2, b: 3 })).await.unwrap().sum, 5);
+    let tokenless = IntSummatorClient::new(&h.bus_with(client_config(None)).await);
+    let error = tokenless.int_sum(IntSumRequest { a: 2, b: 3 }).await.unwrap_err();
+    assert_eq!(error.status(), Some(&Status::unauthenticated(format!("no token to call {PATH} with"))));
+    assert_eq!(
+        *client_seen.lock().unwrap(),
+        [format!("client called {PATH}: OK"), format!("client called {PATH}: UNAUTHENTICATED")]
+    );
+    assert_eq!(server_seen.lock().unwrap().len(), 11, "one more request served, the refused call never sent");
+    serving.stop().await;
+}
+
 warren_tests::on_both_transports!(
     publish_layers_write_headers_the_handler_reads_and_run_in_registration_order,
     a_refused_publish_fails_with_the_reason_and_nothing_is_delivered,
     a_refused_delivery_is_dead_lettered_with_the_reason_and_never_handled,
     after_hooks_hear_retries_and_the_final_outcome,
+    an_auth_layer_on_a_server_answers_unauthenticated_to_a_call_without_the_token,
 );
