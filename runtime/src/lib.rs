@@ -91,7 +91,7 @@ pub use topology::{Argument, Binding, Exchange, ExchangeKind, QueueSettings, Top
 #[doc(hidden)]
 pub mod __codegen {
     /// The version of this API, which `warren-codegen` writes code for (its `RUNTIME_API_VERSION`).
-    pub const API_VERSION: u32 = 2;
+    pub const API_VERSION: u32 = 3;
 
     /// Stops the build of generated code written for another version of this API.
     pub const fn check_version(generated_for: u32) {
