@@ -324,7 +324,7 @@ impl Bus {
         let started = tokio::time::Instant::now();
         let mut publish = middleware::Publish { type_name, exchange, routing_key, headers: &mut options.headers };
         let refused = layers
-            .before(|layer| layer.before_publish(&mut publish))
+            .before(|layer| layer.before_publish(&mut publish), middleware::Refusal::new)
             .err()
             .map(|(layer, refusal)| Error::Refused { layer: layer.to_owned(), reason: refusal.reason().to_owned() });
         let headers = options.headers.clone();

@@ -3,12 +3,14 @@
 //! or add its own (authentication, tenancy, auditing).
 
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
 use crate::headers::Headers;
 use crate::status::{Code, Status};
+use crate::subscriber::panic_message;
 
 /// A layer around Warren's traffic: every hook has a default that does nothing, so a layer implements only the
 /// points it cares about.
@@ -33,7 +35,8 @@ use crate::status::{Code, Status};
 /// Hooks are synchronous, as tonic's interceptors are: they run on every message, where an `async` hook
 /// would cost a boxed future each time, and what they do (read a header, check a token against keys in
 /// memory, count, open a span) does not wait. A layer that must wait for something refreshes it in a task of
-/// its own and reads the latest value. A hook that panics is not caught: keep them simple.
+/// its own and reads the latest value. A hook that panics is caught: a before-hook's panic refuses (the reason
+/// says it panicked; `INTERNAL` for RPC), an after-hook's is logged and passed over.
 ///
 /// Raw traffic is left alone: [`crate::Bus::publish_bytes`], and Warren's own copies to retry and
 /// dead-letter queues, pass no layer.
@@ -350,18 +353,28 @@ impl Layers {
         }
     }
 
-    /// Runs `before` on each layer in order; the first refusal, with the refusing layer's name.
-    pub(crate) fn before<E>(&self, mut before: impl FnMut(&dyn Middleware) -> Result<(), E>) -> Result<(), (&str, E)> {
+    /// Runs `before` on each layer in order; the first refusal, with the refusing layer's name. A layer that
+    /// panics refuses, with what `panicked` makes of the panic's message.
+    pub(crate) fn before<E>(
+        &self,
+        mut before: impl FnMut(&dyn Middleware) -> Result<(), E>,
+        panicked: impl Fn(String) -> E,
+    ) -> Result<(), (&str, E)> {
         for layer in self.get().unwrap_or_default() {
-            before(layer.as_ref()).map_err(|refusal| (layer.name(), refusal))?;
+            std::panic::catch_unwind(AssertUnwindSafe(|| before(layer.as_ref())))
+                .unwrap_or_else(|panic| Err(panicked(format!("the layer panicked: {}", panic_message(&panic)))))
+                .map_err(|refusal| (layer.name(), refusal))?;
         }
         Ok(())
     }
 
-    /// Runs `after` on each layer in order.
+    /// Runs `after` on each layer in order. A layer that panics is logged and passed over.
     pub(crate) fn after(&self, after: impl Fn(&dyn Middleware)) {
         for layer in self.get().unwrap_or_default() {
-            after(layer.as_ref());
+            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| after(layer.as_ref()))) {
+                let panic = panic_message(&panic);
+                tracing::warn!(layer = layer.name(), panic, "a middleware layer's after-hook panicked; passed over");
+            }
         }
     }
 }
@@ -399,10 +412,13 @@ mod tests {
         let headers = Headers::new();
         let delivery = Delivery { type_name: "t", queue: "q", routing_key: "k", headers: &headers, attempt: 1 };
         let mut ran = Vec::new();
-        let refused = all.before(|layer| {
-            ran.push(layer.name().to_owned());
-            layer.before_handle(&delivery)
-        });
+        let refused = all.before(
+            |layer| {
+                ran.push(layer.name().to_owned());
+                layer.before_handle(&delivery)
+            },
+            Refusal::new,
+        );
         assert_eq!(refused, Err(("no", Refusal::new("not today"))));
         assert_eq!(ran, ["a", "no"], "the first refusal stops the rest");
         assert!(Layers::default().get().is_none() && Layers::default().then(&Layers::default()).get().is_none());

@@ -254,7 +254,7 @@ impl RpcClient {
         let started = Instant::now();
         let mut headers = options.headers.clone();
         let mut call = middleware::Call { service, method: path, headers: &mut headers };
-        let result = match layers.before(|layer| layer.before_call(&mut call)) {
+        let result = match layers.before(|layer| layer.before_call(&mut call), Status::internal) {
             Ok(()) => self.send_call(method, request, options.timeout, headers).await,
             Err((_, status)) => Err(status),
         };

@@ -290,7 +290,7 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
         (Instant::now(), middleware::Request { method: &method, caller: p.app_id(), headers })
     });
     let refused = match &layered {
-        Some((_, request)) if !late => layers.before(|layer| layer.before_serve(request)).err(),
+        Some((_, request)) if !late => layers.before(|layer| layer.before_serve(request), Status::internal).err(),
         _ => None,
     };
     let result = if late {

@@ -28,6 +28,7 @@ pub use context::Context;
 pub use policy::{HandlerError, Outcome};
 pub use warren_topology::{RETRY_LADDER, RetryPolicy};
 use warren_topology::{dead_letter_queue, retry_rung};
+pub(crate) use worker::panic_message;
 use worker::*;
 
 /// A subscriber being configured; start it with [`Subscriber::handle`].

@@ -119,7 +119,7 @@ impl Worker {
         let headers = delivery.properties.headers().unwrap_or(&crate::headers::NO_HEADERS);
         let (queue, routing_key) = (self.queue.as_str(), &*delivery.routing_key);
         let before = middleware::Delivery { type_name, queue, routing_key, headers, attempt };
-        let ending = match self.layers.before(|layer| layer.before_handle(&before)) {
+        let ending = match self.layers.before(|layer| layer.before_handle(&before), middleware::Refusal::new) {
             Ok(()) => self.run(delivery, handler, tracker, type_name, attempt).await,
             Err((layer, refusal)) => {
                 let reason = format!("refused by {layer}: {refusal}");
@@ -320,7 +320,8 @@ pub(super) fn reason_safe(value: &str) -> &str {
     &value[..end]
 }
 
-pub(super) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+/// What a caught panic said, when it said it with a string.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

@@ -195,7 +195,61 @@ async fn after_hooks_hear_retries_and_the_final_outcome(h: &Harness) {
     assert_eq!(next_outcome(&mut outcomes).await, "attempt 2: acked");
     bus.publish(&user(2)).await.unwrap();
     assert_eq!(next_outcome(&mut outcomes).await, "attempt 1: dead-lettered (not wanted)", "chosen, not failed");
+    // Layers run before decoding: they hear of a message that does not decode too.
+    let garbage = warren::MessageProperties::default().with_kind("gametrade.v1.UserRegistered");
+    bus.publish_bytes("", subscription.queue(), b"\xff\xff\xff\xff", garbage).await.unwrap();
+    let outcome = next_outcome(&mut outcomes).await;
+    assert!(outcome.starts_with("attempt 1: dead-lettered (") && outcome.ends_with("), failed"), "{outcome}");
+    assert!(outcome.contains("does not decode"), "{outcome}");
     subscription.stop().await;
+}
+
+/// Panics in every hook when the message or request carries the header `boom`, and in every after-hook.
+struct Boom;
+
+impl Middleware for Boom {
+    fn name(&self) -> &str {
+        "boom"
+    }
+
+    fn before_handle(&self, delivery: &Delivery<'_>) -> Result<(), Refusal> {
+        assert!(!delivery.headers.contains("boom"), "boom");
+        Ok(())
+    }
+
+    fn after_handle(&self, _: &Handled<'_>) {
+        panic!("after boom");
+    }
+
+    fn before_serve(&self, request: &Request<'_>) -> Result<(), Status> {
+        assert!(!request.headers.contains("boom"), "boom");
+        Ok(())
+    }
+
+    fn after_serve(&self, _: &Served<'_>) {
+        panic!("after boom");
+    }
+}
+
+async fn a_panicking_layer_refuses_and_the_subscriber_and_the_server_go_on(h: &Harness) {
+    let bus = h.bus("middleware-test").await;
+    let (subscription, mut rx) = collect(UserRegistered::subscribe(&bus, &unique("boom")).middleware(Boom)).await;
+    bus.publish_with(&user(1), PublishOptions::new().header("boom", true)).await.unwrap();
+    bus.publish(&user(2)).await.unwrap();
+    assert_eq!(within(600, "the next event", rx.recv()).await.unwrap().0.user_id, 2, "the subscriber went on");
+    let dead = next_in(&bus, &format!("{}.dlq", subscription.queue())).await;
+    assert_eq!(UserRegistered::decode(dead.body.as_slice()).unwrap().user_id, 1);
+    assert_eq!(dead.header_str("x-warren-reason"), Some("refused by boom: the layer panicked: boom"));
+    subscription.stop().await;
+
+    let serving = IntSummatorServer::new(Summator).middleware(Boom).serve(&h.bus("int-summator").await).await.unwrap();
+    let client = IntSummatorClient::new(&h.bus("sum-requester").await);
+    let boom = CallOptions::new().header("boom", true);
+    let error = within(10, "a reply", client.int_sum_with(IntSumRequest { a: 1, b: 2 }, boom)).await.unwrap_err();
+    assert_eq!(error.status(), Some(&Status::internal("the layer panicked: boom")));
+    let reply = within(10, "a reply", client.int_sum(IntSumRequest { a: 1, b: 2 })).await.unwrap();
+    assert_eq!(reply.sum, 3, "the server went on");
+    serving.stop().await;
 }
 
 /// The docs' example: answers `UNAUTHENTICATED` to a caller without the bearer token.
@@ -315,4 +369,5 @@ warren_tests::on_both_transports!(
     a_refused_delivery_is_dead_lettered_with_the_reason_and_never_handled,
     after_hooks_hear_retries_and_the_final_outcome,
     an_auth_layer_on_a_server_answers_unauthenticated_to_a_call_without_the_token,
+    a_panicking_layer_refuses_and_the_subscriber_and_the_server_go_on,
 );
