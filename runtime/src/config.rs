@@ -171,8 +171,9 @@ impl BusConfig {
         self
     }
 
-    /// Adds `layer` around all of this bus's traffic: every publish and every delivery to a subscriber, after
-    /// the layers added before it and before a subscriber's own (see [`crate::Middleware`]).
+    /// Adds `layer` around all of this bus's traffic: every publish, every delivery to its subscribers, every
+    /// RPC call and every request its servers answer; after the layers added before it, and before a
+    /// subscriber's or a server's own (see [`crate::Middleware`]).
     pub fn middleware(mut self, layer: impl Middleware) -> Self {
         self.middleware = self.middleware.with(Arc::new(layer));
         self

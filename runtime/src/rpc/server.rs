@@ -284,13 +284,14 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
     };
     let format = context.format;
     let late = deadline.is_some_and(|deadline| deadline <= Instant::now());
-    // Only with layers: the time and the request as they see it.
-    let layered = layers.get().map(|_| {
-        let headers = p.headers().unwrap_or(&crate::headers::NO_HEADERS);
-        (Instant::now(), middleware::Request { method: &method, caller: p.app_id(), headers })
-    });
-    let refused = match &layered {
-        Some((_, request)) if !late => layers.before(|layer| layer.before_serve(request), Status::internal).err(),
+    // Only with layers (and only the time is kept while the handler runs: each request's task holds this future).
+    let started = layers.get().map(|_| Instant::now());
+    let headers = || p.headers().unwrap_or(&crate::headers::NO_HEADERS);
+    let refused = match started {
+        Some(_) if !late => {
+            let request = middleware::Request { method: &method, caller: p.app_id(), headers: headers() };
+            layers.before(|layer| layer.before_serve(&request), Status::internal).err()
+        }
         _ => None,
     };
     let result = if late {
@@ -312,16 +313,16 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
             Err(Failure::Status(Status::internal("the handler panicked")))
         })
     };
-    if let Some((started, request)) = &layered {
+    if let Some(started) = started {
         let code = match &result {
             Ok(_) => Code::Ok,
             Err(Failure::Status(status)) => status.code(),
             Err(Failure::Service(_)) => Code::Unknown,
         };
         let served = middleware::Served {
-            method: request.method,
-            caller: request.caller,
-            headers: request.headers,
+            method: &method,
+            caller: p.app_id(),
+            headers: headers(),
             code,
             elapsed: started.elapsed(),
         };
