@@ -10,6 +10,7 @@ use crate::envelope::{self, Envelope, Properties};
 use crate::error::{Error, Later, Result};
 use crate::headers::{HeaderValue, Headers, MessageProperties};
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::middleware;
 use crate::rpc::Replies;
 use crate::transport::amqp::Amqp;
 use crate::transport::memory::Broker;
@@ -285,7 +286,7 @@ impl Bus {
             self.declare_exchange(&spec.exchange).await?;
             let format = options.format.unwrap_or(spec.format);
             let priority = options.priority.or(spec.priority);
-            self.send(event, spec.exchange.name, &routing_key, format, priority, options).await
+            self.send(event, spec.exchange.name, &routing_key, format, priority, options, true).await
         }
     }
 
@@ -304,11 +305,56 @@ impl Bus {
         self.declare_queue(&dead_letter_queue(spec.queue), QueueSettings::plain(false)).await?;
         self.declare_queue(spec.queue, work_queue::<T>(spec.queue)).await?;
         let format = options.format.unwrap_or(spec.format);
-        self.send(task, "", spec.queue, format, options.priority, options).await
+        self.send(task, "", spec.queue, format, options.priority, options, true).await
     }
 
-    /// Encodes and publishes a contract message, confirmed unless fire-and-forget, and records it.
+    /// [`Bus::send`] between the layers' hooks: each may change the headers or refuse, and each hears how
+    /// it went (a refusal included).
+    async fn send_layered<P: Payload>(
+        &self,
+        message: &P,
+        exchange: &str,
+        routing_key: &str,
+        format: WireFormat,
+        priority: Option<crate::Priority>,
+        mut options: PublishOptions,
+    ) -> Result<()> {
+        let layers = &self.inner.config.middleware;
+        let type_name = P::TYPE_NAME;
+        let started = tokio::time::Instant::now();
+        let mut publish = middleware::Publish { type_name, exchange, routing_key, headers: &mut options.headers };
+        let refused = layers
+            .before(|layer| layer.before_publish(&mut publish), middleware::Refusal::new)
+            .err()
+            .map(|(layer, refusal)| Error::Refused { layer: layer.to_owned(), reason: refusal.reason().to_owned() });
+        let headers = options.headers.clone();
+        let result = match refused {
+            Some(error) => Err(error),
+            None => match options.headers.check_application() {
+                Ok(()) => self.send(message, exchange, routing_key, format, priority, options, false).await,
+                Err(error) => Err(error),
+            },
+        };
+        let published = middleware::Published {
+            type_name,
+            exchange,
+            routing_key,
+            headers: &headers,
+            result: result.as_ref().map(|_| ()),
+            elapsed: started.elapsed(),
+        };
+        layers.after(|layer| layer.after_publish(&published));
+        result
+    }
+
+    /// Encodes and publishes a contract message, confirmed unless fire-and-forget, and records it; through the
+    /// bus's layers first when it has any and `through_layers`.
+    ///
+    /// The layers' path is boxed, and branches off inside this future rather than around it: a publish without
+    /// layers then carries no room for their state, and no second copy of the arguments (a future awaiting
+    /// another keeps both).
     #[expect(clippy::manual_async_fn, reason = "smaller future; see `Transport::publish_until`")]
+    #[expect(clippy::too_many_arguments, reason = "private; the publish's parts, passed on as they are")]
     fn send<P: Payload>(
         &self,
         message: &P,
@@ -317,8 +363,15 @@ impl Bus {
         format: WireFormat,
         priority: Option<crate::Priority>,
         options: PublishOptions,
-    ) -> impl Future<Output = Result<()>> {
+        through_layers: bool,
+    ) -> impl Future<Output = Result<()>> + Send {
         async move {
+            if through_layers && self.inner.config.middleware.get().is_some() {
+                // `dyn`: `send_layered` calls this function again.
+                let layered: std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> =
+                    Box::pin(self.send_layered(message, exchange, routing_key, format, priority, options));
+                return layered.await;
+            }
             let payload = codec::encode(message, format)?;
             let mut envelope = Envelope::new(P::TYPE_NAME, format, "", self.inner.app_id);
             let publishes = self.inner.metrics.publishes(P::TYPE_NAME);

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::uri::AMQPUri;
@@ -9,6 +10,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::middleware::{Layers, Middleware};
 
 /// Which broker a bus talks to.
 #[derive(Clone)]
@@ -59,6 +61,8 @@ pub struct BusConfig {
     pub prefetch: u16,
     /// How many recently published messages to keep per event type, for [`crate::Bus::published`] (0: none).
     pub history: usize,
+    /// Layers around all of this bus's traffic, in registration order ([`BusConfig::middleware`]).
+    pub(crate) middleware: Layers,
 }
 
 impl BusConfig {
@@ -100,6 +104,7 @@ impl BusConfig {
             max_message_size: 16 * 1024 * 1024,
             prefetch: 256,
             history: 0,
+            middleware: Layers::default(),
         }
     }
 
@@ -166,6 +171,14 @@ impl BusConfig {
         self
     }
 
+    /// Adds `layer` around all of this bus's traffic: every publish, every delivery to its subscribers, every
+    /// RPC call and every request its servers answer; after the layers added before it, and before a
+    /// subscriber's or a server's own (see [`crate::Middleware`]).
+    pub fn middleware(mut self, layer: impl Middleware) -> Self {
+        self.middleware = self.middleware.with(Arc::new(layer));
+        self
+    }
+
     /// The URL with the password replaced by `***`: `scheme://user:***@host:port/vhost`, with the scheme,
     /// user, host and vhost as given (the query left out), and the user, port and vhost used when the URL
     /// leaves them out.
@@ -206,6 +219,7 @@ impl fmt::Debug for BusConfig {
             .field("max_message_size", &self.max_message_size)
             .field("prefetch", &self.prefetch)
             .field("history", &self.history)
+            .field("middleware", &self.middleware)
             .finish()
     }
 }

@@ -118,6 +118,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A middleware layer ([`crate::Middleware`]) refused the publish; nothing was sent.
+    #[error("refused by middleware \"{layer}\": {reason}")]
+    Refused {
+        /// The refusing layer's [`crate::Middleware::name`].
+        layer: String,
+        /// The reason it gave.
+        reason: String,
+    },
     /// The bus was closed or shut down.
     #[error("the bus is closed")]
     Closed,

@@ -30,8 +30,8 @@
 //!   handler to an ack, a retry or a dead letter (`worker.rs`), [`Outcome`] (`policy.rs`),
 //!   [`Context`] (`context.rs`).
 //! - `feed.rs`: a consumer that survives reconnections, and the tasks handlers run in.
-//! - `rpc/`: `client.rs` (one reply consumer per bus, [`CallOptions`]), `server.rs` ([`RpcContext`],
-//!   [`Serving`]), `error.rs` ([`RpcError`]).
+//! - `rpc/`: `client.rs` (one reply consumer per bus, [`CallOptions`]), `server.rs` ([`ServerOptions`],
+//!   [`RpcContext`], [`Serving`]), `error.rs` ([`RpcError`]).
 //! - `contract.rs`: the `'static` contract data generated code hands to the runtime.
 //! - `topology.rs`: [`Topology`], what a bus declared (the rules that decide it are the `warren-topology`
 //!   crate's, which the code generator's manifest shares).
@@ -44,6 +44,8 @@
 //!   `slots.rs`); `memory/` (the in-memory broker: the handle, its state and topology in `mod.rs`, publishing
 //!   and routing in `publish.rs`, TTL and dead-lettering in `queue.rs`, consumers and acks in `consume.rs`,
 //!   direct reply-to in `reply.rs`).
+//! - `middleware.rs`: [`Middleware`], the layers around publish, consume, RPC call and RPC serve, and what
+//!   each hook sees ([`middleware`]'s context types).
 //! - `metrics.rs`, `health.rs`, `backoff.rs`, `codec.rs`: counters and history, connection state, retry
 //!   waits, wire formats and validation.
 //! - `config.rs`, `error.rs`, `status.rs`: settings (password never shown), errors, RPC status codes.
@@ -62,6 +64,7 @@ mod feed;
 mod headers;
 mod health;
 mod metrics;
+pub mod middleware;
 mod rpc;
 mod signal;
 mod status;
@@ -78,8 +81,10 @@ pub use error::{BrokerError, Error, Result};
 pub use headers::{HeaderValue, Headers, MAX_HEADER_NAME_LEN, MessageProperties};
 pub use health::Health;
 pub use metrics::{Counters, MetricsSnapshot, SubscriberMetrics};
+pub use middleware::{Middleware, Refusal};
 pub use rpc::{
-    CallOptions, DEFAULT_SERVER_CONCURRENCY, Response, RpcClient, RpcContext, RpcError, ServiceError, Serving,
+    CallOptions, DEFAULT_SERVER_CONCURRENCY, Response, RpcClient, RpcContext, RpcError, ServerOptions, ServiceError,
+    Serving,
 };
 pub use signal::terminated;
 pub use status::{Code, Status};
@@ -90,7 +95,7 @@ pub use topology::{Argument, Binding, Exchange, ExchangeKind, QueueSettings, Top
 #[doc(hidden)]
 pub mod __codegen {
     /// The version of this API, which `warren-codegen` writes code for (its `RUNTIME_API_VERSION`).
-    pub const API_VERSION: u32 = 2;
+    pub const API_VERSION: u32 = 3;
 
     /// Stops the build of generated code written for another version of this API.
     pub const fn check_version(generated_for: u32) {
@@ -108,8 +113,8 @@ pub mod __codegen {
         Task, TaskSpec, decode_as, enum_word, fingerprint_of, key_word,
     };
     pub use crate::rpc::{
-        BoxFuture, DeclaredError, Failure, RpcClient, ServiceError, decode_request, encode_reply, serve, serve_with,
-        unimplemented,
+        BoxFuture, DeclaredError, Failure, RpcClient, ServiceError, decode_request, encode_reply, serve, serve_options,
+        serve_with, unimplemented,
     };
 }
 

@@ -7,6 +7,11 @@ use std::future::Future;
 
 pub mod faults;
 
+/// The examples of `docs/observability.md`, compiled and run as doctests (`cargo test -p warren-tests --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/observability.md")]
+pub struct ObservabilityPage;
+
 /// Contracts generated into `OUT_DIR` by `build.rs` with `warren_codegen::Builder`: the README's quick start
 /// (`shop.v1`), the awkward-names fixture (`awkward.v1`) and the richer-contracts fixture (`rich.v1`).
 pub mod quickstart {

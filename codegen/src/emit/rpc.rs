@@ -141,19 +141,27 @@ fn emit_service(service: &Service) -> TokenStream {
         #[derive(Debug)]
         pub struct #server<T> {
             service: ::std::sync::Arc<T>,
-            concurrency: u16,
+            options: ::warren::ServerOptions,
         }
 
         impl<T: #trait_name> #server<T> {
             /// Wraps the service implementation.
             pub fn new(service: T) -> Self {
-                Self { service: ::std::sync::Arc::new(service), concurrency: ::warren::DEFAULT_SERVER_CONCURRENCY }
+                Self { service: ::std::sync::Arc::new(service), options: ::warren::ServerOptions::new() }
             }
 
             /// Answers up to `n` requests at once (at least one; default [`::warren::DEFAULT_SERVER_CONCURRENCY`]),
             /// each in a task of its own. The broker sends no more than that before they are acknowledged.
             pub fn concurrency(mut self, n: u16) -> Self {
-                self.concurrency = n;
+                self.options = self.options.concurrency(n);
+                self
+            }
+
+            /// Adds `layer` around this server's requests, after the bus's layers and those added before it: it
+            /// may refuse a request, which is then answered with its status without running the handler (see
+            /// [`::warren::Middleware`]).
+            pub fn middleware(mut self, layer: impl ::warren::Middleware) -> Self {
+                self.options = self.options.middleware(layer);
                 self
             }
 
@@ -161,7 +169,7 @@ fn emit_service(service: &Service) -> TokenStream {
             /// Stop it with the returned handle, or by shutting the bus down.
             pub async fn serve(self, bus: &::warren::Bus) -> ::std::result::Result<::warren::Serving, ::warren::Error> {
                 let service = self.service;
-                ::warren::__codegen::serve_with(bus, #client::SERVICE, self.concurrency, move |method, payload, context| {
+                ::warren::__codegen::serve_options(bus, #client::SERVICE, self.options, move |method, payload, context| {
                     let service = ::std::sync::Arc::clone(&service);
                     ::std::boxed::Box::pin(async move {
                         match method.as_str() {

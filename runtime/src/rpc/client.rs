@@ -16,6 +16,7 @@ use crate::contract::{MethodSpec, ServiceSpec};
 use crate::envelope::{self, Envelope, Properties};
 use crate::error::{Error, Later, Result};
 use crate::headers::Headers;
+use crate::middleware;
 use crate::status::{Code, Status};
 use crate::transport::QueueSettings;
 use crate::transport::{Publish, ReplyPath};
@@ -233,9 +234,50 @@ impl RpcClient {
         request: &Req,
         options: &CallOptions,
     ) -> std::result::Result<Reply, Status> {
-        let timeout = options.timeout.or(self.timeout).or(method.timeout).unwrap_or(self.service.default_timeout);
+        if self.bus.inner.config.middleware.get().is_none() {
+            return self.send_call(method, request, options.timeout, options.headers.clone()).await;
+        }
+        // Boxed: calls without layers carry no room for the layers' state.
+        Box::pin(self.call_layered(method, request, options)).await
+    }
+
+    /// [`RpcClient::send_call`] between the layers' hooks: each may change the headers or refuse with a
+    /// status, and each hears the call's status (a refusal included).
+    async fn call_layered<Req: Payload>(
+        &self,
+        method: &MethodSpec,
+        request: &Req,
+        options: &CallOptions,
+    ) -> std::result::Result<Reply, Status> {
+        let layers = &self.bus.inner.config.middleware;
+        let (service, path) = (self.service.name, method.path);
         let started = Instant::now();
-        if let Err(error) = options.headers.check_application() {
+        let mut headers = options.headers.clone();
+        let mut call = middleware::Call { service, method: path, headers: &mut headers };
+        let result = match layers.before(|layer| layer.before_call(&mut call), Status::internal) {
+            Ok(()) => self.send_call(method, request, options.timeout, headers).await,
+            Err((_, status)) => Err(status),
+        };
+        let code = match &result {
+            Ok(reply) => Code::from_i32(reply.code),
+            Err(status) => status.code(),
+        };
+        let called = middleware::Called { service, method: path, code, elapsed: started.elapsed() };
+        layers.after(|layer| layer.after_call(&called));
+        result
+    }
+
+    /// Sends the request with `headers` and waits for the reply, within the call's deadline.
+    async fn send_call<Req: Payload>(
+        &self,
+        method: &MethodSpec,
+        request: &Req,
+        timeout: Option<Duration>,
+        mut headers: Headers,
+    ) -> std::result::Result<Reply, Status> {
+        let timeout = timeout.or(self.timeout).or(method.timeout).unwrap_or(self.service.default_timeout);
+        let started = Instant::now();
+        if let Err(error) = headers.check_application() {
             return Err(Status::invalid_argument(format!("{method}: {error}")));
         }
         if let Err(violations) = request.validate() {
@@ -276,7 +318,6 @@ impl RpcClient {
             return Err(deadline_error(method, timeout));
         }
         envelope.expiration_ms = Some(left.as_millis().clamp(1, u128::from(u32::MAX)) as u64);
-        let mut headers = options.headers.clone();
         headers.insert(envelope::DEADLINE, envelope::unix_millis_after(left));
         envelope.headers = Some(headers);
         let id = envelope.message_id.as_str().to_owned();

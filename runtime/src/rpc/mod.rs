@@ -10,7 +10,7 @@
 //! every direct reply otherwise).
 //!
 //! - `client.rs`: [`RpcClient`] (used by generated clients), per-call [`CallOptions`], the reply path.
-//! - `server.rs`: [`serve`] (used by generated servers), [`RpcContext`], [`Serving`].
+//! - `server.rs`: [`serve`] (used by generated servers), [`ServerOptions`], [`RpcContext`], [`Serving`].
 //! - `error.rs`: [`RpcError`] and the declared errors' traits.
 
 mod client;
@@ -21,7 +21,8 @@ pub(crate) use client::Replies;
 pub use client::{CallOptions, Response, RpcClient};
 pub use error::{DeclaredError, Failure, RpcError, ServiceError};
 pub use server::{
-    DEFAULT_SERVER_CONCURRENCY, RpcContext, Serving, decode_request, encode_reply, serve, serve_with, unimplemented,
+    DEFAULT_SERVER_CONCURRENCY, RpcContext, ServerOptions, Serving, decode_request, encode_reply, serve, serve_options,
+    serve_with, unimplemented,
 };
 
 /// A boxed future, as returned by generated dispatch code.

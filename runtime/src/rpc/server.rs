@@ -15,6 +15,7 @@ use crate::envelope;
 use crate::error::{Later, Result};
 use crate::feed::{Feed, Handlers, Setup, Stop};
 use crate::headers::{Headers, MessageProperties};
+use crate::middleware::{self, Layers, Middleware};
 use crate::status::{Code, Status};
 use crate::transport::QueueSettings;
 use crate::transport::{Delivery, Publish, Settle};
@@ -129,13 +130,56 @@ impl Serving {
 /// How many requests a server answers at once unless told otherwise.
 pub const DEFAULT_SERVER_CONCURRENCY: u16 = 64;
 
+/// How an RPC server runs: what the generated server's `concurrency` and `middleware` set.
+///
+/// ```
+/// let options = warren::ServerOptions::new().concurrency(8);
+/// assert_eq!(options.concurrency, 8);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// How many requests are answered at once (at least one; default [`DEFAULT_SERVER_CONCURRENCY`]), each in
+    /// a task of its own. The broker sends no more than that before they are acknowledged.
+    pub concurrency: u16,
+    /// Layers around this server's requests, after the bus's.
+    middleware: Layers,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions { concurrency: DEFAULT_SERVER_CONCURRENCY, middleware: Layers::default() }
+    }
+}
+
+impl ServerOptions {
+    /// The defaults: [`DEFAULT_SERVER_CONCURRENCY`] requests at once, no layers of its own.
+    pub fn new() -> Self {
+        ServerOptions::default()
+    }
+
+    /// Answers up to `n` requests at once (at least one).
+    pub fn concurrency(mut self, n: u16) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// Adds `layer` around this server's requests, after the bus's layers ([`crate::BusConfig::middleware`])
+    /// and those added before it: it may refuse a request, which is then answered with its status without
+    /// running the handler (see [`crate::Middleware`]).
+    pub fn middleware(mut self, layer: impl Middleware) -> Self {
+        self.middleware = self.middleware.with(Arc::new(layer));
+        self
+    }
+}
+
 /// Serves `service` on its queue with `handler`, answering up to [`DEFAULT_SERVER_CONCURRENCY`] requests at
 /// once. Used by generated servers.
 pub async fn serve<F>(bus: &Bus, service: &'static ServiceSpec, handler: F) -> Result<Serving>
 where
     F: Fn(String, Vec<u8>, RpcContext) -> BoxFuture<std::result::Result<Vec<u8>, Failure>> + Send + Sync + 'static,
 {
-    serve_with(bus, service, DEFAULT_SERVER_CONCURRENCY, handler).await
+    serve_options(bus, service, ServerOptions::new(), handler).await
 }
 
 /// [`serve`], answering up to `concurrency` requests at once (at least one). Used by generated servers.
@@ -143,7 +187,21 @@ pub async fn serve_with<F>(bus: &Bus, service: &'static ServiceSpec, concurrency
 where
     F: Fn(String, Vec<u8>, RpcContext) -> BoxFuture<std::result::Result<Vec<u8>, Failure>> + Send + Sync + 'static,
 {
-    let concurrency = concurrency.max(1);
+    serve_options(bus, service, ServerOptions::new().concurrency(concurrency), handler).await
+}
+
+/// [`serve`] with `options`. Used by generated servers.
+pub async fn serve_options<F>(
+    bus: &Bus,
+    service: &'static ServiceSpec,
+    options: ServerOptions,
+    handler: F,
+) -> Result<Serving>
+where
+    F: Fn(String, Vec<u8>, RpcContext) -> BoxFuture<std::result::Result<Vec<u8>, Failure>> + Send + Sync + 'static,
+{
+    let concurrency = options.concurrency.max(1);
+    let layers = bus.config().middleware.then(&options.middleware);
     let handler: Arc<Handler> = Arc::new(handler);
     let timeout = bus.config().operation_timeout;
     let setup: Setup = Arc::new(move |bus: Bus| {
@@ -164,7 +222,14 @@ where
                 let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
                     break;
                 };
-                let answer = answer(delivery, Arc::clone(&handler), transport.clone(), app_id.clone(), timeout, permit);
+                let server = Answering {
+                    handler: Arc::clone(&handler),
+                    transport: transport.clone(),
+                    app_id: app_id.clone(),
+                    timeout,
+                    layers: layers.clone(),
+                };
+                let answer = answer(delivery, server, permit);
                 answering.spawn(answer);
             }
             let until = signal.deadline().unwrap_or_else(|| std::time::Instant::now().later(timeout));
@@ -187,16 +252,21 @@ fn caller_deadline(p: &crate::envelope::Received) -> Option<Instant> {
     }
 }
 
-/// Answers one request: runs the handler, replies to the caller (if it asked for a reply), acknowledges. A
-/// request whose caller's deadline has passed is answered `DEADLINE_EXCEEDED` without running the handler.
-async fn answer(
-    mut delivery: Delivery,
+/// What answering a request takes from its server.
+struct Answering {
     handler: Arc<Handler>,
     transport: crate::transport::Transport,
     app_id: Arc<str>,
     timeout: Duration,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
+    /// The bus's layers, then the server's.
+    layers: Layers,
+}
+
+/// Answers one request: runs the handler (unless a layer refuses the request), replies to the caller (if it
+/// asked for a reply), acknowledges. A request whose caller's deadline has passed is answered
+/// `DEADLINE_EXCEEDED` without running the handler.
+async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::OwnedSemaphorePermit) {
+    let Answering { handler, transport, app_id, timeout, layers } = server;
     // The handler takes the request's body: moved out, unless the message is shared (never over AMQP).
     let body = match Arc::get_mut(&mut delivery.message) {
         Some(message) => std::mem::take(&mut message.body),
@@ -214,21 +284,50 @@ async fn answer(
     };
     let format = context.format;
     let late = deadline.is_some_and(|deadline| deadline <= Instant::now());
+    // Only with layers (and only the time is kept while the handler runs: each request's task holds this future).
+    let started = layers.get().map(|_| Instant::now());
+    let headers = || p.headers().unwrap_or(&crate::headers::NO_HEADERS);
+    let refused = match started {
+        Some(_) if !late => {
+            let request = middleware::Request { method: &method, caller: p.app_id(), headers: headers() };
+            layers.before(|layer| layer.before_serve(&request), Status::internal).err()
+        }
+        _ => None,
+    };
     let result = if late {
         tracing::debug!(method, correlation_id = ?p.correlation_id(), "the caller's deadline passed in the queue; not running the handler");
         drop(context);
         Err(Failure::Status(Status::deadline_exceeded(format!(
             "{method}: the caller's deadline passed before a server took the request"
         ))))
+    } else if let Some((layer, status)) = refused {
+        tracing::debug!(method, layer, code = %status.code(), "a layer refused the request; not running the handler");
+        drop(context);
+        Err(Failure::Status(status))
     } else {
         let method_name = method.clone();
         // A handler that panics is answered `INTERNAL` at once, rather than left to time out.
-        let handling = std::panic::AssertUnwindSafe(async { handler(method, body, context).await });
+        let handling = std::panic::AssertUnwindSafe(async { handler(method_name, body, context).await });
         futures_util::FutureExt::catch_unwind(handling).await.unwrap_or_else(|_| {
-            tracing::warn!(method = %method_name, correlation_id = ?p.correlation_id(), "an RPC handler panicked; answering INTERNAL");
+            tracing::warn!(method = %method, correlation_id = ?p.correlation_id(), "an RPC handler panicked; answering INTERNAL");
             Err(Failure::Status(Status::internal("the handler panicked")))
         })
     };
+    if let Some(started) = started {
+        let code = match &result {
+            Ok(_) => Code::Ok,
+            Err(Failure::Status(status)) => status.code(),
+            Err(Failure::Service(_)) => Code::Unknown,
+        };
+        let served = middleware::Served {
+            method: &method,
+            caller: p.app_id(),
+            headers: headers(),
+            code,
+            elapsed: started.elapsed(),
+        };
+        layers.after(|layer| layer.after_serve(&served));
+    }
     if let (Some(reply_to), Some(correlation_id)) = (p.reply_to(), p.correlation_id()) {
         let mut headers = std::mem::take(&mut *reply_headers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
         let (payload, code, message) = match result {

@@ -15,6 +15,7 @@ use crate::envelope;
 use crate::error::{Error, Later, Result};
 use crate::feed::{Feed, Handlers, Setup, Stop};
 use crate::metrics::{Fate, LastType, SubscriberStats};
+use crate::middleware::Layers;
 use crate::topic;
 use crate::transport::QueueSettings;
 use crate::transport::{Acker, Delivery, Message, Settle};
@@ -27,6 +28,7 @@ pub use context::Context;
 pub use policy::{HandlerError, Outcome};
 pub use warren_topology::{RETRY_LADDER, RetryPolicy};
 use warren_topology::{dead_letter_queue, retry_rung};
+pub(crate) use worker::panic_message;
 use worker::*;
 
 /// A subscriber being configured; start it with [`Subscriber::handle`].
@@ -68,6 +70,7 @@ pub struct Subscriber<T> {
     temporary: bool,
     retry: RetryPolicy,
     handler_timeout: Option<Duration>,
+    middleware: Layers,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -84,6 +87,7 @@ impl<T: Inbound> Subscriber<T> {
             temporary: false,
             retry: T::retry_policy().unwrap_or_default(),
             handler_timeout: None,
+            middleware: Layers::default(),
             _type: PhantomData,
         }
     }
@@ -98,6 +102,14 @@ impl<T: Inbound> Subscriber<T> {
     /// Fails a handler run that takes longer than `limit`; the message is then retried under the policy.
     pub fn handler_timeout(mut self, limit: Duration) -> Self {
         self.handler_timeout = Some(limit);
+        self
+    }
+
+    /// Adds `layer` around this subscriber's deliveries, after the bus's layers ([`crate::BusConfig::middleware`])
+    /// and those added before it: it may refuse a delivery, which is then dead-lettered with the reason
+    /// without running the handler (see [`crate::Middleware`]).
+    pub fn middleware(mut self, layer: impl crate::Middleware) -> Self {
+        self.middleware = self.middleware.with(Arc::new(layer));
         self
     }
 
@@ -168,6 +180,7 @@ impl<T: Inbound> Subscriber<T> {
             temporary: self.temporary,
             retry: self.retry,
             handler_timeout: self.handler_timeout,
+            middleware: self.middleware,
             _type: PhantomData,
         }
     }
@@ -277,6 +290,7 @@ impl<T: Inbound> Subscriber<T> {
             retry: self.retry,
             handler_timeout: self.handler_timeout,
             temporary: self.temporary,
+            layers: bus.config().middleware.then(&self.middleware),
         };
         let batch = usize::from(self.prefetch / 4).max(1);
         // Lingering saves the in-memory publisher a thread wake-up per message; over AMQP, lapin's own I/O

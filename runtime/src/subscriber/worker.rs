@@ -1,7 +1,11 @@
 //! One delivery through its handler: decoding, the handler (its panics and timeout caught), then an ack, a
 //! retry through a delay queue, or the dead-letter queue with why.
 
+use std::borrow::Cow;
+
 use super::*;
+use crate::metrics::Tracker;
+use crate::middleware::{self, Layers};
 
 #[derive(Clone)]
 pub(super) struct Worker {
@@ -14,6 +18,36 @@ pub(super) struct Worker {
     pub(super) retry: RetryPolicy,
     pub(super) handler_timeout: Option<Duration>,
     pub(super) temporary: bool,
+    /// The bus's layers, then the subscriber's.
+    pub(super) layers: Layers,
+}
+
+/// What became of a delivery, and whether it failed (see [`crate::middleware::Handled::failed`]).
+pub(super) struct Ending {
+    settled: Settling,
+    failed: bool,
+}
+
+/// [`crate::middleware::Settled`], owning its reason.
+enum Settling {
+    Acked,
+    Retried(Cow<'static, str>),
+    DeadLettered(Cow<'static, str>),
+}
+
+impl Ending {
+    fn new(settled: Settling, failed: bool) -> Self {
+        Ending { settled, failed }
+    }
+
+    /// After retrying or dead-lettering for `reason`, as `fate` says.
+    fn after(fate: Fate, reason: impl Into<Cow<'static, str>>, failed: bool) -> Self {
+        let reason = reason.into();
+        match fate {
+            Fate::DeadLettered => Ending::new(Settling::DeadLettered(reason), failed),
+            _ => Ending::new(Settling::Retried(reason), failed),
+        }
+    }
 }
 
 /// What became of one handler run, before settling the delivery.
@@ -43,7 +77,7 @@ impl Worker {
         let properties = &delivery.properties;
         // A plain AMQP client may send no `type`: on a queue for one type, the message is read as that type.
         let type_name = properties.kind().filter(|kind| !kind.is_empty()).or(T::sole_type()).unwrap_or_default();
-        let mut tracker = self.stats.delivered(type_name, last);
+        let tracker = self.stats.delivered(type_name, last);
         if let Some(seen) = properties.schema()
             && let Some(own) = T::fingerprint(type_name)
             && !own.is_empty()
@@ -51,17 +85,96 @@ impl Worker {
         {
             self.stats.schema_mismatch(type_name, seen, own);
         }
-        let message = match delivery.message.decode::<T>(type_name, properties.format()) {
+        let attempt = 1 + properties.header_i64(envelope::ATTEMPTS).unwrap_or(0).clamp(0, 1 << 20) as u32;
+        let ending = if self.layers.get().is_none() {
+            self.run(&delivery, handler, tracker, type_name, attempt).await
+        } else {
+            // Boxed: subscribers without layers carry no room for the layers' state.
+            Box::pin(self.run_layered(&delivery, handler, tracker, type_name, attempt)).await
+        };
+        match ending.settled {
+            Settling::Acked => Some(delivery.acker),
+            _ => None,
+        }
+    }
+
+    /// [`Worker::run`] between the layers' hooks: each may refuse the delivery, which is then dead-lettered
+    /// with the reason, and each hears what became of it.
+    async fn run_layered<T, F, Fut, O, E>(
+        &self,
+        delivery: &Delivery,
+        handler: &F,
+        tracker: Tracker<'_>,
+        type_name: &str,
+        attempt: u32,
+    ) -> Ending
+    where
+        T: Inbound,
+        F: Fn(T, Context) -> Fut,
+        Fut: Future<Output = std::result::Result<O, E>>,
+        O: Into<Outcome>,
+        E: Into<HandlerError>,
+    {
+        let started = tokio::time::Instant::now();
+        let headers = delivery.properties.headers().unwrap_or(&crate::headers::NO_HEADERS);
+        let (queue, routing_key) = (self.queue.as_str(), &*delivery.routing_key);
+        let before = middleware::Delivery { type_name, queue, routing_key, headers, attempt };
+        let ending = match self.layers.before(|layer| layer.before_handle(&before), middleware::Refusal::new) {
+            Ok(()) => self.run(delivery, handler, tracker, type_name, attempt).await,
+            Err((layer, refusal)) => {
+                let reason = format!("refused by {layer}: {refusal}");
+                self.dead_letter(delivery, &reason, attempt).await;
+                tracker.ended(Fate::DeadLettered, true);
+                Ending::new(Settling::DeadLettered(reason.into()), true)
+            }
+        };
+        let settled = match &ending.settled {
+            Settling::Acked => middleware::Settled::Acked,
+            Settling::Retried(reason) => middleware::Settled::Retried { reason },
+            Settling::DeadLettered(reason) => middleware::Settled::DeadLettered { reason },
+        };
+        let handled = middleware::Handled {
+            type_name,
+            queue,
+            routing_key,
+            headers,
+            attempt,
+            settled,
+            failed: ending.failed,
+            elapsed: started.elapsed(),
+        };
+        self.layers.after(|layer| layer.after_handle(&handled));
+        ending
+    }
+
+    /// Decodes the delivery, runs the handler, and retries or dead-letters it when it does not succeed; an
+    /// acknowledgement is left to the caller, who batches them.
+    async fn run<T, F, Fut, O, E>(
+        &self,
+        delivery: &Delivery,
+        handler: &F,
+        mut tracker: Tracker<'_>,
+        type_name: &str,
+        attempt: u32,
+    ) -> Ending
+    where
+        T: Inbound,
+        F: Fn(T, Context) -> Fut,
+        Fut: Future<Output = std::result::Result<O, E>>,
+        O: Into<Outcome>,
+        E: Into<HandlerError>,
+    {
+        let message = match delivery.message.decode::<T>(type_name, delivery.properties.format()) {
             Ok(message) => message,
             // Decoding will never succeed: dead-letter at once, no retries.
             Err(error) => {
-                self.dead_letter(&delivery, &error.to_string(), 1).await;
+                let reason = error.to_string();
+                self.dead_letter(delivery, &reason, 1).await;
                 tracker.ended(Fate::DeadLettered, true);
-                return None;
+                return Ending::new(Settling::DeadLettered(reason.into()), true);
             }
         };
-        let attempt = 1 + properties.header_i64(envelope::ATTEMPTS).unwrap_or(0).clamp(0, 1 << 20) as u32;
-        let context = Context::new(&self.context_bus, &delivery, attempt);
+        let context = Context::new(&self.context_bus, delivery, attempt);
         let run = async {
             // A handler may panic while making its future, not only while it runs: catch both.
             let future = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(message, context))) {
@@ -85,24 +198,27 @@ impl Worker {
         match verdict {
             Verdict::Decided(Outcome::Ack) => {
                 tracker.ended(Fate::Processed, false);
-                return Some(delivery.acker);
+                Ending::new(Settling::Acked, false)
             }
             Verdict::Decided(Outcome::Retry { after }) => {
                 let after = retry_rung(after);
-                let fate = self.retry_or_dead_letter(&delivery, attempt, after, "the handler asked to retry").await;
+                const ASKED: &str = "the handler asked to retry";
+                let fate = self.retry_or_dead_letter(delivery, attempt, after, ASKED).await;
                 tracker.ended(fate, false);
+                Ending::after(fate, ASKED, false)
             }
             Verdict::Decided(Outcome::DeadLetter { reason }) => {
-                self.dead_letter(&delivery, &reason, attempt).await;
+                self.dead_letter(delivery, &reason, attempt).await;
                 tracker.ended(Fate::DeadLettered, false);
+                Ending::new(Settling::DeadLettered(reason.into()), false)
             }
             Verdict::Failed(reason) => {
                 let after = self.retry.backoff(attempt);
-                let fate = self.retry_or_dead_letter(&delivery, attempt, after, &reason).await;
+                let fate = self.retry_or_dead_letter(delivery, attempt, after, &reason).await;
                 tracker.ended(fate, true);
+                Ending::after(fate, reason, true)
             }
         }
-        None
     }
 
     /// Retries through a delay queue while attempts remain, then dead-letters.
@@ -204,7 +320,8 @@ pub(super) fn reason_safe(value: &str) -> &str {
     &value[..end]
 }
 
-pub(super) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+/// What a caught panic said, when it said it with a string.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

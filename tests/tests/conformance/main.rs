@@ -7,6 +7,7 @@ mod delivery;
 mod failures;
 mod lifecycle;
 mod metadata;
+mod middleware;
 mod observability;
 mod priority;
 mod routing;
