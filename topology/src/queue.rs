@@ -16,6 +16,30 @@ pub const TEMPORARY_QUEUE_EXPIRY_MS: u32 = 60_000;
 /// dead-letters a message (one that keeps crashing its consumer, say).
 pub const DELIVERY_LIMIT_MARGIN: u32 = 2;
 
+/// AMQP's limit on an exchange name, a queue name or a routing key (a "short string"), in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// The longest name of a queue Warren consumes: room is left for its delay queues' `.retry.<ms>`.
+pub const MAX_QUEUE_NAME_LEN: usize = MAX_NAME_LEN - ".retry.2147483647".len();
+
+/// What is wrong with `name` as an AMQP name (`what`: "queue", "exchange", "routing key", …) of at most `max`
+/// bytes, if anything: a message naming it (cut short), its length and the limit.
+pub fn name_problem(what: &str, name: &str, max: usize) -> Option<String> {
+    if name.len() <= max {
+        return None;
+    }
+    let mut end = 40;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(format!(
+        "{what} \"{}…\" is {} bytes, above the {max} AMQP allows{}; use a shorter one",
+        &name[..end],
+        name.len(),
+        if max < MAX_NAME_LEN { " (with room for its delay queues' names)" } else { "" }
+    ))
+}
+
 /// The dead-letter queue of `queue`: `<queue>.dlq`.
 pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dlq")
@@ -191,6 +215,15 @@ mod tests {
         let delay = QueueSettings::retry_delay("g.orders", 1000, false);
         assert_eq!(delay.dead_letter, Some((String::new(), "g.orders".to_owned())));
         assert_eq!(delay.message_ttl, Some(1000));
+    }
+
+    #[test]
+    fn names_longer_than_amqp_carries_are_named_with_their_length() {
+        assert_eq!(name_problem("queue", &"q".repeat(MAX_NAME_LEN), MAX_NAME_LEN), None);
+        let problem = name_problem("routing key", &"é".repeat(200), MAX_NAME_LEN).unwrap();
+        assert!(problem.starts_with("routing key \"éééé") && problem.contains("400 bytes"), "{problem}");
+        let longest_retry = retry_queue(&"q".repeat(MAX_QUEUE_NAME_LEN), u32::try_from(i32::MAX).unwrap());
+        assert_eq!(longest_retry.len(), MAX_NAME_LEN, "a consumer queue's delay queues fit");
     }
 
     #[test]

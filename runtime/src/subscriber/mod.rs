@@ -244,6 +244,9 @@ impl<T: Inbound> Subscriber<T> {
             (None, _) => T::routing_keys().into_iter().map(str::to_owned).collect(),
         };
         let queue = self.queue_name();
+        if let Some(problem) = warren_topology::name_problem("queue", &queue, warren_topology::MAX_QUEUE_NAME_LEN) {
+            return Err(Error::config(format!("{problem} (a shorter group, pattern or queue name)")));
+        }
         let bus = self.bus.clone();
         // Declared now and again whenever the feed consumes anew (after a reconnection, or if someone
         // deleted the queue): bypassing the bus's declared-once cache on purpose.

@@ -231,8 +231,17 @@ pub(crate) struct Publish<'a> {
     pub(crate) confirm: bool,
 }
 
+/// Refuses a name AMQP cannot carry (over 255 bytes), on both transports alike: lapin would panic on it.
+fn check_name(what: &str, name: &str) -> Result<()> {
+    match warren_topology::name_problem(what, name, warren_topology::MAX_NAME_LEN) {
+        None => Ok(()),
+        Some(problem) => Err(Error::config(problem)),
+    }
+}
+
 impl Transport {
     pub(crate) async fn declare_exchange(&self, exchange: &ExchangeSpec) -> Result<()> {
+        check_name("exchange", exchange.name)?;
         match self {
             Transport::Amqp(amqp) => amqp.declare_exchange(exchange).await,
             Transport::Memory(broker) => broker.declare_exchange(exchange),
@@ -241,6 +250,7 @@ impl Transport {
 
     pub(crate) async fn declare_queue(&self, queue: &str, options: &QueueSettings) -> Result<()> {
         options.check(queue).map_err(Error::config)?;
+        check_name("queue", queue)?;
         match self {
             Transport::Amqp(amqp) => amqp.declare_queue(queue, options).await,
             Transport::Memory(broker) => broker.declare_queue(queue, options),
@@ -248,6 +258,9 @@ impl Transport {
     }
 
     pub(crate) async fn bind(&self, queue: &str, exchange: &str, key: &str) -> Result<()> {
+        check_name("queue", queue)?;
+        check_name("exchange", exchange)?;
+        check_name("binding key", key)?;
         match self {
             Transport::Amqp(amqp) => amqp.bind(queue, exchange, key).await,
             Transport::Memory(broker) => broker.bind(queue, exchange, key, crate::Headers::new()),
@@ -298,6 +311,8 @@ impl Transport {
         until: Option<std::time::Instant>,
     ) -> impl Future<Output = Result<()>> {
         async move {
+            check_name("exchange", publish.exchange)?;
+            check_name("routing key", publish.routing_key)?;
             match self {
                 Transport::Amqp(amqp) => {
                     let by = until.unwrap_or_else(|| amqp.publish_deadline());
@@ -315,6 +330,7 @@ impl Transport {
     }
 
     pub(crate) async fn consume(&self, queue: &str, prefetch: u16, tag: String) -> Result<Consumer> {
+        check_name("queue", queue)?;
         match self {
             Transport::Amqp(amqp) => amqp.consume(queue, prefetch, tag).await,
             Transport::Memory(broker) => broker.consume(queue, prefetch, tag),
@@ -323,6 +339,7 @@ impl Transport {
 
     /// Messages ready in `queue`.
     pub(crate) async fn queue_depth(&self, queue: &str) -> Result<u64> {
+        check_name("queue", queue)?;
         match self {
             Transport::Amqp(amqp) => amqp.queue_depth(queue).await,
             Transport::Memory(broker) => broker.queue_depth(queue),
@@ -331,6 +348,7 @@ impl Transport {
 
     /// Takes one ready message from `queue`, acknowledged on receipt.
     pub(crate) async fn fetch(&self, queue: &str) -> Result<Option<Delivery>> {
+        check_name("queue", queue)?;
         match self {
             Transport::Amqp(amqp) => amqp.fetch(queue).await,
             Transport::Memory(broker) => broker.fetch(queue),
@@ -385,7 +403,10 @@ impl ReplyPath {
     /// Sends a request once. It has no deadline of its own: the caller bounds the send with the call's.
     pub(crate) async fn send_request(&self, publish: Publish<'_>, body: Vec<u8>, properties: Properties) -> Result<()> {
         match (&self.amqp_channel, &self.requests) {
-            (Some(channel), Transport::Amqp(_)) => channel.send(publish, &body, &properties).await,
+            (Some(channel), Transport::Amqp(_)) => {
+                check_name("queue", publish.routing_key)?;
+                channel.send(publish, &body, &properties).await
+            }
             _ => self.requests.publish(publish, body, properties).await,
         }
     }

@@ -359,7 +359,33 @@ async fn rpc_requests_carry_the_schema_fingerprint_on_a_sample(h: &Harness) {
     assert!((2..=6).contains(&stamped), "{stamped} of {CALLS} requests carried the fingerprint");
 }
 
+async fn names_amqp_cannot_carry_are_refused_with_their_length_not_a_panic(h: &Harness) {
+    let bus = h.bus("long-names-test").await;
+    let (subscription, mut all) = collect(RichEvents::subscribe_created_anywhere(&bus, &unique("all"))).await;
+    // A routing-key template filled from a field: 300 bytes of shop name make a key AMQP cannot carry.
+    let error = bus.publish(&order(1, Region::Eu, &"s".repeat(300))).await.unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("routing key \"order.eu.created.sss") && text.contains("above the 255"), "{text}");
+    let error = bus.publish_bytes("rich.events", &"k".repeat(256), b"x", MessageProperties::default()).await.unwrap_err();
+    assert!(error.to_string().contains("256 bytes"), "{error}");
+    // A consumer's queue leaves room for its delay queues' names.
+    let long_group = "g".repeat(240);
+    let error = RichEvents::subscribe_created_anywhere(&bus, &long_group).temporary().handle(ignore).await;
+    let error = error.expect_err("a queue name too long for its delay queues is refused");
+    assert!(error.to_string().contains("room for its delay queues"), "{error}");
+    let error = bus.fetch(&"q".repeat(300)).await.unwrap_err();
+    assert!(error.to_string().contains("queue \"qqq"), "{error}");
+    // The bus goes on.
+    bus.publish(&order(2, Region::Eu, "acme")).await.unwrap();
+    assert_eq!(
+        within(10, "the order", all.recv()).await.unwrap().0,
+        RichEvents::OrderCreated(order(2, Region::Eu, "acme"))
+    );
+    subscription.stop().await;
+}
+
 warren_tests::on_both_transports!(
+    names_amqp_cannot_carry_are_refused_with_their_length_not_a_panic,
     a_templated_key_is_filled_from_the_event_and_bindings_see_it,
     rules_refuse_invalid_messages_before_sending_and_after_receiving,
     tasks_go_to_exactly_one_worker_and_failures_retry_then_dead_letter,
