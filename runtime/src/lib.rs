@@ -46,7 +46,8 @@
 //!   direct reply-to in `reply.rs`).
 //! - `middleware.rs`: [`Middleware`], the layers around publish, consume, RPC call and RPC serve, and what
 //!   each hook sees ([`middleware`]'s context types).
-//! - `trace.rs`: [`TraceContext`], W3C trace context as in `traceparent`/`tracestate` headers.
+//! - `trace.rs`: [`TraceContext`], W3C trace context in `traceparent`/`tracestate` headers, the context of
+//!   the handler or RPC method running now, and the `tracing` spans of messages sent and handled.
 //! - `metrics.rs`, `health.rs`, `backoff.rs`, `codec.rs`: counters and history, connection state, retry
 //!   waits, wire formats and validation.
 //! - `config.rs`, `error.rs`, `status.rs`: settings (password never shown), errors, RPC status codes.

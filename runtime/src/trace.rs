@@ -1,5 +1,10 @@
-//! W3C trace context (`traceparent`, `tracestate`): [`TraceContext`], read strictly and written into a
-//! fixed buffer, without an OpenTelemetry dependency.
+//! W3C trace context (`traceparent`, `tracestate`) carried in AMQP headers, the context of the handler or RPC
+//! method running now, and the `tracing` spans Warren opens after OpenTelemetry's messaging conventions.
+//!
+//! Built into the runtime rather than a [`crate::Middleware`] layer: a layer's hooks are synchronous and cannot
+//! wrap the handler's future, which is what continuing a trace from inside a handler takes. An application
+//! replaces what Warren sends by setting `traceparent` itself (in [`crate::PublishOptions`],
+//! [`crate::CallOptions`], or from a layer's `before_publish`/`before_call`): Warren then leaves it as it is.
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,9 +21,18 @@ const TRACEPARENT_LEN: usize = 55;
 /// W3C's limit for `tracestate`; a longer one is dropped rather than passed on.
 const TRACESTATE_MAX: usize = 512;
 
+tokio::task_local! {
+    /// The trace context of the handler or RPC method this task runs.
+    static CURRENT: TraceContext;
+}
+
 /// A W3C trace context: which trace a message belongs to and which span it comes from.
 ///
-/// Spans of one trace share its trace id; each has a span id of its own, and a child points at its parent's.
+/// Warren writes it as `traceparent` (and `tracestate`, when there is one) on every event and task published
+/// and every RPC request, and reads it from every delivery and request: a handler's context is a child of the
+/// publisher's span, in the same trace; a message without a valid `traceparent` (a plain AMQP client's) starts
+/// a new trace. While a handler or an RPC method runs, [`TraceContext::current`] gives its context, and what it
+/// publishes or calls continues the trace.
 ///
 /// ```
 /// use warren::TraceContext;
@@ -74,6 +88,12 @@ impl TraceContext {
     /// and `tracestate`.
     pub fn child(&self) -> TraceContext {
         TraceContext { span_id: new_span_id(), parent_id: Some(self.span_id), ..self.clone() }
+    }
+
+    /// The context of the handler or RPC method running in this task, if any. A task it spawns has none
+    /// (carry it over with a clone, if it should continue the trace).
+    pub fn current() -> Option<TraceContext> {
+        CURRENT.try_with(TraceContext::clone).ok()
     }
 
     /// The `traceparent` value: `00-<trace id>-<span id>-<flags>`, in lowercase hex.
@@ -208,6 +228,83 @@ fn unhex(text: &[u8], out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
+/// The context of a handler or RPC method for a message with `headers`: a child of the sender's span, or a
+/// new trace when the message carries no valid `traceparent`.
+pub(crate) fn incoming(headers: Option<&Headers>) -> TraceContext {
+    headers.and_then(TraceContext::from_headers).map_or_else(TraceContext::new_root, |sender| sender.child())
+}
+
+/// Writes `traceparent` (and `tracestate`) for a message about to be sent, unless the caller set
+/// `traceparent` already: a span of the current handler's trace, or a new trace outside any handler. Returns
+/// the context the message carries, when it is valid.
+pub(crate) fn stamp(headers: &mut Headers) -> Option<TraceContext> {
+    if headers.contains(TRACEPARENT) {
+        return TraceContext::from_headers(headers);
+    }
+    let context = TraceContext::current().map_or_else(TraceContext::new_root, |current| current.child());
+    headers.insert(TRACEPARENT, context.to_header());
+    if let Some(state) = context.tracestate()
+        && !headers.contains(TRACESTATE)
+    {
+        headers.insert(TRACESTATE, state);
+    }
+    Some(context)
+}
+
+/// Runs `future` with `context` as the current trace context.
+pub(crate) fn scope<F: Future>(context: TraceContext, future: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(context, future)
+}
+
+/// What a span describes: OpenTelemetry's `messaging.operation.type` and the span's kind.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Operation {
+    /// Publishing an event or a task: `publish <exchange or queue>`, a producer span.
+    Publish,
+    /// Handling a delivery: `process <queue>`, a consumer span.
+    Process,
+    /// Sending an RPC request and waiting for the reply: `send <queue>`, a client span.
+    Call,
+    /// Serving an RPC request: `process <queue>`, a server span.
+    Serve,
+}
+
+/// The `tracing` span of one message sent or handled, after OpenTelemetry's messaging conventions: named
+/// `publish <destination>`, `send <destination>` or `process <destination>` (in `otel.name`, which
+/// `tracing-opentelemetry` takes as the span's name), with the destination, routing key, message and
+/// conversation ids, the RPC method, and the W3C ids. Costs a callsite check when no subscriber listens.
+pub(crate) fn span(
+    operation: Operation,
+    destination: &str,
+    routing_key: &str,
+    message_id: Option<&str>,
+    conversation_id: Option<&str>,
+    rpc_method: Option<&str>,
+    context: Option<&TraceContext>,
+) -> tracing::Span {
+    let (name, kind, verb) = match operation {
+        Operation::Publish => ("send", "producer", "publish"),
+        Operation::Process => ("process", "consumer", "process"),
+        Operation::Call => ("send", "client", "send"),
+        Operation::Serve => ("process", "server", "process"),
+    };
+    tracing::info_span!(
+        "warren",
+        otel.name = %format!("{verb} {destination}"),
+        otel.kind = kind,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = name,
+        messaging.destination.name = destination,
+        messaging.rabbitmq.destination.routing_key = routing_key,
+        messaging.message.id = message_id,
+        messaging.message.conversation_id = conversation_id,
+        rpc.method = rpc_method,
+        trace_id = context.map(|c| tracing::field::display(c.trace_hex())),
+        span_id = context.map(|c| tracing::field::display(c.span_hex())),
+        error.type = tracing::field::Empty,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,5 +353,27 @@ mod tests {
         assert_ne!(root.trace_id(), [0; 16]);
         assert_eq!(TraceContext::parse(&root.to_header()).unwrap().trace_id(), root.trace_id());
         assert_eq!(TraceContext::parse(W3C).unwrap().with_tracestate(&"x".repeat(513)).tracestate(), None);
+    }
+
+    #[tokio::test]
+    async fn a_message_sent_inside_a_scope_continues_its_trace_and_one_outside_starts_another() {
+        let handler = incoming(Some(&Headers::new().with(TRACEPARENT, W3C)));
+        assert_eq!(handler.parent_id(), Some(TraceContext::parse(W3C).unwrap().span_id()));
+        let sent = scope(handler.clone(), async {
+            assert_eq!(TraceContext::current().as_ref(), Some(&handler));
+            let mut headers = Headers::new();
+            stamp(&mut headers).unwrap();
+            TraceContext::from_headers(&headers).unwrap()
+        })
+        .await;
+        assert_eq!(sent.trace_id(), handler.trace_id());
+        assert!(TraceContext::current().is_none());
+        let mut outside = Headers::new();
+        assert_ne!(stamp(&mut outside).unwrap().trace_id(), handler.trace_id());
+        let mut own = Headers::new().with(TRACEPARENT, W3C);
+        assert_eq!(stamp(&mut own).unwrap().span_id(), TraceContext::parse(W3C).unwrap().span_id());
+        assert_eq!(own.get_str(TRACEPARENT), Some(W3C), "the caller's own traceparent is left as it is");
+        let plain = incoming(Some(&Headers::new().with(TRACEPARENT, "00-garbage")));
+        assert!(plain.parent_id().is_none(), "an invalid traceparent starts a new trace");
     }
 }
