@@ -381,7 +381,7 @@ impl Bus {
             }
             envelope.correlation_id = options.correlation_id.map(Arc::from);
             // After the layers, so that a `traceparent` set by the caller or a layer is kept.
-            let context = trace::stamp(&mut options.headers);
+            let context = trace::stamp(&mut options.headers, self.inner.config.trace_context);
             // Held, not entered, until the publish is confirmed: its time is the span's.
             let _span = trace::span(
                 trace::Operation::Publish,

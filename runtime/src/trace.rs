@@ -234,11 +234,11 @@ pub(crate) fn incoming(headers: Option<&Headers>) -> TraceContext {
     headers.and_then(TraceContext::from_headers).map_or_else(TraceContext::new_root, |sender| sender.child())
 }
 
-/// Writes `traceparent` (and `tracestate`) for a message about to be sent, unless the caller set
-/// `traceparent` already: a span of the current handler's trace, or a new trace outside any handler. Returns
-/// the context the message carries, when it is valid.
-pub(crate) fn stamp(headers: &mut Headers) -> Option<TraceContext> {
-    if headers.contains(TRACEPARENT) {
+/// Writes `traceparent` (and `tracestate`) for a message about to be sent, when `write` and unless the
+/// caller set `traceparent` already: a span of the current handler's trace, or a new trace outside any
+/// handler. Returns the context the message carries, when it is valid.
+pub(crate) fn stamp(headers: &mut Headers, write: bool) -> Option<TraceContext> {
+    if !write || headers.contains(TRACEPARENT) {
         return TraceContext::from_headers(headers);
     }
     let context = TraceContext::current().map_or_else(TraceContext::new_root, |current| current.child());
@@ -362,17 +362,19 @@ mod tests {
         let sent = scope(handler.clone(), async {
             assert_eq!(TraceContext::current().as_ref(), Some(&handler));
             let mut headers = Headers::new();
-            stamp(&mut headers).unwrap();
+            stamp(&mut headers, true).unwrap();
             TraceContext::from_headers(&headers).unwrap()
         })
         .await;
         assert_eq!(sent.trace_id(), handler.trace_id());
         assert!(TraceContext::current().is_none());
         let mut outside = Headers::new();
-        assert_ne!(stamp(&mut outside).unwrap().trace_id(), handler.trace_id());
+        assert_ne!(stamp(&mut outside, true).unwrap().trace_id(), handler.trace_id());
         let mut own = Headers::new().with(TRACEPARENT, W3C);
-        assert_eq!(stamp(&mut own).unwrap().span_id(), TraceContext::parse(W3C).unwrap().span_id());
+        assert_eq!(stamp(&mut own, true).unwrap().span_id(), TraceContext::parse(W3C).unwrap().span_id());
         assert_eq!(own.get_str(TRACEPARENT), Some(W3C), "the caller's own traceparent is left as it is");
+        let mut off = Headers::new();
+        assert!(stamp(&mut off, false).is_none() && off.is_empty(), "turned off, nothing is written");
         let plain = incoming(Some(&Headers::new().with(TRACEPARENT, "00-garbage")));
         assert!(plain.parent_id().is_none(), "an invalid traceparent starts a new trace");
     }

@@ -321,7 +321,7 @@ impl RpcClient {
         envelope.expiration_ms = Some(left.as_millis().clamp(1, u128::from(u32::MAX)) as u64);
         headers.insert(envelope::DEADLINE, envelope::unix_millis_after(left));
         // After the layers, so that a `traceparent` set by the caller or a layer is kept.
-        let context = trace::stamp(&mut headers);
+        let context = trace::stamp(&mut headers, bus.inner.config.trace_context);
         // Held, not entered, until the reply: the call's time is the span's.
         let _span = trace::span(
             trace::Operation::Call,

@@ -119,8 +119,19 @@ async fn a_traceparent_the_publisher_sets_itself_is_sent_as_it_is(h: &Harness) {
     subscription.stop().await;
 }
 
+async fn a_bus_with_trace_context_turned_off_sends_none(h: &Harness) {
+    let bus = h.bus_with(h.config("trace-test").trace_context(false)).await;
+    let (subscription, mut rx) = collect(UserRegistered::subscribe(&bus, &unique("off"))).await;
+    bus.publish(&user(1)).await.unwrap();
+    let (_, ctx) = within(10, "the event", rx.recv()).await.unwrap();
+    assert_eq!(ctx.headers().get(TRACEPARENT), None, "nothing written");
+    assert_eq!(ctx.trace().parent_id(), None, "the handler starts a trace of its own");
+    subscription.stop().await;
+}
+
 warren_tests::on_both_transports!(
     one_trace_runs_from_a_publish_through_its_handler_and_an_rpc_call_to_the_server,
     a_message_without_a_valid_traceparent_starts_a_new_trace,
     a_traceparent_the_publisher_sets_itself_is_sent_as_it_is,
+    a_bus_with_trace_context_turned_off_sends_none,
 );
