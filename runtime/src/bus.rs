@@ -12,6 +12,7 @@ use crate::headers::{HeaderValue, Headers, MessageProperties};
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::middleware;
 use crate::rpc::Replies;
+use crate::trace;
 use crate::transport::amqp::Amqp;
 use crate::transport::memory::Broker;
 use crate::transport::{Publish, QueueSettings, Transport};
@@ -362,7 +363,7 @@ impl Bus {
         routing_key: &str,
         format: WireFormat,
         priority: Option<crate::Priority>,
-        options: PublishOptions,
+        mut options: PublishOptions,
         through_layers: bool,
     ) -> impl Future<Output = Result<()>> + Send {
         async move {
@@ -379,6 +380,18 @@ impl Bus {
                 envelope.schema = P::FINGERPRINT;
             }
             envelope.correlation_id = options.correlation_id.map(Arc::from);
+            // After the layers, so that a `traceparent` set by the caller or a layer is kept.
+            let context = trace::stamp(&mut options.headers, self.inner.config.trace_context);
+            // Held, not entered, until the publish is confirmed: its time is the span's.
+            let _span = trace::span(
+                trace::Operation::Publish,
+                if exchange.is_empty() { routing_key } else { exchange },
+                routing_key,
+                Some(envelope.message_id.as_str()),
+                envelope.correlation_id.as_deref(),
+                None,
+                context.as_ref(),
+            );
             if !options.headers.is_empty() {
                 envelope.headers = Some(options.headers);
             }

@@ -61,6 +61,10 @@ pub struct BusConfig {
     pub prefetch: u16,
     /// How many recently published messages to keep per event type, for [`crate::Bus::published`] (0: none).
     pub history: usize,
+    /// Whether to write W3C trace context (`traceparent`, `tracestate`) on every publish, enqueue and RPC call
+    /// (on by default; see [`crate::TraceContext`]). Off, messages go with the headers they were given; what
+    /// arrives is still read.
+    pub trace_context: bool,
     /// Layers around all of this bus's traffic, in registration order ([`BusConfig::middleware`]).
     pub(crate) middleware: Layers,
 }
@@ -104,6 +108,7 @@ impl BusConfig {
             max_message_size: 16 * 1024 * 1024,
             prefetch: 256,
             history: 0,
+            trace_context: true,
             middleware: Layers::default(),
         }
     }
@@ -171,6 +176,12 @@ impl BusConfig {
         self
     }
 
+    /// Writes W3C trace context on what this bus sends, or not (see [`BusConfig::trace_context`](#structfield.trace_context)).
+    pub fn trace_context(mut self, on: bool) -> Self {
+        self.trace_context = on;
+        self
+    }
+
     /// Adds `layer` around all of this bus's traffic: every publish, every delivery to its subscribers, every
     /// RPC call and every request its servers answer; after the layers added before it, and before a
     /// subscriber's or a server's own (see [`crate::Middleware`]).
@@ -219,6 +230,7 @@ impl fmt::Debug for BusConfig {
             .field("max_message_size", &self.max_message_size)
             .field("prefetch", &self.prefetch)
             .field("history", &self.history)
+            .field("trace_context", &self.trace_context)
             .field("middleware", &self.middleware)
             .finish()
     }

@@ -46,6 +46,8 @@
 //!   direct reply-to in `reply.rs`).
 //! - `middleware.rs`: [`Middleware`], the layers around publish, consume, RPC call and RPC serve, and what
 //!   each hook sees ([`middleware`]'s context types).
+//! - `trace.rs`: [`TraceContext`], W3C trace context in `traceparent`/`tracestate` headers, the context of
+//!   the handler or RPC method running now, and the `tracing` spans of messages sent and handled.
 //! - `metrics.rs`, `health.rs`, `backoff.rs`, `codec.rs`: counters and history, connection state, retry
 //!   waits, wire formats and validation.
 //! - `config.rs`, `error.rs`, `status.rs`: settings (password never shown), errors, RPC status codes.
@@ -71,6 +73,7 @@ mod status;
 mod subscriber;
 pub mod topic;
 mod topology;
+mod trace;
 mod transport;
 
 pub use bus::{Bus, PublishOptions, RawMessage};
@@ -90,6 +93,7 @@ pub use signal::terminated;
 pub use status::{Code, Status};
 pub use subscriber::{Context, HandlerError, Outcome, RETRY_LADDER, RetryPolicy, Subscriber, Subscription};
 pub use topology::{Argument, Binding, Exchange, ExchangeKind, QueueSettings, Topology};
+pub use trace::{TRACEPARENT, TRACESTATE, TraceContext};
 
 /// What generated code uses. Not a stable API for hand-written code.
 #[doc(hidden)]

@@ -1,6 +1,7 @@
 //! Middleware: layers around publish, consume, RPC call and RPC serve, in the spirit of tower layers and
-//! tonic interceptors. Tracing and metrics are meant to be built as layers, so an application can replace them
-//! or add its own (authentication, tenancy, auditing).
+//! tonic interceptors. Metrics are meant to be built as layers, so an application can replace them or add its
+//! own (authentication, tenancy, auditing). Trace context is built in ([`crate::TraceContext`]): a hook cannot
+//! wrap a handler's future, which continuing a trace inside it needs; a layer can still set `traceparent`.
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;

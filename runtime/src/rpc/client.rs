@@ -18,6 +18,7 @@ use crate::error::{Error, Later, Result};
 use crate::headers::Headers;
 use crate::middleware;
 use crate::status::{Code, Status};
+use crate::trace;
 use crate::transport::QueueSettings;
 use crate::transport::{Publish, ReplyPath};
 
@@ -319,6 +320,18 @@ impl RpcClient {
         }
         envelope.expiration_ms = Some(left.as_millis().clamp(1, u128::from(u32::MAX)) as u64);
         headers.insert(envelope::DEADLINE, envelope::unix_millis_after(left));
+        // After the layers, so that a `traceparent` set by the caller or a layer is kept.
+        let context = trace::stamp(&mut headers, bus.inner.config.trace_context);
+        // Held, not entered, until the reply: the call's time is the span's.
+        let _span = trace::span(
+            trace::Operation::Call,
+            self.service.queue,
+            self.service.queue,
+            Some(envelope.message_id.as_str()),
+            envelope.correlation_id.as_deref(),
+            Some(method.path),
+            context.as_ref(),
+        );
         envelope.headers = Some(headers);
         let id = envelope.message_id.as_str().to_owned();
         let (tx, rx) = oneshot::channel();

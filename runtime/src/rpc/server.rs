@@ -17,6 +17,7 @@ use crate::feed::{Feed, Handlers, Setup, Stop};
 use crate::headers::{Headers, MessageProperties};
 use crate::middleware::{self, Layers, Middleware};
 use crate::status::{Code, Status};
+use crate::trace::{self, TraceContext};
 use crate::transport::QueueSettings;
 use crate::transport::{Delivery, Publish, Settle};
 
@@ -49,6 +50,7 @@ pub struct RpcContext {
     format: WireFormat,
     /// Headers the handler adds to its reply.
     reply_headers: Arc<std::sync::Mutex<Headers>>,
+    trace: TraceContext,
 }
 
 impl RpcContext {
@@ -84,6 +86,13 @@ impl RpcContext {
     /// The headers the caller sent ([`crate::CallOptions::header`]), Warren's own included. Empty when none.
     pub fn headers(&self) -> &Headers {
         self.request.properties.headers().unwrap_or(&crate::headers::NO_HEADERS)
+    }
+
+    /// The method's trace context: in the caller's trace, a child of the caller's span (the request's
+    /// `traceparent`), or a new trace when the request came without a valid one. The same as
+    /// [`TraceContext::current`] while the method runs.
+    pub fn trace(&self) -> &TraceContext {
+        &self.trace
     }
 
     /// Sends header `name` with `value` on the reply, whatever it turns out to be (the caller reads it from
@@ -276,11 +285,13 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
     let method = p.kind().unwrap_or_default().to_owned();
     let deadline = caller_deadline(p);
     let reply_headers = Arc::new(std::sync::Mutex::new(Headers::new()));
+    let trace = trace::incoming(p.headers());
     let context = RpcContext {
         request: Arc::clone(&delivery.message),
         deadline,
         format: p.format(),
         reply_headers: Arc::clone(&reply_headers),
+        trace: trace.clone(),
     };
     let format = context.format;
     let late = deadline.is_some_and(|deadline| deadline <= Instant::now());
@@ -306,12 +317,30 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
         Err(Failure::Status(status))
     } else {
         let method_name = method.clone();
+        let span = trace::span(
+            trace::Operation::Serve,
+            &delivery.routing_key,
+            &delivery.routing_key,
+            p.message_id(),
+            p.correlation_id(),
+            Some(&method),
+            Some(&trace),
+        );
+        // What the method publishes or calls continues its trace, and its events are in its span.
+        let handling = trace::scope(trace, async { handler(method_name, body, context).await });
+        let handling = tracing::Instrument::instrument(handling, span.clone());
         // A handler that panics is answered `INTERNAL` at once, rather than left to time out.
-        let handling = std::panic::AssertUnwindSafe(async { handler(method_name, body, context).await });
-        futures_util::FutureExt::catch_unwind(handling).await.unwrap_or_else(|_| {
+        let handling = std::panic::AssertUnwindSafe(handling);
+        let result = futures_util::FutureExt::catch_unwind(handling).await.unwrap_or_else(|_| {
             tracing::warn!(method = %method, correlation_id = ?p.correlation_id(), "an RPC handler panicked; answering INTERNAL");
             Err(Failure::Status(Status::internal("the handler panicked")))
-        })
+        });
+        match &result {
+            Ok(_) => {}
+            Err(Failure::Status(status)) => _ = span.record("error.type", status.code().as_str()),
+            Err(Failure::Service(error)) => _ = span.record("error.type", error.type_name()),
+        }
+        result
     };
     if let Some(started) = started {
         let code = match &result {

@@ -1,6 +1,7 @@
 //! What a handler knows about the message beside its payload.
 
 use super::*;
+use crate::trace::TraceContext;
 
 /// Envelope data of a delivery, passed to handlers beside the typed message. Cheap: it shares the delivered
 /// message rather than copying from it.
@@ -12,15 +13,17 @@ pub struct Context {
     message: Arc<Message>,
     redelivered: bool,
     attempt: u32,
+    trace: TraceContext,
 }
 
 impl Context {
-    pub(super) fn new(bus: &Arc<Bus>, delivery: &Delivery, attempt: u32) -> Self {
+    pub(super) fn new(bus: &Arc<Bus>, delivery: &Delivery, attempt: u32, trace: TraceContext) -> Self {
         Context {
             bus: Arc::clone(bus),
             message: Arc::clone(&delivery.message),
             redelivered: delivery.redelivered,
             attempt,
+            trace,
         }
     }
 
@@ -86,5 +89,12 @@ impl Context {
     /// Which delivery of the message this is: 1 the first time, 2 on the first retry, and so on.
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// The handler's trace context: in the publisher's trace, a child of the span that published the message
+    /// (its `traceparent`), or a new trace when the message came without a valid one. The same as
+    /// [`TraceContext::current`] while the handler runs.
+    pub fn trace(&self) -> &TraceContext {
+        &self.trace
     }
 }

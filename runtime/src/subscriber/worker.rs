@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use super::*;
 use crate::metrics::Tracker;
 use crate::middleware::{self, Layers};
+use crate::trace;
 
 #[derive(Clone)]
 pub(super) struct Worker {
@@ -174,7 +175,18 @@ impl Worker {
                 return Ending::new(Settling::DeadLettered(reason.into()), true);
             }
         };
-        let context = Context::new(&self.context_bus, delivery, attempt);
+        let properties = &delivery.properties;
+        let trace = trace::incoming(properties.headers());
+        let span = trace::span(
+            trace::Operation::Process,
+            &self.queue,
+            &delivery.routing_key,
+            properties.message_id(),
+            properties.correlation_id(),
+            None,
+            Some(&trace),
+        );
+        let context = Context::new(&self.context_bus, delivery, attempt, trace.clone());
         let run = async {
             // A handler may panic while making its future, not only while it runs: catch both.
             let future = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(message, context))) {
@@ -187,6 +199,8 @@ impl Worker {
                 Err(panic) => Verdict::Failed(format!("handler panicked: {}", panic_message(&panic))),
             }
         };
+        // What the handler publishes or calls continues its trace, and its events are in its span.
+        let run = tracing::Instrument::instrument(trace::scope(trace, run), span.clone());
         tracker.start();
         let verdict = match self.handler_timeout {
             Some(limit) => tokio::time::timeout(limit, run)
@@ -195,6 +209,9 @@ impl Worker {
             None => run.await,
         };
         tracker.stop();
+        if let Verdict::Failed(reason) = &verdict {
+            span.record("error.type", error_type(reason));
+        }
         match verdict {
             Verdict::Decided(Outcome::Ack) => {
                 tracker.ended(Fate::Processed, false);
@@ -318,6 +335,17 @@ pub(super) fn reason_safe(value: &str) -> &str {
         end -= 1;
     }
     &value[..end]
+}
+
+/// OpenTelemetry's `error.type` for a handler's failure: low-cardinality, unlike the reason.
+fn error_type(reason: &str) -> &'static str {
+    if reason.starts_with("handler panicked") {
+        "panic"
+    } else if reason.starts_with("handler timed out") {
+        "timeout"
+    } else {
+        "handler_error"
+    }
 }
 
 /// What a caught panic said, when it said it with a string.

@@ -12,6 +12,7 @@ mod observability;
 mod priority;
 mod routing;
 mod rpc;
+mod tracing;
 
 use std::time::Duration;
 
