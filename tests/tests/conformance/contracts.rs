@@ -366,7 +366,8 @@ async fn names_amqp_cannot_carry_are_refused_with_their_length_not_a_panic(h: &H
     let error = bus.publish(&order(1, Region::Eu, &"s".repeat(300))).await.unwrap_err();
     let text = error.to_string();
     assert!(text.contains("routing key \"order.eu.created.sss") && text.contains("above the 255"), "{text}");
-    let error = bus.publish_bytes("rich.events", &"k".repeat(256), b"x", MessageProperties::default()).await.unwrap_err();
+    let error =
+        bus.publish_bytes("rich.events", &"k".repeat(256), b"x", MessageProperties::default()).await.unwrap_err();
     assert!(error.to_string().contains("256 bytes"), "{error}");
     // A consumer's queue leaves room for its delay queues' names.
     let long_group = "g".repeat(240);

@@ -37,8 +37,7 @@ async fn headers_travel_from_publisher_to_handler_and_warrens_own_are_refused(h:
     bus.publish(&UserRegistered { user_id: 3, ..Default::default() }).await.unwrap();
     let (next, ctx) = within(10, "the next event", rx.recv()).await.unwrap();
     assert_eq!(next.user_id, 3);
-    let names: Vec<&str> = ctx.headers().iter().map(|(name, _)| name).collect();
-    assert_eq!(names, [warren::TRACEPARENT], "nothing but the trace context");
+    assert!(ctx.headers().is_empty(), "{:?}", ctx.headers());
     subscription.stop().await;
 }
 

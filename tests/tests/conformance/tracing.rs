@@ -27,6 +27,11 @@ impl IntSummator for Traced {
     }
 }
 
+/// A bus that writes trace context (off by default).
+async fn traced_bus(h: &Harness, service: &str) -> warren::Bus {
+    h.bus_with(h.config(service).trace_context(true)).await
+}
+
 fn user(user_id: i64) -> UserRegistered {
     UserRegistered { user_id, ..Default::default() }
 }
@@ -37,8 +42,8 @@ fn parse(traceparent: &str) -> TraceContext {
 
 async fn one_trace_runs_from_a_publish_through_its_handler_and_an_rpc_call_to_the_server(h: &Harness) {
     let (served, mut server_saw) = mpsc::unbounded_channel();
-    let serving = IntSummatorServer::new(Traced(served)).serve(&h.bus("int-summator").await).await.unwrap();
-    let bus = h.bus("trace-test").await;
+    let serving = IntSummatorServer::new(Traced(served)).serve(&traced_bus(h, "int-summator").await).await.unwrap();
+    let bus = traced_bus(h, "trace-test").await;
     let (handled, mut handler_saw) = mpsc::unbounded_channel();
     let subscription = UserRegistered::subscribe(&bus, &unique("traced"))
         .temporary()
@@ -84,7 +89,7 @@ async fn one_trace_runs_from_a_publish_through_its_handler_and_an_rpc_call_to_th
 }
 
 async fn a_message_without_a_valid_traceparent_starts_a_new_trace(h: &Harness) {
-    let bus = h.bus("trace-test").await;
+    let bus = traced_bus(h, "trace-test").await;
     let (subscription, mut rx) = collect(UserRegistered::subscribe(&bus, &unique("untraced"))).await;
     let payload = prost::Message::encode_to_vec(&user(1));
     let plain = MessageProperties::default().with_kind("gametrade.v1.UserRegistered");
@@ -106,7 +111,7 @@ async fn a_message_without_a_valid_traceparent_starts_a_new_trace(h: &Harness) {
 }
 
 async fn a_traceparent_the_publisher_sets_itself_is_sent_as_it_is(h: &Harness) {
-    let bus = h.bus("trace-test").await;
+    let bus = traced_bus(h, "trace-test").await;
     let (subscription, mut rx) = collect(UserRegistered::subscribe(&bus, &unique("own-trace"))).await;
     let options = PublishOptions::new().header(TRACEPARENT, W3C).header(TRACESTATE, "congo=t61rcWkgMzE");
     bus.publish_with(&user(1), options).await.unwrap();
@@ -119,8 +124,8 @@ async fn a_traceparent_the_publisher_sets_itself_is_sent_as_it_is(h: &Harness) {
     subscription.stop().await;
 }
 
-async fn a_bus_with_trace_context_turned_off_sends_none(h: &Harness) {
-    let bus = h.bus_with(h.config("trace-test").trace_context(false)).await;
+async fn a_bus_writes_no_trace_context_unless_asked(h: &Harness) {
+    let bus = h.bus("trace-test").await;
     let (subscription, mut rx) = collect(UserRegistered::subscribe(&bus, &unique("off"))).await;
     bus.publish(&user(1)).await.unwrap();
     let (_, ctx) = within(10, "the event", rx.recv()).await.unwrap();
@@ -133,5 +138,5 @@ warren_tests::on_both_transports!(
     one_trace_runs_from_a_publish_through_its_handler_and_an_rpc_call_to_the_server,
     a_message_without_a_valid_traceparent_starts_a_new_trace,
     a_traceparent_the_publisher_sets_itself_is_sent_as_it_is,
-    a_bus_with_trace_context_turned_off_sends_none,
+    a_bus_writes_no_trace_context_unless_asked,
 );
