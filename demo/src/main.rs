@@ -18,6 +18,9 @@
 //! RABBITMQ_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo run -p warren-demo
 //! ```
 //!
+//! With `WARREN_TRACE=1` the bus writes W3C trace context, and each handler's line shows the trace id it
+//! continues: every subscriber of one event prints the same one, the id its publish started.
+//!
 //! The `demo-*` queues are temporary (`Subscriber::temporary`): they vanish with the demo, so nothing piles
 //! up on the broker between runs. Every message of a run carries the run's correlation id; anything else that
 //! reaches the demo's queues meanwhile (another program publishing the same events) is acknowledged and skipped.
@@ -92,7 +95,7 @@ async fn listen<T: Inbound>(
     subscriber
         .handle(move |message, ctx| {
             let report = if ctx.correlation_id() == Some(run.as_str()) {
-                println!("    ↳ {}", line(&message, &ctx));
+                println!("    ↳ {}{}", line(&message, &ctx), trace_of(&ctx));
                 seen.send(kind).map_err(HandlerError::from)
             } else {
                 let from = ctx.app_id().unwrap_or("?");
@@ -287,6 +290,20 @@ async fn wait_for_all(seen: &mut UnboundedReceiver<Seen>) -> anyhow::Result<usiz
     Ok(email + inbox + audit + worker)
 }
 
+/// Whether `WARREN_TRACE=1` asked the demo to write and show trace context.
+fn tracing_asked() -> bool {
+    std::env::var("WARREN_TRACE").is_ok_and(|v| v == "1")
+}
+
+/// ` (trace <id>)`, the W3C trace id the handler continues, when tracing was asked for.
+fn trace_of(ctx: &Context) -> String {
+    if !tracing_asked() {
+        return String::new();
+    }
+    let id: String = ctx.trace().trace_id().iter().map(|byte| format!("{byte:02x}")).collect();
+    format!(" (trace {id})")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // RabbitMQ when RABBITMQ_URL says where; otherwise the in-memory broker, so the demo needs nothing installed.
@@ -294,7 +311,8 @@ async fn main() -> anyhow::Result<()> {
         Ok(url) if !url.trim().is_empty() => BusConfig::new(url.trim())?,
         _ => BusConfig::in_memory(),
     }
-    .service_name("warren-demo");
+    .service_name("warren-demo")
+    .trace_context(tracing_asked());
     println!("[0] connecting to {}", config.redacted_url());
     let bus = Bus::with_config(config).await?;
     let run = format!("demo-{}-{}", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis());
