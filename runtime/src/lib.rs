@@ -46,6 +46,8 @@
 //!   direct reply-to in `reply.rs`).
 //! - `middleware.rs`: [`Middleware`], the layers around publish, consume, RPC call and RPC serve, and what
 //!   each hook sees ([`middleware`]'s context types).
+//! - `prometheus/` (feature `prometheus`): [`prometheus::PrometheusLayer`], a layer counting traffic into a
+//!   Prometheus registry (`mod.rs`).
 //! - `metrics.rs`, `health.rs`, `backoff.rs`, `codec.rs`: counters and history, connection state, retry
 //!   waits, wire formats and validation.
 //! - `config.rs`, `error.rs`, `status.rs`: settings (password never shown), errors, RPC status codes.
@@ -65,6 +67,8 @@ mod headers;
 mod health;
 mod metrics;
 pub mod middleware;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 mod rpc;
 mod signal;
 mod status;
