@@ -47,7 +47,7 @@
 //! - `middleware.rs`: [`Middleware`], the layers around publish, consume, RPC call and RPC serve, and what
 //!   each hook sees ([`middleware`]'s context types).
 //! - `prometheus/` (feature `prometheus`): [`prometheus::PrometheusLayer`], a layer counting traffic into a
-//!   Prometheus registry (`mod.rs`).
+//!   Prometheus registry (`mod.rs`), and [`prometheus::serve`], its `/metrics` endpoint (`http.rs`).
 //! - `metrics.rs`, `health.rs`, `backoff.rs`, `codec.rs`: counters and history, connection state, retry
 //!   waits, wire formats and validation.
 //! - `config.rs`, `error.rs`, `status.rs`: settings (password never shown), errors, RPC status codes.

@@ -1,5 +1,6 @@
 //! Prometheus metrics (the `prometheus` feature): [`PrometheusLayer`], a [`Middleware`] that counts what passes
-//! through a bus into a [`prometheus_client`] registry.
+//! through a bus into a [`prometheus_client`] registry, and [`serve`], a `/metrics` endpoint for it that needs
+//! no web framework.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -8,8 +9,8 @@
 //! let metrics = PrometheusLayer::new();
 //! // Registered first, the layer sees every publish, delivery, call and request of the bus.
 //! let bus = warren::Bus::with_config(warren::BusConfig::from_env()?.middleware(metrics.clone())).await?;
-//! let text = metrics.encode(); // the OpenMetrics text format
-//! # let _ = text;
+//! let endpoint = warren::prometheus::serve("127.0.0.1:9464", &metrics).await?;
+//! println!("scrape http://{}/metrics", endpoint.local_addr());
 //! # let _ = bus; Ok(()) }
 //! ```
 //!
@@ -31,6 +32,8 @@
 //!
 //! Histograms have exponential buckets from 50 µs to about 13 s (doubling), fit for sub-millisecond work.
 
+mod http;
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -41,6 +44,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+pub use self::http::{CONTENT_TYPE, MetricsEndpoint, serve};
 use crate::error::Error;
 use crate::middleware::{Called, Delivery, Handled, Middleware, Published, Refusal, Served, Settled};
 
@@ -123,8 +127,8 @@ struct Metrics {
 }
 
 /// A [`Middleware`] that counts a bus's traffic into a Prometheus registry; see the [module](self) for the
-/// metrics. Cheap to clone: clones share the registry, so register one clone with the bus and
-/// [`encode`](Self::encode) another.
+/// metrics. Cheap to clone: clones share the registry, so register one clone with the bus and hand another
+/// to [`serve`] (or [`encode`](Self::encode) it yourself).
 ///
 /// Register it first (before other layers), as [`crate::BusConfig::middleware`] keeps the order: a delivery
 /// that an earlier layer refuses never reaches this layer's `before_handle`, and would leave
@@ -141,8 +145,8 @@ impl PrometheusLayer {
         Self::with_registry(Registry::default())
     }
 
-    /// A layer that adds Warren's metrics to `registry`, which may hold the application's own;
-    /// [`encode`](Self::encode) then exposes both.
+    /// A layer that adds Warren's metrics to `registry`, which may hold the application's own; [`serve`] and
+    /// [`encode`](Self::encode) then expose both.
     pub fn with_registry(mut registry: Registry) -> Self {
         let metrics = Metrics {
             published: Family::default(),
@@ -192,7 +196,7 @@ impl PrometheusLayer {
         &self.registry
     }
 
-    /// The metrics in the OpenMetrics text format.
+    /// The metrics in the OpenMetrics text format ([`CONTENT_TYPE`]), as `/metrics` answers them.
     pub fn encode(&self) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
