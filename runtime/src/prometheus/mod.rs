@@ -1,0 +1,367 @@
+//! Prometheus metrics (the `prometheus` feature): [`PrometheusLayer`], a [`Middleware`] that counts what passes
+//! through a bus into a [`prometheus_client`] registry, and [`serve`], a `/metrics` endpoint for it that needs
+//! no web framework.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use warren::prometheus::PrometheusLayer;
+//!
+//! let metrics = PrometheusLayer::new();
+//! // Registered first, the layer sees every publish, delivery, call and request of the bus.
+//! let bus = warren::Bus::with_config(warren::BusConfig::from_env()?.middleware(metrics.clone())).await?;
+//! let endpoint = warren::prometheus::serve("127.0.0.1:9464", &metrics).await?;
+//! println!("scrape http://{}/metrics", endpoint.local_addr());
+//! # let _ = bus; Ok(()) }
+//! ```
+//!
+//! Label values are bounded: message type names, queue names, RPC method paths, outcomes and status codes,
+//! never a message id. A temporary subscriber's queue has a generated name, so each run of it is a new series.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `warren_published_total` | counter | `type`, `outcome`: `ok`, `unroutable`, `nacked`, `timed_out`, `refused`, `other` |
+//! | `warren_publish_seconds` | histogram | `type`: from the layers' before-hooks to the broker's confirm |
+//! | `warren_handled_total` | counter | `type`, `queue`, `outcome`: `acked`, `retried`, `dead_lettered`, `other` |
+//! | `warren_handle_failed_total` | counter | `type`, `queue`: the handler failed (error, panic, timeout), the message did not decode, or a layer refused it |
+//! | `warren_handle_seconds` | histogram | `type`, `queue`: from the layers' before-hooks to the end of the handler |
+//! | `warren_handlers_in_flight` | gauge | `type`, `queue` |
+//! | `warren_rpc_client_calls_total` | counter | `method`, `code` (`OK`, `NOT_FOUND`, …) |
+//! | `warren_rpc_client_seconds` | histogram | `method` |
+//! | `warren_rpc_server_calls_total` | counter | `method`, `code` (`UNKNOWN` for a declared error) |
+//! | `warren_rpc_server_seconds` | histogram | `method` |
+//!
+//! Histograms have exponential buckets from 50 µs to about 13 s (doubling), fit for sub-millisecond work.
+
+mod http;
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub use self::http::{CONTENT_TYPE, MetricsEndpoint, serve};
+use crate::error::Error;
+use crate::middleware::{Called, Delivery, Handled, Middleware, Published, Refusal, Served, Settled};
+
+/// Every metric name [`PrometheusLayer`] exposes, as scraped (counters with their `_total`).
+pub const METRIC_NAMES: &[&str] = &[
+    "warren_published_total",
+    "warren_publish_seconds",
+    "warren_handled_total",
+    "warren_handle_failed_total",
+    "warren_handle_seconds",
+    "warren_handlers_in_flight",
+    "warren_rpc_client_calls_total",
+    "warren_rpc_client_seconds",
+    "warren_rpc_server_calls_total",
+    "warren_rpc_server_seconds",
+];
+
+/// The upper bounds of the latency histograms' buckets, in seconds: 50 µs doubling 19 times, to about 13 s.
+pub fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(50e-6, 2.0, 19)
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(latency_buckets())
+}
+
+fn histograms<L: EncodeLabelSet + Clone + std::hash::Hash + Eq>() -> Histograms<L> {
+    Family::new_with_constructor(latency_histogram)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeOutcome {
+    r#type: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabel {
+    r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Consumer {
+    r#type: String,
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConsumerOutcome {
+    r#type: String,
+    queue: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodCode {
+    method: String,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabel {
+    method: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+#[derive(Debug)]
+struct Metrics {
+    published: Family<TypeOutcome, Counter>,
+    publish_seconds: Histograms<TypeLabel>,
+    handled: Family<ConsumerOutcome, Counter>,
+    handle_failed: Family<Consumer, Counter>,
+    handle_seconds: Histograms<Consumer>,
+    in_flight: Family<Consumer, Gauge>,
+    client_calls: Family<MethodCode, Counter>,
+    client_seconds: Histograms<MethodLabel>,
+    server_calls: Family<MethodCode, Counter>,
+    server_seconds: Histograms<MethodLabel>,
+}
+
+/// A [`Middleware`] that counts a bus's traffic into a Prometheus registry; see the [module](self) for the
+/// metrics. Cheap to clone: clones share the registry, so register one clone with the bus and hand another
+/// to [`serve`] (or [`encode`](Self::encode) it yourself).
+///
+/// Register it first (before other layers), as [`crate::BusConfig::middleware`] keeps the order: a delivery
+/// that an earlier layer refuses never reaches this layer's `before_handle`, and would leave
+/// `warren_handlers_in_flight` one lower than it should be.
+#[derive(Clone)]
+pub struct PrometheusLayer {
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+}
+
+impl PrometheusLayer {
+    /// A layer with a registry of its own.
+    pub fn new() -> Self {
+        Self::with_registry(Registry::default())
+    }
+
+    /// A layer that adds Warren's metrics to `registry`, which may hold the application's own; [`serve`] and
+    /// [`encode`](Self::encode) then expose both.
+    pub fn with_registry(mut registry: Registry) -> Self {
+        let metrics = Metrics {
+            published: Family::default(),
+            publish_seconds: histograms(),
+            handled: Family::default(),
+            handle_failed: Family::default(),
+            handle_seconds: histograms(),
+            in_flight: Family::default(),
+            client_calls: Family::default(),
+            client_seconds: histograms(),
+            server_calls: Family::default(),
+            server_seconds: histograms(),
+        };
+        // Counters are registered without `_total`: the encoder appends it.
+        let r = &mut registry;
+        r.register("warren_published", "Events and tasks published, by outcome", metrics.published.clone());
+        r.register(
+            "warren_publish_seconds",
+            "Time from publishing to the broker's confirm (or the failure)",
+            metrics.publish_seconds.clone(),
+        );
+        r.register("warren_handled", "Deliveries settled by subscribers, by outcome", metrics.handled.clone());
+        r.register(
+            "warren_handle_failed",
+            "Deliveries that failed: handler error, panic or timeout, undecodable, or refused by a layer",
+            metrics.handle_failed.clone(),
+        );
+        r.register(
+            "warren_handle_seconds",
+            "Time from a delivery's arrival at the layers to the end of its handler",
+            metrics.handle_seconds.clone(),
+        );
+        r.register("warren_handlers_in_flight", "Deliveries being handled now", metrics.in_flight.clone());
+        r.register("warren_rpc_client_calls", "RPC calls made, by status code", metrics.client_calls.clone());
+        r.register(
+            "warren_rpc_client_seconds",
+            "RPC call latency, as the caller saw it",
+            metrics.client_seconds.clone(),
+        );
+        r.register("warren_rpc_server_calls", "RPC requests answered, by status code", metrics.server_calls.clone());
+        r.register("warren_rpc_server_seconds", "Time to answer an RPC request", metrics.server_seconds.clone());
+        PrometheusLayer { metrics: Arc::new(metrics), registry: Arc::new(registry) }
+    }
+
+    /// The registry, to encode in a format or endpoint of your own.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The metrics in the OpenMetrics text format ([`CONTENT_TYPE`]), as `/metrics` answers them.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+impl Default for PrometheusLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for PrometheusLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrometheusLayer").finish_non_exhaustive()
+    }
+}
+
+/// The `outcome` label of a publish.
+fn publish_outcome(result: Result<(), &Error>) -> &'static str {
+    match result {
+        Ok(()) => "ok",
+        Err(Error::Unroutable { .. }) => "unroutable",
+        Err(Error::Nacked { .. }) => "nacked",
+        Err(Error::Timeout { .. }) => "timed_out",
+        Err(Error::Refused { .. }) => "refused",
+        Err(_) => "other",
+    }
+}
+
+/// The `outcome` label of a settled delivery.
+fn settled_outcome(settled: Settled<'_>) -> &'static str {
+    match settled {
+        Settled::Acked => "acked",
+        Settled::Retried { .. } => "retried",
+        Settled::DeadLettered { .. } => "dead_lettered",
+        #[allow(unreachable_patterns)] // `Settled` is non-exhaustive to other crates only
+        _ => "other",
+    }
+}
+
+fn consumer(type_name: &str, queue: &str) -> Consumer {
+    Consumer { r#type: type_name.to_owned(), queue: queue.to_owned() }
+}
+
+impl Middleware for PrometheusLayer {
+    fn name(&self) -> &str {
+        "prometheus"
+    }
+
+    fn after_publish(&self, published: &Published<'_>) {
+        let m = &self.metrics;
+        let outcome = publish_outcome(published.result);
+        m.published.get_or_create(&TypeOutcome { r#type: published.type_name.to_owned(), outcome }).inc();
+        m.publish_seconds
+            .get_or_create(&TypeLabel { r#type: published.type_name.to_owned() })
+            .observe(published.elapsed.as_secs_f64());
+    }
+
+    fn before_handle(&self, delivery: &Delivery<'_>) -> Result<(), Refusal> {
+        self.metrics.in_flight.get_or_create(&consumer(delivery.type_name, delivery.queue)).inc();
+        Ok(())
+    }
+
+    fn after_handle(&self, handled: &Handled<'_>) {
+        let m = &self.metrics;
+        let labels = consumer(handled.type_name, handled.queue);
+        m.in_flight.get_or_create(&labels).dec();
+        m.handle_seconds.get_or_create(&labels).observe(handled.elapsed.as_secs_f64());
+        if handled.failed {
+            m.handle_failed.get_or_create(&labels).inc();
+        }
+        let Consumer { r#type, queue } = labels;
+        m.handled.get_or_create(&ConsumerOutcome { r#type, queue, outcome: settled_outcome(handled.settled) }).inc();
+    }
+
+    fn after_call(&self, called: &Called<'_>) {
+        let m = &self.metrics;
+        m.client_calls
+            .get_or_create(&MethodCode { method: called.method.to_owned(), code: called.code.as_str() })
+            .inc();
+        m.client_seconds
+            .get_or_create(&MethodLabel { method: called.method.to_owned() })
+            .observe(called.elapsed.as_secs_f64());
+    }
+
+    fn after_serve(&self, served: &Served<'_>) {
+        let m = &self.metrics;
+        m.server_calls
+            .get_or_create(&MethodCode { method: served.method.to_owned(), code: served.code.as_str() })
+            .inc();
+        m.server_seconds
+            .get_or_create(&MethodLabel { method: served.method.to_owned() })
+            .observe(served.elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::headers::Headers;
+    use crate::status::Code;
+
+    #[test]
+    fn every_listed_name_is_exposed_once_there_is_traffic_and_only_those() {
+        let layer = PrometheusLayer::new();
+        let headers = Headers::new();
+        let elapsed = Duration::from_micros(120);
+        layer.after_publish(&Published {
+            type_name: "t.v1.E",
+            exchange: "x",
+            routing_key: "k",
+            headers: &headers,
+            result: Ok(()),
+            elapsed,
+        });
+        let delivery = Delivery { type_name: "t.v1.E", queue: "q", routing_key: "k", headers: &headers, attempt: 1 };
+        layer.before_handle(&delivery).unwrap();
+        layer.after_handle(&Handled {
+            type_name: "t.v1.E",
+            queue: "q",
+            routing_key: "k",
+            headers: &headers,
+            attempt: 1,
+            settled: Settled::Retried { reason: "boom" },
+            failed: true,
+            elapsed,
+        });
+        layer.after_call(&Called { service: "s.v1.S", method: "/s.v1.S/M", code: Code::NotFound, elapsed });
+        layer.after_serve(&Served { method: "/s.v1.S/M", caller: None, headers: &headers, code: Code::Ok, elapsed });
+
+        let text = layer.encode();
+        for line in [
+            r#"warren_published_total{type="t.v1.E",outcome="ok"} 1"#,
+            r#"warren_publish_seconds_count{type="t.v1.E"} 1"#,
+            r#"warren_publish_seconds_bucket{le="0.00005",type="t.v1.E"} 0"#,
+            r#"warren_publish_seconds_bucket{le="0.0002",type="t.v1.E"} 1"#,
+            r#"warren_handled_total{type="t.v1.E",queue="q",outcome="retried"} 1"#,
+            r#"warren_handle_failed_total{type="t.v1.E",queue="q"} 1"#,
+            r#"warren_handlers_in_flight{type="t.v1.E",queue="q"} 0"#,
+            r#"warren_rpc_client_calls_total{method="/s.v1.S/M",code="NOT_FOUND"} 1"#,
+            r#"warren_rpc_server_calls_total{method="/s.v1.S/M",code="OK"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line} in\n{text}");
+        }
+        let mut exposed: Vec<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(|l| l.split(' ').next().unwrap()).collect();
+        let mut listed: Vec<&str> =
+            METRIC_NAMES.iter().map(|name| name.strip_suffix("_total").unwrap_or(name)).collect();
+        exposed.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(exposed, listed, "METRIC_NAMES lists what the registry holds");
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn publish_outcomes_are_a_few_words() {
+        let unroutable = Error::Unroutable { exchange: "x".into(), routing_key: "k".into() };
+        let timeout = Error::Timeout { operation: "publish", after: Duration::from_secs(1) };
+        assert_eq!(publish_outcome(Ok(())), "ok");
+        assert_eq!(publish_outcome(Err(&unroutable)), "unroutable");
+        assert_eq!(publish_outcome(Err(&timeout)), "timed_out");
+        assert_eq!(publish_outcome(Err(&Error::Closed)), "other");
+    }
+}
