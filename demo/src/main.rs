@@ -21,6 +21,9 @@
 //! With `WARREN_TRACE=1` the bus writes W3C trace context, and each handler's line shows the trace id it
 //! continues: every subscriber of one event prints the same one, the id its publish started.
 //!
+//! With `WARREN_METRICS=127.0.0.1:9464` it serves Prometheus metrics of the story at `/metrics` there, and
+//! waits for Enter before shutting down so that they can be scraped.
+//!
 //! The `demo-*` queues are temporary (`Subscriber::temporary`): they vanish with the demo, so nothing piles
 //! up on the broker between runs. Every message of a run carries the run's correlation id; anything else that
 //! reaches the demo's queues meanwhile (another program publishing the same events) is acknowledged and skipped.
@@ -313,6 +316,18 @@ async fn main() -> anyhow::Result<()> {
     }
     .service_name("warren-demo")
     .trace_context(tracing_asked());
+    let metrics = warren::prometheus::PrometheusLayer::new();
+    let endpoint = match std::env::var("WARREN_METRICS") {
+        Ok(addr) if !addr.trim().is_empty() => {
+            let endpoint = warren::prometheus::serve(addr.trim(), &metrics)
+                .await
+                .with_context(|| format!("serving metrics on WARREN_METRICS={addr}"))?;
+            println!("[0] metrics at http://{}/metrics", endpoint.local_addr());
+            Some(endpoint)
+        }
+        _ => None,
+    };
+    let config = if endpoint.is_some() { config.middleware(metrics) } else { config };
     println!("[0] connecting to {}", config.redacted_url());
     let bus = Bus::with_config(config).await?;
     let run = format!("demo-{}-{}", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis());
@@ -326,6 +341,11 @@ async fn main() -> anyhow::Result<()> {
         told = story.tell(&mut seen) => told.map(Some),
         signal = warren::terminated() => { println!("interrupted by {signal}: shutting down"); Ok(None) }
     };
+    if let Some(endpoint) = &endpoint {
+        println!("metrics at http://{}/metrics: press Enter to shut down", endpoint.local_addr());
+        let mut line = String::new();
+        let _ = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await;
+    }
     // One call stops the subscribers and the server, lets running handlers finish and settle their messages,
     // and closes the bus.
     bus.shutdown(Duration::from_secs(5)).await?;
