@@ -76,7 +76,7 @@ const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…]
                     [--profile NAME [--raw] [--messages N] [--payload 1024]]
   --quick          a reduced set (100 B payloads, fewer messages), in under two minutes
   --memory         only W9, the in-memory transport (no broker needed); the same as --only W9
-  --only W1,W7     only the workloads named (W1–W9)
+  --only W1,W7     only the workloads named (W1–W9; W2o, W4o, W7o: W2, W4, W7 with trace context and Prometheus)
   --raw-envelope   what raw lapin's events carry: minimal (the default: message id, type, content type,
                    persistence, as a hand-written service would) or warren (Warren's whole envelope: also
                    app id, timestamp and the schema header; the same bytes as Warren's)
@@ -138,7 +138,7 @@ impl Args {
                     if arg == "--only" {
                         let names: Vec<String> = value.split(',').map(|w| w.trim().to_uppercase()).collect();
                         if let Some(bad) = names.iter().find(|w| rabbitmq(w).is_none() && *w != "W9") {
-                            return Err(format!("--only: no workload \"{bad}\" (W1–W9)"));
+                            return Err(format!("--only: no workload \"{bad}\" (W1–W9, W2o, W4o, W7o)"));
                         }
                         parsed.only = Some(names);
                     } else {
@@ -179,7 +179,10 @@ impl Args {
 
     /// Whether the table includes the workload whose row is `name` ("W4 consume, …").
     fn runs(&self, name: &str) -> bool {
-        self.only.as_ref().is_none_or(|only| only.iter().any(|w| name.starts_with(&format!("{w} "))))
+        self.only.as_ref().is_none_or(|only| {
+            let id = name.split(' ').next().unwrap_or(name);
+            only.iter().any(|w| w.eq_ignore_ascii_case(id))
+        })
     }
 }
 
@@ -201,7 +204,7 @@ impl Spec {
 }
 
 /// The RabbitMQ workloads, in table order.
-const RABBITMQ: [Spec; 8] = [
+const RABBITMQ: [Spec; 11] = [
     Spec {
         name: "W1 publish, no confirms",
         goal: Goal::Throughput(0.9),
@@ -250,11 +253,31 @@ const RABBITMQ: [Spec; 8] = [
         messages: |s| s.publish,
         run: |e, s| Box::pin(async move { workloads::publish(&e, s, true, true).await }),
     },
+    // W2, W4 and W7 again with trace context written and a Prometheus layer counting (no exporter attached):
+    // the cost of observability is the difference from the rows without `o`, in the same run.
+    Spec {
+        name: "W2o W2, observed (trace context + Prometheus layer)",
+        goal: Goal::Throughput(0.9),
+        messages: |s| s.publish,
+        run: |e, s| Box::pin(async move { workloads::publish(&Env { observed: true, ..e }, s, true, false).await }),
+    },
+    Spec {
+        name: "W4o W4, observed (trace context + Prometheus layer)",
+        goal: Goal::Throughput(0.9),
+        messages: |s| s.consume,
+        run: |e, s| Box::pin(async move { workloads::consume(&Env { observed: true, ..e }, s).await }),
+    },
+    Spec {
+        name: "W7o W7, observed (trace context + Prometheus layer)",
+        goal: Goal::Throughput(0.9),
+        messages: |s| s.fan_out,
+        run: |e, s| Box::pin(async move { workloads::fan_out(&Env { observed: true, ..e }, s).await }),
+    },
 ];
 
 /// The RabbitMQ workload `--only` or `--profile` names.
 fn rabbitmq(id: &str) -> Option<&'static Spec> {
-    RABBITMQ.iter().find(|spec| spec.id() == id)
+    RABBITMQ.iter().find(|spec| spec.id().eq_ignore_ascii_case(id))
 }
 
 /// Runs one workload of one side once, for a profiler.
@@ -282,7 +305,7 @@ async fn profile(name: &str, side: Side, url: String, args: &Args) {
         id => {
             let spec = rabbitmq(id).expect("names are checked when parsed");
             let n = args.messages.unwrap_or((spec.messages)(&QUICK));
-            (spec.run)(Env { url, n, size: args.payload.unwrap_or(100) }, side).await
+            (spec.run)(Env { url, n, size: args.payload.unwrap_or(100), observed: false }, side).await
         }
     };
     println!(
@@ -367,7 +390,7 @@ async fn run(args: &Args, url: String, uses_rabbitmq: bool) -> std::process::Exi
     let sizes: &[usize] = if uses_rabbitmq { scale.sizes } else { &[] };
     for &size in sizes {
         for spec in RABBITMQ.iter().filter(|spec| args.runs(spec.name)) {
-            let env = Env { url: url.clone(), n: (spec.messages)(&scale), size };
+            let env = Env { url: url.clone(), n: (spec.messages)(&scale), size, observed: false };
             compare(spec, &env, scale.rounds).await;
         }
     }

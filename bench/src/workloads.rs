@@ -25,6 +25,9 @@ pub(crate) struct Env {
     pub(crate) n: u64,
     /// Encoded payload size in bytes.
     pub(crate) size: usize,
+    /// Warren's bus writes trace context and counts into a Prometheus layer (no exporter scrapes it): the
+    /// `W2o`, `W4o` and `W7o` rows, against the same workloads without.
+    pub(crate) observed: bool,
 }
 
 /// An event whose encoding is about `size` bytes.
@@ -39,7 +42,10 @@ fn unique(what: &str) -> String {
 }
 
 async fn bus(env: &Env) -> Bus {
-    let config = warren::BusConfig::new(&env.url).expect("url").service_name("warren-bench");
+    let mut config = warren::BusConfig::new(&env.url).expect("url").service_name("warren-bench");
+    if env.observed {
+        config = config.trace_context(true).middleware(warren::prometheus::PrometheusLayer::new());
+    }
     Bus::with_config(config).await.expect("start RabbitMQ: the benchmark connects")
 }
 
