@@ -25,7 +25,8 @@
 //!
 //! # Layout
 //!
-//! - `bus.rs`: [`Bus`], the connection, topology declaration, and confirmed, mandatory publishing.
+//! - `bus/`: [`Bus`], the connection, topology declaration and shutdown (`mod.rs`), and confirmed, mandatory
+//!   publishing with [`PublishOptions`] (`publish.rs`).
 //! - `subscriber/`: [`Subscriber`] → [`Subscription`] and the consume loop (`mod.rs`), one delivery through its
 //!   handler to an ack, a retry or a dead letter (`worker.rs`), [`Outcome`] (`policy.rs`),
 //!   [`Context`] (`context.rs`).
