@@ -49,8 +49,8 @@
 //!   each hook sees ([`middleware`]'s context types).
 //! - `trace.rs`: [`TraceContext`], W3C trace context in `traceparent`/`tracestate` headers, the context of
 //!   the handler or RPC method running now, and the `tracing` spans of messages sent and handled.
-//! - `prometheus/` (feature `prometheus`): [`prometheus::PrometheusLayer`], a layer counting traffic into a
-//!   Prometheus registry (`mod.rs`), and [`prometheus::serve`], its `/metrics` endpoint (`http.rs`).
+//! - `prometheus/` (feature `prometheus`): `prometheus::PrometheusLayer`, a layer counting traffic into a
+//!   Prometheus registry (`mod.rs`), and `prometheus::serve`, its `/metrics` endpoint (`http.rs`).
 //! - `metrics.rs`, `health.rs`, `backoff.rs`, `codec.rs`: counters and history, connection state, retry
 //!   waits, wire formats and validation.
 //! - `config.rs`, `error.rs`, `status.rs`: settings (password never shown), errors, RPC status codes.
