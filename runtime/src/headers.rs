@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// The longest header name AMQP can carry (a short string).
-pub const MAX_HEADER_NAME_LEN: usize = 255;
+pub const MAX_HEADER_NAME_LEN: usize = warren_topology::MAX_NAME_LEN;
 
 /// A header's value: the types of an AMQP field table, with every integer width read as an `i64`.
 #[derive(Clone, PartialEq)]

@@ -131,6 +131,7 @@ pub trait Middleware: Send + Sync + 'static {
     fn after_handle(&self, handled: &Handled<'_>) {
         let _ = handled;
     }
+
     /// Before an RPC request is sent: may change its headers (e.g. add a token), or refuse, and then the call
     /// fails with that status and nothing is sent.
     fn before_call(&self, call: &mut Call<'_>) -> Result<(), Status> {

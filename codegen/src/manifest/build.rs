@@ -40,7 +40,7 @@ pub(crate) fn build(config: &Config, contracts: &Contracts) -> Result<Manifest> 
         let Some(entry) = manifest.messages.get_mut(&message.full_name) else { continue };
         for check in &message.checks {
             if let Some(field) = entry.fields.values_mut().find(|f| f.name == check.name) {
-                field.rules = FieldRules::from(&check.rules);
+                field.rules = check.rules;
             }
         }
     }

@@ -156,57 +156,8 @@ pub enum Label {
     Oneof(String),
 }
 
-/// The validation rules of a field, as `[(warren.rules) = { ... }]` declares them (see
-/// `proto/warren/options.proto`): receivers dead-letter (or answer `INVALID_ARGUMENT` to) a message that breaks
-/// one, and senders refuse to send it.
-///
-/// Bounds compare bit for bit, so that the type can be [`Eq`] (a `nan` bound equals itself); the compatibility
-/// rules compare them as numbers.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FieldRules {
-    /// The field must be set: non-empty, present, or non-zero.
-    pub required: bool,
-    /// Numbers: the smallest allowed value.
-    pub min: Option<f64>,
-    /// Numbers: the largest allowed value.
-    pub max: Option<f64>,
-    /// Strings, bytes, repeated and map fields: the fewest characters, bytes or items.
-    pub min_len: Option<u32>,
-    /// Strings, bytes, repeated and map fields: the most characters, bytes or items.
-    pub max_len: Option<u32>,
-    /// Enums: only declared values.
-    pub defined: bool,
-}
-
-impl FieldRules {
-    /// Whether the field has no rules at all.
-    pub fn is_empty(&self) -> bool {
-        *self == FieldRules::default()
-    }
-}
-
-impl From<&crate::model::Rules> for FieldRules {
-    fn from(rules: &crate::model::Rules) -> FieldRules {
-        FieldRules {
-            required: rules.required,
-            min: rules.min,
-            max: rules.max,
-            min_len: rules.min_len,
-            max_len: rules.max_len,
-            defined: rules.defined,
-        }
-    }
-}
-
-impl PartialEq for FieldRules {
-    fn eq(&self, other: &FieldRules) -> bool {
-        let bits = |bound: Option<f64>| bound.map(f64::to_bits);
-        (self.required, bits(self.min), bits(self.max), self.min_len, self.max_len, self.defined)
-            == (other.required, bits(other.min), bits(other.max), other.min_len, other.max_len, other.defined)
-    }
-}
-
-impl Eq for FieldRules {}
+/// The validation rules of a field: the model's [`Rules`](crate::model::Rules), recorded as they are.
+pub use crate::model::Rules as FieldRules;
 
 /// Retired numbers and names of a message or enum.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

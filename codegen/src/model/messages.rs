@@ -60,8 +60,13 @@ pub enum Shape {
     Map,
 }
 
-/// Validation rules of a field, checked to fit its type.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The validation rules of a field, as `[(warren.rules) = { ... }]` declares them (see
+/// `proto/warren/options.proto`), checked to fit its type: receivers dead-letter (or answer `INVALID_ARGUMENT`
+/// to) a message that breaks one, and senders refuse to send it.
+///
+/// Bounds compare bit for bit, so that the type can be [`Eq`] (a `nan` bound equals itself); the compatibility
+/// rules compare them as numbers.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Rules {
     /// Set / non-empty / non-zero.
     pub required: bool,
@@ -76,6 +81,23 @@ pub struct Rules {
     /// Enum values must be declared ones.
     pub defined: bool,
 }
+
+impl Rules {
+    /// Whether the field has no rules at all.
+    pub fn is_empty(&self) -> bool {
+        *self == Rules::default()
+    }
+}
+
+impl PartialEq for Rules {
+    fn eq(&self, other: &Rules) -> bool {
+        let bits = |bound: Option<f64>| bound.map(f64::to_bits);
+        (self.required, bits(self.min), bits(self.max), self.min_len, self.max_len, self.defined)
+            == (other.required, bits(other.min), bits(other.max), other.min_len, other.max_len, other.defined)
+    }
+}
+
+impl Eq for Rules {}
 
 /// One field the generated `check` looks at.
 #[derive(Debug, Clone)]
