@@ -193,6 +193,50 @@ pub(crate) fn encode<P: Payload>(message: &P, format: WireFormat) -> Result<Vec<
     }
 }
 
+/// A message on its way out, as the publish paths see it: a generated contract message, or one a tool encoded
+/// from a contract read at run time ([`crate::Encoded`]). Generic code over it compiles to what it did for
+/// [`Payload`] alone.
+pub(crate) trait Outgoing: Sync {
+    /// Full proto name, sent as the AMQP `type`.
+    fn type_name(&self) -> &'static str;
+    /// The schema's fingerprint; empty when unknown.
+    fn fingerprint(&self) -> &'static str;
+    /// The body in `format`.
+    fn encode(&self, format: WireFormat) -> Result<Vec<u8>, Error>;
+    /// The body as protobuf, for the history; `None` when it cannot be had.
+    fn protobuf(&self) -> Option<Vec<u8>>;
+    /// The format it goes in unless told otherwise (RPC requests).
+    fn format(&self) -> WireFormat {
+        WireFormat::Protobuf
+    }
+    /// Checks the contract's validation rules, where this side knows them.
+    fn validate(&self) -> Result<(), Violations> {
+        Ok(())
+    }
+}
+
+impl<P: Payload> Outgoing for P {
+    fn type_name(&self) -> &'static str {
+        P::TYPE_NAME
+    }
+
+    fn fingerprint(&self) -> &'static str {
+        P::FINGERPRINT
+    }
+
+    fn encode(&self, format: WireFormat) -> Result<Vec<u8>, Error> {
+        encode(self, format)
+    }
+
+    fn protobuf(&self) -> Option<Vec<u8>> {
+        Some(self.encode_to_vec())
+    }
+
+    fn validate(&self) -> Result<(), Violations> {
+        Payload::validate(self)
+    }
+}
+
 /// Decodes a payload in `format` as `P` and checks its validation rules.
 pub(crate) fn decode<P: Payload>(format: WireFormat, payload: &[u8]) -> Result<P, DecodeError> {
     let malformed = |reason: String| DecodeError::Malformed { type_name: P::TYPE_NAME.to_owned(), reason };

@@ -369,3 +369,30 @@ impl fmt::Display for MethodSpec {
         f.write_str(self.path)
     }
 }
+
+/// The most distinct names [`intern`] keeps: far above any set of contracts, low enough that a caller passing a
+/// fresh name per message is stopped long before the memory matters.
+pub(crate) const MAX_INTERNED: usize = 10_000;
+
+/// `name` with a `'static` lifetime, as the names generated code hands over: for contracts read at run time
+/// (the encoded publish and call paths), whose names the bus keeps as it keeps generated ones (exchanges
+/// declared, metrics per type). Each distinct name is kept once, for the life of the process; past
+/// [`MAX_INTERNED`] distinct names, new ones are refused.
+pub(crate) fn intern(name: &str) -> Result<&'static str, Error> {
+    static NAMES: std::sync::Mutex<Option<std::collections::HashSet<&'static str>>> = std::sync::Mutex::new(None);
+    let mut names = NAMES.lock().expect("interned names");
+    let names = names.get_or_insert_with(Default::default);
+    if let Some(kept) = names.get(name) {
+        return Ok(kept);
+    }
+    if names.len() >= MAX_INTERNED {
+        return Err(Error::config(format!(
+            "more than {MAX_INTERNED} distinct type, exchange or queue names went through the encoded publish and \
+             call paths (the latest: {:?}); pass the names of contracts, not a value per message",
+            name.chars().take(64).collect::<String>()
+        )));
+    }
+    let kept: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(kept);
+    Ok(kept)
+}

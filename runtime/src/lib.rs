@@ -25,8 +25,9 @@
 //!
 //! # Layout
 //!
-//! - `bus/`: [`Bus`], the connection, topology declaration and shutdown (`mod.rs`), and confirmed, mandatory
-//!   publishing with [`PublishOptions`] (`publish.rs`).
+//! - `bus/`: [`Bus`], the connection, topology declaration and shutdown (`mod.rs`), confirmed, mandatory
+//!   publishing with [`PublishOptions`] (`publish.rs`), and [`Encoded`] messages from contracts read at run
+//!   time (`encoded.rs`).
 //! - `subscriber/`: [`Subscriber`] → [`Subscription`] and the consume loop (`mod.rs`), one delivery through its
 //!   handler to an ack, a retry or a dead letter (`worker.rs`), [`Outcome`] (`policy.rs`),
 //!   [`Context`] (`context.rs`).
@@ -45,6 +46,8 @@
 //!   `slots.rs`); `memory/` (the in-memory broker: the handle, its state and topology in `mod.rs`, publishing
 //!   and routing in `publish.rs`, TTL and dead-lettering in `queue.rs`, consumers and acks in `consume.rs`,
 //!   direct reply-to in `reply.rs`).
+//! - `inspect.rs`: [`QueueReader`] and [`Taken`], reading a queue message by message for operators' tools
+//!   ([`Bus::watch`], [`Bus::read_queue`], [`Bus::replay`] of dead letters).
 //! - `middleware.rs`: [`Middleware`], the layers around publish, consume, RPC call and RPC serve, and what
 //!   each hook sees ([`middleware`]'s context types).
 //! - `trace.rs`: [`TraceContext`], W3C trace context in `traceparent`/`tracestate` headers, the context of
@@ -68,6 +71,7 @@ mod error;
 mod feed;
 mod headers;
 mod health;
+mod inspect;
 mod metrics;
 pub mod middleware;
 #[cfg(feature = "prometheus")]
@@ -81,18 +85,19 @@ mod topology;
 mod trace;
 mod transport;
 
-pub use bus::{Bus, PublishOptions, RawMessage};
+pub use bus::{Bus, Encoded, PublishOptions, RawMessage};
 pub use codec::{CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF, Payload, Schema, Violation, Violations, WireFormat};
 pub use config::{BusConfig, DEFAULT_URL};
 pub use contract::{DecodeError, Event, Inbound, Priority, Task};
 pub use error::{BrokerError, Error, Result};
 pub use headers::{HeaderValue, Headers, MAX_HEADER_NAME_LEN, MessageProperties};
 pub use health::Health;
+pub use inspect::{MAX_PATTERN_LEN, QueueReader, Taken};
 pub use metrics::{Counters, MetricsSnapshot, SubscriberMetrics};
 pub use middleware::{Middleware, Refusal};
 pub use rpc::{
-    CallOptions, DEFAULT_SERVER_CONCURRENCY, Response, RpcClient, RpcContext, RpcError, ServerOptions, ServiceError,
-    Serving,
+    CallOptions, DEFAULT_SERVER_CONCURRENCY, EncodedCall, EncodedReply, Response, RpcClient, RpcContext, RpcError,
+    ServerOptions, ServiceError, Serving,
 };
 pub use signal::terminated;
 pub use status::{Code, Status};

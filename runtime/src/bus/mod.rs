@@ -3,7 +3,7 @@
 use rustc_hash::FxHashSet;
 use std::sync::{Arc, Mutex as StdMutex};
 
-use crate::codec::{self, Payload, WireFormat};
+use crate::codec::{Payload, WireFormat};
 use crate::config::{BusConfig, Endpoint};
 use crate::contract::{Event, ExchangeSpec, Inbound, Task};
 use crate::envelope::{self, Envelope, Properties};
@@ -18,8 +18,10 @@ use crate::transport::memory::Broker;
 use crate::transport::{Publish, QueueSettings, Transport};
 use warren_topology::{dead_letter_queue, is_retry_queue};
 
+mod encoded;
 mod publish;
 
+pub use encoded::Encoded;
 pub use publish::PublishOptions;
 
 /// A handle to the message bus. Cheap to clone; clones share one connection.

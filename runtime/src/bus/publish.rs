@@ -2,6 +2,8 @@
 //! when it has any, to a confirm.
 
 use super::*;
+use crate::codec::Outgoing;
+use crate::envelope::MessageId;
 
 /// Per-publish settings; the defaults suit almost every event.
 ///
@@ -128,7 +130,7 @@ impl Bus {
             self.declare_exchange(&spec.exchange).await?;
             let format = options.format.unwrap_or(spec.format);
             let priority = options.priority.or(spec.priority);
-            self.send(event, spec.exchange.name, &routing_key, format, priority, options, true).await
+            self.send(event, spec.exchange.name, &routing_key, format, priority, options, true).await.map(drop)
         }
     }
 
@@ -147,12 +149,12 @@ impl Bus {
         self.declare_queue(&dead_letter_queue(spec.queue), QueueSettings::plain(false)).await?;
         self.declare_queue(spec.queue, work_queue::<T>(spec.queue)).await?;
         let format = options.format.unwrap_or(spec.format);
-        self.send(task, "", spec.queue, format, options.priority, options, true).await
+        self.send(task, "", spec.queue, format, options.priority, options, true).await.map(drop)
     }
 
     /// [`Bus::send`] between the layers' hooks: each may change the headers or refuse, and each hears how
     /// it went (a refusal included).
-    async fn send_layered<P: Payload>(
+    async fn send_layered<P: Outgoing>(
         &self,
         message: &P,
         exchange: &str,
@@ -160,9 +162,9 @@ impl Bus {
         format: WireFormat,
         priority: Option<crate::Priority>,
         mut options: PublishOptions,
-    ) -> Result<()> {
+    ) -> Result<MessageId> {
         let layers = &self.inner.config.middleware;
-        let type_name = P::TYPE_NAME;
+        let type_name = message.type_name();
         let started = tokio::time::Instant::now();
         let mut publish = middleware::Publish { type_name, exchange, routing_key, headers: &mut options.headers };
         let refused = layers
@@ -197,7 +199,7 @@ impl Bus {
     /// another keeps both).
     #[expect(clippy::manual_async_fn, reason = "smaller future; see `Transport::publish_until`")]
     #[expect(clippy::too_many_arguments, reason = "private; the publish's parts, passed on as they are")]
-    fn send<P: Payload>(
+    pub(super) fn send<P: Outgoing>(
         &self,
         message: &P,
         exchange: &str,
@@ -206,20 +208,22 @@ impl Bus {
         priority: Option<crate::Priority>,
         mut options: PublishOptions,
         through_layers: bool,
-    ) -> impl Future<Output = Result<()>> + Send {
+    ) -> impl Future<Output = Result<MessageId>> + Send {
         async move {
             if through_layers && self.inner.config.middleware.get().is_some() {
                 // `dyn`: `send_layered` calls this function again.
-                let layered: std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send + '_>> =
+                let layered: std::pin::Pin<Box<dyn Future<Output = Result<MessageId>> + Send + '_>> =
                     Box::pin(self.send_layered(message, exchange, routing_key, format, priority, options));
                 return layered.await;
             }
-            let payload = codec::encode(message, format)?;
-            let mut envelope = Envelope::new(P::TYPE_NAME, format, "", self.inner.app_id);
-            let publishes = self.inner.metrics.publishes(P::TYPE_NAME);
+            let payload = message.encode(format)?;
+            let type_name = message.type_name();
+            let mut envelope = Envelope::new(type_name, format, "", self.inner.app_id);
+            let publishes = self.inner.metrics.publishes(type_name);
             if publishes.stamps_schema(envelope.timestamp) {
-                envelope.schema = P::FINGERPRINT;
+                envelope.schema = message.fingerprint();
             }
+            let id = envelope.message_id;
             envelope.correlation_id = options.correlation_id.map(Arc::from);
             // After the layers, so that a `traceparent` set by the caller or a layer is kept.
             let context = trace::stamp(&mut options.headers, self.inner.config.trace_context);
@@ -240,10 +244,11 @@ impl Bus {
             envelope.priority = priority.map(crate::Priority::as_amqp);
             let properties = Properties::from(envelope);
             // History keeps protobuf, whatever went on the wire.
-            let kept = self.inner.metrics.history_enabled().then(|| match format {
-                WireFormat::Protobuf => payload.clone(),
-                WireFormat::Json => message.encode_to_vec(),
-            });
+            let kept = match format {
+                _ if !self.inner.metrics.history_enabled() => None,
+                WireFormat::Protobuf => Some(payload.clone()),
+                WireFormat::Json => message.protobuf(),
+            };
             if options.fire_and_forget {
                 self.check_open_and_size(payload.len())?;
                 let publish = Publish { exchange, routing_key, mandatory: false, confirm: false };
@@ -251,8 +256,8 @@ impl Bus {
             } else {
                 self.publish_raw(exchange, routing_key, payload, properties).await?;
             }
-            self.inner.metrics.published(P::TYPE_NAME, &publishes, kept);
-            Ok(())
+            self.inner.metrics.published(type_name, &publishes, kept);
+            Ok(id)
         }
     }
 

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::RpcError;
 use super::error::ServiceError;
 use crate::bus::Bus;
-use crate::codec::{self, Payload, WireFormat};
+use crate::codec::{self, Outgoing, Payload, WireFormat};
 use crate::contract::{MethodSpec, ServiceSpec};
 use crate::envelope::{self, Envelope, Properties};
 use crate::error::{Error, Later, Result};
@@ -24,15 +24,15 @@ use crate::transport::{Publish, ReplyPath};
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Reply>>>>;
 
-struct Reply {
-    code: i32,
-    message: String,
-    payload: Vec<u8>,
+pub(super) struct Reply {
+    pub(super) code: i32,
+    pub(super) message: String,
+    pub(super) payload: Vec<u8>,
     /// The declared error type the payload holds, when the method failed with one.
-    error_type: Option<String>,
-    format: WireFormat,
+    pub(super) error_type: Option<String>,
+    pub(super) format: WireFormat,
     /// The application's headers on the reply (Warren's own left out).
-    headers: Headers,
+    pub(super) headers: Headers,
 }
 
 /// The bus's RPC reply path and the calls waiting on it.
@@ -163,9 +163,9 @@ impl<T> Response<T> {
 /// Calls methods of one service. Used by generated clients.
 #[derive(Debug, Clone)]
 pub struct RpcClient {
-    bus: Bus,
-    service: &'static ServiceSpec,
-    timeout: Option<Duration>,
+    pub(super) bus: Bus,
+    pub(super) service: ServiceSpec,
+    pub(super) timeout: Option<Duration>,
 }
 
 /// No per-call settings.
@@ -174,7 +174,7 @@ static DEFAULTS: CallOptions = CallOptions { timeout: None, headers: Headers::EM
 impl RpcClient {
     /// A client for `service` over `bus`.
     pub fn new(bus: &Bus, service: &'static ServiceSpec) -> Self {
-        RpcClient { bus: bus.clone(), service, timeout: None }
+        RpcClient { bus: bus.clone(), service: *service, timeout: None }
     }
 
     /// Uses `timeout` as every call's deadline.
@@ -235,18 +235,28 @@ impl RpcClient {
         request: &Req,
         options: &CallOptions,
     ) -> std::result::Result<Reply, Status> {
+        self.exchange(Target { path: method.path, timeout: method.timeout }, request, options).await
+    }
+
+    /// Sends `request` to `target` and waits for the reply, through the bus's layers when it has any.
+    pub(super) async fn exchange<Req: Outgoing>(
+        &self,
+        target: Target,
+        request: &Req,
+        options: &CallOptions,
+    ) -> std::result::Result<Reply, Status> {
         if self.bus.inner.config.middleware.get().is_none() {
-            return self.send_call(method, request, options.timeout, options.headers.clone()).await;
+            return self.send_call(target, request, options.timeout, options.headers.clone()).await;
         }
         // Boxed: calls without layers carry no room for the layers' state.
-        Box::pin(self.call_layered(method, request, options)).await
+        Box::pin(self.call_layered(target, request, options)).await
     }
 
     /// [`RpcClient::send_call`] between the layers' hooks: each may change the headers or refuse with a
     /// status, and each hears the call's status (a refusal included).
-    async fn call_layered<Req: Payload>(
+    async fn call_layered<Req: Outgoing>(
         &self,
-        method: &MethodSpec,
+        method: Target,
         request: &Req,
         options: &CallOptions,
     ) -> std::result::Result<Reply, Status> {
@@ -269,9 +279,9 @@ impl RpcClient {
     }
 
     /// Sends the request with `headers` and waits for the reply, within the call's deadline.
-    async fn send_call<Req: Payload>(
+    async fn send_call<Req: Outgoing>(
         &self,
-        method: &MethodSpec,
+        method: Target,
         request: &Req,
         timeout: Option<Duration>,
         mut headers: Headers,
@@ -282,9 +292,11 @@ impl RpcClient {
             return Err(Status::invalid_argument(format!("{method}: {error}")));
         }
         if let Err(violations) = request.validate() {
-            return Err(Status::invalid_argument(format!("{method}: {} is invalid: {violations}", Req::TYPE_NAME)));
+            let type_name = request.type_name();
+            return Err(Status::invalid_argument(format!("{method}: {type_name} is invalid: {violations}")));
         }
-        let payload = request.encode_to_vec();
+        let format = request.format();
+        let payload = request.encode(format).map_err(|e| Status::invalid_argument(format!("{method}: {e}")))?;
         let bus = &self.bus;
         let replies = {
             let mut current = bus.inner.replies.lock().await;
@@ -304,9 +316,9 @@ impl RpcClient {
 
         // The schema fingerprint goes on a sample of requests, as on events (see `Publishes::stamps_schema`). The
         // method's `Publishes` only samples: nothing counts it as published, so metrics snapshots leave it out.
-        let mut envelope = Envelope::new(method.path, WireFormat::Protobuf, "", bus.inner.app_id);
+        let mut envelope = Envelope::new(method.path, format, "", bus.inner.app_id);
         if bus.inner.metrics.publishes(method.path).stamps_schema(envelope.timestamp) {
-            envelope.schema = Req::FINGERPRINT;
+            envelope.schema = request.fingerprint();
         }
         envelope.reply_to = Some(Arc::clone(&replies.path.address));
         // What is left of the call's time once the reply path is open and the queue declared: the TTL bounds
@@ -362,8 +374,23 @@ impl RpcClient {
     }
 }
 
+/// Where a call goes: a method of the client's service.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Target {
+    /// `/<service>/<method>`.
+    pub(super) path: &'static str,
+    /// The method's own deadline, when its contract sets one.
+    pub(super) timeout: Option<Duration>,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.path)
+    }
+}
+
 /// The status of a call that got no reply within `timeout`.
-fn deadline_error(method: &MethodSpec, timeout: Duration) -> Status {
+fn deadline_error(method: impl std::fmt::Display, timeout: Duration) -> Status {
     Status::deadline_exceeded(format!("{method} got no reply within {timeout:?} (is a server running?)"))
 }
 

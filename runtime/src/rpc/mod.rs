@@ -11,14 +11,17 @@
 //!
 //! - `client.rs`: [`RpcClient`] (used by generated clients), per-call [`CallOptions`], the reply path.
 //! - `server.rs`: [`serve`] (used by generated servers), [`ServerOptions`], [`RpcContext`], [`Serving`].
+//! - `encoded.rs`: [`crate::Bus::call_encoded`], a call to a method read from a contract at run time.
 //! - `error.rs`: [`RpcError`] and the declared errors' traits.
 
 mod client;
+mod encoded;
 mod error;
 mod server;
 
 pub(crate) use client::Replies;
 pub use client::{CallOptions, Response, RpcClient};
+pub use encoded::{EncodedCall, EncodedReply};
 pub use error::{DeclaredError, Failure, RpcError, ServiceError};
 pub use server::{
     DEFAULT_SERVER_CONCURRENCY, RpcContext, ServerOptions, Serving, decode_request, encode_reply, serve, serve_options,
