@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 pub(crate) const MARKER: &str = "warren:allow";
 
 use miette::Diagnostic;
-use prost::Message as _;
 use prost_reflect::DescriptorPool;
 use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver};
 
@@ -65,8 +64,35 @@ pub(crate) fn compile(includes: &[PathBuf], files: &[PathBuf]) -> Result<Compile
     }
     // Sorted so output does not depend on the order files were listed in.
     requested.sort();
-    let set = compiler.file_descriptor_set();
-    Ok(Compiled { pool: compiler.descriptor_pool(), descriptor_set: set.encode_to_vec(), paths, requested })
+    // Encoded from the pool, not from protox's `FileDescriptorSet`: prost's descriptor types drop the options'
+    // extensions (Warren's own), which tools reading the set at run time need.
+    let pool = compiler.descriptor_pool();
+    Ok(Compiled { descriptor_set: pool.encode_to_vec(), pool, paths, requested })
+}
+
+/// Contracts already compiled: an encoded `FileDescriptorSet` with its imports (as generated crates embed it,
+/// or `protoc --include_imports --include_source_info -o` writes it). Every file but Warren's options and
+/// Google's well-known types counts as asked for.
+pub(crate) fn from_descriptor_set(bytes: &[u8]) -> Result<Compiled> {
+    let pool = DescriptorPool::decode(bytes).map_err(|error| {
+        Error::contract(
+            Location { file: PathBuf::from("<descriptor set>"), line: 0, column: 0 },
+            format!("the descriptor set does not decode: {error}"),
+            "give an encoded google.protobuf.FileDescriptorSet that includes its imports \
+             (protoc --include_imports -o FILE)",
+        )
+    })?;
+    let mut paths = BTreeMap::new();
+    let mut requested = Vec::new();
+    for file in pool.files() {
+        let name = file.name().to_owned();
+        paths.insert(name.clone(), PathBuf::from(&name));
+        if name != OPTIONS_PROTO_NAME && !name.starts_with("google/protobuf/") {
+            requested.push(name);
+        }
+    }
+    requested.sort();
+    Ok(Compiled { pool, descriptor_set: bytes.to_vec(), paths, requested })
 }
 
 /// Turns a protox error into one that says file:line:column and names the real problem.

@@ -77,6 +77,14 @@ pub fn load(config: &Config) -> Result<Contracts> {
     Contracts::build(compiled)
 }
 
+/// Reads and checks the contracts of an encoded `FileDescriptorSet` that includes its imports: a generated
+/// crate's `FILE_DESCRIPTOR_SET`, or what `protoc --include_imports --include_source_info -o` writes. What
+/// tools that read contracts at run time start from (the `warren` CLI, the gateway); proto comments are kept
+/// when the set has source info.
+pub fn load_descriptor_set(bytes: &[u8]) -> Result<Contracts> {
+    Contracts::build(compile::from_descriptor_set(bytes)?)
+}
+
 /// Compiles, checks and generates: the files for `config`, in memory, sorted by path.
 pub fn generate(config: &Config) -> Result<Files> {
     let contracts = load(config)?;

@@ -128,9 +128,7 @@ pub fn enum_word(
     number: i32,
 ) -> Result<String, Error> {
     match name {
-        Some(name) => {
-            Ok(name.strip_prefix(prefix).filter(|rest| !rest.is_empty()).unwrap_or(name).to_ascii_lowercase())
-        }
+        Some(name) => Ok(crate::topic::enum_word(name, prefix)),
         None => Err(Error::RoutingKey {
             type_name,
             field,

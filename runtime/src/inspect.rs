@@ -119,15 +119,25 @@ impl Bus {
     /// a topic exchange), through a queue of its own: auto-deleted when the reader closes, expiring if it is
     /// left behind, never taking a message from anyone else's queue. Acknowledge each message read
     /// ([`Taken::ack`]): the reader takes at most 256 ahead of those settled.
-    pub async fn watch(&self, exchange: &str, pattern: &str) -> Result<QueueReader> {
+    ///
+    /// The exchange is declared as described first (once per bus), so a watch can start before anyone
+    /// publishes.
+    pub async fn watch(&self, exchange: &crate::Exchange, pattern: &str) -> Result<QueueReader> {
         if pattern.len() > MAX_PATTERN_LEN {
             return Err(Error::config(format!(
                 "the pattern is {} bytes; RabbitMQ takes at most {MAX_PATTERN_LEN}",
                 pattern.len()
             )));
         }
+        let spec = crate::contract::ExchangeSpec {
+            name: crate::contract::intern(&exchange.name)?,
+            kind: exchange.kind,
+            durable: exchange.durable,
+            auto_delete: exchange.auto_delete,
+        };
+        self.declare_exchange(&spec).await?;
         let queue = format!("warren.watch.{}", envelope::new_id());
-        let (exchange, pattern, name) = (exchange.to_owned(), pattern.to_owned(), queue.clone());
+        let (exchange, pattern, name) = (exchange.name.clone(), pattern.to_owned(), queue.clone());
         let setup: Setup = Arc::new(move |bus: Bus| {
             let (exchange, pattern, name) = (exchange.clone(), pattern.clone(), name.clone());
             Box::pin(async move {

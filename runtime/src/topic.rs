@@ -1,3 +1,3 @@
 //! AMQP topic matching (`*` one word, `#` zero or more), re-exported from `warren-topology`.
 
-pub use warren_topology::topic::{matches, overlaps, pattern_problem, word_problem};
+pub use warren_topology::topic::{enum_word, matches, overlaps, pattern_problem, word_problem};

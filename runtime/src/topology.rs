@@ -33,6 +33,13 @@ pub struct Exchange {
     pub auto_delete: bool,
 }
 
+impl Exchange {
+    /// Exchange `name` of `kind`, surviving broker restarts if `durable`, deleted with its last queue if `auto_delete`.
+    pub fn new(name: impl Into<String>, kind: ExchangeKind, durable: bool, auto_delete: bool) -> Self {
+        Exchange { name: name.into(), kind, durable, auto_delete }
+    }
+}
+
 impl From<&ExchangeSpec> for Exchange {
     fn from(spec: &ExchangeSpec) -> Self {
         Exchange { name: spec.name.to_owned(), kind: spec.kind, durable: spec.durable, auto_delete: spec.auto_delete }

@@ -143,6 +143,12 @@ pub fn word_problem(value: &str) -> Option<&'static str> {
     }
 }
 
+/// An enum value as a routing-key word: its proto name without the enum's `prefix` (as prost strips it for
+/// variant names), in lower case: `NOTIFICATION_TYPE_WARNING` → `warning`.
+pub fn enum_word(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix).filter(|rest| !rest.is_empty()).unwrap_or(name).to_ascii_lowercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

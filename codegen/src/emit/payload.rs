@@ -5,7 +5,7 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 use super::{ident, rust_path};
-use crate::model::{ErrorSet, FieldCheck, FieldKind, Message, Package, Shape};
+use crate::model::{ErrorSet, FieldCheck, FieldKind, Message, Package, Rules, Shape};
 
 /// `root` is the path from the package module to the crate root (or include file root), e.g. `super::super`.
 pub(super) fn emit(package: &Package, root: &TokenStream) -> TokenStream {
@@ -80,17 +80,17 @@ fn field_check(check: &FieldCheck) -> TokenStream {
             (FieldKind::Float(_), _) => quote!(self.#field == 0.0),
             _ => quote!(self.#field == 0),
         };
-        let problem = push("is required (must be set, non-empty and non-zero)".to_owned());
+        let problem = push(Rules::REQUIRED.to_owned());
         out.extend(quote!(if #missing { #problem }));
     }
     // An unsigned field cannot go below zero: no test (rustc would call it useless).
     let unsigned = matches!(check.kind, FieldKind::Int(ty) if ty.starts_with('u'));
     if let Some(min) = rules.min.filter(|min| !(unsigned && *min <= 0.0)) {
-        let (limit, problem) = (bound(min), push(format!("must be at least {min}")));
+        let (limit, problem) = (bound(min), push(Rules::below_min(min)));
         out.extend(single(quote!(if value < #limit { #problem })));
     }
     if let Some(max) = rules.max {
-        let (limit, problem) = (bound(max), push(format!("must be at most {max}")));
+        let (limit, problem) = (bound(max), push(Rules::above_max(max)));
         out.extend(single(quote!(if value > #limit { #problem })));
     }
     if rules.min_len.is_some() || rules.max_len.is_some() {
@@ -101,11 +101,11 @@ fn field_check(check: &FieldCheck) -> TokenStream {
         };
         let mut tests = TokenStream::new();
         if let Some(min) = rules.min_len {
-            let (min, problem) = (min as usize, push(format!("must have at least {min} {unit}")));
+            let (min, problem) = (min as usize, push(Rules::too_short(min, unit)));
             tests.extend(quote!(if #len < #min { #problem }));
         }
         if let Some(max) = rules.max_len {
-            let (max, problem) = (max as usize, push(format!("must have at most {max} {unit}")));
+            let (max, problem) = (max as usize, push(Rules::too_long(max, unit)));
             tests.extend(quote!(if #len > #max { #problem }));
         }
         out.extend(match check.shape {
@@ -116,7 +116,7 @@ fn field_check(check: &FieldCheck) -> TokenStream {
     if rules.defined {
         let FieldKind::Enum(path) = &check.kind else { unreachable!("`defined` is only allowed on enums") };
         let ty = rust_path(path);
-        let problem = push(format!("must be a value of enum {}", path.rsplit("::").next().unwrap_or(path)));
+        let problem = push(Rules::undefined(path.rsplit("::").next().unwrap_or(path)));
         let undefined = quote!(#ty::try_from(*value).is_err());
         out.extend(match check.shape {
             Shape::Repeated => quote!(if self.#field.iter().any(|value| #undefined) { #problem }),

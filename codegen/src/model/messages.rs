@@ -83,6 +83,34 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// What a violation of `required` says; generated checks and `warren-reflect`'s say the same.
+    pub const REQUIRED: &'static str = "is required (must be set, non-empty and non-zero)";
+
+    /// What a value below `min` breaks.
+    pub fn below_min(min: f64) -> String {
+        format!("must be at least {min}")
+    }
+
+    /// What a value above `max` breaks.
+    pub fn above_max(max: f64) -> String {
+        format!("must be at most {max}")
+    }
+
+    /// What a length below `min` (in `unit`: characters, bytes or items) breaks.
+    pub fn too_short(min: u32, unit: &str) -> String {
+        format!("must have at least {min} {unit}")
+    }
+
+    /// What a length above `max` breaks.
+    pub fn too_long(max: u32, unit: &str) -> String {
+        format!("must have at most {max} {unit}")
+    }
+
+    /// What an undeclared value of enum `name` breaks.
+    pub fn undefined(name: &str) -> String {
+        format!("must be a value of enum {name}")
+    }
+
     /// Whether the field has no rules at all.
     pub fn is_empty(&self) -> bool {
         *self == Rules::default()

@@ -107,6 +107,11 @@ fn typed<T: prost::Message + Default>(value: &Value, ext: &ExtensionDescriptor, 
 }
 
 impl Contracts {
+    /// The descriptors the model was read from (imports included): for reading messages at run time.
+    pub fn pool(&self) -> &DescriptorPool {
+        &self.pool
+    }
+
     /// Reads the model out of compiled protos and checks it. Every problem is reported, not only the first:
     /// an item that fails is left out and reading goes on (see [`Problems`]).
     pub(crate) fn build(compiled: Compiled) -> Result<Contracts> {

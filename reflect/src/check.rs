@@ -1,0 +1,144 @@
+//! The contract's validation rules (`[(warren.rules) = { ... }]`) on a message read at run time: the same
+//! checks, and the same words, as the `check` generated code runs (`warren-codegen`'s `Rules` holds the words
+//! for both).
+
+use prost_reflect::{DynamicMessage, Kind, ReflectMessage, Value};
+use warren::Violations;
+use warren_codegen::model::{FieldCheck, Rules, Shape};
+
+use crate::{Catalog, Error};
+
+impl Catalog {
+    /// Checks `message` against its contract's validation rules; a message the contracts give no rules passes.
+    pub fn validate(&self, message: &DynamicMessage) -> Result<(), Error> {
+        let mut violations = Violations::default();
+        self.check(message, "", &mut violations);
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid { type_name: message.descriptor().full_name().to_owned(), violations })
+        }
+    }
+
+    fn check(&self, message: &DynamicMessage, path: &str, violations: &mut Violations) {
+        let name = message.descriptor().full_name().to_owned();
+        let Some(model) = self.contracts.packages.iter().flat_map(|p| &p.messages).find(|m| m.full_name == name) else {
+            return;
+        };
+        for check in &model.checks {
+            let Some(field) = message.descriptor().get_field_by_name(&check.name) else { continue };
+            let present = message.has_field(&field);
+            let value = message.get_field(&field);
+            self.check_field(check, &field.kind(), present, &value, path, violations);
+        }
+    }
+
+    fn check_field(
+        &self,
+        check: &FieldCheck,
+        kind: &Kind,
+        present: bool,
+        value: &Value,
+        path: &str,
+        violations: &mut Violations,
+    ) {
+        let rules = check.rules;
+        let field = check.name.as_str();
+        let optional = check.shape == Shape::Optional;
+        if rules.required && is_missing(value, optional, present) {
+            violations.push(path, field, Rules::REQUIRED);
+        }
+        // Singular values: an optional one only when set.
+        let singular = match check.shape {
+            Shape::Plain => Some(value),
+            Shape::Optional if present => Some(value),
+            _ => None,
+        };
+        if let Some(number) = singular.and_then(as_number) {
+            if let Some(min) = rules.min.filter(|min| number < *min) {
+                violations.push(path, field, Rules::below_min(min));
+            }
+            if let Some(max) = rules.max.filter(|max| number > *max) {
+                violations.push(path, field, Rules::above_max(max));
+            }
+        }
+        if rules.min_len.is_some() || rules.max_len.is_some() {
+            let measured = match (value, check.shape) {
+                (_, Shape::Optional) if !present => None,
+                (Value::List(items), _) => Some((items.len(), "items")),
+                (Value::Map(items), _) => Some((items.len(), "items")),
+                (Value::String(text), _) => Some((text.chars().count(), "characters")),
+                (Value::Bytes(bytes), _) => Some((bytes.len(), "bytes")),
+                _ => None,
+            };
+            if let Some((len, unit)) = measured {
+                if let Some(min) = rules.min_len.filter(|min| len < *min as usize) {
+                    violations.push(path, field, Rules::too_short(min, unit));
+                }
+                if let Some(max) = rules.max_len.filter(|max| len > *max as usize) {
+                    violations.push(path, field, Rules::too_long(max, unit));
+                }
+            }
+        }
+        if rules.defined
+            && let Kind::Enum(descriptor) = kind
+        {
+            let undefined = |value: &Value| value.as_enum_number().is_some_and(|n| descriptor.get_value(n).is_none());
+            let broken = match value {
+                Value::List(values) => values.iter().any(undefined),
+                _ if optional && !present => false,
+                value => undefined(value),
+            };
+            if broken {
+                violations.push(path, field, Rules::undefined(descriptor.name()));
+            }
+        }
+        if check.nested {
+            let here = warren::__codegen::join(path, field);
+            match value {
+                Value::List(items) => {
+                    for (index, item) in items.iter().enumerate() {
+                        if let Value::Message(item) = item {
+                            self.check(item, &format!("{here}[{index}]"), violations);
+                        }
+                    }
+                }
+                Value::Message(item) if present => self.check(item, &here, violations),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Whether a `required` field is missing: unset, empty, `false` or zero, as the generated check reads it.
+fn is_missing(value: &Value, optional: bool, present: bool) -> bool {
+    if optional {
+        return !present;
+    }
+    match value {
+        Value::Bool(b) => !b,
+        Value::I32(n) | Value::EnumNumber(n) => *n == 0,
+        Value::I64(n) => *n == 0,
+        Value::U32(n) => *n == 0,
+        Value::U64(n) => *n == 0,
+        Value::F32(n) => *n == 0.0,
+        Value::F64(n) => *n == 0.0,
+        Value::String(s) => s.is_empty(),
+        Value::Bytes(b) => b.is_empty(),
+        Value::List(items) => items.is_empty(),
+        Value::Map(items) => items.is_empty(),
+        Value::Message(_) => !present,
+    }
+}
+
+fn as_number(value: &Value) -> Option<f64> {
+    Some(match value {
+        Value::I32(n) => f64::from(*n),
+        Value::I64(n) => *n as f64,
+        Value::U32(n) => f64::from(*n),
+        Value::U64(n) => *n as f64,
+        Value::F32(n) => f64::from(*n),
+        Value::F64(n) => *n,
+        _ => return None,
+    })
+}

@@ -1,0 +1,194 @@
+//! Warren's contracts read at run time, for tools that are not compiled against a generated crate: the `warren`
+//! CLI and the HTTP/WebSocket gateway. A [`Catalog`] holds the contract model (the one `warren-codegen` checks
+//! and generates from, so the same names, routing keys, queues and rules), and over a [`warren::Bus`] it
+//! publishes, enqueues and calls messages given as JSON or protobuf, and decodes what it reads back.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let catalog = warren_reflect::Catalog::from_descriptor_set(warren_contracts::FILE_DESCRIPTOR_SET)?;
+//! let event = catalog.event("UserRegistered")?; // a unique short name, or the full proto name
+//! let message = catalog.parse_json(&event.full_name, r#"{"userId": "7", "username": "ada", "email": "ada@example.com"}"#)?;
+//! assert_eq!(catalog.routing_key(event, &message)?, "user.registered");
+//!
+//! let bus = warren::Bus::in_memory();
+//! let mut tail = bus.watch(&catalog.exchange("gametrade.events")?, "user.*").await?;
+//! let id = catalog.publish(&bus, event, &message, warren::PublishOptions::new()).await?;
+//! let seen = tail.next_within(std::time::Duration::from_secs(1)).await.expect("the event arrives");
+//! assert_eq!(seen.message.properties.message_id.as_deref(), Some(id.as_str()));
+//! assert_eq!(catalog.decode(&seen.message)?["username"], "ada");
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - `lib.rs`: [`Catalog`] (loading contracts) and [`Error`].
+//! - `names.rs`: finding events, tasks, services, methods and messages by full or unique short name, with
+//!   the closest names when none matches.
+//! - `check.rs`: the contract's validation rules on a message read at run time, worded as generated checks
+//!   word them.
+//! - `send.rs`: JSON and protobuf in and out, routing keys from templates, publish, enqueue, call, decode.
+
+mod check;
+mod names;
+mod send;
+
+use std::path::{Path, PathBuf};
+
+pub use names::Item;
+pub use send::{Format, Reply, to_json};
+pub use warren_codegen::Contracts;
+pub use warren_codegen::model::{Event, Exchange, Method, Service, Task};
+
+/// What went wrong reading contracts or a message, or sending one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The contracts did not load (a proto that does not compile, a broken contract, an unreadable file).
+    #[error("{0}")]
+    Contracts(String),
+    /// No event, task, service, method or message has this name.
+    #[error("no {what} is named \"{name}\"{}", did_you_mean(.suggestions))]
+    NotFound {
+        /// What was looked for: `event`, `task`, …
+        what: &'static str,
+        /// The name given.
+        name: String,
+        /// The closest names there are.
+        suggestions: Vec<String>,
+    },
+    /// A short name several items share.
+    #[error("\"{name}\" could be any of {}; give the full name", .candidates.join(", "))]
+    Ambiguous {
+        /// The name given.
+        name: String,
+        /// The full names it could mean.
+        candidates: Vec<String>,
+    },
+    /// The input does not decode as the message.
+    #[error("the input is not a valid {type_name}: {reason}")]
+    Malformed {
+        /// The message's full name.
+        type_name: String,
+        /// Where and why, e.g. `at userId: invalid type: …`.
+        reason: String,
+    },
+    /// The message breaks its contract's validation rules.
+    #[error("{type_name} is invalid: {violations}")]
+    Invalid {
+        /// The message's full name.
+        type_name: String,
+        /// Each broken rule, by field.
+        violations: warren::Violations,
+    },
+    /// A routing-key template's field has a value that cannot be a word of a key.
+    #[error("field `{field}` of {type_name} fills the routing key, but its value {value:?} {problem}")]
+    RoutingKey {
+        /// The event's full name.
+        type_name: String,
+        /// The field.
+        field: String,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The bus failed.
+    #[error(transparent)]
+    Bus(#[from] warren::Error),
+}
+
+fn did_you_mean(suggestions: &[String]) -> String {
+    match suggestions {
+        [] => String::new(),
+        [one] => format!("; did you mean {one}?"),
+        more => format!("; did you mean one of {}?", more.join(", ")),
+    }
+}
+
+/// Contracts loaded at run time: the checked model and its descriptors.
+#[derive(Debug)]
+pub struct Catalog {
+    contracts: Contracts,
+}
+
+impl Catalog {
+    /// The contracts of an encoded `FileDescriptorSet` with its imports: a generated crate's
+    /// `FILE_DESCRIPTOR_SET`, or what `protoc --include_imports --include_source_info -o FILE` writes.
+    pub fn from_descriptor_set(bytes: &[u8]) -> Result<Catalog, Error> {
+        let contracts = warren_codegen::load_descriptor_set(bytes).map_err(|e| Error::Contracts(e.to_string()))?;
+        Ok(Catalog { contracts })
+    }
+
+    /// The contracts of a file written by `protoc --include_imports -o FILE` (or a generated crate's
+    /// `file_descriptor_set.bin`).
+    pub fn from_descriptor_set_file(path: &Path) -> Result<Catalog, Error> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Contracts(format!("cannot read descriptor set {}: {e}", path.display())))?;
+        Catalog::from_descriptor_set(&bytes)
+    }
+
+    /// Compiles every `.proto` file under `dir` (the include root, as `proto/` in this workspace), checking
+    /// the contracts as `cargo xtask regen` does. Warren's own `warren/options.proto` need not be there.
+    pub fn from_proto_dir(dir: &Path) -> Result<Catalog, Error> {
+        let mut files = Vec::new();
+        collect_protos(dir, dir, &mut files)
+            .map_err(|e| Error::Contracts(format!("cannot read proto directory {}: {e}", dir.display())))?;
+        files.retain(|file| file != Path::new("warren/options.proto"));
+        if files.is_empty() {
+            return Err(Error::Contracts(format!("no .proto files under {}", dir.display())));
+        }
+        files.sort();
+        let config = warren_codegen::Config::new([dir], files);
+        let contracts = warren_codegen::load(&config).map_err(|e| Error::Contracts(e.to_string()))?;
+        Ok(Catalog { contracts })
+    }
+
+    /// The contract model: packages with their events, tasks, services and messages; exchanges.
+    pub fn contracts(&self) -> &Contracts {
+        &self.contracts
+    }
+
+    /// Every event, by package.
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.contracts.packages.iter().flat_map(|p| &p.events)
+    }
+
+    /// Every task, by package.
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.contracts.packages.iter().flat_map(|p| &p.tasks)
+    }
+
+    /// Every RPC service, by package.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.contracts.packages.iter().flat_map(|p| &p.services)
+    }
+
+    /// Exchange `name` as the contracts declare it, for [`warren::Bus::watch`].
+    pub fn exchange(&self, name: &str) -> Result<warren::Exchange, Error> {
+        match self.contracts.exchanges.get(name) {
+            Some(e) => Ok(warren::Exchange::new(&e.name, e.kind, e.durable, e.auto_delete)),
+            None => {
+                let names: Vec<String> = self.contracts.exchanges.keys().cloned().collect();
+                Err(names::not_found("exchange", name, names))
+            }
+        }
+    }
+
+    /// Every exchange the contracts declare.
+    pub fn exchanges(&self) -> impl Iterator<Item = &Exchange> {
+        self.contracts.exchanges.values()
+    }
+}
+
+/// Every `.proto` file under `dir`, relative to `root`.
+fn collect_protos(root: &Path, dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_protos(root, &path, files)?;
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            files.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf());
+        }
+    }
+    Ok(())
+}
