@@ -20,6 +20,25 @@ impl Catalog {
         }
     }
 
+    /// The contract's rules on field `field` of message `message` (full name), as text, e.g.
+    /// `required, max_len 64`; `None` when it has none.
+    pub fn rules(&self, message: &str, field: &str) -> Option<String> {
+        let model = self.contracts.packages.iter().flat_map(|p| &p.messages).find(|m| m.full_name == message)?;
+        let rules = model.checks.iter().find(|c| c.name == field)?.rules;
+        let mut said = Vec::new();
+        if rules.required {
+            said.push("required".to_owned());
+        }
+        said.extend(rules.min.map(|v| format!("min {v}")));
+        said.extend(rules.max.map(|v| format!("max {v}")));
+        said.extend(rules.min_len.map(|v| format!("min_len {v}")));
+        said.extend(rules.max_len.map(|v| format!("max_len {v}")));
+        if rules.defined {
+            said.push("defined".to_owned());
+        }
+        (!said.is_empty()).then(|| said.join(", "))
+    }
+
     fn check(&self, message: &DynamicMessage, path: &str, violations: &mut Violations) {
         let name = message.descriptor().full_name().to_owned();
         let Some(model) = self.contracts.packages.iter().flat_map(|p| &p.messages).find(|m| m.full_name == name) else {

@@ -37,7 +37,8 @@ use std::path::{Path, PathBuf};
 pub use names::Item;
 pub use send::{Format, Reply, to_json};
 pub use warren_codegen::Contracts;
-pub use warren_codegen::model::{Event, Exchange, Method, Service, Task};
+pub use warren_codegen::model::{Event, Exchange, Method, RetryPolicy, Rules, Service, Task};
+pub use warren_topology::dead_letter_queue;
 
 /// What went wrong reading contracts or a message, or sending one.
 #[derive(Debug, thiserror::Error)]
