@@ -242,7 +242,7 @@ async fn replay(
         let Some(taken) = reader.next_within(IDLE).await else {
             // Nothing ready (what is left, this reader holds) or the reader is consuming again.
             idle_reads += 1;
-            if idle_reads >= 3 || bus.queue_depth(&selection.queue).await.unwrap_or(0) == 0 {
+            if idle_reads >= 3 || bus.queue_depth(&selection.queue).await.ok() == Some(0) {
                 break;
             }
             continue;
