@@ -5,6 +5,7 @@
 mod contracts;
 mod delivery;
 mod failures;
+mod inspect;
 mod lifecycle;
 mod metadata;
 mod middleware;
