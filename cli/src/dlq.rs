@@ -141,8 +141,11 @@ async fn list(catalog: &Catalog, bus: &Bus, named: &[String], scan: u32, out: &O
         let mut held = Vec::new();
         while (held.len() as u64) < depth.min(u64::from(scan)) {
             let Some(taken) = reader.next_within(IDLE).await else { break };
-            let failed_at = taken.message.header_str("x-warren-failed-at").map(str::to_owned);
-            let time = failed_at.or_else(|| taken.message.properties.timestamp.map(|t| t.to_string()));
+            let failed_at = match taken.message.headers().get("x-warren-failed-at") {
+                Some(warren::HeaderValue::Timestamp(seconds)) => Some(*seconds),
+                _ => taken.message.properties.timestamp,
+            };
+            let time = failed_at.map(|seconds| crate::services::rfc3339(seconds.saturating_mul(1000)));
             if oldest.is_none() {
                 oldest = time;
             }
@@ -354,8 +357,11 @@ impl Ledger {
     }
 }
 
-/// A header's value as JSON: text and numbers as they are, anything else as its debug form.
+/// A header's value as JSON: text and numbers as they are, times in RFC 3339, anything else as its debug form.
 fn header_json(value: &warren::HeaderValue) -> serde_json::Value {
+    if let warren::HeaderValue::Timestamp(seconds) = value {
+        return serde_json::Value::String(crate::services::rfc3339(seconds.saturating_mul(1000)));
+    }
     match (value.as_str(), value.as_i64()) {
         (Some(text), _) => serde_json::Value::String(text.to_owned()),
         (None, Some(number)) => serde_json::Value::from(number),

@@ -9,12 +9,14 @@
 //! status (`DEADLINE_EXCEEDED`, 4, exits 14; `UNAVAILABLE`, 14, exits 24).
 //!
 //! Layout: `main.rs` (arguments, connecting, exit codes), `catalog.rs` (`list`, `describe`), `send.rs`
-//! (`publish`, `enqueue`, `call`), `tail.rs`, `dlq.rs`, `output.rs` (tables and JSON lines).
+//! (`publish`, `enqueue`, `call`), `tail.rs`, `dlq.rs`, `services.rs` (the live registry), `output.rs`
+//! (tables and JSON lines).
 
 mod catalog;
 mod dlq;
 mod output;
 mod send;
+mod services;
 mod tail;
 
 use std::path::PathBuf;
@@ -92,6 +94,12 @@ enum Command {
     /// Dead-letter queues: list, show, replay, purge.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// The live registry: every service of the contracts with its queue, how many servers consume it now, and
+    /// each running instance (id, host, pid, start, last heartbeat, contract fingerprint; SKEW when it was
+    /// built from other contracts than these).
+    ///
+    /// Example: warren services
+    Services,
     /// Connect and print the bus's health; exits 5 when the broker is unavailable.
     ///
     /// Example: warren health
@@ -197,6 +205,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Call(args) => send::call(&catalog, &cli.url, args, &out).await,
         Command::Tail(args) => tail::run(&catalog, &cli.url, args, &out).await,
         Command::Dlq(command) => dlq::run(&catalog, &connect(&cli.url).await?, command, &out).await,
+        Command::Services => services::run(&catalog, &connect(&cli.url).await?, &out).await,
         Command::Health => health(&cli.url, &out).await,
         Command::Completions { .. } => Ok(()),
     }

@@ -75,6 +75,7 @@ fn help_of_every_command_has_an_example() {
         &["dlq", "show", "--help"],
         &["dlq", "replay", "--help"],
         &["dlq", "purge", "--help"],
+        &["services", "--help"],
         &["health", "--help"],
     ] {
         let output = warren(None, command);
@@ -330,4 +331,37 @@ async fn wait_for_depth(bus: &Bus, queue: &str, depth: u64) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("{queue} did not reach depth {depth} within 10 s (it has {:?})", bus.queue_depth(queue).await.ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_shows_who_serves_what_and_flags_skew() {
+    let h = Harness::rabbitmq().await;
+    let url = h.url().to_owned();
+    let bus = h.bus("summator").await;
+    let _first = IntSummatorServer::new(warren_tests::Summator).serve(&bus).await.unwrap();
+    let _second = IntSummatorServer::new(warren_tests::Summator).serve(&bus).await.unwrap();
+    // An instance built from other contracts, as a server would announce it.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let hello = serde_json::json!({
+        "event": "hello", "service": "at.v1.IntSummator", "queue": "at.IntSummator", "instance": "old-build",
+        "host": "legacy", "pid": 42, "app": "summator", "started_at_ms": now, "sent_at_ms": now,
+        "heartbeat_ms": 10_000, "fingerprint": "0123456789abcdef",
+    });
+    let properties =
+        warren::MessageProperties::default().with_kind(warren::ANNOUNCEMENT_TYPE).with_expiration_ms(30_000);
+    bus.publish_bytes("", warren::REGISTRY_QUEUE, hello.to_string().as_bytes(), properties).await.unwrap();
+
+    let output = run(&url, &["services", "--json"]).await;
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let rows = json_lines(&output);
+    let summators: Vec<_> = rows.iter().filter(|r| r["service"] == "at.v1.IntSummator").collect();
+    assert_eq!(summators.len(), 3, "{rows:?}");
+    assert!(summators.iter().all(|r| r["consumers"] == "2"), "two servers consume: {summators:?}");
+    let skewed: Vec<_> = summators.iter().filter(|r| r["note"].as_str().unwrap().starts_with("SKEW")).collect();
+    assert_eq!(skewed.len(), 1, "{summators:?}");
+    assert_eq!(skewed[0]["host"], "legacy");
+    let ours = summators.iter().find(|r| r["note"] == "").expect("an instance of this build");
+    assert_eq!(ours["pid"], std::process::id().to_string());
+    let auth = rows.iter().find(|r| r["service"] == "gametrade.v1.AuthService").expect("every contract service");
+    assert_eq!(auth["note"], "no server announces itself");
 }

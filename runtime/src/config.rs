@@ -66,6 +66,9 @@ pub struct BusConfig {
     /// arrives is still read. Off by default because a header on every message costs lapin a header table to
     /// build and parse: W2 lost about a fifth of its throughput with it on (docs/observability.md).
     pub trace_context: bool,
+    /// How often this bus's RPC servers announce themselves in the registry ([`crate::Bus::services`]); an
+    /// instance missing three heartbeats counts as gone. Zero: they do not announce themselves at all.
+    pub registry_heartbeat: Duration,
     /// Layers around all of this bus's traffic, in registration order ([`BusConfig::middleware`]).
     pub(crate) middleware: Layers,
 }
@@ -110,6 +113,7 @@ impl BusConfig {
             prefetch: 256,
             history: 0,
             trace_context: false,
+            registry_heartbeat: Duration::from_secs(10),
             middleware: Layers::default(),
         }
     }
@@ -184,6 +188,13 @@ impl BusConfig {
         self
     }
 
+    /// Has this bus's RPC servers announce themselves every `interval` (zero: never; see
+    /// [`BusConfig::registry_heartbeat`](#structfield.registry_heartbeat)).
+    pub fn registry_heartbeat(mut self, interval: Duration) -> Self {
+        self.registry_heartbeat = interval;
+        self
+    }
+
     /// Adds `layer` around all of this bus's traffic: every publish, every delivery to its subscribers, every
     /// RPC call and every request its servers answer; after the layers added before it, and before a
     /// subscriber's or a server's own (see [`crate::Middleware`]).
@@ -233,6 +244,7 @@ impl fmt::Debug for BusConfig {
             .field("prefetch", &self.prefetch)
             .field("history", &self.history)
             .field("trace_context", &self.trace_context)
+            .field("registry_heartbeat", &self.registry_heartbeat)
             .field("middleware", &self.middleware)
             .finish()
     }

@@ -347,6 +347,8 @@ pub struct ServiceSpec {
     pub queue: &'static str,
     /// Deadline of a call unless the method or the caller sets one.
     pub default_timeout: Duration,
+    /// A hash of its rpcs and their messages' schemas, announced by its servers; empty when unknown.
+    pub fingerprint: &'static str,
 }
 
 /// One rpc of a service.

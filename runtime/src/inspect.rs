@@ -97,10 +97,27 @@ impl QueueReader {
     }
 }
 
+/// What a queue holds and who reads it, as [`Bus::queue_stats`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Messages ready for delivery (not those delivered and not yet acknowledged).
+    pub messages: u64,
+    /// Consumers reading it now.
+    pub consumers: u32,
+}
+
 impl Bus {
     /// How many messages are ready in `queue`; an error naming the queue when it does not exist.
     pub async fn queue_depth(&self, queue: &str) -> Result<u64> {
-        self.inner.transport.queue_depth(queue).await.map_err(|error| missing(queue, error))
+        Ok(self.queue_stats(queue).await?.messages)
+    }
+
+    /// The messages ready in `queue` and its consumers; an error naming the queue when it does not exist.
+    pub async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        let (messages, consumers) =
+            self.inner.transport.queue_stats(queue).await.map_err(|error| missing(queue, error))?;
+        Ok(QueueStats { messages, consumers })
     }
 
     /// Reads `queue`, which must exist, taking up to `prefetch` messages ahead of the ones settled. Nothing is

@@ -48,6 +48,7 @@
 //!   direct reply-to in `reply.rs`).
 //! - `inspect.rs`: [`QueueReader`] and [`Taken`], reading a queue message by message for operators' tools
 //!   ([`Bus::watch`], [`Bus::read_queue`], [`Bus::replay`] of dead letters).
+//! - `registry.rs`: who serves what, live: servers announce themselves ([`Bus::services`]).
 //! - `middleware.rs`: [`Middleware`], the layers around publish, consume, RPC call and RPC serve, and what
 //!   each hook sees ([`middleware`]'s context types).
 //! - `trace.rs`: [`TraceContext`], W3C trace context in `traceparent`/`tracestate` headers, the context of
@@ -76,6 +77,7 @@ mod metrics;
 pub mod middleware;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
+mod registry;
 mod rpc;
 mod signal;
 mod status;
@@ -92,9 +94,10 @@ pub use contract::{DecodeError, Event, Inbound, Priority, Task};
 pub use error::{BrokerError, Error, Result};
 pub use headers::{HeaderValue, Headers, MAX_HEADER_NAME_LEN, MessageProperties};
 pub use health::Health;
-pub use inspect::{MAX_PATTERN_LEN, QueueReader, Taken};
+pub use inspect::{MAX_PATTERN_LEN, QueueReader, QueueStats, Taken};
 pub use metrics::{Counters, MetricsSnapshot, SubscriberMetrics};
 pub use middleware::{Middleware, Refusal};
+pub use registry::{ANNOUNCEMENT_TYPE, REGISTRY_QUEUE, ServerInstance};
 pub use rpc::{
     CallOptions, DEFAULT_SERVER_CONCURRENCY, EncodedCall, EncodedReply, Response, RpcClient, RpcContext, RpcError,
     ServerOptions, ServiceError, Serving,
@@ -109,7 +112,7 @@ pub use trace::{TRACEPARENT, TRACESTATE, TraceContext};
 #[doc(hidden)]
 pub mod __codegen {
     /// The version of this API, which `warren-codegen` writes code for (its `RUNTIME_API_VERSION`).
-    pub const API_VERSION: u32 = 3;
+    pub const API_VERSION: u32 = 4;
 
     /// Stops the build of generated code written for another version of this API.
     pub const fn check_version(generated_for: u32) {

@@ -18,6 +18,7 @@ fn emit_service(service: &Service) -> TokenStream {
     let full_name = &service.full_name;
     let queue = &service.queue;
     let default_timeout = u64::from(service.default_timeout_ms);
+    let fingerprint = &service.fingerprint;
 
     let service_doc = docs::doc_attrs(&service.doc, &format!("The `{full_name}` service."));
     let trait_doc = docs::doc_paragraph(&format!(
@@ -194,6 +195,7 @@ fn emit_service(service: &Service) -> TokenStream {
                 name: #full_name,
                 queue: #queue,
                 default_timeout: ::std::time::Duration::from_millis(#default_timeout),
+                fingerprint: #fingerprint,
             };
 
             /// A client that calls through `bus`.

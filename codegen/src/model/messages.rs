@@ -393,8 +393,14 @@ pub(crate) fn fingerprint(message: &MessageDescriptor) -> String {
         text.push('}');
         texts.insert(message.full_name().to_owned(), text);
     }
+    let text: String = texts.values().flat_map(|t| t.chars().chain(['\n'])).collect();
+    fnv64(&text)
+}
+
+/// The 64-bit FNV-1a hash of `text`, in hex: what fingerprints are.
+pub(crate) fn fnv64(text: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in texts.values().flat_map(|t| t.bytes().chain([b'\n'])) {
+    for byte in text.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }

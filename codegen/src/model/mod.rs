@@ -160,6 +160,8 @@ pub struct Service {
     pub full_name: String,
     /// Name in the proto, e.g. `IntSummator`.
     pub name: String,
+    /// A hash of its rpcs and their messages' schemas, which servers announce (see `warren services`).
+    pub fingerprint: String,
     /// Queue the server consumes.
     pub queue: String,
     /// Default deadline per call, in milliseconds.

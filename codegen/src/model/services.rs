@@ -114,8 +114,10 @@ pub(super) fn read_service(
     if problems.len() > found_before {
         return None;
     }
+    let fingerprint = service_fingerprint(service);
     Some(Service {
         name: service.name().to_owned(),
+        fingerprint,
         full_name,
         queue,
         default_timeout_ms,
@@ -173,4 +175,18 @@ fn read_errors(name: &str, service: &prost_reflect::ServiceDescriptor, location:
         full_name,
         rust_path,
     })
+}
+
+/// A hash of what the service's callers and servers must agree on: each rpc's name, request and response
+/// (their schema fingerprints, so fields count), in proto order. Servers announce it, so that instances built
+/// from other contracts stand out (`warren services`).
+fn service_fingerprint(service: &prost_reflect::ServiceDescriptor) -> String {
+    let mut text = format!("service {}{{", service.full_name());
+    for method in service.methods() {
+        let (input, output) =
+            (super::messages::fingerprint(&method.input()), super::messages::fingerprint(&method.output()));
+        text.push_str(&format!("{}({input})->{output};", method.name()));
+    }
+    text.push('}');
+    super::messages::fnv64(&text)
 }

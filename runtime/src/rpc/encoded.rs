@@ -81,8 +81,8 @@ impl Bus {
         options: &CallOptions,
     ) -> Result<EncodedReply, Status> {
         let kept = |name: &str| intern(name).map_err(|e| Status::invalid_argument(e.to_string()));
-        let service =
-            ServiceSpec { name: kept(&call.service)?, queue: kept(&call.queue)?, default_timeout: call.timeout };
+        let (name, queue) = (kept(&call.service)?, kept(&call.queue)?);
+        let service = ServiceSpec { name, queue, default_timeout: call.timeout, fingerprint: "" };
         let target = Target { path: kept(&call.path())?, timeout: None };
         let outgoing = request.outgoing().map_err(|e| Status::invalid_argument(e.to_string()))?;
         let client = RpcClient { bus: self.clone(), service, timeout: None };

@@ -218,6 +218,7 @@ where
     });
     let (stop, signal) = Stop::new();
     let mut feed = Feed::open(bus, service.queue, concurrency, service.name, setup, signal.clone()).await?;
+    crate::registry::announce(bus, service, signal.clone());
     let transport = bus.inner.transport.clone();
     let limit = Arc::new(Semaphore::new(usize::from(concurrency)));
     let app_id: Arc<str> = bus.config().service_name.as_str().into();

@@ -339,10 +339,15 @@ impl Transport {
 
     /// Messages ready in `queue`.
     pub(crate) async fn queue_depth(&self, queue: &str) -> Result<u64> {
+        Ok(self.queue_stats(queue).await?.0)
+    }
+
+    /// Messages ready in `queue`, and its consumers.
+    pub(crate) async fn queue_stats(&self, queue: &str) -> Result<(u64, u32)> {
         check_name("queue", queue)?;
         match self {
-            Transport::Amqp(amqp) => amqp.queue_depth(queue).await,
-            Transport::Memory(broker) => broker.queue_depth(queue),
+            Transport::Amqp(amqp) => amqp.queue_stats(queue).await,
+            Transport::Memory(broker) => broker.queue_stats(queue),
         }
     }
 

@@ -324,6 +324,7 @@ async fn rpc_requests_carry_the_schema_fingerprint_on_a_sample(h: &Harness) {
         name: "rich.v1.Orders",
         queue: Box::leak(unique("stamp-rpc").into_boxed_str()),
         default_timeout: std::time::Duration::from_secs(30),
+        fingerprint: "",
     }));
     let find: &'static warren::__codegen::MethodSpec = Box::leak(Box::new(warren::__codegen::MethodSpec {
         service,

@@ -11,6 +11,7 @@ mod metadata;
 mod middleware;
 mod observability;
 mod priority;
+mod registry;
 mod routing;
 mod rpc;
 mod tracing;

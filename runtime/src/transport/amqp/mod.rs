@@ -417,14 +417,15 @@ impl Amqp {
         Ok(Consumer { tag, stream, cancel: Canceller::Amqp(Cancel(channel)), generation })
     }
 
-    pub(crate) async fn queue_depth(&self, queue: &str) -> Result<u64> {
+    /// Messages ready in `queue`, and its consumers.
+    pub(crate) async fn queue_stats(&self, queue: &str) -> Result<(u64, u32)> {
         let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
         let declared = self
             .on_fresh_channel("queue declare (passive)", |channel| async move {
                 channel.queue_declare(ShortString::from(queue), passive, FieldTable::default()).await
             })
             .await?;
-        Ok(u64::from(declared.message_count()))
+        Ok((u64::from(declared.message_count()), declared.consumer_count()))
     }
 
     pub(crate) async fn fetch(&self, queue: &str) -> Result<Option<Delivery>> {

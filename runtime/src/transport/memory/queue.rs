@@ -31,9 +31,10 @@ impl Queued {
 }
 
 impl Broker {
-    pub(crate) fn queue_depth(&self, queue: &str) -> Result<u64> {
+    /// Messages ready in `queue`, and its consumers.
+    pub(crate) fn queue_stats(&self, queue: &str) -> Result<(u64, u32)> {
         match self.lock().queues.get(queue) {
-            Some(q) => Ok(q.ready.iter().map(|level| level.len() as u64).sum()),
+            Some(q) => Ok((q.ready.iter().map(|level| level.len() as u64).sum(), q.consumers.len() as u32)),
             None => Err(Error::config(format!("queue \"{queue}\" does not exist"))),
         }
     }
