@@ -236,6 +236,7 @@ async fn replay(
     let mut passed_over = Vec::new();
     let mut reader = bus.read_queue(&selection.queue, PREFETCH).await?;
     let mut last_progress = std::time::Instant::now();
+    let mut progress_shown = false;
     // Idle reads in a row: after a lost connection the reader takes a moment to consume again.
     let mut idle_reads = 0;
     loop {
@@ -285,6 +286,7 @@ async fn replay(
         }
         if last_progress.elapsed() >= Duration::from_secs(1) && !out.is_json() {
             eprint!("\rreplayed {} of {} …", ledger.replayed, start_depth.min(limit));
+            progress_shown = true;
             let _ = std::io::stderr().flush();
             last_progress = std::time::Instant::now();
         }
@@ -295,7 +297,7 @@ async fn replay(
     ledger.failed = failed_ids.len() as u64;
     drop(passed_over);
     reader.close().await;
-    if !out.is_json() {
+    if progress_shown {
         eprintln!();
     }
     out.record(&ledger.fields());

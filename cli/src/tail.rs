@@ -83,7 +83,7 @@ pub(crate) fn line(catalog: &Catalog, message: &RawMessage, raw: bool) -> Value 
         "routing_key": message.routing_key,
         "type": p.kind,
         "message_id": p.message_id,
-        "timestamp": p.timestamp,
+        "time": p.timestamp.map(|seconds| crate::services::rfc3339(seconds.saturating_mul(1000))),
     });
     if raw {
         line["body_hex"] = Value::String(hex(&message.body));

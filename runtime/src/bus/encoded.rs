@@ -7,7 +7,7 @@ use crate::codec::Outgoing;
 use crate::contract::intern;
 
 /// A contract message its sender encoded, for [`Bus::publish_encoded`], [`Bus::enqueue_encoded`] and
-/// [`crate::RpcClient::call_encoded`]. The sender has checked it against its contract's validation rules:
+/// [`Bus::call_encoded`]. The sender has checked it against its contract's validation rules:
 /// these paths send the bytes as they are.
 ///
 /// ```

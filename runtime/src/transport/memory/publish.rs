@@ -156,7 +156,7 @@ mod tests {
     }
 
     fn depth(broker: &Broker, queue: &str) -> u64 {
-        broker.queue_depth(queue).expect("queue exists")
+        broker.queue_stats(queue).expect("queue exists").0
     }
 
     /// Remembered routes must never outlive the topology they were decided on.
@@ -188,7 +188,7 @@ mod tests {
         send(&broker, TOPIC.name, "user.deleted").unwrap();
         let consumer = broker.consume("a", 0, "t".into()).unwrap();
         consumer.cancel.cancel("t", Duration::from_secs(1)).await;
-        assert!(broker.queue_depth("a").is_err(), "auto-delete queue removed");
+        assert!(broker.queue_stats("a").is_err(), "auto-delete queue removed");
         send(&broker, TOPIC.name, "user.created").unwrap();
         assert_eq!(depth(&broker, "b"), 2, "only the remaining queue receives");
         assert!(matches!(send(&broker, TOPIC.name, "user.deleted"), Err(Error::Unroutable { .. })));
