@@ -327,9 +327,13 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let config = if endpoint.is_some() { config.middleware(metrics) } else { config };
+    let config = if endpoint.is_some() { config.middleware(metrics.clone()) } else { config };
     println!("[0] connecting to {}", config.redacted_url());
     let bus = Bus::with_config(config).await?;
+    if endpoint.is_some() {
+        // Bus health and the subscribers' queue depths, sampled at each scrape.
+        metrics.watch(&bus);
+    }
     let run = format!("demo-{}-{}", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis());
     let (seen_tx, mut seen) = unbounded_channel();
     let (subscriptions, server) = start(&bus, &run, &seen_tx).await?;
