@@ -222,16 +222,19 @@ impl Bus {
             }
             envelope.correlation_id = options.correlation_id.map(Arc::from);
             // After the layers, so that a `traceparent` set by the caller or a layer is kept.
-            let about = trace::About {
-                operation: trace::Operation::Publish,
-                destination: if exchange.is_empty() { routing_key } else { exchange },
-                routing_key,
-                message_id: Some(envelope.message_id.as_str()),
-                conversation_id: envelope.correlation_id.as_deref(),
-                rpc_method: None,
-            };
             // Held, not entered, until the publish is confirmed: its time is the span's.
-            let (_, _span) = trace::outgoing_span(&about, &mut options.headers, self.inner.config.trace_context);
+            let (_, _span) = trace::outgoing_span(
+                &trace::About {
+                    operation: trace::Operation::Publish,
+                    destination: if exchange.is_empty() { routing_key } else { exchange },
+                    routing_key,
+                    message_id: Some(envelope.message_id.as_str()),
+                    conversation_id: envelope.correlation_id.as_deref(),
+                    rpc_method: None,
+                },
+                &mut options.headers,
+                self.inner.config.trace_context,
+            );
             if !options.headers.is_empty() {
                 envelope.headers = Some(options.headers);
             }

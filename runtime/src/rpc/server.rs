@@ -307,15 +307,17 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
         Err(Failure::Status(status))
     } else {
         let method_name = method.clone();
-        let about = trace::About {
-            operation: trace::Operation::Serve,
-            destination: &delivery.routing_key,
-            routing_key: &delivery.routing_key,
-            message_id: p.message_id(),
-            conversation_id: p.correlation_id(),
-            rpc_method: Some(&method),
-        };
-        let (trace, span) = trace::incoming_span(&about, p.headers());
+        let (trace, span) = trace::incoming_span(
+            &trace::About {
+                operation: trace::Operation::Serve,
+                destination: &delivery.routing_key,
+                routing_key: &delivery.routing_key,
+                message_id: p.message_id(),
+                conversation_id: p.correlation_id(),
+                rpc_method: Some(&method),
+            },
+            p.headers(),
+        );
         let context = RpcContext {
             request: Arc::clone(&delivery.message),
             deadline,

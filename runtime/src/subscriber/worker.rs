@@ -176,15 +176,17 @@ impl Worker {
             }
         };
         let properties = &delivery.properties;
-        let about = trace::About {
-            operation: trace::Operation::Process,
-            destination: &self.queue,
-            routing_key: &delivery.routing_key,
-            message_id: properties.message_id(),
-            conversation_id: properties.correlation_id(),
-            rpc_method: None,
-        };
-        let (trace, span) = trace::incoming_span(&about, properties.headers());
+        let (trace, span) = trace::incoming_span(
+            &trace::About {
+                operation: trace::Operation::Process,
+                destination: &self.queue,
+                routing_key: &delivery.routing_key,
+                message_id: properties.message_id(),
+                conversation_id: properties.correlation_id(),
+                rpc_method: None,
+            },
+            properties.headers(),
+        );
         let context = Context::new(&self.context_bus, delivery, attempt, trace.clone());
         let run = async {
             // A handler may panic while making its future, not only while it runs: catch both.
