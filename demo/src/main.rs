@@ -24,6 +24,9 @@
 //! With `WARREN_METRICS=127.0.0.1:9464` it serves Prometheus metrics of the story at `/metrics` there, and
 //! waits for Enter before shutting down so that they can be scraped.
 //!
+//! `examples/otlp.rs` exports a shorter story's spans to an OpenTelemetry collector over OTLP:
+//! `cargo run -p warren-demo --example otlp`.
+//!
 //! The `demo-*` queues are temporary (`Subscriber::temporary`): they vanish with the demo, so nothing piles
 //! up on the broker between runs. Every message of a run carries the run's correlation id; anything else that
 //! reaches the demo's queues meanwhile (another program publishing the same events) is acknowledged and skipped.
@@ -327,9 +330,13 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let config = if endpoint.is_some() { config.middleware(metrics) } else { config };
+    let config = if endpoint.is_some() { config.middleware(metrics.clone()) } else { config };
     println!("[0] connecting to {}", config.redacted_url());
     let bus = Bus::with_config(config).await?;
+    if endpoint.is_some() {
+        // Bus health and the subscribers' queue depths, sampled at each scrape.
+        metrics.watch(&bus);
+    }
     let run = format!("demo-{}-{}", std::process::id(), SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis());
     let (seen_tx, mut seen) = unbounded_channel();
     let (subscriptions, server) = start(&bus, &run, &seen_tx).await?;

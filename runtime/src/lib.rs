@@ -52,9 +52,11 @@
 //! - `middleware.rs`: [`Middleware`], the layers around publish, consume, RPC call and RPC serve, and what
 //!   each hook sees ([`middleware`]'s context types).
 //! - `trace.rs`: [`TraceContext`], W3C trace context in `traceparent`/`tracestate` headers, the context of
-//!   the handler or RPC method running now, and the `tracing` spans of messages sent and handled.
+//!   the handler or RPC method running now, and the `tracing` spans of messages sent and handled;
+//!   `trace/otel.rs` (feature `otel`): those spans in OpenTelemetry, parented and identified by the W3C ids.
 //! - `prometheus/` (feature `prometheus`): `prometheus::PrometheusLayer`, a layer counting traffic into a
-//!   Prometheus registry (`mod.rs`), and `prometheus::serve`, its `/metrics` endpoint (`http.rs`).
+//!   Prometheus registry (`mod.rs`), the gauges it samples from the buses it watches at each scrape, bus
+//!   health and queue depth (`sampled.rs`), and `prometheus::serve`, its `/metrics` endpoint (`http.rs`).
 //! - `metrics.rs`, `health.rs`, `backoff.rs`, `codec.rs`: counters and history, connection state, retry
 //!   waits, wire formats and validation.
 //! - `config.rs`, `error.rs`, `status.rs`: settings (password never shown), errors, RPC status codes.

@@ -5,11 +5,16 @@
 //! wrap the handler's future, which is what continuing a trace from inside a handler takes. An application
 //! replaces what Warren sends by setting `traceparent` itself (in [`crate::PublishOptions`],
 //! [`crate::CallOptions`], or from a layer's `before_publish`/`before_call`): Warren then leaves it as it is.
+//!
+//! With the `otel` feature, `otel.rs` ties these spans to the W3C ids in OpenTelemetry (see there).
 
 use std::fmt;
 use std::sync::Arc;
 
 use crate::headers::Headers;
+
+#[cfg(feature = "otel")]
+mod otel;
 
 /// The header carrying a message's trace and its sender's span (W3C Trace Context).
 pub const TRACEPARENT: &str = "traceparent";
@@ -33,6 +38,9 @@ tokio::task_local! {
 /// publisher's span, in the same trace; a message without a valid `traceparent` (a plain AMQP client's) starts
 /// a new trace. While a handler or an RPC method runs, [`TraceContext::current`] gives its context, and what it
 /// publishes or calls continues the trace.
+///
+/// With the `otel` feature and `tracing-opentelemetry`'s layer installed, the ids are OpenTelemetry's: a
+/// handler's context is its span's (parented on the sender's span), and what is sent carries its own span's.
 ///
 /// ```
 /// use warren::TraceContext;
@@ -230,25 +238,96 @@ fn unhex(text: &[u8], out: &mut [u8]) -> Option<()> {
 
 /// The context of a handler or RPC method for a message with `headers`: a child of the sender's span, or a
 /// new trace when the message carries no valid `traceparent`.
-pub(crate) fn incoming(headers: Option<&Headers>) -> TraceContext {
-    headers.and_then(TraceContext::from_headers).map_or_else(TraceContext::new_root, |sender| sender.child())
+#[cfg(any(test, not(feature = "otel")))]
+fn incoming(headers: Option<&Headers>) -> TraceContext {
+    child_or_root(headers.and_then(TraceContext::from_headers).as_ref())
+}
+
+/// A child of `sender`'s span, or a new trace without one.
+fn child_or_root(sender: Option<&TraceContext>) -> TraceContext {
+    sender.map_or_else(TraceContext::new_root, TraceContext::child)
+}
+
+/// The context and the span of a handler or RPC method for a message with `headers`: a child of the
+/// sender's span, or a new trace when the message carries no valid `traceparent`.
+///
+/// With the `otel` feature, and an OpenTelemetry layer that sees the span, the span's OpenTelemetry parent is
+/// the sender's span (or none: a new trace), and the context takes the span's OpenTelemetry ids, so that what
+/// the handler sends names a span that is exported.
+pub(crate) fn incoming_span(about: &About<'_>, headers: Option<&Headers>) -> (TraceContext, tracing::Span) {
+    #[cfg(feature = "otel")]
+    {
+        let sender = headers.and_then(TraceContext::from_headers);
+        let span = span(about, None);
+        let context = otel::adopt(&span, sender.as_ref()).unwrap_or_else(|| child_or_root(sender.as_ref()));
+        record_ids(&span, &context);
+        (context, span)
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let context = incoming(headers);
+        let span = span(about, Some(&context));
+        (context, span)
+    }
 }
 
 /// Writes `traceparent` (and `tracestate`) for a message about to be sent, when `write` and unless the
 /// caller set `traceparent` already: a span of the current handler's trace, or a new trace outside any
 /// handler. Returns the context the message carries, when it is valid.
-pub(crate) fn stamp(headers: &mut Headers, write: bool) -> Option<TraceContext> {
+fn stamp(headers: &mut Headers, write: bool) -> Option<TraceContext> {
     if !write || headers.contains(TRACEPARENT) {
         return TraceContext::from_headers(headers);
     }
     let context = TraceContext::current().map_or_else(TraceContext::new_root, |current| current.child());
+    write_header(headers, &context);
+    Some(context)
+}
+
+/// Writes `context` as `traceparent`, and its `tracestate` unless the headers have one.
+fn write_header(headers: &mut Headers, context: &TraceContext) {
     headers.insert(TRACEPARENT, context.to_header());
     if let Some(state) = context.tracestate()
         && !headers.contains(TRACESTATE)
     {
         headers.insert(TRACESTATE, state);
     }
-    Some(context)
+}
+
+/// [`stamp`]s a message about to be sent and opens its span; returns the context it carries and the span.
+///
+/// With the `otel` feature, when Warren writes the `traceparent` and an OpenTelemetry layer sees the span, the
+/// `traceparent` is the span's own OpenTelemetry context (a child of the current OpenTelemetry span: the
+/// handler's, or one of the application's), so that the receiver's span is parented on a span that is exported.
+pub(crate) fn outgoing_span(
+    about: &About<'_>,
+    headers: &mut Headers,
+    write: bool,
+) -> (Option<TraceContext>, tracing::Span) {
+    #[cfg(feature = "otel")]
+    if write && !headers.contains(TRACEPARENT) {
+        let span = span(about, None);
+        let context = match otel::own(&span) {
+            Some(context) => {
+                write_header(headers, &context);
+                Some(context)
+            }
+            None => stamp(headers, true),
+        };
+        if let Some(context) = &context {
+            record_ids(&span, context);
+        }
+        return (context, span);
+    }
+    let context = stamp(headers, write);
+    let span = span(about, context.as_ref());
+    (context, span)
+}
+
+/// Records the W3C ids on a span opened without them.
+#[cfg(feature = "otel")]
+fn record_ids(span: &tracing::Span, context: &TraceContext) {
+    span.record("trace_id", tracing::field::display(context.trace_hex()));
+    span.record("span_id", tracing::field::display(context.span_hex()));
 }
 
 /// Runs `future` with `context` as the current trace context.
@@ -269,20 +348,29 @@ pub(crate) enum Operation {
     Serve,
 }
 
+/// What a message's span describes, all but its trace ids.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct About<'a> {
+    /// Publish, process, call or serve.
+    pub(crate) operation: Operation,
+    /// The exchange published to, or the queue (a task's, a subscriber's, an RPC service's).
+    pub(crate) destination: &'a str,
+    /// The message's routing key.
+    pub(crate) routing_key: &'a str,
+    /// The message's id.
+    pub(crate) message_id: Option<&'a str>,
+    /// The message's correlation id.
+    pub(crate) conversation_id: Option<&'a str>,
+    /// The RPC method's path, on RPC spans.
+    pub(crate) rpc_method: Option<&'a str>,
+}
+
 /// The `tracing` span of one message sent or handled, after OpenTelemetry's messaging conventions: named
 /// `publish <destination>`, `send <destination>` or `process <destination>` (in `otel.name`, which
 /// `tracing-opentelemetry` takes as the span's name), with the destination, routing key, message and
 /// conversation ids, the RPC method, and the W3C ids. Costs a callsite check when no subscriber listens.
-pub(crate) fn span(
-    operation: Operation,
-    destination: &str,
-    routing_key: &str,
-    message_id: Option<&str>,
-    conversation_id: Option<&str>,
-    rpc_method: Option<&str>,
-    context: Option<&TraceContext>,
-) -> tracing::Span {
-    let (name, kind, verb) = match operation {
+fn span(about: &About<'_>, context: Option<&TraceContext>) -> tracing::Span {
+    let (name, kind, verb) = match about.operation {
         Operation::Publish => ("send", "producer", "publish"),
         Operation::Process => ("process", "consumer", "process"),
         Operation::Call => ("send", "client", "send"),
@@ -290,15 +378,15 @@ pub(crate) fn span(
     };
     tracing::info_span!(
         "warren",
-        otel.name = %format!("{verb} {destination}"),
+        otel.name = %format!("{verb} {}", about.destination),
         otel.kind = kind,
         messaging.system = "rabbitmq",
         messaging.operation.type = name,
-        messaging.destination.name = destination,
-        messaging.rabbitmq.destination.routing_key = routing_key,
-        messaging.message.id = message_id,
-        messaging.message.conversation_id = conversation_id,
-        rpc.method = rpc_method,
+        messaging.destination.name = about.destination,
+        messaging.rabbitmq.destination.routing_key = about.routing_key,
+        messaging.message.id = about.message_id,
+        messaging.message.conversation_id = about.conversation_id,
+        rpc.method = about.rpc_method,
         trace_id = context.map(|c| tracing::field::display(c.trace_hex())),
         span_id = context.map(|c| tracing::field::display(c.span_hex())),
         error.type = tracing::field::Empty,

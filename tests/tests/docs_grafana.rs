@@ -47,9 +47,14 @@ fn the_grafana_dashboard_names_only_metrics_the_prometheus_layer_exports() {
     let named: BTreeSet<&str> = found.into_iter().flat_map(metric_names).map(family).collect();
     let unknown: Vec<&&str> = named.iter().filter(|name| !METRIC_NAMES.contains(name)).collect();
     assert!(unknown.is_empty(), "the dashboard names metrics the layer does not export: {unknown:?}");
-    for needed in
-        ["warren_published_total", "warren_handled_total", "warren_handle_seconds", "warren_handlers_in_flight"]
-    {
+    for needed in [
+        "warren_published_total",
+        "warren_handled_total",
+        "warren_handle_seconds",
+        "warren_handlers_in_flight",
+        "warren_queue_depth",
+        "warren_bus_up",
+    ] {
         assert!(named.contains(needed), "the dashboard shows {needed}");
     }
     assert!(text.contains("histogram_quantile(0.99, sum by (le, queue) (rate(warren_handle_seconds_bucket"));

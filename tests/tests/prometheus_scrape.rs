@@ -1,14 +1,17 @@
 //! A known workload, then a real HTTP scrape of `warren::prometheus::serve`: every counter and every histogram's
-//! count is exactly what the workload did, on RabbitMQ and in memory.
+//! count is exactly what the workload did, and the gauges sampled at the scrape (bus health, queue depth) are
+//! what the broker holds, on RabbitMQ and in memory.
 //!
 //! The in-memory run uses the real clock (not the paused one of the conformance suite): the endpoint's read
 //! deadline would otherwise be skipped to while the scrape waits on its socket.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc};
 use warren::prometheus::{CONTENT_TYPE, PrometheusLayer};
 use warren::{HandlerError, RetryPolicy};
 use warren_contracts::at::v1::{IntSumRequest, IntSummatorClient, IntSummatorServer};
@@ -28,6 +31,28 @@ async fn scrape(endpoint: &warren::prometheus::MetricsEndpoint) -> (String, Stri
     (head.to_owned(), body.to_owned())
 }
 
+/// The lines of the gauges sampled at the scrape, sorted (a family's series come in no set order).
+fn sampled(body: &str) -> Vec<String> {
+    let gauges = ["warren_bus_up{", "warren_bus_state{", "warren_queue_depth{"];
+    let mut lines: Vec<String> =
+        body.lines().filter(|l| gauges.iter().any(|g| l.starts_with(g))).map(str::to_owned).collect();
+    lines.sort_unstable();
+    lines
+}
+
+/// `warren_bus_up` and `warren_bus_state` of a bus of service `service` in `state`, and `depths` as
+/// `warren_queue_depth` lines, sorted.
+fn expected_gauges(service: &str, state: &str, depths: &[(&str, u64)]) -> Vec<String> {
+    let up = u8::from(matches!(state, "connected" | "degraded"));
+    let mut lines = vec![format!(r#"warren_bus_up{{service="{service}"}} {up}"#)];
+    for each in ["connected", "degraded", "recovering", "failed", "closed"] {
+        lines.push(format!(r#"warren_bus_state{{service="{service}",state="{each}"}} {}"#, u8::from(each == state)));
+    }
+    lines.extend(depths.iter().map(|(queue, depth)| format!(r#"warren_queue_depth{{queue="{queue}"}} {depth}"#)));
+    lines.sort_unstable();
+    lines
+}
+
 /// Publishes users 1 to 5 to a subscriber that fails user 3's first delivery (retried, then acked) and
 /// every delivery of user 4 (retried, then dead-lettered: two attempts); makes one RPC call that succeeds
 /// and one that ends in the contract's declared `Overflow` error; then scrapes.
@@ -35,6 +60,7 @@ async fn counts_of_a_known_workload_are_exact(h: &Harness) {
     let metrics = PrometheusLayer::new();
     let endpoint = warren::prometheus::serve("127.0.0.1:0", &metrics).await.unwrap();
     let bus = h.bus_with(h.config("prometheus-test").middleware(metrics.clone())).await;
+    metrics.watch(&bus);
 
     let failed_once = AtomicBool::new(false);
     let subscription = UserRegistered::subscribe(&bus, &unique("counted"))
@@ -101,10 +127,68 @@ async fn counts_of_a_known_workload_are_exact(h: &Harness) {
     ];
     expected.sort_unstable();
     assert_eq!(counted, expected, "the whole scrape:\n{body}");
+    assert_eq!(sampled(&body), expected_gauges("prometheus-test", "connected", &[(&queue, 0)]), "{body}");
 
     serving.stop().await;
     subscription.stop().await;
     endpoint.stop().await;
+}
+
+/// Four events for a subscriber that takes one at a time and holds the first: three wait in its queue, and the
+/// scrape says so; once they are handled, none; once the bus is closed, it is down and its queue gone.
+async fn health_and_queue_depth_are_sampled_at_each_scrape(h: &Harness) {
+    let metrics = PrometheusLayer::new();
+    let endpoint = warren::prometheus::serve("127.0.0.1:0", &metrics).await.unwrap();
+    let bus = h.bus_with(h.config("depth-test").middleware(metrics.clone())).await;
+    metrics.watch(&bus);
+    let (started, mut handler_started) = mpsc::unbounded_channel();
+    let release = Arc::new(Semaphore::new(0));
+    let held = Arc::clone(&release);
+    let subscription = UserRegistered::subscribe(&bus, &unique("deep"))
+        .temporary()
+        .prefetch(1)
+        .concurrency(1)
+        .handle(move |_: UserRegistered, _| {
+            let _ = started.send(());
+            let held = Arc::clone(&held);
+            async move { held.acquire().await.map(|permit| permit.forget()).map_err(HandlerError::from) }
+        })
+        .await
+        .unwrap();
+    let queue = subscription.queue().to_owned();
+    for user_id in 1..=4 {
+        bus.publish(&UserRegistered { user_id, ..Default::default() }).await.unwrap();
+    }
+    within(10, "the first delivery", handler_started.recv()).await.unwrap();
+
+    let waiting = expected_gauges("depth-test", "connected", &[(&queue, 3)]);
+    within(30, "three messages waiting, scraped", async {
+        while sampled(&scrape(&endpoint).await.1) != waiting {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    release.add_permits(4);
+    bus.wait_handled::<UserRegistered>(4, Duration::from_secs(30)).await.unwrap();
+    let (_, body) = within(30, "a scrape", scrape(&endpoint)).await;
+    assert_eq!(sampled(&body), expected_gauges("depth-test", "connected", &[(&queue, 0)]), "{body}");
+
+    within(30, "close", bus.close()).await.unwrap();
+    let (_, body) = within(30, "a scrape", scrape(&endpoint)).await;
+    assert_eq!(sampled(&body), expected_gauges("depth-test", "closed", &[]), "down, its queue gone:\n{body}");
+    drop(subscription);
+    endpoint.stop().await;
+}
+
+#[tokio::test]
+async fn rabbitmq_health_and_queue_depth_are_sampled_at_each_scrape() {
+    health_and_queue_depth_are_sampled_at_each_scrape(&Harness::rabbitmq().await).await;
+}
+
+#[tokio::test]
+async fn in_memory_health_and_queue_depth_are_sampled_at_each_scrape() {
+    health_and_queue_depth_are_sampled_at_each_scrape(&Harness::in_memory().await).await;
 }
 
 #[tokio::test]

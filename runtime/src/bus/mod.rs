@@ -171,12 +171,18 @@ impl Bus {
 
     /// The metrics of this bus: per event type and per subscriber, with queue depths from the broker.
     pub async fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics.snapshot(&self.queue_depths().await)
+    }
+
+    /// The messages waiting in each running subscriber's queue, as the broker reports them (a passive declare
+    /// on RabbitMQ); `None` for a queue the broker could not be asked about.
+    pub(crate) async fn queue_depths(&self) -> std::collections::BTreeMap<String, Option<u64>> {
         let mut depths = std::collections::BTreeMap::new();
         for queue in self.inner.metrics.queues() {
             let depth = self.inner.transport.queue_depth(&queue).await.ok();
             depths.insert(queue, depth);
         }
-        self.inner.metrics.snapshot(&depths)
+        depths
     }
 
     /// The recent `E` events (or tasks) this bus published, oldest first: the last [`BusConfig::history`] of
@@ -373,7 +379,8 @@ impl Bus {
     /// How the connection to the broker is doing: connected, recovering (since when, how many attempts),
     /// failed, or closed.
     pub fn health(&self) -> crate::Health {
-        self.inner.transport.health()
+        // Closed is this bus's own state: an in-memory broker outlives the buses that use it.
+        if self.is_closed() { crate::Health::Closed } else { self.inner.transport.health() }
     }
 }
 

@@ -226,16 +226,18 @@ impl Bus {
             let id = envelope.message_id;
             envelope.correlation_id = options.correlation_id.map(Arc::from);
             // After the layers, so that a `traceparent` set by the caller or a layer is kept.
-            let context = trace::stamp(&mut options.headers, self.inner.config.trace_context);
             // Held, not entered, until the publish is confirmed: its time is the span's.
-            let _span = trace::span(
-                trace::Operation::Publish,
-                if exchange.is_empty() { routing_key } else { exchange },
-                routing_key,
-                Some(envelope.message_id.as_str()),
-                envelope.correlation_id.as_deref(),
-                None,
-                context.as_ref(),
+            let (_, _span) = trace::outgoing_span(
+                &trace::About {
+                    operation: trace::Operation::Publish,
+                    destination: if exchange.is_empty() { routing_key } else { exchange },
+                    routing_key,
+                    message_id: Some(envelope.message_id.as_str()),
+                    conversation_id: envelope.correlation_id.as_deref(),
+                    rpc_method: None,
+                },
+                &mut options.headers,
+                self.inner.config.trace_context,
             );
             if !options.headers.is_empty() {
                 envelope.headers = Some(options.headers);

@@ -88,7 +88,7 @@ async fn accept(listener: TcpListener, layer: PrometheusLayer) {
 /// Reads one request and answers it.
 async fn answer(mut stream: TcpStream, layer: PrometheusLayer) {
     let response = match tokio::time::timeout(DEADLINE, read_head(&mut stream)).await {
-        Ok(Ok(Some(head))) => respond(&head, &layer),
+        Ok(Ok(Some(head))) => respond(&head, &layer).await,
         Ok(Ok(None)) => response("431 Request Header Fields Too Large", "the request head is over 8 KiB\n", false),
         Ok(Err(_)) => return, // the client went away
         Err(_) => response("408 Request Timeout", "no complete request within 5 s\n", false),
@@ -121,7 +121,7 @@ async fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
 }
 
 /// The answer to a request head.
-fn respond(head: &[u8], layer: &PrometheusLayer) -> Vec<u8> {
+async fn respond(head: &[u8], layer: &PrometheusLayer) -> Vec<u8> {
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut words = line.trim_end().split(' ');
@@ -135,6 +135,7 @@ fn respond(head: &[u8], layer: &PrometheusLayer) -> Vec<u8> {
     let path = target.split('?').next().unwrap_or_default();
     match (path, method) {
         ("/metrics", "GET" | "HEAD") => {
+            layer.sample().await;
             let body = layer.encode();
             let mut answer = head_of("200 OK", CONTENT_TYPE, body.len());
             if method == "GET" {

@@ -9,6 +9,8 @@
 //! let metrics = PrometheusLayer::new();
 //! // Registered first, the layer sees every publish, delivery, call and request of the bus.
 //! let bus = warren::Bus::with_config(warren::BusConfig::from_env()?.middleware(metrics.clone())).await?;
+//! // Its health and its subscribers' queue depths, sampled at each scrape.
+//! metrics.watch(&bus);
 //! let endpoint = warren::prometheus::serve("127.0.0.1:9464", &metrics).await?;
 //! println!("scrape http://{}/metrics", endpoint.local_addr());
 //! # let _ = bus; Ok(()) }
@@ -29,10 +31,18 @@
 //! | `warren_rpc_client_seconds` | histogram | `method` |
 //! | `warren_rpc_server_calls_total` | counter | `method`, `code` (`UNKNOWN` for a declared error) |
 //! | `warren_rpc_server_seconds` | histogram | `method` |
+//! | `warren_bus_up` | gauge | `service`: 1 when a [watched](PrometheusLayer::watch) bus can publish and consume, else 0 |
+//! | `warren_bus_state` | gauge | `service`, `state`: `connected`, `degraded`, `recovering`, `failed`, `closed`; 1 for the bus's state |
+//! | `warren_queue_depth` | gauge | `queue`: messages ready in each running subscriber's queue of a watched bus |
+//!
+//! The last three are sampled when the endpoint is scraped (or [`PrometheusLayer::sample`] is called), not
+//! counted from the hooks: a queue depth takes a passive declare on RabbitMQ (a channel opened and closed per
+//! queue), so it is read once per scrape, never per message.
 //!
 //! Histograms have exponential buckets from 50 µs to about 13 s (doubling), fit for sub-millisecond work.
 
 mod http;
+mod sampled;
 
 use std::fmt;
 use std::sync::Arc;
@@ -45,6 +55,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 pub use self::http::{CONTENT_TYPE, MetricsEndpoint, serve};
+use self::sampled::Sampled;
+use crate::bus::Bus;
 use crate::error::Error;
 use crate::middleware::{Called, Delivery, Handled, Middleware, Published, Refusal, Served, Settled};
 
@@ -60,6 +72,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "warren_rpc_client_seconds",
     "warren_rpc_server_calls_total",
     "warren_rpc_server_seconds",
+    "warren_bus_up",
+    "warren_bus_state",
+    "warren_queue_depth",
 ];
 
 /// The upper bounds of the latency histograms' buckets, in seconds: 50 µs doubling 19 times, to about 13 s.
@@ -124,6 +139,7 @@ struct Metrics {
     client_seconds: Histograms<MethodLabel>,
     server_calls: Family<MethodCode, Counter>,
     server_seconds: Histograms<MethodLabel>,
+    sampled: Sampled,
 }
 
 /// A [`Middleware`] that counts a bus's traffic into a Prometheus registry; see the [module](self) for the
@@ -159,6 +175,7 @@ impl PrometheusLayer {
             client_seconds: histograms(),
             server_calls: Family::default(),
             server_seconds: histograms(),
+            sampled: Sampled::default(),
         };
         // Counters are registered without `_total`: the encoder appends it.
         let r = &mut registry;
@@ -188,7 +205,24 @@ impl PrometheusLayer {
         );
         r.register("warren_rpc_server_calls", "RPC requests answered, by status code", metrics.server_calls.clone());
         r.register("warren_rpc_server_seconds", "Time to answer an RPC request", metrics.server_seconds.clone());
+        metrics.sampled.register(r);
         PrometheusLayer { metrics: Arc::new(metrics), registry: Arc::new(registry) }
+    }
+
+    /// Watches `bus`: each scrape of [`serve`]'s endpoint (or [`sample`](Self::sample)) sets `warren_bus_up`
+    /// and `warren_bus_state` from its [`health`](Bus::health), labelled with its service name, and
+    /// `warren_queue_depth` for each of its running subscribers' queues, from the broker. Held weakly (a
+    /// dropped bus leaves the metrics); buses watched by one layer should have distinct service names.
+    pub fn watch(&self, bus: &Bus) {
+        self.metrics.sampled.watch(bus);
+    }
+
+    /// Samples the watched buses now: their health, and their subscribers' queue depths (at most 2 s for a
+    /// bus's depths; past that, or while a bus is not connected, its queues are left out). [`serve`]'s
+    /// endpoint does this before each answer; call it before [`encode`](Self::encode) in an endpoint of
+    /// your own.
+    pub async fn sample(&self) {
+        self.metrics.sampled.sample().await;
     }
 
     /// The registry, to encode in a format or endpoint of your own.
@@ -196,7 +230,8 @@ impl PrometheusLayer {
         &self.registry
     }
 
-    /// The metrics in the OpenMetrics text format ([`CONTENT_TYPE`]), as `/metrics` answers them.
+    /// The metrics in the OpenMetrics text format ([`CONTENT_TYPE`]), as `/metrics` answers them (the sampled
+    /// gauges as the last [`sample`](Self::sample) left them).
     pub fn encode(&self) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
@@ -303,9 +338,24 @@ mod tests {
     use crate::headers::Headers;
     use crate::status::Code;
 
-    #[test]
-    fn every_listed_name_is_exposed_once_there_is_traffic_and_only_those() {
+    /// An in-memory bus with one (registered, not running) subscriber's queue, `q`, holding `ready` messages.
+    async fn bus_with_queue(ready: usize) -> (Bus, Arc<crate::metrics::SubscriberStats>) {
+        let bus = Bus::in_memory();
+        bus.declare_queue("q", crate::transport::QueueSettings::plain(false)).await.unwrap();
+        for _ in 0..ready {
+            let properties = crate::MessageProperties::default().with_message_id(uuid::Uuid::now_v7().to_string());
+            bus.publish_bytes("", "q", b"x", properties).await.unwrap();
+        }
+        let stats = bus.inner.metrics.subscriber("g", "q");
+        (bus, stats)
+    }
+
+    #[tokio::test]
+    async fn every_listed_name_is_exposed_once_there_is_traffic_and_only_those() {
         let layer = PrometheusLayer::new();
+        let (bus, _subscriber) = bus_with_queue(0).await;
+        layer.watch(&bus);
+        layer.sample().await;
         let headers = Headers::new();
         let elapsed = Duration::from_micros(120);
         layer.after_publish(&Published {
@@ -342,6 +392,7 @@ mod tests {
             r#"warren_handlers_in_flight{type="t.v1.E",queue="q"} 0"#,
             r#"warren_rpc_client_calls_total{method="/s.v1.S/M",code="NOT_FOUND"} 1"#,
             r#"warren_rpc_server_calls_total{method="/s.v1.S/M",code="OK"} 1"#,
+            r#"warren_queue_depth{queue="q"} 0"#,
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line} in\n{text}");
         }
@@ -353,6 +404,50 @@ mod tests {
         listed.sort_unstable();
         assert_eq!(exposed, listed, "METRIC_NAMES lists what the registry holds");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[tokio::test]
+    async fn the_sampled_gauges_follow_the_watched_bus_and_leave_with_it() {
+        let layer = PrometheusLayer::new();
+        let (bus, subscriber) = bus_with_queue(3).await;
+        layer.watch(&bus);
+        layer.watch(&bus.clone());
+        let service = bus.config().service_name.clone();
+        // The sampled gauges' lines, sorted (a family encodes its series in no set order).
+        let sampled = |text: &str| -> Vec<String> {
+            let gauges = ["warren_bus_up{", "warren_bus_state{", "warren_queue_depth{"];
+            let mut lines: Vec<String> =
+                text.lines().filter(|l| gauges.iter().any(|g| l.starts_with(g))).map(str::to_owned).collect();
+            lines.sort_unstable();
+            lines
+        };
+        let states = |now: &str| {
+            sampled::STATES.map(|state| {
+                format!(r#"warren_bus_state{{service="{service}",state="{state}"}} {}"#, i32::from(state == now))
+            })
+        };
+
+        assert!(sampled(&layer.encode()).is_empty(), "nothing until sampled");
+        layer.sample().await;
+        let mut expected = vec![format!(r#"warren_bus_up{{service="{service}"}} 1"#)];
+        expected.extend(states("connected"));
+        expected.push(r#"warren_queue_depth{queue="q"} 3"#.to_owned());
+        expected.sort_unstable();
+        assert_eq!(sampled(&layer.encode()), expected, "watched twice, sampled once");
+
+        // A retired subscriber's queue leaves; a closed bus is down.
+        bus.inner.metrics.retire(&subscriber);
+        bus.close().await.unwrap();
+        layer.sample().await;
+        let mut expected = vec![format!(r#"warren_bus_up{{service="{service}"}} 0"#)];
+        expected.extend(states("closed"));
+        expected.sort_unstable();
+        assert_eq!(sampled(&layer.encode()), expected);
+
+        // A dropped bus leaves the metrics.
+        drop(bus);
+        layer.sample().await;
+        assert_eq!(sampled(&layer.encode()), Vec::<String>::new());
     }
 
     #[test]

@@ -333,16 +333,18 @@ impl RpcClient {
         envelope.expiration_ms = Some(left.as_millis().clamp(1, u128::from(u32::MAX)) as u64);
         headers.insert(envelope::DEADLINE, envelope::unix_millis_after(left));
         // After the layers, so that a `traceparent` set by the caller or a layer is kept.
-        let context = trace::stamp(&mut headers, bus.inner.config.trace_context);
         // Held, not entered, until the reply: the call's time is the span's.
-        let _span = trace::span(
-            trace::Operation::Call,
-            self.service.queue,
-            self.service.queue,
-            Some(envelope.message_id.as_str()),
-            envelope.correlation_id.as_deref(),
-            Some(method.path),
-            context.as_ref(),
+        let (_, _span) = trace::outgoing_span(
+            &trace::About {
+                operation: trace::Operation::Call,
+                destination: self.service.queue,
+                routing_key: self.service.queue,
+                message_id: Some(envelope.message_id.as_str()),
+                conversation_id: envelope.correlation_id.as_deref(),
+                rpc_method: Some(method.path),
+            },
+            &mut headers,
+            bus.inner.config.trace_context,
         );
         envelope.headers = Some(headers);
         let id = envelope.message_id.as_str().to_owned();

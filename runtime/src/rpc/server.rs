@@ -286,15 +286,7 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
     let method = p.kind().unwrap_or_default().to_owned();
     let deadline = caller_deadline(p);
     let reply_headers = Arc::new(std::sync::Mutex::new(Headers::new()));
-    let trace = trace::incoming(p.headers());
-    let context = RpcContext {
-        request: Arc::clone(&delivery.message),
-        deadline,
-        format: p.format(),
-        reply_headers: Arc::clone(&reply_headers),
-        trace: trace.clone(),
-    };
-    let format = context.format;
+    let format = p.format();
     let late = deadline.is_some_and(|deadline| deadline <= Instant::now());
     // Only with layers (and only the time is kept while the handler runs: each request's task holds this future).
     let started = layers.get().map(|_| Instant::now());
@@ -308,25 +300,32 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
     };
     let result = if late {
         tracing::debug!(method, correlation_id = ?p.correlation_id(), "the caller's deadline passed in the queue; not running the handler");
-        drop(context);
         Err(Failure::Status(Status::deadline_exceeded(format!(
             "{method}: the caller's deadline passed before a server took the request"
         ))))
     } else if let Some((layer, status)) = refused {
         tracing::debug!(method, layer, code = %status.code(), "a layer refused the request; not running the handler");
-        drop(context);
         Err(Failure::Status(status))
     } else {
         let method_name = method.clone();
-        let span = trace::span(
-            trace::Operation::Serve,
-            &delivery.routing_key,
-            &delivery.routing_key,
-            p.message_id(),
-            p.correlation_id(),
-            Some(&method),
-            Some(&trace),
+        let (trace, span) = trace::incoming_span(
+            &trace::About {
+                operation: trace::Operation::Serve,
+                destination: &delivery.routing_key,
+                routing_key: &delivery.routing_key,
+                message_id: p.message_id(),
+                conversation_id: p.correlation_id(),
+                rpc_method: Some(&method),
+            },
+            p.headers(),
         );
+        let context = RpcContext {
+            request: Arc::clone(&delivery.message),
+            deadline,
+            format,
+            reply_headers: Arc::clone(&reply_headers),
+            trace: trace.clone(),
+        };
         // What the method publishes or calls continues its trace, and its events are in its span.
         let handling = trace::scope(trace, async { handler(method_name, body, context).await });
         let handling = tracing::Instrument::instrument(handling, span.clone());

@@ -176,15 +176,16 @@ impl Worker {
             }
         };
         let properties = &delivery.properties;
-        let trace = trace::incoming(properties.headers());
-        let span = trace::span(
-            trace::Operation::Process,
-            &self.queue,
-            &delivery.routing_key,
-            properties.message_id(),
-            properties.correlation_id(),
-            None,
-            Some(&trace),
+        let (trace, span) = trace::incoming_span(
+            &trace::About {
+                operation: trace::Operation::Process,
+                destination: &self.queue,
+                routing_key: &delivery.routing_key,
+                message_id: properties.message_id(),
+                conversation_id: properties.correlation_id(),
+                rpc_method: None,
+            },
+            properties.headers(),
         );
         let context = Context::new(&self.context_bus, delivery, attempt, trace.clone());
         let run = async {
