@@ -44,10 +44,14 @@ pub struct GatewayConfig {
     pub tokens: Tokens,
     /// Extra `POST` paths, each publishing (or enqueueing) one event (or task), e.g.
     /// `"/messaging/user-notification" = "streaming.v1.UserNotification"`. An alias is reachable whether or
-    /// not its type is in [`GatewayConfig::events`]; the `publish` tokens apply.
+    /// not its type is in [`GatewayConfig::events`]; the `publish` tokens apply. The target `health` makes a
+    /// `GET` path answering as `/health` (`"/messaging/health" = "health"`).
     pub aliases: BTreeMap<String, String>,
     /// WebSocket limits.
     pub websocket: WebSocketConfig,
+    /// Closes the WebSockets on shutdown (keep a clone and call [`crate::Shutdown::close`]).
+    #[serde(skip)]
+    pub shutdown: crate::Shutdown,
     /// The metrics `GET /metrics` answers with (register the same layer with the bus).
     #[cfg(feature = "prometheus")]
     #[serde(skip)]
@@ -262,6 +266,9 @@ impl GatewayConfig {
         for (path, target) in &self.aliases {
             crate::routes::alias_path_problem(path)
                 .map_or(Ok(()), |problem| Err(ConfigError::Invalid(format!("aliases: path {path:?} {problem}"))))?;
+            if target == "health" {
+                continue;
+            }
             // An event's suggestions when it is neither: aliases mostly name events.
             let found = catalog.event(target).map(drop).or_else(|e| catalog.task(target).map(drop).map_err(|_| e));
             found.map_err(|source| ConfigError::Name { list: format!("aliases.{path}"), source: Box::new(source) })?;
@@ -272,7 +279,8 @@ impl GatewayConfig {
     /// Whether any group that has something to reach has no tokens: binding a public address then needs an
     /// explicit decision.
     pub fn has_open_group(&self) -> bool {
-        let publishes = !self.events.is_empty() || !self.tasks.is_empty() || !self.aliases.is_empty();
+        let publishes =
+            !self.events.is_empty() || !self.tasks.is_empty() || self.aliases.values().any(|target| target != "health");
         (publishes && self.tokens.publish.is_empty())
             || (!self.services.is_empty() && self.tokens.call.is_empty())
             || (!self.streams.is_empty() && self.tokens.stream.is_empty())

@@ -109,7 +109,8 @@ pub(crate) async fn catalog(State(gateway): Shared, headers: HeaderMap) -> Respo
         .iter()
         .map(|(path, target)| {
             let name = match target {
-                crate::Target::Event(name) | crate::Target::Task(name) => name,
+                crate::Target::Event(name) | crate::Target::Task(name) => name.as_str(),
+                crate::Target::Health => "health",
             };
             (path.clone(), json!(name))
         })

@@ -26,6 +26,7 @@
 //! - `routes.rs`: `POST /events/…`, `/tasks/…`, `/rpc/…/…` and aliases; bearer tokens; request bodies.
 //! - `docs.rs`: `GET /health`, `/ready`, `/catalog`, `/asyncapi.yaml`, `/openapi.json`, `/metrics`.
 //! - `openapi.rs`: the OpenAPI 3.1 document, generated from the descriptors.
+//! - `shutdown.rs`: [`Shutdown`], closing the WebSockets when the server stops.
 //! - `ws.rs`: `GET /ws`: subscriptions fanned out from one broker queue per exchange and pattern, and
 //!   publishing over the socket.
 
@@ -34,6 +35,7 @@ mod docs;
 mod openapi;
 mod problem;
 mod routes;
+mod shutdown;
 mod ws;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,6 +48,7 @@ use warren_reflect::Catalog;
 
 pub use config::{ConfigError, GatewayConfig, Group, StreamRule, Tokens, WebSocketConfig};
 pub use problem::{PROBLEM_JSON, Problem, http_status};
+pub use shutdown::Shutdown;
 
 /// The gateway's routes over `bus`, for the contracts of `catalog`, exposing what `config` allows. Mount it
 /// in an application's own axum app (`Router::nest`), or serve it as it is (the `warren-gateway` binary
@@ -67,9 +70,13 @@ pub fn router(bus: Bus, catalog: Arc<Catalog>, config: GatewayConfig) -> Router 
         .route("/metrics", get(docs::metrics))
         .route("/ws", get(ws::upgrade));
     for (path, target) in &state.aliases {
-        let target = target.clone();
-        app = app
-            .route(path, post(move |state, headers, body| routes::publish_alias(state, target.clone(), headers, body)));
+        app = match target.clone() {
+            Target::Health => app.route(path, get(docs::health)),
+            target => app.route(
+                path,
+                post(move |state, headers, body| routes::publish_alias(state, target.clone(), headers, body)),
+            ),
+        };
     }
     app.fallback(routes::fallback).with_state(state)
 }
@@ -91,11 +98,12 @@ pub(crate) struct Gateway {
     pub(crate) hub: ws::Hub,
 }
 
-/// What an alias publishes.
+/// What an alias reaches: an event or task it publishes (`POST`), or the health check (`GET`).
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
     Event(String),
     Task(String),
+    Health,
 }
 
 impl Gateway {
@@ -135,6 +143,7 @@ impl Gateway {
                 continue;
             }
             let target = match (catalog.event(name), catalog.task(name)) {
+                _ if name == "health" => Target::Health,
                 (Ok(event), _) => Target::Event(event.full_name.clone()),
                 (_, Ok(task)) => Target::Task(task.full_name.clone()),
                 _ => {

@@ -115,6 +115,7 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let shown = bus_config.redacted_url();
     let bus = warren::Bus::with_config(bus_config).await.map_err(|e| e.to_string())?;
+    let shutdown = config.shutdown.clone();
     let app = warren_gateway::router(bus.clone(), Arc::new(catalog), config);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -123,9 +124,12 @@ async fn run(args: Args) -> Result<(), String> {
         "warren-gateway: listening on http://{} (bus {shown})",
         listener.local_addr().map_err(|e| e.to_string())?
     );
+    let shutdown = shutdown;
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
+        .with_graceful_shutdown(async move {
             let _ = warren::terminated().await;
+            // WebSockets are not axum's to close: each gets a close frame first.
+            shutdown.close(Duration::from_secs(5)).await;
         })
         .await
         .map_err(|e| e.to_string())?;

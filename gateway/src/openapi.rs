@@ -24,6 +24,7 @@ pub(crate) fn document(gateway: &Gateway) -> Value {
         let (name, doc_text) = match target {
             Target::Event(name) => (name, catalog.event(name).map(|e| e.doc.clone()).unwrap_or_default()),
             Target::Task(name) => (name, catalog.task(name).map(|t| t.doc.clone()).unwrap_or_default()),
+            Target::Health => continue,
         };
         doc.send(path, name, &doc_text, "aliases", Group::Publish);
     }

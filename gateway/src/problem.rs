@@ -222,6 +222,22 @@ mod tests {
     }
 
     #[test]
+    fn bus_errors_map_to_their_statuses() {
+        let timeout = warren::Error::Timeout { operation: "publish confirm", after: std::time::Duration::from_secs(5) };
+        assert_eq!(Problem::from_bus(&timeout).status(), StatusCode::GATEWAY_TIMEOUT);
+        let unroutable = warren::Error::Unroutable { exchange: "e".into(), routing_key: "k".into() };
+        let problem = Problem::from_bus(&unroutable);
+        assert_eq!(problem.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(problem.body()["detail"].as_str().unwrap().contains("no queue is bound"));
+        assert_eq!(Problem::from_bus(&warren::Error::Closed).status(), StatusCode::SERVICE_UNAVAILABLE);
+        let large = warren::Error::TooLarge { size: 10, limit: 5 };
+        assert_eq!(Problem::from_bus(&large).status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let unavailable = Problem::from_status(&Status::unavailable("down")).into_response();
+        assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(unavailable.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
     fn a_malformed_reason_names_its_field() {
         assert_eq!(split_path("at userId: invalid type"), ("userId".into(), "invalid type".into()));
         assert_eq!(split_path("unexpected end"), (String::new(), "unexpected end".into()));

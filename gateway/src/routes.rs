@@ -166,6 +166,7 @@ pub(crate) async fn publish_alias(State(gateway): Shared, target: Target, header
         match &target {
             Target::Event(name) => gateway.publish(name, &body, format).await,
             Target::Task(name) => gateway.enqueue(name, &body, format).await,
+            Target::Health => Err(Problem::not_found("the health alias answers GET")),
         }
     };
     accepted(result.await)

@@ -23,24 +23,29 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use warren_reflect::Format;
 
 use crate::config::{Group, StreamRule};
 use crate::{Gateway, Problem, WebSocketConfig};
 
-/// Close code for a client that fell behind (policy violation), and for one that went quiet (going away).
+/// Close code for a client that fell behind (policy violation), and for one that went quiet or a gateway that
+/// stops (going away).
 const SLOW: u16 = 1008;
 const IDLE: u16 = 1001;
 /// How long a closing client has to take its close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// How long binding a stream's queue may take (the hub waits meanwhile).
+const WATCH_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a socket's loop ended.
 enum End {
     Gone,
     Slow,
     Idle,
+    Shutdown,
 }
 
 /// An exchange and a binding pattern.
@@ -145,11 +150,15 @@ pub(crate) async fn upgrade(
         .into_response();
     }
     let connection = Connection(gateway.clone());
+    let (open, closing) = gateway.config.shutdown.open();
     let can_publish = gateway.authorize(Group::Publish, &headers, token).is_ok();
-    upgrade.max_message_size(gateway.limit).on_upgrade(move |socket| serve(connection, socket, can_publish))
+    upgrade.max_message_size(gateway.limit).on_upgrade(move |socket| async move {
+        serve(connection, socket, can_publish, closing).await;
+        drop(open);
+    })
 }
 
-async fn serve(connection: Connection, socket: WebSocket, can_publish: bool) {
+async fn serve(connection: Connection, socket: WebSocket, can_publish: bool, mut closing: watch::Receiver<bool>) {
     let gateway = connection.0.clone();
     let config = gateway.hub.config;
     let client = Arc::new(Client {
@@ -180,6 +189,7 @@ async fn serve(connection: Connection, socket: WebSocket, can_publish: bool) {
             }
             Some(message) = receiver.recv() => Some(Message::Text(message)),
             _ = client.fell_behind.notified() => break End::Slow,
+            _ = closed(&mut closing) => break End::Shutdown,
             _ = ping.tick() => {
                 if last_heard.elapsed() > config.idle_timeout() {
                     break End::Idle;
@@ -202,6 +212,7 @@ async fn serve(connection: Connection, socket: WebSocket, can_publish: bool) {
             Some(close(SLOW, "slow"))
         }
         End::Idle => Some(close(IDLE, "idle")),
+        End::Shutdown => Some(close(IDLE, "shutdown")),
     };
     if let Some(farewell) = farewell {
         // Queued after whatever the client has not read yet; then the client's own close frame ends the
@@ -222,6 +233,13 @@ async fn serve(connection: Connection, socket: WebSocket, can_publish: bool) {
         unsubscribe(&gateway, &client, &key).await;
     }
     drop(connection);
+}
+
+/// Returns once the gateway shuts down.
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    if closing.wait_for(|closing| *closing).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// One frame from the client; the answer to send back, if any.
@@ -319,7 +337,10 @@ async fn subscribe(
         return Ok(());
     }
     let exchange = gateway.catalog.exchange(&key.0).map_err(|e| e.to_string())?;
-    let reader = gateway.bus.watch(&exchange, &key.1).await.map_err(|e| format!("cannot watch {}: {e}", key.0))?;
+    let reader = tokio::time::timeout(WATCH_WAIT, gateway.bus.watch(&exchange, &key.1))
+        .await
+        .map_err(|_| format!("the broker did not bind a queue to {} within {WATCH_WAIT:?}", key.0))?
+        .map_err(|e| format!("cannot watch {}: {e}", key.0))?;
     let stream = Arc::new(Stream { subscribers: Mutex::new(vec![subscriber]), stop: Notify::new() });
     streams.insert(key.clone(), stream.clone());
     tokio::spawn(pump(gateway.clone(), key.clone(), reader, stream));

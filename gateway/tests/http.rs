@@ -21,6 +21,7 @@ fn config() -> GatewayConfig {
         services = ["at.v1.IntSummator/IntSum"]
         [aliases]
         "/messaging/user-notification" = "streaming.v1.UserNotification"
+        "/messaging/health" = "health"
         "#,
         "test",
     )
@@ -222,6 +223,8 @@ async fn health_ready_catalog_and_asyncapi_answer() {
     let server = Server::start(warren::Bus::in_memory(), config()).await;
     let health = server.get("/health").await;
     assert_eq!((health.status, health.json()), (200, json!({ "status": "ok" })));
+    let seed = server.get("/messaging/health").await;
+    assert_eq!((seed.status, seed.json()), (200, json!({ "status": "ok" })), "the seed's health path");
     let ready = server.get("/ready").await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["bus"]["state"], "connected");

@@ -61,7 +61,11 @@ async fn next(socket: &mut Socket) -> Value {
 async fn closed(socket: &mut Socket) -> (u16, String) {
     loop {
         match tokio::time::timeout(Duration::from_secs(20), socket.next()).await.expect("closed within 20 s") {
-            Some(Ok(Message::Close(Some(frame)))) => return (frame.code.into(), frame.reason.to_string()),
+            Some(Ok(Message::Close(Some(frame)))) => {
+                // Reading on sends the client's own close frame, which ends the handshake.
+                let _ = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
+                return (frame.code.into(), frame.reason.to_string());
+            }
             Some(Ok(_)) => continue,
             other => panic!("the socket ended without a close frame: {other:?}"),
         }
@@ -216,5 +220,23 @@ async fn streams_need_the_stream_token() {
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("the token lets it in");
     send(&mut socket, json!({ "subscribe": { "exchange": "gametrade.events", "pattern": "user.*" } })).await;
     assert!(next(&mut socket).await.get("subscribed").is_some());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_every_socket_with_a_close_frame() {
+    let config = config();
+    let shutdown = config.shutdown.clone();
+    let server = Server::start(warren::Bus::in_memory(), config).await;
+    let mut first = connect(&server).await;
+    let mut second = connect(&server).await;
+    send(&mut first, json!({ "subscribe": { "exchange": "gametrade.events", "pattern": "user.*" } })).await;
+    next(&mut first).await;
+    let closing = tokio::spawn(async move { shutdown.close(Duration::from_secs(10)).await });
+    assert_eq!(closed(&mut first).await, (1001, "shutdown".to_owned()));
+    assert_eq!(closed(&mut second).await, (1001, "shutdown".to_owned()));
+    assert_eq!(closing.await.unwrap(), 0, "every socket ended within the deadline");
+    let ready = server.get("/ready").await.json();
+    assert_eq!(ready["websocket"]["queues"], 0, "the stream's queue went with it: {ready}");
     server.stop().await;
 }
