@@ -135,6 +135,25 @@ async fn subscribers_share_one_queue_and_publish_with_an_ack(h: &Harness) {
         ready["websocket"]["queues"] == 0 && ready["websocket"]["connections"] == 0
     })
     .await;
+    if let Some(vhost) = h.vhost() {
+        // What the gateway declared does not outlive the stream: the watch queue is gone from the broker.
+        let vhost = vhost.to_owned();
+        eventually(10, "the watch queue is deleted on RabbitMQ", || {
+            let vhost = vhost.clone();
+            async move {
+                let listed = tokio::task::spawn_blocking(move || {
+                    std::process::Command::new("rabbitmqctl")
+                        .args(["list_queues", "-q", "-p", &vhost, "name"])
+                        .output()
+                        .expect("rabbitmqctl runs")
+                })
+                .await
+                .unwrap();
+                !String::from_utf8_lossy(&listed.stdout).contains("warren.watch.")
+            }
+        })
+        .await;
+    }
     server.stop().await;
 }
 
