@@ -125,7 +125,11 @@ pub(crate) async fn upgrade(
     uri: Uri,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let token = uri.query().and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("access_token=")));
+    let token = uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("access_token=")))
+        .and_then(|token| percent_encoding::percent_decode_str(token).decode_utf8().ok());
+    let token = token.as_deref();
     if let Err(problem) = gateway.authorize(Group::Stream, &headers, token) {
         return problem.into_response();
     }
@@ -204,6 +208,10 @@ async fn serve(connection: Connection, socket: WebSocket, can_publish: bool, mut
             _ = client.fell_behind.notified() => break End::Slow,
         }
     };
+    // Out of every stream first, so that a last subscriber's queue goes now, not after the farewell.
+    for key in std::mem::take(&mut subscriptions) {
+        unsubscribe(&gateway, &client, &key).await;
+    }
     let close = |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
     let farewell = match ended {
         End::Gone => None,
@@ -228,9 +236,6 @@ async fn serve(connection: Connection, socket: WebSocket, can_publish: bool, mut
             }
         })
         .await;
-    }
-    for key in subscriptions {
-        unsubscribe(&gateway, &client, &key).await;
     }
     drop(connection);
 }
