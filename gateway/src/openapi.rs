@@ -36,7 +36,28 @@ pub(crate) fn document(gateway: &Gateway) -> Value {
             }
         }
     }
-    let Document { schemas, paths, .. } = doc;
+    let Document { schemas, mut paths, .. } = doc;
+    paths.insert(
+        "/health".into(),
+        json!({ "get": {
+            "operationId": "health",
+            "tags": ["health"],
+            "summary": "The process is up.",
+            "responses": { "200": { "description": "Up.", "content": { "application/json": { "schema": { "type": "object" } } } } },
+        } }),
+    );
+    paths.insert(
+        "/ready".into(),
+        json!({ "get": {
+            "operationId": "ready",
+            "tags": ["health"],
+            "summary": "The bus is connected to the broker.",
+            "responses": {
+                "200": { "description": "Ready; the bus's health and the WebSocket counts.", "content": { "application/json": { "schema": { "type": "object" } } } },
+                "503": { "description": "Not connected; the bus's health says why.", "content": { "application/json": { "schema": { "type": "object" } } } },
+            },
+        } }),
+    );
     let mut components = json!({
         "schemas": schemas,
         "responses": { "Problem": {
