@@ -304,7 +304,7 @@ fn error(detail: &str) -> Value {
 }
 
 /// The exchange and pattern of a subscribe request, checked: a bounded, valid pattern the configuration
-/// allows on an exchange the contracts declare.
+/// allows on an exchange the contracts declare, that some event of the exchange can match.
 fn key(gateway: &Gateway, request: &Value) -> Result<Key, String> {
     let exchange = request.get("exchange").and_then(Value::as_str).ok_or("name the exchange: {\"exchange\": …}")?;
     let pattern = request.get("pattern").and_then(Value::as_str).unwrap_or("#");
@@ -314,8 +314,12 @@ fn key(gateway: &Gateway, request: &Value) -> Result<Key, String> {
     if let Some(problem) = warren::topic::pattern_problem(pattern) {
         return Err(format!("pattern {pattern:?} {problem}"));
     }
-    if !allowed(&gateway.config.streams, exchange, pattern) || gateway.catalog.exchange(exchange).is_err() {
+    if !allowed(&gateway.config.streams, exchange, pattern) {
         return Err(format!("exchange {exchange:?} with pattern {pattern:?} is not streamed here"));
+    }
+    // An allowed exchange and pattern that no contract event can reach would be a silent stream.
+    if let Some(problem) = gateway.catalog.watch_problem(exchange, pattern) {
+        return Err(problem);
     }
     Ok((exchange.to_owned(), pattern.to_owned()))
 }

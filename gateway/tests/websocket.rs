@@ -21,7 +21,7 @@ fn config() -> GatewayConfig {
         events = ["UserRegistered"]
         [[streams]]
         exchange = "gametrade.events"
-        patterns = ["user.*"]
+        patterns = ["user.*", "nothing.here"]
         "#,
         "test",
     )
@@ -99,6 +99,10 @@ async fn subscribers_share_one_queue_and_publish_with_an_ack(h: &Harness) {
         let refused = next(&mut alice).await;
         assert_eq!(refused["error"]["request"], "subscribe", "{refused}");
     }
+    // Allowed, but no event of the exchange can match it.
+    send(&mut alice, json!({ "subscribe": { "exchange": "gametrade.events", "pattern": "nothing.here" } })).await;
+    let silent = next(&mut alice).await;
+    assert!(silent["error"]["detail"].as_str().unwrap().contains("cannot match any event"), "{silent}");
 
     let published = server.post("/events/UserRegistered", ADA).await;
     assert_eq!(published.status, 202, "{}", published.text);
