@@ -332,6 +332,17 @@ mod tests {
     }
 
     #[test]
+    fn the_configuration_in_docs_gateway_md_reads() {
+        let page = include_str!("../../docs/gateway.md");
+        let toml = page.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next()).expect("a TOML example");
+        let config = GatewayConfig::from_toml(toml, "docs/gateway.md").unwrap();
+        let catalog = Catalog::from_descriptor_set(warren_contracts::FILE_DESCRIPTOR_SET).unwrap();
+        config.check(&catalog).unwrap();
+        assert_eq!(config.websocket.max_connections, WebSocketConfig::default().max_connections);
+        assert_eq!(config.aliases["/messaging/health"], "health");
+    }
+
+    #[test]
     fn typos_fail_at_start_with_the_closest_name() {
         let catalog = Catalog::from_descriptor_set(warren_contracts::FILE_DESCRIPTOR_SET).unwrap();
         let config = GatewayConfig::from_toml(r#"events = ["UserRegisterd"]"#, "g.toml").unwrap();
