@@ -179,6 +179,37 @@ impl Catalog {
     pub fn exchanges(&self) -> impl Iterator<Item = &Exchange> {
         self.contracts.exchanges.values()
     }
+
+    /// Why watching exchange `exchange` with binding `pattern` would be a mistake, if it would: an exchange the
+    /// contracts do not declare, a pattern that is not one, or (on an exchange that routes by key) a pattern
+    /// no event of the exchange can ever match.
+    ///
+    /// ```
+    /// let catalog = warren_reflect::Catalog::from_descriptor_set(warren_contracts::FILE_DESCRIPTOR_SET).unwrap();
+    /// assert_eq!(catalog.watch_problem("gametrade.events", "user.*"), None);
+    /// assert!(catalog.watch_problem("gametrade.events", "nothing.here").unwrap().contains("cannot match"));
+    /// assert!(catalog.watch_problem("gametrade.events", "user..x").is_some());
+    /// assert!(catalog.watch_problem("gametrade.event", "#").unwrap().contains("did you mean gametrade.events"));
+    /// ```
+    pub fn watch_problem(&self, exchange: &str, pattern: &str) -> Option<String> {
+        let Some(declared) = self.contracts.exchanges.get(exchange) else {
+            return Some(
+                names::not_found("exchange", exchange, self.contracts.exchanges.keys().cloned().collect()).to_string(),
+            );
+        };
+        if let Some(problem) = warren::topic::pattern_problem(pattern) {
+            return Some(format!("pattern {pattern:?} {problem}"));
+        }
+        let keys: Vec<&str> =
+            self.events().filter(|e| e.exchange.name == declared.name).map(|e| e.binding.as_str()).collect();
+        if declared.kind.uses_routing_key() && !keys.iter().any(|key| warren::topic::overlaps(pattern, key)) {
+            return Some(format!(
+                "pattern {pattern:?} cannot match any event of {exchange} (its routing keys: {})",
+                keys.join(", ")
+            ));
+        }
+        None
+    }
 }
 
 /// Every `.proto` file under `dir`, relative to `root`.

@@ -1,0 +1,354 @@
+//! What the gateway exposes and to whom: allow-lists of events, tasks, services and streams; bearer tokens
+//! per group of routes; path aliases; WebSocket limits. Read from a TOML file (`warren-gateway --config`) or
+//! built in code.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use warren_reflect::Catalog;
+
+/// What the gateway exposes and to whom. Nothing is reachable until it is allowed: an empty configuration
+/// serves only `/health`, `/ready` and the documents.
+///
+/// ```toml
+/// events = ["gametrade.v1.UserRegistered", "streaming.v1.*"]
+/// tasks = ["*"]
+/// services = ["at.v1.IntSummator"]
+///
+/// [[streams]]
+/// exchange = "gametrade.events"
+/// patterns = ["user.*"]
+///
+/// [tokens]
+/// publish = ["s3cret"]
+///
+/// [aliases]
+/// "/messaging/user-notification" = "streaming.v1.UserNotification"
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct GatewayConfig {
+    /// Events that `POST /events/{type}` may publish: full or unique short names, `package.*` for a whole
+    /// package, `*` for all.
+    pub events: Vec<String>,
+    /// Tasks that `POST /tasks/{type}` may enqueue, named as [`GatewayConfig::events`].
+    pub tasks: Vec<String>,
+    /// Services whose methods `POST /rpc/{Service}/{Method}` may call: services (every method), single
+    /// methods as `Service/Method`, `package.*` or `*`.
+    pub services: Vec<String>,
+    /// Exchanges and patterns the WebSocket may stream.
+    pub streams: Vec<StreamRule>,
+    /// Bearer tokens per group of routes; a group without tokens is open.
+    pub tokens: Tokens,
+    /// Extra `POST` paths, each publishing (or enqueueing) one event (or task), e.g.
+    /// `"/messaging/user-notification" = "streaming.v1.UserNotification"`. An alias is reachable whether or
+    /// not its type is in [`GatewayConfig::events`]; the `publish` tokens apply. The target `health` makes a
+    /// `GET` path answering as `/health` (`"/messaging/health" = "health"`).
+    pub aliases: BTreeMap<String, String>,
+    /// WebSocket limits.
+    pub websocket: WebSocketConfig,
+    /// Closes the WebSockets on shutdown (keep a clone and call [`crate::Shutdown::close`]).
+    #[serde(skip)]
+    pub shutdown: crate::Shutdown,
+    /// The metrics `GET /metrics` answers with (register the same layer with the bus).
+    #[cfg(feature = "prometheus")]
+    #[serde(skip)]
+    pub metrics: Option<warren::prometheus::PrometheusLayer>,
+}
+
+/// An exchange the WebSocket may stream, and the binding patterns a client may subscribe with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRule {
+    /// The exchange, as the contracts name it.
+    pub exchange: String,
+    /// Patterns allowed: a client's pattern must be one of them, or a routing key (no wildcards) one of them
+    /// matches; `#` allows any pattern.
+    #[serde(default = "everything")]
+    pub patterns: Vec<String>,
+}
+
+fn everything() -> Vec<String> {
+    vec!["#".to_owned()]
+}
+
+/// Bearer tokens per group of routes (`Authorization: Bearer <token>`). A group with no tokens is open.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tokens {
+    /// `POST /events/…`, `POST /tasks/…`, aliases, and publishing over the WebSocket.
+    pub publish: Vec<String>,
+    /// `POST /rpc/…`.
+    pub call: Vec<String>,
+    /// `GET /ws` (subscribing).
+    pub stream: Vec<String>,
+    /// `GET /catalog`, `/openapi.json`, `/asyncapi.yaml`, `/metrics`.
+    pub docs: Vec<String>,
+}
+
+impl std::fmt::Debug for Tokens {
+    // Tokens are credentials: never printed, only counted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("publish", &self.publish.len())
+            .field("call", &self.call.len())
+            .field("stream", &self.stream.len())
+            .field("docs", &self.docs.len())
+            .finish()
+    }
+}
+
+/// A group of routes that shares its tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// Publishing and enqueueing.
+    Publish,
+    /// RPC calls.
+    Call,
+    /// WebSocket streams.
+    Stream,
+    /// The documents and metrics.
+    Docs,
+}
+
+impl Tokens {
+    /// The tokens of `group`.
+    pub fn of(&self, group: Group) -> &[String] {
+        match group {
+            Group::Publish => &self.publish,
+            Group::Call => &self.call,
+            Group::Stream => &self.stream,
+            Group::Docs => &self.docs,
+        }
+    }
+
+    /// Adds `token` to `group`.
+    pub fn add(&mut self, group: Group, token: impl Into<String>) {
+        match group {
+            Group::Publish => self.publish.push(token.into()),
+            Group::Call => self.call.push(token.into()),
+            Group::Stream => self.stream.push(token.into()),
+            Group::Docs => self.docs.push(token.into()),
+        }
+    }
+}
+
+/// WebSocket limits.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// The most sockets open at once; an upgrade over it is answered 503.
+    pub max_connections: usize,
+    /// The most subscriptions one socket holds.
+    pub max_subscriptions: usize,
+    /// Messages buffered for one socket; a socket further behind is closed with reason "slow".
+    pub buffer: usize,
+    /// How often the gateway pings (milliseconds).
+    pub ping_interval_ms: u64,
+    /// A socket that sends nothing (not even a pong) for this long is closed (milliseconds).
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            max_connections: 1_000,
+            max_subscriptions: 16,
+            buffer: 256,
+            ping_interval_ms: 20_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl WebSocketConfig {
+    pub(crate) fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms.max(10))
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.max(20))
+    }
+}
+
+/// A configuration that names what the contracts do not have.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The TOML file does not parse, or has a key the gateway does not know.
+    #[error("{path}: {source}")]
+    Toml {
+        /// The file.
+        path: String,
+        /// Where and why.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A name in an allow-list or alias that the contracts do not have.
+    #[error("{list}: {source}")]
+    Name {
+        /// Which list, e.g. `events` or `aliases./messaging/x`.
+        list: String,
+        /// The lookup's error, with the closest names.
+        #[source]
+        source: Box<warren_reflect::Error>,
+    },
+    /// Anything else that cannot work: a bad alias path, a bad stream pattern.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl GatewayConfig {
+    /// An empty configuration: nothing allowed, no tokens.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads a TOML configuration.
+    pub fn from_toml(text: &str, path: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Toml { path: path.to_owned(), source: Box::new(source) })
+    }
+
+    /// Reads a TOML configuration file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        Self::from_toml(&text, &shown)
+    }
+
+    /// Allows every event, task, service and exchange of the contracts (for local development).
+    pub fn allow_all(mut self) -> Self {
+        self.events = vec!["*".into()];
+        self.tasks = vec!["*".into()];
+        self.services = vec!["*".into()];
+        self
+    }
+
+    /// Checks every name against `catalog`, so that a typo fails at start, not as a 404 later.
+    pub fn check(&self, catalog: &Catalog) -> Result<(), ConfigError> {
+        let name =
+            |list: &'static str| move |source| ConfigError::Name { list: list.to_owned(), source: Box::new(source) };
+        for entry in self.events.iter().filter(|e| !is_wildcard(e)) {
+            catalog.event(entry).map_err(name("events"))?;
+        }
+        for entry in self.tasks.iter().filter(|e| !is_wildcard(e)) {
+            catalog.task(entry).map_err(name("tasks"))?;
+        }
+        for entry in self.services.iter().filter(|e| !is_wildcard(e)) {
+            if entry.contains('/') {
+                catalog.method(entry).map_err(name("services"))?;
+            } else {
+                catalog.service(entry).map_err(name("services"))?;
+            }
+        }
+        for stream in &self.streams {
+            catalog.exchange(&stream.exchange).map_err(name("streams"))?;
+            for pattern in &stream.patterns {
+                if let Some(problem) = warren::topic::pattern_problem(pattern) {
+                    return Err(ConfigError::Invalid(format!(
+                        "streams: pattern {pattern:?} of {} {problem}",
+                        stream.exchange
+                    )));
+                }
+            }
+        }
+        for (path, target) in &self.aliases {
+            crate::routes::alias_path_problem(path)
+                .map_or(Ok(()), |problem| Err(ConfigError::Invalid(format!("aliases: path {path:?} {problem}"))))?;
+            if target == "health" {
+                continue;
+            }
+            // An event's suggestions when it is neither: aliases mostly name events.
+            let found = catalog.event(target).map(drop).or_else(|e| catalog.task(target).map(drop).map_err(|_| e));
+            found.map_err(|source| ConfigError::Name { list: format!("aliases.{path}"), source: Box::new(source) })?;
+        }
+        Ok(())
+    }
+
+    /// Whether any group that has something to reach has no tokens: binding a public address then needs an
+    /// explicit decision.
+    pub fn has_open_group(&self) -> bool {
+        let publishes =
+            !self.events.is_empty() || !self.tasks.is_empty() || self.aliases.values().any(|target| target != "health");
+        (publishes && self.tokens.publish.is_empty())
+            || (!self.services.is_empty() && self.tokens.call.is_empty())
+            || (!self.streams.is_empty() && self.tokens.stream.is_empty())
+    }
+}
+
+fn is_wildcard(entry: &str) -> bool {
+    entry == "*" || entry.ends_with(".*")
+}
+
+/// Whether `full_name` is allowed by one of `entries` (full names, unique short names, `package.*`, `*`).
+pub(crate) fn listed(entries: &[String], full_name: &str, resolve: impl Fn(&str) -> Option<String>) -> bool {
+    entries.iter().any(|entry| {
+        if entry == "*" {
+            return true;
+        }
+        if let Some(package) = entry.strip_suffix(".*") {
+            return full_name.strip_prefix(package).is_some_and(|rest| rest.starts_with('.'));
+        }
+        entry == full_name || resolve(entry).is_some_and(|resolved| resolved == full_name)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_reads() {
+        let text = r#"
+            events = ["gametrade.v1.UserRegistered", "streaming.v1.*"]
+            tasks = ["*"]
+            services = ["at.v1.IntSummator"]
+            [[streams]]
+            exchange = "gametrade.events"
+            patterns = ["user.*"]
+            [tokens]
+            publish = ["s3cret"]
+            [aliases]
+            "/messaging/user-notification" = "streaming.v1.UserNotification"
+        "#;
+        let config = GatewayConfig::from_toml(text, "gateway.toml").unwrap();
+        let catalog = Catalog::from_descriptor_set(warren_contracts::FILE_DESCRIPTOR_SET).unwrap();
+        config.check(&catalog).unwrap();
+        assert!(!format!("{config:?}").contains("s3cret"), "tokens are never printed");
+        assert!(config.has_open_group(), "services and streams have no tokens");
+        assert!(listed(&config.events, "streaming.v1.SystemEvent", |_| None));
+        assert!(!listed(&config.events, "gametrade.v1.UserActivated", |_| None));
+    }
+
+    #[test]
+    fn the_configuration_in_docs_gateway_md_reads() {
+        let page = include_str!("../../docs/gateway.md");
+        let toml = page.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next()).expect("a TOML example");
+        let config = GatewayConfig::from_toml(toml, "docs/gateway.md").unwrap();
+        let catalog = Catalog::from_descriptor_set(warren_contracts::FILE_DESCRIPTOR_SET).unwrap();
+        config.check(&catalog).unwrap();
+        assert_eq!(config.websocket.max_connections, WebSocketConfig::default().max_connections);
+        assert_eq!(config.aliases["/messaging/health"], "health");
+    }
+
+    #[test]
+    fn typos_fail_at_start_with_the_closest_name() {
+        let catalog = Catalog::from_descriptor_set(warren_contracts::FILE_DESCRIPTOR_SET).unwrap();
+        let config = GatewayConfig::from_toml(r#"events = ["UserRegisterd"]"#, "g.toml").unwrap();
+        let error = config.check(&catalog).unwrap_err().to_string();
+        assert!(error.contains("did you mean gametrade.v1.UserRegistered"), "{error}");
+        let unknown = GatewayConfig::from_toml(r#"event = ["UserRegistered"]"#, "g.toml").unwrap_err();
+        assert!(unknown.to_string().contains("unknown field"), "{unknown}");
+    }
+}

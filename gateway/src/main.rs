@@ -1,0 +1,192 @@
+//! `warren-gateway`: Warren's contracts over HTTP and WebSocket, as a process. Configuration comes from a TOML
+//! file (`--config`), then flags and environment variables (which add to the file's lists). It binds
+//! 127.0.0.1 by default; a non-loopback address needs tokens for every group of routes it exposes, or
+//! `--allow-public-without-auth`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use warren_gateway::{GatewayConfig, Group, StreamRule};
+use warren_reflect::Catalog;
+
+/// Serve Warren's contracts over HTTP and WebSocket: POST /events/{type}, /tasks/{type}, /rpc/{Service}/{Method},
+/// GET /ws, /health, /ready, /catalog, /openapi.json, /asyncapi.yaml.
+///
+/// Example: warren-gateway --event 'streaming.v1.*' --alias /messaging/user-notification=streaming.v1.UserNotification
+#[derive(Debug, Parser)]
+#[command(name = "warren-gateway", version)]
+struct Args {
+    /// The address to listen on.
+    #[arg(long, env = "WARREN_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The broker: amqp://user:password@host:port/vhost, or memory:// (the password is never printed).
+    #[arg(long, env = "RABBITMQ_URL", default_value = warren::DEFAULT_URL, hide_env_values = true, hide_default_value = true)]
+    url: String,
+    /// A TOML configuration file (allow-lists, tokens, aliases, WebSocket limits; see docs/gateway.md).
+    #[arg(long, env = "WARREN_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Read the contracts from this proto tree instead of the embedded ones.
+    #[arg(long, value_name = "DIR", conflicts_with = "descriptor_set")]
+    proto: Option<PathBuf>,
+    /// Read the contracts from an encoded FileDescriptorSet (protoc --include_imports -o FILE).
+    #[arg(long, value_name = "FILE")]
+    descriptor_set: Option<PathBuf>,
+    /// An event that may be published (repeatable; full or short name, `package.*`, `*`).
+    #[arg(long = "event", value_name = "NAME")]
+    events: Vec<String>,
+    /// A task that may be enqueued (repeatable).
+    #[arg(long = "task", value_name = "NAME")]
+    tasks: Vec<String>,
+    /// A service (or `Service/Method`) that may be called (repeatable).
+    #[arg(long = "service", value_name = "NAME")]
+    services: Vec<String>,
+    /// An exchange and pattern the WebSocket may stream, `exchange=pattern` (repeatable).
+    #[arg(long = "stream", value_name = "EXCHANGE=PATTERN")]
+    streams: Vec<String>,
+    /// A path that publishes one event or task, `/path=Type` (repeatable).
+    #[arg(long = "alias", value_name = "PATH=TYPE")]
+    aliases: Vec<String>,
+    /// A bearer token for a group of routes, `group=token` with group publish, call, stream or docs
+    /// (repeatable; the environment variable takes them comma-separated).
+    #[arg(
+        long = "token",
+        value_name = "GROUP=TOKEN",
+        env = "WARREN_GATEWAY_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    tokens: Vec<String>,
+    /// Allow every event, task and service of the contracts (for local development).
+    #[arg(long)]
+    allow_all: bool,
+    /// Listen on a non-loopback address even though some routes have no tokens.
+    #[arg(long)]
+    allow_public_without_auth: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let config = config(&args)?;
+    let catalog = match (&args.proto, &args.descriptor_set) {
+        (Some(dir), _) => Catalog::from_proto_dir(dir),
+        (None, Some(file)) => Catalog::from_descriptor_set_file(file),
+        (None, None) => Catalog::from_descriptor_set(warren_contracts::FILE_DESCRIPTOR_SET),
+    }
+    .map_err(|e| e.to_string())?;
+    config.check(&catalog).map_err(|e| format!("the configuration: {e}"))?;
+    if !args.listen.ip().is_loopback() && config.has_open_group() && !args.allow_public_without_auth {
+        return Err(format!(
+            "refusing to listen on {}, which is not a loopback address, while some routes have no bearer tokens; \
+             give tokens for every group (--token publish=…, call=…, stream=…) or pass --allow-public-without-auth",
+            args.listen
+        ));
+    }
+    let bus_config = warren::BusConfig::new(&args.url)
+        .map_err(|e| e.to_string())?
+        .service_name("warren-gateway")
+        .connect_timeout(Duration::from_secs(30));
+    #[cfg(feature = "prometheus")]
+    let (bus_config, config) = {
+        let layer = warren::prometheus::PrometheusLayer::new();
+        let mut config = config;
+        config.metrics = Some(layer.clone());
+        (bus_config.middleware(layer), config)
+    };
+    let shown = bus_config.redacted_url();
+    let bus = warren::Bus::with_config(bus_config).await.map_err(|e| e.to_string())?;
+    let shutdown = config.shutdown.clone();
+    let app = warren_gateway::router(bus.clone(), Arc::new(catalog), config);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    eprintln!(
+        "warren-gateway: listening on http://{} (bus {shown})",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    let shutdown = shutdown;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = warren::terminated().await;
+            // WebSockets are not axum's to close: each gets a close frame first.
+            shutdown.close(Duration::from_secs(5)).await;
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = bus.close().await;
+    Ok(())
+}
+
+/// The file's configuration, with the flags' lists added.
+fn config(args: &Args) -> Result<GatewayConfig, String> {
+    let mut config = match &args.config {
+        Some(path) => GatewayConfig::from_file(path).map_err(|e| e.to_string())?,
+        None => GatewayConfig::new(),
+    };
+    if args.allow_all {
+        config = config.allow_all();
+    }
+    config.events.extend(args.events.iter().cloned());
+    config.tasks.extend(args.tasks.iter().cloned());
+    config.services.extend(args.services.iter().cloned());
+    for stream in &args.streams {
+        let (exchange, pattern) = pair(stream, "--stream", "exchange=pattern")?;
+        config.streams.push(StreamRule { exchange, patterns: vec![pattern] });
+    }
+    for alias in &args.aliases {
+        let (path, name) = pair(alias, "--alias", "/path=Type")?;
+        config.aliases.insert(path, name);
+    }
+    for token in &args.tokens {
+        let (group, token) = pair(token, "--token", "group=token")?;
+        let group = match group.as_str() {
+            "publish" => Group::Publish,
+            "call" => Group::Call,
+            "stream" => Group::Stream,
+            "docs" => Group::Docs,
+            other => return Err(format!("--token: unknown group {other:?} (publish, call, stream or docs)")),
+        };
+        config.tokens.add(group, token);
+    }
+    Ok(config)
+}
+
+fn pair(text: &str, flag: &str, shape: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.trim().to_owned(), b.trim().to_owned())),
+        // The token's value is never echoed.
+        _ if flag == "--token" => Err(format!("--token: write it as {shape}")),
+        _ => Err(format!("{flag} {text:?}: write it as {shape}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_arguments_are_consistent() {
+        Args::command().debug_assert();
+    }
+}

@@ -1,0 +1,464 @@
+//! `GET /ws`: live streams of exchanges, and publishing, over one WebSocket per client.
+//!
+//! A client sends `{"subscribe": {"exchange": "gametrade.events", "pattern": "user.*"}}` (answered
+//! `{"subscribed": …}` once the broker queue is bound) and receives each matching message as
+//! `{"type", "routing_key", "message_id", "timestamp", "exchange", "pattern", "payload"}`; `unsubscribe` takes
+//! the same shape; `{"publish": {"type": …, "payload": …, "id": …}}` is answered `{"ack": {"id", "message_id"}}`
+//! or `{"ack": {"id", "error": <problem>}}`.
+//!
+//! One broker queue ([`warren::Bus::watch`]) per exchange and pattern per gateway, however many clients
+//! subscribe to it: a pump task reads it and hands each message, encoded once, to every subscriber's bounded
+//! buffer without waiting. A client whose buffer is full is closed with code 1008 and reason "slow" (and
+//! counted); it never slows the others or the queue. The queue goes away with its last subscriber.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+use warren_reflect::Format;
+
+use crate::config::{Group, StreamRule};
+use crate::{Gateway, Problem, WebSocketConfig};
+
+/// Close code for a client that fell behind (policy violation), and for one that went quiet or a gateway that
+/// stops (going away).
+const SLOW: u16 = 1008;
+const IDLE: u16 = 1001;
+/// How long a closing client has to take its close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// How long binding a stream's queue may take (the hub waits meanwhile).
+const WATCH_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a socket's loop ended.
+enum End {
+    Gone,
+    Slow,
+    Idle,
+    Shutdown,
+}
+
+/// An exchange and a binding pattern.
+type Key = (String, String);
+
+/// Every socket's subscriptions, and the one broker queue per exchange and pattern they share.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    config: WebSocketConfig,
+    connections: AtomicUsize,
+    slow: Arc<AtomicU64>,
+    next_client: AtomicU64,
+    streams: tokio::sync::Mutex<HashMap<Key, Arc<Stream>>>,
+}
+
+/// One broker queue and the clients reading it.
+#[derive(Debug)]
+struct Stream {
+    subscribers: Mutex<Vec<Subscriber>>,
+    stop: Notify,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    client: Arc<Client>,
+    sender: mpsc::Sender<Utf8Bytes>,
+}
+
+/// What the pump tasks know of a client: whether it fell behind.
+#[derive(Debug)]
+struct Client {
+    id: u64,
+    slow: AtomicBool,
+    fell_behind: Notify,
+}
+
+impl Hub {
+    pub(crate) fn new(config: WebSocketConfig) -> Self {
+        Hub {
+            config,
+            connections: AtomicUsize::new(0),
+            slow: Arc::new(AtomicU64::new(0)),
+            next_client: AtomicU64::new(1),
+            streams: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How many sockets are open.
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// How many clients were closed for falling behind.
+    pub(crate) fn slow_disconnects(&self) -> u64 {
+        self.slow.load(Ordering::Relaxed)
+    }
+
+    /// How many broker queues the streams hold.
+    pub(crate) async fn queues(&self) -> usize {
+        self.streams.lock().await.len()
+    }
+}
+
+/// Counts a socket while it is open.
+struct Connection(Arc<Gateway>);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.0.hub.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `GET /ws`: the stream token (header or `?access_token=`), the connection limit, then the upgrade.
+pub(crate) async fn upgrade(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let token = uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("access_token=")))
+        .and_then(|token| percent_encoding::percent_decode_str(token).decode_utf8().ok());
+    let token = token.as_deref();
+    if let Err(problem) = gateway.authorize(Group::Stream, &headers, token) {
+        return problem.into_response();
+    }
+    let Ok(upgrade) = upgrade else {
+        return Problem::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade",
+            "WebSocket only",
+            "GET /ws is a WebSocket: connect with a WebSocket client",
+        )
+        .into_response();
+    };
+    let max = gateway.hub.config.max_connections;
+    if gateway.hub.connections.fetch_add(1, Ordering::Relaxed) >= max {
+        gateway.hub.connections.fetch_sub(1, Ordering::Relaxed);
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too-many-connections",
+            "Too many connections",
+            format!("the gateway holds its maximum of {max} WebSocket connections; try again later"),
+        )
+        .into_response();
+    }
+    let connection = Connection(gateway.clone());
+    let (open, closing) = gateway.config.shutdown.open();
+    let can_publish = gateway.authorize(Group::Publish, &headers, token).is_ok();
+    upgrade.max_message_size(gateway.limit).on_upgrade(move |socket| async move {
+        serve(connection, socket, can_publish, closing).await;
+        drop(open);
+    })
+}
+
+async fn serve(connection: Connection, socket: WebSocket, can_publish: bool, mut closing: watch::Receiver<bool>) {
+    let gateway = connection.0.clone();
+    let config = gateway.hub.config;
+    let client = Arc::new(Client {
+        id: gateway.hub.next_client.fetch_add(1, Ordering::Relaxed),
+        slow: AtomicBool::new(false),
+        fell_behind: Notify::new(),
+    });
+    let (sender, mut receiver) = mpsc::channel::<Utf8Bytes>(config.buffer.max(1));
+    let (mut sink, mut incoming) = socket.split();
+    let mut subscriptions: Vec<Key> = Vec::new();
+    let mut ping = tokio::time::interval(config.ping_interval());
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let ended = loop {
+        let outgoing = tokio::select! {
+            frame = incoming.next() => {
+                let Some(Ok(frame)) = frame else { break End::Gone };
+                last_heard = Instant::now();
+                match frame {
+                    Message::Text(text) => {
+                        handle(&gateway, &client, &sender, &mut subscriptions, can_publish, text.as_str()).await
+                    }
+                    Message::Binary(_) => Some(error("frames are JSON text")),
+                    Message::Close(_) => break End::Gone,
+                    Message::Ping(_) | Message::Pong(_) => None,
+                }
+                .map(|reply| Message::Text(reply.to_string().into()))
+            }
+            Some(message) = receiver.recv() => Some(Message::Text(message)),
+            _ = client.fell_behind.notified() => break End::Slow,
+            _ = closed(&mut closing) => break End::Shutdown,
+            _ = ping.tick() => {
+                if last_heard.elapsed() > config.idle_timeout() {
+                    break End::Idle;
+                }
+                Some(Message::Ping(Default::default()))
+            }
+        };
+        let Some(outgoing) = outgoing else { continue };
+        // A write that waits on a client that does not read must not outlast its falling behind.
+        tokio::select! {
+            sent = sink.send(outgoing) => if sent.is_err() { break End::Gone },
+            _ = client.fell_behind.notified() => break End::Slow,
+        }
+    };
+    // Out of every stream first, so that a last subscriber's queue goes now, not after the farewell.
+    for key in std::mem::take(&mut subscriptions) {
+        unsubscribe(&gateway, &client, &key).await;
+    }
+    let close = |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+    let farewell = match ended {
+        End::Gone => None,
+        End::Slow => {
+            tracing::warn!(client = client.id, "WebSocket client fell behind; closing it");
+            Some(close(SLOW, "slow"))
+        }
+        End::Idle => Some(close(IDLE, "idle")),
+        End::Shutdown => Some(close(IDLE, "shutdown")),
+    };
+    if let Some(farewell) = farewell {
+        // Queued after whatever the client has not read yet; then the client's own close frame ends the
+        // handshake (what it sends meanwhile, such as pongs, is read and dropped, so the connection ends with a
+        // FIN rather than a reset). A client that never reads is dropped after CLOSE_WAIT.
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            if sink.send(farewell).await.is_ok() {
+                while let Some(Ok(frame)) = incoming.next().await {
+                    if matches!(frame, Message::Close(_)) {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    }
+    drop(connection);
+}
+
+/// Returns once the gateway shuts down.
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    if closing.wait_for(|closing| *closing).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// One frame from the client; the answer to send back, if any.
+async fn handle(
+    gateway: &Arc<Gateway>,
+    client: &Arc<Client>,
+    sender: &mpsc::Sender<Utf8Bytes>,
+    subscriptions: &mut Vec<Key>,
+    can_publish: bool,
+    text: &str,
+) -> Option<Value> {
+    let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text) else {
+        return Some(error("a frame is a JSON object: {\"subscribe\": …}, {\"unsubscribe\": …} or {\"publish\": …}"));
+    };
+    if let Some(request) = frame.get("subscribe") {
+        let key = match key(gateway, request) {
+            Ok(key) => key,
+            Err(detail) => return Some(json!({ "error": { "request": "subscribe", "detail": detail } })),
+        };
+        if subscriptions.contains(&key) {
+            return Some(json!({ "subscribed": { "exchange": key.0, "pattern": key.1 } }));
+        }
+        if subscriptions.len() >= gateway.hub.config.max_subscriptions {
+            let detail = format!("a socket holds at most {} subscriptions", gateway.hub.config.max_subscriptions);
+            return Some(json!({ "error": { "request": "subscribe", "detail": detail } }));
+        }
+        return Some(match subscribe(gateway, client, sender.clone(), &key).await {
+            Ok(()) => {
+                subscriptions.push(key.clone());
+                json!({ "subscribed": { "exchange": key.0, "pattern": key.1 } })
+            }
+            Err(detail) => json!({ "error": { "request": "subscribe", "detail": detail } }),
+        });
+    }
+    if let Some(request) = frame.get("unsubscribe") {
+        let exchange = request.get("exchange").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let pattern = request.get("pattern").and_then(Value::as_str).unwrap_or("#").to_owned();
+        let key = (exchange, pattern);
+        if let Some(at) = subscriptions.iter().position(|k| *k == key) {
+            subscriptions.remove(at);
+            unsubscribe(gateway, client, &key).await;
+        }
+        return Some(json!({ "unsubscribed": { "exchange": key.0, "pattern": key.1 } }));
+    }
+    if let Some(request) = frame.get("publish") {
+        let id = request.get("id").cloned().unwrap_or(Value::Null);
+        return Some(match publish(gateway, can_publish, request).await {
+            Ok(message_id) => json!({ "ack": { "id": id, "message_id": message_id } }),
+            Err(problem) => json!({ "ack": { "id": id, "error": problem.body() } }),
+        });
+    }
+    Some(error("a frame is {\"subscribe\": …}, {\"unsubscribe\": …} or {\"publish\": …}"))
+}
+
+fn error(detail: &str) -> Value {
+    json!({ "error": { "detail": detail } })
+}
+
+/// The exchange and pattern of a subscribe request, checked: a bounded, valid pattern the configuration
+/// allows on an exchange the contracts declare, that some event of the exchange can match.
+fn key(gateway: &Gateway, request: &Value) -> Result<Key, String> {
+    let exchange = request.get("exchange").and_then(Value::as_str).ok_or("name the exchange: {\"exchange\": …}")?;
+    let pattern = request.get("pattern").and_then(Value::as_str).unwrap_or("#");
+    if pattern.len() > warren::MAX_PATTERN_LEN || exchange.len() > warren::MAX_PATTERN_LEN {
+        return Err(format!("patterns and exchange names are at most {} bytes", warren::MAX_PATTERN_LEN));
+    }
+    if let Some(problem) = warren::topic::pattern_problem(pattern) {
+        return Err(format!("pattern {pattern:?} {problem}"));
+    }
+    if !allowed(&gateway.config.streams, exchange, pattern) {
+        return Err(format!("exchange {exchange:?} with pattern {pattern:?} is not streamed here"));
+    }
+    // An allowed exchange and pattern that no contract event can reach would be a silent stream.
+    if let Some(problem) = gateway.catalog.watch_problem(exchange, pattern) {
+        return Err(problem);
+    }
+    Ok((exchange.to_owned(), pattern.to_owned()))
+}
+
+/// Whether a rule allows `pattern` on `exchange`: a pattern listed as it is, any pattern under `#`, or a
+/// plain routing key a listed pattern matches.
+pub(crate) fn allowed(rules: &[StreamRule], exchange: &str, pattern: &str) -> bool {
+    let plain = !pattern.split('.').any(|word| word == "*" || word == "#");
+    rules.iter().filter(|rule| rule.exchange == exchange).any(|rule| {
+        rule.patterns.iter().any(|p| p == "#" || p == pattern || (plain && warren::topic::matches(p, pattern)))
+    })
+}
+
+async fn subscribe(
+    gateway: &Arc<Gateway>,
+    client: &Arc<Client>,
+    sender: mpsc::Sender<Utf8Bytes>,
+    key: &Key,
+) -> Result<(), String> {
+    let mut streams = gateway.hub.streams.lock().await;
+    let subscriber = Subscriber { client: client.clone(), sender };
+    if let Some(stream) = streams.get(key) {
+        lock(&stream.subscribers).push(subscriber);
+        return Ok(());
+    }
+    let exchange = gateway.catalog.exchange(&key.0).map_err(|e| e.to_string())?;
+    let reader = tokio::time::timeout(WATCH_WAIT, gateway.bus.watch(&exchange, &key.1))
+        .await
+        .map_err(|_| format!("the broker did not bind a queue to {} within {WATCH_WAIT:?}", key.0))?
+        .map_err(|e| format!("cannot watch {}: {e}", key.0))?;
+    let stream = Arc::new(Stream { subscribers: Mutex::new(vec![subscriber]), stop: Notify::new() });
+    streams.insert(key.clone(), stream.clone());
+    tokio::spawn(pump(gateway.clone(), key.clone(), reader, stream));
+    Ok(())
+}
+
+async fn unsubscribe(gateway: &Gateway, client: &Client, key: &Key) {
+    let mut streams = gateway.hub.streams.lock().await;
+    let Some(stream) = streams.get(key) else { return };
+    let empty = {
+        let mut subscribers = lock(&stream.subscribers);
+        subscribers.retain(|s| s.client.id != client.id);
+        subscribers.is_empty()
+    };
+    if empty {
+        // `notify_one` keeps the wake-up for a pump not waiting yet.
+        stream.stop.notify_one();
+        streams.remove(key);
+    }
+}
+
+/// Reads one broker queue and hands each message to every subscriber, never waiting for one.
+async fn pump(gateway: Arc<Gateway>, key: Key, mut reader: warren::QueueReader, stream: Arc<Stream>) {
+    loop {
+        let taken = tokio::select! {
+            _ = stream.stop.notified() => break,
+            taken = reader.next_within(Duration::from_secs(1)) => taken,
+        };
+        let Some(taken) = taken else { continue };
+        let frame: Utf8Bytes = message_frame(&gateway, &key, &taken.message).to_string().into();
+        // Settled before it is fanned out: a stream is a live view, not a work queue.
+        let _ = taken.ack().await;
+        for subscriber in lock(&stream.subscribers).iter() {
+            if let Err(mpsc::error::TrySendError::Full(_)) = subscriber.sender.try_send(frame.clone())
+                && !subscriber.client.slow.swap(true, Ordering::Relaxed)
+            {
+                gateway.hub.slow.fetch_add(1, Ordering::Relaxed);
+                subscriber.client.fell_behind.notify_one();
+            }
+        }
+    }
+    reader.close().await;
+}
+
+/// A message as the client receives it.
+fn message_frame(gateway: &Gateway, key: &Key, message: &warren::RawMessage) -> Value {
+    let p = &message.properties;
+    let mut frame = json!({
+        "type": p.kind,
+        "routing_key": message.routing_key,
+        "message_id": p.message_id,
+        "timestamp": p.timestamp,
+        "exchange": key.0,
+        "pattern": key.1,
+    });
+    match gateway.catalog.decode(message) {
+        Ok(payload) => frame["payload"] = payload,
+        Err(error) => {
+            frame["payload"] = Value::Null;
+            frame["undecodable"] = json!(error.to_string());
+        }
+    }
+    frame
+}
+
+async fn publish(gateway: &Gateway, can_publish: bool, request: &Value) -> Result<String, Problem> {
+    if !can_publish {
+        return Err(Problem::unauthorized(
+            "publishing over the socket needs a publish token when connecting (Authorization or ?access_token=)",
+        ));
+    }
+    let name = request.get("type").and_then(Value::as_str).unwrap_or_default();
+    let payload = request.get("payload").cloned().unwrap_or_else(|| json!({}));
+    let body = payload.to_string();
+    if body.len() > gateway.limit {
+        return Err(Problem::too_large(body.len(), gateway.limit));
+    }
+    if let Ok(event) = gateway.catalog.event(name)
+        && gateway.events.contains(&event.full_name)
+    {
+        return gateway.publish(&event.full_name, body.as_bytes(), Format::Json).await;
+    }
+    if let Ok(task) = gateway.catalog.task(name)
+        && gateway.tasks.contains(&task.full_name)
+    {
+        return gateway.enqueue(&task.full_name, body.as_bytes(), Format::Json).await;
+    }
+    Err(Problem::not_found(format!("no event or task named {name:?} is published here")))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_are_allowed_by_their_rule() {
+        let rules = [
+            StreamRule { exchange: "gametrade.events".into(), patterns: vec!["user.*".into()] },
+            StreamRule { exchange: "system".into(), patterns: vec!["#".into()] },
+        ];
+        assert!(allowed(&rules, "gametrade.events", "user.*"));
+        assert!(allowed(&rules, "gametrade.events", "user.registered"));
+        assert!(!allowed(&rules, "gametrade.events", "#"));
+        assert!(!allowed(&rules, "gametrade.events", "user.#"));
+        assert!(!allowed(&rules, "notifications", "user.*"));
+        assert!(allowed(&rules, "system", "anything.#"));
+    }
+}
