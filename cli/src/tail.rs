@@ -31,21 +31,8 @@ pub(crate) struct TailArgs {
 
 pub(crate) async fn run(catalog: &Catalog, url: &str, args: &TailArgs, out: &Output) -> Result<(), Failure> {
     let exchange = catalog.exchange(&args.exchange)?;
-    if let Some(problem) = warren::topic::pattern_problem(&args.pattern) {
-        return Err(Failure::new(exit::INVALID, format!("pattern {:?} {problem}", args.pattern)));
-    }
-    let keys: Vec<&str> =
-        catalog.events().filter(|e| e.exchange.name == exchange.name).map(|e| e.binding.as_str()).collect();
-    if exchange.kind.uses_routing_key() && !keys.iter().any(|key| warren::topic::overlaps(&args.pattern, key)) {
-        return Err(Failure::new(
-            exit::INVALID,
-            format!(
-                "pattern {:?} cannot match any event of {} (its routing keys: {})",
-                args.pattern,
-                exchange.name,
-                keys.join(", ")
-            ),
-        ));
+    if let Some(problem) = catalog.watch_problem(&exchange.name, &args.pattern) {
+        return Err(Failure::new(exit::INVALID, problem));
     }
     let bus = crate::connect(url).await?;
     let mut reader = bus.watch(&exchange, &args.pattern).await?;
