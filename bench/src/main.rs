@@ -8,6 +8,7 @@
 //! ratios, measured in one run, are the claim. The RabbitMQ workloads run in a vhost of their own (`vhost.rs`),
 //! made with `rabbitmqctl` for the run and deleted at its end.
 
+mod gateway;
 mod measure;
 mod memory;
 mod raw;
@@ -76,7 +77,8 @@ const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…]
                     [--profile NAME [--raw] [--messages N] [--payload 1024]]
   --quick          a reduced set (100 B payloads, fewer messages), in under two minutes
   --memory         only W9, the in-memory transport (no broker needed); the same as --only W9
-  --only W1,W7     only the workloads named (W1–W9; W2o, W4o, W7o: W2, W4, W7 with trace context and Prometheus)
+  --only W1,W7     only the workloads named (W1–W9; W2o, W4o, W7o: W2, W4, W7 with trace context and Prometheus;
+                   G1: the gateway's HTTP publish against the bus publishing directly)
   --raw-envelope   what raw lapin's events carry: minimal (the default: message id, type, content type,
                    persistence, as a hand-written service would) or warren (Warren's whole envelope: also
                    app id, timestamp and the schema header; the same bytes as Warren's)
@@ -138,7 +140,7 @@ impl Args {
                     if arg == "--only" {
                         let names: Vec<String> = value.split(',').map(|w| w.trim().to_uppercase()).collect();
                         if let Some(bad) = names.iter().find(|w| rabbitmq(w).is_none() && *w != "W9") {
-                            return Err(format!("--only: no workload \"{bad}\" (W1–W9, W2o, W4o, W7o)"));
+                            return Err(format!("--only: no workload \"{bad}\" (W1–W9, W2o, W4o, W7o, G1)"));
                         }
                         parsed.only = Some(names);
                     } else {
@@ -204,7 +206,7 @@ impl Spec {
 }
 
 /// The RabbitMQ workloads, in table order.
-const RABBITMQ: [Spec; 11] = [
+const RABBITMQ: [Spec; 12] = [
     Spec {
         name: "W1 publish, no confirms",
         goal: Goal::Throughput(0.9),
@@ -272,6 +274,13 @@ const RABBITMQ: [Spec; 11] = [
         goal: Goal::Throughput(0.9),
         messages: |s| s.fan_out,
         run: |e, s| Box::pin(async move { workloads::fan_out(&Env { observed: true, ..e }, s).await }),
+    },
+    // The gateway (issue 29): its baseline is not raw lapin but the bus publishing the same events directly.
+    Spec {
+        name: "G1 gateway: HTTP POST /events, 64 keep-alive clients (baseline: Bus::publish, 64 in flight)",
+        goal: Goal::Throughput(0.5),
+        messages: |s| s.rpc_parallel,
+        run: |e, s| Box::pin(async move { gateway::http_publish(&e, s).await }),
     },
 ];
 

@@ -37,11 +37,11 @@ pub(crate) fn event(size: usize, i: u64) -> UserRegistered {
 
 const WARREN_EXCHANGE: &str = "gametrade.events";
 
-fn unique(what: &str) -> String {
+pub(crate) fn unique(what: &str) -> String {
     format!("bench.{what}.{}", uuid::Uuid::now_v7().simple())
 }
 
-async fn bus(env: &Env) -> Bus {
+pub(crate) async fn bus(env: &Env) -> Bus {
     let mut config = warren::BusConfig::new(&env.url).expect("url").service_name("warren-bench");
     if env.observed {
         config = config.trace_context(true).middleware(warren::prometheus::PrometheusLayer::new());
