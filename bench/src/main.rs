@@ -475,7 +475,11 @@ async fn compare(spec: &Spec, env: &Env, rounds: usize) {
         }
         (Goal::Throughput(min), _, _) => {
             let ratio = w.rate() / r.rate();
-            let show = |run: &Run| format!("{}/s", thousands(run.rate()));
+            // A throughput workload that timed each message (G1) shows its p50 and p99 too.
+            let show = |run: &Run| match run.latency {
+                Some(l) => format!("{}/s (p50 {} p99 {})", thousands(run.rate()), micros(l[0]), micros(l[1])),
+                None => format!("{}/s", thousands(run.rate())),
+            };
             (show(&w), show(&r), ratio, format!("≥ {min}× {}", if ratio >= min { "✔" } else { "✘" }))
         }
         _ => unreachable!("latency workloads record latencies"),
