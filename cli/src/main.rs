@@ -100,7 +100,8 @@ enum Command {
     ///
     /// Example: warren services
     Services,
-    /// Connect and print the bus's health; exits 5 when the broker is unavailable.
+    /// Connect and print the bus's health and the broker's product, version, cluster and platform; exits 5
+    /// when the broker is unavailable.
     ///
     /// Example: warren health
     Health,
@@ -240,7 +241,16 @@ async fn health(url: &str, out: &output::Output) -> Result<(), Failure> {
         }
     };
     let health = bus.health();
-    out.record(&[("url", shown), ("health", format!("{health:?}"))]);
+    let mut fields = vec![("url", shown), ("health", format!("{health:?}"))];
+    match bus.broker().await {
+        Ok(broker) => {
+            fields.push(("broker", format!("{} {}", broker.product, broker.version)));
+            fields.push(("cluster", broker.cluster_name));
+            fields.push(("platform", broker.platform));
+        }
+        Err(error) => fields.push(("broker", format!("unknown ({error})"))),
+    }
+    out.record(&fields);
     let _ = bus.close().await;
     if health.is_connected() { Ok(()) } else { Err(Failure::new(exit::UNAVAILABLE, "the bus is not connected")) }
 }

@@ -195,6 +195,8 @@ async fn publish_tail_enqueue_and_health_on_rabbitmq() {
     let health = run(&url, &["health"]).await;
     assert_eq!(code(&health), 0, "{}", stderr(&health));
     assert!(stdout(&health).contains("health: Connected"), "{}", stdout(&health));
+    assert!(stdout(&health).contains("broker: RabbitMQ "), "{}", stdout(&health));
+    assert!(stdout(&health).contains("cluster: rabbit@"), "{}", stdout(&health));
     assert!(!stdout(&health).contains(":guest@"), "the password is never printed: {}", stdout(&health));
 }
 

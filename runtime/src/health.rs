@@ -42,3 +42,45 @@ impl Health {
         matches!(self, Health::Connected | Health::Degraded { .. })
     }
 }
+
+/// What the broker says about itself (RabbitMQ's server properties), for operators: see [`crate::Bus::broker`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerInfo {
+    /// The product, e.g. `RabbitMQ`.
+    pub product: String,
+    /// Its version, e.g. `4.0.5`.
+    pub version: String,
+    /// The cluster's name (by default RabbitMQ's first node, e.g. `rabbit@host`).
+    pub cluster_name: String,
+    /// The platform it runs on, e.g. `Erlang/OTP 27.2`.
+    pub platform: String,
+}
+
+impl crate::Bus {
+    /// What the broker says about itself when a connection opens. Over AMQP this opens a TCP connection of its
+    /// own to read the broker's `connection.start` (no login) and closes it, within the operation timeout; not
+    /// yet over TLS (`amqps://`). In memory: Warren's in-memory broker and this crate's version.
+    pub async fn broker(&self) -> crate::Result<BrokerInfo> {
+        let config = self.config();
+        let uri = match &config.endpoint {
+            crate::config::Endpoint::Memory(_) => {
+                return Ok(BrokerInfo {
+                    product: "Warren in-memory broker".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    cluster_name: "memory".into(),
+                    platform: "this process".into(),
+                });
+            }
+            crate::config::Endpoint::Amqp(uri) => uri,
+        };
+        let properties = crate::transport::amqp::probe::server_properties(uri, config.operation_timeout).await?;
+        let get = |key: &str| properties.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default();
+        Ok(BrokerInfo {
+            product: get("product"),
+            version: get("version"),
+            cluster_name: get("cluster_name"),
+            platform: get("platform"),
+        })
+    }
+}

@@ -95,7 +95,7 @@ pub use config::{BusConfig, DEFAULT_URL};
 pub use contract::{DecodeError, Event, Inbound, Priority, Task};
 pub use error::{BrokerError, Error, Result};
 pub use headers::{HeaderValue, Headers, MAX_HEADER_NAME_LEN, MessageProperties};
-pub use health::Health;
+pub use health::{BrokerInfo, Health};
 pub use inspect::{MAX_PATTERN_LEN, QueueReader, QueueStats, Taken};
 pub use metrics::{Counters, MetricsSnapshot, SubscriberMetrics};
 pub use middleware::{Middleware, Refusal};

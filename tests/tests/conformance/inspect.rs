@@ -181,7 +181,21 @@ async fn a_dead_letter_replayed_starts_afresh_where_it_was_first_published(h: &H
     assert_eq!(crate::next_in(&bus, &dlq).await.body, raw.body);
 }
 
+async fn the_broker_says_what_it_is(h: &Harness) {
+    let bus = h.bus("broker-test").await;
+    let broker = bus.broker().await.unwrap();
+    match h.transport {
+        warren_tests::Transport::RabbitMq => {
+            assert_eq!(broker.product, "RabbitMQ");
+            assert!(broker.version.split('.').count() >= 2, "{broker:?}");
+            assert!(broker.cluster_name.contains('@'), "{broker:?}");
+        }
+        warren_tests::Transport::InMemory => assert_eq!(broker.product, "Warren in-memory broker"),
+    }
+}
+
 warren_tests::on_both_transports!(
+    the_broker_says_what_it_is,
     an_encoded_publish_arrives_as_a_generated_one,
     an_encoded_call_gets_replies_declared_errors_and_statuses,
     a_watch_sees_what_is_published_and_goes_away_with_its_reader,

@@ -43,6 +43,7 @@ use crate::health::Health;
 use crate::topology::{Binding, Exchange, Topology};
 
 mod consume;
+pub(crate) mod probe;
 mod properties;
 mod publish;
 mod supervise;
