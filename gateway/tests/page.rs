@@ -1,7 +1,8 @@
 //! `GET /` in a real headless browser (Chromium from the OS packages, installed by the test when missing),
 //! over RabbitMQ: the page shows the catalog and tails `gametrade.events` `user.*` through `/ws` while the
 //! test publishes; the DOM Chromium dumps holds a message published during the test, and a screenshot is
-//! written as an artifact (`target/tmp/gateway-page.png`). Also `GET /dlq`, the depths the page shows.
+//! written as an artifact (`target/tmp/gateway-page.png`). With tokens, the page passes its `?access_token=`
+//! on, and without it shows the refusals. Also `GET /dlq`, the depths the page shows.
 
 mod support;
 
@@ -146,21 +147,26 @@ fn publish_in_background(
 }
 
 /// The gateway on `127.0.0.1:0`, with one addition for the browser: each `GET /dlq` is answered only once
-/// five more events were accepted (at most 15 s later).
+/// five more events were accepted (at most `hold` later).
 ///
 /// Why: `--dump-dom` and `--screenshot` run on virtual time (`--virtual-time-budget`), which skips ahead
 /// whenever nothing is loading, so the page's timers would be done long before a message crossed the
 /// WebSocket. Virtual time waits for fetches in flight, and the page fetches `dlq` as it loads: holding that
 /// answer until events were routed to the page's queue (they are unroutable before it subscribes) lets the
 /// messages arrive in real time before the DOM is dumped.
-async fn serve(h: &Harness, accepted: Arc<AtomicU64>) -> (String, tokio::task::JoinHandle<()>) {
+async fn serve(
+    h: &Harness,
+    config: GatewayConfig,
+    accepted: Arc<AtomicU64>,
+    hold: Duration,
+) -> (String, tokio::task::JoinHandle<()>) {
     let catalog = Arc::new(Catalog::from_descriptor_set(warren_contracts::FILE_DESCRIPTOR_SET).unwrap());
-    let hold = axum::middleware::from_fn(move |request: Request, next: Next| {
+    let holding = axum::middleware::from_fn(move |request: Request, next: Next| {
         let accepted = accepted.clone();
         async move {
             if request.uri().path() == "/dlq" {
                 let wanted = accepted.load(Ordering::Relaxed) + 5;
-                let deadline = Instant::now() + Duration::from_secs(15);
+                let deadline = Instant::now() + hold;
                 while accepted.load(Ordering::Relaxed) < wanted && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -168,7 +174,7 @@ async fn serve(h: &Harness, accepted: Arc<AtomicU64>) -> (String, tokio::task::J
             next.run(request).await
         }
     });
-    let app = warren_gateway::router(h.bus("gateway").await, catalog, config()).layer(hold);
+    let app = warren_gateway::router(h.bus("gateway").await, catalog, config).layer(holding);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -179,36 +185,46 @@ fn is_png(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|bytes| bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 1000)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_shows_the_catalog_and_tails_a_stream_in_a_real_browser() {
+/// Opens `/{query}` in headless Chromium (with `extra` flags) while events with a unique username are
+/// published; returns the dumped DOM and the username.
+async fn open_while_publishing(
+    h: &Harness,
+    config: GatewayConfig,
+    query: &str,
+    extra: Vec<String>,
+) -> (String, String) {
     tokio::task::spawn_blocking(chromium).await.unwrap();
-    let h = Harness::rabbitmq().await;
     let accepted = Arc::new(AtomicU64::new(0));
-    let (base, server) = serve(&h, accepted.clone()).await;
-
-    let page = support::Answer::of(reqwest::Client::new().get(format!("{base}/"))).await;
-    assert_eq!(page.status, 200);
-    assert!(page.header("content-type").starts_with("text/html"), "{}", page.header("content-type"));
-    assert!(page.text.contains("<title>Warren gateway</title>"));
-
+    let (base, server) = serve(h, config, accepted.clone(), Duration::from_secs(15)).await;
     let username = format!("page-{}", unique());
     let stop = Arc::new(AtomicBool::new(false));
     let publisher =
         publish_in_background(base.clone(), &username, accepted.clone(), stop.clone(), Duration::from_secs(60));
-
-    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gateway-page.png");
-    let _ = std::fs::remove_file(&screenshot);
-    let url = format!("{base}/?exchange=gametrade.events&pattern=user.*");
-    let flags = vec![
-        "--virtual-time-budget=3000".to_owned(),
-        "--window-size=1200,900".to_owned(),
-        format!("--screenshot={}", screenshot.display()),
-        "--dump-dom".to_owned(),
-    ];
+    let url = format!("{base}/{query}");
+    let mut flags = vec!["--virtual-time-budget=3000".to_owned(), "--dump-dom".to_owned()];
+    flags.extend(extra);
     let dom = tokio::task::spawn_blocking(move || browse(&url, &flags)).await.unwrap();
     stop.store(true, Ordering::Relaxed);
     publisher.await.unwrap();
+    assert!(accepted.load(Ordering::Relaxed) > 0, "events were routable once the page subscribed");
+    server.abort();
+    (dom, username)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_the_catalog_and_tails_a_stream_in_a_real_browser() {
+    let h = Harness::rabbitmq().await;
+    let server = Server::start(h.bus("plain").await, config()).await;
+    let page = server.get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").starts_with("text/html"), "{}", page.header("content-type"));
+    assert!(page.text.contains("<title>Warren gateway</title>"));
+    assert!(!page.text.contains("innerHTML"), "data goes into the DOM as text only");
+
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gateway-page.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let extra = vec!["--window-size=1200,900".to_owned(), format!("--screenshot={}", screenshot.display())];
+    let (dom, username) = open_while_publishing(&h, config(), "?exchange=gametrade.events&pattern=user.*", extra).await;
     assert!(dom.contains("gametrade.v1.UserRegistered"), "the catalog is shown:\n{dom}");
     assert!(dom.contains("gametrade.tasks.dlq"), "the dead-letter queue is shown:\n{dom}");
     assert!(dom.contains("tailing gametrade.events user.*"), "the tail subscribed:\n{dom}");
@@ -216,6 +232,27 @@ async fn the_page_shows_the_catalog_and_tails_a_stream_in_a_real_browser() {
     assert!(dom.contains("user.registered"), "with its routing key:\n{dom}");
     assert!(is_png(&screenshot), "a PNG screenshot at {}", screenshot.display());
     eprintln!("screenshot: {}", screenshot.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_passes_its_access_token_on() {
+    let h = Harness::rabbitmq().await;
+    let mut guarded = config();
+    guarded.tokens.add(warren_gateway::Group::Docs, "t0k");
+    guarded.tokens.add(warren_gateway::Group::Stream, "t0k");
+    let query = "?access_token=t0k&exchange=gametrade.events&pattern=user.*";
+    let (dom, username) = open_while_publishing(&h, guarded.clone(), query, Vec::new()).await;
+    assert!(dom.contains("gametrade.v1.UserRegistered"), "the catalog read with the token:\n{dom}");
+    assert!(dom.contains("gametrade.tasks.dlq"), "the dead-letter queues read with the token:\n{dom}");
+    assert!(dom.contains(&username), "the tail connected with the token:\n{dom}");
+
+    // Without it the page says what was refused, and tails nothing. (Nothing is routable: no publishing.)
+    let (base, server) = serve(&h, guarded, Arc::new(AtomicU64::new(0)), Duration::from_secs(2)).await;
+    let url = format!("{base}/?exchange=gametrade.events&pattern=user.*");
+    let flags = vec!["--virtual-time-budget=3000".to_owned(), "--dump-dom".to_owned()];
+    let dom = tokio::task::spawn_blocking(move || browse(&url, &flags)).await.unwrap();
+    assert!(dom.contains("catalog: 401"), "the refusal is shown:\n{dom}");
+    assert!(dom.contains("closed ("), "the socket was refused:\n{dom}");
     server.abort();
 }
 
