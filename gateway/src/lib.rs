@@ -1,6 +1,7 @@
 //! Warren's contracts over HTTP and WebSocket, on axum: publish events, enqueue tasks and call RPC methods
 //! from JSON (or protobuf), stream an exchange live over a WebSocket, and answer health, readiness, an
-//! OpenAPI document generated from the same descriptors, the AsyncAPI document and the catalog.
+//! OpenAPI document generated from the same descriptors, the AsyncAPI document and the catalog; and a page
+//! at `/` to watch it all in a browser.
 //!
 //! Every message goes through [`warren_reflect`], as the `warren` CLI's do: the same lookup by name, the
 //! same JSON mapping, the same validation rules, the same routing. Nothing is reachable until the
@@ -26,6 +27,8 @@
 //! - `routes.rs`: `POST /events/…`, `/tasks/…`, `/rpc/…/…` and aliases; bearer tokens; request bodies.
 //! - `docs.rs`: `GET /health`, `/ready`, `/catalog`, `/asyncapi.yaml`, `/openapi.json`, `/metrics`.
 //! - `openapi.rs`: the OpenAPI 3.1 document, generated from the descriptors.
+//! - `page.rs`, `page.html`: `GET /`, a page showing the catalog, message rates, a live tail and the
+//!   dead-letter queues; `GET /dlq`, their depths.
 //! - `shutdown.rs`: [`Shutdown`], closing the WebSockets when the server stops.
 //! - `ws.rs`: `GET /ws`: subscriptions fanned out from one broker queue per exchange and pattern, and
 //!   publishing over the socket.
@@ -33,6 +36,7 @@
 mod config;
 mod docs;
 mod openapi;
+mod page;
 mod problem;
 mod routes;
 mod shutdown;
@@ -68,7 +72,9 @@ pub fn router(bus: Bus, catalog: Arc<Catalog>, config: GatewayConfig) -> Router 
         .route("/asyncapi.yaml", get(docs::asyncapi))
         .route("/openapi.json", get(docs::openapi))
         .route("/metrics", get(docs::metrics))
-        .route("/ws", get(ws::upgrade));
+        .route("/ws", get(ws::upgrade))
+        .route("/", get(page::page))
+        .route("/dlq", get(page::dead_letters));
     for (path, target) in &state.aliases {
         app = match target.clone() {
             Target::Health => app.route(path, get(docs::health)),

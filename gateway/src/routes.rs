@@ -21,7 +21,7 @@ use crate::{Gateway, Problem, Target};
 type Shared = State<Arc<Gateway>>;
 
 /// The routes the gateway itself serves, which an alias may not take.
-const RESERVED: [&str; 10] = [
+const RESERVED: [&str; 11] = [
     "/events",
     "/tasks",
     "/rpc",
@@ -32,6 +32,7 @@ const RESERVED: [&str; 10] = [
     "/openapi.json",
     "/metrics",
     "/ws",
+    "/dlq",
 ];
 
 /// What is wrong with `path` as an alias's path, if anything.
