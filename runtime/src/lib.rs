@@ -39,7 +39,8 @@
 //!   crate's, which the code generator's manifest shares).
 //! - `envelope.rs`: the AMQP properties and headers Warren reads and writes.
 //! - `headers.rs`: [`Headers`], [`HeaderValue`] and [`MessageProperties`], Warren's own metadata types.
-//! - `transport/`: `amqp/` (RabbitMQ through lapin: `supervise.rs`, `publish.rs`, `consume.rs`, and
+//! - `transport/`: `amqp/` (RabbitMQ through lapin: `supervise.rs`, `publish.rs`, `consume.rs`, `probe.rs` (the
+//!   broker's server properties, [`Bus::broker`]), and
 //!   `properties.rs`, the only place lapin's property and header types meet Warren's); `confirms/` (publisher
 //!   confirms, each matched to its publish: the publish path in `mod.rs`, who drives the confirms and the
 //!   watchdog in `driver.rs`, the bookkeeping that decides outcomes in `state.rs`, the publishes in flight in
