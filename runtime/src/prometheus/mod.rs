@@ -43,6 +43,7 @@
 
 mod http;
 mod sampled;
+mod series;
 
 use std::fmt;
 use std::sync::Arc;
@@ -56,6 +57,7 @@ use prometheus_client::registry::Registry;
 
 pub use self::http::{CONTENT_TYPE, MetricsEndpoint, serve};
 use self::sampled::Sampled;
+use self::series::Series;
 use crate::bus::Bus;
 use crate::error::Error;
 use crate::middleware::{Called, Delivery, Handled, Middleware, Published, Refusal, Served, Settled};
@@ -140,6 +142,8 @@ struct Metrics {
     server_calls: Family<MethodCode, Counter>,
     server_seconds: Histograms<MethodLabel>,
     sampled: Sampled,
+    /// The series publishes and deliveries touch, kept after their first lookup.
+    series: Series,
 }
 
 /// A [`Middleware`] that counts a bus's traffic into a Prometheus registry; see the [module](self) for the
@@ -176,6 +180,7 @@ impl PrometheusLayer {
             server_calls: Family::default(),
             server_seconds: histograms(),
             sampled: Sampled::default(),
+            series: Series::default(),
         };
         // Counters are registered without `_total`: the encoder appends it.
         let r = &mut registry;
@@ -274,10 +279,6 @@ fn settled_outcome(settled: Settled<'_>) -> &'static str {
     }
 }
 
-fn consumer(type_name: &str, queue: &str) -> Consumer {
-    Consumer { r#type: type_name.to_owned(), queue: queue.to_owned() }
-}
-
 impl Middleware for PrometheusLayer {
     fn name(&self) -> &str {
         "prometheus"
@@ -285,28 +286,26 @@ impl Middleware for PrometheusLayer {
 
     fn after_publish(&self, published: &Published<'_>) {
         let m = &self.metrics;
-        let outcome = publish_outcome(published.result);
-        m.published.get_or_create(&TypeOutcome { r#type: published.type_name.to_owned(), outcome }).inc();
-        m.publish_seconds
-            .get_or_create(&TypeLabel { r#type: published.type_name.to_owned() })
-            .observe(published.elapsed.as_secs_f64());
+        let series = m.series.publish(m, published.type_name);
+        series.published(m, publish_outcome(published.result)).inc();
+        series.publish_seconds.observe(published.elapsed.as_secs_f64());
     }
 
     fn before_handle(&self, delivery: &Delivery<'_>) -> Result<(), Refusal> {
-        self.metrics.in_flight.get_or_create(&consumer(delivery.type_name, delivery.queue)).inc();
+        let m = &self.metrics;
+        m.series.consumer(m, delivery.type_name, delivery.queue).in_flight.inc();
         Ok(())
     }
 
     fn after_handle(&self, handled: &Handled<'_>) {
         let m = &self.metrics;
-        let labels = consumer(handled.type_name, handled.queue);
-        m.in_flight.get_or_create(&labels).dec();
-        m.handle_seconds.get_or_create(&labels).observe(handled.elapsed.as_secs_f64());
+        let series = m.series.consumer(m, handled.type_name, handled.queue);
+        series.in_flight.dec();
+        series.handle_seconds.observe(handled.elapsed.as_secs_f64());
         if handled.failed {
-            m.handle_failed.get_or_create(&labels).inc();
+            series.handle_failed(m).inc();
         }
-        let Consumer { r#type, queue } = labels;
-        m.handled.get_or_create(&ConsumerOutcome { r#type, queue, outcome: settled_outcome(handled.settled) }).inc();
+        series.handled(m, settled_outcome(handled.settled)).inc();
     }
 
     fn after_call(&self, called: &Called<'_>) {
