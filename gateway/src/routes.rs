@@ -88,22 +88,34 @@ impl Gateway {
         }
     }
 
-    pub(crate) async fn publish(&self, full_name: &str, body: &[u8], format: Format) -> Result<String, Problem> {
+    pub(crate) async fn publish(
+        &self,
+        full_name: &str,
+        body: &[u8],
+        format: Format,
+        headers: &HeaderMap,
+    ) -> Result<String, Problem> {
         let event = self.catalog.event(full_name).map_err(|e| Problem::from_reflect(&e))?;
         let message = self.catalog.parse(&event.full_name, body, format).map_err(|e| Problem::from_reflect(&e))?;
         self.connected()?;
         self.catalog
-            .publish(&self.bus, event, &message, PublishOptions::new())
+            .publish(&self.bus, event, &message, publish_options(headers))
             .await
             .map_err(|e| Problem::from_reflect(&e))
     }
 
-    pub(crate) async fn enqueue(&self, full_name: &str, body: &[u8], format: Format) -> Result<String, Problem> {
+    pub(crate) async fn enqueue(
+        &self,
+        full_name: &str,
+        body: &[u8],
+        format: Format,
+        headers: &HeaderMap,
+    ) -> Result<String, Problem> {
         let task = self.catalog.task(full_name).map_err(|e| Problem::from_reflect(&e))?;
         let message = self.catalog.parse(&task.full_name, body, format).map_err(|e| Problem::from_reflect(&e))?;
         self.connected()?;
         self.catalog
-            .enqueue(&self.bus, task, &message, PublishOptions::new())
+            .enqueue(&self.bus, task, &message, publish_options(headers))
             .await
             .map_err(|e| Problem::from_reflect(&e))
     }
@@ -118,6 +130,24 @@ fn state(health: &warren::Health) -> &'static str {
         warren::Health::Closed => "closed",
         _ => "unknown",
     }
+}
+
+/// The W3C trace context of an HTTP request (`traceparent`, and `tracestate` with it), to pass on to the bus, so
+/// that a trace the HTTP client started continues through the broker to handlers and servers. A value that is not
+/// text or is longer than W3C allows (55 and 512 bytes) is left out; `tracestate` goes only with a `traceparent`.
+fn trace_context(headers: &HeaderMap) -> Vec<(&'static str, String)> {
+    let value = |name: &str, limit: usize| {
+        headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| v.len() <= limit).map(str::to_owned)
+    };
+    let Some(parent) = value(warren::TRACEPARENT, 55) else { return Vec::new() };
+    let mut context = vec![(warren::TRACEPARENT, parent)];
+    context.extend(value(warren::TRACESTATE, 512).map(|state| (warren::TRACESTATE, state)));
+    context
+}
+
+/// A publish's options: the request's trace context as headers.
+fn publish_options(headers: &HeaderMap) -> PublishOptions {
+    trace_context(headers).into_iter().fold(PublishOptions::new(), |options, (name, value)| options.header(name, value))
 }
 
 /// Compares without stopping at the first difference, so the time taken tells nothing of the token.
@@ -137,7 +167,7 @@ pub(crate) async fn publish_event(
         let full_name = reachable(&gateway.events, &gateway.catalog.event(&name).map(|e| e.full_name.clone()))
             .ok_or_else(|| Problem::not_found(format!("no event named \"{}\" is published here", cut(&name))))?;
         let (body, format) = read(&gateway, &headers, body).await?;
-        gateway.publish(&full_name, &body, format).await
+        gateway.publish(&full_name, &body, format, &headers).await
     };
     accepted(result.await)
 }
@@ -154,7 +184,7 @@ pub(crate) async fn enqueue_task(
         let full_name = reachable(&gateway.tasks, &gateway.catalog.task(&name).map(|t| t.full_name.clone()))
             .ok_or_else(|| Problem::not_found(format!("no task named \"{}\" is enqueued here", cut(&name))))?;
         let (body, format) = read(&gateway, &headers, body).await?;
-        gateway.enqueue(&full_name, &body, format).await
+        gateway.enqueue(&full_name, &body, format, &headers).await
     };
     accepted(result.await)
 }
@@ -165,8 +195,8 @@ pub(crate) async fn publish_alias(State(gateway): Shared, target: Target, header
         gateway.authorize(Group::Publish, &headers, None)?;
         let (body, format) = read(&gateway, &headers, body).await?;
         match &target {
-            Target::Event(name) => gateway.publish(name, &body, format).await,
-            Target::Task(name) => gateway.enqueue(name, &body, format).await,
+            Target::Event(name) => gateway.publish(name, &body, format, &headers).await,
+            Target::Task(name) => gateway.enqueue(name, &body, format, &headers).await,
             Target::Health => Err(Problem::not_found("the health alias answers GET")),
         }
     };
@@ -193,7 +223,9 @@ pub(crate) async fn call(
         let (body, format) = read(&gateway, &headers, body).await?;
         let request = gateway.catalog.parse(&method.input, &body, format).map_err(|e| Problem::from_reflect(&e))?;
         gateway.connected()?;
-        let options = CallOptions::new().timeout(timeout);
+        let options = trace_context(&headers)
+            .into_iter()
+            .fold(CallOptions::new().timeout(timeout), |options, (name, value)| options.header(name, value));
         match gateway.catalog.call(&gateway.bus, service, method, &request, &options).await {
             Ok(Reply::Response(response)) => Ok(Json(warren_reflect::to_json(&response)).into_response()),
             Ok(Reply::Error { error, message }) => {

@@ -430,12 +430,12 @@ async fn publish(gateway: &Gateway, can_publish: bool, request: &Value) -> Resul
     if let Ok(event) = gateway.catalog.event(name)
         && gateway.events.contains(&event.full_name)
     {
-        return gateway.publish(&event.full_name, body.as_bytes(), Format::Json).await;
+        return gateway.publish(&event.full_name, body.as_bytes(), Format::Json, &HeaderMap::new()).await;
     }
     if let Ok(task) = gateway.catalog.task(name)
         && gateway.tasks.contains(&task.full_name)
     {
-        return gateway.enqueue(&task.full_name, body.as_bytes(), Format::Json).await;
+        return gateway.enqueue(&task.full_name, body.as_bytes(), Format::Json, &HeaderMap::new()).await;
     }
     Err(Problem::not_found(format!("no event or task named {name:?} is published here")))
 }

@@ -183,7 +183,43 @@ async fn methods_answer_replies_declared_errors_and_statuses(h: &Harness) {
     server.stop().await;
 }
 
+async fn an_http_callers_trace_context_continues_through_the_broker(h: &Harness) {
+    let bus = h.bus("gateway").await;
+    let server = Server::start(bus.clone(), config()).await;
+    let catalog = warren_reflect::Catalog::from_descriptor_set(warren_contracts::FILE_DESCRIPTOR_SET).unwrap();
+    let mut tail = bus.watch(&catalog.exchange("gametrade.events").unwrap(), "user.*").await.unwrap();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traced = server
+        .http
+        .post(server.url("/events/UserRegistered"))
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .header("tracestate", "vendor=1")
+        .body(ADA);
+    assert_eq!(support::Answer::of(traced).await.status, 202);
+    let seen = tail.next_within(Duration::from_secs(10)).await.expect("the traced event arrives");
+    let parent = seen.message.header_str("traceparent").expect("the trace context travels").to_owned();
+    assert_eq!(&parent[3..35], trace_id, "the HTTP caller's trace: {parent}");
+    assert_eq!(seen.message.header_str("tracestate"), Some("vendor=1"));
+    seen.ack().await.unwrap();
+
+    // A value longer than W3C allows is not passed on.
+    let forged = server
+        .http
+        .post(server.url("/events/UserRegistered"))
+        .header("content-type", "application/json")
+        .header("traceparent", "0".repeat(300))
+        .body(ADA);
+    assert_eq!(support::Answer::of(forged).await.status, 202);
+    let seen = tail.next_within(Duration::from_secs(10)).await.expect("the event arrives");
+    assert_eq!(seen.message.header_str("traceparent"), None);
+    seen.ack().await.unwrap();
+    tail.close().await;
+    server.stop().await;
+}
+
 on_both_transports!(
+    an_http_callers_trace_context_continues_through_the_broker,
     events_are_published_with_confirm_and_refused_with_reasons,
     bodies_over_the_bus_limit_are_413,
     methods_answer_replies_declared_errors_and_statuses,
