@@ -39,38 +39,32 @@ pub(crate) async fn run(catalog: &Catalog, bus: &Bus, out: &Output) -> Result<()
             } else {
                 format!("SKEW: built from other contracts (these: {})", service.fingerprint)
             };
-            rows.push(vec![
-                service.full_name.clone(),
-                service.queue.clone(),
-                consumers.clone(),
-                instance.instance.clone(),
-                instance.host.clone(),
-                instance.pid.to_string(),
-                rfc3339(instance.started_at_ms),
-                format!("{:.1}s ago", now.saturating_sub(instance.last_heartbeat_ms) as f64 / 1000.0),
-                instance.fingerprint.clone(),
-                note,
-            ]);
+            rows.push(row(instance, consumers.clone(), now, note));
         }
     }
     for instance in instances.iter().filter(|i| catalog.services().all(|s| s.full_name != i.service)) {
-        rows.push(vec![
-            instance.service.clone(),
-            instance.queue.clone(),
-            String::new(),
-            instance.instance.clone(),
-            instance.host.clone(),
-            instance.pid.to_string(),
-            rfc3339(instance.started_at_ms),
-            format!("{:.1}s ago", now.saturating_sub(instance.last_heartbeat_ms) as f64 / 1000.0),
-            instance.fingerprint.clone(),
-            "not in these contracts".into(),
-        ]);
+        rows.push(row(instance, String::new(), now, "not in these contracts".into()));
     }
     let columns =
         ["service", "queue", "consumers", "instance", "host", "pid", "started", "heartbeat", "fingerprint", "note"];
     out.table(&columns, &rows);
     Ok(())
+}
+
+/// One instance's row: its service and queue as it announced them, `consumers` on that queue, and `note`.
+fn row(instance: &warren::ServerInstance, consumers: String, now_ms: u64, note: String) -> Vec<String> {
+    vec![
+        instance.service.clone(),
+        instance.queue.clone(),
+        consumers,
+        instance.instance.clone(),
+        instance.host.clone(),
+        instance.pid.to_string(),
+        rfc3339(instance.started_at_ms),
+        format!("{:.1}s ago", now_ms.saturating_sub(instance.last_heartbeat_ms) as f64 / 1000.0),
+        instance.fingerprint.clone(),
+        note,
+    ]
 }
 
 /// Milliseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.

@@ -23,7 +23,7 @@ impl Catalog {
     /// The contract's rules on field `field` of message `message` (full name), as text, e.g.
     /// `required, max_len 64`; `None` when it has none.
     pub fn rules(&self, message: &str, field: &str) -> Option<String> {
-        let model = self.contracts.packages.iter().flat_map(|p| &p.messages).find(|m| m.full_name == message)?;
+        let model = self.model_message(message)?;
         let rules = model.checks.iter().find(|c| c.name == field)?.rules;
         let mut said = Vec::new();
         if rules.required {
@@ -40,10 +40,7 @@ impl Catalog {
     }
 
     fn check(&self, message: &DynamicMessage, path: &str, violations: &mut Violations) {
-        let name = message.descriptor().full_name().to_owned();
-        let Some(model) = self.contracts.packages.iter().flat_map(|p| &p.messages).find(|m| m.full_name == name) else {
-            return;
-        };
+        let Some(model) = self.model_message(message.descriptor().full_name()) else { return };
         for check in &model.checks {
             let Some(field) = message.descriptor().get_field_by_name(&check.name) else { continue };
             let present = message.has_field(&field);

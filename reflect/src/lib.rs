@@ -110,14 +110,34 @@ fn did_you_mean(suggestions: &[String]) -> String {
 #[derive(Debug)]
 pub struct Catalog {
     contracts: Contracts,
+    /// Every message of the model by full name, as (package, message) indexes: looked up for each message
+    /// checked or encoded, so found once here rather than by a scan each time.
+    messages: std::collections::HashMap<String, (usize, usize)>,
 }
 
 impl Catalog {
+    fn new(contracts: Contracts) -> Catalog {
+        let messages = contracts
+            .packages
+            .iter()
+            .enumerate()
+            .flat_map(|(p, package)| package.messages.iter().enumerate().map(move |(m, message)| (message, (p, m))))
+            .map(|(message, at)| (message.full_name.clone(), at))
+            .collect();
+        Catalog { contracts, messages }
+    }
+
+    /// The model's message `full_name` (its fingerprint and rules), when the contracts define it.
+    fn model_message(&self, full_name: &str) -> Option<&warren_codegen::model::Message> {
+        let &(package, message) = self.messages.get(full_name)?;
+        Some(&self.contracts.packages[package].messages[message])
+    }
+
     /// The contracts of an encoded `FileDescriptorSet` with its imports: a generated crate's
     /// `FILE_DESCRIPTOR_SET`, or what `protoc --include_imports --include_source_info -o FILE` writes.
     pub fn from_descriptor_set(bytes: &[u8]) -> Result<Catalog, Error> {
         let contracts = warren_codegen::load_descriptor_set(bytes).map_err(|e| Error::Contracts(e.to_string()))?;
-        Ok(Catalog { contracts })
+        Ok(Catalog::new(contracts))
     }
 
     /// The contracts of a file written by `protoc --include_imports -o FILE` (or a generated crate's
@@ -141,7 +161,7 @@ impl Catalog {
         files.sort();
         let config = warren_codegen::Config::new([dir], files);
         let contracts = warren_codegen::load(&config).map_err(|e| Error::Contracts(e.to_string()))?;
-        Ok(Catalog { contracts })
+        Ok(Catalog::new(contracts))
     }
 
     /// The contract model: packages with their events, tasks, services and messages; exchanges.

@@ -134,14 +134,7 @@ impl Catalog {
             WireFormat::Json => serde_json::to_vec(&to_json(message)).unwrap_or_default(),
             _ => message.encode_to_vec(),
         };
-        let fingerprint = self
-            .contracts
-            .packages
-            .iter()
-            .flat_map(|p| &p.messages)
-            .find(|m| m.full_name == type_name)
-            .map(|m| m.fingerprint.clone())
-            .unwrap_or_default();
+        let fingerprint = self.model_message(&type_name).map(|m| m.fingerprint.clone()).unwrap_or_default();
         Encoded::new(type_name, format, body).fingerprint(fingerprint)
     }
 
@@ -224,10 +217,8 @@ impl Catalog {
             return Err(Error::Malformed { type_name: "?".into(), reason: "the message has no type property".into() });
         };
         // RPC requests carry the method's path: decode them as its request.
-        let type_name = match self.method(type_name) {
-            Ok((_, method)) if type_name.starts_with('/') => method.input.clone(),
-            _ => type_name.to_owned(),
-        };
+        let request_of = |path: &str| self.method(path).ok().map(|(_, method)| method.input.clone());
+        let type_name = type_name.strip_prefix('/').and_then(request_of).unwrap_or_else(|| type_name.to_owned());
         let format = WireFormat::from_content_type(properties.content_type.as_deref());
         let message = match format {
             WireFormat::Json => {
