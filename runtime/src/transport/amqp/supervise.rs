@@ -224,15 +224,16 @@ pub(super) async fn connect(config: &BusConfig, role: &str, within: Duration, st
         attempts += 1;
         let remaining = within.saturating_sub(started.elapsed());
         let reason =
-            match tokio::time::timeout(remaining, Connection::connect_uri(uri.clone(), properties.clone())).await {
+            match tokio::time::timeout(remaining, super::tls::connect(config, uri.clone(), properties.clone())).await {
                 Ok(Ok(connection)) => return Ok(connection),
                 Ok(Err(error)) => config.redact(&error.to_string()),
                 Err(_) => format!("no answer within {within:?}"),
             };
         let elapsed = started.elapsed();
-        // Keep trying until the deadline itself; the last wait is cut to what is left of it.
+        // Keep trying until the deadline itself (unless a certificate failed: that will not change); the last
+        // wait is cut to what is left of it.
         let left = within.saturating_sub(elapsed);
-        if left < Duration::from_millis(10) {
+        if left < Duration::from_millis(10) || super::tls::is_final(&reason) {
             return Err(Error::Connect { url: config.redacted_url(), attempts, elapsed, reason });
         }
         tracing::debug!(url = %config.redacted_url(), attempts, %reason, "connect failed; retrying");
