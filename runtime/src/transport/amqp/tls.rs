@@ -27,7 +27,7 @@ const PEM_CERTIFICATE: &str = "-----BEGIN CERTIFICATE-----";
 /// Checks, before the first connection, what needs no broker: that an `amqps://` URL can be served by this
 /// build, that TLS files are set only for `amqps://`, and that each file reads as what it should be.
 pub(crate) fn check(config: &BusConfig) -> Result<()> {
-    let Endpoint::Amqp(uri) = &config.endpoint else { return Ok(()) };
+    let Endpoint::Amqp { uri, .. } = &config.endpoint else { return Ok(()) };
     let files = config.tls_ca.is_some() || config.tls_client_identity.is_some();
     if uri.scheme != AMQPScheme::AMQPS {
         return match files {
