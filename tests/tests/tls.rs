@@ -240,10 +240,18 @@ async fn amqps_connects_with_a_private_ca_and_refuses_what_does_not_verify() {
     assert!(error.contains("(1 attempt(s)"), "a certificate that does not verify is not retried: {error}");
     assert!(!error.contains("guest:guest"), "no password: {error}");
 
-    // A client certificate from a CA the broker does not trust: the broker refuses the connection.
+    // A client certificate from a CA the broker does not trust: the broker refuses the connection, with an
+    // alert (UnknownCA) that the client reads, or (TLS 1.3: the client's side of the handshake is done first)
+    // by closing the connection before the alert is read.
     let stranger = config(&pki.file("ca.pem")).tls_client_identity(pki.file("stranger.pem"), pki.file("stranger.key"));
     let error = refused(stranger.connect_timeout(Duration::from_secs(2))).await;
-    assert!(error.contains("received fatal alert: UnknownCA"), "{error}");
-    assert!(error.contains("the broker refused the TLS handshake"), "{error}");
+    assert!(
+        error.contains("received fatal alert: UnknownCA: the broker refused the TLS handshake")
+            || error.contains(
+                "Connection reset by peer (os error 104): the broker closed the connection during the TLS handshake"
+            ),
+        "{error}"
+    );
+    assert!(error.contains("BusConfig::tls_client_identity"), "names what to check: {error}");
     assert!(!error.contains("BEGIN PRIVATE KEY"), "no key material: {error}");
 }

@@ -21,6 +21,9 @@ const VERIFICATION_FAILED: &str = "certificate verification failed";
 /// Said of a handshake the broker ended with an alert (a client certificate it does not accept, say).
 const HANDSHAKE_REFUSED: &str = "the broker refused the TLS handshake";
 
+/// Said of a connection the broker reset during (or just after) the handshake.
+const CLOSED_IN_HANDSHAKE: &str = "the broker closed the connection during the TLS handshake";
+
 /// What a certificate file in PEM holds.
 const PEM_CERTIFICATE: &str = "-----BEGIN CERTIFICATE-----";
 
@@ -119,6 +122,13 @@ pub(crate) fn explain(config: &BusConfig, host: &str, reason: String) -> String 
             "{reason}: {HANDSHAKE_REFUSED}; if it asks for a client certificate, set \
              BusConfig::tls_client_identity to one signed by a CA it trusts"
         )
+    } else if reason.contains("Connection reset") {
+        // Over TLS 1.3 a broker that refuses the client's certificate may close the connection before its alert
+        // is read: not final (a reset has other causes), but worth saying.
+        format!(
+            "{reason}: {CLOSED_IN_HANDSHAKE}; if it checks client certificates, check \
+             BusConfig::tls_client_identity (a certificate signed by a CA the broker trusts)"
+        )
     } else {
         reason
     }
@@ -181,5 +191,8 @@ mod tests {
         let explained = explain(&config, "localhost", "IO error: invalid peer certificate: UnknownIssuer".to_owned());
         assert!(explained.contains("certificate verification failed"), "{explained}");
         assert!(explained.contains("/etc/warren/ca.pem") && explained.contains("\"localhost\""), "{explained}");
+        assert!(is_final(&explained), "a certificate that does not verify is not retried");
+        let reset = explain(&config, "localhost", "IO error: Connection reset by peer (os error 104)".to_owned());
+        assert!(reset.contains("check BusConfig::tls_client_identity") && !is_final(&reset), "{reset}");
     }
 }
