@@ -159,6 +159,7 @@ async fn the_rich_fixtures_manifest_lists_what_the_runtime_declares() {
     let mut started = Vec::new();
     start(Subscriber::<OrderCreated>::new(&bus, GROUP_NAME), &mut started).await;
     start(Subscriber::<OrderArchived>::new(&bus, GROUP_NAME), &mut started).await;
+    start(Subscriber::<StockLow>::new(&bus, GROUP_NAME), &mut started).await;
     start(Subscriber::<RichEvents>::new(&bus, GROUP_NAME), &mut started).await;
     start(ResizeImage::worker(&bus), &mut started).await;
     start(RenderThumbnail::worker(&bus), &mut started).await;

@@ -2,9 +2,9 @@
 //! `reject-publish`), and the publisher learns it from a negative confirm, as `Error::Nacked` with the reason.
 
 use prost::Message as _;
-use warren::Error;
-use warren_tests::quickstart::rich::v1::RenderThumbnail;
-use warren_tests::{Harness, Transport, within};
+use warren::{Error, HandlerError};
+use warren_tests::quickstart::rich::v1::{RenderThumbnail, StockLow};
+use warren_tests::{Harness, Transport, unique, within};
 
 /// The contract's work queue of `RenderThumbnail`, which holds at most 3 ready tasks.
 const QUEUE: &str = "rich.thumbnails";
@@ -56,4 +56,38 @@ async fn a_full_queue_refuses_the_next_publish_until_a_message_is_taken(h: &Harn
     bus.close().await.unwrap();
 }
 
-warren_tests::on_both_transports!(a_full_queue_refuses_the_next_publish_until_a_message_is_taken);
+async fn an_event_refused_by_one_full_queue_still_reaches_the_others(h: &Harness) {
+    let bus = h.bus("limits-test").await;
+    let groups = [unique("stock-a"), unique("stock-b")];
+    // Each group's durable queue (at most 2 ready events) is declared by its subscriber, and stays once stopped.
+    for group in &groups {
+        let subscription =
+            StockLow::subscribe(&bus, group).handle(|_: StockLow, _| async { Ok::<_, HandlerError>(()) });
+        within(10, "a subscriber", subscription).await.unwrap().stop().await;
+    }
+    let queues = groups.map(|group| format!("{group}.rich.v1.StockLow"));
+    let low = |sku: &str| StockLow { sku: sku.to_owned() };
+    for sku in ["a", "b"] {
+        within(10, "a publish", bus.publish(&low(sku))).await.expect("both queues have room");
+    }
+    // The first group takes one: its queue has room again, the second's does not.
+    let taken = within(10, "a fetch", bus.fetch(&queues[0])).await.unwrap().expect("an event is ready");
+    assert_eq!(StockLow::decode(taken.body.as_slice()).unwrap(), low("a"));
+    let refused = within(10, "the refused publish", bus.publish(&low("c"))).await.expect_err("one queue is full");
+    let Error::Nacked { exchange, routing_key, reason } = &refused else { panic!("not Error::Nacked: {refused:?}") };
+    assert_eq!((exchange.as_str(), routing_key.as_str()), ("rich.events", "stock.low"));
+    if h.transport == Transport::InMemory {
+        let full = format!("queue \"{}\" is full (at most 2 messages; x-max-length with reject-publish)", queues[1]);
+        assert!(reason.contains(&full), "{refused}");
+        assert!(reason.contains("though the other queues it routes to took it"), "{refused}");
+    }
+    // As on RabbitMQ: the queue with room took it, the full one did not.
+    assert_eq!(bus.queue_depth(&queues[0]).await.unwrap(), 2, "the first group's queue took the refused event");
+    assert_eq!(bus.queue_depth(&queues[1]).await.unwrap(), 2, "the full queue did not");
+    bus.close().await.unwrap();
+}
+
+warren_tests::on_both_transports!(
+    a_full_queue_refuses_the_next_publish_until_a_message_is_taken,
+    an_event_refused_by_one_full_queue_still_reaches_the_others,
+);
