@@ -239,4 +239,20 @@ mod tests {
         assert_eq!(depth(&broker, "b"), 2, "only the remaining queue receives");
         assert!(matches!(send(&broker, TOPIC.name, "user.deleted"), Err(Error::Unroutable { .. })));
     }
+
+    /// A bytes limit counts the bodies of ready messages, and a message must fit whole, as in a classic queue.
+    #[tokio::test]
+    async fn a_bytes_limit_refuses_a_body_that_does_not_fit() {
+        let broker = Broker::default();
+        let limited = QueueSettings::plain(false).with_limit(Some(warren_topology::QueueLimit::bytes(3)));
+        broker.declare_queue("small", &limited).unwrap();
+        for _ in 0..3 {
+            send(&broker, "", "small").unwrap(); // one byte each
+        }
+        let Err(Error::Nacked { reason, .. }) = send(&broker, "", "small") else { panic!("the fourth byte fits") };
+        assert!(reason.contains("queue \"small\" is full (at most 3 bytes"), "{reason}");
+        assert_eq!(depth(&broker, "small"), 3, "nothing dropped, nothing added");
+        broker.fetch("small").unwrap().expect("a message");
+        send(&broker, "", "small").unwrap();
+    }
 }
