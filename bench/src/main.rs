@@ -95,6 +95,7 @@ const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…]
                    size (one: 20,000, the fan-outs: 5,000, W1–W8: the --quick size), so that a sampling
                    profiler sees the workload rather than its setup
   --payload 1024   with --profile W1–W8: payloads of that many bytes rather than 100
+  --ws-rate N      G2, G3: publish N events a second rather than 1,000
 The RabbitMQ workloads (W1–W8) run in a vhost of their own on RABBITMQ_URL's broker (default: the local one),
 made with rabbitmqctl for the run and deleted at its end: run them on the broker's host.";
 
@@ -121,6 +122,8 @@ struct Args {
     messages: Option<u64>,
     /// `--payload`: the profiled run's payload size in bytes.
     payload: Option<usize>,
+    /// `--ws-rate`: events a second for G2 and G3 instead of the issue's 1,000.
+    ws_rate: Option<u64>,
 }
 
 impl Args {
@@ -165,6 +168,7 @@ impl Args {
                 "--messages" => {
                     parsed.messages = Some(in_range(&arg, args.next(), 1..=1_000_000_000)?);
                 }
+                "--ws-rate" => parsed.ws_rate = Some(in_range(&arg, args.next(), 1..=100_000)?),
                 "--payload" => {
                     let bytes = in_range(&arg, args.next(), 12..=1 << 20)?;
                     parsed.payload = Some(usize::try_from(bytes).map_err(|e| e.to_string())?);
@@ -448,16 +452,17 @@ async fn websocket_rows(args: &Args, url: &str, scale: &Scale) {
         "| workload | clients | events/s | delivered / expected | deliveries/s | p50 | p99 | p99.9 | gateway RSS | goal |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let rate = args.ws_rate.unwrap_or(1_000);
     let rows = [
         (
             "G2",
             "G2 WebSocket fan-out, user.*",
-            websocket::FanOut { readers: 1_000, stalled: 0, rate: 1_000, seconds: scale.websocket_seconds },
+            websocket::FanOut { readers: 1_000, stalled: 0, rate, seconds: scale.websocket_seconds },
         ),
         (
             "G3",
             "G3 … 10 of them never read",
-            websocket::FanOut { readers: 990, stalled: 10, rate: 1_000, seconds: scale.websocket_seconds },
+            websocket::FanOut { readers: 990, stalled: 10, rate, seconds: scale.websocket_seconds },
         ),
     ];
     let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);

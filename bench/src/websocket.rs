@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::measure::percentiles;
 use crate::workloads::event;
@@ -249,20 +248,18 @@ pub(crate) async fn fan_out(url: &str, run: FanOut) -> Result<FanOutResult, Stri
     }
     let finished = started.elapsed();
     sampler.abort();
-    // Each stalled client reads what it was sent, looking for the gateway's close: 1008, "slow".
-    let mut closed_slow = 0;
-    for mut socket in stalled {
-        let found = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(Ok(frame)) = socket.next().await {
-                if let Message::Close(Some(close)) = frame {
-                    return close.code == CloseCode::Policy && close.reason.as_str() == "slow";
-                }
-            }
-            false
-        })
-        .await;
-        closed_slow += usize::from(found == Ok(true));
-    }
+    // The gateway's own count of clients it closed as slow (`/ready`'s `websocket.slow_disconnects`): a stalled
+    // client cannot see its close frame, which waits behind everything it did not read.
+    let ready = reqwest::Client::new().get(format!("http://{}/ready", gateway.address)).send().await;
+    let text = match ready {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(error) => return Err(format!("asking the gateway's /ready: {error}")),
+    };
+    let closed_slow = text
+        .split_once("\"slow_disconnects\":")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .ok_or_else(|| format!("no slow_disconnects in /ready: {text}"))?;
+    drop(stalled);
     let _ = bus.close().await;
     if all.is_empty() {
         return Err(format!("no client received any of the {published} events"));

@@ -109,6 +109,9 @@ impl Hub {
     }
 }
 
+/// The most queued frames written to a client together, before one flush.
+const MAX_BATCH: usize = 64;
+
 /// Counts a socket while it is open.
 struct Connection(Arc<Gateway>);
 
@@ -210,9 +213,19 @@ async fn serve(connection: Connection, socket: WebSocket, can_publish: bool, mut
             }
         };
         let Some(outgoing) = outgoing else { continue };
+        // Whatever else is queued for the client goes out with it, flushed once: a client with a backlog costs
+        // one write, not one a frame (with a thousand clients, that is most of the gateway's work).
+        let write = async {
+            sink.feed(outgoing).await?;
+            for _ in 1..MAX_BATCH {
+                let Ok(more) = receiver.try_recv() else { break };
+                sink.feed(Message::Text(more)).await?;
+            }
+            sink.flush().await
+        };
         // A write that waits on a client that does not read must not outlast its falling behind.
         tokio::select! {
-            sent = sink.send(outgoing) => if sent.is_err() { break End::Gone },
+            sent = write => if sent.is_err() { break End::Gone },
             _ = client.fell_behind.notified() => break End::Slow,
         }
     };
