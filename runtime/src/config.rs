@@ -71,6 +71,9 @@ pub struct BusConfig {
     pub registry_heartbeat: Duration,
     /// Layers around all of this bus's traffic, in registration order ([`BusConfig::middleware`]).
     pub(crate) middleware: Layers,
+    /// Whether the bus declares its exchanges and queues or only checks that they exist (see
+    /// [`crate::TopologyMode`]; default [`crate::TopologyMode::Declare`]).
+    pub topology: crate::TopologyMode,
 }
 
 impl BusConfig {
@@ -115,6 +118,7 @@ impl BusConfig {
             trace_context: false,
             registry_heartbeat: Duration::from_secs(10),
             middleware: Layers::default(),
+            topology: crate::TopologyMode::Declare,
         }
     }
 
@@ -203,6 +207,13 @@ impl BusConfig {
         self
     }
 
+    /// Declares the exchanges and queues this bus needs ([`crate::TopologyMode::Declare`], the default), or
+    /// only checks that they exist ([`crate::TopologyMode::Verify`], for a user without `configure` permission).
+    pub fn topology(mut self, mode: crate::TopologyMode) -> Self {
+        self.topology = mode;
+        self
+    }
+
     /// The URL with the password replaced by `***`: `scheme://user:***@host:port/vhost`, with the scheme,
     /// user, host and vhost as given (the query left out), and the user, port and vhost used when the URL
     /// leaves them out.
@@ -246,6 +257,7 @@ impl fmt::Debug for BusConfig {
             .field("trace_context", &self.trace_context)
             .field("registry_heartbeat", &self.registry_heartbeat)
             .field("middleware", &self.middleware)
+            .field("topology", &self.topology)
             .finish()
     }
 }

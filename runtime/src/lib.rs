@@ -108,7 +108,7 @@ pub use rpc::{
 pub use signal::terminated;
 pub use status::{Code, Status};
 pub use subscriber::{Context, HandlerError, Outcome, RETRY_LADDER, RetryPolicy, Subscriber, Subscription};
-pub use topology::{Argument, Binding, Exchange, ExchangeKind, QueueSettings, Topology};
+pub use topology::{Argument, Binding, Exchange, ExchangeKind, QueueSettings, Topology, TopologyMode};
 pub use trace::{TRACEPARENT, TRACESTATE, TraceContext};
 
 /// What generated code uses. Not a stable API for hand-written code.

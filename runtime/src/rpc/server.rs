@@ -18,8 +18,8 @@ use crate::headers::{Headers, MessageProperties};
 use crate::middleware::{self, Layers, Middleware};
 use crate::status::{Code, Status};
 use crate::trace::{self, TraceContext};
-use crate::transport::QueueSettings;
 use crate::transport::{Delivery, Publish, Settle};
+use crate::transport::{Need, QueueSettings};
 
 /// What a server handler knows about a request beyond its payload: who called, the caller's deadline and
 /// headers, and a place for headers to send back with the reply. Cheap to clone: it shares the request.
@@ -261,7 +261,17 @@ where
     let handler: Arc<Handler> = Arc::new(handler);
     let timeout = bus.config().operation_timeout;
     let setup: Setup = Arc::new(move |bus: Bus| {
-        Box::pin(async move { bus.inner.transport.declare_queue(service.queue, &QueueSettings::plain(false)).await })
+        Box::pin(async move {
+            let config = bus.config();
+            let durable = QueueSettings::plain(false);
+            let mut needs = vec![Need::Queue(service.queue, &durable)];
+            // Verifying, a missing registry is reported with the service's queue, not only logged by the
+            // announcements (declaring, they declare it).
+            if config.topology == crate::TopologyMode::Verify && !config.registry_heartbeat.is_zero() {
+                needs.push(Need::Queue(crate::REGISTRY_QUEUE, &durable));
+            }
+            bus.inner.transport.ensure(config, &needs).await
+        })
     });
     let (stop, signal) = Stop::new();
     let mut feed = Feed::open(bus, service.queue, concurrency, service.name, setup, signal.clone()).await?;
