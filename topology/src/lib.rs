@@ -34,6 +34,6 @@ pub mod topic;
 pub use exchange::ExchangeKind;
 pub use queue::{
     Argument, DELIVERY_LIMIT_MARGIN, MAX_NAME_LEN, MAX_PRIORITY, MAX_QUEUE_NAME_LEN, MAX_TTL_MS, QueueSettings,
-    TEMPORARY_QUEUE_EXPIRY_MS, dead_letter_queue, is_retry_queue, name_problem, retry_queue,
+    REGISTRY_QUEUE, TEMPORARY_QUEUE_EXPIRY_MS, dead_letter_queue, is_retry_queue, name_problem, retry_queue,
 };
 pub use retry::{RETRY_LADDER, RetryPolicy, delay_ms, retry_rung};
