@@ -36,7 +36,7 @@
 //!   [`RpcContext`], [`Serving`]), `error.rs` ([`RpcError`]).
 //! - `contract.rs`: the `'static` contract data generated code hands to the runtime.
 //! - `topology.rs`: [`Topology`], what a bus declared (the rules that decide it are the `warren-topology`
-//!   crate's, which the code generator's manifest shares).
+//!   crate's, which the code generator's manifest shares), and [`TopologyMode`]: declare it, or only verify it.
 //! - `envelope.rs`: the AMQP properties and headers Warren reads and writes.
 //! - `headers.rs`: [`Headers`], [`HeaderValue`] and [`MessageProperties`], Warren's own metadata types.
 //! - `transport/`: `amqp/` (RabbitMQ through lapin: `supervise.rs`, `publish.rs`, `consume.rs`, `probe.rs` (the
@@ -46,7 +46,8 @@
 //!   watchdog in `driver.rs`, the bookkeeping that decides outcomes in `state.rs`, the publishes in flight in
 //!   `slots.rs`); `memory/` (the in-memory broker: the handle, its state and topology in `mod.rs`, publishing
 //!   and routing in `publish.rs`, TTL and dead-lettering in `queue.rs`, consumers and acks in `consume.rs`,
-//!   direct reply-to in `reply.rs`).
+//!   direct reply-to in `reply.rs`); `ensure.rs` (what a bus needs on the broker, declared or, in
+//!   [`TopologyMode::Verify`], checked passively, on either transport).
 //! - `inspect.rs`: [`QueueReader`] and [`Taken`], reading a queue message by message for operators' tools
 //!   ([`Bus::watch`], [`Bus::read_queue`], [`Bus::replay`] of dead letters).
 //! - `registry.rs`: who serves what, live: servers announce themselves ([`Bus::services`]).
