@@ -94,7 +94,8 @@ async fn publish_consume_and_call(provisioned: Provisioned) {
     // The user really may not declare: a declaring bus is refused.
     let declaring = provisioned.bus(TopologyMode::Declare).await;
     let refused = declaring.publish(&event).await.expect_err("no configure permission");
-    assert!(refused.to_string().contains("ACCESS_REFUSED"), "{refused}");
+    let text = refused.to_string();
+    assert!(text.contains("ACCESS_REFUSED") && text.contains("TopologyMode::Verify"), "says what to do: {text}");
 
     let bus = provisioned.bus(TopologyMode::Verify).await;
     // The import may finish a moment after rabbitmqctl returns: wait for its last queue.

@@ -25,11 +25,12 @@ impl Transport {
     pub(crate) async fn ensure(&self, config: &BusConfig, needs: &[Need<'_>]) -> Result<()> {
         if config.topology == TopologyMode::Declare {
             for need in needs {
-                match *need {
-                    Need::Exchange(spec) => self.declare_exchange(spec).await?,
-                    Need::Queue(name, settings) => self.declare_queue(name, settings).await?,
-                    Need::Binding { queue, exchange, key } => self.bind(queue, exchange, key).await?,
-                }
+                let declared = match *need {
+                    Need::Exchange(spec) => self.declare_exchange(spec).await,
+                    Need::Queue(name, settings) => self.declare_queue(name, settings).await,
+                    Need::Binding { queue, exchange, key } => self.bind(queue, exchange, key).await,
+                };
+                declared.map_err(|error| refused_hint(error, need))?;
             }
             return Ok(());
         }
@@ -91,6 +92,25 @@ impl Transport {
             Transport::Amqp(amqp) => amqp.queue_exists(name).await,
             Transport::Memory(broker) => Ok(broker.queue_exists(name)),
         }
+    }
+}
+
+/// A declaration refused for want of permission (`ACCESS_REFUSED`), said with what to do; other errors as they are.
+fn refused_hint(error: Error, need: &Need<'_>) -> Error {
+    match &error {
+        Error::Broker { source, .. } if source.reply_code() == Some(403) => {
+            let what = match *need {
+                Need::Exchange(spec) => format!("exchange \"{}\"", spec.name),
+                Need::Queue(name, _) => format!("queue \"{name}\""),
+                Need::Binding { queue, exchange, .. } => format!("the binding of \"{queue}\" to \"{exchange}\""),
+            };
+            Error::config(format!(
+                "declaring {what} was refused ({source}): the user lacks configure permission on it (or write and \
+                 read, for a binding); grant it, or provision the topology (`warren topology` then `rabbitmqctl \
+                 import_definitions`) and run the bus with TopologyMode::Verify (docs/security.md)"
+            ))
+        }
+        _ => error,
     }
 }
 
