@@ -99,6 +99,20 @@ enum Command {
     ///
     /// Example: warren health
     Health,
+    /// Print RabbitMQ definitions of the contracts (exchanges, queues with their arguments, dead-letter and delay
+    /// queues, bindings) for `rabbitmqctl import_definitions`, so that services can run as users without
+    /// configure permission (BusConfig::topology(TopologyMode::Verify); see docs/security.md). Reads no broker.
+    ///
+    /// Example: warren topology --vhost prod --group billing --group audit > definitions.json
+    Topology {
+        /// The vhost to put everything in (it must exist: rabbitmqctl add_vhost); `/` when left out.
+        #[arg(long, value_name = "VHOST")]
+        vhost: Option<String>,
+        /// A subscriber group whose queues (`<group>.<event or exchange>`) to include; repeat for each. Work
+        /// queues, RPC queues and the registry are always included.
+        #[arg(long = "group", value_name = "GROUP")]
+        groups: Vec<String>,
+    },
     /// Print shell completions.
     ///
     /// Example: warren completions bash > /etc/bash_completion.d/warren
@@ -202,6 +216,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Dlq(command) => dlq::run(&catalog, &connect(cli.url.as_deref()).await?, command, &out).await,
         Command::Services => services::run(&catalog, &connect(cli.url.as_deref()).await?, &out).await,
         Command::Health => health(cli.url.as_deref(), &out).await,
+        Command::Topology { vhost, groups } => topology(&catalog, vhost.as_deref(), groups),
         Command::Completions { .. } => Ok(()),
     }
 }
@@ -253,6 +268,26 @@ async fn health(url: Option<&str>, out: &output::Output) -> Result<(), Failure> 
     out.record(&fields);
     let _ = bus.close().await;
     if health.is_connected() { Ok(()) } else { Err(Failure::new(exit::UNAVAILABLE, "the bus is not connected")) }
+}
+
+/// `warren topology`: the contracts' RabbitMQ definitions on stdout.
+fn topology(catalog: &Catalog, vhost: Option<&str>, groups: &[String]) -> Result<(), Failure> {
+    let mut options = warren_codegen::manifest::DefinitionsOptions::new();
+    if let Some(vhost) = vhost {
+        options = options.vhost(vhost);
+    }
+    for group in groups {
+        // Room for the longest event name and the delay queues' suffix under AMQP's 255 bytes.
+        if group.is_empty() || group.len() > 64 {
+            return Err(Failure::new(exit::INVALID, format!("group {group:?}: give a name of 1 to 64 bytes")));
+        }
+        options = options.group(group);
+    }
+    let config = warren_codegen::Config::new(Vec::<PathBuf>::new(), Vec::<PathBuf>::new());
+    let manifest = warren_codegen::manifest(&config, catalog.contracts())
+        .map_err(|error| Failure::new(exit::INVALID, error.to_string()))?;
+    print!("{}", manifest.definitions(&options));
+    Ok(())
 }
 
 /// `30s`, `500ms`, `2m`, `1h`, or plain seconds, as Warren reads durations everywhere.

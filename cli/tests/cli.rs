@@ -116,6 +116,33 @@ fn the_same_contracts_come_from_a_proto_tree() {
 }
 
 #[test]
+fn topology_prints_definitions_without_a_broker() {
+    let output = warren(None, &["topology", "--vhost", "prod", "--group", "billing"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    let definitions: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("JSON");
+    let queues = definitions["queues"].as_array().unwrap();
+    let named = |name: &str| queues.iter().find(|q| q["name"] == name).cloned();
+    let queue = named("billing.gametrade.v1.UserRegistered").expect("the group's queue");
+    assert_eq!(queue["vhost"], "prod");
+    assert_eq!(queue["arguments"]["x-dead-letter-routing-key"], "billing.gametrade.v1.UserRegistered.dlq");
+    for name in ["billing.gametrade.v1.UserRegistered.dlq", "at.IntSummator", "warren.registry", "gametrade.tasks"] {
+        assert!(named(name).is_some(), "{name}");
+    }
+    assert!(
+        definitions["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["destination"] == "billing.gametrade.v1.UserRegistered" && b["source"] == "gametrade.events")
+    );
+    // Without a group, no subscriber queue.
+    let output = warren(None, &["topology"]);
+    assert!(!stdout(&output).contains("UserRegistered\""), "no group, no subscriber queues");
+    let output = warren(None, &["topology", "--group", ""]);
+    assert_eq!(code(&output), 4, "an empty group is refused: {}", stderr(&output));
+}
+
+#[test]
 fn bad_names_and_bad_input_are_told_apart_by_exit_code() {
     let typo = warren(None, &["describe", "UserRegisterd"]);
     assert_eq!(code(&typo), 3);

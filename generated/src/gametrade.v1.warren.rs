@@ -1394,6 +1394,15 @@ impl<T: AuthService> AuthServiceServer<T> {
         self.options = self.options.middleware(layer);
         self
     }
+    /// Also replies to requests whose `reply_to` starts with `prefix`; by default only direct reply-to
+    /// addresses and server-named queues are replied to (see [`::warren::ServerOptions::allow_reply_to`]).
+    pub fn allow_reply_to(
+        mut self,
+        prefix: impl ::std::convert::Into<::std::string::String>,
+    ) -> Self {
+        self.options = self.options.allow_reply_to(prefix);
+        self
+    }
     /// Declares the service's queue and starts answering requests; returns once the server is consuming.
     /// Stop it with the returned handle, or by shutting the bus down.
     pub async fn serve(

@@ -140,6 +140,20 @@ pub enum Error {
         /// The reason it gave.
         reason: String,
     },
+    /// In [`crate::TopologyMode::Verify`], exchanges or queues the bus needs do not exist on the broker (or
+    /// a binding could not be made); nothing was declared.
+    #[error(
+        "{} of the exchanges and queues this bus needs {} missing, and TopologyMode::Verify declares nothing:\n{}\n         create them all from the contracts: `warren topology --vhost <vhost> --group <group>... > definitions.json` \
+         (or `cargo xtask topology`), then `rabbitmqctl import_definitions definitions.json`; or let a user with \
+         configure permission declare them (TopologyMode::Declare)",
+        missing.len(),
+        if missing.len() == 1 { "is" } else { "are" },
+        missing.iter().map(|m| format!("  - {m}")).collect::<Vec<_>>().join("\n")
+    )]
+    MissingTopology {
+        /// One line per missing exchange, queue or binding: what it is and the command that creates it.
+        missing: Vec<String>,
+    },
     /// The bus was closed or shut down.
     #[error("the bus is closed")]
     Closed,

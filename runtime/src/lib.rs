@@ -36,7 +36,7 @@
 //!   [`RpcContext`], [`Serving`]), `error.rs` ([`RpcError`]).
 //! - `contract.rs`: the `'static` contract data generated code hands to the runtime.
 //! - `topology.rs`: [`Topology`], what a bus declared (the rules that decide it are the `warren-topology`
-//!   crate's, which the code generator's manifest shares).
+//!   crate's, which the code generator's manifest shares), and [`TopologyMode`]: declare it, or only verify it.
 //! - `envelope.rs`: the AMQP properties and headers Warren reads and writes.
 //! - `headers.rs`: [`Headers`], [`HeaderValue`] and [`MessageProperties`], Warren's own metadata types.
 //! - `transport/`: `amqp/` (RabbitMQ through lapin: `supervise.rs`, `publish.rs`, `consume.rs`, `probe.rs` (the
@@ -46,7 +46,8 @@
 //!   watchdog in `driver.rs`, the bookkeeping that decides outcomes in `state.rs`, the publishes in flight in
 //!   `slots.rs`); `memory/` (the in-memory broker: the handle, its state and topology in `mod.rs`, publishing
 //!   and routing in `publish.rs`, TTL and dead-lettering in `queue.rs`, consumers and acks in `consume.rs`,
-//!   direct reply-to in `reply.rs`).
+//!   direct reply-to in `reply.rs`); `ensure.rs` (what a bus needs on the broker, declared or, in
+//!   [`TopologyMode::Verify`], checked passively, on either transport).
 //! - `inspect.rs`: [`QueueReader`] and [`Taken`], reading a queue message by message for operators' tools
 //!   ([`Bus::watch`], [`Bus::read_queue`], [`Bus::replay`] of dead letters).
 //! - `registry.rs`: who serves what, live: servers announce themselves ([`Bus::services`]).
@@ -102,13 +103,13 @@ pub use metrics::{Counters, MetricsSnapshot, SubscriberMetrics};
 pub use middleware::{Middleware, Refusal};
 pub use registry::{ANNOUNCEMENT_TYPE, REGISTRY_QUEUE, ServerInstance};
 pub use rpc::{
-    CallOptions, DEFAULT_SERVER_CONCURRENCY, EncodedCall, EncodedReply, Response, RpcClient, RpcContext, RpcError,
-    ServerOptions, ServiceError, Serving,
+    CallOptions, DEFAULT_SERVER_CONCURRENCY, EncodedCall, EncodedReply, REPLY_TO_PREFIXES, Response, RpcClient,
+    RpcContext, RpcError, ServerOptions, ServiceError, Serving,
 };
 pub use signal::terminated;
 pub use status::{Code, Status};
 pub use subscriber::{Context, HandlerError, Outcome, RETRY_LADDER, RetryPolicy, Subscriber, Subscription};
-pub use topology::{Argument, Binding, Exchange, ExchangeKind, QueueLimit, QueueSettings, Topology};
+pub use topology::{Argument, Binding, Exchange, ExchangeKind, QueueLimit, QueueSettings, Topology, TopologyMode};
 pub use trace::{TRACEPARENT, TRACESTATE, TraceContext};
 
 /// What generated code uses. Not a stable API for hand-written code.

@@ -72,6 +72,9 @@ pub struct MetricsSnapshot {
     /// Per running subscriber, by queue: the workers of one group on this bus are added up. A subscriber
     /// leaves it when it stops; what it counted stays in `events`.
     pub subscribers: BTreeMap<String, SubscriberMetrics>,
+    /// RPC requests this bus's servers refused for their `reply_to`: neither direct reply-to nor a
+    /// server-named queue, nor a prefix the server allows ([`crate::ServerOptions::allow_reply_to`]).
+    pub rpc_reply_to_refused: u64,
 }
 
 /// Latency histogram: bucket `i` holds durations around `2^(i/4)` nanoseconds.
@@ -346,6 +349,8 @@ pub(crate) struct Metrics {
     retired: Mutex<FxHashMap<String, Arc<Stats>>>,
     history_capacity: usize,
     history: Mutex<FxHashMap<&'static str, VecDeque<Recorded>>>,
+    /// RPC requests refused for their `reply_to`.
+    reply_to_refused: Arc<AtomicU64>,
 }
 
 impl Metrics {
@@ -357,7 +362,13 @@ impl Metrics {
             retired: Mutex::default(),
             history_capacity,
             history: Mutex::default(),
+            reply_to_refused: Arc::default(),
         }
+    }
+
+    /// The counter of RPC requests refused for their `reply_to`, for servers to add to.
+    pub(crate) fn reply_to_refused(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.reply_to_refused)
     }
 
     /// The publish counters of `type_name` (an event or task type, or an RPC method's path).
@@ -500,7 +511,8 @@ impl Metrics {
                 (name, counters)
             })
             .collect();
-        MetricsSnapshot { uptime, events, subscribers }
+        let rpc_reply_to_refused = self.reply_to_refused.load(Ordering::Relaxed);
+        MetricsSnapshot { uptime, events, subscribers, rpc_reply_to_refused }
     }
 
     /// The queues of this bus's subscribers.

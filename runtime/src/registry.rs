@@ -21,7 +21,7 @@ use crate::feed::StopSignal;
 use crate::transport::{Publish, QueueSettings};
 
 /// The queue servers announce themselves in.
-pub const REGISTRY_QUEUE: &str = "warren.registry";
+pub use warren_topology::REGISTRY_QUEUE;
 /// The AMQP `type` of an announcement.
 pub const ANNOUNCEMENT_TYPE: &str = "warren.registry.Announcement";
 /// The most announcements [`Bus::services`] reads: three per instance and heartbeat, for far more instances

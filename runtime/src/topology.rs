@@ -4,6 +4,37 @@
 use crate::contract::ExchangeSpec;
 pub use warren_topology::{Argument, ExchangeKind, QueueLimit, QueueSettings};
 
+/// Whether a bus declares the exchanges and queues it needs, or only checks that they exist
+/// ([`crate::BusConfig::topology`]).
+///
+/// ```
+/// use warren::{BusConfig, TopologyMode};
+/// let config = BusConfig::new("amqp://billing:s3cret@rabbit.internal:5672/prod")?.topology(TopologyMode::Verify);
+/// assert_eq!(config.topology, TopologyMode::Verify);
+/// # Ok::<(), warren::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TopologyMode {
+    /// Declares every exchange and queue when first needed, and again after a reconnection (the default):
+    /// the broker user needs the `configure` permission on them.
+    #[default]
+    Declare,
+    /// Declares nothing: checks passively (`exchange.declare` / `queue.declare` with `passive`, which need no
+    /// `configure` permission) that every exchange and queue exists where it would have declared it (when a
+    /// publisher first publishes, a subscriber or server starts, a client first calls), and fails there with
+    /// one [`crate::Error::MissingTopology`] listing everything missing and how to create it. For users without
+    /// `configure` permission, on a vhost provisioned from `warren topology` definitions (docs/security.md).
+    ///
+    /// Queues are bound to their exchanges still: `queue.bind` needs `write` on the queue and `read` on the
+    /// exchange, not `configure`, and binding what the definitions already bind changes nothing. Arguments
+    /// cannot be compared passively over AMQP: an existing queue counts whatever its arguments (import the
+    /// definitions Warren writes, and they are Warren's). Subscribers also check their retry policy's delay
+    /// queues up front. Temporary subscribers and queue watches declare their own queues and so still need
+    /// `configure` on them.
+    Verify,
+}
+
 /// The exchanges, queues and bindings a bus has declared, each once, in the order it first declared them:
 /// what it declares again after a reconnection. Queues of subscribers that stopped are left out (they are no
 /// longer declared again), as are delay queues that no message has needed yet. From

@@ -181,7 +181,7 @@ fn split_url(url: &str) -> (String, String) {
 }
 
 /// Runs `rabbitmqctl`, failing the test with what it said when it fails.
-fn rabbitmqctl(args: &[&str]) {
+pub fn rabbitmqctl(args: &[&str]) {
     let output = std::process::Command::new("rabbitmqctl").args(args).output().unwrap_or_else(|error| {
         panic!(
             "start RabbitMQ: conformance tests on RabbitMQ run `rabbitmqctl {}` to make a private vhost: {error}",

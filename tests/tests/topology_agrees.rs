@@ -1,7 +1,8 @@
 //! The contract manifest (`proto/warren.lock`, which `check-compat` compares) and the runtime declare the same
 //! queues: for every seed contract and the `rich.v1` fixture, each subscriber queue and task work queue in the
 //! manifest is what a bus declares when that subscriber or worker starts (flags, `x-` arguments, bindings, dead-letter queue), and its retry
-//! queues are those the generated code's retry policy implies.
+//! queues are those the generated code's retry policy implies. The RabbitMQ definitions written from the
+//! manifest (`warren topology`, `cargo xtask topology`) hold the same queues, arguments, bindings and exchanges.
 //!
 //! Both sides take their rules from `warren-topology`; this test keeps the inputs in step: what codegen reads
 //! from the contract (priorities, quorum, retry policies, routing keys) against what generated code tells the
@@ -12,7 +13,7 @@ use std::path::Path;
 
 use warren::{Bus, Inbound, QueueSettings, Subscriber, Topology};
 use warren_codegen::Config;
-use warren_codegen::manifest::{Argument, Consumer, GROUP, Manifest};
+use warren_codegen::manifest::{Argument, Consumer, DefinitionsOptions, GROUP, Manifest};
 
 const GROUP_NAME: &str = "the-group";
 
@@ -150,6 +151,7 @@ async fn the_seed_contracts_manifest_lists_what_the_runtime_declares() {
     let contracts = warren_codegen::load(&config).unwrap_or_else(|e| panic!("{e}"));
     let manifest = warren_codegen::manifest(&config, &contracts).unwrap();
     assert_agree(&manifest, &bus.topology(), &started);
+    assert_definitions_agree(&manifest, &bus.topology(), &started);
 }
 
 #[tokio::test]
@@ -164,5 +166,76 @@ async fn the_rich_fixtures_manifest_lists_what_the_runtime_declares() {
     start(ResizeImage::worker(&bus), &mut started).await;
     start(RenderThumbnail::worker(&bus), &mut started).await;
     let fixtures = warren_tests::workspace_root().join("tests/fixtures/build_rs");
-    assert_agree(&manifest(&fixtures, &["rich/v1/rich.proto"]), &bus.topology(), &started);
+    let manifest = manifest(&fixtures, &["rich/v1/rich.proto"]);
+    assert_agree(&manifest, &bus.topology(), &started);
+    assert_definitions_agree(&manifest, &bus.topology(), &started);
+}
+
+/// A queue's arguments as the definitions write them.
+fn json_arguments(settings: &QueueSettings) -> serde_json::Value {
+    let arguments = settings.arguments().into_iter().map(|(key, value)| {
+        let value = match value {
+            Argument::Int(n) => serde_json::Value::from(n),
+            Argument::Str(s) => serde_json::Value::from(s),
+        };
+        (key.to_owned(), value)
+    });
+    serde_json::Value::Object(arguments.collect())
+}
+
+/// The RabbitMQ definitions `warren topology --group the-group` writes (`Manifest::definitions`) hold exactly
+/// what the bus declared for the subscribers and workers in `started` (each queue with the same durability and
+/// arguments, the same bindings, each exchange alike), plus their delay queues with the settings the runtime
+/// declares them with, and the plain durable RPC queues and registry.
+fn assert_definitions_agree(manifest: &Manifest, topology: &Topology, started: &[Started]) {
+    let options = DefinitionsOptions::new().vhost("the-vhost").group(GROUP_NAME);
+    let definitions: serde_json::Value = serde_json::from_str(&manifest.definitions(&options)).unwrap();
+    let list = |key: &str| definitions[key].as_array().unwrap_or_else(|| panic!("no {key}")).clone();
+    for item in list("exchanges").iter().chain(&list("queues")).chain(&list("bindings")) {
+        assert_eq!(item["vhost"], "the-vhost", "{item}");
+    }
+    let mut defined: BTreeMap<String, (bool, serde_json::Value)> = list("queues")
+        .iter()
+        .map(|q| (q["name"].as_str().unwrap().to_owned(), (q["durable"].as_bool().unwrap(), q["arguments"].clone())))
+        .collect();
+    for (name, settings) in &topology.queues {
+        let (durable, arguments) =
+            defined.remove(name).unwrap_or_else(|| panic!("the bus declared queue {name}, not in the definitions"));
+        assert_eq!(durable, settings.durable, "durability of {name}");
+        assert_eq!(arguments, json_arguments(settings), "arguments of {name}");
+    }
+    for subscriber in started {
+        for delay in &subscriber.retry_queues {
+            let (durable, arguments) = defined.remove(delay).unwrap_or_else(|| panic!("no delay queue {delay}"));
+            let ms: u32 = delay.rsplit('.').next().unwrap().parse().unwrap();
+            let settings = QueueSettings::retry_delay(&subscriber.queue, ms, false);
+            assert_eq!((durable, arguments), (settings.durable, json_arguments(&settings)), "{delay}");
+        }
+    }
+    for (name, (durable, arguments)) in defined {
+        let rpc = manifest.services.values().any(|service| service.queue == name);
+        assert!(rpc || name == warren::REGISTRY_QUEUE, "the definitions have queue {name}, which nothing declared");
+        assert_eq!((durable, arguments), (true, json_arguments(&QueueSettings::plain(false))), "{name}");
+    }
+    let defined_bindings: BTreeSet<(String, String, String)> = list("bindings")
+        .iter()
+        .map(|b| {
+            assert_eq!(b["destination_type"], "queue");
+            let text = |key: &str| b[key].as_str().unwrap().to_owned();
+            (text("destination"), text("source"), text("routing_key"))
+        })
+        .collect();
+    let declared_bindings: BTreeSet<(String, String, String)> =
+        topology.bindings.iter().map(|b| (b.queue.clone(), b.exchange.clone(), b.key.clone())).collect();
+    assert_eq!(defined_bindings, declared_bindings, "bindings");
+    let exchanges = list("exchanges");
+    for declared in &topology.exchanges {
+        let defined = exchanges
+            .iter()
+            .find(|e| e["name"] == declared.name.as_str())
+            .unwrap_or_else(|| panic!("the bus declared exchange {}, not in the definitions", declared.name));
+        assert_eq!(defined["type"], declared.kind.as_str(), "{}", declared.name);
+        assert_eq!(defined["durable"], declared.durable, "{}", declared.name);
+        assert_eq!(defined["auto_delete"], declared.auto_delete, "{}", declared.name);
+    }
 }

@@ -43,6 +43,10 @@ pub fn name_problem(what: &str, name: &str, max: usize) -> Option<String> {
 /// The `x-overflow` Warren declares limited queues with: a full queue refuses new messages.
 pub const REJECT_PUBLISH: &str = "reject-publish";
 
+/// The queue RPC servers announce themselves in (Warren's live registry): a plain durable queue, declared by
+/// every server and by whoever lists the servers, and part of the definitions Warren writes.
+pub const REGISTRY_QUEUE: &str = "warren.registry";
+
 /// The dead-letter queue of `queue`: `<queue>.dlq`.
 pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dlq")

@@ -11,6 +11,7 @@ mod compat;
 mod docs;
 mod files;
 mod regen;
+mod topology;
 
 fn main() -> ExitCode {
     match run() {
@@ -32,6 +33,7 @@ fn run() -> Result<ExitCode> {
         ["docs", "--check"] => docs::run(&workspace_root()?, true),
         ["check-compat", rest @ ..] => compat::run(&workspace_root()?, &compat::Options::parse(rest)?),
         ["bench", rest @ ..] => bench(&workspace_root()?, rest),
+        ["topology", rest @ ..] => topology::run(&workspace_root()?, rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -41,7 +43,9 @@ fn run() -> Result<ExitCode> {
                  check-compat [--against <git rev or manifest file>] [--allow RULE]...\n                   \
                  report breaking contract changes against proto/warren.lock as committed (or the baseline given)\n  \
                  docs [--check]   rewrite (or check) docs/asyncapi.yaml and docs/CATALOG.md alone\n  \
-                 bench [--quick] [--memory] [--only W1,W7] [--raw-envelope minimal|warren] [--profile NAME [--raw]]\n                   build the benchmarks in release mode and print their table"
+                 bench [--quick] [--memory] [--only W1,W7] [--raw-envelope minimal|warren] [--profile NAME [--raw]]\n                   build the benchmarks in release mode and print their table\n  \
+                 topology [--vhost V] [--group G]...\n                   \
+                 print RabbitMQ definitions (exchanges, queues, bindings) for rabbitmqctl import_definitions"
             );
             if args.is_empty() || args == ["help"] || args == ["--help"] {
                 Ok(ExitCode::SUCCESS)

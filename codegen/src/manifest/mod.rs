@@ -20,12 +20,14 @@
 //! protos ([`crate::manifest()`]) also know where each field, value and method is.
 
 mod build;
+mod definitions;
 mod parse;
 mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 
+pub use definitions::DefinitionsOptions;
 pub use parse::{ParseError, ParseErrorKind};
 
 pub(crate) use build::{build, scalar_name};

@@ -129,8 +129,8 @@ impl Bus {
     ) -> Result<String> {
         options.headers.check_application()?;
         let outgoing = message.outgoing()?;
-        self.declare_queue(&dead_letter_queue(queue), QueueSettings::plain(false)).await?;
-        self.declare_queue(queue, settings).await?;
+        let dlq = dead_letter_queue(queue);
+        self.declare_queues(&[(&dlq, QueueSettings::plain(false)), (queue, settings)]).await?;
         let (format, priority) = (message.format, options.priority);
         let id = self.send(&outgoing, "", queue, format, priority, options, true).await?;
         Ok(id.as_str().to_owned())

@@ -15,7 +15,7 @@ use crate::rpc::Replies;
 use crate::trace;
 use crate::transport::amqp::Amqp;
 use crate::transport::memory::Broker;
-use crate::transport::{Publish, QueueSettings, Transport};
+use crate::transport::{Need, Publish, QueueSettings, Transport};
 use warren_topology::{dead_letter_queue, is_retry_queue};
 
 mod encoded;
@@ -243,20 +243,13 @@ impl Bus {
         if size > limit { Err(Error::TooLarge { size, limit }) } else { Ok(()) }
     }
 
-    /// Runs `declare` unless this bus already declared `key`.
-    async fn declare_once<F: Future<Output = Result<()>>>(&self, key: &str, declare: impl FnOnce() -> F) -> Result<()> {
-        let declared = &self.inner.declared;
-        let done = || declared.lock().expect("declared set").contains(key);
-        let record = || declared.lock().expect("declared set").insert(key.to_owned());
-        self.single_flight(done, declare, record).await
-    }
-
     /// Declares `exchange` (once per bus) as the contract describes it.
     pub(crate) async fn declare_exchange(&self, exchange: &ExchangeSpec) -> Result<()> {
         let exchanges = &self.inner.exchanges;
         let done = || exchanges.read().expect("exchange set").contains(exchange.name);
         let record = || exchanges.write().expect("exchange set").insert(exchange.name);
-        self.single_flight(done, || self.inner.transport.declare_exchange(exchange), record).await
+        let needs = [Need::Exchange(exchange)];
+        self.single_flight(done, || self.inner.transport.ensure(&self.inner.config, &needs), record).await
     }
 
     /// Runs `declare` unless `done`, one declaration at a time, and `record`s it before the next may start:
@@ -316,9 +309,27 @@ impl Bus {
         self.inner.transport.forget_queues(&forgotten);
     }
 
-    /// Declares a queue (once per bus).
+    /// Declares a queue (once per bus); in [`crate::TopologyMode::Verify`], checks that it exists.
     pub(crate) async fn declare_queue(&self, queue: &str, options: QueueSettings) -> Result<()> {
-        self.declare_once(queue, || self.inner.transport.declare_queue(queue, &options)).await
+        self.declare_queues(&[(queue, options)]).await
+    }
+
+    /// Declares queues (each once per bus), in order; in [`crate::TopologyMode::Verify`], checks that they
+    /// exist, failing with one error naming every one missing.
+    pub(crate) async fn declare_queues(&self, queues: &[(&str, QueueSettings)]) -> Result<()> {
+        let declared = &self.inner.declared;
+        let done = || {
+            let declared = declared.lock().expect("declared set");
+            queues.iter().all(|(queue, _)| declared.contains(*queue))
+        };
+        let record = || {
+            let mut declared = declared.lock().expect("declared set");
+            for (queue, _) in queues {
+                declared.insert((*queue).to_owned());
+            }
+        };
+        let needs: Vec<Need<'_>> = queues.iter().map(|(queue, options)| Need::Queue(queue, options)).collect();
+        self.single_flight(done, || self.inner.transport.ensure(&self.inner.config, &needs), record).await
     }
 
     /// Closes the connection at once. Subscribers and servers stop, abandoning the handlers they are running

@@ -146,8 +146,8 @@ impl Bus {
         let spec = T::SPEC;
         options.headers.check_application()?;
         task.validate().map_err(|violations| Error::Invalid { type_name: T::TYPE_NAME, violations })?;
-        self.declare_queue(&dead_letter_queue(spec.queue), QueueSettings::plain(false)).await?;
-        self.declare_queue(spec.queue, work_queue::<T>(spec.queue)).await?;
+        let dlq = dead_letter_queue(spec.queue);
+        self.declare_queues(&[(&dlq, QueueSettings::plain(false)), (spec.queue, work_queue::<T>(spec.queue))]).await?;
         let format = options.format.unwrap_or(spec.format);
         self.send(task, "", spec.queue, format, options.priority, options, true).await.map(drop)
     }

@@ -33,7 +33,8 @@ impl BusConfig {
     /// Then, each when set: `WARREN_SERVICE_NAME`, `WARREN_CONNECT_TIMEOUT`, `WARREN_OPERATION_TIMEOUT`,
     /// `WARREN_PUBLISH_TIMEOUT`, `WARREN_RECOVERY_TIMEOUT` (durations, as [`crate::parse_duration`] reads
     /// them: `500ms`, `10s`, `2m`), `WARREN_HEARTBEAT` (seconds), `WARREN_PREFETCH` (1–65535) and
-    /// `WARREN_MAX_MESSAGE_SIZE` (bytes). A value that does not parse is an error naming the variable. And
+    /// `WARREN_MAX_MESSAGE_SIZE` (bytes) and `WARREN_TOPOLOGY` (`declare` or `verify`, see
+    /// [`crate::TopologyMode`]). A value that does not parse is an error naming the variable. And
     /// `RABBITMQ_CA_FILE`, as [`BusConfig::tls_ca`] (for `amqps://`).
     ///
     /// `memory://` in `RABBITMQ_URL` selects the in-memory broker. To fall back to it when nothing names a
@@ -71,6 +72,18 @@ impl BusConfig {
             if let Some(value) = set(name) {
                 *field = duration(name, &value)?;
             }
+        }
+        if let Some(value) = set("WARREN_TOPOLOGY") {
+            config.topology = match value.to_ascii_lowercase().as_str() {
+                "declare" => crate::TopologyMode::Declare,
+                "verify" => crate::TopologyMode::Verify,
+                _ => {
+                    return Err(Error::config(format!(
+                        "WARREN_TOPOLOGY=\"{}\" is neither declare nor verify",
+                        shorten(&value)
+                    )));
+                }
+            };
         }
         if let Some(value) = set("WARREN_HEARTBEAT") {
             config.heartbeat_secs = number(("WARREN_HEARTBEAT", "seconds, 0-65535"), &value)?;
@@ -232,6 +245,7 @@ mod tests {
             ("WARREN_HEARTBEAT", "5"),
             ("WARREN_PREFETCH", "64"),
             ("WARREN_MAX_MESSAGE_SIZE", "1048576"),
+            ("WARREN_TOPOLOGY", "Verify"),
         ])
         .unwrap();
         assert_eq!(config.service_name, "billing");
@@ -240,6 +254,7 @@ mod tests {
         assert_eq!(config.publish_timeout, Duration::from_secs(120));
         assert_eq!(config.recovery_timeout, Duration::from_secs(45));
         assert_eq!((config.heartbeat_secs, config.prefetch, config.max_message_size), (5, 64, 1_048_576));
+        assert_eq!(config.topology, crate::TopologyMode::Verify);
     }
 
     #[test]
@@ -256,6 +271,7 @@ mod tests {
             (&[("WARREN_PREFETCH", "70000")], "WARREN_PREFETCH=\"70000\" is not a count"),
             (&[("WARREN_HEARTBEAT", "-1")], "WARREN_HEARTBEAT"),
             (&[("WARREN_MAX_MESSAGE_SIZE", "1MB")], "WARREN_MAX_MESSAGE_SIZE=\"1MB\" is not bytes"),
+            (&[("WARREN_TOPOLOGY", "maybe")], "WARREN_TOPOLOGY=\"maybe\" is neither declare nor verify"),
         ] {
             let error = config(vars).unwrap_err().to_string();
             assert!(error.contains(expected), "{vars:?}: {error}");

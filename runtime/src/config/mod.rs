@@ -91,6 +91,9 @@ pub struct BusConfig {
     /// For `amqps://` to a broker that asks for a client certificate: PEM files of the certificate and of its
     /// private key ([`BusConfig::tls_client_identity`]).
     pub tls_client_identity: Option<(PathBuf, PathBuf)>,
+    /// Whether the bus declares its exchanges and queues or only checks that they exist (see
+    /// [`crate::TopologyMode`]; default [`crate::TopologyMode::Declare`]).
+    pub topology: crate::TopologyMode,
 }
 
 impl BusConfig {
@@ -194,6 +197,7 @@ impl BusConfig {
             middleware: Layers::default(),
             tls_ca: None,
             tls_client_identity: None,
+            topology: crate::TopologyMode::Declare,
         }
     }
 
@@ -291,6 +295,13 @@ impl BusConfig {
         self
     }
 
+    /// Declares the exchanges and queues this bus needs ([`crate::TopologyMode::Declare`], the default), or
+    /// only checks that they exist ([`crate::TopologyMode::Verify`], for a user without `configure` permission).
+    pub fn topology(mut self, mode: crate::TopologyMode) -> Self {
+        self.topology = mode;
+        self
+    }
+
     /// The URL with the password replaced by `***`: `scheme://user:***@host:port/vhost`, with the scheme,
     /// user, host and vhost as given (the query left out), and the user, port and vhost used when the URL
     /// leaves them out.
@@ -350,6 +361,7 @@ impl fmt::Debug for BusConfig {
             .field("middleware", &self.middleware)
             .field("tls_ca", &self.tls_ca)
             .field("tls_client_identity", &self.tls_client_identity)
+            .field("topology", &self.topology)
             .finish()
     }
 }

@@ -34,8 +34,9 @@
 //! | `warren_bus_up` | gauge | `service`: 1 when a [watched](PrometheusLayer::watch) bus can publish and consume, else 0 |
 //! | `warren_bus_state` | gauge | `service`, `state`: `connected`, `degraded`, `recovering`, `failed`, `closed`; 1 for the bus's state |
 //! | `warren_queue_depth` | gauge | `queue`: messages ready in each running subscriber's queue of a watched bus |
+//! | `warren_rpc_reply_to_refused` | gauge | `service`: RPC requests a watched bus's servers refused for their `reply_to` (see [`crate::ServerOptions::allow_reply_to`]), since it started |
 //!
-//! The last three are sampled when the endpoint is scraped (or [`PrometheusLayer::sample`] is called), not
+//! The last four are sampled when the endpoint is scraped (or [`PrometheusLayer::sample`] is called), not
 //! counted from the hooks: a queue depth takes a passive declare on RabbitMQ (a channel opened and closed per
 //! queue), so it is read once per scrape, never per message.
 //!
@@ -77,6 +78,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "warren_bus_up",
     "warren_bus_state",
     "warren_queue_depth",
+    "warren_rpc_reply_to_refused",
 ];
 
 /// The upper bounds of the latency histograms' buckets, in seconds: 50 µs doubling 19 times, to about 13 s.

@@ -52,6 +52,7 @@ pub(super) struct Sampled {
     up: Family<ServiceLabel, Gauge>,
     state: Family<ServiceState, Gauge>,
     depth: Family<QueueLabel, Gauge>,
+    refused: Family<ServiceLabel, Gauge>,
 }
 
 impl Sampled {
@@ -70,6 +71,12 @@ impl Sampled {
             "warren_queue_depth",
             "Messages ready in a running subscriber's queue, as the broker reported them at the scrape",
             self.depth.clone(),
+        );
+        registry.register(
+            "warren_rpc_reply_to_refused",
+            "RPC requests the bus's servers refused (unhandled, unanswered) for a reply_to that is neither direct \
+             reply-to nor a server-named queue, since the bus started",
+            self.refused.clone(),
         );
     }
 
@@ -98,11 +105,14 @@ impl Sampled {
             {
                 depths.extend(read.into_iter().filter_map(|(queue, depth)| Some((queue, depth?))));
             }
-            states.push((bus.config().service_name.clone(), health));
+            let refused = bus.inner.metrics.reply_to_refused().load(std::sync::atomic::Ordering::Relaxed);
+            states.push((bus.config().service_name.clone(), health, refused));
         }
         drop(buses);
 
-        for (service, health) in &states {
+        for (service, health, refused) in &states {
+            let refused = i64::try_from(*refused).unwrap_or(i64::MAX);
+            self.refused.get_or_create(&ServiceLabel { service: service.clone() }).set(refused);
             self.up.get_or_create(&ServiceLabel { service: service.clone() }).set(i64::from(health.is_connected()));
             let now = state_word(health);
             for state in STATES {
@@ -114,8 +124,9 @@ impl Sampled {
             let depth = i64::try_from(*depth).unwrap_or(i64::MAX);
             self.depth.get_or_create(&QueueLabel { queue: queue.clone() }).set(depth);
         }
-        for gone in seen.services.iter().filter(|old| !states.iter().any(|(service, _)| service == *old)) {
+        for gone in seen.services.iter().filter(|old| !states.iter().any(|(service, ..)| service == *old)) {
             self.up.remove(&ServiceLabel { service: gone.clone() });
+            self.refused.remove(&ServiceLabel { service: gone.clone() });
             for state in STATES {
                 self.state.remove(&ServiceState { service: gone.clone(), state });
             }
@@ -124,7 +135,7 @@ impl Sampled {
             self.depth.remove(&QueueLabel { queue: gone.clone() });
         }
         *seen = Seen {
-            services: states.into_iter().map(|(service, _)| service).collect(),
+            services: states.into_iter().map(|(service, ..)| service).collect(),
             queues: depths.into_iter().map(|(queue, _)| queue).collect(),
         };
     }

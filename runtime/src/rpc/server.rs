@@ -18,8 +18,8 @@ use crate::headers::{Headers, MessageProperties};
 use crate::middleware::{self, Layers, Middleware};
 use crate::status::{Code, Status};
 use crate::trace::{self, TraceContext};
-use crate::transport::QueueSettings;
 use crate::transport::{Delivery, Publish, Settle};
+use crate::transport::{Need, QueueSettings};
 
 /// What a server handler knows about a request beyond its payload: who called, the caller's deadline and
 /// headers, and a place for headers to send back with the reply. Cheap to clone: it shares the request.
@@ -153,11 +153,14 @@ pub struct ServerOptions {
     pub concurrency: u16,
     /// Layers around this server's requests, after the bus's.
     middleware: Layers,
+    /// `reply_to` prefixes accepted besides direct reply-to and server-named queues (see
+    /// [`ServerOptions::allow_reply_to`]).
+    reply_to: Vec<String>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { concurrency: DEFAULT_SERVER_CONCURRENCY, middleware: Layers::default() }
+        ServerOptions { concurrency: DEFAULT_SERVER_CONCURRENCY, middleware: Layers::default(), reply_to: Vec::new() }
     }
 }
 
@@ -180,6 +183,50 @@ impl ServerOptions {
         self.middleware = self.middleware.with(Arc::new(layer));
         self
     }
+
+    /// Also replies to requests whose `reply_to` starts with `prefix`.
+    ///
+    /// A server publishes its reply to the request's `reply_to` through the default exchange, that is into
+    /// the queue of that name: left open, any caller could make the server write into any queue its user may
+    /// write to (another service's work queue, say). So by default a server replies only to RabbitMQ's direct
+    /// reply-to addresses (`amq.rabbitmq.reply-to…`, what Warren's clients use) and to server-named queues
+    /// (`amq.gen-…`, a client's exclusive reply queue). A request with any other `reply_to` is not handled
+    /// and gets no reply: it is acknowledged, logged as a warning, and counted in
+    /// [`crate::MetricsSnapshot::rpc_reply_to_refused`]. Callers of other clients that reply to queues of their
+    /// own naming are let in with their prefix (e.g. `"legacy-client.replies."`); an empty prefix lets in any
+    /// `reply_to`, as before this rule.
+    ///
+    /// ```
+    /// let options = warren::ServerOptions::new().allow_reply_to("legacy-client.replies.");
+    /// # let _ = options;
+    /// ```
+    pub fn allow_reply_to(mut self, prefix: impl Into<String>) -> Self {
+        self.reply_to.push(prefix.into());
+        self
+    }
+}
+
+/// The `reply_to` prefixes a server always replies to: RabbitMQ's direct reply-to pseudo-queue (and the
+/// addresses it hands out, `amq.rabbitmq.reply-to.<token>`), and server-named queues (`amq.gen-…`), which only
+/// the connection that declared them may consume.
+pub const REPLY_TO_PREFIXES: [&str; 2] = ["amq.rabbitmq.reply-to", "amq.gen-"];
+
+/// Whether a server replies to `reply_to`: one of [`REPLY_TO_PREFIXES`], or one of the `allowed` prefixes.
+fn reply_to_allowed(reply_to: &str, allowed: &[String]) -> bool {
+    REPLY_TO_PREFIXES.iter().any(|prefix| reply_to.starts_with(prefix))
+        || allowed.iter().any(|prefix| reply_to.starts_with(prefix.as_str()))
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary), for logging a value a caller chose.
+fn bounded(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Serves `service` on its queue with `handler`, answering up to [`DEFAULT_SERVER_CONCURRENCY`] requests at
@@ -214,7 +261,17 @@ where
     let handler: Arc<Handler> = Arc::new(handler);
     let timeout = bus.config().operation_timeout;
     let setup: Setup = Arc::new(move |bus: Bus| {
-        Box::pin(async move { bus.inner.transport.declare_queue(service.queue, &QueueSettings::plain(false)).await })
+        Box::pin(async move {
+            let config = bus.config();
+            let durable = QueueSettings::plain(false);
+            let mut needs = vec![Need::Queue(service.queue, &durable)];
+            // Verifying, a missing registry is reported with the service's queue, not only logged by the
+            // announcements (declaring, they declare it).
+            if config.topology == crate::TopologyMode::Verify && !config.registry_heartbeat.is_zero() {
+                needs.push(Need::Queue(crate::REGISTRY_QUEUE, &durable));
+            }
+            bus.inner.transport.ensure(config, &needs).await
+        })
     });
     let (stop, signal) = Stop::new();
     let mut feed = Feed::open(bus, service.queue, concurrency, service.name, setup, signal.clone()).await?;
@@ -222,6 +279,8 @@ where
     let transport = bus.inner.transport.clone();
     let limit = Arc::new(Semaphore::new(usize::from(concurrency)));
     let app_id: Arc<str> = bus.config().service_name.as_str().into();
+    let reply_to: Arc<[String]> = options.reply_to.into();
+    let refused = bus.inner.metrics.reply_to_refused();
     let task = bus.inner.running.run(&stop, move |done| {
         tokio::spawn(async move {
             // The requests being answered, each in a task of its own: dropped with this task, so that a stop whose
@@ -238,6 +297,8 @@ where
                     app_id: app_id.clone(),
                     timeout,
                     layers: layers.clone(),
+                    reply_to: Arc::clone(&reply_to),
+                    refused: Arc::clone(&refused),
                 };
                 let answer = answer(delivery, server, permit);
                 answering.spawn(answer);
@@ -270,13 +331,33 @@ struct Answering {
     timeout: Duration,
     /// The bus's layers, then the server's.
     layers: Layers,
+    /// `reply_to` prefixes allowed besides [`REPLY_TO_PREFIXES`].
+    reply_to: Arc<[String]>,
+    /// Counts requests refused for their `reply_to`.
+    refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Answers one request: runs the handler (unless a layer refuses the request), replies to the caller (if it
 /// asked for a reply), acknowledges. A request whose caller's deadline has passed is answered
 /// `DEADLINE_EXCEEDED` without running the handler.
 async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::OwnedSemaphorePermit) {
-    let Answering { handler, transport, app_id, timeout, layers } = server;
+    let Answering { handler, transport, app_id, timeout, layers, reply_to, refused } = server;
+    if let Some(to) = delivery.properties.reply_to()
+        && !reply_to_allowed(to, &reply_to)
+    {
+        // Not handled either: the request is suspect, and its caller cannot learn the result anyway.
+        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            reply_to = bounded(to, 64),
+            method = bounded(delivery.properties.kind().unwrap_or_default(), 128),
+            caller = bounded(delivery.properties.app_id().unwrap_or_default(), 64),
+            "refusing an RPC request whose reply_to is neither direct reply-to nor a server-named queue \
+             (ServerOptions::allow_reply_to lets more in); not handled, no reply sent"
+        );
+        delivery.settle(Settle::Ack).await;
+        drop(permit);
+        return;
+    }
     // The handler takes the request's body: moved out, unless the message is shared (never over AMQP).
     let body = match Arc::get_mut(&mut delivery.message) {
         Some(message) => std::mem::take(&mut message.body),

@@ -17,8 +17,8 @@ use crate::feed::{Feed, Handlers, Setup, Stop};
 use crate::metrics::{Fate, LastType, SubscriberStats};
 use crate::middleware::Layers;
 use crate::topic;
-use crate::transport::QueueSettings;
 use crate::transport::{Acker, Delivery, Message, Settle};
+use crate::transport::{Need, QueueSettings};
 
 mod context;
 mod policy;
@@ -262,19 +262,38 @@ impl<T: Inbound> Subscriber<T> {
                 )
                 .with_limit(T::queue_limit()),
             };
+            let retry = self.retry;
             Arc::new(move |bus: Bus| {
                 let (queue, bindings, options) = (queue.clone(), bindings.clone(), options.clone());
                 Box::pin(async move {
-                    let transport = &bus.inner.transport;
+                    let config = bus.config();
+                    let dlq = (dead_letter_queue(&queue), QueueSettings::plain(temporary));
+                    // Verifying, the retry policy's delay queues are checked now, not when a message first
+                    // needs one (declaring, they are declared then).
+                    let delays: Vec<(String, QueueSettings)> = match config.topology {
+                        crate::TopologyMode::Verify => retry
+                            .delays_ms()
+                            .into_iter()
+                            .map(|ms| {
+                                let name = warren_topology::retry_queue(&queue, ms);
+                                (name, QueueSettings::retry_delay(&queue, ms, temporary))
+                            })
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    let mut needs = Vec::new();
                     if work_queue.is_none() {
-                        transport.declare_exchange(exchange).await?;
+                        needs.push(Need::Exchange(exchange));
                     }
-                    transport.declare_queue(&dead_letter_queue(&queue), &QueueSettings::plain(temporary)).await?;
-                    transport.declare_queue(&queue, &options).await?;
-                    for key in &bindings {
-                        transport.bind(&queue, exchange.name, key).await?;
-                    }
-                    Ok(())
+                    needs.push(Need::Queue(&dlq.0, &dlq.1));
+                    needs.push(Need::Queue(&queue, &options));
+                    needs.extend(delays.iter().map(|(name, settings)| Need::Queue(name, settings)));
+                    needs.extend(bindings.iter().map(|key| Need::Binding {
+                        queue: &queue,
+                        exchange: exchange.name,
+                        key,
+                    }));
+                    bus.inner.transport.ensure(config, &needs).await
                 })
             })
         };

@@ -7,6 +7,7 @@
 
 pub(crate) mod amqp;
 mod confirms;
+mod ensure;
 pub(crate) mod memory;
 
 use std::pin::Pin;
@@ -27,6 +28,8 @@ pub(crate) fn consumer_tag(prefix: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     format!("{prefix}.{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
+
+pub(crate) use ensure::Need;
 
 /// A queue's settings, as both transports understand them: Warren's topology rules decide them.
 pub(crate) use warren_topology::QueueSettings;

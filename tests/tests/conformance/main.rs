@@ -15,6 +15,7 @@ mod priority;
 mod registry;
 mod routing;
 mod rpc;
+mod topology;
 mod tracing;
 
 use std::time::Duration;

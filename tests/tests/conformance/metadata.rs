@@ -100,10 +100,11 @@ impl IntSummator for Counting {
 async fn a_request_whose_deadline_passed_in_the_queue_is_answered_without_running(h: &Harness) {
     let bus = h.bus("late-requests").await;
     let counting = Counting::default();
-    let serving = IntSummatorServer::new(counting.clone()).serve(&bus).await.unwrap();
-    // A queue to receive the reply in: a subscriber's dead-letter queue, which nothing consumes.
+    // A queue to receive the reply in: a subscriber's dead-letter queue, which nothing consumes. Not a reply
+    // address, so the server must be told to reply there.
     let (subscription, _rx) = collect(UserRegistered::subscribe(&bus, &unique("late"))).await;
     let replies = format!("{}.dlq", subscription.queue());
+    let serving = IntSummatorServer::new(counting.clone()).allow_reply_to(replies.as_str()).serve(&bus).await.unwrap();
     let past = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 - 5_000;
     let body = prost::Message::encode_to_vec(&IntSumRequest { a: 1, b: 2 });
     let request = MessageProperties::default()

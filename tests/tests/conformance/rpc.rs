@@ -106,4 +106,45 @@ async fn a_panicking_handler_is_answered_internal_and_the_server_goes_on(h: &Har
     serving.stop().await;
 }
 
-warren_tests::on_both_transports!(int_summator_over_the_bus);
+/// A server replies through the default exchange to the request's `reply_to`: a caller naming another
+/// service's queue there would make the server write into it. It replies only to direct reply-to addresses and
+/// server-named queues; a request with any other `reply_to` goes unanswered and is counted.
+async fn a_request_whose_reply_to_names_another_queue_gets_no_reply(h: &Harness) {
+    use prost::Message as _;
+    let server_bus = h.bus("int-summator").await;
+    let serving = IntSummatorServer::new(Summator).serve(&server_bus).await.unwrap();
+    // Another service's work queue, holding one message of its own.
+    let caller = h.bus("mallory").await;
+    let victim = warren_tests::unique("victim");
+    let own = warren::Encoded::new("at.v1.IntSumRequest", warren::WireFormat::Protobuf, vec![]);
+    caller.enqueue_encoded(&victim, warren::QueueSettings::plain(false), &own, Default::default()).await.unwrap();
+    assert_eq!(caller.queue_stats(&victim).await.unwrap().messages, 1);
+
+    let request = IntSumRequest { a: 1, b: 2 }.encode_to_vec();
+    let properties = warren::MessageProperties::default()
+        .with_kind("/at.v1.IntSummator/IntSum")
+        .with_content_type("application/x-protobuf")
+        .with_message_id(warren_tests::unique("request"))
+        .with_correlation_id("confused-deputy")
+        .with_reply_to(victim.as_str());
+    caller.publish_bytes("", "at.IntSummator", &request, properties).await.unwrap();
+    within(10, "the request to be refused", async {
+        while server_bus.metrics().await.rpc_reply_to_refused < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    // The server goes on answering ordinary calls (over direct reply-to).
+    let client = IntSummatorClient::new(&h.bus("sum-requester").await);
+    let reply = within(10, "int_sum reply", client.int_sum(IntSumRequest { a: 5, b: 18 })).await.unwrap();
+    assert_eq!(reply.sum, 23);
+    assert_eq!(caller.queue_stats(&victim).await.unwrap().messages, 1, "the server wrote nothing into {victim}");
+    assert_eq!(server_bus.metrics().await.rpc_reply_to_refused, 1);
+    serving.stop().await;
+}
+
+warren_tests::on_both_transports!(
+    int_summator_over_the_bus,
+    a_request_whose_reply_to_names_another_queue_gets_no_reply
+);

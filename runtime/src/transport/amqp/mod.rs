@@ -512,6 +512,24 @@ impl Amqp {
         Ok((u64::from(declared.message_count()), declared.consumer_count()))
     }
 
+    /// Whether exchange `name` exists: a passive declare, which needs no `configure` permission.
+    pub(crate) async fn exchange_exists(&self, name: &str) -> Result<bool> {
+        let passive = ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() };
+        let declared = self
+            .on_fresh_channel("exchange declare (passive)", |channel| async move {
+                // The kind is not compared on a passive declare.
+                let kind = lapin::ExchangeKind::Direct;
+                channel.exchange_declare(ShortString::from(name), kind, passive, FieldTable::default()).await
+            })
+            .await;
+        exists(declared)
+    }
+
+    /// Whether queue `name` exists: a passive declare, which needs no `configure` permission.
+    pub(crate) async fn queue_exists(&self, name: &str) -> Result<bool> {
+        exists(self.queue_stats(name).await.map(drop))
+    }
+
     pub(crate) async fn fetch(&self, queue: &str) -> Result<Option<Delivery>> {
         let got = self
             .on_fresh_channel("basic get", |channel| async move {
@@ -574,6 +592,15 @@ impl Amqp {
 }
 
 /// Opens a channel on `connection`, within `timeout`.
+/// A passive declare's outcome: `NOT_FOUND` means the thing does not exist; other failures are errors.
+fn exists(declared: Result<()>) -> Result<bool> {
+    match declared {
+        Ok(()) => Ok(true),
+        Err(Error::Broker { source, .. }) if source.reply_code() == Some(404) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
 async fn open_channel(connection: &Connection, timeout: Duration) -> Result<Channel> {
     deadline("channel open", timeout, connection.create_channel()).await
 }

@@ -77,6 +77,16 @@ impl Broker {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Whether exchange `name` exists, as a passive declare on RabbitMQ says.
+    pub(crate) fn exchange_exists(&self, name: &str) -> bool {
+        self.lock().exchanges.contains_key(name)
+    }
+
+    /// Whether queue `name` exists, as a passive declare on RabbitMQ says.
+    pub(crate) fn queue_exists(&self, name: &str) -> bool {
+        self.lock().queues.contains_key(name)
+    }
+
     pub(crate) fn declare_exchange(&self, spec: &ExchangeSpec) -> Result<()> {
         let mut state = self.lock();
         match state.exchanges.get(spec.name) {

@@ -1,0 +1,76 @@
+//! `TopologyMode::Verify`: a bus that declares nothing, for users without `configure` permission. It checks that
+//! what it needs exists, and fails where it would have declared it with one error listing everything missing.
+
+use warren::{Error, HandlerError, RetryPolicy, TopologyMode};
+use warren_contracts::at::v1::{IntSumRequest, IntSummatorClient, IntSummatorServer};
+use warren_contracts::gametrade::v1::UserRegistered;
+use warren_tests::{Harness, Summator, within};
+
+fn missing(error: Error) -> Vec<String> {
+    match error {
+        Error::MissingTopology { missing } => missing,
+        other => panic!("expected MissingTopology, got: {other}"),
+    }
+}
+
+async fn a_verifying_bus_declares_nothing_and_lists_what_is_missing(h: &Harness) {
+    let verifying = h.bus_with(h.config("verifier").topology(TopologyMode::Verify)).await;
+    let event = UserRegistered { user_id: 7, username: "ada".into(), ..Default::default() };
+
+    // A subscriber needs its exchange, its queue and dead-letter queue, and its policy's delay queues.
+    let subscriber = UserRegistered::subscribe(&verifying, "audit").retry(RetryPolicy::default());
+    let queue = subscriber.queue_name();
+    let error = subscriber.handle(|_: UserRegistered, _| async { Ok::<_, warren::HandlerError>(()) }).await;
+    let error = error.expect_err("nothing exists yet");
+    let text = error.to_string();
+    let missing_items = missing(error);
+    assert_eq!(missing_items.len(), 5, "exchange, queue, dlq, two delay queues: {text}");
+    for name in ["exchange \"gametrade.events\"", &format!("queue \"{queue}\""), ".dlq\"", ".retry.1000", ".retry.2000"]
+    {
+        assert!(text.contains(name), "names {name}: {text}");
+    }
+    assert!(text.contains("rabbitmqadmin") && text.contains("rabbitmqctl import_definitions"), "{text}");
+
+    // A publish needs its exchange; a server its queue and the registry it announces itself in.
+    assert_eq!(missing(verifying.publish(&event).await.unwrap_err()).len(), 1);
+    let error = IntSummatorServer::new(Summator).serve(&verifying).await.unwrap_err();
+    let text = error.to_string();
+    assert_eq!(missing(error).len(), 2, "{text}");
+    assert!(text.contains("\"at.IntSummator\"") && text.contains("\"warren.registry\""), "{text}");
+
+    // It declared nothing.
+    assert!(verifying.topology().queues.is_empty() && verifying.topology().exchanges.is_empty());
+    let declaring = h.bus("declarer").await;
+    assert!(declaring.queue_stats(&queue).await.is_err(), "the verifying bus declared {queue}");
+
+    // Once they exist (declared here by a bus that may), the verifying bus consumes, publishes and serves.
+    let declarer = UserRegistered::subscribe(&declaring, "audit")
+        .retry(RetryPolicy::never())
+        .handle(|_: UserRegistered, _| async { Ok::<_, HandlerError>(()) })
+        .await
+        .unwrap();
+    declarer.stop().await; // its queue stays, bound
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let subscription = UserRegistered::subscribe(&verifying, "audit")
+        .retry(RetryPolicy::never())
+        .handle(move |event: UserRegistered, _| {
+            let sent = tx.send(event.user_id).map_err(|_| HandlerError::from("the test stopped listening"));
+            async move { sent }
+        })
+        .await
+        .expect("everything the subscriber needs exists");
+    verifying.publish(&event).await.unwrap();
+    assert_eq!(within(10, "the event", rx.recv()).await, Some(7));
+    subscription.stop().await;
+
+    IntSummatorServer::new(Summator).serve(&declaring).await.unwrap().stop().await;
+    declaring.services().await.unwrap(); // declares the registry
+    let serving = IntSummatorServer::new(Summator).serve(&verifying).await.expect("its queue and the registry exist");
+    let client = IntSummatorClient::new(&verifying);
+    let reply = within(10, "a reply", client.int_sum(IntSumRequest { a: 2, b: 3 })).await.unwrap();
+    assert_eq!(reply.sum, 5);
+    serving.stop().await;
+    assert!(verifying.topology().queues.is_empty(), "the verifying bus declared no queue");
+}
+
+warren_tests::on_both_transports!(a_verifying_bus_declares_nothing_and_lists_what_is_missing);
