@@ -31,17 +31,11 @@ use warren_reflect::Catalog;
 #[derive(Debug, Parser)]
 #[command(name = "warren", version, propagate_version = true)]
 struct Cli {
-    /// The broker: amqp://user:password@host:port/vhost (the password is never printed). Default: the local
-    /// broker's default vhost as guest.
-    #[arg(
-        long,
-        global = true,
-        env = "RABBITMQ_URL",
-        default_value = warren::DEFAULT_URL,
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    url: String,
+    /// The broker: amqp://user:password@host:port/vhost, several host:port for a cluster (the password is never
+    /// printed). Default: RABBITMQ_URL, else RABBITMQ_HOST/_PORT/_USER/_PASSWORD/_VHOST, else the local broker's
+    /// default vhost as guest.
+    #[arg(long, global = true, env = "RABBITMQ_URL", hide_env_values = true)]
+    url: Option<String>,
     /// Read the contracts from this proto tree (compiled now) instead of the embedded ones.
     #[arg(long, global = true, value_name = "DIR", conflicts_with = "descriptor_set")]
     proto: Option<PathBuf>,
@@ -201,13 +195,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::List { what } => catalog::list(&catalog, *what, &out),
         Command::Describe { name } => catalog::describe(&catalog, name, &out),
         // Input is checked against the contracts before anything connects.
-        Command::Publish(args) => send::publish(&catalog, &cli.url, args, &out).await,
-        Command::Enqueue(args) => send::enqueue(&catalog, &cli.url, args, &out).await,
-        Command::Call(args) => send::call(&catalog, &cli.url, args, &out).await,
-        Command::Tail(args) => tail::run(&catalog, &cli.url, args, &out).await,
-        Command::Dlq(command) => dlq::run(&catalog, &connect(&cli.url).await?, command, &out).await,
-        Command::Services => services::run(&catalog, &connect(&cli.url).await?, &out).await,
-        Command::Health => health(&cli.url, &out).await,
+        Command::Publish(args) => send::publish(&catalog, cli.url.as_deref(), args, &out).await,
+        Command::Enqueue(args) => send::enqueue(&catalog, cli.url.as_deref(), args, &out).await,
+        Command::Call(args) => send::call(&catalog, cli.url.as_deref(), args, &out).await,
+        Command::Tail(args) => tail::run(&catalog, cli.url.as_deref(), args, &out).await,
+        Command::Dlq(command) => dlq::run(&catalog, &connect(cli.url.as_deref()).await?, command, &out).await,
+        Command::Services => services::run(&catalog, &connect(cli.url.as_deref()).await?, &out).await,
+        Command::Health => health(cli.url.as_deref(), &out).await,
         Command::Completions { .. } => Ok(()),
     }
 }
@@ -221,17 +215,23 @@ fn load_catalog(cli: &Cli) -> Result<Catalog, Failure> {
     loaded.map_err(|error| Failure::new(exit::INVALID, error.to_string()))
 }
 
-/// The bus at `url`, failing within ten seconds when no broker answers.
-pub(crate) async fn connect(url: &str) -> Result<warren::Bus, Failure> {
-    let config = warren::BusConfig::new(url)
-        .map_err(|error| Failure::new(2, error.to_string()))?
-        .service_name("warren-cli")
-        .connect_timeout(Duration::from_secs(10));
+/// The broker configuration: `url`, or the environment's (`RABBITMQ_URL`, `RABBITMQ_HOST`…, `WARREN_*`).
+fn bus_config(url: Option<&str>) -> Result<warren::BusConfig, Failure> {
+    let config = match url {
+        Some(url) => warren::BusConfig::new(url),
+        None => warren::BusConfig::from_env(),
+    };
+    config.map_err(|error| Failure::new(2, error.to_string()))
+}
+
+/// The bus at `url` (or the environment's broker), failing within ten seconds when no broker answers.
+pub(crate) async fn connect(url: Option<&str>) -> Result<warren::Bus, Failure> {
+    let config = bus_config(url)?.service_name("warren-cli").connect_timeout(Duration::from_secs(10));
     warren::Bus::with_config(config).await.map_err(Failure::from)
 }
 
-async fn health(url: &str, out: &output::Output) -> Result<(), Failure> {
-    let config = warren::BusConfig::new(url).map_err(|error| Failure::new(2, error.to_string()))?;
+async fn health(url: Option<&str>, out: &output::Output) -> Result<(), Failure> {
+    let config = bus_config(url)?;
     let shown = config.redacted_url();
     let bus = match warren::Bus::with_config(config.connect_timeout(Duration::from_secs(10))).await {
         Ok(bus) => bus,
@@ -255,23 +255,9 @@ async fn health(url: &str, out: &output::Output) -> Result<(), Failure> {
     if health.is_connected() { Ok(()) } else { Err(Failure::new(exit::UNAVAILABLE, "the bus is not connected")) }
 }
 
-/// `30s`, `500ms`, `2m`, `1h`, or plain seconds.
+/// `30s`, `500ms`, `2m`, `1h`, or plain seconds, as Warren reads durations everywhere.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    if !(0.0..=86_400.0 * 7.0).contains(&seconds) {
-        return Err(format!("{text:?} is out of range (at most 7 days)"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
+    warren::parse_duration(text)
 }
 
 #[cfg(test)]
@@ -285,6 +271,7 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("9999h").is_err());
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
     }
 
     #[test]

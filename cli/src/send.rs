@@ -65,7 +65,12 @@ enum FormatArg {
     Protobuf,
 }
 
-pub(crate) async fn publish(catalog: &Catalog, url: &str, args: &PublishArgs, out: &Output) -> Result<(), Failure> {
+pub(crate) async fn publish(
+    catalog: &Catalog,
+    url: Option<&str>,
+    args: &PublishArgs,
+    out: &Output,
+) -> Result<(), Failure> {
     let event = catalog.event(&args.name)?;
     let message = catalog.parse(&event.full_name, &read_input(&args.input)?, format(args.format))?;
     let options = options(args)?;
@@ -74,7 +79,12 @@ pub(crate) async fn publish(catalog: &Catalog, url: &str, args: &PublishArgs, ou
     report(futures(sends).await, out)
 }
 
-pub(crate) async fn enqueue(catalog: &Catalog, url: &str, args: &PublishArgs, out: &Output) -> Result<(), Failure> {
+pub(crate) async fn enqueue(
+    catalog: &Catalog,
+    url: Option<&str>,
+    args: &PublishArgs,
+    out: &Output,
+) -> Result<(), Failure> {
     let task = catalog.task(&args.name)?;
     let message = catalog.parse(&task.full_name, &read_input(&args.input)?, format(args.format))?;
     let options = options(args)?;
@@ -83,7 +93,7 @@ pub(crate) async fn enqueue(catalog: &Catalog, url: &str, args: &PublishArgs, ou
     report(futures(sends).await, out)
 }
 
-pub(crate) async fn call(catalog: &Catalog, url: &str, args: &CallArgs, out: &Output) -> Result<(), Failure> {
+pub(crate) async fn call(catalog: &Catalog, url: Option<&str>, args: &CallArgs, out: &Output) -> Result<(), Failure> {
     let (service, method) = catalog.method(&args.method)?;
     let request = catalog.parse(&method.input, &read_input(&args.input)?, Format::Json)?;
     let mut options = CallOptions::new();

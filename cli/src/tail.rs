@@ -29,7 +29,7 @@ pub(crate) struct TailArgs {
     raw: bool,
 }
 
-pub(crate) async fn run(catalog: &Catalog, url: &str, args: &TailArgs, out: &Output) -> Result<(), Failure> {
+pub(crate) async fn run(catalog: &Catalog, url: Option<&str>, args: &TailArgs, out: &Output) -> Result<(), Failure> {
     let exchange = catalog.exchange(&args.exchange)?;
     if let Some(problem) = catalog.watch_problem(&exchange.name, &args.pattern) {
         return Err(Failure::new(exit::INVALID, problem));

@@ -10,12 +10,14 @@
 //! cleanly.
 //! Ctrl-C or SIGTERM stops the subscribers and closes the bus at any point of the story.
 //!
-//! Without `RABBITMQ_URL` it runs on the in-memory transport, with nothing installed; with it, the same story
-//! runs over RabbitMQ:
+//! Without `RABBITMQ_URL` (or the FastStream setup's `RABBITMQ_HOST`, `RABBITMQ_PORT`, `RABBITMQ_USER`,
+//! `RABBITMQ_PASSWORD`, `RABBITMQ_VHOST`) it runs on the in-memory transport, with nothing installed; with
+//! them, the same story runs over RabbitMQ:
 //!
 //! ```text
 //! cargo run -p warren-demo
 //! RABBITMQ_URL=amqp://guest:guest@127.0.0.1:5672/%2f cargo run -p warren-demo
+//! RABBITMQ_HOST=127.0.0.1 RABBITMQ_USER=guest RABBITMQ_PASSWORD=guest cargo run -p warren-demo
 //! ```
 //!
 //! With `WARREN_TRACE=1` the bus writes W3C trace context, and each handler's line shows the trace id it
@@ -312,13 +314,11 @@ fn trace_of(ctx: &Context) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // RabbitMQ when RABBITMQ_URL says where; otherwise the in-memory broker, so the demo needs nothing installed.
-    let config = match std::env::var("RABBITMQ_URL") {
-        Ok(url) if !url.trim().is_empty() => BusConfig::new(url.trim())?,
-        _ => BusConfig::in_memory(),
-    }
-    .service_name("warren-demo")
-    .trace_context(tracing_asked());
+    // RabbitMQ when the environment says where (RABBITMQ_URL, or RABBITMQ_HOST and the rest); otherwise the
+    // in-memory broker, so the demo needs nothing installed.
+    let config = if BusConfig::broker_in_env() { BusConfig::from_env()? } else { BusConfig::in_memory() }
+        .service_name("warren-demo")
+        .trace_context(tracing_asked());
     let metrics = warren::prometheus::PrometheusLayer::new();
     let endpoint = match std::env::var("WARREN_METRICS") {
         Ok(addr) if !addr.trim().is_empty() => {

@@ -45,10 +45,17 @@ pub(crate) async fn ready(State(gateway): Shared) -> Response {
     }
 }
 
-/// The bus's health as JSON: `{"state": "recovering", "attempts": 3, "last_error": "…", "since": 1765000000}`.
+/// The bus's health as JSON: `{"state": "recovering", "attempts": 3, "last_error": "…", "since": 1765000000}`;
+/// connected states name the node (`"node": "127.0.0.1:5672"`).
 pub(crate) fn health_json(health: &Health) -> Value {
     match health {
-        Health::Connected => json!({ "state": "connected" }),
+        Health::Connected { node } => json!({ "state": "connected", "node": node }),
+        Health::Blocked { node, reason, since } => json!({
+            "state": "blocked",
+            "node": node,
+            "reason": reason,
+            "since": since.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
+        }),
         Health::Recovering { since, attempts, last_error } => json!({
             "state": "recovering",
             "since": since.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
@@ -56,7 +63,7 @@ pub(crate) fn health_json(health: &Health) -> Value {
             "last_error": last_error,
         }),
         Health::Failed { last_error } => json!({ "state": "failed", "last_error": last_error }),
-        Health::Degraded { failed } => json!({ "state": "degraded", "failed": failed }),
+        Health::Degraded { node, failed } => json!({ "state": "degraded", "node": node, "failed": failed }),
         Health::Closed => json!({ "state": "closed" }),
         other => json!({ "state": format!("{other:?}") }),
     }

@@ -23,9 +23,11 @@ struct Args {
     /// The address to listen on.
     #[arg(long, env = "WARREN_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// The broker: amqp://user:password@host:port/vhost, or memory:// (the password is never printed).
-    #[arg(long, env = "RABBITMQ_URL", default_value = warren::DEFAULT_URL, hide_env_values = true, hide_default_value = true)]
-    url: String,
+    /// The broker: amqp://user:password@host:port/vhost (several host:port for a cluster), or memory:// (the
+    /// password is never printed). Default: RABBITMQ_URL, else RABBITMQ_HOST/_PORT/_USER/_PASSWORD/_VHOST,
+    /// else the local broker's default vhost as guest.
+    #[arg(long, env = "RABBITMQ_URL", hide_env_values = true)]
+    url: Option<String>,
     /// A TOML configuration file (allow-lists, tokens, aliases, WebSocket limits; see docs/gateway.md).
     #[arg(long, env = "WARREN_GATEWAY_CONFIG")]
     config: Option<PathBuf>,
@@ -102,10 +104,13 @@ async fn run(args: Args) -> Result<(), String> {
             args.listen
         ));
     }
-    let bus_config = warren::BusConfig::new(&args.url)
-        .map_err(|e| e.to_string())?
-        .service_name("warren-gateway")
-        .connect_timeout(Duration::from_secs(30));
+    let bus_config = match &args.url {
+        Some(url) => warren::BusConfig::new(url),
+        None => warren::BusConfig::from_env(),
+    }
+    .map_err(|e| e.to_string())?
+    .service_name("warren-gateway")
+    .connect_timeout(Duration::from_secs(30));
     #[cfg(feature = "prometheus")]
     let (bus_config, config) = {
         let layer = warren::prometheus::PrometheusLayer::new();

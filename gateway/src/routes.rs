@@ -123,7 +123,8 @@ impl Gateway {
 
 fn state(health: &warren::Health) -> &'static str {
     match health {
-        warren::Health::Connected => "connected",
+        warren::Health::Connected { .. } => "connected",
+        warren::Health::Blocked { .. } => "blocked",
         warren::Health::Recovering { .. } => "recovering",
         warren::Health::Failed { .. } => "failed",
         warren::Health::Degraded { .. } => "degraded",

@@ -61,6 +61,17 @@ pub enum Error {
         /// The exchange.
         exchange: String,
     },
+    /// The broker blocked publishing (`connection.blocked`: it is short of memory or disk) and did not unblock
+    /// within the publish deadline; the message was not confirmed. See [`crate::Health::Blocked`].
+    #[error(
+        "RabbitMQ blocked publishing ({reason}) and did not unblock it within {after:?}; the message was not confirmed. The broker has a memory or disk alarm: free memory or disk on it (`rabbitmq-diagnostics check_alarms` shows which), or raise BusConfig::publish_timeout to wait longer"
+    )]
+    Blocked {
+        /// The broker's reason, e.g. `low on memory`.
+        reason: String,
+        /// The publish deadline that passed.
+        after: Duration,
+    },
     /// The broker refused responsibility for the message (a negative publisher confirm).
     #[error("the broker nacked the message to exchange \"{exchange}\" with routing key \"{routing_key}\"")]
     Nacked {
@@ -150,7 +161,7 @@ impl Error {
 
     /// Whether trying again later may succeed (timeouts, lost connections), as opposed to a bad request.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Timeout { .. } | Error::Broker { .. } | Error::Connect { .. })
+        matches!(self, Error::Timeout { .. } | Error::Broker { .. } | Error::Connect { .. } | Error::Blocked { .. })
     }
 }
 

@@ -7,7 +7,10 @@ use std::time::SystemTime;
 #[non_exhaustive]
 pub enum Health {
     /// Connected; publishing and consuming work.
-    Connected,
+    Connected {
+        /// The node the bus is connected to: its `host:port` as configured (`memory` in memory).
+        node: String,
+    },
     /// The connection was lost and the bus is reconnecting. Publishes wait (within their deadline) and are
     /// sent once it is back; subscribers resume by themselves.
     Recovering {
@@ -29,17 +32,39 @@ pub enum Health {
     /// recovered and works; this names what did not, with the broker's reply, until the next reconnection
     /// declares everything again.
     Degraded {
+        /// The node the bus is connected to (`host:port`).
+        node: String,
         /// Each declaration that failed: what it was and why.
         failed: Vec<String>,
+    },
+    /// Connected, but the broker has blocked this bus's publishing connection (`connection.blocked`): it is
+    /// short of memory or disk (a resource alarm). Publishes wait for it to unblock and fail with
+    /// [`crate::Error::Blocked`] once [`crate::BusConfig::publish_timeout`] passes; subscribers keep receiving
+    /// and acknowledging, on their own connection. Ends by itself when the broker unblocks the connection.
+    Blocked {
+        /// The node the bus is connected to (`host:port`).
+        node: String,
+        /// The broker's reason, e.g. `low on memory`.
+        reason: String,
+        /// When the broker blocked the connection.
+        since: SystemTime,
     },
     /// The bus was shut down or closed.
     Closed,
 }
 
 impl Health {
-    /// Whether the bus can publish and consume right now.
+    /// Whether the bus can publish and consume right now (not while [`Health::Blocked`]: it cannot publish).
     pub fn is_connected(&self) -> bool {
-        matches!(self, Health::Connected | Health::Degraded { .. })
+        matches!(self, Health::Connected { .. } | Health::Degraded { .. })
+    }
+
+    /// The node the bus is connected to (`host:port`; `memory` in memory), when it is connected.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Health::Connected { node } | Health::Degraded { node, .. } | Health::Blocked { node, .. } => Some(node),
+            Health::Recovering { .. } | Health::Failed { .. } | Health::Closed => None,
+        }
     }
 }
 
@@ -59,8 +84,9 @@ pub struct BrokerInfo {
 
 impl crate::Bus {
     /// What the broker says about itself when a connection opens. Over AMQP this opens a TCP connection of its
-    /// own to read the broker's `connection.start` (no login) and closes it, within the operation timeout; not
-    /// yet over TLS (`amqps://`). In memory: Warren's in-memory broker and this crate's version.
+    /// own, to the node the bus is on, to read the broker's `connection.start` (no login) and closes it, within
+    /// the operation timeout; not yet over TLS (`amqps://`). In memory: Warren's in-memory broker and this
+    /// crate's version.
     pub async fn broker(&self) -> crate::Result<BrokerInfo> {
         let config = self.config();
         let uri = match &config.endpoint {
@@ -72,9 +98,14 @@ impl crate::Bus {
                     platform: "this process".into(),
                 });
             }
-            crate::config::Endpoint::Amqp(uri) => uri,
+            crate::config::Endpoint::Amqp { uri, .. } => uri,
         };
-        let properties = crate::transport::amqp::probe::server_properties(uri, config.operation_timeout).await?;
+        let mut uri = uri.clone();
+        if let Some(node) = self.node_address() {
+            uri.authority.host = node.host;
+            uri.authority.port = node.port;
+        }
+        let properties = crate::transport::amqp::probe::server_properties(&uri, config.operation_timeout).await?;
         let get = |key: &str| properties.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default();
         Ok(BrokerInfo {
             product: get("product"),

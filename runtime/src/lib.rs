@@ -92,7 +92,7 @@ mod transport;
 
 pub use bus::{Bus, Encoded, PublishOptions, RawMessage};
 pub use codec::{CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF, Payload, Schema, Violation, Violations, WireFormat};
-pub use config::{BusConfig, DEFAULT_URL};
+pub use config::{BusConfig, DEFAULT_URL, parse_duration};
 pub use contract::{DecodeError, Event, Inbound, Priority, Task};
 pub use error::{BrokerError, Error, Result};
 pub use headers::{HeaderValue, Headers, MAX_HEADER_NAME_LEN, MessageProperties};

@@ -249,6 +249,7 @@ impl From<crate::Error> for Status {
         let code = match &error {
             crate::Error::Closed => Code::Cancelled,
             crate::Error::Timeout { .. } => Code::DeadlineExceeded,
+            crate::Error::Blocked { .. } => Code::ResourceExhausted,
             crate::Error::Config { .. } => Code::InvalidArgument,
             _ => Code::Unavailable,
         };

@@ -136,7 +136,7 @@ impl Bus {
             )));
         }
         let transport = match &config.endpoint {
-            Endpoint::Amqp(_) => Transport::Amqp(Amqp::connect(&config).await?),
+            Endpoint::Amqp { .. } => Transport::Amqp(Amqp::connect(&config).await?),
             Endpoint::Memory(Some(name)) => Transport::Memory(Broker::named(name)),
             Endpoint::Memory(None) => Transport::Memory(Broker::default()),
         };
@@ -376,11 +376,19 @@ impl Bus {
         self.inner.transport.topology()
     }
 
-    /// How the connection to the broker is doing: connected, recovering (since when, how many attempts),
-    /// failed, or closed.
+    /// How the connection to the broker is doing: connected (to which node), blocked by a resource alarm,
+    /// recovering (since when, how many attempts), failed, or closed.
     pub fn health(&self) -> crate::Health {
         // Closed is this bus's own state: an in-memory broker outlives the buses that use it.
         if self.is_closed() { crate::Health::Closed } else { self.inner.transport.health() }
+    }
+
+    /// The address of the RabbitMQ node the bus is connected to (or was, last); `None` in memory.
+    pub(crate) fn node_address(&self) -> Option<crate::config::Address> {
+        match &self.inner.transport {
+            crate::transport::Transport::Amqp(amqp) => amqp.node_address(),
+            crate::transport::Transport::Memory(_) => None,
+        }
     }
 }
 

@@ -263,6 +263,7 @@ fn publish_outcome(result: Result<(), &Error>) -> &'static str {
         Err(Error::Unroutable { .. }) => "unroutable",
         Err(Error::Nacked { .. }) => "nacked",
         Err(Error::Timeout { .. }) => "timed_out",
+        Err(Error::Blocked { .. }) => "blocked",
         Err(Error::Refused { .. }) => "refused",
         Err(_) => "other",
     }

@@ -133,7 +133,8 @@ impl Sampled {
 /// The `state` label of a bus's health.
 fn state_word(health: &Health) -> &'static str {
     match health {
-        Health::Connected => "connected",
+        Health::Connected { .. } => "connected",
+        Health::Blocked { .. } => "blocked",
         Health::Degraded { .. } => "degraded",
         Health::Recovering { .. } => "recovering",
         Health::Failed { .. } => "failed",

@@ -388,7 +388,7 @@ impl Transport {
     pub(crate) fn health(&self) -> crate::Health {
         match self {
             Transport::Amqp(amqp) => amqp.health(),
-            Transport::Memory(_) => crate::Health::Connected,
+            Transport::Memory(_) => crate::Health::Connected { node: "memory".to_owned() },
         }
     }
 }

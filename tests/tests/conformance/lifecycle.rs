@@ -163,12 +163,12 @@ async fn close_stops_subscribers_at_once(h: &Harness) {
     let queue = subscription.queue().to_owned();
     bus.publish(&UserRegistered { user_id: 1, ..Default::default() }).await.unwrap();
     assert_eq!(within(10, "the first event", rx.recv()).await, Some(1));
-    assert_eq!(bus.health(), Health::Connected);
+    assert!(matches!(bus.health(), Health::Connected { .. }), "{:?}", bus.health());
 
     within(10, "close", bus.close()).await.unwrap();
     assert_eq!(bus.health(), Health::Closed, "closed, on either transport");
     let other = h.bus("close-publisher").await;
-    assert_eq!(other.health(), Health::Connected, "the broker is still there for other buses");
+    assert!(matches!(other.health(), Health::Connected { .. }), "the broker is still there for other buses");
     other.publish(&UserRegistered { user_id: 2, ..Default::default() }).await.unwrap();
     // The handler (with the sender it holds) is dropped once the subscriber has ended.
     assert_eq!(within(5, "the subscriber to end", rx.recv()).await, None, "the closed bus handled nothing more");

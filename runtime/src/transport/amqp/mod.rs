@@ -17,7 +17,7 @@
 //! `properties.rs` (lapin's property and header types to and from Warren's).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, RwLock as StdRwLock, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
@@ -128,6 +128,13 @@ pub(crate) struct Amqp {
     closing: AtomicBool,
     /// Times the supervisor reconnected (for tests and metrics).
     recoveries: AtomicU64,
+    /// The node the link is on: an index into the configured addresses.
+    node: AtomicUsize,
+    /// Whether the broker blocks publishing (`connection.blocked`), read on every publish; why and since when,
+    /// for health; and a watch that publishes waiting for it to end wait on.
+    blocked: AtomicBool,
+    blocked_by: StdMutex<Option<(String, SystemTime)>>,
+    unblocked: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Amqp {
@@ -143,18 +150,28 @@ impl Amqp {
     /// Connects (retrying with backoff until the connect deadline) and starts the supervisor.
     pub(crate) async fn connect(config: &BusConfig) -> Result<Arc<Amqp>> {
         let started = Instant::now();
-        let (publish, consume) = connect_pair(config, config.connect_timeout, started).await?;
+        let Endpoint::Amqp { addresses, .. } = &config.endpoint else {
+            return Err(Error::config("the AMQP transport needs an amqp:// URL"));
+        };
+        // The first time, in the order given: the first node that answers.
+        let order: Vec<usize> = (0..addresses.len()).collect();
+        let (publish, consume, node) = connect_pair(config, config.connect_timeout, started, &order).await?;
         let link = Link { generation: 1, publish: Arc::new(publish), consume: Arc::new(consume) };
+        let node_name = addresses[node].to_string();
         let amqp = Arc::new(Amqp {
             config: config.clone(),
             link: watch::Sender::new(Some(link.clone())),
-            health: StdMutex::new(Health::Connected),
+            health: StdMutex::new(Health::Connected { node: node_name }),
             publishers: [StdRwLock::new(None), StdRwLock::new(None)],
             opening: Mutex::new(()),
             topology: StdMutex::default(),
             window: Semaphore::new(PUBLISH_WINDOW),
             closing: AtomicBool::new(false),
             recoveries: AtomicU64::new(0),
+            node: AtomicUsize::new(node),
+            blocked: AtomicBool::new(false),
+            blocked_by: StdMutex::new(None),
+            unblocked: watch::Sender::new(true),
         });
         tokio::spawn(supervise(Arc::downgrade(&amqp), amqp.link.subscribe(), link));
         Ok(amqp)
@@ -199,7 +216,61 @@ impl Amqp {
     }
 
     pub(crate) fn health(&self) -> Health {
-        self.health.lock().expect("health").clone()
+        let health = self.health.lock().expect("health").clone();
+        match (health, self.blocked_by.lock().expect("blocked").clone()) {
+            (Health::Connected { node } | Health::Degraded { node, .. }, Some((reason, since))) => {
+                Health::Blocked { node, reason, since }
+            }
+            (health, _) => health,
+        }
+    }
+
+    /// How many nodes the bus may connect to.
+    pub(super) fn nodes(&self) -> usize {
+        match &self.config.endpoint {
+            Endpoint::Amqp { addresses, .. } => addresses.len(),
+            Endpoint::Memory(_) => 0,
+        }
+    }
+
+    /// The address of the node the link is on (or was on last).
+    pub(crate) fn node_address(&self) -> Option<crate::config::Address> {
+        match &self.config.endpoint {
+            Endpoint::Amqp { addresses, .. } => addresses.get(self.node.load(Ordering::Relaxed)).cloned(),
+            Endpoint::Memory(_) => None,
+        }
+    }
+
+    /// The node the link is on, as `host:port`.
+    pub(super) fn node_name(&self) -> String {
+        self.node_address().map(|address| address.to_string()).unwrap_or_default()
+    }
+
+    /// Records that the broker blocked publishing (`Some(reason)`) or unblocked it.
+    pub(super) fn set_blocked(&self, reason: Option<String>) {
+        let blocked = reason.is_some();
+        *self.blocked_by.lock().expect("blocked") = reason.map(|reason| (reason, SystemTime::now()));
+        self.blocked.store(blocked, Ordering::Relaxed);
+        self.unblocked.send_replace(!blocked);
+    }
+
+    /// Waits while the broker blocks publishing, until `by`; [`Error::Blocked`] if it still does then.
+    async fn while_blocked(&self, by: Instant) -> Result<()> {
+        let mut unblocked = self.unblocked.subscribe();
+        let wait = unblocked.wait_for(|unblocked| *unblocked);
+        match tokio::time::timeout(by.saturating_duration_since(Instant::now()), wait).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(self.blocked_error()),
+        }
+    }
+
+    /// The error of a publish that ran out of time while the broker blocked publishing.
+    fn blocked_error(&self) -> Error {
+        let reason = self.blocked_by.lock().expect("blocked").as_ref().map(|(reason, _)| reason.clone());
+        Error::Blocked {
+            reason: reason.unwrap_or_else(|| "a resource alarm".to_owned()),
+            after: self.config.publish_timeout,
+        }
     }
 
     /// The current link, waiting (until `by`) while the supervisor recovers.
@@ -329,6 +400,10 @@ impl Amqp {
                         .map_err(|_| Error::Closed)?
                 }
             };
+            // While the broker blocks publishing, nothing is sent: it would only pile up unread.
+            if self.blocked.load(Ordering::Relaxed) {
+                Box::pin(self.while_blocked(by)).await?;
+            }
             // Shared with each attempt's send, which may outlive this function (see `confirms`).
             let body = Arc::new(body);
             let mut attempt = 0u32;
@@ -349,6 +424,12 @@ impl Amqp {
                 };
                 match classify(&error, publish.exchange) {
                     Failure::Final(error) => return Err(error),
+                    Failure::Transient if self.blocked.load(Ordering::Relaxed) => {
+                        // Sent before the block, or while it began: sent again once it ends (the same
+                        // message id), or failed as blocked when the deadline comes first.
+                        Box::pin(self.while_blocked(by)).await?;
+                        attempt += 1;
+                    }
                     Failure::Transient if Instant::now() < by && !self.closing.load(Ordering::Relaxed) => {
                         attempt += 1;
                         tracing::debug!(%error, attempt, "publish not confirmed; sending it again");

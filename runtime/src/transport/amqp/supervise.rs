@@ -9,7 +9,7 @@ use super::*;
 /// a receiver of the transport's link, which fails when the transport is dropped.
 pub(super) async fn supervise(amqp: Weak<Amqp>, mut owner: watch::Receiver<Option<Link>>, mut link: Link) {
     loop {
-        let failure = match wait_for_failure(&link, &mut owner).await {
+        let failure = match wait_for_failure(&amqp, &link, &mut owner).await {
             Some(failure) => failure,
             None => {
                 drop(owner); // it holds the last link too
@@ -31,6 +31,8 @@ pub(super) async fn supervise(amqp: Weak<Amqp>, mut owner: watch::Receiver<Optio
         let started = Instant::now();
         let mut attempts = 0u32;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let lost = this.node.load(Ordering::Relaxed);
+        this.set_blocked(None); // a new connection starts unblocked
         *this.health.lock().expect("health") =
             Health::Recovering { since, attempts, last_error: this.config.redact(&failure) };
         for connection in [&link.publish, &link.consume] {
@@ -46,22 +48,25 @@ pub(super) async fn supervise(amqp: Weak<Amqp>, mut owner: watch::Receiver<Optio
                 return;
             }
             attempts += 1;
-            let result = match connect_pair(&this.config, this.config.connect_timeout, Instant::now()).await {
-                Ok((publish, consume)) => match replay(&this, &publish).await {
-                    Ok(failed) => Ok((publish, consume, failed)),
+            let order = recovery_order(this.nodes(), lost);
+            let result = match connect_pair(&this.config, this.config.connect_timeout, Instant::now(), &order).await {
+                Ok((publish, consume, node)) => match replay(&this, &publish).await {
+                    Ok(failed) => Ok((publish, consume, node, failed)),
                     Err(error) => Err(error.to_string()),
                 },
                 Err(error) => Err(error.to_string()),
             };
             match result {
-                Ok((publish, consume, failed)) => {
+                Ok((publish, consume, node, failed)) => {
                     let generation = link.generation + 1;
                     let new = Link { generation, publish: Arc::new(publish), consume: Arc::new(consume) };
                     this.recoveries.fetch_add(1, Ordering::Relaxed);
+                    this.node.store(node, Ordering::Relaxed);
+                    let node = this.node_name();
+                    tracing::info!(attempts, after = ?started.elapsed(), %node, "reconnected to RabbitMQ");
                     *this.health.lock().expect("health") =
-                        if failed.is_empty() { Health::Connected } else { Health::Degraded { failed } };
+                        if failed.is_empty() { Health::Connected { node } } else { Health::Degraded { node, failed } };
                     this.link.send_replace(Some(new.clone()));
-                    tracing::info!(attempts, after = ?started.elapsed(), "reconnected to RabbitMQ");
                     break new;
                 }
                 Err(error) => {
@@ -81,8 +86,13 @@ pub(super) async fn supervise(amqp: Weak<Amqp>, mut owner: watch::Receiver<Optio
 }
 
 /// Resolves with a description once either connection of `link` fails, or with `None` once the transport that
-/// `owner` receives from is dropped.
-pub(super) async fn wait_for_failure(link: &Link, owner: &mut watch::Receiver<Option<Link>>) -> Option<String> {
+/// `owner` receives from is dropped. Meanwhile keeps the transport's `blocked` state as the broker sets it
+/// (`connection.blocked` / `connection.unblocked` on the publishing connection).
+pub(super) async fn wait_for_failure(
+    amqp: &Weak<Amqp>,
+    link: &Link,
+    owner: &mut watch::Receiver<Option<Link>>,
+) -> Option<String> {
     let mut publish_events = link.publish.events_listener();
     let mut consume_events = link.consume.events_listener();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -95,12 +105,23 @@ pub(super) async fn wait_for_failure(link: &Link, owner: &mut watch::Receiver<Op
                     return None;
                 }
             }
-            // A soft error (e.g. 404 on a publish) closes only its channel: not a reason to reconnect.
-            Some(event) = publish_events.next() => {
-                if let lapin::Event::Error(error) = event && !error.is_amqp_soft_error() {
+            Some(event) = publish_events.next() => match event {
+                // A soft error (e.g. 404 on a publish) closes only its channel: not a reason to reconnect.
+                lapin::Event::Error(error) if !error.is_amqp_soft_error() => {
                     return Some(format!("publishing connection: {error}"));
                 }
-            }
+                lapin::Event::ConnectionBlocked(reason) => {
+                    let this = amqp.upgrade()?;
+                    tracing::warn!(%reason, node = %this.node_name(), "RabbitMQ blocked publishing (a resource alarm); publishes wait");
+                    this.set_blocked(Some(reason));
+                }
+                lapin::Event::ConnectionUnblocked => {
+                    let this = amqp.upgrade()?;
+                    tracing::info!(node = %this.node_name(), "RabbitMQ unblocked publishing");
+                    this.set_blocked(None);
+                }
+                _ => {}
+            },
             Some(event) = consume_events.next() => {
                 if let lapin::Event::Error(error) = event && !error.is_amqp_soft_error() {
                     return Some(format!("consuming connection: {error}"));
@@ -199,39 +220,85 @@ pub(super) async fn bind_on(
 }
 
 /// Connects the publishing and the consuming connection, retrying with backoff until `within` has passed
-/// since `started`; the error says what was tried.
+/// since `started`; the error says what was tried. The nodes are tried in `order` (indexes into the
+/// configured addresses), and the consuming connection goes to the node the publishing one reached, so that
+/// both ride the same node. Returns the node's index with them.
 pub(super) async fn connect_pair(
     config: &BusConfig,
     within: Duration,
     started: Instant,
-) -> Result<(Connection, Connection)> {
-    let publish = connect(config, "publish", within, started).await?;
-    let consume = connect(config, "consume", within, started).await?;
-    Ok((publish, consume))
+    order: &[usize],
+) -> Result<(Connection, Connection, usize)> {
+    let (publish, node) = connect(config, "publish", within, started, order).await?;
+    let same_first: Vec<usize> = std::iter::once(node).chain(order.iter().copied().filter(|i| *i != node)).collect();
+    let (consume, _) = connect(config, "consume", within, started, &same_first).await?;
+    Ok((publish, consume, node))
 }
 
-pub(super) async fn connect(config: &BusConfig, role: &str, within: Duration, started: Instant) -> Result<Connection> {
-    let Endpoint::Amqp(uri) = &config.endpoint else {
+/// The order to try the nodes in after losing `lost`: shuffled, `lost` last (it is the likeliest to be down),
+/// as RabbitMQ's Java and .NET clients do.
+pub(super) fn recovery_order(nodes: usize, lost: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..nodes).filter(|i| *i != lost).collect();
+    fastrand::shuffle(&mut order);
+    order.push(lost);
+    order
+}
+
+/// One connection, to the first node of `order` that answers, in rounds with backoff until `within` has
+/// passed since `started`; with the index of the node it reached.
+pub(super) async fn connect(
+    config: &BusConfig,
+    role: &str,
+    within: Duration,
+    started: Instant,
+    order: &[usize],
+) -> Result<(Connection, usize)> {
+    let Endpoint::Amqp { uri, addresses } = &config.endpoint else {
         return Err(Error::config("the AMQP transport needs an amqp:// URL"));
     };
     let mut uri = uri.clone();
     uri.query.heartbeat = Some(config.heartbeat_secs);
     let properties =
         ConnectionProperties::default().with_connection_name(format!("warren:{}:{role}", config.service_name).into());
+    // With several nodes, one that swallows packets must not take the whole deadline from the others.
+    let per_node = if order.len() > 1 {
+        (config.connect_timeout / u32::try_from(order.len()).unwrap_or(u32::MAX)).max(Duration::from_secs(1))
+    } else {
+        Duration::MAX
+    };
     let mut attempts = 0;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    // Each node's last failure, for the error.
+    let mut failures: Vec<Option<String>> = vec![None; addresses.len()];
     loop {
-        attempts += 1;
-        let remaining = within.saturating_sub(started.elapsed());
-        let reason =
-            match tokio::time::timeout(remaining, Connection::connect_uri(uri.clone(), properties.clone())).await {
-                Ok(Ok(connection)) => return Ok(connection),
+        for &node in order {
+            let Some(address) = addresses.get(node) else { continue };
+            let remaining = within.saturating_sub(started.elapsed());
+            if remaining < Duration::from_millis(10) && attempts > 0 {
+                break;
+            }
+            attempts += 1;
+            uri.authority.host.clone_from(&address.host);
+            uri.authority.port = address.port;
+            let wait = remaining.min(per_node);
+            let reason = match tokio::time::timeout(wait, Connection::connect_uri(uri.clone(), properties.clone())).await
+            {
+                Ok(Ok(connection)) => return Ok((connection, node)),
                 Ok(Err(error)) => config.redact(&error.to_string()),
-                Err(_) => format!("no answer within {within:?}"),
+                Err(_) => format!("no answer within {wait:?}"),
             };
+            failures[node] = Some(reason);
+        }
         let elapsed = started.elapsed();
         // Keep trying until the deadline itself; the last wait is cut to what is left of it.
         let left = within.saturating_sub(elapsed);
+        let reason = match addresses.len() {
+            1 => failures[0].clone().unwrap_or_default(),
+            _ => (addresses.iter().zip(&failures))
+                .filter_map(|(address, failure)| Some(format!("{address}: {}", failure.as_ref()?)))
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
         if left < Duration::from_millis(10) {
             return Err(Error::Connect { url: config.redacted_url(), attempts, elapsed, reason });
         }

@@ -5,18 +5,29 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::uri::AMQPUri;
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-use url::Url;
+use lapin::uri::{AMQPScheme, AMQPUri};
 
 use crate::error::{Error, Result};
 use crate::middleware::{Layers, Middleware};
 
+mod addresses;
+mod env;
+pub use env::parse_duration;
+mod redact;
+
+pub(crate) use addresses::Address;
+use redact::{redact_text, redact_url, redacted_amqp_url};
+
 /// Which broker a bus talks to.
 #[derive(Clone)]
 pub(crate) enum Endpoint {
-    /// RabbitMQ at this URI.
-    Amqp(AMQPUri),
+    /// RabbitMQ: the URI lapin parsed (with the first address), and every node's address, in the order given.
+    Amqp {
+        /// Credentials, vhost and options; its host and port are the first address's.
+        uri: AMQPUri,
+        /// Each node's address (at least one).
+        addresses: Vec<Address>,
+    },
     /// The in-memory broker of this name (`memory://<name>`); `None` for a private one.
     Memory(Option<String>),
 }
@@ -43,6 +54,8 @@ pub struct BusConfig {
     pub(crate) endpoint: Endpoint,
     /// The URL exactly as given, to redact it wherever it appears.
     url: String,
+    /// The URL for showing: password redacted, every address listed.
+    shown: String,
     /// Deadline for establishing the connection, retries included.
     pub connect_timeout: Duration,
     /// Deadline for each other broker operation: declare, publish confirm, channel open.
@@ -81,14 +94,70 @@ impl BusConfig {
         if let Some(name) = url.strip_prefix("memory://") {
             return Ok(Self::with_endpoint(Endpoint::Memory(Some(name.trim_end_matches('/').to_owned())), url));
         }
-        let uri = AMQPUri::from_str(url).map_err(|reason| {
+        let invalid = |reason: &str| {
             let shown = redact_url(url);
             Error::config(format!(
-                "invalid broker URL {shown}: {}; expected amqp://user:password@host:port/vhost",
-                redact_text(&reason, url, &shown)
+                "invalid broker URL {shown}: {}; expected amqp://user:password@host:port/vhost, or for a cluster \
+                 amqp://user:password@host1:port1,host2:port2/vhost",
+                redact_text(reason, url, &shown)
             ))
-        })?;
-        Ok(Self::with_endpoint(Endpoint::Amqp(uri), url))
+        };
+        let (first, listed) = match addresses::split(url) {
+            Ok(Some((first, listed))) => (first, listed),
+            Ok(None) => (url.to_owned(), Vec::new()),
+            Err(problem) => return Err(invalid(&problem)),
+        };
+        let uri = AMQPUri::from_str(&first).map_err(|reason| invalid(&reason))?;
+        let default_port = default_port(&uri);
+        let mut addresses = vec![Address { host: uri.authority.host.clone(), port: uri.authority.port }];
+        addresses.extend(
+            listed.into_iter().skip(1).map(|(host, port)| Address { host, port: port.unwrap_or(default_port) }),
+        );
+        let mut config = Self::with_endpoint(Endpoint::Amqp { uri, addresses }, url);
+        config.shown = config.show();
+        Ok(config)
+    }
+
+    /// Connects to these broker nodes (`host:port`, `host` for the scheme's default port, or `[v6]:port`)
+    /// instead of the URL's: the nodes of one cluster, sharing the URL's user, password and vhost. The bus
+    /// connects to the first that answers, in this order; after losing a connection it tries them all again,
+    /// in a shuffled order (the node it lost last), as RabbitMQ's Java and .NET clients do.
+    /// [`crate::Bus::health`] names the node it is on. The same as listing them in the URL:
+    /// `amqp://user:password@h1:5672,h2:5673,h3:5674/vhost`.
+    ///
+    /// ```
+    /// let config = warren::BusConfig::new("amqp://app:s3cret@127.0.0.1:5672/prod")?
+    ///     .addresses(["127.0.0.1:5681", "127.0.0.1:5682", "127.0.0.1:5683"])?;
+    /// assert_eq!(config.redacted_url(), "amqp://app:***@127.0.0.1:5681,127.0.0.1:5682,127.0.0.1:5683/prod");
+    /// # Ok::<(), warren::Error>(())
+    /// ```
+    ///
+    /// Fails for an empty list, more than 64 addresses, an address that does not parse, or a `memory://` bus.
+    pub fn addresses<A: AsRef<str>>(mut self, addresses: impl IntoIterator<Item = A>) -> Result<Self> {
+        let Endpoint::Amqp { uri, addresses: current } = &mut self.endpoint else {
+            return Err(Error::config("broker addresses apply to RabbitMQ (amqp://); this bus is in memory"));
+        };
+        let default_port = default_port(uri);
+        let mut parsed = Vec::new();
+        for address in addresses {
+            if parsed.len() == addresses::MAX_ADDRESSES {
+                return Err(Error::config(format!(
+                    "more than {} broker addresses; a bus takes at most that many",
+                    addresses::MAX_ADDRESSES
+                )));
+            }
+            let (host, port) = addresses::parse(address.as_ref())
+                .map_err(|problem| Error::config(format!("invalid broker address: {problem}")))?;
+            parsed.push(Address { host, port: port.unwrap_or(default_port) });
+        }
+        let Some(first) = parsed.first() else {
+            return Err(Error::config("no broker addresses given; give at least one host:port"));
+        };
+        uri.authority.host.clone_from(&first.host);
+        uri.authority.port = first.port;
+        *current = parsed;
+        self.shown = self.show();
+        Ok(self)
     }
 
     /// Configuration for a private in-memory broker (see [`crate::Bus::in_memory`]).
@@ -100,6 +169,7 @@ impl BusConfig {
         BusConfig {
             endpoint,
             url: url.to_owned(),
+            shown: String::new(),
             connect_timeout: Duration::from_secs(10),
             operation_timeout: Duration::from_secs(10),
             publish_timeout: Duration::from_secs(30),
@@ -115,14 +185,6 @@ impl BusConfig {
             trace_context: false,
             registry_heartbeat: Duration::from_secs(10),
             middleware: Layers::default(),
-        }
-    }
-
-    /// Configuration from `RABBITMQ_URL`, or [`DEFAULT_URL`] when it is unset.
-    pub fn from_env() -> Result<Self> {
-        match std::env::var("RABBITMQ_URL") {
-            Ok(url) if !url.trim().is_empty() => Self::new(url.trim()),
-            _ => Self::new(DEFAULT_URL),
         }
     }
 
@@ -208,9 +270,23 @@ impl BusConfig {
     /// leaves them out.
     pub fn redacted_url(&self) -> String {
         match &self.endpoint {
-            Endpoint::Amqp(uri) => redacted_amqp_url(&self.url, uri),
+            Endpoint::Amqp { .. } => self.shown.clone(),
             Endpoint::Memory(Some(name)) => format!("memory://{name}"),
             Endpoint::Memory(None) => "memory:// (private)".to_owned(),
+        }
+    }
+
+    /// The redacted URL, with every address: computed once, when the addresses are set.
+    fn show(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Amqp { uri, addresses } => {
+                let first = match addresses::split(&self.url) {
+                    Ok(Some((first, _))) => first,
+                    _ => self.url.clone(),
+                };
+                addresses::show(&redacted_amqp_url(&first, uri), addresses)
+            }
+            Endpoint::Memory(_) => self.redacted_url(),
         }
     }
 
@@ -224,7 +300,7 @@ impl BusConfig {
     /// password alone is left be: outside a URL it cannot be told from ordinary words (think of `a`).
     pub(crate) fn redact(&self, text: &str) -> String {
         match self.endpoint {
-            Endpoint::Amqp(_) => redact_text(text, &self.url, &self.redacted_url()),
+            Endpoint::Amqp { .. } => redact_text(text, &self.url, &self.shown),
             Endpoint::Memory(_) => text.to_owned(),
         }
     }
@@ -250,164 +326,7 @@ impl fmt::Debug for BusConfig {
     }
 }
 
-/// The AMQP URL `url`, which parsed as `uri`, for showing: its password replaced by `***`, its query left
-/// out, and the user, port and vhost lapin uses filled in where `url` leaves them out.
-fn redacted_amqp_url(url: &str, uri: &AMQPUri) -> String {
-    let auth = &uri.authority;
-    let vhost = || format!("/{}", utf8_percent_encode(&uri.vhost, NON_ALPHANUMERIC));
-    let from_url = || {
-        let mut shown = Url::parse(url).ok()?;
-        if shown.username().is_empty() {
-            shown.set_username(&auth.userinfo.username).ok()?;
-        }
-        shown.set_password(Some("***")).ok()?;
-        if shown.port().is_none() {
-            shown.set_port(Some(auth.port)).ok()?;
-        }
-        if shown.path().is_empty() {
-            shown.set_path(&vhost());
-        }
-        shown.set_query(None);
-        shown.set_fragment(None);
-        Some(String::from(shown))
-    };
-    // A URL without a host (`amqp:///vhost`) has no room for a user: show what lapin connects to.
-    from_url().unwrap_or_else(|| {
-        let user = utf8_percent_encode(&auth.userinfo.username, NON_ALPHANUMERIC);
-        format!("{}://{user}:***@{}:{}{}", uri.scheme, auth.host, auth.port, vhost())
-    })
-}
-
-/// `url`, which may not parse, with anything between the user name and the last `@` replaced by `***`.
-fn redact_url(url: &str) -> String {
-    let (scheme, rest, separator) = match url.split_once("://") {
-        Some((scheme, rest)) => (scheme, rest, "://"),
-        // `amqp:user:password@host` does not parse, but shows what was meant.
-        None => match url.split_once(':') {
-            Some((scheme, rest)) => (scheme, rest, ":"),
-            None => return url.to_owned(),
-        },
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) if separator == "://" => format!("{scheme}://{user}:***@{host}"),
-            _ if separator == "://" => url.to_owned(),
-            _ => format!("{scheme}:***@{host}"),
-        },
-        None => url.to_owned(),
-    }
-}
-
-/// `text` with `url` (the configured URL) replaced by `shown` wherever it appears whole, when it has a
-/// password, and then the password of every AMQP URL in it replaced by `***`.
-fn redact_text(text: &str, url: &str, shown: &str) -> String {
-    let text = if redact_url(url) != url { text.replace(url, shown) } else { text.to_owned() };
-    redact_amqp_passwords(&text)
-}
-
-/// `text` with the password of every `amqp://user:password@` or `amqps://user:password@` in it (the scheme in
-/// any case) replaced by `***`.
-fn redact_amqp_passwords(text: &str) -> String {
-    let lower = text.to_ascii_lowercase();
-    let mut redacted = String::with_capacity(text.len());
-    // Up to where `text` has been copied to `redacted`, and from where to look for the next URL.
-    let (mut copied, mut from) = (0, 0);
-    while let Some(found) = lower[from..].find("amqp") {
-        let start = from + found;
-        let Some(scheme) = ["amqp://", "amqps://"].into_iter().find(|scheme| lower[start..].starts_with(scheme)) else {
-            from = start + "amqp".len();
-            continue;
-        };
-        // The authority ends where the path, query or fragment begins, or the text moves on.
-        let authority_start = start + scheme.len();
-        let authority_end = text[authority_start..]
-            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace() || c.is_control())
-            .map_or(text.len(), |end| authority_start + end);
-        from = authority_end;
-        // The userinfo ends at the authority's last `@` (as the `url` crate reads it); the password after the
-        // userinfo's first `:`.
-        let Some(at) = text[authority_start..authority_end].rfind('@') else { continue };
-        let userinfo = &text[authority_start..authority_start + at];
-        let Some(colon) = userinfo.find(':') else { continue };
-        if colon + 1 == userinfo.len() {
-            continue;
-        }
-        redacted.push_str(&text[copied..authority_start + colon + 1]);
-        redacted.push_str("***");
-        copied = authority_start + at;
-    }
-    redacted.push_str(&text[copied..]);
-    redacted
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debug_and_errors_hide_the_password() {
-        let config = BusConfig::new("amqp://app:hunter2-secret@127.0.0.1:5672/%2f").unwrap();
-        let shown = format!("{config:?}");
-        assert!(!shown.contains("hunter2-secret"), "{shown}");
-        assert!(shown.contains("amqp://app:***@127.0.0.1:5672/"), "{shown}");
-        let error = BusConfig::new("amqp://app:hunter2-secret@127.0.0.1:notaport/%2f").unwrap_err();
-        assert!(!error.to_string().contains("hunter2-secret"), "{error}");
-        assert!(!format!("{error:?}").contains("hunter2-secret"), "{error:?}");
-    }
-
-    #[test]
-    fn the_redacted_url_keeps_all_but_the_password() {
-        for (url, shown) in [
-            ("amqps://app:s3cret@broker.example:5671/prod", "amqps://app:***@broker.example:5671/prod"),
-            ("amqps://app:s3cret@broker.example/prod", "amqps://app:***@broker.example:5671/prod"),
-            ("amqp://app:s3cret@broker.example:5673/%2f?heartbeat=5", "amqp://app:***@broker.example:5673/%2f"),
-            ("amqp://app%20x:s3cret@127.0.0.1:5672/", "amqp://app%20x:***@127.0.0.1:5672/"),
-            ("amqp://broker.example", "amqp://guest:***@broker.example:5672/%2F"),
-            ("amqp:///prod", "amqp://guest:***@localhost:5672/prod"),
-        ] {
-            assert_eq!(BusConfig::new(url).unwrap().redacted_url(), shown, "{url}");
-        }
-        assert_eq!(BusConfig::new("memory://x").unwrap().redacted_url(), "memory://x");
-    }
-
-    #[test]
-    fn only_passwords_in_urls_are_redacted() {
-        let config = BusConfig::new("amqp://guest:a@host:5672/%2f").unwrap();
-        assert_eq!(
-            config.redact("a bad thing happened at amqp://guest:a@host:5672/%2f"),
-            "a bad thing happened at amqp://guest:***@host:5672/%2f"
-        );
-        // Any AMQP URL, the scheme in any case; not an `@` further on in the text.
-        assert_eq!(
-            config.redact("AMQPS://bob:x@other:5671 then amqp://host:5672 told alice@example: no, (amqp://u:p@h)"),
-            "AMQPS://bob:***@other:5671 then amqp://host:5672 told alice@example: no, (amqp://u:***@h)"
-        );
-        assert_eq!(config.redact("amqp://guest@host amqp://guest:@host"), "amqp://guest@host amqp://guest:@host");
-        // Without a password the configured URL is left as it is.
-        let config = BusConfig::new("amqp://guest@host").unwrap();
-        assert_eq!(config.redact("at amqp://guest@host"), "at amqp://guest@host");
-        assert_eq!(BusConfig::in_memory().redact("a: amqp://u:p@h"), "a: amqp://u:p@h");
-    }
-
-    #[test]
-    fn encoded_and_odd_passwords_are_redacted() {
-        let url = "amqp://guest:p%40ss@host:5672/%2f";
-        let config = BusConfig::new(url).unwrap();
-        let Endpoint::Amqp(uri) = &config.endpoint else { unreachable!() };
-        assert_eq!(uri.authority.userinfo.password, "p@ss");
-        assert_eq!(config.redacted_url(), "amqp://guest:***@host:5672/%2f");
-        // As configured, as lapin prints it, and decoded inside a URL.
-        let text = format!("{url} / {uri} / amqp://guest:p@ss@host");
-        let redacted = config.redact(&text);
-        assert!(!redacted.contains("p%40ss") && !redacted.contains("p@ss"), "{redacted}");
-        assert_eq!(redacted.matches("guest:***@host").count(), 3, "{redacted}");
-
-        // A space goes unencoded into the URL: the URL as given is replaced whole.
-        let url = "amqp://guest:my pass@host:5672/%2f";
-        let config = BusConfig::new(url).unwrap();
-        assert_eq!(config.redact(&format!("failed: {url}")), "failed: amqp://guest:***@host:5672/%2f");
-
-        let error = BusConfig::new("amqp:guest:hunter2@host").unwrap_err().to_string();
-        assert!(!error.contains("hunter2"), "{error}");
-    }
+/// The port of an address given without one: the scheme's (5671 for `amqps://`, else 5672).
+fn default_port(uri: &AMQPUri) -> u16 {
+    if uri.scheme == AMQPScheme::AMQPS { 5671 } else { 5672 }
 }
