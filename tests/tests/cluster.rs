@@ -72,6 +72,8 @@ async fn bus_on(cluster: &Shared, vhost: &str, first: usize, service: &str, publ
     let bus = Bus::with_config(config)
         .await
         .unwrap_or_else(|error| panic!("start RabbitMQ: no node of the test cluster answered at {shown}: {error}"));
+    let address = cluster.lock().unwrap().node(first).address();
+    assert_eq!(bus.health().node(), Some(address.as_str()), "{service}'s health names its node");
     for role in ["publish", "consume"] {
         let on = node_of(cluster, vhost, service, role).await;
         assert_eq!(on, Some(first), "{service} connects ({role}) to the first address of its list: {:?}", bus.health());
