@@ -12,6 +12,11 @@ pub mod faults;
 #[doc = include_str!("../../docs/observability.md")]
 pub struct ObservabilityPage;
 
+/// The examples of `docs/production.md`, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/production.md")]
+pub struct ProductionPage;
+
 /// Contracts generated into `OUT_DIR` by `build.rs` with `warren_codegen::Builder`: the README's quick start
 /// (`shop.v1`), the awkward-names fixture (`awkward.v1`) and the richer-contracts fixture (`rich.v1`).
 pub mod quickstart {

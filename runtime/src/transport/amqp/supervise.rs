@@ -281,12 +281,12 @@ pub(super) async fn connect(
             uri.authority.host.clone_from(&address.host);
             uri.authority.port = address.port;
             let wait = remaining.min(per_node);
-            let reason = match tokio::time::timeout(wait, Connection::connect_uri(uri.clone(), properties.clone())).await
-            {
-                Ok(Ok(connection)) => return Ok((connection, node)),
-                Ok(Err(error)) => config.redact(&error.to_string()),
-                Err(_) => format!("no answer within {wait:?}"),
-            };
+            let reason =
+                match tokio::time::timeout(wait, Connection::connect_uri(uri.clone(), properties.clone())).await {
+                    Ok(Ok(connection)) => return Ok((connection, node)),
+                    Ok(Err(error)) => config.redact(&error.to_string()),
+                    Err(_) => format!("no answer within {wait:?}"),
+                };
             failures[node] = Some(reason);
         }
         let elapsed = started.elapsed();
