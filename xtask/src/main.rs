@@ -44,7 +44,7 @@ fn run() -> Result<ExitCode> {
                  check-compat [--against <git rev or manifest file>] [--allow RULE]...\n                   \
                  report breaking contract changes against proto/warren.lock as committed (or the baseline given)\n  \
                  docs [--check]   rewrite (or check) docs/asyncapi.yaml and docs/CATALOG.md alone\n  \
-                 bench [--quick] [--memory] [--only W1,W7] [--raw-envelope minimal|warren] [--profile NAME [--raw]]\n                   build the benchmarks in release mode and print their table\n  \
+                 bench [--quick] [--memory] [--cluster] [--only W1,W7] [--raw-envelope minimal|warren] [--profile NAME [--raw]]\n                   build the benchmarks in release mode and print their table\n  \
                  cluster up|down|status\n                   \
                  a three-node RabbitMQ cluster of private nodes on 127.0.0.1:5681-5683 (warren-c1..c3@localhost,\n                   \
                  data in target/cluster/): start it (idempotent), stop and remove it, or show its nodes"
@@ -59,7 +59,11 @@ fn run() -> Result<ExitCode> {
 }
 
 /// `cargo xtask bench [args]` (see `warren-bench --help`): the benchmarks never run inside `cargo test`; they run here, optimised.
+/// With `--cluster`, the cluster of `cargo xtask cluster up` is started first (if it is not up).
 fn bench(root: &Path, args: &[&str]) -> Result<ExitCode> {
+    if args.contains(&"--cluster") {
+        cluster::run(root, &["up"])?;
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = std::process::Command::new(cargo)
         .current_dir(root)
