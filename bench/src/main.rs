@@ -13,6 +13,7 @@ mod measure;
 mod memory;
 mod raw;
 mod vhost;
+mod websocket;
 mod workloads;
 
 use std::time::Duration;
@@ -34,6 +35,8 @@ struct Scale {
     fan_out: u64,
     memory_one: u64,
     memory_fan_out: u64,
+    /// Seconds each WebSocket fan-out (G2, G3) publishes for.
+    websocket_seconds: u64,
 }
 
 const QUICK: Scale = Scale {
@@ -47,6 +50,7 @@ const QUICK: Scale = Scale {
     fan_out: 2_000,
     memory_one: 200_000,
     memory_fan_out: 30_000,
+    websocket_seconds: 3,
 };
 
 const FULL: Scale = Scale {
@@ -62,6 +66,7 @@ const FULL: Scale = Scale {
     fan_out: 10_000,
     memory_one: 1_000_000,
     memory_fan_out: 200_000,
+    websocket_seconds: 10,
 };
 
 /// `--cluster`: the first node of `cargo xtask cluster up`, which both sides connect to (raw lapin takes one
@@ -88,7 +93,8 @@ const USAGE: &str =
                    warren-c1@localhost), with quorum queues on both sides (W4 with PaymentCompleted events,
                    whose contract asks for quorum queues)
   --only W1,W7     only the workloads named (W1–W9; W2o, W4o, W7o: W2, W4, W7 with trace context and Prometheus;
-                   G1: the gateway's HTTP publish against the bus publishing directly)
+                   G1: the gateway's HTTP publish against the bus publishing directly; G2, G3: the gateway's
+                   WebSocket fan-out to 1,000 clients, G3 with 10 of them never reading)
   --raw-envelope   what raw lapin's events carry: minimal (the default: message id, type, content type,
                    persistence, as a hand-written service would) or warren (Warren's whole envelope: also
                    app id, timestamp and the schema header; the same bytes as Warren's)
@@ -152,8 +158,9 @@ impl Args {
                     let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
                     if arg == "--only" {
                         let names: Vec<String> = value.split(',').map(|w| w.trim().to_uppercase()).collect();
-                        if let Some(bad) = names.iter().find(|w| rabbitmq(w).is_none() && *w != "W9") {
-                            return Err(format!("--only: no workload \"{bad}\" (W1–W9, W2o, W4o, W7o, G1)"));
+                        let other = |w: &str| ["W9", "G2", "G3"].contains(&w);
+                        if let Some(bad) = names.iter().find(|w| rabbitmq(w).is_none() && !other(w)) {
+                            return Err(format!("--only: no workload \"{bad}\" (W1–W9, W2o, W4o, W7o, G1–G3)"));
                         }
                         parsed.only = Some(names);
                     } else {
@@ -372,7 +379,7 @@ async fn main() -> std::process::ExitCode {
     // `--memory` (`--only W9`) and the in-memory profiles need no broker, and so no vhost.
     let uses_rabbitmq = match &args.profile {
         Some(name) => rabbitmq(name).is_some(),
-        None => RABBITMQ.iter().any(|spec| args.runs(spec.name)),
+        None => RABBITMQ.iter().any(|spec| args.runs(spec.name)) || args.runs("G2 ") || args.runs("G3 "),
     };
     let vhost = if uses_rabbitmq {
         match private_vhost(&base).await {
@@ -436,6 +443,9 @@ async fn run(args: &Args, url: String, uses_rabbitmq: bool) -> std::process::Exi
             compare(spec, &env, scale.rounds).await;
         }
     }
+    if uses_rabbitmq && (args.runs("G2 ") || args.runs("G3 ")) {
+        websocket_rows(args, &url, &scale).await;
+    }
     if args.runs("W9 ") {
         // In memory a round takes about a second, and the machine's speed drifts over seconds: more rounds, with
         // the variants and their baselines taking turns (as the two sides do above), so a slow spell hits each a
@@ -460,6 +470,74 @@ async fn run(args: &Args, url: String, uses_rabbitmq: bool) -> std::process::Exi
         memory_row("W9 … 10 `shared()` subscribers (one `Arc` value)", 1, &shared, &fan_raw, "events/s", goal);
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// G2 and G3: the gateway's WebSocket fan-out, one run each (a run is many seconds of 1,000 clients), in a
+/// table of their own: their measure is not a ratio to raw lapin but whether every message reached every client
+/// in time, within the memory goal.
+async fn websocket_rows(args: &Args, url: &str, scale: &Scale) {
+    println!();
+    println!(
+        "| workload | clients | events/s | delivered / expected | deliveries/s | p50 | p99 | p99.9 | gateway RSS | goal |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let rows = [
+        (
+            "G2",
+            "G2 WebSocket fan-out, user.*",
+            websocket::FanOut { readers: 1_000, stalled: 0, rate: 1_000, seconds: scale.websocket_seconds },
+        ),
+        (
+            "G3",
+            "G3 … 10 of them never read",
+            websocket::FanOut { readers: 990, stalled: 10, rate: 1_000, seconds: scale.websocket_seconds },
+        ),
+    ];
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+    for (id, name, run) in rows {
+        if !args.runs(&format!("{id} ")) {
+            continue;
+        }
+        match websocket::fan_out(url, run).await {
+            Ok(r) => {
+                let all = r.delivered == r.expected && r.readers_closed == 0;
+                let on_time = r.latency[1] <= Duration::from_millis(50);
+                let small = r.gateway_rss_mib <= 200.0;
+                let slow = if run.stalled > 0 {
+                    format!(
+                        "; {}/{} stalled closed as slow {}",
+                        r.closed_slow,
+                        run.stalled,
+                        tick(r.closed_slow == run.stalled)
+                    )
+                } else {
+                    String::new()
+                };
+                println!(
+                    "| {name} | {} + {} | {} | {} / {} ({} published) | {}/s | {} | {} | {} | {:.0} MiB | every message {}; p99 ≤ 50 ms {}; RSS ≤ 200 MiB {}{slow} |",
+                    run.readers,
+                    run.stalled,
+                    run.rate,
+                    thousands(r.delivered as f64),
+                    thousands(r.expected as f64),
+                    thousands(r.published as f64),
+                    thousands(r.rate),
+                    ms(r.latency[0]),
+                    ms(r.latency[1]),
+                    ms(r.latency[2]),
+                    r.gateway_rss_mib,
+                    tick(all),
+                    tick(on_time),
+                    tick(small),
+                );
+            }
+            Err(problem) => println!("| {name} | — | — | failed: {problem} | | | | | | ✘ |"),
+        }
+    }
+}
+
+fn tick(ok: bool) -> &'static str {
+    if ok { "✔" } else { "✘" }
 }
 
 /// Makes the run's vhost on the broker at `base` (see `vhost.rs`), checks that it can be reached there, and says

@@ -107,6 +107,11 @@ pub struct Event {
     /// accept both formats, whatever this says.
     #[prost(enumeration = "WireFormat", tag = "6")]
     pub wire_format: i32,
+    /// How much each subscriber group's queue holds before the broker refuses the event; see QueueLimit.
+    /// A queue taking several events (an exchange's event enum) is limited only when all of them are, by the
+    /// strictest of their limits. Unset: unbounded.
+    #[prost(message, optional, tag = "7")]
+    pub limit: ::core::option::Option<QueueLimit>,
 }
 /// Nested message and enum types in `Event`.
 pub mod event {
@@ -185,6 +190,30 @@ pub struct Task {
     /// How the task is encoded on the wire by default.
     #[prost(enumeration = "WireFormat", tag = "5")]
     pub wire_format: i32,
+    /// How much the work queue holds before the broker refuses new tasks; see QueueLimit. Unset: unbounded.
+    #[prost(message, optional, tag = "6")]
+    pub limit: ::core::option::Option<QueueLimit>,
+}
+/// A length limit on a queue: RabbitMQ's `x-max-length` and `x-max-length-bytes`, always with `x-overflow`
+/// `reject-publish`. When the queue is full, the broker refuses the new message: the publisher's confirm is
+/// negative and the publish fails with `Error::Nacked` (the message is not queued; publish it again later, or
+/// slow down), while the messages already queued stay. Warren never uses RabbitMQ's default overflow,
+/// `drop-head`, which silently drops (or dead-letters) the oldest messages of a business queue, nor
+/// `reject-publish-dlx` (quorum queues lack it, and it dead-letters a copy of a message whose publisher is told
+/// it was refused and may send it again). An event routed to several queues is refused if any of them is full,
+/// though the others took it: a publisher that sends it again duplicates it there.
+///
+/// Set at least one bound. Changing a limit later changes the queue's arguments: RabbitMQ refuses to redeclare
+/// an existing queue with other arguments (`cargo xtask check-compat` reports `queue-arguments-changed`), so
+/// choose it before the first deploy, or change it through a policy.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct QueueLimit {
+    /// The most messages the queue holds ready (not yet delivered), 1 to 2147483647. 0: no bound on messages.
+    #[prost(uint32, tag = "1")]
+    pub max_messages: u32,
+    /// The most bytes of message bodies the queue holds ready, 1 to 2147483647. 0: no bound on bytes.
+    #[prost(uint32, tag = "2")]
+    pub max_bytes: u32,
 }
 /// A named subscription declared in the contract: a binding pattern over one exchange's events. Declared at
 /// file level with `option (warren.subscription) = { ... };`; codegen checks that the pattern can match at

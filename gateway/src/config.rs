@@ -52,10 +52,11 @@ pub struct GatewayConfig {
     /// Closes the WebSockets on shutdown (keep a clone and call [`crate::Shutdown::close`]).
     #[serde(skip)]
     pub shutdown: crate::Shutdown,
-    /// The metrics `GET /metrics` answers with (register the same layer with the bus).
+    /// The metrics `GET /metrics` answers with: Warren's (register [`crate::Metrics::layer`] with the bus) and
+    /// the gateway's own.
     #[cfg(feature = "prometheus")]
     #[serde(skip)]
-    pub metrics: Option<warren::prometheus::PrometheusLayer>,
+    pub metrics: Option<crate::Metrics>,
 }
 
 /// An exchange the WebSocket may stream, and the binding patterns a client may subscribe with.

@@ -149,7 +149,9 @@ pub(crate) async fn metrics(State(gateway): Shared, headers: HeaderMap) -> Respo
         return problem.into_response();
     }
     #[cfg(feature = "prometheus")]
-    if let Some(layer) = &gateway.config.metrics {
+    if let Some(metrics) = &gateway.config.metrics {
+        let layer = metrics.layer();
+        layer.sample().await;
         return ([(header::CONTENT_TYPE, warren::prometheus::CONTENT_TYPE)], layer.encode()).into_response();
     }
     Problem::not_found("metrics are off: build warren-gateway with the `prometheus` feature and give it a layer")

@@ -26,6 +26,7 @@
 //! - `problem.rs`: errors as RFC 9457 problem details; how bus errors and RPC statuses map to HTTP.
 //! - `routes.rs`: `POST /events/…`, `/tasks/…`, `/rpc/…/…` and aliases; bearer tokens; request bodies.
 //! - `docs.rs`: `GET /health`, `/ready`, `/catalog`, `/asyncapi.yaml`, `/openapi.json`, `/metrics`.
+//! - `metrics.rs`: [`Metrics`] (feature `prometheus`): Warren's and the gateway's own, counted per route.
 //! - `openapi.rs`: the OpenAPI 3.1 document, generated from the descriptors.
 //! - `page.rs`, `page.html`: `GET /`, a page showing the catalog, message rates, a live tail and the
 //!   dead-letter queues; `GET /dlq`, their depths.
@@ -35,6 +36,8 @@
 
 mod config;
 mod docs;
+#[cfg(feature = "prometheus")]
+mod metrics;
 mod openapi;
 mod page;
 mod problem;
@@ -51,6 +54,8 @@ use warren::Bus;
 use warren_reflect::Catalog;
 
 pub use config::{ConfigError, GatewayConfig, Group, StreamRule, Tokens, WebSocketConfig};
+#[cfg(feature = "prometheus")]
+pub use metrics::Metrics;
 pub use problem::{PROBLEM_JSON, Problem, http_status};
 pub use shutdown::Shutdown;
 
@@ -84,6 +89,8 @@ pub fn router(bus: Bus, catalog: Arc<Catalog>, config: GatewayConfig) -> Router 
             ),
         };
     }
+    #[cfg(feature = "prometheus")]
+    let app = app.route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track));
     app.fallback(routes::fallback).with_state(state)
 }
 

@@ -113,9 +113,10 @@ async fn run(args: Args) -> Result<(), String> {
     .connect_timeout(Duration::from_secs(30));
     #[cfg(feature = "prometheus")]
     let (bus_config, config) = {
-        let layer = warren::prometheus::PrometheusLayer::new();
+        let metrics = warren_gateway::Metrics::new();
         let mut config = config;
-        config.metrics = Some(layer.clone());
+        let layer = metrics.layer().clone();
+        config.metrics = Some(metrics);
         (bus_config.middleware(layer), config)
     };
     let shown = bus_config.redacted_url();

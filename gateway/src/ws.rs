@@ -115,6 +115,10 @@ struct Connection(Arc<Gateway>);
 impl Drop for Connection {
     fn drop(&mut self) {
         self.0.hub.connections.fetch_sub(1, Ordering::Relaxed);
+        #[cfg(feature = "prometheus")]
+        if let Some(metrics) = &self.0.config.metrics {
+            metrics.own.clients.dec();
+        }
     }
 }
 
@@ -154,6 +158,10 @@ pub(crate) async fn upgrade(
         .into_response();
     }
     let connection = Connection(gateway.clone());
+    #[cfg(feature = "prometheus")]
+    if let Some(metrics) = &gateway.config.metrics {
+        metrics.own.clients.inc();
+    }
     let (open, closing) = gateway.config.shutdown.open();
     let can_publish = gateway.authorize(Group::Publish, &headers, token).is_ok();
     upgrade.max_message_size(gateway.limit).on_upgrade(move |socket| async move {
@@ -387,6 +395,10 @@ async fn pump(gateway: Arc<Gateway>, key: Key, mut reader: warren::QueueReader, 
                 && !subscriber.client.slow.swap(true, Ordering::Relaxed)
             {
                 gateway.hub.slow.fetch_add(1, Ordering::Relaxed);
+                #[cfg(feature = "prometheus")]
+                if let Some(metrics) = &gateway.config.metrics {
+                    metrics.own.slow.inc();
+                }
                 subscriber.client.fell_behind.notify_one();
             }
         }

@@ -277,12 +277,8 @@ async fn health_ready_catalog_and_asyncapi_answer() {
     assert_eq!(asyncapi.header("content-type"), "application/yaml");
     assert!(asyncapi.text.starts_with("#") || asyncapi.text.contains("asyncapi: 3.0.0"), "{}", &asyncapi.text[..80]);
 
-    let metrics = server.get("/metrics").await;
-    if cfg!(feature = "prometheus") {
-        assert!(metrics.status == 200 || metrics.status == 404);
-    } else {
-        metrics.problem(404);
-    }
+    // Without metrics in its configuration (or without the feature) a gateway has no /metrics.
+    server.get("/metrics").await.problem(404);
     server.stop().await;
 }
 
@@ -295,10 +291,11 @@ impl Server {
 #[cfg(feature = "prometheus")]
 #[tokio::test]
 async fn metrics_are_served_with_the_prometheus_feature() {
-    let layer = warren::prometheus::PrometheusLayer::new();
-    let bus = warren::Bus::with_config(warren::BusConfig::in_memory().middleware(layer.clone())).await.unwrap();
+    let metrics = warren_gateway::Metrics::new();
+    let bus =
+        warren::Bus::with_config(warren::BusConfig::in_memory().middleware(metrics.layer().clone())).await.unwrap();
     let mut config = config();
-    config.metrics = Some(layer);
+    config.metrics = Some(metrics);
     let server = Server::start(bus.clone(), config).await;
     let catalog = warren_reflect::Catalog::from_descriptor_set(warren_contracts::FILE_DESCRIPTOR_SET).unwrap();
     let _tail = bus.watch(&catalog.exchange("gametrade.events").unwrap(), "user.*").await.unwrap();
@@ -307,5 +304,18 @@ async fn metrics_are_served_with_the_prometheus_feature() {
     assert_eq!(metrics.status, 200, "{}", metrics.text);
     assert!(metrics.header("content-type").starts_with("application/openmetrics-text"));
     assert!(metrics.text.contains("warren_published_total"), "{}", metrics.text);
+    // The gateway's own: the publish above and a 404, by route template and status, never by path.
+    assert_eq!(server.post("/events/NoSuchEvent", ADA).await.status, 404);
+    let metrics = server.get("/metrics").await;
+    for line in [
+        r#"warren_gateway_requests_total{route="/events/{type}",status="202"} 1"#,
+        r#"warren_gateway_requests_total{route="/events/{type}",status="404"} 1"#,
+        r#"warren_gateway_request_seconds_count{route="/events/{type}"} 2"#,
+        "warren_gateway_websocket_clients 0",
+        "warren_gateway_websocket_slow_disconnects_total 0",
+    ] {
+        assert!(metrics.text.lines().any(|l| l == line), "no line {line} in:\n{}", metrics.text);
+    }
+    assert!(!metrics.text.contains("NoSuchEvent"), "label values are route templates");
     server.stop().await;
 }

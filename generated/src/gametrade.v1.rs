@@ -425,3 +425,15 @@ pub struct BackgroundTask {
     #[prost(string, tag = "2")]
     pub description: ::prost::alloc::string::String,
 }
+/// Render a player's trade history as a PDF report, on request. Rendering is slow and requests come in bursts:
+/// the queue holds at most 10,000 requests or 64 MiB, and beyond that enqueueing fails with `Error::Nacked`
+/// (the web tier answers "try again later") instead of the queue growing until the broker blocks publishers.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RenderTradeReport {
+    /// The player whose trades the report covers.
+    #[prost(int64, tag = "1")]
+    pub user_id: i64,
+    /// Trades from this Unix time on, in seconds.
+    #[prost(int64, tag = "2")]
+    pub since: i64,
+}

@@ -172,7 +172,7 @@ impl Catalog {
         self.validate(message)?;
         let format = options.format.unwrap_or(if task.json { WireFormat::Json } else { WireFormat::Protobuf });
         let quorum = task.quorum.then(|| task.retry.unwrap_or_default().max_attempts);
-        let settings = QueueSettings::consumer(&task.queue, false, false, quorum);
+        let settings = QueueSettings::consumer(&task.queue, false, false, quorum).with_limit(task.limit);
         let encoded = self.encode(message, format);
         Ok(bus.enqueue_encoded(&task.queue, settings, &encoded, options).await?)
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::codec::{Payload, Violations, WireFormat};
 use crate::error::Error;
 
-pub use warren_topology::ExchangeKind;
+pub use warren_topology::{ExchangeKind, QueueLimit};
 
 /// An exchange as the contract declares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -65,6 +65,9 @@ pub struct EventSpec {
     pub retry: Option<crate::RetryPolicy>,
     /// Whether subscribers get quorum queues (with `x-delivery-limit`).
     pub quorum: bool,
+    /// The length limit of every subscriber queue of the event, when the contract sets one: a full queue
+    /// refuses the publish ([`Error::Nacked`]).
+    pub limit: Option<QueueLimit>,
     /// How the event is encoded unless the publisher says otherwise.
     pub format: WireFormat,
 }
@@ -94,6 +97,9 @@ pub struct TaskSpec {
     pub retry: Option<crate::RetryPolicy>,
     /// Whether the work queue is a quorum queue.
     pub quorum: bool,
+    /// The length limit of the work queue, when the contract sets one: a full queue refuses the task
+    /// ([`Error::Nacked`]).
+    pub limit: Option<QueueLimit>,
     /// How the task is encoded unless the sender says otherwise.
     pub format: WireFormat,
 }
@@ -174,6 +180,10 @@ pub trait Inbound: Clone + Sized + Send + Sync + 'static {
     fn quorum() -> bool {
         false
     }
+    /// The length limit the contract sets on the queues these are consumed from, if any.
+    fn queue_limit() -> Option<QueueLimit> {
+        None
+    }
     /// The contract's retry policy for these events, when it declares one.
     fn retry_policy() -> Option<crate::RetryPolicy> {
         None
@@ -218,6 +228,10 @@ impl<E: Event> Inbound for E {
 
     fn quorum() -> bool {
         E::SPEC.quorum
+    }
+
+    fn queue_limit() -> Option<QueueLimit> {
+        E::SPEC.limit
     }
 
     fn retry_policy() -> Option<crate::RetryPolicy> {
@@ -275,6 +289,10 @@ impl<T: Inbound> Inbound for std::sync::Arc<T> {
 
     fn quorum() -> bool {
         T::quorum()
+    }
+
+    fn queue_limit() -> Option<QueueLimit> {
+        T::queue_limit()
     }
 
     fn retry_policy() -> Option<crate::RetryPolicy> {

@@ -73,12 +73,15 @@ pub enum Error {
         after: Duration,
     },
     /// The broker refused responsibility for the message (a negative publisher confirm).
-    #[error("the broker nacked the message to exchange \"{exchange}\" with routing key \"{routing_key}\"")]
+    #[error("the broker nacked the message to exchange \"{exchange}\" with routing key \"{routing_key}\": {reason}")]
     Nacked {
         /// The exchange.
         exchange: String,
         /// The routing key.
         routing_key: String,
+        /// Why, as far as Warren knows: the in-memory broker names the full queue; RabbitMQ's nack carries no
+        /// reason, so over AMQP this says what usually causes one.
+        reason: String,
     },
     /// The encoded message is larger than the configured limit; nothing was sent.
     #[error(

@@ -84,9 +84,9 @@ pub struct BrokerInfo {
 
 impl crate::Bus {
     /// What the broker says about itself when a connection opens. Over AMQP this opens a TCP connection of its
-    /// own, to the node the bus is on, to read the broker's `connection.start` (no login) and closes it, within
-    /// the operation timeout; not yet over TLS (`amqps://`). In memory: Warren's in-memory broker and this
-    /// crate's version.
+    /// own (over TLS for `amqps://`), to the node the bus is on, to read the broker's `connection.start` (no
+    /// login) and closes it, within the operation timeout. In memory: Warren's in-memory broker and this crate's
+    /// version.
     pub async fn broker(&self) -> crate::Result<BrokerInfo> {
         let config = self.config();
         let uri = match &config.endpoint {
@@ -105,7 +105,8 @@ impl crate::Bus {
             uri.authority.host = node.host;
             uri.authority.port = node.port;
         }
-        let properties = crate::transport::amqp::probe::server_properties(&uri, config.operation_timeout).await?;
+        let properties =
+            crate::transport::amqp::probe::server_properties(config, &uri, config.operation_timeout).await?;
         let get = |key: &str| properties.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default();
         Ok(BrokerInfo {
             product: get("product"),

@@ -7,7 +7,7 @@
 //! # #[derive(Clone, PartialEq, prost::Message)] struct UserRegistered { #[prost(int64, tag = "1")] user_id: i64 }
 //! # impl warren::__codegen::Event for UserRegistered { const SPEC: &'static warren::__codegen::EventSpec = &warren::__codegen::EventSpec {
 //! #     type_name: "gametrade.v1.UserRegistered", routing_key: "user.registered", binding: "user.registered", priority: None,
-//! #     retry: None, quorum: false, format: warren::WireFormat::Protobuf,
+//! #     retry: None, quorum: false, limit: None, format: warren::WireFormat::Protobuf,
 //! #     exchange: warren::__codegen::ExchangeSpec { name: "gametrade.events", kind: warren::__codegen::ExchangeKind::Topic, durable: true, auto_delete: false } }; }
 //! # impl warren::Payload for UserRegistered { const TYPE_NAME: &'static str = "gametrade.v1.UserRegistered"; }
 //! let bus = Bus::from_env().await?;
@@ -108,14 +108,14 @@ pub use rpc::{
 pub use signal::terminated;
 pub use status::{Code, Status};
 pub use subscriber::{Context, HandlerError, Outcome, RETRY_LADDER, RetryPolicy, Subscriber, Subscription};
-pub use topology::{Argument, Binding, Exchange, ExchangeKind, QueueSettings, Topology};
+pub use topology::{Argument, Binding, Exchange, ExchangeKind, QueueLimit, QueueSettings, Topology};
 pub use trace::{TRACEPARENT, TRACESTATE, TraceContext};
 
 /// What generated code uses. Not a stable API for hand-written code.
 #[doc(hidden)]
 pub mod __codegen {
     /// The version of this API, which `warren-codegen` writes code for (its `RUNTIME_API_VERSION`).
-    pub const API_VERSION: u32 = 4;
+    pub const API_VERSION: u32 = 5;
 
     /// Stops the build of generated code written for another version of this API.
     pub const fn check_version(generated_for: u32) {
@@ -129,8 +129,8 @@ pub mod __codegen {
 
     pub use crate::codec::{Payload, Schema, Violations, WireFormat, join};
     pub use crate::contract::{
-        DEFAULT_EXCHANGE, DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, ServiceSpec,
-        Task, TaskSpec, decode_as, enum_word, fingerprint_of, key_word,
+        DEFAULT_EXCHANGE, DecodeError, Event, EventSpec, ExchangeKind, ExchangeSpec, Inbound, MethodSpec, QueueLimit,
+        ServiceSpec, Task, TaskSpec, decode_as, enum_word, fingerprint_of, key_word,
     };
     pub use crate::rpc::{
         BoxFuture, DeclaredError, Failure, RpcClient, ServiceError, decode_request, encode_reply, serve, serve_options,

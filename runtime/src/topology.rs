@@ -2,7 +2,7 @@
 //! after a reconnection and [`Bus::topology`](crate::Bus::topology) shows.
 
 use crate::contract::ExchangeSpec;
-pub use warren_topology::{Argument, ExchangeKind, QueueSettings};
+pub use warren_topology::{Argument, ExchangeKind, QueueLimit, QueueSettings};
 
 /// The exchanges, queues and bindings a bus has declared, each once, in the order it first declared them:
 /// what it declares again after a reconnection. Queues of subscribers that stopped are left out (they are no

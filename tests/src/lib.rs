@@ -17,6 +17,11 @@ pub struct ObservabilityPage;
 #[doc = include_str!("../../docs/production.md")]
 pub struct ProductionPage;
 
+/// The examples of `docs/security.md`, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/security.md")]
+pub struct SecurityPage;
+
 /// Contracts generated into `OUT_DIR` by `build.rs` with `warren_codegen::Builder`: the README's quick start
 /// (`shop.v1`), the awkward-names fixture (`awkward.v1`) and the richer-contracts fixture (`rich.v1`).
 pub mod quickstart {

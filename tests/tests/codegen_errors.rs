@@ -198,6 +198,31 @@ fn a_retry_policy_without_max_attempts_is_rejected() {
 }
 
 #[test]
+fn a_queue_limit_without_a_bound_is_rejected() {
+    let error = load_error("queue_limit_without_bound");
+    assert!(matches!(error, Error::Contract { .. }), "{error:?}");
+    assert_reported(
+        &error,
+        "queue_limit_without_bound",
+        10,
+        &["event fixtures.v1.Bounded has a queue limit without a bound"],
+    );
+    assert_help(&error, "set `max_messages: N` and/or `max_bytes: N`");
+}
+
+#[test]
+fn a_queue_limit_rabbitmq_cannot_take_is_rejected() {
+    let error = load_error("queue_limit_too_large");
+    assert_reported(
+        &error,
+        "queue_limit_too_large",
+        9,
+        &["task fixtures.v1.Huge has a queue limit of 4294967295 max_bytes, above RabbitMQ's limit of 2147483647"],
+    );
+    assert_help(&error, "between 1 and 2147483647");
+}
+
+#[test]
 fn a_template_naming_no_field_lists_the_fields() {
     let error = load_error("template_unknown_field");
     assert_reported(

@@ -182,6 +182,27 @@ fn queue_arguments_changed_by_a_quorum_queue() {
 }
 
 #[test]
+fn queue_arguments_changed_by_a_new_queue_limit() {
+    // Only the event's own queue: the exchange's event enum is limited only if all its events are. RabbitMQ
+    // refuses to redeclare a queue with another `x-max-length` (PRECONDITION_FAILED), so a limit is breaking.
+    let report = assert_breaks("queue_limit", &[Rule::QueueArgumentsChanged], 47);
+    let shown = report.breaks[0].to_string();
+    assert!(shown.contains("queue <group>.shop.v1.OrderShipped would be declared with"), "{shown}");
+    assert!(shown.contains("x-max-length unset → 10000"), "{shown}");
+    assert!(shown.contains("x-overflow unset → \"reject-publish\""), "{shown}");
+    assert!(shown.contains("because the contract's queue limit changed"), "{shown}");
+    assert!(shown.contains("RabbitMQ policy (`max-length`"), "{shown}");
+}
+
+#[test]
+fn queue_arguments_changed_by_a_work_queue_limit() {
+    let report = assert_breaks("task_queue_limit", &[Rule::QueueArgumentsChanged], 83);
+    let message = &report.breaks[0].message;
+    assert!(message.starts_with("queue shop.packing would be declared with"), "{message}");
+    assert!(message.contains("x-max-length unset → 500, x-max-length-bytes unset → 1048576"), "{message}");
+}
+
+#[test]
 fn rpc_queue_renamed() {
     let report = assert_breaks("rpc_queue_renamed", &[Rule::RpcQueueRenamed], 73);
     assert!(report.breaks[0].message.contains("\"shop.pricing\" (was \"shop.Pricer\")"));

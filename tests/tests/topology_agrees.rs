@@ -125,6 +125,7 @@ async fn the_seed_contracts_manifest_lists_what_the_runtime_declares() {
             GametradeEvents,
         );
         start(BackgroundTask::worker(&bus), &mut started).await;
+        start(RenderTradeReport::worker(&bus), &mut started).await;
     }
     {
         use streaming::v1::*;
@@ -158,8 +159,10 @@ async fn the_rich_fixtures_manifest_lists_what_the_runtime_declares() {
     let mut started = Vec::new();
     start(Subscriber::<OrderCreated>::new(&bus, GROUP_NAME), &mut started).await;
     start(Subscriber::<OrderArchived>::new(&bus, GROUP_NAME), &mut started).await;
+    start(Subscriber::<StockLow>::new(&bus, GROUP_NAME), &mut started).await;
     start(Subscriber::<RichEvents>::new(&bus, GROUP_NAME), &mut started).await;
     start(ResizeImage::worker(&bus), &mut started).await;
+    start(RenderThumbnail::worker(&bus), &mut started).await;
     let fixtures = warren_tests::workspace_root().join("tests/fixtures/build_rs");
     assert_agree(&manifest(&fixtures, &["rich/v1/rich.proto"]), &bus.topology(), &started);
 }

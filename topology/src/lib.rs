@@ -5,7 +5,7 @@
 //! - [`topic`]: topic patterns (`*` one word, `#` zero or more): matching, overlap, routing-key words.
 //! - [`ExchangeKind`]: how an exchange routes.
 //! - [`QueueSettings`]: the flags and `x-` arguments of each queue Warren declares (consumer queues, their
-//!   dead-letter queues [`dead_letter_queue`], delay queues [`retry_queue`]).
+//!   dead-letter queues [`dead_letter_queue`], delay queues [`retry_queue`]); [`QueueLimit`]: a length limit.
 //! - [`RetryPolicy`]: how failed messages are retried, and the delay queues a policy implies
 //!   ([`RetryPolicy::delays_ms`]); [`RETRY_LADDER`]: the delays a handler's own choice is rounded to.
 //!
@@ -33,7 +33,8 @@ pub mod topic;
 
 pub use exchange::ExchangeKind;
 pub use queue::{
-    Argument, DELIVERY_LIMIT_MARGIN, MAX_NAME_LEN, MAX_PRIORITY, MAX_QUEUE_NAME_LEN, MAX_TTL_MS, QueueSettings,
-    TEMPORARY_QUEUE_EXPIRY_MS, dead_letter_queue, is_retry_queue, name_problem, retry_queue,
+    Argument, DELIVERY_LIMIT_MARGIN, MAX_NAME_LEN, MAX_PRIORITY, MAX_QUEUE_NAME_LEN, MAX_TTL_MS, QueueLimit,
+    QueueSettings, REJECT_PUBLISH, TEMPORARY_QUEUE_EXPIRY_MS, dead_letter_queue, is_retry_queue, name_problem,
+    retry_queue,
 };
 pub use retry::{RETRY_LADDER, RetryPolicy, delay_ms, retry_rung};

@@ -40,6 +40,9 @@ pub fn name_problem(what: &str, name: &str, max: usize) -> Option<String> {
     ))
 }
 
+/// The `x-overflow` Warren declares limited queues with: a full queue refuses new messages.
+pub const REJECT_PUBLISH: &str = "reject-publish";
+
 /// The dead-letter queue of `queue`: `<queue>.dlq`.
 pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dlq")
@@ -78,6 +81,84 @@ pub struct QueueSettings {
     pub quorum: bool,
     /// A message returned to the queue more often than this is dead-lettered.
     pub delivery_limit: Option<u32>,
+    /// How much the queue holds; when full, the broker refuses new messages (`x-overflow` `reject-publish`).
+    pub limit: Option<QueueLimit>,
+}
+
+/// A bound on what a queue holds: `x-max-length` (ready messages) and `x-max-length-bytes` (their bodies'
+/// bytes), with `x-overflow` `reject-publish`. A message that would not fit is refused: the broker nacks the
+/// publish (the publisher sees a negative confirm) and what is already queued stays. Warren never uses
+/// RabbitMQ's default `drop-head`, which silently drops (or dead-letters) the oldest messages of a business
+/// queue, nor `reject-publish-dlx`, which quorum queues do not support and which would dead-letter a copy of a
+/// message its publisher is told was refused (and may send again).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct QueueLimit {
+    /// The most messages the queue holds ready (`x-max-length`).
+    pub max_messages: Option<u32>,
+    /// The most bytes of message bodies the queue holds ready (`x-max-length-bytes`).
+    pub max_bytes: Option<u32>,
+}
+
+impl QueueLimit {
+    /// At most `max_messages` messages and `max_bytes` bytes ready; `None` leaves that side unbounded.
+    pub const fn new(max_messages: Option<u32>, max_bytes: Option<u32>) -> Self {
+        QueueLimit { max_messages, max_bytes }
+    }
+
+    /// At most `max` messages ready.
+    pub fn messages(max: u32) -> Self {
+        QueueLimit { max_messages: Some(max), max_bytes: None }
+    }
+
+    /// At most `max` bytes of message bodies ready.
+    pub fn bytes(max: u32) -> Self {
+        QueueLimit { max_messages: None, max_bytes: Some(max) }
+    }
+
+    /// Also at most `max` messages ready.
+    pub fn with_messages(mut self, max: u32) -> Self {
+        self.max_messages = Some(max);
+        self
+    }
+
+    /// Also at most `max` bytes of message bodies ready.
+    pub fn with_bytes(mut self, max: u32) -> Self {
+        self.max_bytes = Some(max);
+        self
+    }
+
+    /// Whether a queue holding `messages` ready messages of `bytes` body bytes in all has room for one more
+    /// of `body` bytes: a classic queue's rule on RabbitMQ, where the message must fit whole (quorum queues
+    /// refuse only once the limit is reached, so their last message may go beyond the bytes limit).
+    pub fn has_room(&self, messages: usize, bytes: usize, body: usize) -> bool {
+        let fits = |after: usize, max: Option<u32>| max.is_none_or(|max| after <= max as usize);
+        fits(messages.saturating_add(1), self.max_messages) && fits(bytes.saturating_add(body), self.max_bytes)
+    }
+
+    /// The strictest of two limits: the smaller bound of each kind that either sets.
+    pub fn strictest(self, other: QueueLimit) -> QueueLimit {
+        let min = |a: Option<u32>, b: Option<u32>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        QueueLimit {
+            max_messages: min(self.max_messages, other.max_messages),
+            max_bytes: min(self.max_bytes, other.max_bytes),
+        }
+    }
+}
+
+impl fmt::Display for QueueLimit {
+    /// E.g. `at most 1000 messages and 1048576 bytes`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.max_messages, self.max_bytes) {
+            (Some(messages), Some(bytes)) => write!(f, "at most {messages} messages and {bytes} bytes"),
+            (Some(messages), None) => write!(f, "at most {messages} messages"),
+            (None, Some(bytes)) => write!(f, "at most {bytes} bytes"),
+            (None, None) => write!(f, "no limit"),
+        }
+    }
 }
 
 impl QueueSettings {
@@ -107,6 +188,12 @@ impl QueueSettings {
             delivery_limit: quorum_attempts.map(|attempts| attempts.saturating_add(DELIVERY_LIMIT_MARGIN)),
             ..QueueSettings::plain(temporary)
         }
+    }
+
+    /// These settings with `limit` (see [`QueueLimit`]); `None` leaves the queue unbounded.
+    pub fn with_limit(mut self, limit: Option<QueueLimit>) -> Self {
+        self.limit = limit;
+        self
     }
 
     /// The delay queue [`retry_queue`]`(queue, delay_ms)`: each message waits `delay_ms` there, then the broker
@@ -141,16 +228,36 @@ impl QueueSettings {
         if let Some(limit) = self.delivery_limit {
             arguments.push(("x-delivery-limit", Argument::Int(i64::from(limit))));
         }
+        if let Some(limit) = self.limit {
+            if let Some(max) = limit.max_messages {
+                arguments.push(("x-max-length", Argument::Int(i64::from(max))));
+            }
+            if let Some(max) = limit.max_bytes {
+                arguments.push(("x-max-length-bytes", Argument::Int(i64::from(max))));
+            }
+            arguments.push(("x-overflow", Argument::Str(REJECT_PUBLISH.to_owned())));
+        }
         arguments
     }
 
-    /// Refuses a TTL, expiry or delivery limit RabbitMQ cannot take ([`MAX_TTL_MS`]): sent as a signed 32-bit
-    /// integer, a larger value would wrap negative. The error names the queue, the argument and the limit.
+    /// Refuses a TTL, expiry, delivery limit or length limit RabbitMQ cannot take ([`MAX_TTL_MS`]): sent as a
+    /// signed 32-bit integer, a larger value would wrap negative; and a length limit of 0, which would refuse
+    /// every message. The error names the queue, the argument and the limit.
     pub fn check(&self, queue: &str) -> Result<(), String> {
+        let limit = self.limit.unwrap_or_default();
+        for (argument, value) in [("x-max-length", limit.max_messages), ("x-max-length-bytes", limit.max_bytes)] {
+            if value == Some(0) {
+                return Err(format!(
+                    "queue \"{queue}\": {argument} of 0 would refuse every message; use at least 1, or no limit"
+                ));
+            }
+        }
         let limits = [
             ("x-message-ttl", self.message_ttl),
             ("x-expires", self.expires),
             ("x-delivery-limit", self.delivery_limit),
+            ("x-max-length", limit.max_messages),
+            ("x-max-length-bytes", limit.max_bytes),
         ];
         for (argument, value) in limits {
             if let Some(value) = value.filter(|v| *v > MAX_TTL_MS) {
@@ -224,6 +331,32 @@ mod tests {
         assert!(problem.starts_with("routing key \"éééé") && problem.contains("400 bytes"), "{problem}");
         let longest_retry = retry_queue(&"q".repeat(MAX_QUEUE_NAME_LEN), u32::try_from(i32::MAX).unwrap());
         assert_eq!(longest_retry.len(), MAX_NAME_LEN, "a consumer queue's delay queues fit");
+    }
+
+    #[test]
+    fn a_limited_queue_rejects_publishes_and_says_so_in_its_arguments() {
+        let limit = QueueLimit::messages(10).with_bytes(4096);
+        let queue = QueueSettings::consumer("g.orders", false, false, None).with_limit(Some(limit));
+        let arguments = queue.arguments();
+        assert_eq!(
+            arguments[2..],
+            [
+                ("x-max-length", Argument::Int(10)),
+                ("x-max-length-bytes", Argument::Int(4096)),
+                ("x-overflow", Argument::Str("reject-publish".to_owned())),
+            ]
+        );
+        assert!(limit.has_room(9, 4000, 96) && !limit.has_room(10, 0, 0) && !limit.has_room(0, 4000, 97));
+        assert!(!QueueLimit::bytes(10).has_room(0, 0, 11), "a message bigger than the limit never fits");
+        assert_eq!(
+            QueueLimit::messages(5).strictest(QueueLimit::messages(3).with_bytes(9)),
+            QueueLimit::messages(3).with_bytes(9)
+        );
+        assert_eq!(limit.to_string(), "at most 10 messages and 4096 bytes");
+        let empty = QueueSettings::plain(false).with_limit(Some(QueueLimit::messages(0)));
+        assert!(empty.check("q").unwrap_err().contains("x-max-length of 0"));
+        let huge = QueueSettings::plain(false).with_limit(Some(QueueLimit::bytes(u32::MAX)));
+        assert!(huge.check("q").unwrap_err().contains("x-max-length-bytes of 4294967295"));
     }
 
     #[test]

@@ -65,6 +65,15 @@ fn bench(root: &Path, args: &[&str]) -> Result<ExitCode> {
         cluster::run(root, &["up"])?;
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    // The WebSocket rows (G2, G3) run the gateway as a process of its own, beside the benchmark's binary.
+    let built = std::process::Command::new(&cargo)
+        .current_dir(root)
+        .args(["build", "--quiet", "--release", "--package", "warren-gateway", "--bin", "warren-gateway"])
+        .status()
+        .context("running cargo")?;
+    if !built.success() {
+        return Ok(ExitCode::FAILURE);
+    }
     let status = std::process::Command::new(cargo)
         .current_dir(root)
         .args(["run", "--quiet", "--release", "--package", "warren-bench", "--"])

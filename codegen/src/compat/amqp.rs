@@ -163,13 +163,15 @@ fn queues(f: &mut Findings<'_>) {
             changes.push(format!("durable {} → {}", old.durable, new.durable));
         }
         let keys: BTreeSet<&String> = old.arguments.keys().chain(new.arguments.keys()).collect();
+        let mut limit_changed = false;
         for key in keys {
             let (before, after) = (old.arguments.get(key), new.arguments.get(key));
             if before != after {
                 changes.push(format!("{key} {} → {}", argument(before), argument(after)));
+                limit_changed |= LIMIT_ARGUMENTS.contains(&key.as_str());
             }
         }
-        let (location, subjects, cause, item) = match &new.consumer {
+        let (location, subjects, mut cause, item) = match &new.consumer {
             Consumer::Events(events) => {
                 // Point at the event whose priority changed, if one did: that is what changes the arguments.
                 let changed = events.iter().find(|e| {
@@ -196,14 +198,23 @@ fn queues(f: &mut Findings<'_>) {
             }
         };
         let Some(location) = location else { continue };
+        if limit_changed && cause.is_empty() {
+            cause = ", because the contract's queue limit changed".to_owned();
+        }
+        let policy = if limit_changed {
+            "; a running queue's limit can instead be set by a RabbitMQ policy (`max-length`, `max-length-bytes`, \
+             `overflow` `reject-publish`; the smaller of policy and argument applies)"
+        } else {
+            ""
+        };
         f.breaks.push(Break {
             rule: Rule::QueueArgumentsChanged,
             location,
             message: format!("queue {name} would be declared with {}{cause}", changes.join(", ")),
             fix: format!(
                 "keep the queue's arguments as they were{}; or, when deploying, delete the existing queues (they \
-                 lose their messages) so they are declared anew; {}",
-                if cause.is_empty() { "" } else { " (keep the priority set, or unset)" },
+                 lose their messages) so they are declared anew{policy}; {}",
+                if cause.contains("priority") { " (keep the priority set, or unset)" } else { "" },
                 or_waive(Rule::QueueArgumentsChanged, &item)
             ),
             subjects,
@@ -211,6 +222,9 @@ fn queues(f: &mut Findings<'_>) {
         });
     }
 }
+
+/// The arguments a contract's queue limit sets.
+const LIMIT_ARGUMENTS: [&str; 3] = ["x-max-length", "x-max-length-bytes", "x-overflow"];
 
 fn priority_change(f: &Findings<'_>, event: &str) -> String {
     let name = |p: Option<u8>| p.map_or("none", |p| PRIORITIES[usize::from(p.min(3))]);

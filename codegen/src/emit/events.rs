@@ -112,6 +112,7 @@ pub(super) fn emit(package: &Package) -> TokenStream {
         };
         let retry = retry(event.retry);
         let quorum = event.quorum;
+        let limit = limit(event.limit);
         let binding_key = &event.binding;
         let wire = format(event.json);
         let routing_key_fn = routing_key_fn(event);
@@ -140,6 +141,7 @@ pub(super) fn emit(package: &Package) -> TokenStream {
                     priority: #priority,
                     retry: #retry,
                     quorum: #quorum,
+                    limit: #limit,
                     format: #wire,
                 };
                 #routing_key_fn
@@ -162,6 +164,15 @@ pub(super) fn emit(package: &Package) -> TokenStream {
         // A group's queue is a quorum queue only if every event on it asks for one; it uses a contract retry
         // policy only if its events agree on one.
         let quorum = events.iter().all(|e| e.quorum);
+        // Limited only if every event on it is, by the strictest of their limits (as `proto/warren.lock` says).
+        let limit_fn = group_limit(&events).map(|limit| {
+            let limit = self::limit(Some(limit));
+            quote! {
+                fn queue_limit() -> ::std::option::Option<::warren::__codegen::QueueLimit> {
+                    #limit
+                }
+            }
+        });
         let retry = match events.first().map(|e| e.retry) {
             Some(Some(first)) if events.iter().all(|e| e.retry == Some(first)) => {
                 let ty = rust_path(&events[0].rust_path);
@@ -242,6 +253,8 @@ pub(super) fn emit(package: &Package) -> TokenStream {
                     #quorum
                 }
 
+                #limit_fn
+
                 fn retry_policy() -> ::std::option::Option<::warren::RetryPolicy> {
                     #retry
                 }
@@ -276,4 +289,24 @@ pub(super) fn emit(package: &Package) -> TokenStream {
         });
     }
     out
+}
+
+/// The length limit of a queue that takes all of `events`: the strictest of theirs when every one has one.
+pub(crate) fn group_limit(events: &[&crate::model::Event]) -> Option<crate::model::QueueLimit> {
+    events.iter().map(|e| e.limit).reduce(|a, b| a.zip(b).map(|(a, b)| a.strictest(b))).flatten()
+}
+
+/// A contract's queue limit as an expression of generated code.
+pub(crate) fn limit(limit: Option<crate::model::QueueLimit>) -> TokenStream {
+    let bound = |value: Option<u32>| match value {
+        Some(n) => quote!(::std::option::Option::Some(#n)),
+        None => quote!(::std::option::Option::None),
+    };
+    match limit {
+        Some(limit) => {
+            let (messages, bytes) = (bound(limit.max_messages), bound(limit.max_bytes));
+            quote!(::std::option::Option::Some(::warren::__codegen::QueueLimit::new(#messages, #bytes)))
+        }
+        None => quote!(::std::option::Option::None),
+    }
 }

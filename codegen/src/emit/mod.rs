@@ -1,7 +1,7 @@
 //! From the contract model to files: prost message types, Warren's typed layer, and the crate around them.
 
 mod docs;
-mod events;
+pub(crate) mod events;
 mod payload;
 mod rpc;
 mod tasks;

@@ -22,6 +22,7 @@ pub(super) fn emit(package: &Package) -> TokenStream {
             };
             let retry = retry(task.retry);
             let quorum = task.quorum;
+            let limit = super::events::limit(task.limit);
             let wire = format(task.json);
             let name = task.full_name.rsplit('.').next().unwrap_or_default();
             let enqueue_doc = docs::doc_attrs(
@@ -47,6 +48,7 @@ pub(super) fn emit(package: &Package) -> TokenStream {
                         prefetch: #prefetch,
                         retry: #retry,
                         quorum: #quorum,
+                        limit: #limit,
                         format: #wire,
                     };
                 }
@@ -86,6 +88,10 @@ pub(super) fn emit(package: &Package) -> TokenStream {
 
                     fn retry_policy() -> ::std::option::Option<::warren::RetryPolicy> {
                         <Self as ::warren::__codegen::Task>::SPEC.retry
+                    }
+
+                    fn queue_limit() -> ::std::option::Option<::warren::__codegen::QueueLimit> {
+                        <Self as ::warren::__codegen::Task>::SPEC.limit
                     }
 
                     fn work_queue() -> ::std::option::Option<&'static str> {

@@ -247,7 +247,7 @@ fn read_task(task: &model::Task, sources: &Sources<'_>, manifest: &mut Manifest)
             location: sources.display(&task.location),
         },
     );
-    let declaration = Declaration { prioritized: false, quorum: task.quorum, retry: task.retry };
+    let declaration = Declaration { prioritized: false, quorum: task.quorum, retry: task.retry, limit: task.limit };
     let queue = subscriber_queue(&task.queue, declaration, Consumer::Task(task.full_name.clone()), BTreeSet::new());
     manifest.queues.insert(task.queue.clone(), queue);
 }
@@ -261,6 +261,7 @@ fn event_queue(name: &str, events: &[&model::Event]) -> Queue {
         prioritized: events.iter().any(|e| e.priority.is_some()),
         quorum: events.iter().all(|e| e.quorum),
         retry: first.filter(|_| events.iter().all(|e| e.retry == first)),
+        limit: crate::emit::events::group_limit(events),
     };
     let bindings = events
         .iter()
@@ -283,11 +284,13 @@ struct Declaration {
     quorum: bool,
     /// The contract's retry policy; `None`: the runtime's default.
     retry: Option<RetryPolicy>,
+    /// Its length limit: the contract's, or for several events, the strictest when all of them set one.
+    limit: Option<warren_topology::QueueLimit>,
 }
 
 /// A subscriber or work queue as the runtime declares it: durable, dead-lettering to `<queue>.dlq` through the
 /// default exchange, a priority queue when prioritized, a quorum queue with a delivery limit just above the
-/// retry policy's attempts when asked for one, retrying through `<queue>.retry.<ms>`.
+/// retry policy's attempts when asked for one, limited in length when the contract says so, retrying through `<queue>.retry.<ms>`.
 fn subscriber_queue(
     name: &str,
     declaration: Declaration,
@@ -296,7 +299,7 @@ fn subscriber_queue(
 ) -> Queue {
     let effective = declaration.retry.unwrap_or_default();
     let quorum = declaration.quorum.then_some(effective.max_attempts);
-    let settings = QueueSettings::consumer(name, false, declaration.prioritized, quorum);
+    let settings = QueueSettings::consumer(name, false, declaration.prioritized, quorum).with_limit(declaration.limit);
     Queue {
         consumer,
         durable: settings.durable,

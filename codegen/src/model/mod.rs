@@ -71,6 +71,8 @@ pub struct Event {
     pub retry: Option<RetryPolicy>,
     /// Whether its subscribers get quorum queues.
     pub quorum: bool,
+    /// The length limit of its subscribers' queues, when the contract sets one.
+    pub limit: Option<QueueLimit>,
     /// The message's proto comment.
     pub doc: String,
     /// Where the message is declared.
@@ -92,6 +94,8 @@ pub struct Task {
     pub retry: Option<RetryPolicy>,
     /// Whether the work queue is a quorum queue.
     pub quorum: bool,
+    /// The length limit of the work queue, when the contract sets one.
+    pub limit: Option<QueueLimit>,
     /// Whether it is sent as JSON by default.
     pub json: bool,
     /// The message's proto comment.
@@ -117,7 +121,7 @@ pub struct ErrorSet {
 
 /// A retry policy from `(warren.event).retry` or `(warren.task).retry`, defaults filled in: the runtime's own
 /// type, from the topology rules both share.
-pub use warren_topology::RetryPolicy;
+pub use warren_topology::{QueueLimit, RetryPolicy};
 
 /// The events of one package published to one exchange; generated as one enum for pattern subscriptions.
 #[derive(Debug, Clone)]

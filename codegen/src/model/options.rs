@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use prost_reflect::{DescriptorPool, DynamicMessage, ExtensionDescriptor, MessageDescriptor, Value};
 
-use super::{Contracts, Event, EventGroup, Exchange, ExchangeKind, Package, RetryPolicy, Subscription, Task};
+use super::{
+    Contracts, Event, EventGroup, Exchange, ExchangeKind, Package, QueueLimit, RetryPolicy, Subscription, Task,
+};
 use super::{keys, messages, services, validate};
 use crate::compile::{Compiled, OPTIONS_PROTO_NAME, SourceInfo};
 use crate::error::{Error, Location, Problems, Result};
@@ -369,10 +371,12 @@ fn read_event(
             "drop `priority`, or use `queue_type: CLASSIC`",
         ));
     }
+    let limit = read_limit(option.limit, &format!("event {full_name}"), &location)?;
     Ok(Some(Event {
         priority,
         retry,
         quorum,
+        limit,
         rust_path: ident::rust_type_path(message.package_name(), message),
         variant: ident::type_name(message.name()),
         full_name,
@@ -384,6 +388,36 @@ fn read_event(
         doc: info.comment(message.path()),
         location: info.location(message.path()),
     }))
+}
+
+/// The `limit` of an event or task option: `None` when unset; an error when it sets no bound, or one that
+/// RabbitMQ cannot take (a signed 32-bit integer).
+fn read_limit(limit: Option<pb::QueueLimit>, what: &str, location: &Location) -> Result<Option<QueueLimit>> {
+    let Some(limit) = limit else {
+        return Ok(None);
+    };
+    let bound = |value: u32, name: &str| match value {
+        0 => Ok(None),
+        value if value > warren_topology::MAX_TTL_MS => Err(Error::contract(
+            location.clone(),
+            format!("{what} has a queue limit of {value} {name}, above RabbitMQ's limit of 2147483647"),
+            format!("use `{name}` between 1 and 2147483647 in its `limit`"),
+        )),
+        value => Ok(Some(value)),
+    };
+    let max_messages = bound(limit.max_messages, "max_messages")?;
+    let max_bytes = bound(limit.max_bytes, "max_bytes")?;
+    if max_messages.is_none() && max_bytes.is_none() {
+        return Err(Error::contract(
+            location.clone(),
+            format!("{what} has a queue limit without a bound"),
+            "set `max_messages: N` and/or `max_bytes: N` (at least 1) in its `limit`, or drop `limit`",
+        ));
+    }
+    let mut out = QueueLimit::default();
+    out.max_messages = max_messages;
+    out.max_bytes = max_bytes;
+    Ok(Some(out))
 }
 
 /// The `retry` of an event or task option, defaults filled in.
@@ -437,6 +471,7 @@ fn read_task(message: &MessageDescriptor, ext: &Extensions, info: &SourceInfo<'_
     };
     Ok(Some(Task {
         retry: read_retry(option.retry, &format!("task {full_name}"), &location)?,
+        limit: read_limit(option.limit, &format!("task {full_name}"), &location)?,
         quorum: option.queue_type() == pb::QueueType::Quorum,
         json: option.wire_format() == pb::WireFormat::Json,
         rust_path: ident::rust_type_path(message.package_name(), message),

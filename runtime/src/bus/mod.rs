@@ -393,10 +393,10 @@ impl Bus {
 }
 
 /// Options of the work queue of task type `T`: a consumer queue with the quorum delivery limit from the
-/// contract's policy, so that every worker and sender declares it identically.
+/// contract's policy and the contract's length limit, so that every worker and sender declares it identically.
 pub(crate) fn work_queue<T: Inbound>(queue: &str) -> QueueSettings {
     let quorum = T::quorum().then(|| T::retry_policy().unwrap_or_default().max_attempts);
-    QueueSettings::consumer(queue, false, T::prioritized(), quorum)
+    QueueSettings::consumer(queue, false, T::prioritized(), quorum).with_limit(T::queue_limit())
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ impl Bus {
     /// # #[derive(Clone, PartialEq, prost::Message)] struct UserRegistered { #[prost(int64, tag = "1")] user_id: i64 }
     /// # impl warren::__codegen::Event for UserRegistered { const SPEC: &'static warren::__codegen::EventSpec = &warren::__codegen::EventSpec {
     /// #     type_name: "gametrade.v1.UserRegistered", routing_key: "user.registered", binding: "user.registered", priority: None,
-    /// #     retry: None, quorum: false, format: warren::WireFormat::Protobuf,
+    /// #     retry: None, quorum: false, limit: None, format: warren::WireFormat::Protobuf,
     /// #     exchange: warren::__codegen::ExchangeSpec { name: "gametrade.events", kind: warren::__codegen::ExchangeKind::Topic, durable: true, auto_delete: false } }; }
     /// # impl warren::Payload for UserRegistered { const TYPE_NAME: &'static str = "gametrade.v1.UserRegistered"; }
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), warren::Error> {

@@ -33,7 +33,8 @@ impl BusConfig {
     /// Then, each when set: `WARREN_SERVICE_NAME`, `WARREN_CONNECT_TIMEOUT`, `WARREN_OPERATION_TIMEOUT`,
     /// `WARREN_PUBLISH_TIMEOUT`, `WARREN_RECOVERY_TIMEOUT` (durations, as [`crate::parse_duration`] reads
     /// them: `500ms`, `10s`, `2m`), `WARREN_HEARTBEAT` (seconds), `WARREN_PREFETCH` (1–65535) and
-    /// `WARREN_MAX_MESSAGE_SIZE` (bytes). A value that does not parse is an error naming the variable.
+    /// `WARREN_MAX_MESSAGE_SIZE` (bytes). A value that does not parse is an error naming the variable. And
+    /// `RABBITMQ_CA_FILE`, as [`BusConfig::tls_ca`] (for `amqps://`).
     ///
     /// `memory://` in `RABBITMQ_URL` selects the in-memory broker. To fall back to it when nothing names a
     /// broker, as the demo does, ask [`BusConfig::broker_in_env`] first.
@@ -87,6 +88,9 @@ impl BusConfig {
                 return Err(Error::config("WARREN_MAX_MESSAGE_SIZE=0: no message would fit (try 16777216)"));
             }
             config.max_message_size = size;
+        }
+        if let Some(path) = set("RABBITMQ_CA_FILE") {
+            config.tls_ca = Some(path.into());
         }
         Ok(config)
     }
@@ -184,6 +188,14 @@ mod tests {
 
     fn config(vars: &[(&str, &str)]) -> Result<BusConfig> {
         BusConfig::from_vars(|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned()))
+    }
+
+    #[test]
+    fn a_ca_file_is_trusted_for_amqps() {
+        let tls = config(&[("RABBITMQ_URL", "amqps://a:b@h/v"), ("RABBITMQ_CA_FILE", " /etc/warren/ca.pem ")]).unwrap();
+        assert_eq!(tls.tls_ca.as_deref(), Some(std::path::Path::new("/etc/warren/ca.pem")));
+        assert_eq!(tls.redacted_url(), "amqps://a:***@h:5671/v");
+        assert_eq!(config(&[("RABBITMQ_CA_FILE", "")]).unwrap().tls_ca, None);
     }
 
     #[test]

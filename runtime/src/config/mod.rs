@@ -1,6 +1,7 @@
 //! Bus configuration: where the broker is and the limits Warren works within.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +85,12 @@ pub struct BusConfig {
     pub registry_heartbeat: Duration,
     /// Layers around all of this bus's traffic, in registration order ([`BusConfig::middleware`]).
     pub(crate) middleware: Layers,
+    /// For `amqps://`: a PEM file of certificate authorities trusted for the broker's certificate, besides the
+    /// system's roots ([`BusConfig::tls_ca`], or `RABBITMQ_CA_FILE`).
+    pub tls_ca: Option<PathBuf>,
+    /// For `amqps://` to a broker that asks for a client certificate: PEM files of the certificate and of its
+    /// private key ([`BusConfig::tls_client_identity`]).
+    pub tls_client_identity: Option<(PathBuf, PathBuf)>,
 }
 
 impl BusConfig {
@@ -185,6 +192,8 @@ impl BusConfig {
             trace_context: false,
             registry_heartbeat: Duration::from_secs(10),
             middleware: Layers::default(),
+            tls_ca: None,
+            tls_client_identity: None,
         }
     }
 
@@ -265,6 +274,23 @@ impl BusConfig {
         self
     }
 
+    /// Trusts the certificate authorities in PEM file `path` for the broker's certificate over `amqps://`,
+    /// besides the system's roots: for a broker whose certificate a private CA signed. Needs the `tls` feature;
+    /// the file is read at each connection.
+    pub fn tls_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca = Some(path.into());
+        self
+    }
+
+    /// Presents the client certificate in PEM file `certificate` (its chain may follow it) with its private key
+    /// in PEM file `key` (unencrypted PKCS#8, or RSA / EC) to a broker that asks for one (RabbitMQ's
+    /// `ssl_options.verify = verify_peer`). Only the paths are kept, and the files read at each connection:
+    /// the key never appears in `Debug`, logs or errors. Needs the `tls` feature.
+    pub fn tls_client_identity(mut self, certificate: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls_client_identity = Some((certificate.into(), key.into()));
+        self
+    }
+
     /// The URL with the password replaced by `***`: `scheme://user:***@host:port/vhost`, with the scheme,
     /// user, host and vhost as given (the query left out), and the user, port and vhost used when the URL
     /// leaves them out.
@@ -322,6 +348,8 @@ impl fmt::Debug for BusConfig {
             .field("trace_context", &self.trace_context)
             .field("registry_heartbeat", &self.registry_heartbeat)
             .field("middleware", &self.middleware)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_client_identity", &self.tls_client_identity)
             .finish()
     }
 }

@@ -42,7 +42,7 @@ use worker::*;
 /// # #[derive(Clone, PartialEq, prost::Message)] struct UserRegistered { #[prost(int64, tag = "1")] user_id: i64 }
 /// # impl warren::__codegen::Event for UserRegistered { const SPEC: &'static warren::__codegen::EventSpec = &warren::__codegen::EventSpec {
 /// #     type_name: "gametrade.v1.UserRegistered", routing_key: "user.registered", binding: "user.registered", priority: None,
-/// #     retry: None, quorum: false, format: warren::WireFormat::Protobuf,
+/// #     retry: None, quorum: false, limit: None, format: warren::WireFormat::Protobuf,
 /// #     exchange: warren::__codegen::ExchangeSpec { name: "gametrade.events", kind: warren::__codegen::ExchangeKind::Topic, durable: true, auto_delete: false } }; }
 /// # impl warren::Payload for UserRegistered { const TYPE_NAME: &'static str = "gametrade.v1.UserRegistered"; }
 /// let subscription = warren::Subscriber::<UserRegistered>::new(&bus, "email-service")
@@ -259,7 +259,8 @@ impl<T: Inbound> Subscriber<T> {
                     temporary,
                     prioritized,
                     T::quorum().then_some(self.retry.max_attempts),
-                ),
+                )
+                .with_limit(T::queue_limit()),
             };
             Arc::new(move |bus: Bus| {
                 let (queue, bindings, options) = (queue.clone(), bindings.clone(), options.clone());

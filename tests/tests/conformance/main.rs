@@ -7,6 +7,7 @@ mod delivery;
 mod failures;
 mod inspect;
 mod lifecycle;
+mod limits;
 mod metadata;
 mod middleware;
 mod observability;

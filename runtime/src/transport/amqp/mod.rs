@@ -13,8 +13,8 @@
 //!
 //! This file holds [`Amqp`]: the link, its channels, declarations, and the entry points. The rest, by concern:
 //! `supervise.rs` (connecting, noticing a lost link, reconnecting, replaying the topology), `publish.rs`
-//! (publishing, and classifying a failed publish), `consume.rs` (deliveries and settling them) and
-//! `properties.rs` (lapin's property and header types to and from Warren's).
+//! (publishing, and classifying a failed publish), `consume.rs` (deliveries and settling them),
+//! `properties.rs` (lapin's property and header types to and from Warren's) and `tls.rs` (`amqps://`).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -47,6 +47,7 @@ pub(crate) mod probe;
 mod properties;
 mod publish;
 mod supervise;
+pub(crate) mod tls;
 
 use consume::*;
 pub(crate) use consume::{ack_multiple, cancel, settle};
@@ -150,6 +151,7 @@ impl Amqp {
     /// Connects (retrying with backoff until the connect deadline) and starts the supervisor.
     pub(crate) async fn connect(config: &BusConfig) -> Result<Arc<Amqp>> {
         let started = Instant::now();
+        tls::check(config)?;
         let Endpoint::Amqp { addresses, .. } = &config.endpoint else {
             return Err(Error::config("the AMQP transport needs an amqp:// URL"));
         };

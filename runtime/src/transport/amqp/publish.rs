@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// What a nack from RabbitMQ means, as far as a client can tell: the nack itself carries no reason.
+pub(super) const NACK_REASON: &str = "the broker refused it; a queue it routes to may be full (x-max-length with \
+     reject-publish), or the broker failed to store it; publish it again later, or slow down";
+
 /// Whether to try a failed publish again.
 pub(super) enum Failure {
     Final(Error),
@@ -78,8 +82,8 @@ pub(super) fn clone_final(error: &Error) -> Error {
         Error::Unroutable { exchange, routing_key } => {
             Error::Unroutable { exchange: exchange.clone(), routing_key: routing_key.clone() }
         }
-        Error::Nacked { exchange, routing_key } => {
-            Error::Nacked { exchange: exchange.clone(), routing_key: routing_key.clone() }
+        Error::Nacked { exchange, routing_key, reason } => {
+            Error::Nacked { exchange: exchange.clone(), routing_key: routing_key.clone(), reason: reason.clone() }
         }
         Error::TooLarge { size, limit } => Error::TooLarge { size: *size, limit: *limit },
         _ => Error::Closed,
@@ -154,7 +158,7 @@ pub(super) fn publish_through(
             }
             Outcome::Refused => {
                 let (exchange, routing_key) = named();
-                Err(Error::Nacked { exchange, routing_key })
+                Err(Error::Nacked { exchange, routing_key, reason: NACK_REASON.to_owned() })
             }
             Outcome::Failed(source) => Err(Error::broker("publish and confirm", source)),
             Outcome::TimedOut => Err(Error::Timeout { operation: "publish and confirm", after: timeout }),

@@ -282,7 +282,7 @@ pub(super) async fn connect(
             uri.authority.port = address.port;
             let wait = remaining.min(per_node);
             let reason =
-                match tokio::time::timeout(wait, Connection::connect_uri(uri.clone(), properties.clone())).await {
+                match tokio::time::timeout(wait, super::tls::connect(config, uri.clone(), properties.clone())).await {
                     Ok(Ok(connection)) => return Ok((connection, node)),
                     Ok(Err(error)) => config.redact(&error.to_string()),
                     Err(_) => format!("no answer within {wait:?}"),
@@ -290,7 +290,8 @@ pub(super) async fn connect(
             failures[node] = Some(reason);
         }
         let elapsed = started.elapsed();
-        // Keep trying until the deadline itself; the last wait is cut to what is left of it.
+        // Keep trying until the deadline itself (unless every node's certificate failed: that will not change);
+        // the last wait is cut to what is left of it.
         let left = within.saturating_sub(elapsed);
         let reason = match addresses.len() {
             1 => failures[0].clone().unwrap_or_default(),
@@ -299,7 +300,8 @@ pub(super) async fn connect(
                 .collect::<Vec<_>>()
                 .join("; "),
         };
-        if left < Duration::from_millis(10) {
+        let certificates_failed = failures.iter().all(|f| f.as_deref().is_some_and(super::tls::is_final));
+        if left < Duration::from_millis(10) || certificates_failed {
             return Err(Error::Connect { url: config.redacted_url(), attempts, elapsed, reason });
         }
         tracing::debug!(url = %config.redacted_url(), attempts, %reason, "connect failed; retrying");

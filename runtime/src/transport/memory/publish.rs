@@ -35,6 +35,9 @@ impl Broker {
                     Ok(())
                 };
             }
+            if route.limited {
+                return state.publish_limited(&route, publish, body, properties, shared);
+            }
             // One shared copy, however many queues it goes to.
             let mut message = Message::new(route.exchange, route.key, properties.received(), body);
             if route.queues.len() > 1 {
@@ -60,6 +63,8 @@ pub(super) struct Route {
     exchange: Arc<str>,
     key: Arc<str>,
     queues: Arc<[Arc<str>]>,
+    /// Whether any of the queues has a length limit (their settings cannot change while the route is kept).
+    limited: bool,
 }
 
 impl State {
@@ -74,7 +79,8 @@ impl State {
         }
         let queues: Arc<[Arc<str>]> = self.route(exchange, key, properties)?.into();
         let (exchange_name, routing_key) = self.intern(exchange, key);
-        let route = Route { exchange: exchange_name, key: routing_key, queues };
+        let limited = queues.iter().any(|q| self.queues.get(&**q).is_some_and(|q| q.options.limit.is_some()));
+        let route = Route { exchange: exchange_name, key: routing_key, queues, limited };
         if self.exchanges.get(exchange).is_some_and(|e| e.kind == ExchangeKind::Headers) {
             return Ok(route);
         }
@@ -123,6 +129,46 @@ impl State {
             }
         }
         Ok(queues)
+    }
+}
+
+impl State {
+    /// A publish to queues of which some have a length limit: as RabbitMQ's `reject-publish`, the message goes
+    /// to every queue with room for it, and the publish is refused (a negative confirm) if any queue is full.
+    fn publish_limited(
+        &mut self,
+        route: &Route,
+        publish: Publish<'_>,
+        body: Vec<u8>,
+        properties: Properties,
+        shared: &Arc<std::sync::Mutex<State>>,
+    ) -> Result<()> {
+        let (with_room, full): (Vec<&Arc<str>>, Vec<&Arc<str>>) =
+            route.queues.iter().partition(|queue| self.has_room(queue, body.len()));
+        let mut message =
+            Message::new(Arc::clone(&route.exchange), Arc::clone(&route.key), properties.received(), body);
+        if route.queues.len() > 1 {
+            message = message.fanned_out();
+        }
+        let message = Arc::new(message);
+        for queue in with_room {
+            self.enqueue(queue, Queued::new(Arc::clone(&message)), shared);
+        }
+        let Some(queue) = full.first() else { return Ok(()) };
+        let limit = self.queues.get(&***queue).and_then(|q| q.options.limit).unwrap_or_default();
+        Err(Error::Nacked {
+            exchange: publish.exchange.to_owned(),
+            routing_key: publish.routing_key.to_owned(),
+            reason: format!(
+                "queue \"{queue}\" is full ({limit}; x-max-length with reject-publish): the message was refused{}; \
+                 publish it again once consumers have taken some, or raise the contract's limit",
+                if full.len() < route.queues.len() {
+                    " there, though the other queues it routes to took it"
+                } else {
+                    ""
+                }
+            ),
+        })
     }
 }
 
@@ -192,5 +238,21 @@ mod tests {
         send(&broker, TOPIC.name, "user.created").unwrap();
         assert_eq!(depth(&broker, "b"), 2, "only the remaining queue receives");
         assert!(matches!(send(&broker, TOPIC.name, "user.deleted"), Err(Error::Unroutable { .. })));
+    }
+
+    /// A bytes limit counts the bodies of ready messages, and a message must fit whole, as in a classic queue.
+    #[tokio::test]
+    async fn a_bytes_limit_refuses_a_body_that_does_not_fit() {
+        let broker = Broker::default();
+        let limited = QueueSettings::plain(false).with_limit(Some(warren_topology::QueueLimit::bytes(3)));
+        broker.declare_queue("small", &limited).unwrap();
+        for _ in 0..3 {
+            send(&broker, "", "small").unwrap(); // one byte each
+        }
+        let Err(Error::Nacked { reason, .. }) = send(&broker, "", "small") else { panic!("the fourth byte fits") };
+        assert!(reason.contains("queue \"small\" is full (at most 3 bytes"), "{reason}");
+        assert_eq!(depth(&broker, "small"), 3, "nothing dropped, nothing added");
+        broker.fetch("small").unwrap().expect("a message");
+        send(&broker, "", "small").unwrap();
     }
 }

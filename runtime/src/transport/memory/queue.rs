@@ -52,6 +52,20 @@ impl Broker {
 }
 
 impl State {
+    /// Whether `queue` has room for a message of `size` body bytes under its length limit (see
+    /// [`QueueLimit::has_room`](warren_topology::QueueLimit::has_room)): only ready messages count, as on
+    /// RabbitMQ. Bytes are summed on demand: only queues with a bytes limit pay for it.
+    pub(super) fn has_room(&self, queue: &str, size: usize) -> bool {
+        let Some(q) = self.queues.get(queue) else { return true };
+        let Some(limit) = q.options.limit else { return true };
+        let messages = q.ready.iter().map(VecDeque::len).sum();
+        let bytes = match limit.max_bytes {
+            Some(_) => q.ready.iter().flatten().map(|m| m.message.body.len()).sum(),
+            None => 0,
+        };
+        limit.has_room(messages, bytes, size)
+    }
+
     pub(super) fn enqueue(&mut self, name: &str, mut message: Queued, shared: &Arc<Mutex<State>>) {
         let Some(queue) = self.queues.get_mut(name) else { return };
         if queue.options.message_ttl.is_some() || message.message.properties.expiration_ms().is_some() {
@@ -149,7 +163,13 @@ impl State {
         let (exchange, routing_key) = self.intern(&exchange, &key);
         let copy = Arc::new(Message::new(exchange, routing_key, properties.received(), body));
         for queue in queues {
-            self.enqueue(&queue, Queued::new(Arc::clone(&copy)), shared);
+            // As RabbitMQ: dead-lettering is not confirmed, and a full queue with `reject-publish` drops what is
+            // dead-lettered into it.
+            if self.has_room(&queue, copy.body.len()) {
+                self.enqueue(&queue, Queued::new(Arc::clone(&copy)), shared);
+            } else {
+                tracing::warn!(queue = %queue, from = name, "a dead-lettered message was dropped: its queue is full");
+            }
         }
     }
 }
