@@ -69,6 +69,11 @@ const FULL: Scale = Scale {
     websocket_seconds: 10,
 };
 
+/// `--cluster`: the first node of `cargo xtask cluster up`, which both sides connect to (raw lapin takes one
+/// address), and its name, for `rabbitmqctl` (a vhost made there is the whole cluster's).
+const CLUSTER_URL: &str = "amqp://guest:guest@127.0.0.1:5681/%2f";
+const CLUSTER_NODE: &str = "warren-c1@localhost";
+
 /// What a workload's ratio must meet.
 #[derive(Debug, Clone, Copy)]
 enum Goal {
@@ -78,10 +83,15 @@ enum Goal {
     Latency(f64),
 }
 
-const USAGE: &str = "usage: warren-bench [--quick] [--memory] [--only W1,W2,…] [--raw-envelope minimal|warren]
+const USAGE: &str =
+    "usage: warren-bench [--quick] [--memory] [--cluster] [--only W1,W2,…] [--raw-envelope minimal|warren]
                     [--profile NAME [--raw] [--messages N] [--payload 1024]]
   --quick          a reduced set (100 B payloads, fewer messages), in under two minutes
   --memory         only W9, the in-memory transport (no broker needed); the same as --only W9
+  --cluster        only W2 and W4, on the three-node cluster of `cargo xtask cluster up`, both sides on its first
+                   node (RABBITMQ_URL, by default amqp://guest:guest@127.0.0.1:5681/%2f; the vhost made on
+                   warren-c1@localhost), with quorum queues on both sides (W4 with PaymentCompleted events,
+                   whose contract asks for quorum queues)
   --only W1,W7     only the workloads named (W1–W9; W2o, W4o, W7o: W2, W4, W7 with trace context and Prometheus;
                    G1: the gateway's HTTP publish against the bus publishing directly; G2, G3: the gateway's
                    WebSocket fan-out to 1,000 clients, G3 with 10 of them never reading)
@@ -114,6 +124,8 @@ fn in_range(name: &str, value: Option<String>, range: std::ops::RangeInclusive<u
 struct Args {
     quick: bool,
     memory: bool,
+    /// `--cluster`: W2 and W4 on `cargo xtask cluster`'s nodes, with quorum queues.
+    cluster: bool,
     only: Option<Vec<String>>,
     profile: Option<String>,
     raw: bool,
@@ -133,6 +145,7 @@ impl Args {
             match arg.as_str() {
                 "--quick" => parsed.quick = true,
                 "--memory" => parsed.memory = true,
+                "--cluster" => parsed.cluster = true,
                 "--raw" => parsed.raw = true,
                 "--raw-envelope" => match args.next().as_deref() {
                     Some("minimal") => parsed.warrens_envelope = false,
@@ -186,6 +199,15 @@ impl Args {
         }
         if parsed.memory {
             parsed.only = Some(vec!["W9".to_owned()]);
+        }
+        if parsed.cluster {
+            if parsed.memory || parsed.profile.is_some() {
+                return Err("--cluster goes with neither --memory nor --profile".to_owned());
+            }
+            let only = parsed.only.get_or_insert_with(|| vec!["W2".to_owned(), "W4".to_owned()]);
+            if let Some(other) = only.iter().find(|w| *w != "W2" && *w != "W4") {
+                return Err(format!("--cluster runs W2 and W4 only, not {other}"));
+            }
         }
         Ok(parsed)
     }
@@ -349,7 +371,12 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let base = std::env::var("RABBITMQ_URL").unwrap_or_else(|_| warren::DEFAULT_URL.to_owned());
+    let base = std::env::var("RABBITMQ_URL")
+        .unwrap_or_else(|_| if args.cluster { CLUSTER_URL.to_owned() } else { warren::DEFAULT_URL.to_owned() });
+    if args.cluster {
+        vhost::use_node(CLUSTER_NODE);
+        raw::use_quorum_queues();
+    }
     if args.warrens_envelope {
         raw::send_warrens_envelope();
     }
@@ -397,6 +424,12 @@ async fn run(args: &Args, url: String, uses_rabbitmq: bool) -> std::process::Exi
          switches the client's context switches per message (Warren / raw).",
         scale.rounds
     );
+    if args.cluster {
+        println!(
+            "On a three-node RabbitMQ cluster (`cargo xtask cluster up`), every queue a quorum queue, both sides \
+             connected to its first node (127.0.0.1:5681 unless RABBITMQ_URL says otherwise)."
+        );
+    }
     if args.warrens_envelope {
         println!(
             "Raw lapin's events carry Warren's whole envelope (--raw-envelope warren): both sides send the same bytes."

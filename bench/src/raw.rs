@@ -21,7 +21,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use prost::Message as _;
 use tokio::sync::oneshot;
 use warren_contracts::at::v1::{IntSumRequest, IntSumResponse};
-use warren_contracts::gametrade::v1::UserRegistered;
+use warren_contracts::gametrade::v1::{PaymentCompleted, UserRegistered};
 
 /// The exchange raw publishes go to (Warren's go to its contract's `gametrade.events`).
 pub(crate) const EXCHANGE: &str = "bench.raw.events";
@@ -45,20 +45,38 @@ pub(crate) async fn channel(connection: &Connection, confirms: bool) -> Channel 
 /// messages (and the broker's memory) until someone deletes it.
 const QUEUE_EXPIRY_MS: u32 = 120_000;
 
+/// Whether the benchmark's queues are quorum queues (`--cluster`).
+static QUORUM: AtomicBool = AtomicBool::new(false);
+
+/// Makes every queue the benchmark declares from now on a quorum queue (replicated on the cluster's nodes).
+pub(crate) fn use_quorum_queues() {
+    QUORUM.store(true, Ordering::Relaxed);
+}
+
+/// Whether the benchmark's queues are quorum queues.
+pub(crate) fn quorum() -> bool {
+    QUORUM.load(Ordering::Relaxed)
+}
+
 /// Declares `queue` and binds it to `exchange` with `user.registered` (the topology, not timed).
 pub(crate) async fn queue(channel: &Channel, queue: &str, exchange: &str, durable: bool) {
+    queue_for(channel, queue, exchange, "user.registered", durable).await;
+}
+
+/// Declares `queue` (a durable quorum queue under `--cluster`) and binds it to `exchange` with `key`.
+pub(crate) async fn queue_for(channel: &Channel, queue: &str, exchange: &str, key: &str, durable: bool) {
     let kind = ExchangeKind::Topic;
     let options = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     channel.exchange_declare(exchange.into(), kind, options, FieldTable::default()).await.expect("exchange");
-    let options = QueueDeclareOptions { durable, ..QueueDeclareOptions::default() };
+    let options = QueueDeclareOptions { durable: durable || quorum(), ..QueueDeclareOptions::default() };
     let mut arguments = FieldTable::default();
     arguments.insert("x-expires".into(), AMQPValue::LongUInt(QUEUE_EXPIRY_MS));
+    if quorum() {
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    }
     channel.queue_declare(queue.into(), options, arguments).await.expect("queue");
     let bind = QueueBindOptions::default();
-    channel
-        .queue_bind(queue.into(), exchange.into(), "user.registered".into(), bind, FieldTable::default())
-        .await
-        .expect("bind");
+    channel.queue_bind(queue.into(), exchange.into(), key.into(), bind, FieldTable::default()).await.expect("bind");
 }
 
 pub(crate) async fn delete(channel: &Channel, queue: &str) {
@@ -86,9 +104,13 @@ fn stamps_schema(now: u64) -> bool {
 }
 
 fn properties(persistent: bool) -> BasicProperties {
+    properties_of::<UserRegistered>(persistent)
+}
+
+fn properties_of<M: warren::Payload>(persistent: bool) -> BasicProperties {
     let id = uuid::Uuid::now_v7().to_string();
     let properties = BasicProperties::default()
-        .with_type("gametrade.v1.UserRegistered".into())
+        .with_type(M::TYPE_NAME.into())
         .with_content_type("application/x-protobuf".into())
         .with_delivery_mode(if persistent { 2 } else { 1 });
     if !WARRENS_ENVELOPE.load(Ordering::Relaxed) {
@@ -97,7 +119,7 @@ fn properties(persistent: bool) -> BasicProperties {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let properties = if stamps_schema(now.as_secs()) {
         let mut headers = FieldTable::default();
-        let fingerprint = <UserRegistered as warren::Payload>::FINGERPRINT;
+        let fingerprint = M::FINGERPRINT;
         headers.insert("x-warren-schema".into(), AMQPValue::LongString(fingerprint.as_bytes().to_vec().into()));
         properties.with_headers(headers)
     } else {
@@ -130,9 +152,27 @@ pub(crate) async fn publish_to(
     }
 }
 
+/// Publishes one `PaymentCompleted` (`payment.completed`, persistent) to `exchange` and waits for its confirm:
+/// the events of W4 on the cluster, whose contract asks for quorum queues.
+pub(crate) async fn publish_payment(channel: &Channel, exchange: &str, event: &PaymentCompleted) {
+    let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+    let body = event.encode_to_vec();
+    let properties = properties_of::<PaymentCompleted>(true);
+    let sent = channel
+        .basic_publish(exchange.into(), "payment.completed".into(), options, &body, properties)
+        .await
+        .expect("publish");
+    assert!(sent.await.expect("confirm").is_ack(), "the broker acknowledged");
+}
+
 /// Consumes `count` messages from `queue` with prefetch 256, decoding each and acknowledging every 64 with
 /// `multiple` (and the rest at the end).
 pub(crate) async fn consume(channel: &Channel, queue: &str, count: u64) {
+    consume_as::<UserRegistered>(channel, queue, count).await;
+}
+
+/// [`consume`], decoding each message as an `M`.
+pub(crate) async fn consume_as<M: prost::Message + Default>(channel: &Channel, queue: &str, count: u64) {
     channel.basic_qos(256, BasicQosOptions::default()).await.expect("qos");
     let mut consumer = channel
         .basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
@@ -142,7 +182,7 @@ pub(crate) async fn consume(channel: &Channel, queue: &str, count: u64) {
     let mut last = None;
     while seen < count {
         let delivery = consumer.next().await.expect("deliveries").expect("delivery");
-        let _ = UserRegistered::decode(delivery.data.as_slice()).expect("decodes");
+        let _ = M::decode(delivery.data.as_slice()).expect("decodes");
         seen += 1;
         if seen % 64 == 0 {
             delivery.acker.ack(BasicAckOptions { multiple: true }).await.expect("ack");

@@ -3,6 +3,15 @@
 //! Made with `rabbitmqctl` at the start and deleted at the end, also when the run panics or is interrupted.
 
 use std::process::Command;
+use std::sync::OnceLock;
+
+/// The node `rabbitmqctl` manages vhosts on, if not the local default (`--cluster`).
+static NODE: OnceLock<String> = OnceLock::new();
+
+/// Makes `rabbitmqctl` manage vhosts on `node` (e.g. `warren-c1@localhost`) from now on.
+pub(crate) fn use_node(node: &str) {
+    let _ = NODE.set(node.to_owned());
+}
 
 /// A vhost made for this run, deleted when dropped.
 #[derive(Debug)]
@@ -88,6 +97,9 @@ fn percent_decoded(text: &str) -> String {
 
 /// Runs `rabbitmqctl args`; what went wrong, and what to do about it, if it did not succeed.
 fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
+    let mut all: Vec<&str> = NODE.get().map(|node| vec!["-n", node.as_str()]).unwrap_or_default();
+    all.extend_from_slice(args);
+    let args = all.as_slice();
     let command = format!("rabbitmqctl {}", args.join(" "));
     let help = "the benchmark makes a private vhost with rabbitmqctl, so run it on the broker's host (with the \
                 rights to run rabbitmqctl there), or install rabbitmq-server, or run only the in-memory workload \

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use warren::{Bus, HandlerError, PublishOptions, RpcContext};
 use warren_contracts::at::v1::{IntSumRequest, IntSumResponse, IntSummator, IntSummatorClient, IntSummatorServer};
-use warren_contracts::gametrade::v1::UserRegistered;
+use warren_contracts::gametrade::v1::{PaymentCompleted, UserRegistered};
 
 use crate::measure::{Counter, Run, percentiles, timed};
 use crate::raw;
@@ -140,6 +140,9 @@ async fn counting(bus: &Bus, group: &str, counter: &Counter, temporary: bool) ->
 
 /// W4: consume `n` messages already in the queue, prefetch 256, manual acks.
 pub(crate) async fn consume(env: &Env, side: Side) -> Run {
+    if raw::quorum() {
+        return consume_quorum(env, side).await;
+    }
     let connection = raw::connect(&env.url).await;
     let setup = raw::channel(&connection, false).await;
     let publisher = raw::channel(&connection, true).await;
@@ -186,6 +189,70 @@ pub(crate) async fn consume(env: &Env, side: Side) -> Run {
             run
         }
     }
+}
+
+/// A `PaymentCompleted` whose encoding is about `size` bytes.
+fn payment(size: usize, i: u64) -> PaymentCompleted {
+    PaymentCompleted { payment_id: "x".repeat(size.saturating_sub(12)), trade_id: i as i64, ..Default::default() }
+}
+
+/// W4 on the cluster (`--cluster`): the same on quorum queues, with `PaymentCompleted` events, whose contract
+/// asks for quorum queues (Warren's subscriber declares its group's queue as one; raw lapin declares its own).
+async fn consume_quorum(env: &Env, side: Side) -> Run {
+    let connection = raw::connect(&env.url).await;
+    let setup = raw::channel(&connection, false).await;
+    let publisher = raw::channel(&connection, true).await;
+    let fill = |channel: lapin::Channel, exchange: &'static str| async move {
+        futures_util::stream::iter(0..env.n)
+            .map(|i| {
+                let channel = channel.clone();
+                async move { raw::publish_payment(&channel, exchange, &payment(env.size, i)).await }
+            })
+            .buffer_unordered(raw::WINDOW)
+            .for_each(|()| async {})
+            .await;
+    };
+    let counting = |bus: Bus, group: String, counter: Counter| async move {
+        PaymentCompleted::subscribe(&bus, &group)
+            .handle(move |_: PaymentCompleted, _| {
+                counter.hit();
+                std::future::ready(Ok::<_, HandlerError>(()))
+            })
+            .await
+            .expect("subscribe")
+    };
+    let run = match side {
+        Side::Warren => {
+            let bus = bus(env).await;
+            let group = unique("consume");
+            // Subscribe once to declare the group's quorum queue and stop: it stays, bound, while it fills.
+            let subscription = counting(bus.clone(), group.clone(), Counter::new(u64::MAX)).await;
+            let queue = subscription.queue().to_owned();
+            subscription.stop().await;
+            fill(publisher.clone(), WARREN_EXCHANGE).await;
+            let counter = Counter::new(env.n);
+            let run = timed(env.n, async {
+                let subscription = counting(bus.clone(), group.clone(), counter.clone()).await;
+                counter.done.notified().await;
+                subscription.stop().await;
+            })
+            .await;
+            raw::delete(&setup, &queue).await;
+            raw::delete(&setup, &format!("{queue}.dlq")).await;
+            run
+        }
+        Side::Raw => {
+            let queue = unique("consume");
+            raw::queue_for(&setup, &queue, raw::EXCHANGE, "payment.completed", true).await;
+            fill(publisher.clone(), raw::EXCHANGE).await;
+            let channel = raw::channel(&connection, false).await;
+            let run = timed(env.n, raw::consume_as::<PaymentCompleted>(&channel, &queue, env.n)).await;
+            raw::delete(&setup, &queue).await;
+            run
+        }
+    };
+    let _ = connection.close(200, "done".into()).await;
+    run
 }
 
 struct Summator;

@@ -2,7 +2,6 @@
 //! that would disturb everyone else on the shared one (stopping the broker).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -40,6 +39,10 @@ pub struct Verdict {
     pub dead_lettered: usize,
     /// Confirmed, never consumed nor dead-lettered.
     pub lost: Vec<i64>,
+    /// Failed for the caller (an error, e.g. the publish deadline passed).
+    pub failed: usize,
+    /// Failed for the caller, and consumed all the same (the broker had them after all).
+    pub recovered: usize,
     /// Consumed, never sent.
     pub unexpected: Vec<i64>,
 }
@@ -113,12 +116,17 @@ impl Ledger {
             duplicates: entries.consumed.values().map(|n| u64::from(n - 1)).sum(),
             dead_lettered: entries.dead_lettered.len(),
             lost,
+            failed: entries.failed.len(),
+            recovered: entries.failed.iter().filter(|seq| entries.consumed.contains_key(seq)).count(),
             unexpected,
         };
         println!(
-            "ledger {name}: sent {} confirmed {} consumed {} duplicates {} dead-lettered {} lost {} unexpected {}",
+            "ledger {name}: sent {} confirmed {} failed {} (consumed all the same {}) consumed {} duplicates {} \
+             dead-lettered {} lost {} unexpected {}",
             verdict.sent,
             verdict.confirmed,
+            verdict.failed,
+            verdict.recovered,
             verdict.consumed,
             verdict.duplicates,
             verdict.dead_lettered,
@@ -129,84 +137,40 @@ impl Ledger {
     }
 }
 
-/// A RabbitMQ node of the test's own, on 127.0.0.1:5679, started from the notes' recipe and shut down (and
-/// its files removed) when dropped. The machine's shared broker is never touched.
+/// A RabbitMQ node of the test's own, on 127.0.0.1:5679, started from the notes' recipe (by
+/// [`warren_brokers::Node`]) and shut down (and its files removed) when dropped. The machine's shared broker is
+/// never touched.
 #[derive(Debug)]
 pub struct PrivateNode {
-    dir: PathBuf,
-    name: String,
+    node: warren_brokers::Node,
 }
 
 /// The private node's AMQP port.
 pub const PRIVATE_PORT: u16 = 5679;
 
 impl PrivateNode {
-    /// Starts the node and waits (up to 60 s) until it answers.
+    /// Starts the node and waits (up to 60 s) until it answers; panics with "start RabbitMQ: …" if it does not.
     pub fn start() -> PrivateNode {
-        let dir = std::env::temp_dir().join(format!("warren-rtest-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("mnesia")).unwrap();
-        std::fs::create_dir_all(dir.join("log")).unwrap();
-        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
-        std::fs::write(
-            dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.default = 127.0.0.1:{PRIVATE_PORT}\nmax_message_size = 1048576\n"),
-        )
-        .unwrap();
-        let name = "warren-rtest@localhost".to_owned();
-        let node = PrivateNode { dir, name };
-        node.run("chown", &["-R", "rabbitmq:rabbitmq", &node.dir.display().to_string()]);
-        let d = node.dir.display();
-        let script = format!(
-            "cd {d} && env RABBITMQ_NODENAME={name} RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT={PRIVATE_PORT} \
-             RABBITMQ_DIST_PORT=25679 RABBITMQ_MNESIA_BASE={d}/mnesia RABBITMQ_LOG_BASE={d}/log \
-             RABBITMQ_CONFIG_FILE={d}/rabbitmq.conf RABBITMQ_ENABLED_PLUGINS_FILE={d}/enabled_plugins \
-             RABBITMQ_PID_FILE={d}/node.pid HOME=/var/lib/rabbitmq /usr/lib/rabbitmq/bin/rabbitmq-server -detached",
-            name = node.name
-        );
-        node.run("su", &["rabbitmq", "-s", "/bin/sh", "-c", &script]);
-        let started = Instant::now();
-        while !node.ctl_ok(&["await_startup", "--timeout", "5"]) {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "start RabbitMQ: the private test node did not start within 60 s (see {d}/log)"
-            );
-            std::thread::sleep(Duration::from_millis(500));
+        let spec = warren_brokers::NodeSpec::new("warren-rtest", PRIVATE_PORT)
+            .dist_port(25679)
+            .config("max_message_size = 1048576")
+            .dir(std::env::temp_dir().join(format!("warren-rtest-{}", std::process::id())));
+        match warren_brokers::Node::start(spec) {
+            Ok(node) => PrivateNode { node },
+            Err(error) => panic!("{error}"),
         }
-        node
     }
 
     /// The node's URL.
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{PRIVATE_PORT}/%2f")
+        self.node.url("/")
     }
 
     /// Runs `rabbitmqctl -n <node> <args>`, failing the test if it fails.
     pub fn ctl(&self, args: &[&str]) {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        self.run("rabbitmqctl", &all);
-    }
-
-    fn ctl_ok(&self, args: &[&str]) -> bool {
-        Command::new("rabbitmqctl").arg("-n").arg(&self.name).args(args).output().is_ok_and(|o| o.status.success())
-    }
-
-    fn run(&self, program: &str, args: &[&str]) {
-        let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("running {program}: {e}"));
-        assert!(
-            output.status.success(),
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-}
-
-impl Drop for PrivateNode {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").args(["-n", &self.name, "shutdown"]).output();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Err(error) = self.node.ctl(args) {
+            panic!("{error}");
+        }
     }
 }
 
