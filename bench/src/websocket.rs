@@ -151,10 +151,11 @@ async fn client(address: &str, stalled: bool) -> Result<Socket, String> {
     }
 }
 
-/// The sequence number in a delivered event's frame (its `userId`, a JSON string in the proto3 mapping).
+/// The sequence number in a delivered event's frame: its `userId` (a JSON string in the proto3 mapping) less
+/// one, as events carry `seq + 1` (the mapping leaves out a zero).
 fn sequence(frame: &str) -> Option<u64> {
     let rest = frame.split_once("\"userId\":\"")?.1;
-    rest[..rest.find('"')?].parse().ok()
+    rest[..rest.find('"')?].parse::<u64>().ok()?.checked_sub(1)
 }
 
 /// Runs one fan-out on the broker at `url` (a private vhost).
@@ -228,7 +229,7 @@ pub(crate) async fn fan_out(url: &str, run: FanOut) -> Result<FanOutResult, Stri
                 let due = started + Duration::from_secs_f64(seq as f64 / run.rate as f64);
                 tokio::time::sleep_until(due.into()).await;
                 sent[seq as usize].store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                bus.publish(&event(100, seq)).await
+                bus.publish(&event(100, seq + 1)).await
             }
         })
         .buffer_unordered(64)
