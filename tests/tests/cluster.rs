@@ -428,11 +428,11 @@ async fn a_three_node_cluster_loses_nothing_when_nodes_stop() {
 
     // Each queue is declared from a node of its own choosing, so that node leads it and only the fault named
     // is tested: the publisher's node, the consumer's node, then the leader's (where neither client is).
-    // The consumer's queue is declared on another node than the consumer's on purpose: a subscriber also
-    // declares the group's dead-letter queue, a classic queue that lives on the declaring node; with that node
-    // down, declaring it again from another node fails ("home node … is down or inaccessible"), so a consumer
-    // whose own node stopped could not consume anywhere until it returns (measured here; see the note of
-    // issue 30: dead-letter and retry queues of quorum contracts should be quorum queues too).
+    // The last scenario is the consumer's own node stopping when that node also declared the group's queues,
+    // its dead-letter queue included: a quorum queue like the consumer queue (a classic one would live on that
+    // node alone, and declaring it again from another node would fail with "home node … is down", so the
+    // consumer could not resume anywhere until its node returned; measured before side queues became quorum
+    // queues).
     let scenarios = [
         StopOne {
             name: "publisher's node stopped",
@@ -451,6 +451,15 @@ async fn a_three_node_cluster_loses_nothing_when_nodes_stop() {
             victim: Some(2),
             n: 10_000,
             at: 3_000,
+        },
+        StopOne {
+            name: "consumer's node stopped, the node that declared its queues",
+            declare_on: 2,
+            publisher: 0,
+            consumer: 2,
+            victim: Some(2),
+            n: 5_000,
+            at: 1_500,
         },
         StopOne {
             name: "quorum queue's leader stopped",

@@ -484,6 +484,41 @@ async fn quorum_queues_from_the_contract_always_carry_a_delivery_limit() {
     assert!(line.contains("quorum"), "{line}");
     // The contract allows 5 attempts; the broker's own limit sits just above it.
     assert!(line.contains("x-delivery-limit") && line.contains("7"), "{line}");
+    // Its dead-letter queue is a quorum queue too: a classic one would live on one node, and a subscriber could
+    // not start on another while that node is down.
+    let dlq = format!("{queue}.dlq\t");
+    let line = listed.lines().find(|l| l.starts_with(&dlq)).unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.contains("quorum"), "{line}");
+    subscription.stop().await;
+}
+
+/// A dead-letter queue an earlier Warren declared as a classic queue stays as it is (with a warning): the
+/// subscriber of a quorum contract starts, handles and dead-letters as before.
+#[tokio::test]
+async fn a_classic_dead_letter_queue_from_before_is_kept_and_the_subscriber_starts() {
+    use warren_contracts::gametrade::v1::PaymentCompleted;
+    logs();
+    let h = Harness::rabbitmq().await;
+    let group = unique("upgraded");
+    let queue = format!("{group}.gametrade.v1.PaymentCompleted");
+    let bus = h.bus("fault-upgrade").await;
+    // As Warren before declared it: durable, classic, no arguments.
+    let connection = lapin::Connection::connect(h.url(), lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    let dlq = format!("{queue}.dlq");
+    channel.queue_declare(dlq.as_str().into(), durable, Default::default()).await.unwrap();
+    connection.close(200, "declared".into()).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let subscription = PaymentCompleted::subscribe(&bus, &group)
+        .handle(move |event: PaymentCompleted, _| {
+            std::future::ready(tx.send(event.payment_id).map_err(HandlerError::from))
+        })
+        .await
+        .expect("the subscriber starts beside the classic dead-letter queue");
+    assert_eq!(subscription.queue(), queue);
+    bus.publish(&PaymentCompleted { payment_id: "p-1".into(), trade_id: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(within(10, "the event", rx.recv()).await.as_deref(), Some("p-1"));
     subscription.stop().await;
 }
 

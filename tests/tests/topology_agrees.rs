@@ -76,7 +76,9 @@ fn assert_agree(manifest: &Manifest, topology: &Topology, started: &[Started]) {
         assert_eq!(bindings, queue.bindings, "bindings of {template}");
         let dead_letter = queue.dead_letter_queue.as_ref().map(|q| q.replace(GROUP, GROUP_NAME));
         assert_eq!(dead_letter, Some(warren_topology::dead_letter_queue(&name)), "dead-letter queue of {template}");
-        assert_eq!(topology.queue(&warren_topology::dead_letter_queue(&name)), Some(&QueueSettings::plain(false)));
+        // A plain durable queue, and a quorum queue when its consumer queue is one.
+        let expected = QueueSettings::dead_letter(settings);
+        assert_eq!(topology.queue(&warren_topology::dead_letter_queue(&name)), Some(&expected), "{template}.dlq");
         let retry_queues: Vec<String> = queue.retry_queues.iter().map(|q| q.replace(GROUP, GROUP_NAME)).collect();
         let runtime = started.iter().find(|s| s.queue == name).expect("started");
         assert_eq!(retry_queues, runtime.retry_queues, "retry queues of {template}");
@@ -208,7 +210,8 @@ fn assert_definitions_agree(manifest: &Manifest, topology: &Topology, started: &
         for delay in &subscriber.retry_queues {
             let (durable, arguments) = defined.remove(delay).unwrap_or_else(|| panic!("no delay queue {delay}"));
             let ms: u32 = delay.rsplit('.').next().unwrap().parse().unwrap();
-            let settings = QueueSettings::retry_delay(&subscriber.queue, ms, false);
+            let quorum = topology.queues.iter().any(|(name, settings)| *name == subscriber.queue && settings.quorum);
+            let settings = QueueSettings::retry_delay(&subscriber.queue, ms, false, quorum);
             assert_eq!((durable, arguments), (settings.durable, json_arguments(&settings)), "{delay}");
         }
     }

@@ -35,6 +35,6 @@ pub use exchange::ExchangeKind;
 pub use queue::{
     Argument, DELIVERY_LIMIT_MARGIN, MAX_NAME_LEN, MAX_PRIORITY, MAX_QUEUE_NAME_LEN, MAX_TTL_MS, QueueLimit,
     QueueSettings, REGISTRY_QUEUE, REJECT_PUBLISH, TEMPORARY_QUEUE_EXPIRY_MS, dead_letter_queue, is_retry_queue,
-    name_problem, retry_queue,
+    is_side_queue, name_problem, retry_queue,
 };
 pub use retry::{RETRY_LADDER, RetryPolicy, delay_ms, retry_rung};

@@ -58,6 +58,15 @@ pub fn retry_queue(queue: &str, delay_ms: u32) -> String {
     format!("{queue}.retry.{delay_ms}")
 }
 
+/// Whether `name` is one of Warren's side queues: a dead-letter queue (`<queue>.dlq`) or a delay queue
+/// (`<queue>.retry.<ms>`), of any queue.
+pub fn is_side_queue(name: &str) -> bool {
+    if name.ends_with(".dlq") {
+        return true;
+    }
+    name.rsplit_once(".retry.").is_some_and(|(queue, _)| is_retry_queue(queue, name))
+}
+
 /// Whether `name` is one of the delay queues of `queue` (`<queue>.retry.<ms>`).
 pub fn is_retry_queue(queue: &str, name: &str) -> bool {
     name.strip_prefix(queue)
@@ -194,6 +203,14 @@ impl QueueSettings {
         }
     }
 
+    /// The dead-letter queue of a queue declared with `consumer`: durable (or temporary, as it is), and a quorum
+    /// queue when `consumer` is one. A classic queue lives on the node that declared it and cannot be declared
+    /// again on another while that node is down; a quorum consumer queue's side queues must be on every node
+    /// it is, or a subscriber that moved to another node could not start there.
+    pub fn dead_letter(consumer: &QueueSettings) -> Self {
+        QueueSettings { quorum: consumer.quorum, ..QueueSettings::plain(consumer.auto_delete) }
+    }
+
     /// These settings with `limit` (see [`QueueLimit`]); `None` leaves the queue unbounded.
     pub fn with_limit(mut self, limit: Option<QueueLimit>) -> Self {
         self.limit = limit;
@@ -201,11 +218,13 @@ impl QueueSettings {
     }
 
     /// The delay queue [`retry_queue`]`(queue, delay_ms)`: each message waits `delay_ms` there, then the broker
-    /// dead-letters it back into `queue` through the default exchange.
-    pub fn retry_delay(queue: &str, delay_ms: u32, temporary: bool) -> Self {
+    /// dead-letters it back into `queue` through the default exchange. A quorum queue when `quorum` (the
+    /// consumer queue is one; see [`QueueSettings::dead_letter`]) and not `temporary`.
+    pub fn retry_delay(queue: &str, delay_ms: u32, temporary: bool, quorum: bool) -> Self {
         QueueSettings {
             message_ttl: Some(delay_ms),
             dead_letter: Some((String::new(), queue.to_owned())),
+            quorum: quorum && !temporary,
             ..QueueSettings::plain(temporary)
         }
     }
@@ -323,7 +342,7 @@ mod tests {
         for other in ["g.orders", "g.orders.dlq", "g.orders.retry.", "g.orders.retry.1s", "g.ordersx.retry.1"] {
             assert!(!is_retry_queue("g.orders", other), "{other}");
         }
-        let delay = QueueSettings::retry_delay("g.orders", 1000, false);
+        let delay = QueueSettings::retry_delay("g.orders", 1000, false, false);
         assert_eq!(delay.dead_letter, Some((String::new(), "g.orders".to_owned())));
         assert_eq!(delay.message_ttl, Some(1000));
     }

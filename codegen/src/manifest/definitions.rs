@@ -131,12 +131,16 @@ fn consumer_queue(
             number => (key.as_str(), number.clone()),
         })
         .collect();
+    // Its side queues are quorum queues when it is one (`QueueSettings::dead_letter`), as the runtime declares them.
+    let mut consumer = QueueSettings::plain(false);
+    consumer.quorum = own.iter().any(|(key, value)| *key == "x-queue-type" && *value == Argument::Str("quorum".into()));
     queues.push((name.clone(), queue.durable, arguments(&own)));
     if queue.dead_letter_queue.is_some() {
-        queues.push((dead_letter_queue(&name), true, arguments(&QueueSettings::plain(false).arguments())));
+        let dead_letter = QueueSettings::dead_letter(&consumer);
+        queues.push((dead_letter_queue(&name), true, arguments(&dead_letter.arguments())));
     }
     for ms in queue.retry.unwrap_or_default().delays_ms() {
-        let delay = QueueSettings::retry_delay(&name, ms, false);
+        let delay = QueueSettings::retry_delay(&name, ms, false, consumer.quorum);
         queues.push((retry_queue(&name, ms), delay.durable, arguments(&delay.arguments())));
     }
     for (exchange, key) in &queue.bindings {

@@ -130,7 +130,8 @@ impl Bus {
         options.headers.check_application()?;
         let outgoing = message.outgoing()?;
         let dlq = dead_letter_queue(queue);
-        self.declare_queues(&[(&dlq, QueueSettings::plain(false)), (queue, settings)]).await?;
+        let dead_letter = QueueSettings::dead_letter(&settings);
+        self.declare_queues(&[(&dlq, dead_letter), (queue, settings)]).await?;
         let (format, priority) = (message.format, options.priority);
         let id = self.send(&outgoing, "", queue, format, priority, options, true).await?;
         Ok(id.as_str().to_owned())

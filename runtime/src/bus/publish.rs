@@ -147,7 +147,8 @@ impl Bus {
         options.headers.check_application()?;
         task.validate().map_err(|violations| Error::Invalid { type_name: T::TYPE_NAME, violations })?;
         let dlq = dead_letter_queue(spec.queue);
-        self.declare_queues(&[(&dlq, QueueSettings::plain(false)), (spec.queue, work_queue::<T>(spec.queue))]).await?;
+        let queue = work_queue::<T>(spec.queue);
+        self.declare_queues(&[(&dlq, QueueSettings::dead_letter(&queue)), (spec.queue, queue)]).await?;
         let format = options.format.unwrap_or(spec.format);
         self.send(task, "", spec.queue, format, options.priority, options, true).await.map(drop)
     }

@@ -267,7 +267,7 @@ impl<T: Inbound> Subscriber<T> {
                 let (queue, bindings, options) = (queue.clone(), bindings.clone(), options.clone());
                 Box::pin(async move {
                     let config = bus.config();
-                    let dlq = (dead_letter_queue(&queue), QueueSettings::plain(temporary));
+                    let dlq = (dead_letter_queue(&queue), QueueSettings::dead_letter(&options));
                     // Verifying, the retry policy's delay queues are checked now, not when a message first
                     // needs one (declaring, they are declared then).
                     let delays: Vec<(String, QueueSettings)> = match config.topology {
@@ -276,7 +276,7 @@ impl<T: Inbound> Subscriber<T> {
                             .into_iter()
                             .map(|ms| {
                                 let name = warren_topology::retry_queue(&queue, ms);
-                                (name, QueueSettings::retry_delay(&queue, ms, temporary))
+                                (name, QueueSettings::retry_delay(&queue, ms, temporary, options.quorum))
                             })
                             .collect(),
                         _ => Vec::new(),
@@ -313,6 +313,8 @@ impl<T: Inbound> Subscriber<T> {
             retry: self.retry,
             handler_timeout: self.handler_timeout,
             temporary: self.temporary,
+            // As `QueueSettings::consumer` decides: temporary queues are never quorum queues.
+            quorum: T::quorum() && !self.temporary,
             layers: bus.config().middleware.then(&self.middleware),
         };
         let batch = usize::from(self.prefetch / 4).max(1);

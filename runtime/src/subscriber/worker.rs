@@ -19,6 +19,8 @@ pub(super) struct Worker {
     pub(super) retry: RetryPolicy,
     pub(super) handler_timeout: Option<Duration>,
     pub(super) temporary: bool,
+    /// Whether the queue is a quorum queue, and so its delay queues too.
+    pub(super) quorum: bool,
     /// The bus's layers, then the subscriber's.
     pub(super) layers: Layers,
 }
@@ -250,7 +252,7 @@ impl Worker {
         // queue through the default exchange. One queue per delay, so no message waits behind a longer one.
         let delay_ms = warren_topology::delay_ms(after);
         let retry_queue = warren_topology::retry_queue(&self.queue, delay_ms);
-        let options = QueueSettings::retry_delay(&self.queue, delay_ms, self.temporary);
+        let options = QueueSettings::retry_delay(&self.queue, delay_ms, self.temporary, self.quorum);
         let mut headers = self.failure_headers(delivery, reason);
         headers.insert(envelope::ATTEMPTS, attempt);
         let properties = delivery.properties.with_headers(headers);

@@ -6,6 +6,7 @@ use crate::config::{BusConfig, Endpoint};
 use crate::contract::ExchangeSpec;
 use crate::error::{Error, Result};
 use crate::topology::{QueueSettings, TopologyMode};
+use warren_topology::is_side_queue;
 
 /// Something a publisher, subscriber, server or client needs on the broker.
 #[derive(Debug, Clone, Copy)]
@@ -27,7 +28,12 @@ impl Transport {
             for need in needs {
                 let declared = match *need {
                     Need::Exchange(spec) => self.declare_exchange(spec).await,
-                    Need::Queue(name, settings) => self.declare_queue(name, settings).await,
+                    Need::Queue(name, settings) => match self.declare_queue(name, settings).await {
+                        Err(error) if settings.quorum && is_side_queue(name) && other_queue_type(&error) => {
+                            self.keep_classic(name, error).await
+                        }
+                        declared => declared,
+                    },
                     Need::Binding { queue, exchange, key } => self.bind(queue, exchange, key).await,
                 };
                 declared.map_err(|error| refused_hint(error, need))?;
@@ -78,6 +84,23 @@ impl Transport {
         if missing.is_empty() { Ok(()) } else { Err(Error::MissingTopology { missing }) }
     }
 
+    /// A side queue (dead-letter or delay queue) an earlier Warren declared as a classic queue, where this one
+    /// declares a quorum queue: kept as it is, with a warning, so that upgrading does not stop a subscriber.
+    /// It still works; but it lives on one node, and a subscriber cannot start on another while that node is
+    /// down. Deleting it (when empty) lets the next declaration make it a quorum queue.
+    async fn keep_classic(&self, name: &str, refused: Error) -> Result<()> {
+        if !self.queue_exists(name).await? {
+            return Err(refused);
+        }
+        tracing::warn!(
+            queue = %name,
+            "queue exists as a classic queue, where Warren now declares a quorum queue (a quorum consumer queue's \
+             side queues are quorum queues, so that they survive the loss of a node); keeping it: delete it once \
+             empty to have it declared again as a quorum queue"
+        );
+        Ok(())
+    }
+
     /// Whether exchange `name` exists (a passive declare over AMQP).
     async fn exchange_exists(&self, name: &str) -> Result<bool> {
         match self {
@@ -93,6 +116,12 @@ impl Transport {
             Transport::Memory(broker) => Ok(broker.queue_exists(name)),
         }
     }
+}
+
+/// Whether `error` is the broker refusing a queue declaration because the queue exists with another
+/// `x-queue-type` (`PRECONDITION_FAILED - inequivalent arg 'x-queue-type'`).
+fn other_queue_type(error: &Error) -> bool {
+    matches!(error, Error::Broker { source, .. } if source.reply_code() == Some(406) && source.to_string().contains("x-queue-type"))
 }
 
 /// A declaration refused for want of permission (`ACCESS_REFUSED`), said with what to do; other errors as they are.
