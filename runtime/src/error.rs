@@ -16,7 +16,8 @@ pub enum Error {
     },
     /// No connection could be made.
     #[error(
-        "could not connect to RabbitMQ at {url} ({attempts} attempt(s) over {elapsed:?}): {reason}; start RabbitMQ (e.g. `rabbitmq-server -detached`) or set RABBITMQ_URL"
+        "could not connect to RabbitMQ at {url} ({attempts} attempt(s) over {elapsed:?}): {reason}; {hint}",
+        hint = connect_hint(reason)
     )]
     Connect {
         /// The URL tried, password redacted.
@@ -179,6 +180,16 @@ impl Error {
     /// Whether trying again later may succeed (timeouts, lost connections), as opposed to a bad request.
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Timeout { .. } | Error::Broker { .. } | Error::Connect { .. } | Error::Blocked { .. })
+    }
+}
+
+/// What to do about a failed connection, from its `reason`: a certificate that did not verify is a TLS
+/// setting to fix, not a broker to start.
+fn connect_hint(reason: &str) -> &'static str {
+    if reason.contains("certificate") || reason.contains("tls_") {
+        "check the TLS settings (BusConfig::tls_ca / RABBITMQ_CA_FILE, BusConfig::tls_client_identity) and that the URL's host is a name in the broker's certificate"
+    } else {
+        "start RabbitMQ (e.g. `rabbitmq-server -detached`) or set RABBITMQ_URL"
     }
 }
 

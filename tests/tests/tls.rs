@@ -238,6 +238,10 @@ async fn amqps_connects_with_a_private_ca_and_refuses_what_does_not_verify() {
     assert!(error.contains("certificate verification failed"), "{error}");
     assert!(error.contains("rogue-ca.pem") && error.contains("\"localhost\""), "names what to check: {error}");
     assert!(error.contains("(1 attempt(s)"), "a certificate that does not verify is not retried: {error}");
+    assert!(
+        error.contains("check the TLS settings") && !error.contains("start RabbitMQ"),
+        "the hint is the TLS settings, not starting a broker: {error}"
+    );
     assert!(!error.contains("guest:guest"), "no password: {error}");
 
     // A client certificate from a CA the broker does not trust: the broker refuses the connection, with an
