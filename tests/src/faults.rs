@@ -94,6 +94,36 @@ impl Ledger {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    /// Waits (60 s at most, then fails the test) until `count` publishes are confirmed.
+    pub async fn until_confirmed(&self, count: usize) {
+        crate::within(60, "publishing progress", async {
+            while self.confirmed() < count {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+
+    /// The verdict of test `name`, asserting that nothing confirmed was lost and nothing unsent arrived (the
+    /// first 20 of either are named).
+    pub fn assert_nothing_lost(&self, name: &str) -> Verdict {
+        let verdict = self.verdict(name);
+        let first = |ids: &[i64]| ids.iter().take(20).map(i64::to_string).collect::<Vec<_>>().join(", ");
+        assert!(
+            verdict.lost.is_empty(),
+            "{name}: {} confirmed but never consumed, e.g. {}",
+            verdict.lost.len(),
+            first(&verdict.lost)
+        );
+        assert!(
+            verdict.unexpected.is_empty(),
+            "{name}: {} consumed but never sent, e.g. {}",
+            verdict.unexpected.len(),
+            first(&verdict.unexpected)
+        );
+        verdict
+    }
+
     /// The verdict, printed as the ledger line of test `name`.
     pub fn verdict(&self, name: &str) -> Verdict {
         let entries = self.inner.lock().unwrap();
@@ -317,4 +347,28 @@ fn pump(
         }
     }
     let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// Publishes the events `event(seq)` for `seqs` through `bus`, 64 at a time (one lane per residue), recording
+/// each as sent and then as confirmed or failed in `ledger`.
+pub async fn publish_lanes<E: warren::Event + Send + Sync + 'static>(
+    bus: &warren::Bus,
+    seqs: std::ops::Range<i64>,
+    ledger: &std::sync::Arc<Ledger>,
+    event: fn(i64) -> E,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..64 {
+        let (bus, ledger) = (bus.clone(), std::sync::Arc::clone(ledger));
+        tasks.spawn(async move {
+            let mut seq = seqs.start + lane;
+            while seq < seqs.end {
+                ledger.sent(seq);
+                let confirmed = bus.publish(&event(seq)).await.is_ok();
+                ledger.published(seq, confirmed);
+                seq += 64;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
 }

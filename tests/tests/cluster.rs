@@ -20,7 +20,7 @@ use warren::{Bus, BusConfig, Error, HandlerError};
 use warren_brokers::{Cluster, NodeSpec};
 use warren_contracts::at::v1::{IntSumRequest, IntSummatorClient, IntSummatorServer};
 use warren_contracts::gametrade::v1::PaymentCompleted;
-use warren_tests::faults::{Ledger, Verdict};
+use warren_tests::faults::{Ledger, publish_lanes};
 use warren_tests::{Summator, unique, within};
 
 /// The test cluster's nodes: names, and the first AMQP port (distribution ports are 20000 above).
@@ -142,53 +142,6 @@ async fn recording(bus: &Bus, group: &str, ledger: &Arc<Ledger>) -> warren::Subs
         .expect("subscribe")
 }
 
-/// Publishes `from..to`, 64 at a time, recording each outcome.
-async fn publish_range(bus: &Bus, from: i64, to: i64, ledger: &Arc<Ledger>) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for lane in 0..64 {
-        let (bus, ledger) = (bus.clone(), Arc::clone(ledger));
-        tasks.spawn(async move {
-            let mut seq = from + lane;
-            while seq < to {
-                ledger.sent(seq);
-                let confirmed = bus.publish(&event(seq)).await.is_ok();
-                ledger.published(seq, confirmed);
-                seq += 64;
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-}
-
-/// Waits until `ledger` has `count` confirmations.
-async fn until_confirmed(ledger: &Ledger, count: usize) {
-    within(60, "publishing progress", async {
-        while ledger.confirmed() < count {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-}
-
-/// The ledger's verdict, asserting that nothing confirmed was lost and nothing unsent arrived.
-fn assert_nothing_lost(ledger: &Ledger, name: &str) -> Verdict {
-    let verdict = ledger.verdict(name);
-    let first = |ids: &[i64]| ids.iter().take(20).map(i64::to_string).collect::<Vec<_>>().join(", ");
-    assert!(
-        verdict.lost.is_empty(),
-        "{name}: {} confirmed, never consumed: {}",
-        verdict.lost.len(),
-        first(&verdict.lost)
-    );
-    assert!(
-        verdict.unexpected.is_empty(),
-        "{name}: {} consumed, never sent: {}",
-        verdict.unexpected.len(),
-        first(&verdict.unexpected)
-    );
-    verdict
-}
-
 /// The quorum queue `queue` has a replica on each of the three nodes.
 async fn assert_three_members(cluster: &Shared, vhost: &str, queue: &str) {
     let (vhost, queue) = (vhost.to_owned(), queue.to_owned());
@@ -232,9 +185,9 @@ async fn stop_one(cluster: &Shared, vhost: &str, s: StopOne) {
     );
     let publishing = tokio::spawn({
         let (bus, ledger, n) = (publisher.clone(), Arc::clone(&ledger), s.n);
-        async move { publish_range(&bus, 0, n, &ledger).await }
+        async move { publish_lanes(&bus, 0..n, &ledger, event).await }
     });
-    until_confirmed(&ledger, s.at).await;
+    ledger.until_confirmed(s.at).await;
     let fault = Instant::now();
     stop(cluster, victim).await;
     for (who, bus, was) in [("publisher", &publisher, s.publisher), ("consumer", &consumer, s.consumer)] {
@@ -251,7 +204,7 @@ async fn stop_one(cluster: &Shared, vhost: &str, s: StopOne) {
     }
     within(180, "publishing", publishing).await.unwrap();
     ledger.drain(Duration::from_secs(60)).await;
-    let verdict = assert_nothing_lost(&ledger, s.name);
+    let verdict = ledger.assert_nothing_lost(s.name);
     assert_eq!(verdict.confirmed as i64, s.n, "{}: every publish was confirmed in the end", s.name);
     if let Ok(leader) = leader_of(cluster, vhost, &queue).await {
         assert_ne!(leader, victim, "{}: a stopped node does not lead the queue", s.name);
@@ -274,7 +227,7 @@ async fn quorum_lost(cluster: &Shared, vhost: &str) {
     let ledger = Arc::new(Ledger::default());
     let subscription = recording(&bus, &unique("cluster"), &ledger).await;
     assert_three_members(cluster, vhost, subscription.queue()).await;
-    publish_range(&bus, 0, 2_000, &ledger).await;
+    publish_lanes(&bus, 0..2_000, &ledger, event).await;
     assert_eq!(ledger.confirmed(), 2_000, "{name}: all confirmed while the cluster is whole");
     stop(cluster, 1).await;
     stop(cluster, 2).await;
@@ -319,9 +272,9 @@ async fn quorum_lost(cluster: &Shared, vhost: &str) {
     })
     .await;
     println!("{name}: publishes confirmed again {:?} after the node returned", resumed.elapsed());
-    publish_range(&bus, 3_000, 5_000, &ledger).await;
+    publish_lanes(&bus, 3_000..5_000, &ledger, event).await;
     ledger.drain(Duration::from_secs(60)).await;
-    let verdict = assert_nothing_lost(&ledger, name);
+    let verdict = ledger.assert_nothing_lost(name);
     assert!(verdict.confirmed >= 4_000, "{name}: the publishes after the quorum returned were confirmed");
     subscription.stop().await;
     bus.shutdown(Duration::from_secs(5)).await.expect("the bus shuts down");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use warren::{Bus, BusConfig, Code, Error, HandlerError, Health, RetryPolicy};
 use warren_contracts::at::v1::{IntSumRequest, IntSummatorClient, IntSummatorServer};
 use warren_contracts::gametrade::v1::UserRegistered;
-use warren_tests::faults::{Ledger, PrivateNode, Relay, rabbitmqctl, unacknowledged};
+use warren_tests::faults::{Ledger, PrivateNode, Relay, publish_lanes, rabbitmqctl, unacknowledged};
 use warren_tests::{Harness, Summator, unique, within};
 
 /// Warnings (reconnections, re-subscriptions) go to the test's output, to read alongside the ledger.
@@ -58,52 +58,6 @@ async fn forwarding(bus: &Bus, group: &str) -> (warren::Subscription, tokio::syn
     (subscription, rx)
 }
 
-/// Publishes 0..n, 64 at a time, recording each outcome; `fault` runs once `at` messages are confirmed.
-async fn publish_all(bus: &Bus, n: i64, ledger: &Arc<Ledger>) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for lane in 0..64 {
-        let (bus, ledger) = (bus.clone(), Arc::clone(ledger));
-        tasks.spawn(async move {
-            let mut seq = lane;
-            while seq < n {
-                ledger.sent(seq);
-                let confirmed = bus.publish(&event(seq)).await.is_ok();
-                ledger.published(seq, confirmed);
-                seq += 64;
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-}
-
-/// Waits until `ledger` has `count` confirmations.
-async fn until_confirmed(ledger: &Ledger, count: usize) {
-    within(60, "publishing progress", async {
-        while ledger.confirmed() < count {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-}
-
-fn assert_nothing_lost(ledger: &Ledger, name: &str) -> warren_tests::faults::Verdict {
-    let verdict = ledger.verdict(name);
-    let first = |ids: &[i64]| ids.iter().take(20).map(i64::to_string).collect::<Vec<_>>().join(", ");
-    assert!(
-        verdict.lost.is_empty(),
-        "{name}: {} confirmed but never consumed, e.g. {}",
-        verdict.lost.len(),
-        first(&verdict.lost)
-    );
-    assert!(
-        verdict.unexpected.is_empty(),
-        "{name}: {} consumed but never sent, e.g. {}",
-        verdict.unexpected.len(),
-        first(&verdict.unexpected)
-    );
-    verdict
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_all_connections_twice_during_a_run_loses_nothing() {
     logs();
@@ -115,10 +69,10 @@ async fn closing_all_connections_twice_during_a_run_loses_nothing() {
     let n = 20_000;
     let publishing = tokio::spawn({
         let (bus, ledger) = (bus.clone(), Arc::clone(&ledger));
-        async move { publish_all(&bus, n, &ledger).await }
+        async move { publish_lanes(&bus, 0..n, &ledger, event).await }
     });
     for at in [3_000, 10_000] {
-        until_confirmed(&ledger, at).await;
+        ledger.until_confirmed(at).await;
         let vhost = vhost.clone();
         tokio::task::spawn_blocking(move || rabbitmqctl(&["close_all_connections", "-p", &vhost, "fault injection"]))
             .await
@@ -126,7 +80,7 @@ async fn closing_all_connections_twice_during_a_run_loses_nothing() {
     }
     within(120, "publishing", publishing).await.unwrap();
     ledger.drain(Duration::from_secs(60)).await;
-    let verdict = assert_nothing_lost(&ledger, "close_all_connections x2");
+    let verdict = ledger.assert_nothing_lost("close_all_connections x2");
     assert_eq!(verdict.confirmed as i64, n, "every publish was confirmed in the end (re-sent after recovery)");
     until_connected(&bus).await;
     let depth = bus.metrics().await.subscribers[subscription.queue()].queue_depth;
@@ -146,9 +100,9 @@ async fn a_broker_restart_mid_run_is_a_pause_not_an_outage() {
     let n = 5_000;
     let publishing = tokio::spawn({
         let (bus, ledger) = (bus.clone(), Arc::clone(&ledger));
-        async move { publish_all(&bus, n, &ledger).await }
+        async move { publish_lanes(&bus, 0..n, &ledger, event).await }
     });
-    until_confirmed(&ledger, 1_000).await;
+    ledger.until_confirmed(1_000).await;
     let node = Arc::new(node);
     let stopped_at = Instant::now();
     let ctl = Arc::clone(&node);
@@ -161,7 +115,7 @@ async fn a_broker_restart_mid_run_is_a_pause_not_an_outage() {
     within(120, "publishing", publishing).await.unwrap();
     ledger.drain(Duration::from_secs(60)).await;
     println!("outage and recovery took {:?}", stopped_at.elapsed());
-    let verdict = assert_nothing_lost(&ledger, "stop_app 5 s, start_app");
+    let verdict = ledger.assert_nothing_lost("stop_app 5 s, start_app");
     assert_eq!(verdict.confirmed as i64, n, "publishes rode out the restart");
     until_connected(&bus).await;
     subscription.stop().await;
@@ -196,7 +150,7 @@ async fn an_idle_consumer_sends_the_acknowledgements_it_holds() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     ledger.drain(Duration::from_secs(10)).await;
-    assert_nothing_lost(&ledger, "idle consumer");
+    ledger.assert_nothing_lost("idle consumer");
     all_acknowledged().await;
     // Then a burst of eight, still fewer than a batch: deliveries end waits early, and the last wait still ends
     // with the acks sent.
@@ -209,7 +163,7 @@ async fn an_idle_consumer_sends_the_acknowledgements_it_holds() {
         ledger.published(seq, confirmed);
     }
     ledger.drain(Duration::from_secs(10)).await;
-    assert_nothing_lost(&ledger, "idle consumer after a burst");
+    ledger.assert_nothing_lost("idle consumer after a burst");
     all_acknowledged().await;
     subscription.stop().await;
     bus.shutdown(Duration::from_secs(5)).await.expect("the bus shuts down");
@@ -264,7 +218,7 @@ async fn a_consumer_killed_mid_batch_leaves_its_messages_to_another() {
         .await
         .unwrap();
     ledger.drain(Duration::from_secs(30)).await;
-    assert_nothing_lost(&ledger, "consumer killed with SIGKILL");
+    ledger.assert_nothing_lost("consumer killed with SIGKILL");
     assert!(redelivered.load(std::sync::atomic::Ordering::Relaxed) > 0, "the killed consumer's messages came back");
     rescuer.stop().await;
 }
@@ -308,7 +262,7 @@ async fn a_handler_panicking_on_every_tenth_message_dead_letters_exactly_those()
     })
     .await;
     ledger.drain(Duration::from_secs(30)).await;
-    let verdict = assert_nothing_lost(&ledger, "panic on every 10th");
+    let verdict = ledger.assert_nothing_lost("panic on every 10th");
     assert_eq!((verdict.consumed, verdict.dead_lettered), (180, 20));
     subscription.stop().await;
 }
@@ -459,7 +413,7 @@ async fn a_queue_deleted_under_a_consumer_is_declared_again_and_consumption_resu
         ledger.published(next, bus.publish(&event(next)).await.is_ok());
     }
     ledger.drain(Duration::from_secs(30)).await;
-    assert_nothing_lost(&ledger, "queue deleted under the consumer");
+    ledger.assert_nothing_lost("queue deleted under the consumer");
     subscription.stop().await;
 }
 
