@@ -84,10 +84,10 @@ impl Problem {
         use warren_reflect::Error as E;
         match error {
             E::NotFound { .. } | E::Ambiguous { .. } => Problem::not_found(error.to_string()),
-            E::Malformed { reason, .. } => {
-                let (field, problem) = split_path(reason);
-                Problem::bad_request(error.to_string(), json!([{ "field": field, "problem": problem }]))
-            }
+            E::Malformed { field, reason, .. } => Problem::bad_request(
+                error.to_string(),
+                json!([{ "field": field.as_deref().unwrap_or_default(), "problem": reason }]),
+            ),
             E::Invalid { violations, .. } => {
                 let list: Vec<Value> =
                     violations.iter().map(|v| json!({ "field": v.field, "problem": v.problem })).collect();
@@ -120,9 +120,15 @@ impl Problem {
             E::Timeout { .. } => {
                 Problem::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Broker timeout", error.to_string())
             }
-            E::Connect { .. } | E::Closed | E::Broker { .. } | E::Nacked { .. } | E::ExchangeNotFound { .. } => {
-                Problem::unavailable(error.to_string())
-            }
+            // A broker alarm (`Blocked`) and a full queue (`Nacked`) pass: worth retrying later, as is a broker
+            // that is down.
+            E::Connect { .. }
+            | E::Closed
+            | E::Broker { .. }
+            | E::Blocked { .. }
+            | E::Nacked { .. }
+            | E::ExchangeNotFound { .. }
+            | E::MissingTopology { .. } => Problem::unavailable(error.to_string()),
             E::Invalid { violations, .. } => {
                 let list: Vec<Value> =
                     violations.iter().map(|v| json!({ "field": v.field, "problem": v.problem })).collect();
@@ -166,14 +172,6 @@ pub fn http_status(code: Code) -> StatusCode {
         // nginx's "client closed request", as grpc-gateway uses it.
         Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-/// `at userId: invalid type: …` → (`userId`, `invalid type: …`); a reason with no path → (``, reason).
-fn split_path(reason: &str) -> (String, String) {
-    match reason.strip_prefix("at ").and_then(|rest| rest.split_once(": ")) {
-        Some((path, problem)) => (path.trim_start_matches('.').to_owned(), problem.to_owned()),
-        None => (String::new(), reason.to_owned()),
     }
 }
 
@@ -238,8 +236,22 @@ mod tests {
     }
 
     #[test]
-    fn a_malformed_reason_names_its_field() {
-        assert_eq!(split_path("at userId: invalid type"), ("userId".into(), "invalid type".into()));
-        assert_eq!(split_path("unexpected end"), (String::new(), "unexpected end".into()));
+    fn a_broker_alarm_is_503_with_retry_after() {
+        let blocked =
+            warren::Error::Blocked { reason: "low on memory".into(), after: std::time::Duration::from_secs(5) };
+        let response = Problem::from_bus(&blocked).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn a_malformed_input_names_its_field() {
+        let catalog = warren_reflect::Catalog::from_descriptor_set(warren_contracts::FILE_DESCRIPTOR_SET).unwrap();
+        let error = catalog.parse_json("UserRegistered", r#"{"username": 7}"#).unwrap_err();
+        let body = Problem::from_reflect(&error).body().clone();
+        assert_eq!(body["violations"][0]["field"], "username", "{body}");
+        assert!(body["violations"][0]["problem"].as_str().unwrap().starts_with("invalid type"), "{body}");
+        let trailing = catalog.parse_json("UserRegistered", r#"{"username": "ada"} x"#).unwrap_err();
+        assert_eq!(Problem::from_reflect(&trailing).body()["violations"][0]["field"], "", "no place: no field");
     }
 }

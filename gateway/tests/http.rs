@@ -225,6 +225,40 @@ on_both_transports!(
     methods_answer_replies_declared_errors_and_statuses,
 );
 
+/// A broker that stops answering without closing anything (a network that drops packets, through a relay that
+/// holds every byte): the publish gets no confirm, and the caller gets 504 at the bus's publish deadline, not a
+/// hang. Once the network is back, the same gateway publishes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_confirm_never_comes_is_504_at_the_deadline() {
+    let h = Harness::rabbitmq().await;
+    let (relay, url) = warren_tests::faults::Relay::in_front_of(h.url());
+    let publish_timeout = Duration::from_millis(1500);
+    let stalling = warren::BusConfig::new(&url).unwrap().service_name("gateway-stall");
+    let bus = h.bus_with(stalling.operation_timeout(Duration::from_millis(800)).publish_timeout(publish_timeout)).await;
+    let catalog = warren_reflect::Catalog::from_descriptor_set(warren_contracts::FILE_DESCRIPTOR_SET).unwrap();
+    let mut tail = bus.watch(&catalog.exchange("gametrade.events").unwrap(), "user.*").await.unwrap();
+    let server = Server::start(bus.clone(), config()).await;
+    assert_eq!(server.post("/events/UserRegistered", ADA).await.status, 202, "published before the stall");
+
+    relay.freeze(true);
+    let started = std::time::Instant::now();
+    let stalled = server.post("/events/UserRegistered", ADA).await.problem(504);
+    let took = started.elapsed();
+    assert_eq!(stalled["type"], "urn:warren:problem:timeout", "{stalled}");
+    assert!(stalled["detail"].as_str().unwrap().contains("publish"), "{stalled}");
+    assert!(took >= publish_timeout && took < publish_timeout + Duration::from_secs(3), "answered after {took:?}");
+
+    relay.freeze(false);
+    support::eventually(30, "a publish after the stall", || async {
+        server.post("/events/UserRegistered", ADA).await.status == 202
+    })
+    .await;
+    let first = tail.next_within(Duration::from_secs(10)).await.expect("the event before the stall");
+    first.ack().await.unwrap();
+    tail.close().await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn tokens_guard_their_groups_and_health_stays_open() {
     let mut config = config();

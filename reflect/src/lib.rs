@@ -66,11 +66,13 @@ pub enum Error {
         candidates: Vec<String>,
     },
     /// The input does not decode as the message.
-    #[error("the input is not a valid {type_name}: {reason}")]
+    #[error("the input is not a valid {type_name}: {}{reason}", at(.field.as_deref()))]
     Malformed {
         /// The message's full name.
         type_name: String,
-        /// Where and why, e.g. `at userId: invalid type: …`.
+        /// Where in the input, as a path from the message (`userId`, `items[2].price`), when the decoder knew.
+        field: Option<String>,
+        /// Why, e.g. `invalid type: integer, expected a string`.
         reason: String,
     },
     /// The message breaks its contract's validation rules.
@@ -96,6 +98,11 @@ pub enum Error {
     /// The bus failed.
     #[error(transparent)]
     Bus(#[from] warren::Error),
+}
+
+/// `at userId: ` before a reason that has a place in the input; nothing before one that does not.
+fn at(field: Option<&str>) -> String {
+    field.map(|field| format!("at {field}: ")).unwrap_or_default()
 }
 
 fn did_you_mean(suggestions: &[String]) -> String {

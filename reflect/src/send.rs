@@ -39,7 +39,11 @@ impl Catalog {
     /// otherwise send a default value); the reason names the field.
     pub fn parse_json(&self, type_name: &str, json: &str) -> Result<DynamicMessage, Error> {
         let descriptor = self.message(type_name)?;
-        let malformed = |reason: String| Error::Malformed { type_name: descriptor.full_name().to_owned(), reason };
+        let malformed = |field: Option<String>, reason: String| Error::Malformed {
+            type_name: descriptor.full_name().to_owned(),
+            field,
+            reason,
+        };
         let mut input = serde_json::Deserializer::from_str(json);
         let mut track = serde_path_to_error::Track::new();
         let options = DeserializeOptions::new().deny_unknown_fields(true);
@@ -50,13 +54,10 @@ impl Catalog {
         )
         .map_err(|error| {
             let path = track.path().to_string();
-            if path.is_empty() || path == "." {
-                malformed(error.to_string())
-            } else {
-                malformed(format!("at {path}: {error}"))
-            }
+            let path = path.trim_start_matches('.');
+            malformed((!path.is_empty()).then(|| path.to_owned()), error.to_string())
         })?;
-        input.end().map_err(|error| malformed(format!("after the message: {error}")))?;
+        input.end().map_err(|error| malformed(None, format!("after the message: {error}")))?;
         Ok(message)
     }
 
@@ -65,6 +66,7 @@ impl Catalog {
         let descriptor = self.message(type_name)?;
         DynamicMessage::decode(descriptor.clone(), bytes).map_err(|error| Error::Malformed {
             type_name: descriptor.full_name().to_owned(),
+            field: None,
             reason: error.to_string(),
         })
     }
@@ -75,6 +77,7 @@ impl Catalog {
             Format::Json => {
                 let text = std::str::from_utf8(input).map_err(|e| Error::Malformed {
                     type_name: type_name.to_owned(),
+                    field: None,
                     reason: format!("the JSON is not UTF-8: {e}"),
                 })?;
                 self.parse_json(type_name, text)?
@@ -214,7 +217,11 @@ impl Catalog {
     pub fn decode(&self, message: &warren::RawMessage) -> Result<serde_json::Value, Error> {
         let properties = &message.properties;
         let Some(type_name) = properties.kind.as_deref() else {
-            return Err(Error::Malformed { type_name: "?".into(), reason: "the message has no type property".into() });
+            return Err(Error::Malformed {
+                type_name: "?".into(),
+                field: None,
+                reason: "the message has no type property".into(),
+            });
         };
         // RPC requests carry the method's path: decode them as its request.
         let request_of = |path: &str| self.method(path).ok().map(|(_, method)| method.input.clone());
@@ -224,14 +231,16 @@ impl Catalog {
             WireFormat::Json => {
                 let text = std::str::from_utf8(&message.body).map_err(|e| Error::Malformed {
                     type_name: type_name.clone(),
+                    field: None,
                     reason: format!("the JSON is not UTF-8: {e}"),
                 })?;
                 // A newer sender's fields are skipped, as receivers skip them.
                 let descriptor = self.message(&type_name)?;
                 let options = DeserializeOptions::new().deny_unknown_fields(false);
                 let mut input = serde_json::Deserializer::from_str(text);
-                DynamicMessage::deserialize_with_options(descriptor, &mut input, &options)
-                    .map_err(|e| Error::Malformed { type_name: type_name.clone(), reason: e.to_string() })?
+                DynamicMessage::deserialize_with_options(descriptor, &mut input, &options).map_err(|e| {
+                    Error::Malformed { type_name: type_name.clone(), field: None, reason: e.to_string() }
+                })?
             }
             _ => self.parse_protobuf(&type_name, &message.body)?,
         };
@@ -243,7 +252,11 @@ impl Catalog {
         if actual == expected {
             Ok(())
         } else {
-            Err(Error::Malformed { type_name: expected.to_owned(), reason: format!("the message is a {actual}") })
+            Err(Error::Malformed {
+                type_name: expected.to_owned(),
+                field: None,
+                reason: format!("the message is a {actual}"),
+            })
         }
     }
 }
