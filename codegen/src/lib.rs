@@ -69,7 +69,7 @@ pub use model::Contracts;
 /// compile time, that the runtime it builds against speaks the same one (`warren::__codegen::API_VERSION`),
 /// so a mismatched pair fails to build with a message saying to regenerate. Raise it with the runtime's
 /// whenever generated code would no longer build or behave the same against the other.
-pub const RUNTIME_API_VERSION: u32 = 5;
+pub const RUNTIME_API_VERSION: u32 = 6;
 
 /// Compiles the configured protos and checks their contracts.
 pub fn load(config: &Config) -> Result<Contracts> {

@@ -267,6 +267,12 @@ pub struct Service {
     /// generated client returns that oneof's enum, so callers `match` every declared error.
     #[prost(string, tag = "3")]
     pub errors: ::prost::alloc::string::String,
+    /// The request queue's type. QUORUM replicates it, so that servers on the other nodes of a cluster keep
+    /// answering while the node that led it is down (a classic queue lives on one node: until that node returns,
+    /// calls time out). Changing it on a deployed service is a breaking change: RabbitMQ refuses to declare a
+    /// queue again with another type (delete the queue first).
+    #[prost(enumeration = "QueueType", tag = "4")]
+    pub queue_type: i32,
 }
 /// Per-method settings for an RPC. Set with `option (warren.method) = { ... };` inside the rpc.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -338,7 +344,7 @@ impl WireFormat {
         }
     }
 }
-/// Which kind of RabbitMQ queue subscribers consume from.
+/// Which kind of RabbitMQ queue subscribers, workers or RPC servers consume from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum QueueType {

@@ -218,7 +218,24 @@ async fn an_http_callers_trace_context_continues_through_the_broker(h: &Harness)
     server.stop().await;
 }
 
+/// A service on a quorum queue (`trading.v1.RiskGate`): the gateway's caller declares the request queue as the
+/// contract says, as the server does (RabbitMQ would refuse a classic declaration of it), and the call answers.
+async fn a_service_on_a_quorum_queue_is_called(h: &Harness) {
+    let bus = h.bus("gateway").await;
+    let serving = warren_contracts::trading::v1::RiskGateServer::new(warren_tests::RiskDesk).serve(&bus).await.unwrap();
+    let config = GatewayConfig::from_toml(r#"services = ["trading.v1.RiskGate/CheckOrder"]"#, "test").unwrap();
+    let server = Server::start(bus.clone(), config).await;
+    let order = r#"{"symbol": "BTCUSDT", "side": "SIDE_SELL", "quantity": 100, "price": 50000}"#;
+    let verdict = server.post("/rpc/RiskGate/CheckOrder", order).await;
+    assert_eq!(verdict.status, 200, "{}", verdict.text);
+    assert_eq!(verdict.json()["approved"], json!(null), "false is left out, as the proto3 JSON mapping does");
+    assert!(verdict.json()["reason"].as_str().unwrap().contains("over the limit"), "{}", verdict.text);
+    serving.stop().await;
+    server.stop().await;
+}
+
 on_both_transports!(
+    a_service_on_a_quorum_queue_is_called,
     an_http_callers_trace_context_continues_through_the_broker,
     events_are_published_with_confirm_and_refused_with_reasons,
     bodies_over_the_bus_limit_are_413,

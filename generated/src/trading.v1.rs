@@ -37,6 +37,32 @@ pub struct TradingSignal {
     #[prost(string, tag = "5")]
     pub reason: ::prost::alloc::string::String,
 }
+/// An order a strategy is about to send.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct OrderCheck {
+    /// Instrument symbol, e.g. "BTCUSDT".
+    #[prost(string, tag = "1")]
+    pub symbol: ::prost::alloc::string::String,
+    /// Whether it buys or sells.
+    #[prost(enumeration = "Side", tag = "2")]
+    pub side: i32,
+    /// How much, in base units.
+    #[prost(double, tag = "3")]
+    pub quantity: f64,
+    /// The limit price.
+    #[prost(double, tag = "4")]
+    pub price: f64,
+}
+/// The gate's answer.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct OrderVerdict {
+    /// Whether the order may be sent.
+    #[prost(bool, tag = "1")]
+    pub approved: bool,
+    /// Why not, when it may not; empty when approved.
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+}
 /// Direction of a trade.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]

@@ -194,7 +194,7 @@ impl Catalog {
         self.check_type(request, &method.input).map_err(invalid)?;
         self.validate(request).map_err(invalid)?;
         let timeout = Duration::from_millis(u64::from(method.timeout_ms.unwrap_or(service.default_timeout_ms)));
-        let call = EncodedCall::new(&service.full_name, &service.queue, &method.name, timeout);
+        let call = EncodedCall::new(&service.full_name, &service.queue, &method.name, timeout).quorum(service.quorum);
         let encoded = self.encode(request, WireFormat::Protobuf);
         let reply = bus.call_encoded(&call, &encoded, options).await?;
         let undecodable = |e: Error| Status::internal(format!("the reply of {} did not decode: {e}", call.path()));

@@ -367,6 +367,8 @@ pub struct ServiceSpec {
     pub default_timeout: Duration,
     /// A hash of its rpcs and their messages' schemas, announced by its servers; empty when unknown.
     pub fingerprint: &'static str,
+    /// Whether its request queue is a quorum queue (the contract's `queue_type: QUORUM`).
+    pub quorum: bool,
 }
 
 /// One rpc of a service.

@@ -116,7 +116,7 @@ pub use trace::{TRACEPARENT, TRACESTATE, TraceContext};
 #[doc(hidden)]
 pub mod __codegen {
     /// The version of this API, which `warren-codegen` writes code for (its `RUNTIME_API_VERSION`).
-    pub const API_VERSION: u32 = 5;
+    pub const API_VERSION: u32 = 6;
 
     /// Stops the build of generated code written for another version of this API.
     pub const fn check_version(generated_for: u32) {

@@ -46,6 +46,29 @@ impl IntSummator for Summator {
     }
 }
 
+/// The trading system's pre-trade risk check (`trading.v1.RiskGate`, a service on a quorum queue): approves an
+/// order worth at most [`RiskDesk::LIMIT`], refuses a bigger one and says why.
+#[derive(Debug)]
+pub struct RiskDesk;
+
+impl RiskDesk {
+    /// The largest order value (quantity × price) the desk approves.
+    pub const LIMIT: f64 = 1_000_000.0;
+}
+
+impl warren_contracts::trading::v1::RiskGate for RiskDesk {
+    async fn check_order(
+        &self,
+        order: warren_contracts::trading::v1::OrderCheck,
+        _: RpcContext,
+    ) -> Result<warren_contracts::trading::v1::OrderVerdict, warren::Status> {
+        let value = order.quantity * order.price;
+        let approved = value <= RiskDesk::LIMIT;
+        let reason = if approved { String::new() } else { format!("{value} is over the limit of {}", RiskDesk::LIMIT) };
+        Ok(warren_contracts::trading::v1::OrderVerdict { approved, reason })
+    }
+}
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()

@@ -13,6 +13,7 @@
 //! stop-one-node scenarios, and fewer where the cluster has lost its quorum: together they keep this file
 //! within about four minutes on a two-core machine.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use warren_brokers::{Cluster, NodeSpec};
 use warren_contracts::at::v1::{IntSumRequest, IntSummatorClient, IntSummatorServer};
 use warren_contracts::gametrade::v1::PaymentCompleted;
 use warren_tests::faults::{Ledger, publish_lanes};
-use warren_tests::{Summator, unique, within};
+use warren_tests::{RiskDesk, Summator, unique, within};
 
 /// The test cluster's nodes: names, and the first AMQP port (distribution ports are 20000 above).
 const PREFIX: &str = "warren-ct";
@@ -291,8 +292,77 @@ async fn start_again_alone(cluster: &Shared, i: usize) {
     println!("node {i} started again in {:?}", started.elapsed());
 }
 
-/// An RPC server on node 0 and its caller on node 1; the server's node restarts. Calls during the outage fail
-/// (at the call deadline); calls after it succeed; no call gets a wrong answer.
+/// A caller that calls in a loop until finished, counting calls answered right, answered wrong and failed.
+struct Calls {
+    counts: Arc<[AtomicU64; 3]>,
+    calling: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Calls {
+    const ANSWERED: usize = 0;
+    const WRONG: usize = 1;
+    const FAILED: usize = 2;
+
+    /// Calls `call(n)` for n = 1, 2, …: `Ok(true)` is a right answer, `Ok(false)` a wrong one, `Err` a failure.
+    fn start<F, Fut>(call: F) -> Calls
+    where
+        F: Fn(i64) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<bool, warren::Status>> + Send,
+    {
+        let counts: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
+        let calling = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn({
+            let (counts, calling) = (Arc::clone(&counts), Arc::clone(&calling));
+            async move {
+                let mut n = 0;
+                while calling.load(Ordering::Relaxed) {
+                    n += 1;
+                    let kind = match call(n).await {
+                        Ok(true) => Calls::ANSWERED,
+                        Ok(false) => Calls::WRONG,
+                        Err(_) => Calls::FAILED,
+                    };
+                    counts[kind].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Calls { counts, calling, task }
+    }
+
+    fn answered(&self) -> u64 {
+        self.counts[Calls::ANSWERED].load(Ordering::Relaxed)
+    }
+
+    /// Waits (up to `secs`) until `more` calls more than now are answered.
+    async fn until_answered(&self, more: u64, secs: u64, what: &str) {
+        let target = self.answered() + more;
+        within(secs, what, async {
+            while self.answered() < target {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+
+    /// Stops calling; prints the ledger of scenario `name` and checks that no call got another's answer.
+    async fn finish(self, name: &str) -> [u64; 3] {
+        self.calling.store(false, Ordering::Relaxed);
+        within(10, "the caller to stop", self.task).await.unwrap();
+        let [answered, wrong, failed] =
+            [Calls::ANSWERED, Calls::WRONG, Calls::FAILED].map(|i| self.counts[i].load(Ordering::Relaxed));
+        println!(
+            "ledger {name}: calls {} answered {answered} failed {failed} wrong {wrong}",
+            answered + failed + wrong
+        );
+        assert_eq!(wrong, 0, "{name}: no call gets another call's answer");
+        [answered, wrong, failed]
+    }
+}
+
+/// An RPC server on node 0 and its caller on node 1; the server's node restarts. `at.v1.IntSummator`'s request
+/// queue is a classic queue, on node 0: calls during the outage fail (at the call deadline); calls after it
+/// succeed; no call gets a wrong answer.
 async fn rpc_across_a_restart(cluster: &Shared, vhost: &str) {
     let name = "RPC server's node restarts";
     let started = Instant::now();
@@ -300,53 +370,73 @@ async fn rpc_across_a_restart(cluster: &Shared, vhost: &str) {
     let client_bus = bus_on(cluster, vhost, 1, "cluster-rpc-client", Duration::from_secs(10)).await;
     let serving = IntSummatorServer::new(Summator).serve(&server_bus).await.expect("serve");
     let client = IntSummatorClient::new(&client_bus).with_timeout(Duration::from_secs(2));
-    let (answered, failed, wrong) =
-        (Arc::new(Mutex::new(0u64)), Arc::new(Mutex::new(0u64)), Arc::new(Mutex::new(0u64)));
-    let calling = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let caller = tokio::spawn({
-        let (client, answered, failed, wrong, calling) =
-            (client.clone(), answered.clone(), failed.clone(), wrong.clone(), calling.clone());
-        async move {
-            let mut a = 0i64;
-            while calling.load(std::sync::atomic::Ordering::Relaxed) {
-                a += 1;
-                match client.int_sum(IntSumRequest { a, b: 1 }).await {
-                    Ok(reply) if reply.sum == a + 1 => *answered.lock().unwrap() += 1,
-                    Ok(_) => *wrong.lock().unwrap() += 1,
-                    Err(_) => *failed.lock().unwrap() += 1,
-                }
-            }
-        }
+    let calls = Calls::start(move |a| {
+        let client = client.clone();
+        async move { client.int_sum(IntSumRequest { a, b: 1 }).await.map(|reply| reply.sum == a + 1).map_err(status) }
     });
-    within(30, "calls to be answered", async {
-        while *answered.lock().unwrap() < 200 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    calls.until_answered(200, 30, "calls to be answered").await;
     let fault = Instant::now();
     stop(cluster, 0).await;
     let (now, took) = until_moved_off(cluster, vhost, ("cluster-rpc-server", "consume"), 0, fault).await;
     println!("{name}: the server moved to node {now} {took:?} after the fault ({:?})", server_bus.health());
     tokio::time::sleep(Duration::from_secs(2)).await;
     start_again(cluster, 0).await;
-    let back = *answered.lock().unwrap();
-    within(60, "calls to be answered again after the restart", async {
-        while *answered.lock().unwrap() < back + 200 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    calls.until_answered(200, 60, "calls to be answered again after the restart").await;
     println!("{name}: calls answered again {:?} after the fault", fault.elapsed());
-    calling.store(false, std::sync::atomic::Ordering::Relaxed);
-    within(10, "the caller to stop", caller).await.unwrap();
-    let (answered, failed, wrong) = (*answered.lock().unwrap(), *failed.lock().unwrap(), *wrong.lock().unwrap());
-    println!("ledger {name}: calls {} answered {answered} failed {failed} wrong {wrong}", answered + failed + wrong);
-    assert_eq!(wrong, 0, "{name}: no call gets another call's answer");
+    calls.finish(name).await;
     serving.stop().await;
     client_bus.shutdown(Duration::from_secs(5)).await.expect("the client shuts down");
     server_bus.shutdown(Duration::from_secs(5)).await.expect("the server shuts down");
     println!("{name} took {:?}", started.elapsed());
+}
+
+/// `trading.v1.RiskGate`, whose request queue is a quorum queue: servers on nodes 0 and 1 (node 0's declares
+/// the queue, so node 0 leads it), the caller on node 2. Node 0 stops: a new leader is elected, node 0's
+/// server moves to another node, and calls are answered again while node 0 is still down (a classic queue
+/// would wait for its node, as the scenario above shows).
+async fn rpc_on_a_quorum_queue_while_its_leader_is_down(cluster: &Shared, vhost: &str) {
+    use warren_contracts::trading::v1::{OrderCheck, RiskGateClient, RiskGateServer};
+    let name = "RPC quorum queue's leader stopped";
+    let started = Instant::now();
+    let first = bus_on(cluster, vhost, 0, "cluster-risk-0", Duration::from_secs(10)).await;
+    let first_serving = RiskGateServer::new(RiskDesk).serve(&first).await.expect("serve on node 0");
+    assert_eq!(leader_of(cluster, vhost, "trading.risk-gate").await.expect("the queue's leader"), 0);
+    let second = bus_on(cluster, vhost, 1, "cluster-risk-1", Duration::from_secs(10)).await;
+    let second_serving = RiskGateServer::new(RiskDesk).serve(&second).await.expect("serve on node 1");
+    let client_bus = bus_on(cluster, vhost, 2, "cluster-risk-client", Duration::from_secs(10)).await;
+    let client = RiskGateClient::new(&client_bus).with_timeout(Duration::from_secs(2));
+    let calls = Calls::start(move |n| {
+        let client = client.clone();
+        // Orders alternate between approved and refused, so each answer is checked against its own question.
+        let quantity = if n % 2 == 0 { 1.0 } else { 1_000_000.0 };
+        let order = OrderCheck { symbol: format!("S{n}"), side: 1, quantity, price: 10.0 };
+        async move {
+            let verdict = client.check_order(order).await.map_err(status)?;
+            Ok(verdict.approved == (quantity * 10.0 <= RiskDesk::LIMIT))
+        }
+    });
+    calls.until_answered(200, 30, "calls to be answered").await;
+    let fault = Instant::now();
+    stop(cluster, 0).await;
+    calls.until_answered(200, 60, "calls to be answered with node 0 down").await;
+    let leader = leader_of(cluster, vhost, "trading.risk-gate").await.expect("a new leader");
+    println!("{name}: answered again {:?} after the fault, node {leader} leads the queue", fault.elapsed());
+    assert!(on_cluster(cluster, |c| !c.is_up(0)).await, "{name}: node 0 was still down while calls were answered");
+    assert_ne!(leader, 0);
+    start_again(cluster, 0).await;
+    calls.finish(name).await;
+    for serving in [first_serving, second_serving] {
+        serving.stop().await;
+    }
+    for bus in [client_bus, first, second] {
+        bus.shutdown(Duration::from_secs(5)).await.expect("the bus shuts down");
+    }
+    println!("{name} took {:?}", started.elapsed());
+}
+
+/// A call's failure as a status, for [`Calls`].
+fn status<E: std::fmt::Display>(error: E) -> warren::Status {
+    warren::Status::unavailable(error.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,6 +519,7 @@ async fn a_three_node_cluster_loses_nothing_when_nodes_stop() {
     }
     quorum_lost(&cluster, &vhost).await;
     rpc_across_a_restart(&cluster, &vhost).await;
+    rpc_on_a_quorum_queue_while_its_leader_is_down(&cluster, &vhost).await;
 
     let cluster = Arc::try_unwrap(cluster).expect("nothing else holds the cluster").into_inner().unwrap();
     tokio::task::spawn_blocking(move || cluster.remove()).await.unwrap().expect("the cluster stops");

@@ -259,6 +259,15 @@ fn queue_arguments_changed_by_a_quorum_work_queue() {
 }
 
 #[test]
+fn queue_arguments_changed_by_a_quorum_request_queue() {
+    // RabbitMQ refuses to declare the service's queue again as another type, so the servers would not start.
+    let report = assert_breaks("rpc_quorum_queue", &[Rule::QueueArgumentsChanged], 73);
+    let message = &report.breaks[0].message;
+    assert!(message.starts_with("queue shop.Pricer would be declared with"), "{message}");
+    assert!(message.contains("x-queue-type unset → \"quorum\""), "{message}");
+}
+
+#[test]
 fn rules_tightened_on_a_field() {
     let report = assert_breaks("rules_tightened", &[Rule::RulesTightened], 37);
     let message = &report.breaks[0].message;

@@ -185,6 +185,12 @@ impl QueueSettings {
         }
     }
 
+    /// An RPC service's request queue: durable, and a quorum queue when the contract asks for one (requests
+    /// carry their own expiry, the caller's deadline, so it needs no delivery limit or dead-letter queue).
+    pub fn requests(quorum: bool) -> Self {
+        QueueSettings { quorum, ..QueueSettings::plain(false) }
+    }
+
     /// A queue that subscribers or workers consume: rejected messages go to [`dead_letter_queue`] through the
     /// default exchange; a priority queue if `prioritized`.
     ///

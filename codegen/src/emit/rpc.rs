@@ -19,6 +19,7 @@ fn emit_service(service: &Service) -> TokenStream {
     let queue = &service.queue;
     let default_timeout = u64::from(service.default_timeout_ms);
     let fingerprint = &service.fingerprint;
+    let quorum = service.quorum;
 
     let service_doc = docs::doc_attrs(&service.doc, &format!("The `{full_name}` service."));
     let trait_doc = docs::doc_paragraph(&format!(
@@ -203,6 +204,7 @@ fn emit_service(service: &Service) -> TokenStream {
                 queue: #queue,
                 default_timeout: ::std::time::Duration::from_millis(#default_timeout),
                 fingerprint: #fingerprint,
+                quorum: #quorum,
             };
 
             /// A client that calls through `bus`.

@@ -218,13 +218,14 @@ fn read_service(service: &model::Service, allow: BTreeSet<Rule>, sources: &Sourc
             location: sources.display(&service.location),
         },
     );
-    // RPC queues are plain durable queues; requests reach them through the default exchange.
+    // RPC queues are durable (quorum queues when asked for); requests reach them through the default exchange.
+    let settings = QueueSettings::requests(service.quorum);
     manifest.queues.insert(
         service.queue.clone(),
         Queue {
             consumer: Consumer::Service(service.full_name.clone()),
-            durable: true,
-            arguments: BTreeMap::new(),
+            durable: settings.durable,
+            arguments: settings.arguments().into_iter().map(|(key, value)| (key.to_owned(), value)).collect(),
             bindings: BTreeSet::new(),
             dead_letter_queue: None,
             retry: None,

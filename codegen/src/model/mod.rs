@@ -170,6 +170,8 @@ pub struct Service {
     pub queue: String,
     /// Default deadline per call, in milliseconds.
     pub default_timeout_ms: u32,
+    /// Whether its request queue is a quorum queue.
+    pub quorum: bool,
     /// Its methods, in proto order.
     pub methods: Vec<Method>,
     /// The service's proto comment.

@@ -27,6 +27,7 @@ pub(super) fn read_service(
     let option_location = info.location(&option_path);
     let option = problems.keep(extension::<pb::Service>(&service.options(), &ext.service, &option_location));
     let option = option.flatten().unwrap_or_default();
+    let quorum = option.queue_type() == pb::QueueType::Quorum;
     let queue = option.queue;
     if queue.is_empty() {
         problems.push(Error::contract(
@@ -121,6 +122,7 @@ pub(super) fn read_service(
         full_name,
         queue,
         default_timeout_ms,
+        quorum,
         methods,
         doc: info.comment(service.path()),
         location,

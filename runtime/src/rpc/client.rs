@@ -311,7 +311,7 @@ impl RpcClient {
         };
         // Declared by callers too, so requests wait in the queue for a server that starts late, instead of
         // being returned as unroutable; each request expires with its deadline, so none piles up.
-        bus.declare_queue(self.service.queue, QueueSettings::plain(false)).await?;
+        bus.declare_queue(self.service.queue, QueueSettings::requests(self.service.quorum)).await?;
         bus.check_size(payload.len())?;
 
         // The schema fingerprint goes on a sample of requests, as on events (see `Publishes::stamps_schema`). The

@@ -31,6 +31,9 @@ pub struct EncodedCall {
     pub method: String,
     /// The call's deadline unless [`CallOptions::timeout`] sets one: the method's, or its service's default.
     pub timeout: Duration,
+    /// Whether the queue is a quorum queue (the contract's `queue_type: QUORUM`): callers declare it too, and
+    /// RabbitMQ refuses a declaration of another type. See [`EncodedCall::quorum`].
+    pub quorum: bool,
 }
 
 impl EncodedCall {
@@ -41,7 +44,14 @@ impl EncodedCall {
         method: impl Into<String>,
         timeout: Duration,
     ) -> Self {
-        EncodedCall { service: service.into(), queue: queue.into(), method: method.into(), timeout }
+        EncodedCall { service: service.into(), queue: queue.into(), method: method.into(), timeout, quorum: false }
+    }
+
+    /// The same call to a service whose queue is a quorum queue when `quorum` (the contract's
+    /// `queue_type: QUORUM`; `warren-reflect` reads it from the contract).
+    pub fn quorum(mut self, quorum: bool) -> Self {
+        self.quorum = quorum;
+        self
     }
 
     /// `/<service>/<method>`, the request's AMQP `type`.
@@ -82,7 +92,7 @@ impl Bus {
     ) -> Result<EncodedReply, Status> {
         let kept = |name: &str| intern(name).map_err(|e| Status::invalid_argument(e.to_string()));
         let (name, queue) = (kept(&call.service)?, kept(&call.queue)?);
-        let service = ServiceSpec { name, queue, default_timeout: call.timeout, fingerprint: "" };
+        let service = ServiceSpec { name, queue, default_timeout: call.timeout, fingerprint: "", quorum: call.quorum };
         let target = Target { path: kept(&call.path())?, timeout: None };
         let outgoing = request.outgoing().map_err(|e| Status::invalid_argument(e.to_string()))?;
         let client = RpcClient { bus: self.clone(), service, timeout: None };

@@ -263,8 +263,9 @@ where
     let setup: Setup = Arc::new(move |bus: Bus| {
         Box::pin(async move {
             let config = bus.config();
+            let requests = QueueSettings::requests(service.quorum);
             let durable = QueueSettings::plain(false);
-            let mut needs = vec![Need::Queue(service.queue, &durable)];
+            let mut needs = vec![Need::Queue(service.queue, &requests)];
             // Verifying, a missing registry is reported with the service's queue, not only logged by the
             // announcements (declaring, they declare it).
             if config.topology == crate::TopologyMode::Verify && !config.registry_heartbeat.is_zero() {

@@ -325,6 +325,7 @@ async fn rpc_requests_carry_the_schema_fingerprint_on_a_sample(h: &Harness) {
         queue: Box::leak(unique("stamp-rpc").into_boxed_str()),
         default_timeout: std::time::Duration::from_secs(30),
         fingerprint: "",
+        quorum: false,
     }));
     let find: &'static warren::__codegen::MethodSpec = Box::leak(Box::new(warren::__codegen::MethodSpec {
         service,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use warren::{Code, RpcError};
 use warren_contracts::at::v1::int_sum_error::Reason;
 use warren_contracts::at::v1::{IntSumRequest, IntSumResponse, IntSummatorClient, IntSummatorServer, Overflow};
-use warren_tests::{Harness, Summator, within};
+use warren_tests::{Harness, RiskDesk, Summator, within};
 
 /// What AT_QUEUE's SumRequester sends when it gets the types wrong: `a` as a string.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -144,7 +144,38 @@ async fn a_request_whose_reply_to_names_another_queue_gets_no_reply(h: &Harness)
     serving.stop().await;
 }
 
+/// A service whose contract says `queue_type: QUORUM` is served from a quorum queue (on RabbitMQ, where the
+/// type exists; the in-memory broker has one kind of queue) and answers as any other.
+async fn a_quorum_service_is_served_from_a_quorum_queue(h: &Harness) {
+    use warren_contracts::trading::v1::{OrderCheck, RiskGateClient, RiskGateServer, Side};
+    assert!(RiskGateClient::SERVICE.quorum, "the contract asks for a quorum queue");
+    let server_bus = h.bus("risk-gate").await;
+    let serving = RiskGateServer::new(RiskDesk).serve(&server_bus).await.unwrap();
+    if let Some(vhost) = h.vhost() {
+        let listed = warren_tests::faults::rabbitmqctl(&[
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "-p",
+            vhost,
+            "name",
+            "type",
+        ]);
+        let kind = listed.lines().find_map(|line| line.strip_prefix("trading.risk-gate\t"));
+        assert_eq!(kind.map(str::trim), Some("quorum"), "{listed}");
+    }
+    let client = RiskGateClient::new(&h.bus("strategy").await);
+    let order =
+        |quantity: f64| OrderCheck { symbol: "BTCUSDT".into(), side: Side::Buy as i32, quantity, price: 50_000.0 };
+    let small = within(10, "a small order's verdict", client.check_order(order(2.0))).await.unwrap();
+    assert!(small.approved && small.reason.is_empty(), "{small:?}");
+    let big = within(10, "a big order's verdict", client.check_order(order(100.0))).await.unwrap();
+    assert!(!big.approved && big.reason.contains("over the limit"), "{big:?}");
+    serving.stop().await;
+}
+
 warren_tests::on_both_transports!(
     int_summator_over_the_bus,
-    a_request_whose_reply_to_names_another_queue_gets_no_reply
+    a_request_whose_reply_to_names_another_queue_gets_no_reply,
+    a_quorum_service_is_served_from_a_quorum_queue,
 );
