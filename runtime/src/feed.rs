@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::backoff::Backoff;
 use crate::bus::Bus;
 use crate::error::{Later, Result};
-use crate::transport::{Consumer, Delivery};
+use crate::transport::{ConsumeOn, Consumer, Delivery};
 
 /// Declares what a feed consumes from: the queue, its dead-letter queue, its bindings.
 pub(crate) type Setup = Arc<dyn Fn(Bus) -> Pin<Box<dyn Future<Output = Result<()>> + Send>> + Send + Sync>;
@@ -177,6 +177,8 @@ pub(crate) struct Feed {
     prefetch: u16,
     tag_prefix: String,
     setup: Setup,
+    /// Which connection it consumes on.
+    on: ConsumeOn,
     current: Option<Consumer>,
     stop: StopSignal,
     /// The transport's reconnections; a consumer from an earlier generation is dead.
@@ -204,12 +206,26 @@ impl Feed {
         setup: Setup,
         stop: StopSignal,
     ) -> Result<Feed> {
+        Feed::open_on(bus, queue, prefetch, tag_prefix, setup, stop, ConsumeOn::Consuming).await
+    }
+
+    /// [`Feed::open`], consuming on connection `on` (see [`ConsumeOn`]).
+    pub(crate) async fn open_on(
+        bus: &Bus,
+        queue: &str,
+        prefetch: u16,
+        tag_prefix: &str,
+        setup: Setup,
+        stop: StopSignal,
+        on: ConsumeOn,
+    ) -> Result<Feed> {
         let mut feed = Feed {
             bus: bus.clone(),
             queue: queue.to_owned(),
             prefetch,
             tag_prefix: tag_prefix.to_owned(),
             setup,
+            on,
             current: None,
             stop,
             generations: bus.inner.transport.generations(),
@@ -225,7 +241,7 @@ impl Feed {
         self.bus
             .inner
             .transport
-            .consume(&self.queue, self.prefetch, crate::transport::consumer_tag(&self.tag_prefix))
+            .consume(&self.queue, self.prefetch, crate::transport::consumer_tag(&self.tag_prefix), self.on)
             .await
     }
 

@@ -18,7 +18,7 @@ use crate::headers::{Headers, MessageProperties};
 use crate::middleware::{self, Layers, Middleware};
 use crate::status::{Code, Status};
 use crate::trace::{self, TraceContext};
-use crate::transport::{Delivery, Publish, Settle};
+use crate::transport::{ConsumeOn, Delivery, Publish, Settle};
 use crate::transport::{Need, QueueSettings};
 
 /// What a server handler knows about a request beyond its payload: who called, the caller's deadline and
@@ -275,7 +275,9 @@ where
         })
     });
     let (stop, signal) = Stop::new();
-    let mut feed = Feed::open(bus, service.queue, concurrency, service.name, setup, signal.clone()).await?;
+    // On the publishing connection, where the replies go: one connection's I/O per call (see `ConsumeOn`).
+    let on = ConsumeOn::Publishing;
+    let mut feed = Feed::open_on(bus, service.queue, concurrency, service.name, setup, signal.clone(), on).await?;
     crate::registry::announce(bus, service, signal.clone());
     let transport = bus.inner.transport.clone();
     let limit = Arc::new(Semaphore::new(usize::from(concurrency)));
@@ -467,10 +469,9 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
             .with_content_type(format.content_type())
             .with_headers(headers);
         // Not mandatory (RabbitMQ ≤ 4.1 would return every direct reply), not confirmed: direct
-        // reply-to is at-most-once anyway. On the publishing connection, although the consuming one
-        // (where the request came in) would wake one I/O thread per call instead of two: under a
-        // resource alarm RabbitMQ blocks every connection that publishes, and a blocked consuming
-        // connection would stall the acks that drain the queues.
+        // reply-to is at-most-once anyway. On the publishing connection, where the request came in (the
+        // server consumes there): under a resource alarm RabbitMQ stops reading every connection that
+        // publishes, and the consuming one must keep taking the acks that drain the subscribers' queues.
         let publish = Publish { exchange: "", routing_key: reply_to, mandatory: false, confirm: false };
         // Within the operation timeout, even past the caller's deadline by this host's clock: a caller whose
         // clock runs behind still waits (and a late request learns why at once). The publish is not confirmed,

@@ -223,6 +223,19 @@ pub(crate) enum Transport {
     Memory(memory::Broker),
 }
 
+/// Which of a bus's two connections a consumer reads on (in memory there is one broker, and no difference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConsumeOn {
+    /// The consuming connection: subscribers and workers. Under a resource alarm RabbitMQ stops reading every
+    /// connection that publishes; nothing is published here, so their acks, which drain the queues, never wait.
+    Consuming,
+    /// The publishing connection: RPC servers. A server's reply goes out on the publishing connection (see
+    /// `rpc::server`), and its requests come in there too, so that a call wakes one connection's I/O on the
+    /// server, not two (W5: about a third of a call's CPU). Under an alarm the replies wait anyway; the
+    /// requests' acks wait with them, and the subscribers' do not.
+    Publishing,
+}
+
 /// What a publish needs besides the payload.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Publish<'a> {
@@ -332,10 +345,10 @@ impl Transport {
         }
     }
 
-    pub(crate) async fn consume(&self, queue: &str, prefetch: u16, tag: String) -> Result<Consumer> {
+    pub(crate) async fn consume(&self, queue: &str, prefetch: u16, tag: String, on: ConsumeOn) -> Result<Consumer> {
         check_name("queue", queue)?;
         match self {
-            Transport::Amqp(amqp) => amqp.consume(queue, prefetch, tag).await,
+            Transport::Amqp(amqp) => amqp.consume(queue, prefetch, tag, on).await,
             Transport::Memory(broker) => broker.consume(queue, prefetch, tag),
         }
     }

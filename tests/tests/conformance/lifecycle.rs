@@ -54,7 +54,15 @@ async fn shutdown_fails_rpc_calls_still_waiting_with_cancelled(h: &Harness) {
     // Nobody serves this call: it would wait for its whole deadline.
     let client = IntSummatorClient::new(&bus).with_timeout(Duration::from_secs(30));
     let call = tokio::spawn(async move { client.int_sum(IntSumRequest { a: 1, b: 2 }).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Waiting means its request is in the queue (a fixed pause was too short on a busy machine: shut down
+    // before the request went out, the call fails as the bus closes, not as a call cut short).
+    let observer = h.bus("shutdown-rpc-observer").await;
+    within(10, "the request to wait in its queue", async {
+        while observer.queue_depth(IntSummatorClient::SERVICE.queue).await.unwrap_or(0) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     within(10, "shutdown", bus.shutdown(Duration::from_secs(1))).await.unwrap();
     let status = within(5, "the waiting call to end", call).await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::Cancelled, "{status}");

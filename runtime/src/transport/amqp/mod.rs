@@ -33,7 +33,9 @@ use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
 use tokio::sync::{Mutex, Semaphore, watch};
 
 use super::confirms::{Confirmed, Confirms, Outcome};
-use super::{Acker, Canceller, Consumer, Delivery, Message, Publish, QueueSettings, ReplyPath, Settle, Transport};
+use super::{
+    Acker, Canceller, ConsumeOn, Consumer, Delivery, Message, Publish, QueueSettings, ReplyPath, Settle, Transport,
+};
 use crate::backoff::Backoff;
 use crate::config::{BusConfig, Endpoint};
 use crate::contract::{ExchangeKind, ExchangeSpec};
@@ -483,8 +485,8 @@ impl Amqp {
         (*of == generation && channel.channel.status().connected()).then(|| channel.clone())
     }
 
-    pub(crate) async fn consume(&self, queue: &str, prefetch: u16, tag: String) -> Result<Consumer> {
-        let (channel, generation) = self.channel_and_generation(true).await?;
+    pub(crate) async fn consume(&self, queue: &str, prefetch: u16, tag: String, on: ConsumeOn) -> Result<Consumer> {
+        let (channel, generation) = self.channel_and_generation(on == ConsumeOn::Consuming).await?;
         deadline("basic qos", self.timeout(), channel.basic_qos(prefetch, BasicQosOptions::default())).await?;
         let consumer = deadline(
             "basic consume",
