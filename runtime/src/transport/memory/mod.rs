@@ -234,7 +234,6 @@ struct Queue {
     consumers: Vec<Slot>,
     /// Round-robin position among consumers.
     next: usize,
-    unacked: FxHashMap<u64, (u64, Queued)>,
     next_tag: u64,
     /// Wakes the expiry task when the head of the queue may have changed.
     expiry: Option<Arc<Notify>>,
@@ -258,7 +257,6 @@ impl Queue {
             ready: (0..levels).map(|_| VecDeque::new()).collect(),
             consumers: Vec::new(),
             next: 0,
-            unacked: FxHashMap::default(),
             next_tag: 0,
             expiry: None,
         }
