@@ -160,7 +160,7 @@ struct State {
     /// may wake a thread, which must not happen while holding the broker).
     wakes: Vec<Arc<Inbox>>,
     /// Routing decisions by exchange and routing key, forgotten whenever the topology changes.
-    routes: FxHashMap<Box<str>, FxHashMap<Box<str>, Route>>,
+    routes: FxHashMap<Box<str>, FxHashMap<Box<str>, Arc<Route>>>,
     /// Exchange names and routing keys seen, shared by the messages that carry them.
     names: FxHashMap<Box<str>, Arc<str>>,
     /// Acknowledged messages, freed after the lock is released (freeing is not free, and the publisher waits
