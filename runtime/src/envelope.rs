@@ -304,6 +304,18 @@ impl<A: std::ops::Deref<Target = MessageProperties>, R: std::ops::Deref<Target =
         }
     }
 
+    /// [`Properties::message_id`] and [`Properties::correlation_id`] together: a Warren envelope's id is read
+    /// once (its text is checked to be UTF-8 at each reading), and is both when the message starts a conversation.
+    pub(crate) fn ids(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Properties::Warren(e) => {
+                let id = e.message_id.as_str();
+                (Some(id), Some(e.correlation_id.as_deref().unwrap_or(id)))
+            }
+            _ => (self.message_id(), self.correlation_id()),
+        }
+    }
+
     pub(crate) fn app_id(&self) -> Option<&str> {
         match self {
             Properties::Warren(envelope) => Some(envelope.app_id),

@@ -252,13 +252,12 @@ impl Bus {
                 WireFormat::Protobuf => Some(payload.clone()),
                 WireFormat::Json => message.protobuf(),
             };
-            if options.fire_and_forget {
-                self.check_open_and_size(payload.len())?;
-                let publish = Publish { exchange, routing_key, mandatory: false, confirm: false };
-                self.inner.transport.publish(publish, payload, properties).await?;
-            } else {
-                self.publish_raw(exchange, routing_key, payload, properties).await?;
-            }
+            // Straight to the transport, as `publish_raw` does when confirmed: a future fewer to move the
+            // properties and body through.
+            self.check_open_and_size(payload.len())?;
+            let confirm = !options.fire_and_forget;
+            let publish = Publish { exchange, routing_key, mandatory: confirm, confirm };
+            self.inner.transport.publish(publish, payload, properties).await?;
             self.inner.metrics.published(type_name, &publishes, kept);
             Ok(id)
         }

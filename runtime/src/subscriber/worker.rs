@@ -177,17 +177,17 @@ impl Worker {
                 return Ending::new(Settling::DeadLettered(reason.into()), true);
             }
         };
-        let properties = &delivery.properties;
+        let (message_id, conversation_id) = delivery.properties.ids();
         let (trace, span) = trace::incoming_span(
             &trace::About {
                 operation: trace::Operation::Process,
                 destination: &self.queue,
                 routing_key: &delivery.routing_key,
-                message_id: properties.message_id(),
-                conversation_id: properties.correlation_id(),
+                message_id,
+                conversation_id,
                 rpc_method: None,
             },
-            properties.headers(),
+            delivery.properties.headers(),
         );
         let context = Context::new(&self.context_bus, delivery, attempt, trace.clone());
         let run = async {

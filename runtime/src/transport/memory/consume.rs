@@ -17,7 +17,7 @@ use crate::transport::{Acker as AnyAcker, Canceller as AnyCanceller, Consumer, D
 
 impl Broker {
     pub(crate) fn consume(&self, queue: &str, prefetch: u16, tag: String) -> Result<Consumer> {
-        let (inbox, id) = with_state(&self.state, |state| {
+        let (inbox, target, id) = with_state(&self.state, |state| {
             state.next_consumer += 1;
             let id = state.next_consumer;
             let Some(q) = state.queues.get_mut(queue) else {
@@ -27,17 +27,22 @@ impl Broker {
                 deliveries: Mutex::default(),
                 waker: AtomicWaker::new(),
                 closed: AtomicBool::new(false),
-                state: Arc::downgrade(&self.state),
-                queue: Arc::clone(&q.name),
             });
-            q.consumers.push(Slot { id, inbox: Arc::clone(&inbox), prefetch: usize::from(prefetch), unacked: 0 });
+            q.consumers.push(Slot {
+                id,
+                inbox: Arc::clone(&inbox),
+                prefetch: usize::from(prefetch),
+                unacked: VecDeque::new(),
+            });
+            let target =
+                Arc::new(Target { state: Arc::downgrade(&self.state), queue: Arc::clone(&q.name), consumer: id });
             state.dispatch(queue, &self.state);
-            Ok((inbox, id))
+            Ok((inbox, target, id))
         })?;
         let canceller = Canceller { state: Arc::downgrade(&self.state), queue: queue.into(), consumer: id };
         Ok(Consumer {
             tag,
-            stream: Box::pin(Deliveries { inbox, taken: VecDeque::new(), canceller: Some(canceller.clone()) }),
+            stream: Box::pin(Deliveries { inbox, target, taken: VecDeque::new(), canceller: Some(canceller.clone()) }),
             cancel: AnyCanceller::Memory(canceller),
             generation: 0,
         })
@@ -49,7 +54,21 @@ pub(super) struct Slot {
     inbox: Arc<Inbox>,
     /// 0 = unlimited.
     prefetch: usize,
-    unacked: usize,
+    /// This consumer's deliveries not yet settled, by tag, in the order they were delivered. A consumer settles
+    /// mostly in that order, so a settlement usually takes the front: no hash map of every queue's deliveries
+    /// to insert each into and remove it from.
+    unacked: VecDeque<(u64, Queued)>,
+}
+
+impl Slot {
+    /// Takes the delivery `tag` out of those not yet settled.
+    fn settled(&mut self, tag: u64) -> Option<Queued> {
+        let index = match self.unacked.front() {
+            Some((first, _)) if *first == tag => 0,
+            _ => self.unacked.binary_search_by_key(&tag, |(tag, _)| *tag).ok()?,
+        };
+        self.unacked.remove(index).map(|(_, message)| message)
+    }
 }
 
 impl Drop for Slot {
@@ -68,8 +87,15 @@ pub(super) struct Inbox {
     pub(super) waker: AtomicWaker,
     /// The broker let go of the consumer (queue deleted, broker gone): the stream ends once drained.
     closed: AtomicBool,
+}
+
+/// Where a consumer's deliveries are settled: its broker, queue and consumer. Shared by the consumer's ackers,
+/// in an allocation of its own: the inbox's lock, which the publisher takes, is not on the cache line whose
+/// reference count the consumer changes for every delivery.
+struct Target {
     state: Weak<Mutex<State>>,
     queue: Arc<str>,
+    consumer: u64,
 }
 
 impl Inbox {
@@ -95,7 +121,7 @@ impl Inbox {
 }
 
 /// A delivery as the broker hands it to a consumer's inbox. The consumer makes it a [`Delivery`], with an
-/// acker that points back at the inbox: counting that reference on the consumer's thread, not the
+/// acker that points at the consumer's [`Target`]: counting that reference on the consumer's thread, not the
 /// publisher's, keeps the count from bouncing between two cores' caches on every message.
 struct Handed {
     message: Arc<Message>,
@@ -106,6 +132,7 @@ struct Handed {
 /// Consumer deliveries; dropping the stream cancels the consumer, like closing its channel.
 struct Deliveries {
     inbox: Arc<Inbox>,
+    target: Arc<Target>,
     /// Taken from the inbox, not yet handed out.
     taken: VecDeque<Handed>,
     canceller: Option<Canceller>,
@@ -117,7 +144,11 @@ impl Deliveries {
             self.inbox.take_all(&mut self.taken);
         }
         let Handed { message, redelivered, tag } = self.taken.pop_front()?;
-        Some(Delivery { message, redelivered, acker: AnyAcker::Memory(Acker { inbox: Arc::clone(&self.inbox), tag }) })
+        Some(Delivery {
+            message,
+            redelivered,
+            acker: AnyAcker::Memory(Acker { target: Arc::clone(&self.target), tag }),
+        })
     }
 }
 
@@ -167,7 +198,7 @@ impl State {
             let count = queue.consumers.len();
             let Some(offset) = (0..count).find(|i| {
                 let slot = &queue.consumers[(queue.next + i) % count];
-                slot.prefetch == 0 || slot.unacked < slot.prefetch
+                slot.prefetch == 0 || slot.unacked.len() < slot.prefetch
             }) else {
                 break;
             };
@@ -182,38 +213,33 @@ impl State {
             let tag = queue.next_tag;
             let slot = &mut queue.consumers[index];
             let delivery = Handed { message: Arc::clone(&message.message), redelivered: message.redelivered, tag };
-            slot.unacked += 1;
             if slot.inbox.put(delivery) {
                 wakes.push(Arc::clone(&slot.inbox));
             }
-            queue.unacked.insert(tag, (slot.id, message));
+            slot.unacked.push_back((tag, message));
         }
         expired
     }
 
-    /// Acknowledges deliveries of `name` by tag, looking the queue up once; `false` if any was not pending.
-    fn ack(&mut self, name: &str, tags: impl Iterator<Item = u64>) -> bool {
+    /// Acknowledges deliveries of `consumer` on `name` by tag, looking both up once; `false` if any was not
+    /// pending.
+    fn ack(&mut self, name: &str, consumer: u64, tags: impl Iterator<Item = u64>) -> bool {
         let Some(queue) = self.queues.get_mut(name) else { return false };
+        let Some(slot) = queue.consumers.iter_mut().find(|s| s.id == consumer) else { return false };
         let mut all = true;
         for tag in tags {
-            let Some((consumer, message)) = queue.unacked.remove(&tag) else {
-                all = false;
-                continue;
-            };
-            if let Some(slot) = queue.consumers.iter_mut().find(|s| s.id == consumer) {
-                slot.unacked -= 1;
+            match slot.settled(tag) {
+                Some(message) => self.acknowledged.push(message),
+                None => all = false,
             }
-            self.acknowledged.push(message);
         }
         all
     }
 
-    fn settle(&mut self, name: &str, tag: u64, how: Settle, shared: &Arc<Mutex<State>>) -> bool {
+    fn settle(&mut self, name: &str, consumer: u64, tag: u64, how: Settle, shared: &Arc<Mutex<State>>) -> bool {
         let Some(queue) = self.queues.get_mut(name) else { return false };
-        let Some((consumer, mut message)) = queue.unacked.remove(&tag) else { return false };
-        if let Some(slot) = queue.consumers.iter_mut().find(|s| s.id == consumer) {
-            slot.unacked -= 1;
-        }
+        let Some(slot) = queue.consumers.iter_mut().find(|s| s.id == consumer) else { return false };
+        let Some(mut message) = slot.settled(tag) else { return false };
         match how {
             Settle::Ack => self.acknowledged.push(message),
             Settle::Requeue => {
@@ -234,21 +260,14 @@ impl State {
     /// Removes a consumer; its unacknowledged messages go back to the queue, marked redelivered.
     fn remove_consumer(&mut self, name: &str, consumer: u64, shared: &Arc<Mutex<State>>) {
         let Some(queue) = self.queues.get_mut(name) else { return };
-        queue.consumers.retain(|slot| slot.id != consumer);
-        let mut returned: Vec<(u64, Queued)> = Vec::new();
-        queue.unacked.retain(|tag, (owner, message)| {
-            if *owner == consumer {
-                returned.push((*tag, message.clone()));
-                false
-            } else {
-                true
-            }
-        });
-        // Back in delivery order, ahead of what was never delivered.
-        returned.sort_by_key(|(tag, _)| std::cmp::Reverse(*tag));
+        let returned = match queue.consumers.iter().position(|slot| slot.id == consumer) {
+            Some(index) => std::mem::take(&mut queue.consumers.remove(index).unacked),
+            None => VecDeque::new(),
+        };
         let limit = queue.options.delivery_limit;
         let mut over_limit = Vec::new();
-        for (_, mut message) in returned {
+        // Back in delivery order (the slot holds them by tag), ahead of what was never delivered.
+        for (_, mut message) in returned.into_iter().rev() {
             message.redelivered = true;
             message.returned += 1;
             if limit.is_some_and(|limit| message.returned > limit) {
@@ -272,14 +291,14 @@ impl State {
 
 /// Settles one delivery of the in-memory broker.
 pub(crate) struct Acker {
-    /// The consumer it was delivered to, which knows its broker and queue.
-    inbox: Arc<Inbox>,
+    /// The consumer it was delivered to, and its broker and queue.
+    target: Arc<Target>,
     tag: u64,
 }
 
 impl std::fmt::Debug for Acker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Acker").field("queue", &self.inbox.queue).field("tag", &self.tag).finish()
+        f.debug_struct("Acker").field("queue", &self.target.queue).field("tag", &self.tag).finish()
     }
 }
 
@@ -288,20 +307,21 @@ impl Acker {
     pub(crate) fn ack_all<'a>(ackers: impl Iterator<Item = &'a Acker>) -> bool {
         let mut ackers = ackers.peekable();
         let Some(first) = ackers.peek() else { return true };
-        let Some(shared) = first.inbox.state.upgrade() else { return false };
-        let queue = Arc::clone(&first.inbox.queue);
+        let target = Arc::clone(&first.target);
+        let Some(shared) = target.state.upgrade() else { return false };
+        let queue = &target.queue;
         with_state(&shared, |state| {
-            let all = state.ack(&queue, ackers.map(|acker| acker.tag));
-            state.dispatch(&queue, &shared);
+            let all = state.ack(queue, target.consumer, ackers.map(|acker| acker.tag));
+            state.dispatch(queue, &shared);
             all
         })
     }
 
     pub(crate) fn settle(&self, how: Settle) -> bool {
-        let Some(shared) = self.inbox.state.upgrade() else { return false };
-        let queue = &self.inbox.queue;
+        let Some(shared) = self.target.state.upgrade() else { return false };
+        let queue = &self.target.queue;
         with_state(&shared, |state| {
-            let settled = state.settle(queue, self.tag, how, &shared);
+            let settled = state.settle(queue, self.target.consumer, self.tag, how, &shared);
             state.dispatch(queue, &shared);
             settled
         })

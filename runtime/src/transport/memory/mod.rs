@@ -160,7 +160,7 @@ struct State {
     /// may wake a thread, which must not happen while holding the broker).
     wakes: Vec<Arc<Inbox>>,
     /// Routing decisions by exchange and routing key, forgotten whenever the topology changes.
-    routes: FxHashMap<Box<str>, FxHashMap<Box<str>, Route>>,
+    routes: FxHashMap<Box<str>, FxHashMap<Box<str>, Arc<Route>>>,
     /// Exchange names and routing keys seen, shared by the messages that carry them.
     names: FxHashMap<Box<str>, Arc<str>>,
     /// Acknowledged messages, freed after the lock is released (freeing is not free, and the publisher waits
@@ -234,7 +234,6 @@ struct Queue {
     consumers: Vec<Slot>,
     /// Round-robin position among consumers.
     next: usize,
-    unacked: FxHashMap<u64, (u64, Queued)>,
     next_tag: u64,
     /// Wakes the expiry task when the head of the queue may have changed.
     expiry: Option<Arc<Notify>>,
@@ -258,7 +257,6 @@ impl Queue {
             ready: (0..levels).map(|_| VecDeque::new()).collect(),
             consumers: Vec::new(),
             next: 0,
-            unacked: FxHashMap::default(),
             next_tag: 0,
             expiry: None,
         }

@@ -39,7 +39,8 @@ impl Broker {
                 return state.publish_limited(&route, publish, body, properties, shared);
             }
             // One shared copy, however many queues it goes to.
-            let mut message = Message::new(route.exchange, route.key, properties.received(), body);
+            let (exchange, key) = (Arc::clone(&route.exchange), Arc::clone(&route.key));
+            let mut message = Message::new(exchange, key, properties.received(), body);
             if route.queues.len() > 1 {
                 message = message.fanned_out();
             }
@@ -58,11 +59,10 @@ impl Broker {
 }
 
 /// Where messages with one exchange and routing key go, and those names as shared strings for the messages.
-#[derive(Clone)]
 pub(super) struct Route {
     exchange: Arc<str>,
     key: Arc<str>,
-    queues: Arc<[Arc<str>]>,
+    queues: Box<[Arc<str>]>,
     /// Whether any of the queues has a length limit (their settings cannot change while the route is kept).
     limited: bool,
 }
@@ -71,16 +71,19 @@ impl State {
     /// Where a message goes: decided once per exchange and routing key, then remembered until the topology
     /// changes (matching a routing key against every topic binding is the costliest part of a publish).
     /// Headers exchanges decide per message.
-    fn resolve(&mut self, exchange: &str, key: &str, properties: &Properties) -> Result<Route> {
+    ///
+    /// Shared rather than cloned out of the map: one reference count to change per publish, not one for each
+    /// name and the list of queues.
+    fn resolve(&mut self, exchange: &str, key: &str, properties: &Properties) -> Result<Arc<Route>> {
         /// Distinct routing keys remembered per exchange; keys made from templates can be unbounded.
         const MAX_ROUTES: usize = 4096;
         if let Some(route) = self.routes.get(exchange).and_then(|routes| routes.get(key)) {
-            return Ok(route.clone());
+            return Ok(Arc::clone(route));
         }
-        let queues: Arc<[Arc<str>]> = self.route(exchange, key, properties)?.into();
+        let queues: Box<[Arc<str>]> = self.route(exchange, key, properties)?.into();
         let (exchange_name, routing_key) = self.intern(exchange, key);
         let limited = queues.iter().any(|q| self.queues.get(&**q).is_some_and(|q| q.options.limit.is_some()));
-        let route = Route { exchange: exchange_name, key: routing_key, queues, limited };
+        let route = Arc::new(Route { exchange: exchange_name, key: routing_key, queues, limited });
         if self.exchanges.get(exchange).is_some_and(|e| e.kind == ExchangeKind::Headers) {
             return Ok(route);
         }
@@ -88,7 +91,7 @@ impl State {
         if routes.len() >= MAX_ROUTES {
             routes.clear();
         }
-        routes.insert(key.into(), route.clone());
+        routes.insert(key.into(), Arc::clone(&route));
         Ok(route)
     }
 
