@@ -62,6 +62,11 @@ struct Args {
         hide_env_values = true
     )]
     tokens: Vec<String>,
+    /// The WebSocket's `flush_interval` (`5ms`, `1s`, `0`; at most 1s): stream messages arriving sooner after a
+    /// socket's last write wait this long after it and go out together. Overrides the file's
+    /// `[websocket] flush_interval`.
+    #[arg(long, value_name = "DURATION", env = "WARREN_GATEWAY_WS_FLUSH_INTERVAL")]
+    ws_flush_interval: Option<String>,
     /// Allow every event, task and service of the contracts (for local development).
     #[arg(long)]
     allow_all: bool,
@@ -151,6 +156,10 @@ fn config(args: &Args) -> Result<GatewayConfig, String> {
     };
     if args.allow_all {
         config = config.allow_all();
+    }
+    if let Some(interval) = &args.ws_flush_interval {
+        config.websocket.flush_interval = warren_gateway::WebSocketConfig::parse_flush_interval(interval)
+            .map_err(|e| format!("--ws-flush-interval: {e}"))?;
     }
     config.events.extend(args.events.iter().cloned());
     config.tasks.extend(args.tasks.iter().cloned());
