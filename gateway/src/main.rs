@@ -136,6 +136,13 @@ async fn run(args: Args) -> Result<(), String> {
         listener.local_addr().map_err(|e| e.to_string())?
     );
     let shutdown = shutdown;
+    // Without Nagle's algorithm: a WebSocket write (a batch of stream messages) is not held back until the
+    // client acknowledges the one before, which its delayed acknowledgement can put off for 40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = warren::terminated().await;
