@@ -162,23 +162,38 @@ fn sequence(frame: &str) -> Option<u64> {
     rest[..rest.find('"')?].parse::<u64>().ok()?.checked_sub(1)
 }
 
-/// Runs one fan-out on the broker at `url` (a private vhost).
-pub(crate) async fn fan_out(url: &str, run: FanOut) -> Result<FanOutResult, String> {
-    let gateway = start_gateway(url, run.readers + run.stalled).await?;
-    let pid = gateway.child.id();
-    let mut readers = Vec::with_capacity(run.readers);
-    for i in 0..run.readers {
-        readers.push(client(&gateway.address, false).await.map_err(|e| format!("client {i}: {e}"))?);
-    }
-    let mut stalled = Vec::with_capacity(run.stalled);
-    for i in 0..run.stalled {
-        stalled.push(client(&gateway.address, true).await.map_err(|e| format!("stalled client {i}: {e}"))?);
-    }
+/// What the clients' thread reports: each reading client's latencies, and how many were closed.
+type Received = Result<(Vec<Duration>, usize), String>;
 
+/// Connects the clients (`run.readers` reading, `run.stalled` never reading), says so on `connected`, reads
+/// until each reader has its events or the run's deadline passes, reports on `done`, and keeps the stalled
+/// clients open until `release`.
+async fn clients(
+    address: String,
+    run: FanOut,
+    epoch: Instant,
+    sent: Arc<Vec<AtomicU64>>,
+    connected: tokio::sync::oneshot::Sender<Result<(), String>>,
+    done: tokio::sync::oneshot::Sender<Received>,
+    release: tokio::sync::oneshot::Receiver<()>,
+) {
     let total = run.rate * run.seconds;
-    let epoch = Instant::now();
-    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(u64::MAX)).collect());
-    let deadline = epoch + Duration::from_secs(run.seconds + 15);
+    let mut readers = Vec::with_capacity(run.readers);
+    let mut stalled = Vec::with_capacity(run.stalled);
+    let connecting = async {
+        for i in 0..run.readers {
+            readers.push(client(&address, false).await.map_err(|e| format!("client {i}: {e}"))?);
+        }
+        for i in 0..run.stalled {
+            stalled.push(client(&address, true).await.map_err(|e| format!("stalled client {i}: {e}"))?);
+        }
+        Ok::<(), String>(())
+    };
+    if let Err(error) = connecting.await {
+        let _ = connected.send(Err(error));
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(run.seconds + 15);
     let mut tasks = tokio::task::JoinSet::new();
     for mut socket in readers {
         let sent = Arc::clone(&sent);
@@ -208,6 +223,46 @@ pub(crate) async fn fan_out(url: &str, run: FanOut) -> Result<FanOutResult, Stri
             (latencies, closed)
         });
     }
+    let _ = connected.send(Ok(()));
+    let mut all = Vec::new();
+    let mut readers_closed = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((latencies, closed)) => {
+                readers_closed += usize::from(closed);
+                all.extend(latencies);
+            }
+            Err(error) => {
+                let _ = done.send(Err(format!("a client's task: {error}")));
+                return;
+            }
+        }
+    }
+    let _ = done.send(Ok((all, readers_closed)));
+    let _ = release.await;
+    drop(stalled);
+}
+
+/// Runs one fan-out on the broker at `url` (a private vhost).
+pub(crate) async fn fan_out(url: &str, run: FanOut) -> Result<FanOutResult, String> {
+    let gateway = start_gateway(url, run.readers + run.stalled).await?;
+    let pid = gateway.child.id();
+    let total = run.rate * run.seconds;
+    let epoch = Instant::now();
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(u64::MAX)).collect());
+    // The clients run on a single-threaded runtime on a thread of their own: no work-stealing and waking
+    // between threads for a thousand sockets, and the publisher below does not share their scheduler.
+    let (connected, connected_rx) = tokio::sync::oneshot::channel();
+    let (done, done_rx) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = tokio::sync::oneshot::channel();
+    let reading = std::thread::spawn({
+        let (address, sent) = (gateway.address.clone(), Arc::clone(&sent));
+        move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(clients(address, run, epoch, sent, connected, done, release_rx)),
+            Err(error) => drop(connected.send(Err(format!("the clients' runtime: {error}")))),
+        }
+    });
+    connected_rx.await.map_err(|_| "the clients' thread ended".to_owned())??;
     // The gateway's memory, sampled through the run.
     let peak = Arc::new(AtomicU64::new(0));
     let sampler = tokio::spawn({
@@ -244,13 +299,7 @@ pub(crate) async fn fan_out(url: &str, run: FanOut) -> Result<FanOutResult, Stri
         return Err(format!("a publish failed: {error}"));
     }
 
-    let mut all = Vec::new();
-    let mut readers_closed = 0;
-    while let Some(joined) = tasks.join_next().await {
-        let (latencies, closed) = joined.map_err(|e| e.to_string())?;
-        readers_closed += usize::from(closed);
-        all.extend(latencies);
-    }
+    let (mut all, readers_closed) = done_rx.await.map_err(|_| "the clients' thread ended".to_owned())??;
     let finished = started.elapsed();
     sampler.abort();
     // The gateway's own count of clients it closed as slow (`/ready`'s `websocket.slow_disconnects`): a stalled
@@ -264,7 +313,8 @@ pub(crate) async fn fan_out(url: &str, run: FanOut) -> Result<FanOutResult, Stri
         .split_once("\"slow_disconnects\":")
         .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
         .ok_or_else(|| format!("no slow_disconnects in /ready: {text}"))?;
-    drop(stalled);
+    let _ = release.send(());
+    let _ = reading.join();
     let _ = bus.close().await;
     if all.is_empty() {
         return Err(format!("no client received any of the {published} events"));
