@@ -154,7 +154,7 @@ pub struct WebSocketConfig {
     /// the last write waits until this much time has passed since it, and goes out with whatever else came
     /// meanwhile, in one write. A message after a quiet spell goes out at once; answers to the client's own
     /// requests and pings are never held. Zero writes every message as it comes; at most
-    /// [`WebSocketConfig::MAX_FLUSH_INTERVAL`]. In TOML a duration: `flush_interval = "5ms"` (`ms` or `s`).
+    /// [`WebSocketConfig::MAX_FLUSH_INTERVAL`]. In TOML a duration: `flush_interval = "20ms"` (`ms` or `s`).
     #[serde(deserialize_with = "flush_interval")]
     pub flush_interval: Duration,
 }
@@ -167,7 +167,7 @@ impl Default for WebSocketConfig {
             buffer: 256,
             ping_interval_ms: 20_000,
             idle_timeout_ms: 60_000,
-            flush_interval: Duration::from_millis(5),
+            flush_interval: Duration::from_millis(20),
         }
     }
 }
@@ -220,7 +220,7 @@ fn flush_interval_problem(interval: Duration) -> Option<String> {
     (interval > WebSocketConfig::MAX_FLUSH_INTERVAL).then(|| {
         format!(
             "websocket.flush_interval {interval:?} is over the limit of 1s: every stream message could wait that \
-             long; set it to at most \"1s\" (a few milliseconds, such as the default \"5ms\", batches writes \
+             long; set it to at most \"1s\" (a few milliseconds, such as the default \"20ms\", batches writes \
              without a noticeable delay; \"0\" writes every message at once)"
         )
     })
@@ -411,7 +411,7 @@ mod tests {
         assert_eq!(read("5ms").unwrap(), Duration::from_millis(5));
         assert_eq!(read("1s").unwrap(), Duration::from_secs(1));
         assert_eq!(read("0").unwrap(), Duration::ZERO);
-        assert_eq!(WebSocketConfig::default().flush_interval, Duration::from_millis(5));
+        assert_eq!(WebSocketConfig::default().flush_interval, Duration::from_millis(20));
         for over in ["2s", "1001ms"] {
             let error = read(over).unwrap_err().to_string();
             assert!(error.contains("websocket.flush_interval") && error.contains("over the limit of 1s"), "{error}");
