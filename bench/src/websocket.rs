@@ -136,7 +136,11 @@ async fn client(address: &str, stalled: bool) -> Result<Socket, String> {
         socket.set_recv_buffer_size(4096).map_err(|e| e.to_string())?;
     }
     let stream = socket.connect(address.parse().map_err(|e| format!("{e}"))?).await.map_err(|e| e.to_string())?;
-    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{address}/ws"), stream)
+    // An 8 KiB read buffer rather than tungstenite's 128 KiB, which it zero-fills before every read: with a
+    // thousand clients that memset was a third of this process's CPU. A read still takes whatever arrived, up
+    // to 8 KiB: some twenty frames.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(format!("ws://{address}/ws"), stream, Some(config))
         .await
         .map_err(|e| format!("upgrading: {e}"))?;
     let subscribe = r#"{"subscribe": {"exchange": "gametrade.events", "pattern": "user.*"}}"#;
@@ -158,52 +162,107 @@ fn sequence(frame: &str) -> Option<u64> {
     rest[..rest.find('"')?].parse::<u64>().ok()?.checked_sub(1)
 }
 
-/// Runs one fan-out on the broker at `url` (a private vhost).
-pub(crate) async fn fan_out(url: &str, run: FanOut) -> Result<FanOutResult, String> {
-    let gateway = start_gateway(url, run.readers + run.stalled).await?;
-    let pid = gateway.child.id();
-    let mut readers = Vec::with_capacity(run.readers);
-    for i in 0..run.readers {
-        readers.push(client(&gateway.address, false).await.map_err(|e| format!("client {i}: {e}"))?);
-    }
-    let mut stalled = Vec::with_capacity(run.stalled);
-    for i in 0..run.stalled {
-        stalled.push(client(&gateway.address, true).await.map_err(|e| format!("stalled client {i}: {e}"))?);
-    }
+/// What the clients' thread reports: each reading client's latencies, and how many were closed.
+type Received = Result<(Vec<Duration>, usize), String>;
 
+/// Connects the clients (`run.readers` reading, `run.stalled` never reading), says so on `connected`, reads
+/// until each reader has its events or the run's deadline passes, reports on `done`, and keeps the stalled
+/// clients open until `release`.
+async fn clients(
+    address: String,
+    run: FanOut,
+    epoch: Instant,
+    sent: Arc<Vec<AtomicU64>>,
+    connected: tokio::sync::oneshot::Sender<Result<(), String>>,
+    done: tokio::sync::oneshot::Sender<Received>,
+    release: tokio::sync::oneshot::Receiver<()>,
+) {
     let total = run.rate * run.seconds;
-    let epoch = Instant::now();
-    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(u64::MAX)).collect());
-    let deadline = epoch + Duration::from_secs(run.seconds + 15);
+    let mut readers = Vec::with_capacity(run.readers);
+    let mut stalled = Vec::with_capacity(run.stalled);
+    let connecting = async {
+        for i in 0..run.readers {
+            readers.push(client(&address, false).await.map_err(|e| format!("client {i}: {e}"))?);
+        }
+        for i in 0..run.stalled {
+            stalled.push(client(&address, true).await.map_err(|e| format!("stalled client {i}: {e}"))?);
+        }
+        Ok::<(), String>(())
+    };
+    if let Err(error) = connecting.await {
+        let _ = connected.send(Err(error));
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(run.seconds + 15);
     let mut tasks = tokio::task::JoinSet::new();
     for mut socket in readers {
         let sent = Arc::clone(&sent);
         tasks.spawn(async move {
             let mut latencies: Vec<Duration> = Vec::with_capacity(total as usize);
-            let mut closed = false;
-            while (latencies.len() as u64) < total {
-                match tokio::time::timeout_at(deadline.into(), socket.next()).await {
-                    Ok(Some(Ok(Message::Text(text)))) => {
-                        let arrived = epoch.elapsed();
-                        if let Some(seq) = sequence(&text) {
-                            let at = sent.get(seq as usize).map_or(u64::MAX, |at| at.load(Ordering::Relaxed));
-                            if at != u64::MAX {
-                                latencies.push(arrived.saturating_sub(Duration::from_nanos(at)));
+            // One deadline for the whole run, not a timer per frame.
+            let read = async {
+                while (latencies.len() as u64) < total {
+                    match socket.next().await {
+                        Some(Ok(Message::Text(text))) => {
+                            let arrived = epoch.elapsed();
+                            if let Some(seq) = sequence(&text) {
+                                let at = sent.get(seq as usize).map_or(u64::MAX, |at| at.load(Ordering::Relaxed));
+                                if at != u64::MAX {
+                                    latencies.push(arrived.saturating_sub(Duration::from_nanos(at)));
+                                }
                             }
                         }
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return true,
+                        Some(Ok(_)) => {}
                     }
-                    Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => {
-                        closed = true;
-                        break;
-                    }
-                    Ok(Some(Ok(_))) => {}
-                    Err(_) => break,
                 }
-            }
+                false
+            };
+            let closed = tokio::time::timeout_at(deadline.into(), read).await.unwrap_or(false);
             let _ = socket.close(None).await;
             (latencies, closed)
         });
     }
+    let _ = connected.send(Ok(()));
+    let mut all = Vec::new();
+    let mut readers_closed = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((latencies, closed)) => {
+                readers_closed += usize::from(closed);
+                all.extend(latencies);
+            }
+            Err(error) => {
+                let _ = done.send(Err(format!("a client's task: {error}")));
+                return;
+            }
+        }
+    }
+    let _ = done.send(Ok((all, readers_closed)));
+    let _ = release.await;
+    drop(stalled);
+}
+
+/// Runs one fan-out on the broker at `url` (a private vhost).
+pub(crate) async fn fan_out(url: &str, run: FanOut) -> Result<FanOutResult, String> {
+    let gateway = start_gateway(url, run.readers + run.stalled).await?;
+    let pid = gateway.child.id();
+    let total = run.rate * run.seconds;
+    let epoch = Instant::now();
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(u64::MAX)).collect());
+    // The clients run on a single-threaded runtime on a thread of their own: no work-stealing and waking
+    // between threads for a thousand sockets, and the publisher below does not share their scheduler.
+    let (connected, connected_rx) = tokio::sync::oneshot::channel();
+    let (done, done_rx) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = tokio::sync::oneshot::channel();
+    let reading = std::thread::spawn({
+        let (address, sent) = (gateway.address.clone(), Arc::clone(&sent));
+        move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(clients(address, run, epoch, sent, connected, done, release_rx)),
+            Err(error) => drop(connected.send(Err(format!("the clients' runtime: {error}")))),
+        }
+    });
+    connected_rx.await.map_err(|_| "the clients' thread ended".to_owned())??;
     // The gateway's memory, sampled through the run.
     let peak = Arc::new(AtomicU64::new(0));
     let sampler = tokio::spawn({
@@ -240,13 +299,7 @@ pub(crate) async fn fan_out(url: &str, run: FanOut) -> Result<FanOutResult, Stri
         return Err(format!("a publish failed: {error}"));
     }
 
-    let mut all = Vec::new();
-    let mut readers_closed = 0;
-    while let Some(joined) = tasks.join_next().await {
-        let (latencies, closed) = joined.map_err(|e| e.to_string())?;
-        readers_closed += usize::from(closed);
-        all.extend(latencies);
-    }
+    let (mut all, readers_closed) = done_rx.await.map_err(|_| "the clients' thread ended".to_owned())??;
     let finished = started.elapsed();
     sampler.abort();
     // The gateway's own count of clients it closed as slow (`/ready`'s `websocket.slow_disconnects`): a stalled
@@ -260,7 +313,8 @@ pub(crate) async fn fan_out(url: &str, run: FanOut) -> Result<FanOutResult, Stri
         .split_once("\"slow_disconnects\":")
         .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
         .ok_or_else(|| format!("no slow_disconnects in /ready: {text}"))?;
-    drop(stalled);
+    let _ = release.send(());
+    let _ = reading.join();
     let _ = bus.close().await;
     if all.is_empty() {
         return Err(format!("no client received any of the {published} events"));

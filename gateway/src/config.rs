@@ -150,6 +150,13 @@ pub struct WebSocketConfig {
     pub ping_interval_ms: u64,
     /// A socket that sends nothing (not even a pong) for this long is closed (milliseconds).
     pub idle_timeout_ms: u64,
+    /// The shortest time between two writes of stream messages to one socket: a message arriving sooner after
+    /// the last write waits until this much time has passed since it, and goes out with whatever else came
+    /// meanwhile, in one write. A message after a quiet spell goes out at once; answers to the client's own
+    /// requests and pings are never held. Zero writes every message as it comes; at most
+    /// [`WebSocketConfig::MAX_FLUSH_INTERVAL`]. In TOML a duration: `flush_interval = "20ms"` (`ms` or `s`).
+    #[serde(deserialize_with = "flush_interval")]
+    pub flush_interval: Duration,
 }
 
 impl Default for WebSocketConfig {
@@ -160,11 +167,32 @@ impl Default for WebSocketConfig {
             buffer: 256,
             ping_interval_ms: 20_000,
             idle_timeout_ms: 60_000,
+            flush_interval: Duration::from_millis(20),
         }
     }
 }
 
 impl WebSocketConfig {
+    /// The longest [`WebSocketConfig::flush_interval`] accepted: one second.
+    pub const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+    /// Reads a [`WebSocketConfig::flush_interval`] as the TOML file and the `--ws-flush-interval` flag write
+    /// it (`"5ms"`, `"1s"`, `"0"`), refusing one over [`WebSocketConfig::MAX_FLUSH_INTERVAL`].
+    pub fn parse_flush_interval(text: &str) -> Result<Duration, ConfigError> {
+        let interval = parse_duration(text).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "websocket.flush_interval {text:?} is not a duration: write it as \"5ms\", \"1s\" or \"0\""
+            ))
+        })?;
+        flush_interval_problem(interval).map_or(Ok(interval), |problem| Err(ConfigError::Invalid(problem)))
+    }
+
+    /// Whether the limits can work: a `flush_interval` over [`WebSocketConfig::MAX_FLUSH_INTERVAL`] cannot
+    /// (it would hold every stream message that long), and is refused with the fix.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        flush_interval_problem(self.flush_interval).map_or(Ok(()), |problem| Err(ConfigError::Invalid(problem)))
+    }
+
     pub(crate) fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms.max(10))
     }
@@ -172,6 +200,35 @@ impl WebSocketConfig {
     pub(crate) fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms.max(20))
     }
+}
+
+/// Reads a duration written as `5ms`, `250ms`, `1s` or `0`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (number, unit) = text.find(|c: char| !c.is_ascii_digit()).map_or((text, ""), |at| text.split_at(at));
+    let number: u64 = number.parse().ok()?;
+    match unit.trim() {
+        "" if number == 0 => Some(Duration::ZERO),
+        "ms" => Some(Duration::from_millis(number)),
+        "s" => Some(Duration::from_secs(number)),
+        _ => None,
+    }
+}
+
+/// Why `interval` cannot be the `flush_interval`, naming the setting and the fix.
+fn flush_interval_problem(interval: Duration) -> Option<String> {
+    (interval > WebSocketConfig::MAX_FLUSH_INTERVAL).then(|| {
+        format!(
+            "websocket.flush_interval {interval:?} is over the limit of 1s: every stream message could wait that \
+             long; set it to at most \"1s\" (a few milliseconds, such as the default \"20ms\", batches writes \
+             without a noticeable delay; \"0\" writes every message at once)"
+        )
+    })
+}
+
+fn flush_interval<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    WebSocketConfig::parse_flush_interval(&text).map_err(serde::de::Error::custom)
 }
 
 /// A configuration that names what the contracts do not have.
@@ -205,7 +262,7 @@ pub enum ConfigError {
         #[source]
         source: Box<warren_reflect::Error>,
     },
-    /// Anything else that cannot work: a bad alias path, a bad stream pattern.
+    /// Anything else that cannot work: a bad alias path, a bad stream pattern, a `flush_interval` over 1 s.
     #[error("{0}")]
     Invalid(String),
 }
@@ -236,8 +293,10 @@ impl GatewayConfig {
         self
     }
 
-    /// Checks every name against `catalog`, so that a typo fails at start, not as a 404 later.
+    /// Checks every name against `catalog`, so that a typo fails at start, not as a 404 later, and the
+    /// WebSocket limits ([`WebSocketConfig::check`]).
     pub fn check(&self, catalog: &Catalog) -> Result<(), ConfigError> {
+        self.websocket.check()?;
         let name =
             |list: &'static str| move |source| ConfigError::Name { list: list.to_owned(), source: Box::new(source) };
         for entry in self.events.iter().filter(|e| !is_wildcard(e)) {
@@ -341,6 +400,31 @@ mod tests {
         config.check(&catalog).unwrap();
         assert_eq!(config.websocket.max_connections, WebSocketConfig::default().max_connections);
         assert_eq!(config.aliases["/messaging/health"], "health");
+    }
+
+    #[test]
+    fn a_flush_interval_over_a_second_is_refused_with_the_fix() {
+        let read = |value: &str| {
+            GatewayConfig::from_toml(&format!("[websocket]\nflush_interval = {value:?}\n"), "g.toml")
+                .map(|config| config.websocket.flush_interval)
+        };
+        assert_eq!(read("5ms").unwrap(), Duration::from_millis(5));
+        assert_eq!(read("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(read("0").unwrap(), Duration::ZERO);
+        assert_eq!(WebSocketConfig::default().flush_interval, Duration::from_millis(20));
+        for over in ["2s", "1001ms"] {
+            let error = read(over).unwrap_err().to_string();
+            assert!(error.contains("websocket.flush_interval") && error.contains("over the limit of 1s"), "{error}");
+            assert!(error.contains("set it to at most \"1s\""), "{error}");
+        }
+        let error = read("soon").unwrap_err().to_string();
+        assert!(error.contains("is not a duration: write it as \"5ms\""), "{error}");
+        // Set in code, it is refused by `check`, as the binary calls it at start.
+        let mut config = GatewayConfig::new();
+        config.websocket.flush_interval = Duration::from_secs(2);
+        let catalog = Catalog::from_descriptor_set(warren_contracts::FILE_DESCRIPTOR_SET).unwrap();
+        let error = config.check(&catalog).unwrap_err().to_string();
+        assert!(error.contains("websocket.flush_interval 2s is over the limit of 1s"), "{error}");
     }
 
     #[test]

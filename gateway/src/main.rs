@@ -62,6 +62,11 @@ struct Args {
         hide_env_values = true
     )]
     tokens: Vec<String>,
+    /// The WebSocket's `flush_interval` (`5ms`, `1s`, `0`; at most 1s): stream messages arriving sooner after a
+    /// socket's last write wait this long after it and go out together. Overrides the file's
+    /// `[websocket] flush_interval`.
+    #[arg(long, value_name = "DURATION", env = "WARREN_GATEWAY_WS_FLUSH_INTERVAL")]
+    ws_flush_interval: Option<String>,
     /// Allow every event, task and service of the contracts (for local development).
     #[arg(long)]
     allow_all: bool,
@@ -123,14 +128,19 @@ async fn run(args: Args) -> Result<(), String> {
     let bus = warren::Bus::with_config(bus_config).await.map_err(|e| e.to_string())?;
     let shutdown = config.shutdown.clone();
     let app = warren_gateway::router(bus.clone(), Arc::new(catalog), config);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener = listen(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     eprintln!(
         "warren-gateway: listening on http://{} (bus {shown})",
         listener.local_addr().map_err(|e| e.to_string())?
     );
     let shutdown = shutdown;
+    // Without Nagle's algorithm: a WebSocket write (a batch of stream messages) is not held back until the
+    // client acknowledges the one before, which its delayed acknowledgement can put off for 40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = warren::terminated().await;
@@ -143,6 +153,23 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Each connection's kernel send buffer (Linux doubles it for its bookkeeping). Left to itself, the kernel grows
+/// it up to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default): a WebSocket client that stopped reading would
+/// take that much of the stream, many seconds of it, before its buffer in the gateway filled and it was closed
+/// as slow, and a thousand of them 4 GiB of kernel memory. 256 KiB still carries 2.5 MB/s to a client 100 ms
+/// away.
+const SEND_BUFFER: u32 = 256 * 1024;
+
+/// A listener on `address` whose connections have [`SEND_BUFFER`] (set on the listening socket, which they
+/// inherit).
+fn listen(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_send_buffer_size(SEND_BUFFER)?;
+    socket.bind(address)?;
+    socket.listen(1024)
+}
+
 /// The file's configuration, with the flags' lists added.
 fn config(args: &Args) -> Result<GatewayConfig, String> {
     let mut config = match &args.config {
@@ -151,6 +178,10 @@ fn config(args: &Args) -> Result<GatewayConfig, String> {
     };
     if args.allow_all {
         config = config.allow_all();
+    }
+    if let Some(interval) = &args.ws_flush_interval {
+        config.websocket.flush_interval = warren_gateway::WebSocketConfig::parse_flush_interval(interval)
+            .map_err(|e| format!("--ws-flush-interval: {e}"))?;
     }
     config.events.extend(args.events.iter().cloned());
     config.tasks.extend(args.tasks.iter().cloned());

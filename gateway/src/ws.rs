@@ -109,8 +109,14 @@ impl Hub {
     }
 }
 
-/// The most queued frames written to a client together, before one flush.
-const MAX_BATCH: usize = 64;
+/// The most stream messages written to a client together, before one flush (and at most its buffer).
+const MAX_BATCH: usize = 256;
+
+/// The read buffer of a socket. Clients send little (requests, pongs), and tungstenite zero-fills the whole
+/// buffer each time it tries a read, even one that finds nothing: with its default of 128 KiB, that memset was
+/// most of the gateway's CPU with 1,000 clients, and most of its resident memory. Larger frames still read,
+/// in several reads.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// Counts a socket while it is open.
 struct Connection(Arc<Gateway>);
@@ -167,7 +173,7 @@ pub(crate) async fn upgrade(
     }
     let (open, closing) = gateway.config.shutdown.open();
     let can_publish = gateway.authorize(Group::Publish, &headers, token).is_ok();
-    upgrade.max_message_size(gateway.limit).on_upgrade(move |socket| async move {
+    upgrade.max_message_size(gateway.limit).read_buffer_size(READ_BUFFER).on_upgrade(move |socket| async move {
         serve(connection, socket, can_publish, closing).await;
         drop(open);
     })
@@ -187,39 +193,53 @@ async fn serve(connection: Connection, socket: WebSocket, can_publish: bool, mut
     let mut ping = tokio::time::interval(config.ping_interval());
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // Stream messages are written at most once per `flush_interval`: after a write, the client's queue is left
+    // alone until `flush_interval` has passed (`resume`), and then whatever came meanwhile goes out in one write
+    // (with a thousand clients at a thousand messages a second, a write per message per client was most of the
+    // gateway's work). A message after a quiet spell goes out at once; answers and pings never wait.
+    let flush_interval = config.flush_interval.min(WebSocketConfig::MAX_FLUSH_INTERVAL);
+    let batch = config.buffer.clamp(1, MAX_BATCH);
+    let mut resume: Option<Instant> = None;
     let ended = loop {
-        let outgoing = tokio::select! {
+        // What to write first: an answer, a ping, or a stream message (`true`); the queue's others follow it.
+        let (first, streamed) = tokio::select! {
             frame = incoming.next() => {
                 let Some(Ok(frame)) = frame else { break End::Gone };
                 last_heard = Instant::now();
-                match frame {
+                let reply = match frame {
                     Message::Text(text) => {
                         handle(&gateway, &client, &sender, &mut subscriptions, can_publish, text.as_str()).await
                     }
                     Message::Binary(_) => Some(error("frames are JSON text")),
                     Message::Close(_) => break End::Gone,
                     Message::Ping(_) | Message::Pong(_) => None,
-                }
-                .map(|reply| Message::Text(reply.to_string().into()))
+                };
+                let Some(reply) = reply else { continue };
+                (Message::Text(reply.to_string().into()), false)
             }
-            Some(message) = receiver.recv() => Some(Message::Text(message)),
+            Some(message) = receiver.recv(), if resume.is_none() => (Message::Text(message), true),
+            _ = sleep_until(resume), if resume.is_some() => {
+                resume = None;
+                continue;
+            }
             _ = client.fell_behind.notified() => break End::Slow,
             _ = closed(&mut closing) => break End::Shutdown,
             _ = ping.tick() => {
                 if last_heard.elapsed() > config.idle_timeout() {
                     break End::Idle;
                 }
-                Some(Message::Ping(Default::default()))
+                (Message::Ping(Default::default()), false)
             }
         };
-        let Some(outgoing) = outgoing else { continue };
         // Whatever else is queued for the client goes out with it, flushed once: a client with a backlog costs
-        // one write, not one a frame (with a thousand clients, that is most of the gateway's work).
+        // one write, not one a message.
+        let mut drained = 0;
         let write = async {
-            sink.feed(outgoing).await?;
-            for _ in 1..MAX_BATCH {
+            sink.feed(first).await?;
+            while drained < batch {
                 let Ok(more) = receiver.try_recv() else { break };
                 sink.feed(Message::Text(more)).await?;
+                drained += 1;
             }
             sink.flush().await
         };
@@ -227,6 +247,9 @@ async fn serve(connection: Connection, socket: WebSocket, can_publish: bool, mut
         tokio::select! {
             sent = write => if sent.is_err() { break End::Gone },
             _ = client.fell_behind.notified() => break End::Slow,
+        }
+        if (streamed || drained > 0) && !flush_interval.is_zero() {
+            resume = Some(Instant::now() + flush_interval);
         }
     };
     // Out of every stream first, so that a last subscriber's queue goes now, not after the farewell.
@@ -259,6 +282,14 @@ async fn serve(connection: Connection, socket: WebSocket, can_publish: bool, mut
         .await;
     }
     drop(connection);
+}
+
+/// Returns at `at`; never without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Returns once the gateway shuts down.

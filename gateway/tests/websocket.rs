@@ -161,7 +161,73 @@ async fn subscribers_share_one_queue_and_publish_with_an_ack(h: &Harness) {
     server.stop().await;
 }
 
-on_both_transports!(subscribers_share_one_queue_and_publish_with_an_ack);
+/// Subscribes `socket` to `gametrade.events` / `user.*` and waits for the answer.
+async fn subscribe_to_users(socket: &mut Socket) {
+    send(socket, json!({ "subscribe": { "exchange": "gametrade.events", "pattern": "user.*" } })).await;
+    assert!(next(socket).await.get("subscribed").is_some());
+}
+
+/// Writes are at most one per `flush_interval`, but a message after a quiet spell is not held for it: with an
+/// interval of a second, each lone event reaches the client well within the second.
+async fn a_lone_message_after_a_quiet_spell_goes_out_at_once(h: &Harness) {
+    let mut config = config();
+    config.websocket.flush_interval = Duration::from_secs(1);
+    let server = Server::start(h.bus("gateway").await, config).await;
+    let mut socket = connect(&server).await;
+    subscribe_to_users(&mut socket).await;
+    for round in 1..=2 {
+        let started = tokio::time::Instant::now();
+        let published = server.post("/events/UserRegistered", ADA).await;
+        assert_eq!(published.status, 202, "{}", published.text);
+        let message = next(&mut socket).await;
+        let took = started.elapsed();
+        assert_eq!(message["message_id"], published.json()["message_id"]);
+        assert!(took < Duration::from_millis(900), "lone event {round} took {took:?}: it was held for the interval");
+        if round == 1 {
+            // A quiet spell longer than the interval before the next one.
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+        }
+    }
+    server.stop().await;
+}
+
+/// A burst of events published as fast as the bus confirms them reaches the client complete and in order,
+/// whether each is written at once (`flush_interval` 0) or they go out in batches (50 ms).
+async fn a_burst_arrives_complete_and_in_order(h: &Harness) {
+    for interval in [Duration::ZERO, Duration::from_millis(50)] {
+        let mut config = config();
+        config.websocket.flush_interval = interval;
+        config.websocket.buffer = 1_024;
+        let bus = h.bus("gateway").await;
+        let server = Server::start(bus.clone(), config).await;
+        let mut socket = connect(&server).await;
+        subscribe_to_users(&mut socket).await;
+        let count = 500;
+        let publishing = tokio::spawn(async move {
+            for n in 1..=count {
+                let event = warren_contracts::gametrade::v1::UserRegistered {
+                    user_id: n,
+                    username: "u".into(),
+                    email: "a@b.c".into(),
+                };
+                bus.publish(&event).await.unwrap();
+            }
+        });
+        for n in 1..=count {
+            let message = next(&mut socket).await;
+            assert_eq!(message["payload"]["userId"], n.to_string(), "event {n} of {count} in order ({interval:?})");
+        }
+        publishing.await.unwrap();
+        socket.close(None).await.unwrap();
+        server.stop().await;
+    }
+}
+
+on_both_transports!(
+    subscribers_share_one_queue_and_publish_with_an_ack,
+    a_lone_message_after_a_quiet_spell_goes_out_at_once,
+    a_burst_arrives_complete_and_in_order,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_is_closed_and_the_others_get_everything() {
