@@ -138,6 +138,7 @@ impl Tokens {
 
 /// WebSocket limits.
 #[derive(Debug, Clone, Copy, Deserialize)]
+#[non_exhaustive]
 #[serde(default, deny_unknown_fields)]
 pub struct WebSocketConfig {
     /// The most sockets open at once; an upgrade over it is answered 503.
@@ -179,11 +180,8 @@ impl WebSocketConfig {
     /// Reads a [`WebSocketConfig::flush_interval`] as the TOML file and the `--ws-flush-interval` flag write
     /// it (`"5ms"`, `"1s"`, `"0"`), refusing one over [`WebSocketConfig::MAX_FLUSH_INTERVAL`].
     pub fn parse_flush_interval(text: &str) -> Result<Duration, ConfigError> {
-        let interval = parse_duration(text).ok_or_else(|| {
-            ConfigError::Invalid(format!(
-                "websocket.flush_interval {text:?} is not a duration: write it as \"5ms\", \"1s\" or \"0\""
-            ))
-        })?;
+        let interval = warren::parse_duration(text)
+            .map_err(|problem| ConfigError::Invalid(format!("websocket.flush_interval: {problem}")))?;
         flush_interval_problem(interval).map_or(Ok(interval), |problem| Err(ConfigError::Invalid(problem)))
     }
 
@@ -199,19 +197,6 @@ impl WebSocketConfig {
 
     pub(crate) fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms.max(20))
-    }
-}
-
-/// Reads a duration written as `5ms`, `250ms`, `1s` or `0`.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let (number, unit) = text.find(|c: char| !c.is_ascii_digit()).map_or((text, ""), |at| text.split_at(at));
-    let number: u64 = number.parse().ok()?;
-    match unit.trim() {
-        "" if number == 0 => Some(Duration::ZERO),
-        "ms" => Some(Duration::from_millis(number)),
-        "s" => Some(Duration::from_secs(number)),
-        _ => None,
     }
 }
 
@@ -418,7 +403,10 @@ mod tests {
             assert!(error.contains("set it to at most \"1s\""), "{error}");
         }
         let error = read("soon").unwrap_err().to_string();
-        assert!(error.contains("is not a duration: write it as \"5ms\""), "{error}");
+        assert!(
+            error.contains("websocket.flush_interval") && error.contains("is not a duration: write it as 500ms"),
+            "{error}"
+        );
         // Set in code, it is refused by `check`, as the binary calls it at start.
         let mut config = GatewayConfig::new();
         config.websocket.flush_interval = Duration::from_secs(2);
