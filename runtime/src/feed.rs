@@ -196,21 +196,9 @@ impl std::fmt::Debug for Feed {
 }
 
 impl Feed {
-    /// Runs `setup` and starts consuming `queue`; errors here are the caller's (a subscription that cannot
-    /// start fails loudly), later ones are retried.
+    /// Runs `setup` and starts consuming `queue` on connection `on` (see [`ConsumeOn`]); errors here are the
+    /// caller's (a subscription that cannot start fails loudly), later ones are retried.
     pub(crate) async fn open(
-        bus: &Bus,
-        queue: &str,
-        prefetch: u16,
-        tag_prefix: &str,
-        setup: Setup,
-        stop: StopSignal,
-    ) -> Result<Feed> {
-        Feed::open_on(bus, queue, prefetch, tag_prefix, setup, stop, ConsumeOn::Consuming).await
-    }
-
-    /// [`Feed::open`], consuming on connection `on` (see [`ConsumeOn`]).
-    pub(crate) async fn open_on(
         bus: &Bus,
         queue: &str,
         prefetch: u16,
@@ -416,7 +404,7 @@ mod tests {
             Box::pin(async move { bus.inner.transport.declare_queue("q", &QueueSettings::default()).await })
         });
         let (_, signal) = Stop::new();
-        Feed::open(bus, "q", 10, "test", setup, signal).await.expect("the feed opens")
+        Feed::open(bus, "q", 10, "test", setup, signal, ConsumeOn::Consuming).await.expect("the feed opens")
     }
 
     async fn publish(bus: &Bus) {

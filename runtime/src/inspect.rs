@@ -13,7 +13,7 @@ use crate::envelope;
 use crate::error::{Error, Result};
 use crate::feed::{Feed, Setup, Stop};
 use crate::headers::{Headers, MessageProperties};
-use crate::transport::{Delivery, QueueSettings, Settle};
+use crate::transport::{ConsumeOn, Delivery, QueueSettings, Settle};
 
 /// The longest binding pattern [`Bus::watch`] takes: RabbitMQ's limit for a routing key.
 pub const MAX_PATTERN_LEN: usize = warren_topology::MAX_NAME_LEN;
@@ -168,7 +168,7 @@ impl Bus {
 
     async fn reader(&self, queue: &str, prefetch: u16, setup: Setup) -> Result<QueueReader> {
         let (stop, signal) = Stop::new();
-        let feed = Feed::open(self, queue, prefetch, "warren.reader", setup, signal).await?;
+        let feed = Feed::open(self, queue, prefetch, "warren.reader", setup, signal, ConsumeOn::Consuming).await?;
         Ok(QueueReader { feed, stop, queue: queue.to_owned() })
     }
 

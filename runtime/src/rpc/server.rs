@@ -277,7 +277,7 @@ where
     let (stop, signal) = Stop::new();
     // On the publishing connection, where the replies go: one connection's I/O per call (see `ConsumeOn`).
     let on = ConsumeOn::Publishing;
-    let mut feed = Feed::open_on(bus, service.queue, concurrency, service.name, setup, signal.clone(), on).await?;
+    let mut feed = Feed::open(bus, service.queue, concurrency, service.name, setup, signal.clone(), on).await?;
     crate::registry::announce(bus, service, signal.clone());
     let transport = bus.inner.transport.clone();
     let limit = Arc::new(Semaphore::new(usize::from(concurrency)));

@@ -17,7 +17,7 @@ use crate::feed::{Feed, Handlers, Setup, Stop};
 use crate::metrics::{Fate, LastType, SubscriberStats};
 use crate::middleware::Layers;
 use crate::topic;
-use crate::transport::{Acker, Delivery, Message, Settle};
+use crate::transport::{Acker, ConsumeOn, Delivery, Message, Settle};
 use crate::transport::{Need, QueueSettings};
 
 mod context;
@@ -298,7 +298,8 @@ impl<T: Inbound> Subscriber<T> {
             })
         };
         let (stop, signal) = Stop::new();
-        let mut feed = Feed::open(&bus, &queue, self.prefetch, &self.group, setup, signal.clone()).await?;
+        let mut feed =
+            Feed::open(&bus, &queue, self.prefetch, &self.group, setup, signal.clone(), ConsumeOn::Consuming).await?;
 
         let timeout = bus.config().operation_timeout;
         let concurrency = self.concurrency;
