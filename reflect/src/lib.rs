@@ -100,6 +100,13 @@ pub enum Error {
     Bus(#[from] warren::Error),
 }
 
+impl Error {
+    /// [`Error::Malformed`] without a place in the input: the input as a whole does not fit.
+    fn malformed(type_name: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Malformed { type_name: type_name.into(), field: None, reason: reason.into() }
+    }
+}
+
 /// `at userId: ` before a reason that has a place in the input; nothing before one that does not.
 fn at(field: Option<&str>) -> String {
     field.map(|field| format!("at {field}: ")).unwrap_or_default()

@@ -64,22 +64,16 @@ impl Catalog {
     /// Reads `bytes` as protobuf message `type_name`.
     pub fn parse_protobuf(&self, type_name: &str, bytes: &[u8]) -> Result<DynamicMessage, Error> {
         let descriptor = self.message(type_name)?;
-        DynamicMessage::decode(descriptor.clone(), bytes).map_err(|error| Error::Malformed {
-            type_name: descriptor.full_name().to_owned(),
-            field: None,
-            reason: error.to_string(),
-        })
+        DynamicMessage::decode(descriptor.clone(), bytes)
+            .map_err(|error| Error::malformed(descriptor.full_name(), error.to_string()))
     }
 
     /// Reads `input` in `format` as message `type_name` and checks its contract's rules.
     pub fn parse(&self, type_name: &str, input: &[u8], format: Format) -> Result<DynamicMessage, Error> {
         let message = match format {
             Format::Json => {
-                let text = std::str::from_utf8(input).map_err(|e| Error::Malformed {
-                    type_name: type_name.to_owned(),
-                    field: None,
-                    reason: format!("the JSON is not UTF-8: {e}"),
-                })?;
+                let text = std::str::from_utf8(input)
+                    .map_err(|e| Error::malformed(type_name, format!("the JSON is not UTF-8: {e}")))?;
                 self.parse_json(type_name, text)?
             }
             Format::Protobuf => self.parse_protobuf(type_name, input)?,
@@ -217,11 +211,7 @@ impl Catalog {
     pub fn decode(&self, message: &warren::RawMessage) -> Result<serde_json::Value, Error> {
         let properties = &message.properties;
         let Some(type_name) = properties.kind.as_deref() else {
-            return Err(Error::Malformed {
-                type_name: "?".into(),
-                field: None,
-                reason: "the message has no type property".into(),
-            });
+            return Err(Error::malformed("?", "the message has no type property"));
         };
         // RPC requests carry the method's path: decode them as its request.
         let request_of = |path: &str| self.method(path).ok().map(|(_, method)| method.input.clone());
@@ -229,18 +219,14 @@ impl Catalog {
         let format = WireFormat::from_content_type(properties.content_type.as_deref());
         let message = match format {
             WireFormat::Json => {
-                let text = std::str::from_utf8(&message.body).map_err(|e| Error::Malformed {
-                    type_name: type_name.clone(),
-                    field: None,
-                    reason: format!("the JSON is not UTF-8: {e}"),
-                })?;
+                let text = std::str::from_utf8(&message.body)
+                    .map_err(|e| Error::malformed(type_name.clone(), format!("the JSON is not UTF-8: {e}")))?;
                 // A newer sender's fields are skipped, as receivers skip them.
                 let descriptor = self.message(&type_name)?;
                 let options = DeserializeOptions::new().deny_unknown_fields(false);
                 let mut input = serde_json::Deserializer::from_str(text);
-                DynamicMessage::deserialize_with_options(descriptor, &mut input, &options).map_err(|e| {
-                    Error::Malformed { type_name: type_name.clone(), field: None, reason: e.to_string() }
-                })?
+                DynamicMessage::deserialize_with_options(descriptor, &mut input, &options)
+                    .map_err(|e| Error::malformed(type_name.clone(), e.to_string()))?
             }
             _ => self.parse_protobuf(&type_name, &message.body)?,
         };
@@ -249,15 +235,7 @@ impl Catalog {
 
     fn check_type(&self, message: &DynamicMessage, expected: &str) -> Result<(), Error> {
         let actual = message.descriptor().full_name().to_owned();
-        if actual == expected {
-            Ok(())
-        } else {
-            Err(Error::Malformed {
-                type_name: expected.to_owned(),
-                field: None,
-                reason: format!("the message is a {actual}"),
-            })
-        }
+        if actual == expected { Ok(()) } else { Err(Error::malformed(expected, format!("the message is a {actual}"))) }
     }
 }
 
