@@ -95,9 +95,11 @@ const USAGE: &str =
   --only W1,W7     only the workloads named (W1–W9; W2o, W4o, W7o: W2, W4, W7 with trace context and Prometheus;
                    G1: the gateway's HTTP publish against the bus publishing directly; G2, G3: the gateway's
                    WebSocket fan-out to 1,000 clients, G3 with 10 of them never reading)
-  --raw-envelope   what raw lapin's events carry: minimal (the default: message id, type, content type,
-                   persistence, as a hand-written service would) or warren (Warren's whole envelope: also
-                   app id, timestamp and the schema header; the same bytes as Warren's)
+  --raw-envelope   what raw lapin's messages carry: minimal (the default: message id, type, content type,
+                   persistence, as a hand-written service would; RPC requests a correlation id, reply-to
+                   and type) or warren (Warren's whole envelope: also app id, timestamp and the schema
+                   header; RPC requests also a TTL and the x-warren-deadline header, replies an app id
+                   and content type; the same bytes as Warren's)
   --profile NAME   run one workload once and exit, for a profiler: one, fan-out, fan-out-shared (W9, in memory) or W1–W8
                    (Warren's side, 100 B, the --quick size; with --raw, the raw-lapin side, or for W9 the
                    tokio-channel baseline)
@@ -432,7 +434,7 @@ async fn run(args: &Args, url: String, uses_rabbitmq: bool) -> std::process::Exi
     }
     if args.warrens_envelope {
         println!(
-            "Raw lapin's events carry Warren's whole envelope (--raw-envelope warren): both sides send the same bytes."
+            "Raw lapin's messages carry Warren's whole envelope (--raw-envelope warren): both sides send the same bytes."
         );
     }
     println!();

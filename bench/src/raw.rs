@@ -4,8 +4,9 @@
 //! envelope a hand-written service would: message id, type, content type and persistence. With
 //! `--raw-envelope warren` they carry Warren's whole envelope instead (also app id, timestamp and the
 //! `x-warren-schema` header, stamped as often as Warren stamps it; like Warren's, an event that starts a
-//! conversation goes without a correlation id), so both sides send the same bytes and the ratio is the
-//! layer's cost alone.
+//! conversation goes without a correlation id), and its RPC calls Warren's too (a request also carries its
+//! id, app id, timestamp, content type, a TTL and the absolute deadline in `x-warren-deadline`; a reply its app
+//! id and content type), so both sides send the same bytes and the ratio is the layer's cost alone.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -213,6 +214,12 @@ pub(crate) async fn serve_int_sum(connection: &Connection, queue: &str) {
             let id = request.properties.correlation_id().clone().expect("correlation id");
             let body = IntSumResponse { sum }.encode_to_vec();
             let properties = BasicProperties::default().with_correlation_id(id);
+            // Warren's reply: also its app id and content type.
+            let properties = if WARRENS_ENVELOPE.load(Ordering::Relaxed) {
+                properties.with_app_id("warren-bench".into()).with_content_type("application/x-protobuf".into())
+            } else {
+                properties
+            };
             let publish = BasicPublishOptions::default();
             let _ = channel.basic_publish("".into(), reply_to, publish, &body, properties).await;
             let _ = request.acker.ack(BasicAckOptions::default()).await;
@@ -254,9 +261,25 @@ impl RpcClient {
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id.clone(), tx);
         let properties = BasicProperties::default()
-            .with_correlation_id(id.into())
+            .with_correlation_id(id.as_str().into())
             .with_reply_to("amq.rabbitmq.reply-to".into())
             .with_type("/at.v1.IntSummator/IntSum".into());
+        let properties = if WARRENS_ENVELOPE.load(Ordering::Relaxed) {
+            // Warren's request: also its id, app id, timestamp, content type, a TTL and the absolute deadline.
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let mut headers = FieldTable::default();
+            let deadline = i64::try_from(now.as_millis()).unwrap_or(i64::MAX).saturating_add(10_000);
+            headers.insert("x-warren-deadline".into(), AMQPValue::LongLongInt(deadline));
+            properties
+                .with_message_id(id.into())
+                .with_app_id("warren-bench".into())
+                .with_timestamp(now.as_secs())
+                .with_content_type("application/x-protobuf".into())
+                .with_expiration("10000".into())
+                .with_headers(headers)
+        } else {
+            properties
+        };
         let body = IntSumRequest { a, b }.encode_to_vec();
         let publish = BasicPublishOptions::default();
         self.channel
