@@ -233,11 +233,23 @@ impl Feed {
             .await
     }
 
-    /// A delivery that is ready now, without waiting.
+    /// A delivery that is ready now, without waiting. An ended stream is recorded, for [`Feed::next`] to
+    /// handle: lapin says a consumer ended (the broker cancelled it, its queue deleted) only once, and a
+    /// stream polled again after that waits forever.
     pub(crate) fn ready(&mut self) -> Option<Delivery> {
+        if self.ended.is_some() {
+            return None;
+        }
         match self.current.as_mut()?.next().now_or_never()? {
             Some(Ok(delivery)) => Some(delivery),
-            _ => None, // an ended stream is noticed (and handled) by `next`
+            Some(Err(error)) => {
+                self.ended = Some(error.to_string());
+                None
+            }
+            None => {
+                self.ended = Some(CANCELLED.to_owned());
+                None
+            }
         }
     }
 

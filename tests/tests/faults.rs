@@ -374,6 +374,59 @@ async fn connecting_to_a_broker_that_is_down_fails_at_its_deadline_saying_what_w
     assert!(error.to_string().contains("start RabbitMQ"), "{error}");
 }
 
+/// The broker cancels a consumer (its queue deleted) while the consumer's handler runs: lapin says so once, and
+/// the subscriber must notice it however it next looks at its deliveries (it takes a ready one first, without
+/// waiting), then declare the queue again and consume again.
+#[tokio::test]
+async fn a_queue_deleted_while_its_handler_runs_is_declared_again_once_the_handler_returns() {
+    logs();
+    let h = Harness::rabbitmq().await;
+    let vhost = h.vhost().unwrap().to_owned();
+    let bus = h.bus("fault-delete-busy").await;
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let (handled_tx, mut handled) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let held = Arc::clone(&release);
+    let subscription = UserRegistered::subscribe(&bus, &unique("busy-deleted"))
+        .handle(move |event: UserRegistered, _| {
+            let (started, handled, held) = (started_tx.clone(), handled_tx.clone(), Arc::clone(&held));
+            async move {
+                if event.user_id == 0 {
+                    let _ = started.send(());
+                    held.notified().await;
+                }
+                let _ = handled.send(event.user_id);
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+        .unwrap();
+    let queue = subscription.queue().to_owned();
+    bus.publish(&event(0)).await.unwrap();
+    within(10, "the first handler to start", started.recv()).await.unwrap();
+    tokio::task::spawn_blocking(move || rabbitmqctl(&["delete_queue", "-p", &vhost, &queue])).await.unwrap();
+    // The broker's basic.cancel reaches lapin while the handler still runs.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    release.notify_one();
+    assert_eq!(within(10, "the first handler to return", handled.recv()).await, Some(0));
+    let mut seq = 1;
+    within(30, "the queue to be declared again", async {
+        loop {
+            match bus.publish(&event(seq)).await {
+                Ok(()) => break,
+                Err(Error::Unroutable { .. }) => {
+                    seq += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(within(10, "the event published once it was back", handled.recv()).await, Some(seq));
+    subscription.stop().await;
+}
+
 #[tokio::test]
 async fn a_queue_deleted_under_a_consumer_is_declared_again_and_consumption_resumes() {
     let h = Harness::rabbitmq().await;
