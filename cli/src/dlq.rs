@@ -233,6 +233,8 @@ async fn replay(
     let mut ledger = Ledger::default();
     let mut replayed_ids: HashSet<String> = HashSet::new();
     let mut failed_ids: HashSet<String> = HashSet::new();
+    // Failures of messages without an id, which a later success cannot be matched to.
+    let mut failed_without_id = 0;
     let mut passed_over = Vec::new();
     let mut reader = bus.read_queue(&selection.queue, PREFETCH).await?;
     let mut last_progress = std::time::Instant::now();
@@ -240,7 +242,8 @@ async fn replay(
     // Idle reads in a row: after a lost connection the reader takes a moment to consume again.
     let mut idle_reads = 0;
     loop {
-        if ledger.replayed >= limit || (failed_ids.is_empty() && ledger.replayed + ledger.passed_over >= start_depth) {
+        let failed = !failed_ids.is_empty() || failed_without_id > 0;
+        if ledger.replayed >= limit || (!failed && ledger.replayed + ledger.passed_over >= start_depth) {
             break;
         }
         let Some(taken) = reader.next_within(IDLE).await else {
@@ -252,8 +255,9 @@ async fn replay(
             continue;
         };
         idle_reads = 0;
-        let id = taken.message.properties.message_id.clone().unwrap_or_default();
-        if taken.message.redelivered && replayed_ids.contains(&id) {
+        // Only an id tells two messages apart: one without (a plain client's) is never taken for another.
+        let id = taken.message.properties.message_id.clone().filter(|id| !id.is_empty());
+        if taken.message.redelivered && id.as_ref().is_some_and(|id| replayed_ids.contains(id)) {
             // Replayed and confirmed before; its acknowledgement was lost with the connection. (A copy that is
             // not a redelivery was dead-lettered again after its replay: a new dead letter, kept.)
             ledger.duplicates += 1;
@@ -267,8 +271,10 @@ async fn replay(
         }
         match bus.replay(&taken.message, to_queue).await {
             Ok(()) => {
-                failed_ids.remove(&id);
-                replayed_ids.insert(id);
+                if let Some(id) = id {
+                    failed_ids.remove(&id);
+                    replayed_ids.insert(id);
+                }
                 ledger.replayed += 1;
                 if taken.ack().await.is_err() {
                     ledger.ack_lost += 1;
@@ -276,7 +282,10 @@ async fn replay(
             }
             Err(error) => {
                 eprintln!("not replayed (left in the DLQ): {error}");
-                failed_ids.insert(id);
+                match id {
+                    Some(id) => _ = failed_ids.insert(id),
+                    None => failed_without_id += 1,
+                }
                 if matches!(error, warren::Error::Config { .. }) {
                     // It cannot be replayed as asked (no record of where it came from): pass it over.
                     ledger.passed_over += 1;
@@ -294,7 +303,7 @@ async fn replay(
             tokio::time::sleep(pace).await;
         }
     }
-    ledger.failed = failed_ids.len() as u64;
+    ledger.failed = failed_ids.len() as u64 + failed_without_id;
     drop(passed_over);
     reader.close().await;
     if progress_shown {

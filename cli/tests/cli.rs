@@ -341,6 +341,53 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
     assert!(stderr(&missing).contains("queue \"no.such.dlq\" does not exist"), "{}", stderr(&missing));
 }
 
+/// Dead letters without a message id (a plain AMQP client's) are each replayed: none is taken for another's
+/// redelivery and dropped, even after `dlq show` has left every one of them marked redelivered.
+#[tokio::test]
+async fn dead_letters_without_a_message_id_are_each_replayed() {
+    use prost::Message as _;
+    let h = Harness::rabbitmq().await;
+    let url = h.url().to_owned();
+    let bus = h.bus("plain").await;
+    let failing = Subscriber::<UserRegistered>::new(&bus, "plain")
+        .handle(|_: UserRegistered, _| async {
+            Ok::<_, HandlerError>(Outcome::DeadLetter { reason: "not yet".into() })
+        })
+        .await
+        .unwrap();
+    let queue = failing.queue().to_owned();
+    let dlq = format!("{queue}.dlq");
+    for n in 0..3 {
+        let body = UserRegistered { user_id: n, username: format!("plain-{n}"), email: String::new() }.encode_to_vec();
+        bus.publish_bytes("", &queue, &body, warren::MessageProperties::default()).await.unwrap();
+    }
+    wait_for_depth(&bus, &dlq, 3).await;
+    failing.stop().await;
+    let show = run(&url, &["dlq", "show", &dlq, "--json"]).await;
+    assert_eq!(json_lines(&show).len(), 3, "{}", stderr(&show));
+    assert!(json_lines(&show).iter().all(|m| m["message_id"].is_null() || m["message_id"] == ""), "{}", stdout(&show));
+
+    let (done, mut handled) = tokio::sync::mpsc::unbounded_channel();
+    let fixed = Subscriber::<UserRegistered>::new(&bus, "plain")
+        .handle(move |event: UserRegistered, _| {
+            let done = done.clone();
+            async move { done.send(event.user_id).map_err(HandlerError::from) }
+        })
+        .await
+        .unwrap();
+    let replay = run(&url, &["dlq", "replay", &dlq, "--json"]).await;
+    assert_eq!(code(&replay), 0, "{}", stderr(&replay));
+    assert_eq!(json_lines(&replay)[0]["replayed"], "3", "{}", stdout(&replay));
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(tokio::time::timeout(Duration::from_secs(10), handled.recv()).await.unwrap().unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [0, 1, 2], "every one replayed, none dropped");
+    assert_eq!(bus.queue_depth(&dlq).await.unwrap(), 0);
+    fixed.stop().await;
+}
+
 /// `warren` in a blocking task, so the test's own bus keeps running.
 async fn run(url: &str, args: &[&str]) -> Output {
     let (url, args): (String, Vec<String>) = (url.to_owned(), args.iter().map(|a| (*a).to_owned()).collect());
