@@ -82,6 +82,22 @@ struct Client {
     fell_behind: Notify,
 }
 
+impl Client {
+    /// Marks the client as fallen behind (a stream's buffer for it full, or a write to it waiting too long):
+    /// counted once, and its socket told to close as slow.
+    fn fall_behind(&self, gateway: &Gateway) {
+        if self.slow.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        gateway.hub.slow.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "prometheus")]
+        if let Some(metrics) = &gateway.config.metrics {
+            metrics.own.slow.inc();
+        }
+        self.fell_behind.notify_one();
+    }
+}
+
 impl Hub {
     pub(crate) fn new(config: WebSocketConfig) -> Self {
         Hub {
@@ -200,7 +216,7 @@ async fn serve(connection: Connection, socket: WebSocket, can_publish: bool, mut
     let flush_interval = config.flush_interval.min(WebSocketConfig::MAX_FLUSH_INTERVAL);
     let batch = config.buffer.clamp(1, MAX_BATCH);
     let mut resume: Option<Instant> = None;
-    let ended = loop {
+    let ended = 'serving: loop {
         // What to write first: an answer, a ping, or a stream message (`true`); the queue's others follow it.
         let (first, streamed) = tokio::select! {
             frame = incoming.next() => {
@@ -233,21 +249,37 @@ async fn serve(connection: Connection, socket: WebSocket, can_publish: bool, mut
         };
         // Whatever else is queued for the client goes out with it, flushed once: a client with a backlog costs
         // one write, not one a message.
-        let mut drained = 0;
         let write = async {
+            let mut drained = 0;
             sink.feed(first).await?;
             while drained < batch {
                 let Ok(more) = receiver.try_recv() else { break };
                 sink.feed(Message::Text(more)).await?;
                 drained += 1;
             }
-            sink.flush().await
+            sink.flush().await.map(|()| drained)
         };
-        // A write that waits on a client that does not read must not outlast its falling behind.
-        tokio::select! {
-            sent = write => if sent.is_err() { break End::Gone },
-            _ = client.fell_behind.notified() => break End::Slow,
-        }
+        // A write that waits on a client that does not read must not outlast its falling behind, the idle
+        // timeout (a client that only sends requests and never reads their answers falls behind on no stream),
+        // or the gateway's shutdown. The ping's interval times it: no timer of its own per write.
+        let mut write = std::pin::pin!(write);
+        let began = Instant::now();
+        let drained = loop {
+            tokio::select! {
+                sent = &mut write => match sent {
+                    Ok(drained) => break drained,
+                    Err(_) => break 'serving End::Gone,
+                },
+                _ = client.fell_behind.notified() => break 'serving End::Slow,
+                _ = closed(&mut closing) => break 'serving End::Shutdown,
+                _ = ping.tick() => {
+                    if began.elapsed() > config.idle_timeout() {
+                        client.fall_behind(&gateway);
+                        break 'serving End::Slow;
+                    }
+                }
+            }
+        };
         if (streamed || drained > 0) && !flush_interval.is_zero() {
             resume = Some(Instant::now() + flush_interval);
         }
@@ -435,15 +467,8 @@ async fn pump(gateway: Arc<Gateway>, key: Key, mut reader: warren::QueueReader, 
         // Settled before it is fanned out: a stream is a live view, not a work queue.
         let _ = taken.ack().await;
         for subscriber in lock(&stream.subscribers).iter() {
-            if let Err(mpsc::error::TrySendError::Full(_)) = subscriber.sender.try_send(frame.clone())
-                && !subscriber.client.slow.swap(true, Ordering::Relaxed)
-            {
-                gateway.hub.slow.fetch_add(1, Ordering::Relaxed);
-                #[cfg(feature = "prometheus")]
-                if let Some(metrics) = &gateway.config.metrics {
-                    metrics.own.slow.inc();
-                }
-                subscriber.client.fell_behind.notify_one();
+            if let Err(mpsc::error::TrySendError::Full(_)) = subscriber.sender.try_send(frame.clone()) {
+                subscriber.client.fall_behind(&gateway);
             }
         }
     }

@@ -295,6 +295,37 @@ async fn connections_over_the_limit_are_503_and_quiet_ones_time_out() {
     server.stop().await;
 }
 
+/// A client that sends requests and never reads their answers falls behind on no stream; once a write to it has
+/// waited past the idle timeout it is closed, and its slot is free again (the write used to wait forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_closed_and_its_slot_freed() {
+    let mut config = config();
+    config.websocket.max_connections = 1;
+    config.websocket.ping_interval_ms = 50;
+    config.websocket.idle_timeout_ms = 300;
+    let server = Server::start(warren::Bus::in_memory(), config).await;
+    let (mut requests, answers) = connect(&server).await.split();
+    // Each `{}` is answered with an error frame, which this client never reads: the answers fill its socket
+    // and the gateway's, and the gateway's write waits. Bounded, and aborted at the end.
+    let sending = tokio::spawn(async move {
+        for sent in 0..2_000_000 {
+            if requests.send(Message::text("{}")).await.is_err() {
+                return Some(sent);
+            }
+        }
+        None
+    });
+    let url = format!("ws://{}/ws", server.addr);
+    eventually(20, "the slot is free again", || async { tokio_tungstenite::connect_async(url.clone()).await.is_ok() })
+        .await;
+    let cut_off = tokio::time::timeout(Duration::from_secs(10), sending).await.expect("the sender stops").unwrap();
+    assert!(cut_off.is_some(), "the gateway closed the socket while the client was still sending");
+    drop(answers);
+    let ready = server.get("/ready").await.json();
+    assert_eq!(ready["websocket"]["slow_disconnects"], 1, "{ready}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_need_the_stream_token() {
     let mut config = config();
