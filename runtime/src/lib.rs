@@ -108,7 +108,9 @@ pub use rpc::{
 };
 pub use signal::terminated;
 pub use status::{Code, Status};
-pub use subscriber::{Context, HandlerError, Outcome, RETRY_LADDER, RetryPolicy, Subscriber, Subscription};
+pub use subscriber::{
+    Context, HandlerError, MAX_CONCURRENCY, Outcome, RETRY_LADDER, RetryPolicy, Subscriber, Subscription,
+};
 pub use topology::{Argument, Binding, Exchange, ExchangeKind, QueueLimit, QueueSettings, Topology, TopologyMode};
 pub use trace::{TRACEPARENT, TRACESTATE, TraceContext};
 

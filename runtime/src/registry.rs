@@ -143,7 +143,8 @@ pub(crate) fn announce(bus: &Bus, service: &'static ServiceSpec, mut stop: StopS
 async fn send(bus: &Bus, body: Value, interval: Duration) -> Result<()> {
     bus.declare_queue(REGISTRY_QUEUE, QueueSettings::plain(false)).await?;
     let mut envelope = Envelope::new(ANNOUNCEMENT_TYPE, crate::WireFormat::Json, "", bus.inner.app_id);
-    envelope.expiration_ms = Some(interval.saturating_mul(3).as_millis().max(1) as u64);
+    // RabbitMQ refuses a TTL above 2^32 - 1 ms (about 49 days) by closing the channel.
+    envelope.expiration_ms = Some(interval.saturating_mul(3).as_millis().clamp(1, u128::from(u32::MAX)) as u64);
     let publish = Publish { exchange: "", routing_key: REGISTRY_QUEUE, mandatory: false, confirm: false };
     let payload = serde_json::to_vec(&body).unwrap_or_default();
     bus.inner.transport.publish(publish, payload, Properties::from(envelope)).await

@@ -118,3 +118,19 @@ async fn a_dropped_in_memory_broker_leaves_no_expiry_task() {
     }
     until_tasks_are_back_to(before, "the dropped brokers' expiry tasks to end").await;
 }
+
+/// A subscriber asked for unbounded concurrency runs with [`warren::MAX_CONCURRENCY`] handlers at most,
+/// rather than panicking when it starts (tokio's semaphore refuses more than `usize::MAX >> 3` permits).
+#[tokio::test]
+async fn a_subscriber_asked_for_unbounded_concurrency_runs() {
+    let bus = warren::Bus::in_memory();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let subscription = UserRegistered::subscribe(&bus, &unique("unbounded"))
+        .concurrency(usize::MAX)
+        .handle(move |e: UserRegistered, _| std::future::ready(tx.send(e.user_id).map_err(HandlerError::from)))
+        .await
+        .unwrap();
+    bus.publish(&event(7)).await.unwrap();
+    assert_eq!(within(10, "the event handled", rx.recv()).await, Some(7));
+    subscription.stop().await;
+}

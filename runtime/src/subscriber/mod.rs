@@ -132,9 +132,10 @@ impl<T: Inbound> Subscriber<T> {
         self
     }
 
-    /// At most `n` handlers running at once (default 1, which keeps the queue's order).
+    /// At most `n` handlers running at once (default 1, which keeps the queue's order; at least 1, at most
+    /// [`MAX_CONCURRENCY`]).
     pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
+        self.concurrency = n.clamp(1, MAX_CONCURRENCY);
         self
     }
 
@@ -399,6 +400,9 @@ impl<T: Inbound> Subscriber<T> {
 /// 10 ms it sends 3,160, and twelve alternating `--only W7` pairs went from 0.90x / 0.87x to 0.94x / 0.90x raw
 /// lapin, a microsecond less client CPU per delivery. An idle consumer's last acks reach the broker 10 ms after
 /// its handler returns, at most; a stop waits as long for the wait to end.
+/// The most handlers a subscriber runs at once ([`Subscriber::concurrency`]): as many as a prefetch can hold.
+pub const MAX_CONCURRENCY: usize = u16::MAX as usize;
+
 const ACK_DELAY: Duration = Duration::from_millis(10);
 
 /// The next delivery when none is ready: before waiting for long, sends the acks collected so far, so an idle

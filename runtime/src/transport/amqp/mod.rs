@@ -313,7 +313,7 @@ impl Amqp {
 
     /// A new channel, and the generation of the link it was opened on.
     async fn channel_and_generation(&self, consume: bool) -> Result<(Channel, u64)> {
-        let by = Instant::now() + self.timeout();
+        let by = Instant::now().later(self.timeout());
         loop {
             let link = self.link(by).await?;
             let connection = if consume { &link.consume } else { &link.publish };
@@ -543,7 +543,7 @@ impl Amqp {
     }
 
     pub(crate) async fn reply_path(self: &Arc<Self>) -> Result<ReplyPath> {
-        let link = self.link(Instant::now() + self.timeout()).await?;
+        let link = self.link(Instant::now().later(self.timeout())).await?;
         // Not in confirm mode: requests are not confirmed (see `rpc`).
         let channel = open_channel(&link.publish, self.timeout()).await?;
         let tag = super::consumer_tag("replies");

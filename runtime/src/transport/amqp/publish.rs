@@ -148,7 +148,7 @@ pub(super) fn publish_through(
                 confirm.await.map(Confirmed::from)
             })
         };
-        let outcome = confirms.publish(properties.id(), sending, Instant::now() + timeout).await;
+        let outcome = confirms.publish(properties.id(), sending, Instant::now().later(timeout)).await;
         let named = || (publish.exchange.to_owned(), publish.routing_key.to_owned());
         match outcome {
             Outcome::Delivered => Ok(()),
