@@ -355,6 +355,40 @@ async fn rpc_callers_time_out_while_the_server_is_down_and_succeed_once_it_is_ba
     serving.stop().await;
 }
 
+/// A call's deadline covers everything it waits for: opening the bus's reply path and declaring the service's
+/// queue too, which wait on the broker (within the longer operation timeout) before the request is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_reply_path_cannot_open_fails_at_the_call_deadline() {
+    let h = Harness::rabbitmq().await;
+    let (relay, url) = Relay::in_front_of(h.url());
+    let config =
+        BusConfig::new(&url).unwrap().service_name("fault-reply-path").operation_timeout(Duration::from_secs(8));
+    let bus = h.bus_with(config).await;
+    // The first call opens the reply path: a channel and a consumer, which the frozen relay never answers.
+    relay.freeze(true);
+    let client = IntSummatorClient::new(&bus).with_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = within(20, "the call", client.int_sum(IntSumRequest { a: 1, b: 2 })).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status}");
+    assert!(took < Duration::from_secs(2), "at the call's deadline, not the operation timeout's: {took:?}");
+    relay.freeze(false);
+    let server_bus = h.bus("fault-reply-path-server").await;
+    let serving = IntSummatorServer::new(Summator).serve(&server_bus).await.unwrap();
+    let client = IntSummatorClient::new(&bus).with_timeout(Duration::from_secs(5));
+    let reply = within(30, "a call once the broker answers again", async {
+        loop {
+            match client.int_sum(IntSumRequest { a: 5, b: 18 }).await {
+                Ok(reply) => break reply,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(reply.sum, 23);
+    serving.stop().await;
+}
+
 #[tokio::test]
 async fn connecting_to_a_broker_that_is_down_fails_at_its_deadline_saying_what_was_tried() {
     // Nothing listens on this loopback port.

@@ -298,21 +298,31 @@ impl RpcClient {
         let format = request.format();
         let payload = request.encode(format).map_err(|e| Status::invalid_argument(format!("{method}: {e}")))?;
         let bus = &self.bus;
-        let replies = {
-            let mut current = bus.inner.replies.lock().await;
-            match current.as_ref() {
-                Some(replies) if replies.alive.load(std::sync::atomic::Ordering::Relaxed) => Arc::clone(replies),
-                _ => {
-                    let replies = Arc::new(Replies::open(bus).await?);
-                    *current = Some(Arc::clone(&replies));
-                    replies
-                }
-            }
-        };
-        // Declared by callers too, so requests wait in the queue for a server that starts late, instead of
-        // being returned as unroutable; each request expires with its deadline, so none piles up.
-        bus.declare_queue(self.service.queue, QueueSettings::requests(self.service.quorum)).await?;
         bus.check_size(payload.len())?;
+        let until = started.later(timeout);
+        // Within the call's deadline too (each wait on the broker in there has the longer operation timeout).
+        // Ready at once, as it nearly always is, it registers no timer.
+        let ready = tokio::time::timeout_at(until, async {
+            let replies = {
+                let mut current = bus.inner.replies.lock().await;
+                match current.as_ref() {
+                    Some(replies) if replies.alive.load(std::sync::atomic::Ordering::Relaxed) => Arc::clone(replies),
+                    _ => {
+                        let replies = Arc::new(Replies::open(bus).await?);
+                        *current = Some(Arc::clone(&replies));
+                        replies
+                    }
+                }
+            };
+            // Declared by callers too, so requests wait in the queue for a server that starts late, instead of
+            // being returned as unroutable; each request expires with its deadline, so none piles up.
+            bus.declare_queue(self.service.queue, QueueSettings::requests(self.service.quorum)).await?;
+            Ok::<_, Error>(replies)
+        });
+        let replies = match ready.await {
+            Ok(ready) => ready?,
+            Err(_) => return Err(deadline_error(method, timeout)),
+        };
 
         // The schema fingerprint goes on a sample of requests, as on events (see `Publishes::stamps_schema`). The
         // method's `Publishes` only samples: nothing counts it as published, so metrics snapshots leave it out.
@@ -325,7 +335,6 @@ impl RpcClient {
         // the request's wait in the queue, the absolute deadline tells the server how long its caller waits,
         // time in the queue included. RabbitMQ refuses a TTL above 2^32 - 1 ms (about 49 days) by closing the
         // channel.
-        let until = started.later(timeout);
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(deadline_error(method, timeout));
