@@ -177,9 +177,15 @@ impl Error {
         Error::Broker { operation, source: BrokerError(source) }
     }
 
-    /// Whether trying again later may succeed (timeouts, lost connections), as opposed to a bad request.
+    /// Whether trying again later may succeed (timeouts, lost connections, a broker alarm), as opposed to a bad
+    /// request. A broker's refusal that only a change of permissions or topology fixes (403 access refused, 406
+    /// precondition failed, 530 not allowed) is not transient.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Timeout { .. } | Error::Broker { .. } | Error::Connect { .. } | Error::Blocked { .. })
+        match self {
+            Error::Broker { source, .. } => !matches!(source.reply_code(), Some(403 | 406 | 530)),
+            Error::Timeout { .. } | Error::Connect { .. } | Error::Blocked { .. } => true,
+            _ => false,
+        }
     }
 }
 

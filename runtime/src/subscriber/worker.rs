@@ -263,14 +263,23 @@ impl Worker {
         match sent {
             Ok(()) => {
                 delivery.settle(Settle::Ack).await;
+                Fate::Retried
             }
-            Err(error) => {
+            Err(error) if error.is_transient() => {
                 // Not lost: back to the queue at once, marked redelivered.
                 tracing::warn!(queue = %self.queue, %error, "could not schedule a retry; requeueing");
                 delivery.settle(Settle::Requeue).await;
+                Fate::Retried
+            }
+            Err(error) => {
+                // It never will be (a delay queue a verifying bus cannot find, one declared with other
+                // arguments): requeued, the delivery would come back, fail and be requeued again, for ever, its
+                // attempts never counted.
+                let reason = format!("{reason}; its retry could not be scheduled: {error}");
+                self.dead_letter(delivery, &reason, attempt).await;
+                Fate::DeadLettered
             }
         }
-        Fate::Retried
     }
 
     /// Copies the delivery to `<queue>.dlq` with why, where from and how often it failed, then acknowledges it.
