@@ -265,8 +265,8 @@ impl Worker {
                 delivery.settle(Settle::Ack).await;
                 Fate::Retried
             }
-            Err(error) if error.is_transient() => {
-                // Not lost: back to the queue at once, marked redelivered.
+            Err(error) if error.is_transient() || matches!(error, Error::Closed) => {
+                // Not lost: back to the queue at once, marked redelivered (or by the broker, the bus closing).
                 tracing::warn!(queue = %self.queue, %error, "could not schedule a retry; requeueing");
                 delivery.settle(Settle::Requeue).await;
                 Fate::Retried
