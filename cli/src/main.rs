@@ -164,9 +164,11 @@ impl From<&warren::Error> for Failure {
         use warren::Error as E;
         let code = match error {
             E::Connect { .. } | E::Closed => exit::UNAVAILABLE,
-            E::Unroutable { .. } | E::Refused { .. } | E::Timeout { .. } | E::Nacked { .. } => exit::NOT_ACCEPTED,
-            E::Invalid { .. } | E::Header { .. } | E::TooLarge { .. } => exit::INVALID,
-            E::ExchangeNotFound { .. } => exit::NOT_FOUND,
+            E::Unroutable { .. } | E::Refused { .. } | E::Timeout { .. } | E::Nacked { .. } | E::Blocked { .. } => {
+                exit::NOT_ACCEPTED
+            }
+            E::Invalid { .. } | E::Header { .. } | E::TooLarge { .. } | E::RoutingKey { .. } => exit::INVALID,
+            E::ExchangeNotFound { .. } | E::MissingTopology { .. } => exit::NOT_FOUND,
             E::Config { message } if message.contains("does not exist") => exit::NOT_FOUND,
             _ => exit::FAILED,
         };

@@ -117,7 +117,7 @@ pub(crate) async fn call(catalog: &Catalog, url: Option<&str>, args: &CallArgs, 
         }
         Err(status) => {
             let code = status.code();
-            out.value(&serde_json::json!({ "code": format!("{code:?}"), "message": status.message() }));
+            out.value(&serde_json::json!({ "code": code.as_str(), "message": status.message() }));
             let exit_code = exit::STATUS_BASE + u8::try_from(code.as_i32()).unwrap_or(2);
             let exit_code = if code == Code::Ok { exit::FAILED } else { exit_code };
             Err(Failure::new(exit_code, status.to_string()))

@@ -249,7 +249,7 @@ async fn call_prints_replies_declared_errors_and_statuses() {
     let timeout =
         run(&url, &["call", "IntSummator/IntSum", r#"{"a": "1", "b": "1"}"#, "--timeout", "300ms", "--json"]).await;
     assert_eq!(code(&timeout), 14, "10 + DEADLINE_EXCEEDED: {}", stderr(&timeout));
-    assert_eq!(json_lines(&timeout)[0]["code"], "DeadlineExceeded");
+    assert_eq!(json_lines(&timeout)[0]["code"], "DEADLINE_EXCEEDED", "as gRPC and the gateway name it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

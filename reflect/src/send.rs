@@ -121,7 +121,29 @@ impl Catalog {
                 }
             }
         }
-        Ok(words.join("."))
+        let key = words.join(".");
+        if key.len() > warren_topology::MAX_NAME_LEN {
+            // Named after the field that filled the most of it: the one to shorten.
+            let longest = event
+                .key_parts
+                .iter()
+                .zip(&words)
+                .filter_map(|(part, word)| match part {
+                    KeyPart::Field { name, .. } => Some((name, word)),
+                    KeyPart::Literal(_) => None,
+                })
+                .max_by_key(|(_, word)| word.len());
+            if let Some((name, word)) = longest {
+                let problem = format!(
+                    "makes the key {} bytes long, over AMQP's {}: shorten it",
+                    key.len(),
+                    warren_topology::MAX_NAME_LEN
+                );
+                let shown: String = word.chars().take(64).collect();
+                return Err(key_error(event, name, shown, &problem));
+            }
+        }
+        Ok(key)
     }
 
     /// `message` encoded in `format`, with its fingerprint, ready for the bus.
@@ -272,5 +294,37 @@ fn key_error(event: &Event, field: &str, value: String, problem: &str) -> Error 
         field: field.to_owned(),
         value,
         problem: problem.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn a_routing_key_over_255_bytes_is_refused_naming_the_field_that_fills_it() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/build_rs");
+        let catalog = Catalog::from_proto_dir(&dir).expect("the rich fixture compiles");
+        let event = catalog.events().find(|e| e.full_name == "rich.v1.OrderCreated").expect("an event");
+        let order = |shop: &str| {
+            let json = format!(
+                r#"{{"orderId": "1", "region": "REGION_EU", "shop": "{shop}", "express": true, "class": 3,
+                    "lines": [{{"sku": "a", "quantity": 1}}]}}"#
+            );
+            catalog.parse_json("rich.v1.OrderCreated", &json).expect("the order parses")
+        };
+        let key = catalog.routing_key(event, &order("corner")).unwrap();
+        assert_eq!(key, "order.eu.created.corner.true.3");
+        let long = "s".repeat(250);
+        match catalog.routing_key(event, &order(&long)) {
+            Err(Error::RoutingKey { field, problem, value, .. }) => {
+                assert_eq!(field, "shop");
+                assert!(problem.contains("274 bytes long, over AMQP's 255"), "{problem}");
+                assert_eq!(value.len(), 64, "the value shown is cut short");
+            }
+            other => panic!("expected a routing-key error, got {other:?}"),
+        }
     }
 }
