@@ -47,6 +47,9 @@ pub struct GatewayConfig {
     /// not its type is in [`GatewayConfig::events`]; the `publish` tokens apply. The target `health` makes a
     /// `GET` path answering as `/health` (`"/messaging/health" = "health"`).
     pub aliases: BTreeMap<String, String>,
+    /// How long a request's body may take to arrive, in milliseconds (default 30,000): a client that trickles
+    /// it, or stops sending it, is answered 408 then, and holds neither the request nor a shutdown longer.
+    pub body_timeout_ms: Option<u64>,
     /// WebSocket limits.
     pub websocket: WebSocketConfig,
     /// Closes the WebSockets on shutdown (keep a clone and call [`crate::Shutdown::close`]).
@@ -253,6 +256,11 @@ pub enum ConfigError {
 }
 
 impl GatewayConfig {
+    /// [`GatewayConfig::body_timeout_ms`], or its default of 30 s.
+    pub fn body_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.body_timeout_ms.unwrap_or(30_000).max(1))
+    }
+
     /// An empty configuration: nothing allowed, no tokens.
     pub fn new() -> Self {
         Self::default()

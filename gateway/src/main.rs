@@ -141,17 +141,33 @@ async fn run(args: Args) -> Result<(), String> {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = warren::terminated().await;
-            // WebSockets are not axum's to close: each gets a close frame first.
-            shutdown.close(Duration::from_secs(5)).await;
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    let (stopping, stopped) = tokio::sync::oneshot::channel();
+    let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = warren::terminated().await;
+        let _ = stopping.send(());
+        // WebSockets are not axum's to close: each gets a close frame first.
+        shutdown.close(Duration::from_secs(5)).await;
+    });
+    // axum waits for every connection to finish: a request still running (a call with a long deadline, a body
+    // trickling in) is given DRAIN to, and then the gateway exits anyway.
+    tokio::select! {
+        served = serving.into_future() => served.map_err(|e| e.to_string())?,
+        () = async {
+            if stopped.await.is_ok() {
+                tokio::time::sleep(DRAIN).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            eprintln!("warren-gateway: requests still running {} s after the signal; exiting anyway", DRAIN.as_secs());
+        }
+    }
     let _ = bus.close().await;
     Ok(())
 }
+
+/// How long a shutdown waits for running requests before the gateway exits anyway.
+const DRAIN: Duration = Duration::from_secs(30);
 
 /// Each connection's kernel send buffer (Linux doubles it for its bookkeeping). Left to itself, the kernel grows
 /// it up to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default): a WebSocket client that stopped reading would

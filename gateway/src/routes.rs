@@ -275,16 +275,34 @@ async fn read(gateway: &Gateway, headers: &HeaderMap, body: Body) -> Result<(Vec
     if let Some(length) = declared.filter(|length| *length > limit) {
         return Err(Problem::too_large(length, limit));
     }
-    let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    // What the client says it sends is only a hint: room for it is made as it arrives.
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(limit).min(64 * 1024));
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            Problem::new(StatusCode::BAD_REQUEST, "body", "Unreadable body", format!("the body could not be read: {e}"))
-        })?;
-        if bytes.len() + chunk.len() > limit {
-            return Err(Problem::too_large(bytes.len() + chunk.len(), limit));
+    let reading = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                let detail = format!("the body could not be read: {e}");
+                Problem::new(StatusCode::BAD_REQUEST, "body", "Unreadable body", detail)
+            })?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(Problem::too_large(bytes.len() + chunk.len(), limit));
+            }
+            bytes.extend_from_slice(&chunk);
         }
-        bytes.extend_from_slice(&chunk);
+        Ok(())
+    };
+    // A client that trickles its body (or stops sending it) does not hold the request, and a shutdown, for ever.
+    let within = gateway.config.body_timeout();
+    match tokio::time::timeout(within, reading).await {
+        Ok(read) => read?,
+        Err(_) => {
+            return Err(Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "Body too slow",
+                format!("the body did not arrive within {within:?} (body_timeout_ms); send it at once"),
+            ));
+        }
     }
     Ok((bytes, format))
 }

@@ -276,6 +276,31 @@ async fn a_publish_whose_confirm_never_comes_is_504_at_the_deadline() {
     server.stop().await;
 }
 
+/// A body that trickles in, or stops coming, is answered 408 at `body_timeout_ms`: it holds neither the request
+/// nor a shutdown for ever.
+#[tokio::test]
+async fn a_body_that_stops_coming_is_408_at_its_timeout() {
+    let mut config = config();
+    config.body_timeout_ms = Some(300);
+    let server = Server::start(warren::Bus::in_memory(), config).await;
+    let first = futures_util::stream::iter([Ok::<_, std::io::Error>(b"{\"userId\": ".to_vec())]);
+    let stalled = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+    let request = server
+        .http
+        .post(server.url("/events/UserRegistered"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stalled));
+    let started = std::time::Instant::now();
+    let problem = tokio::time::timeout(Duration::from_secs(10), support::Answer::of(request))
+        .await
+        .expect("answered, not held")
+        .problem(408);
+    assert!(started.elapsed() >= Duration::from_millis(300), "not before the timeout");
+    assert!(problem["detail"].as_str().unwrap().contains("body_timeout_ms"), "{problem}");
+    assert_eq!(server.get("/health").await.status, 200, "the next request is served");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn tokens_guard_their_groups_and_health_stays_open() {
     let mut config = config();
