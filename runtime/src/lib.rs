@@ -99,7 +99,7 @@ pub use error::{BrokerError, Error, Result};
 pub use headers::{HeaderValue, Headers, MAX_HEADER_NAME_LEN, MessageProperties};
 pub use health::{BrokerInfo, Health};
 pub use inspect::{MAX_PATTERN_LEN, QueueReader, QueueStats, Taken};
-pub use metrics::{Counters, MetricsSnapshot, SubscriberMetrics};
+pub use metrics::{Counters, MetricsSnapshot, OTHER_TYPES, SubscriberMetrics};
 pub use middleware::{Middleware, Refusal};
 pub use registry::{ANNOUNCEMENT_TYPE, REGISTRY_QUEUE, ServerInstance};
 pub use rpc::{

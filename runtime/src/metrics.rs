@@ -11,6 +11,10 @@ use std::time::Duration;
 use rustc_hash::FxHashMap;
 use tokio::time::Instant;
 
+/// The type a subscriber's delivery is counted under when the subscriber does not take its `type` (then it is
+/// dead-lettered): one name for them all, so that the counters stay bounded whatever senders put there.
+pub const OTHER_TYPES: &str = "(other types)";
+
 /// Everything counted about one event type or one subscriber, as of a snapshot.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]

@@ -25,6 +25,14 @@ pub(super) struct Worker {
     pub(super) layers: Layers,
 }
 
+/// The type name a delivery is counted under, and shown to layers (whose metrics label by it): its own when
+/// the subscriber takes that type, else [`crate::OTHER_TYPES`]. The `type` property is the sender's
+/// to choose, and a foreign producer's (an id per message, say) would grow the counters without bound; such a
+/// delivery is dead-lettered anyway, its real type named in the reason.
+fn counted_as<T: Inbound>(type_name: &str) -> &str {
+    if T::fingerprint(type_name).is_some() { type_name } else { crate::metrics::OTHER_TYPES }
+}
+
 /// What became of a delivery, and whether it failed (see [`crate::middleware::Handled::failed`]).
 pub(super) struct Ending {
     settled: Settling,
@@ -80,7 +88,7 @@ impl Worker {
         let properties = &delivery.properties;
         // A plain AMQP client may send no `type`: on a queue for one type, the message is read as that type.
         let type_name = properties.kind().filter(|kind| !kind.is_empty()).or(T::sole_type()).unwrap_or_default();
-        let tracker = self.stats.delivered(type_name, last);
+        let tracker = self.stats.delivered(counted_as::<T>(type_name), last);
         if let Some(seen) = properties.schema()
             && let Some(own) = T::fingerprint(type_name)
             && !own.is_empty()
@@ -121,7 +129,8 @@ impl Worker {
         let started = tokio::time::Instant::now();
         let headers = delivery.properties.headers().unwrap_or(&crate::headers::NO_HEADERS);
         let (queue, routing_key) = (self.queue.as_str(), &*delivery.routing_key);
-        let before = middleware::Delivery { type_name, queue, routing_key, headers, attempt };
+        let shown = counted_as::<T>(type_name);
+        let before = middleware::Delivery { type_name: shown, queue, routing_key, headers, attempt };
         let ending = match self.layers.before(|layer| layer.before_handle(&before), middleware::Refusal::new) {
             Ok(()) => self.run(delivery, handler, tracker, type_name, attempt).await,
             Err((layer, refusal)) => {
@@ -137,7 +146,7 @@ impl Worker {
             Settling::DeadLettered(reason) => middleware::Settled::DeadLettered { reason },
         };
         let handled = middleware::Handled {
-            type_name,
+            type_name: shown,
             queue,
             routing_key,
             headers,

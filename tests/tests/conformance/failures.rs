@@ -28,6 +28,11 @@ async fn garbage_and_mistyped_messages_go_to_the_dead_letter_queue_at_once(h: &H
     for message in &reasons {
         assert_eq!(message.header_i64("x-warren-attempts"), Some(1), "never retried");
     }
+    // A type the subscriber does not take is counted under one name for them all: what senders put in `type`
+    // cannot grow the counters (or the Prometheus series) without bound.
+    let metrics = bus.metrics().await;
+    assert!(!metrics.events.contains_key("gametrade.v1.ItemListed"), "{:?}", metrics.events.keys());
+    assert_eq!(metrics.events[warren::OTHER_TYPES].dead_lettered, 1, "{:?}", metrics.events);
     subscription.stop().await;
 }
 
