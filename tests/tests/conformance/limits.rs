@@ -56,6 +56,27 @@ async fn a_full_queue_refuses_the_next_publish_until_a_message_is_taken(h: &Harn
     bus.close().await.unwrap();
 }
 
+/// Without a confirm there is no nack to carry the refusal: a fire-and-forget publish to a full queue succeeds
+/// as far as its sender can tell, and the message is dropped, as RabbitMQ's reject-publish drops it.
+async fn a_fire_and_forget_publish_to_a_full_queue_is_dropped_unsaid(h: &Harness) {
+    let bus = h.bus("limits-test").await;
+    for n in 1..=3 {
+        within(10, "an enqueue", bus.enqueue(&thumbnail(n))).await.expect("the queue has room");
+    }
+    let forget = warren::PublishOptions::default().fire_and_forget();
+    within(10, "the unconfirmed enqueue", bus.enqueue_with(&thumbnail(4), forget)).await.expect("no confirm, no nack");
+    let after = within(10, "a confirmed enqueue", bus.enqueue(&thumbnail(5))).await;
+    assert!(matches!(after, Err(Error::Nacked { .. })), "still full: {after:?}");
+    // The unconfirmed one went on another channel: give it time to arrive before a place is freed.
+    tokio::time::sleep(h.quiet_period()).await;
+    let mut left = Vec::new();
+    for _ in 0..3 {
+        left.push(take(&bus).await);
+    }
+    assert_eq!(left, [1, 2, 3].map(|n| thumbnail(n).url), "the dropped task is not in the queue");
+    bus.close().await.unwrap();
+}
+
 async fn an_event_refused_by_one_full_queue_still_reaches_the_others(h: &Harness) {
     let bus = h.bus("limits-test").await;
     let groups = [unique("stock-a"), unique("stock-b")];
@@ -90,4 +111,5 @@ async fn an_event_refused_by_one_full_queue_still_reaches_the_others(h: &Harness
 warren_tests::on_both_transports!(
     a_full_queue_refuses_the_next_publish_until_a_message_is_taken,
     an_event_refused_by_one_full_queue_still_reaches_the_others,
+    a_fire_and_forget_publish_to_a_full_queue_is_dropped_unsaid,
 );

@@ -137,7 +137,8 @@ impl State {
 
 impl State {
     /// A publish to queues of which some have a length limit: as RabbitMQ's `reject-publish`, the message goes
-    /// to every queue with room for it, and the publish is refused (a negative confirm) if any queue is full.
+    /// to every queue with room for it, and the publish is refused (a negative confirm) if any queue is full;
+    /// a publish without a confirm learns nothing.
     fn publish_limited(
         &mut self,
         route: &Route,
@@ -158,6 +159,10 @@ impl State {
             self.enqueue(queue, Queued::new(Arc::clone(&message)), shared);
         }
         let Some(queue) = full.first() else { return Ok(()) };
+        if !publish.confirm {
+            // As RabbitMQ's reject-publish: without a confirm to nack, the message is dropped unsaid.
+            return Ok(());
+        }
         let limit = self.queues.get(&***queue).and_then(|q| q.options.limit).unwrap_or_default();
         Err(Error::Nacked {
             exchange: publish.exchange.to_owned(),
