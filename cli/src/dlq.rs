@@ -139,7 +139,9 @@ async fn list(catalog: &Catalog, bus: &Bus, named: &[String], scan: u32, out: &O
         let mut oldest: Option<String> = None;
         let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
         let mut held = Vec::new();
-        while (held.len() as u64) < depth.min(u64::from(scan)) {
+        let wanted = depth.min(u64::from(scan));
+        let cap = wanted.min(u64::from(PREFETCH));
+        while (held.len() as u64) < cap {
             let Some(taken) = reader.next_within(IDLE).await else { break };
             let failed_at = match taken.message.headers().get("x-warren-failed-at") {
                 Some(warren::HeaderValue::Timestamp(seconds)) => Some(*seconds),
@@ -154,7 +156,10 @@ async fn list(catalog: &Catalog, bus: &Bus, named: &[String], scan: u32, out: &O
             held.push(taken);
         }
         reader.close().await;
-        let reasons = reasons.iter().map(|(reason, n)| format!("{n}× {reason}")).collect::<Vec<_>>().join("; ");
+        let mut reasons = reasons.iter().map(|(reason, n)| format!("{n}× {reason}")).collect::<Vec<_>>().join("; ");
+        if wanted > cap {
+            reasons.push_str(&format!(" (of the first {cap} messages: a command holds at most {PREFETCH} at once)"));
+        }
         rows.push(vec![queue.clone(), depth.to_string(), oldest.unwrap_or_default(), reasons]);
     }
     out.table(&["queue", "depth", "oldest", "reasons"], &rows);
@@ -163,7 +168,7 @@ async fn list(catalog: &Catalog, bus: &Bus, named: &[String], scan: u32, out: &O
 
 async fn show(catalog: &Catalog, bus: &Bus, selection: &Selection) -> Result<(), Failure> {
     let type_name = selection.type_filter(catalog)?;
-    let (held, _) = read(bus, selection, type_name.as_deref()).await?;
+    let Read { held, .. } = read(bus, selection, type_name.as_deref()).await?;
     for (taken, selected) in &held {
         if *selected {
             let mut line = crate::tail::line(catalog, &taken.message, false);
@@ -182,13 +187,17 @@ async fn show(catalog: &Catalog, bus: &Bus, selection: &Selection) -> Result<(),
     Ok(())
 }
 
-/// Reads `selection.queue` to its end (as it was when reading began), or to `--limit` selected messages; each
-/// message with whether the filters select it. Nothing is settled: the caller acks or lets go.
-async fn read(
-    bus: &Bus,
-    selection: &Selection,
-    type_name: Option<&str>,
-) -> Result<(Vec<(Taken, bool)>, warren::QueueReader), Failure> {
+/// What a read of a queue found: each message with whether the filters select it, the reader holding them
+/// unsettled, and how many messages it left unread because it holds no more than [`PREFETCH`] at once.
+struct Read {
+    held: Vec<(Taken, bool)>,
+    reader: warren::QueueReader,
+    unread: u64,
+}
+
+/// Reads `selection.queue` to its end (as it was when reading began), or to `--limit` selected messages, or to
+/// [`PREFETCH`] messages (then says so on stderr). Nothing is settled: the caller acks or lets go.
+async fn read(bus: &Bus, selection: &Selection, type_name: Option<&str>) -> Result<Read, Failure> {
     let depth = bus.queue_depth(&selection.queue).await?;
     let mut reader = bus.read_queue(&selection.queue, PREFETCH).await?;
     let limit = u64::from(selection.limit.unwrap_or(MAX_SCAN));
@@ -200,7 +209,19 @@ async fn read(
         selected += u64::from(chosen);
         held.push((taken, chosen));
     }
-    Ok((held, reader))
+    let unread = if held.len() >= usize::from(PREFETCH) && selected < limit {
+        depth.saturating_sub(held.len() as u64)
+    } else {
+        0
+    };
+    if unread > 0 {
+        eprintln!(
+            "warren: read only the first {PREFETCH} of the {depth} messages in {}: a command holds at most {PREFETCH} \
+             at once; {unread} were not read (narrow the filters, or run it again once some have left the queue)",
+            selection.queue
+        );
+    }
+    Ok(Read { held, reader, unread })
 }
 
 async fn replay(
@@ -214,7 +235,7 @@ async fn replay(
 ) -> Result<(), Failure> {
     let type_name = selection.type_filter(catalog)?;
     if dry_run {
-        let (held, reader) = read(bus, selection, type_name.as_deref()).await?;
+        let Read { held, reader, .. } = read(bus, selection, type_name.as_deref()).await?;
         for (taken, _) in held.iter().filter(|(_, chosen)| *chosen) {
             let m = &taken.message;
             let to = to_queue.map(str::to_owned).unwrap_or_else(|| {
@@ -304,6 +325,10 @@ async fn replay(
         }
     }
     ledger.failed = failed_ids.len() as u64 + failed_without_id;
+    // The messages passed over are held until the end: with PREFETCH of them the broker sends no more.
+    if ledger.replayed < limit && passed_over.len() >= usize::from(PREFETCH) {
+        ledger.unread = start_depth.saturating_sub(ledger.replayed + ledger.passed_over + ledger.duplicates);
+    }
     drop(passed_over);
     reader.close().await;
     if progress_shown {
@@ -313,17 +338,29 @@ async fn replay(
     if ledger.failed > 0 {
         return Err(Failure::new(exit::NOT_ACCEPTED, format!("{} message(s) could not be replayed", ledger.failed)));
     }
+    if ledger.unread > 0 {
+        let message = format!(
+            "passed over {PREFETCH} messages, as many as a command holds at once: {} message(s) of {} were not \
+             read (narrow the filters, or run it again once some have left the queue)",
+            ledger.unread, selection.queue
+        );
+        return Err(Failure::new(exit::FAILED, message));
+    }
     Ok(())
 }
 
 async fn purge(catalog: &Catalog, bus: &Bus, selection: &Selection, yes: bool, out: &Output) -> Result<(), Failure> {
     let type_name = selection.type_filter(catalog)?;
-    let (held, reader) = read(bus, selection, type_name.as_deref()).await?;
+    let Read { held, reader, unread } = read(bus, selection, type_name.as_deref()).await?;
     let chosen = held.iter().filter(|(_, chosen)| *chosen).count();
+    let cut_short = || {
+        let message = format!("{unread} message(s) of {} were not read; run it again to go on", selection.queue);
+        Failure::new(exit::FAILED, message)
+    };
     if chosen == 0 {
-        out.record(&[("purged", "0".into())]);
+        out.record(&[("purged", "0".into()), ("unread", unread.to_string())]);
         reader.close().await;
-        return Ok(());
+        return if unread > 0 { Err(cut_short()) } else { Ok(()) };
     }
     if !yes {
         eprint!("remove {chosen} message(s) from {} for good? [y/N] ", selection.queue);
@@ -342,7 +379,10 @@ async fn purge(catalog: &Catalog, bus: &Bus, selection: &Selection, yes: bool, o
         }
     }
     reader.close().await;
-    out.record(&[("purged", purged.to_string())]);
+    out.record(&[("purged", purged.to_string()), ("unread", unread.to_string())]);
+    if unread > 0 {
+        return Err(cut_short());
+    }
     Ok(())
 }
 
@@ -354,6 +394,8 @@ struct Ledger {
     passed_over: u64,
     failed: u64,
     ack_lost: u64,
+    /// Left unread: the reader held as many passed-over messages as it may.
+    unread: u64,
 }
 
 impl Ledger {
@@ -364,6 +406,7 @@ impl Ledger {
             ("passed_over", self.passed_over.to_string()),
             ("failed", self.failed.to_string()),
             ("ack_lost", self.ack_lost.to_string()),
+            ("unread", self.unread.to_string()),
         ]
     }
 }

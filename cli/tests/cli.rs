@@ -388,6 +388,53 @@ async fn dead_letters_without_a_message_id_are_each_replayed() {
     fixed.stop().await;
 }
 
+/// A queue longer than a command holds at once (5,000 unsettled messages) is read in parts, and each command
+/// says so: `show` on stderr, `purge` with `unread` in its summary and exit code 1; run again, it goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_longer_than_a_command_holds_is_read_in_parts_and_says_so() {
+    use prost::Message as _;
+    let h = Harness::rabbitmq().await;
+    let url = h.url().to_owned();
+    let bus = h.bus("bulk").await;
+    let declared = Subscriber::<UserRegistered>::new(&bus, "bulk")
+        .handle(|_: UserRegistered, _| async { Ok::<_, HandlerError>(()) })
+        .await
+        .unwrap();
+    let queue = declared.queue().to_owned();
+    declared.stop().await;
+    let body = UserRegistered { user_id: 1, username: "bulk".into(), email: String::new() }.encode_to_vec();
+    for chunk in 0..51 {
+        let sends = (0..100).map(|n| {
+            let properties = warren::MessageProperties::default()
+                .with_kind("gametrade.v1.UserRegistered")
+                .with_message_id(format!("bulk-{chunk}-{n}"));
+            bus.publish_bytes("", &queue, &body, properties)
+        });
+        for sent in futures_util::future::join_all(sends).await {
+            sent.unwrap();
+        }
+    }
+    wait_for_depth(&bus, &queue, 5_100).await;
+
+    let show = run(&url, &["dlq", "show", &queue, "--reason", "^nothing", "--json"]).await;
+    assert_eq!(code(&show), 0, "{}", stderr(&show));
+    assert!(json_lines(&show).is_empty());
+    assert!(stderr(&show).contains("read only the first 5000 of the 5100 messages"), "{}", stderr(&show));
+
+    let purge = run(&url, &["dlq", "purge", &queue, "--yes", "--json"]).await;
+    assert_eq!(code(&purge), 1, "not everything was read: {}", stderr(&purge));
+    assert_eq!(json_lines(&purge)[0]["purged"], "5000");
+    assert_eq!(json_lines(&purge)[0]["unread"], "100");
+    assert!(stderr(&purge).contains("run it again to go on"), "{}", stderr(&purge));
+    wait_for_depth(&bus, &queue, 100).await;
+    let again = run(&url, &["dlq", "purge", &queue, "--yes", "--json"]).await;
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert_eq!(
+        (json_lines(&again)[0]["purged"].as_str(), json_lines(&again)[0]["unread"].as_str()),
+        (Some("100"), Some("0"))
+    );
+}
+
 /// `warren` in a blocking task, so the test's own bus keeps running.
 async fn run(url: &str, args: &[&str]) -> Output {
     let (url, args): (String, Vec<String>) = (url.to_owned(), args.iter().map(|a| (*a).to_owned()).collect());
