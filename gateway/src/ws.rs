@@ -22,6 +22,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
@@ -189,7 +190,9 @@ pub(crate) async fn upgrade(
     }
     let (open, closing) = gateway.config.shutdown.open();
     let can_publish = gateway.authorize(Group::Publish, &headers, token).is_ok();
-    upgrade.max_message_size(gateway.limit).read_buffer_size(READ_BUFFER).on_upgrade(move |socket| async move {
+    // Only a client that may publish sends frames larger than a few names.
+    let largest = if can_publish { gateway.limit } else { MAX_FRAME_WITHOUT_PUBLISH };
+    upgrade.max_message_size(largest).read_buffer_size(READ_BUFFER).on_upgrade(move |socket| async move {
         serve(connection, socket, can_publish, closing).await;
         drop(open);
     })
@@ -340,11 +343,14 @@ async fn handle(
     can_publish: bool,
     text: &str,
 ) -> Option<Value> {
-    let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text) else {
+    let Ok(frame) = serde_json::from_str::<Frame<'_>>(text) else {
         return Some(error("a frame is a JSON object: {\"subscribe\": …}, {\"unsubscribe\": …} or {\"publish\": …}"));
     };
-    if let Some(request) = frame.get("subscribe") {
-        let key = match key(gateway, request) {
+    if let Some(request) = frame.subscribe {
+        let Some(request) = small(request) else {
+            return Some(json!({ "error": { "request": "subscribe", "detail": TOO_BIG } }));
+        };
+        let key = match key(gateway, &request) {
             Ok(key) => key,
             Err(detail) => return Some(json!({ "error": { "request": "subscribe", "detail": detail } })),
         };
@@ -363,7 +369,10 @@ async fn handle(
             Err(detail) => json!({ "error": { "request": "subscribe", "detail": detail } }),
         });
     }
-    if let Some(request) = frame.get("unsubscribe") {
+    if let Some(request) = frame.unsubscribe {
+        let Some(request) = small(request) else {
+            return Some(json!({ "error": { "request": "unsubscribe", "detail": TOO_BIG } }));
+        };
         let exchange = request.get("exchange").and_then(Value::as_str).unwrap_or_default().to_owned();
         let pattern = request.get("pattern").and_then(Value::as_str).unwrap_or("#").to_owned();
         let key = (exchange, pattern);
@@ -373,14 +382,52 @@ async fn handle(
         }
         return Some(json!({ "unsubscribed": { "exchange": key.0, "pattern": key.1 } }));
     }
-    if let Some(request) = frame.get("publish") {
-        let id = request.get("id").cloned().unwrap_or(Value::Null);
-        return Some(match publish(gateway, can_publish, request).await {
+    if let Some(request) = frame.publish {
+        // Echoed as it came, when it is an id's size.
+        let id = request.id.and_then(small).unwrap_or(Value::Null);
+        return Some(match publish(gateway, can_publish, &request).await {
             Ok(message_id) => json!({ "ack": { "id": id, "message_id": message_id } }),
             Err(problem) => json!({ "ack": { "id": id, "error": problem.body() } }),
         });
     }
     Some(error("a frame is {\"subscribe\": …}, {\"unsubscribe\": …} or {\"publish\": …}"))
+}
+
+/// A frame, each request kept as the client's text until it is known what it is: no frame becomes a generic
+/// JSON tree larger than the request it carries (that tree takes tens of times the frame's size), and a
+/// publish's payload is parsed once, by the catalog, against its type.
+#[derive(serde::Deserialize)]
+struct Frame<'a> {
+    #[serde(borrow, default)]
+    subscribe: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    unsubscribe: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    publish: Option<Publish<'a>>,
+}
+
+/// `{"publish": {"type": …, "payload": …, "id": …}}`.
+#[derive(serde::Deserialize)]
+struct Publish<'a> {
+    #[serde(rename = "type", default)]
+    type_name: Option<String>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+}
+
+/// The largest frame a client without the publish token may send (a larger one ends its socket).
+const MAX_FRAME_WITHOUT_PUBLISH: usize = 64 * 1024;
+
+/// The most a subscribe or unsubscribe request, or a publish's id, may take: each is a few names.
+const SMALL_REQUEST: usize = 4 * 1024;
+
+const TOO_BIG: &str = "a subscribe or unsubscribe request is at most 4 KiB";
+
+/// `raw` as a JSON value, when it is at most [`SMALL_REQUEST`] bytes.
+fn small(raw: &RawValue) -> Option<Value> {
+    (raw.get().len() <= SMALL_REQUEST).then(|| serde_json::from_str(raw.get()).ok()).flatten()
 }
 
 fn error(detail: &str) -> Value {
@@ -496,15 +543,14 @@ fn message_frame(gateway: &Gateway, key: &Key, message: &warren::RawMessage) -> 
     frame
 }
 
-async fn publish(gateway: &Gateway, can_publish: bool, request: &Value) -> Result<String, Problem> {
+async fn publish(gateway: &Gateway, can_publish: bool, request: &Publish<'_>) -> Result<String, Problem> {
     if !can_publish {
         return Err(Problem::unauthorized(
             "publishing over the socket needs a publish token when connecting (Authorization or ?access_token=)",
         ));
     }
-    let name = request.get("type").and_then(Value::as_str).unwrap_or_default();
-    let payload = request.get("payload").cloned().unwrap_or_else(|| json!({}));
-    let body = payload.to_string();
+    let name = request.type_name.as_deref().unwrap_or_default();
+    let body = request.payload.map_or("{}", RawValue::get);
     if body.len() > gateway.limit {
         return Err(Problem::too_large(body.len(), gateway.limit));
     }

@@ -326,6 +326,46 @@ async fn a_client_that_never_reads_its_answers_is_closed_and_its_slot_freed() {
     server.stop().await;
 }
 
+/// A frame is never parsed into a generic JSON tree larger than its request: a subscribe request over 4 KiB is
+/// refused, and a client without the publish token may not send frames over 64 KiB at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_are_refused_without_being_parsed_whole() {
+    let server = Server::start(warren::Bus::in_memory(), config()).await;
+    let mut socket = connect(&server).await;
+    let padding = vec![0; 5_000];
+    send(&mut socket, json!({ "subscribe": { "exchange": "gametrade.events", "pattern": "user.*", "x": padding } }))
+        .await;
+    let refused = next(&mut socket).await;
+    assert_eq!(refused["error"]["detail"], "a subscribe or unsubscribe request is at most 4 KiB", "{refused}");
+    // Still serving: a request of the usual size is answered.
+    send(&mut socket, json!({ "subscribe": { "exchange": "gametrade.events", "pattern": "user.*" } })).await;
+    assert_eq!(next(&mut socket).await["subscribed"]["pattern"], "user.*");
+    // With no publish tokens configured anyone may publish, and so send frames up to the bus's limit.
+    let big = json!({ "publish": { "type": "UserRegistered", "payload": { "username": "x".repeat(70_000) } } });
+    send(&mut socket, big.clone()).await;
+    assert!(next(&mut socket).await["ack"].is_object());
+    server.stop().await;
+
+    // A client connected without the publish token may not send a frame over 64 KiB at all.
+    let mut config = config();
+    config.tokens.add(warren_gateway::Group::Publish, "pub-token");
+    let server = Server::start(warren::Bus::in_memory(), config).await;
+    let mut socket = connect(&server).await;
+    let _ = socket.send(Message::text(big.to_string())).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match socket.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the socket is ended, the frame unread");
+    assert_eq!(server.get("/health").await.status, 200);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_need_the_stream_token() {
     let mut config = config();
