@@ -240,7 +240,8 @@ impl Document<'_> {
         match kind {
             Kind::Double | Kind::Float => json!({ "type": "number" }),
             Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({ "type": "integer", "format": "int32" }),
-            Kind::Uint32 | Kind::Fixed32 => json!({ "type": "integer", "format": "int32", "minimum": 0 }),
+            // OpenAPI's `int32` is signed: an unsigned 32-bit field is bounded instead.
+            Kind::Uint32 | Kind::Fixed32 => json!({ "type": "integer", "minimum": 0, "maximum": u32::MAX }),
             // 64-bit integers are strings in the proto3 JSON mapping; numbers are read too.
             Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => {
                 json!({ "type": ["string", "integer"], "format": "int64", "pattern": "^-?[0-9]+$" })

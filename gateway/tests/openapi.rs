@@ -60,6 +60,12 @@ async fn the_document_validates_against_the_openapi_3_1_schema() {
     );
     let nested = &all["components"]["schemas"]["streaming.v1.OrderProcessing"]["properties"]["details"];
     assert_eq!(nested["$ref"], "#/components/schemas/streaming.v1.OrderProcessing.Details");
+    let authenticated = &all["components"]["schemas"]["gametrade.v1.AuthenticateResponse"];
+    assert_eq!(
+        authenticated["properties"]["expiresInSeconds"],
+        serde_json::json!({ "type": "integer", "minimum": 0, "maximum": 4_294_967_295_u32 }),
+        "uint32 is bounded, not OpenAPI's signed int32: {authenticated}"
+    );
     let rpc = &all["paths"]["/rpc/at.v1.IntSummator/IntSum"]["post"];
     assert!(rpc["responses"]["422"].is_object(), "the method declares errors: {rpc}");
 }

@@ -71,10 +71,10 @@ impl Catalog {
             _ => None,
         };
         if let Some(number) = singular.and_then(as_number) {
-            if let Some(min) = rules.min.filter(|min| number < *min) {
+            if let Some(min) = rules.min.filter(|min| number.below(*min)) {
                 violations.push(path, field, Rules::below_min(min));
             }
-            if let Some(max) = rules.max.filter(|max| number > *max) {
+            if let Some(max) = rules.max.filter(|max| number.above(*max)) {
                 violations.push(path, field, Rules::above_max(max));
             }
         }
@@ -147,14 +147,56 @@ fn is_missing(value: &Value, optional: bool, present: bool) -> bool {
     }
 }
 
-fn as_number(value: &Value) -> Option<f64> {
+/// A field's number, compared with a rule's bound as generated code compares it: an integer against the bound
+/// written as an integer (truncated), exactly, not as a float (which cannot tell 2^53 + 1 from 2^53).
+#[derive(Debug, Clone, Copy)]
+enum Number {
+    Int(i128),
+    Float(f64),
+}
+
+impl Number {
+    fn below(self, bound: f64) -> bool {
+        match self {
+            Number::Int(n) => n < bound as i128,
+            Number::Float(x) => x < bound,
+        }
+    }
+
+    fn above(self, bound: f64) -> bool {
+        match self {
+            Number::Int(n) => n > bound as i128,
+            Number::Float(x) => x > bound,
+        }
+    }
+}
+
+fn as_number(value: &Value) -> Option<Number> {
     Some(match value {
-        Value::I32(n) => f64::from(*n),
-        Value::I64(n) => *n as f64,
-        Value::U32(n) => f64::from(*n),
-        Value::U64(n) => *n as f64,
-        Value::F32(n) => f64::from(*n),
-        Value::F64(n) => *n,
+        Value::I32(n) => Number::Int(i128::from(*n)),
+        Value::I64(n) => Number::Int(i128::from(*n)),
+        Value::U32(n) => Number::Int(i128::from(*n)),
+        Value::U64(n) => Number::Int(i128::from(*n)),
+        Value::F32(n) => Number::Float(f64::from(*n)),
+        Value::F64(n) => Number::Float(*n),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_are_compared_with_their_bounds_exactly() {
+        let two_53 = 9_007_199_254_740_992_f64;
+        let over = as_number(&Value::I64(9_007_199_254_740_993)).unwrap();
+        assert!(over.above(two_53), "2^53 + 1 is above 2^53, as the generated check finds");
+        assert!(!as_number(&Value::I64(9_007_199_254_740_992)).unwrap().above(two_53));
+        assert!(as_number(&Value::U64(u64::MAX)).unwrap().above(1.8e19));
+        assert!(as_number(&Value::I32(-1)).unwrap().below(0.0));
+        // A fractional bound is truncated, as codegen writes it: `min: 1.5` on an integer field is `1`.
+        assert!(!as_number(&Value::I32(1)).unwrap().below(1.5));
+        assert!(as_number(&Value::F64(1.25)).unwrap().below(1.5));
+    }
 }
