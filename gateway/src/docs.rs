@@ -31,7 +31,7 @@ pub(crate) async fn ready(State(gateway): Shared) -> Response {
     let hub = &gateway.hub;
     let websocket = json!({
         "connections": hub.connections(),
-        "queues": hub.queues().await,
+        "queues": hub.queues(),
         "slow_disconnects": hub.slow_disconnects(),
     });
     let status = if health.is_connected() { "ready" } else { "unavailable" };

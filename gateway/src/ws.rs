@@ -60,6 +60,8 @@ pub(crate) struct Hub {
     slow: Arc<AtomicU64>,
     next_client: AtomicU64,
     streams: tokio::sync::Mutex<HashMap<Key, Arc<Stream>>>,
+    /// How many `streams` holds, readable without its lock (which a subscribe holds while the broker binds).
+    queues: AtomicUsize,
 }
 
 /// One broker queue and the clients reading it.
@@ -107,6 +109,7 @@ impl Hub {
             slow: Arc::new(AtomicU64::new(0)),
             next_client: AtomicU64::new(1),
             streams: tokio::sync::Mutex::new(HashMap::new()),
+            queues: AtomicUsize::new(0),
         }
     }
 
@@ -120,9 +123,10 @@ impl Hub {
         self.slow.load(Ordering::Relaxed)
     }
 
-    /// How many broker queues the streams hold.
-    pub(crate) async fn queues(&self) -> usize {
-        self.streams.lock().await.len()
+    /// How many broker queues the streams hold. Never waits: `/ready` answers while a subscribe waits on the
+    /// broker.
+    pub(crate) fn queues(&self) -> usize {
+        self.queues.load(Ordering::Relaxed)
     }
 }
 
@@ -483,6 +487,7 @@ async fn subscribe(
         .map_err(|e| format!("cannot watch {}: {e}", key.0))?;
     let stream = Arc::new(Stream { subscribers: Mutex::new(vec![subscriber]), stop: Notify::new() });
     streams.insert(key.clone(), stream.clone());
+    gateway.hub.queues.store(streams.len(), Ordering::Relaxed);
     tokio::spawn(pump(gateway.clone(), key.clone(), reader, stream));
     Ok(())
 }
@@ -499,6 +504,7 @@ async fn unsubscribe(gateway: &Gateway, client: &Client, key: &Key) {
         // `notify_one` keeps the wake-up for a pump not waiting yet.
         stream.stop.notify_one();
         streams.remove(key);
+        gateway.hub.queues.store(streams.len(), Ordering::Relaxed);
     }
 }
 
