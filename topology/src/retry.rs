@@ -70,8 +70,21 @@ impl RetryPolicy {
 
     /// The distinct waits after failed deliveries 1 to `max_attempts - 1`, in milliseconds as a delay queue's
     /// TTL takes them ([`delay_ms`]), first retry first: each is a delay queue `<queue>.retry.<ms>`.
+    ///
+    /// The waits never shrink, and once one equals the one before (capped by `max_backoff`, or not growing
+    /// at all) every later one does too: the list ends there, however many attempts the policy allows (a
+    /// `max_attempts` of 4,294,967,295 takes as long as 3).
     pub fn delays_ms(&self) -> Vec<u32> {
-        let mut delays: Vec<u32> = (1..self.max_attempts).map(|attempt| delay_ms(self.backoff(attempt))).collect();
+        let mut delays: Vec<u32> = Vec::new();
+        let mut previous = None;
+        for attempt in 1..self.max_attempts {
+            let wait = self.backoff(attempt);
+            if previous == Some(wait) {
+                break;
+            }
+            previous = Some(wait);
+            delays.push(delay_ms(wait));
+        }
         delays.dedup();
         delays
     }
@@ -155,5 +168,9 @@ mod tests {
         assert_eq!(RetryPolicy::exponential(2, Duration::ZERO).delays_ms(), [1], "at least a millisecond");
         let huge = RetryPolicy::exponential(3, Duration::from_secs(1 << 40)).max_backoff(Duration::MAX);
         assert_eq!(huge.delays_ms(), [MAX_TTL_MS], "at most RabbitMQ's TTL limit");
+        // "Retry for ever", written as the most attempts there are: the list stops growing with the waits.
+        let forever = RetryPolicy::exponential(u32::MAX, Duration::from_secs(1));
+        assert_eq!(forever.delays_ms().len(), 10, "1 s doubling to the 300 s cap: {:?}", forever.delays_ms());
+        assert_eq!(RetryPolicy::new(u32::MAX, Duration::from_secs(1), 1, Duration::MAX).delays_ms(), [1000]);
     }
 }
