@@ -283,6 +283,23 @@ fn a_rule_that_does_not_fit_the_field_type_is_a_codegen_error() {
     assert_help(&error, "min_len");
 }
 
+/// A bound codegen would write as a literal the field cannot hold (or as `inff64`, which is no literal) is a
+/// contract error, not a panic of `regen` or generated code that does not compile.
+#[test]
+fn bounds_must_be_finite_and_fit_the_field() {
+    let error = load_error("bound_not_finite");
+    assert_reported(&error, "bound_not_finite", 11, &["field fixtures.v1.OrderPlaced.total has the bound inf"]);
+    assert_help(&error, "finite");
+    // 2^63 - 1 reads as the double 2^63, which no i64 holds.
+    let error = load_error("bound_beyond_type");
+    assert_reported(
+        &error,
+        "bound_beyond_type",
+        11,
+        &["field fixtures.v1.OrderPlaced.id is an integer field (i64), but has the bound 9223372036854776000"],
+    );
+}
+
 #[test]
 fn declared_errors_must_be_one_oneof() {
     let error = load_error("errors_not_oneof");

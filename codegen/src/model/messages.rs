@@ -309,15 +309,29 @@ fn check_fit(
     {
         return fail(format!("{target} has min {min} above max {max}"), "swap or fix the bounds");
     }
+    for bound in [rules.min, rules.max].into_iter().flatten() {
+        if !bound.is_finite() {
+            return fail(format!("{target} has the bound {bound}"), "use a finite number");
+        }
+        if matches!(kind, FieldKind::Float(ty) if *ty == "f32") && f64::from(f32::MAX) < bound.abs() {
+            return fail(
+                format!("{target} is a float field (f32), but has the bound {bound}, beyond what it holds"),
+                "use a bound within ±3.4e38, or make the field a double",
+            );
+        }
+    }
     if let FieldKind::Int(ty) = kind {
         for bound in [rules.min, rules.max].into_iter().flatten() {
-            let (low, high) = match *ty {
-                "i32" => (f64::from(i32::MIN), f64::from(i32::MAX)),
-                "u32" => (0.0, f64::from(u32::MAX)),
-                "u64" => (0.0, u64::MAX as f64),
-                _ => (i64::MIN as f64, i64::MAX as f64),
+            // The largest 64-bit values are not doubles: 2^63 - 1 reads as 2^63, which no i64 holds.
+            let two_63 = 9_223_372_036_854_775_808.0;
+            let (low, high, high_included) = match *ty {
+                "i32" => (f64::from(i32::MIN), f64::from(i32::MAX), true),
+                "u32" => (0.0, f64::from(u32::MAX), true),
+                "u64" => (0.0, 2.0 * two_63, false),
+                _ => (-two_63, two_63, false),
             };
-            if bound.fract() != 0.0 || bound < low || bound > high {
+            let too_high = if high_included { bound > high } else { bound >= high };
+            if bound.fract() != 0.0 || bound < low || too_high {
                 return fail(
                     format!("{target} is an integer field ({ty}), but has the bound {bound}"),
                     "use a whole number the field's type can hold",
