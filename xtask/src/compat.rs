@@ -94,7 +94,7 @@ fn baseline(root: &Path, against: Option<&str>) -> Result<Baseline> {
         }
         None => {
             // Without git (or before the manifest's first commit) the file on disk is the baseline.
-            let committed = git(root, &["cat-file", "-e", &format!("HEAD:{LOCK_FILE}")]).is_ok_and(|(ok, _)| ok);
+            let committed = git(root, &["cat-file", "-e", &format!("HEAD:./{LOCK_FILE}")]).is_ok_and(|(ok, _)| ok);
             if committed {
                 return from_git(root, "HEAD");
             }
@@ -107,12 +107,15 @@ fn baseline(root: &Path, against: Option<&str>) -> Result<Baseline> {
     }
 }
 
+/// The manifest as committed at `rev`. Its path is given relative to the workspace (`./`), which need not be
+/// the repository's root (a workspace in a monorepo's folder): a path from the root would find nothing there,
+/// and the check would pass with no baseline.
 fn from_git(root: &Path, rev: &str) -> Result<Baseline> {
     let label = format!("{LOCK_FILE} at {rev}");
-    if !git(root, &["cat-file", "-e", &format!("{rev}:{LOCK_FILE}")])?.0 {
+    if !git(root, &["cat-file", "-e", &format!("{rev}:./{LOCK_FILE}")])?.0 {
         return Ok(Baseline { label, text: None });
     }
-    let (ok, text) = git(root, &["show", &format!("{rev}:{LOCK_FILE}")])?;
+    let (ok, text) = git(root, &["show", &format!("{rev}:./{LOCK_FILE}")])?;
     if !ok {
         bail!("git show {rev}:{LOCK_FILE} failed");
     }
