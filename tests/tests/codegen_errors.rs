@@ -241,6 +241,15 @@ fn a_template_on_a_float_field_says_why_it_cannot_be_a_key_word() {
     assert_help(&error, "template a singular string, integer, bool or enum field");
 }
 
+/// A proto2 `optional` field has no synthetic oneof, but prost makes it an `Option` all the same: it may be
+/// unset, and cannot fill a routing key (the generated code would not compile).
+#[test]
+fn a_template_field_must_always_have_a_value() {
+    let error = load_error("template_proto2_optional");
+    assert_reported(&error, "template_proto2_optional", 10, &["field \"region\" may be unset"]);
+    assert_help(&error, "template a singular string, integer, bool or enum field");
+}
+
 #[test]
 fn a_template_needs_a_topic_exchange() {
     let error = load_error("template_on_direct");

@@ -86,7 +86,11 @@ pub(crate) fn parse_template(
         if field.is_list() || field.is_map() {
             return unfit("holds several values");
         }
-        if field.containing_oneof().is_some() {
+        // A oneof member, a proto3 `optional`, or any proto2 `optional` (which prost makes an `Option` with no
+        // synthetic oneof): each may be unset.
+        let holds_message = matches!(field.kind(), Kind::Message(_));
+        let optional = field.supports_presence() && field.cardinality() == prost_reflect::Cardinality::Optional;
+        if field.containing_oneof().is_some() || (optional && !holds_message) {
             return unfit("may be unset (it is optional or in a oneof)");
         }
         let kind = match field.kind() {
