@@ -205,6 +205,9 @@ pub(crate) enum Fate {
     DeadLettered,
 }
 
+/// The most foreign schema fingerprints a subscriber remembers (and logs); more are only counted.
+const MAX_FOREIGN_SCHEMAS: usize = 16;
+
 impl SubscriberStats {
     fn new(group: &str, queue: &str) -> Self {
         SubscriberStats {
@@ -218,10 +221,15 @@ impl SubscriberStats {
     }
 
     /// Counts a delivery of `type_name` encoded with schema `seen` instead of `expected`; logs each foreign
-    /// fingerprint once.
+    /// fingerprint once. The header is the sender's to fill: at most [`MAX_FOREIGN_SCHEMAS`] fingerprints (of at
+    /// most 64 characters) are remembered, and past that only counted.
     pub(crate) fn schema_mismatch(&self, type_name: &str, seen: &str, expected: &str) {
         self.schema_mismatches.fetch_add(1, Ordering::Relaxed);
-        let first = self.foreign_schemas.lock().expect("metrics").insert(format!("{type_name}@{seen}"));
+        let seen: String = seen.chars().take(64).collect();
+        let first = {
+            let mut foreign = self.foreign_schemas.lock().expect("metrics");
+            foreign.len() < MAX_FOREIGN_SCHEMAS && foreign.insert(format!("{type_name}@{seen}"))
+        };
         if first {
             tracing::warn!(
                 queue = %self.queue,
@@ -538,6 +546,18 @@ mod tests {
             assert!(limit >= Duration::from_nanos(ns), "{ns} ns over its bucket's limit {limit:?}");
             assert!(limit.as_nanos() as f64 <= ns as f64 * 1.26 + 2.0, "{ns} ns: limit {limit:?} too loose");
         }
+    }
+
+    #[test]
+    fn foreign_schemas_are_remembered_up_to_a_bound_and_counted_past_it() {
+        let stats = SubscriberStats::new("group", "queue");
+        for n in 0..1_000 {
+            stats.schema_mismatch("a.v1.T", &format!("{n}{}", "f".repeat(100)), "own");
+        }
+        assert_eq!(stats.schema_mismatches.load(Ordering::Relaxed), 1_000, "every one counted");
+        let foreign = stats.foreign_schemas.lock().unwrap();
+        assert_eq!(foreign.len(), MAX_FOREIGN_SCHEMAS, "a sender's header cannot grow the set");
+        assert!(foreign.iter().all(|entry| entry.len() == "a.v1.T@".len() + 64), "cut to 64: {foreign:?}");
     }
 
     #[test]

@@ -45,7 +45,7 @@ fn sampled(body: &str) -> Vec<String> {
 fn expected_gauges(service: &str, state: &str, depths: &[(&str, u64)]) -> Vec<String> {
     let up = u8::from(matches!(state, "connected" | "degraded"));
     let mut lines = vec![format!(r#"warren_bus_up{{service="{service}"}} {up}"#)];
-    for each in ["connected", "degraded", "recovering", "failed", "closed"] {
+    for each in ["connected", "blocked", "degraded", "recovering", "failed", "closed"] {
         lines.push(format!(r#"warren_bus_state{{service="{service}",state="{each}"}} {}"#, u8::from(each == state)));
     }
     lines.extend(depths.iter().map(|(queue, depth)| format!(r#"warren_queue_depth{{queue="{queue}"}} {depth}"#)));

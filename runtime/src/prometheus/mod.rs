@@ -460,5 +460,11 @@ mod tests {
         assert_eq!(publish_outcome(Err(&unroutable)), "unroutable");
         assert_eq!(publish_outcome(Err(&timeout)), "timed_out");
         assert_eq!(publish_outcome(Err(&Error::Closed)), "other");
+        // Each outcome it names has its own series: none falls into `other` by being left off the list.
+        let blocked = Error::Blocked { after: Duration::from_secs(1), reason: "memory".into() };
+        for error in [&unroutable, &timeout, &blocked] {
+            assert!(series::PUBLISHED.contains(&publish_outcome(Err(error))), "{error}");
+        }
+        assert_eq!(series::PUBLISHED.last(), Some(&"other"));
     }
 }

@@ -16,7 +16,7 @@ use crate::health::Health;
 const DEPTH_DEADLINE: Duration = Duration::from_secs(2);
 
 /// `warren_bus_state`'s `state` values: each watched bus has a series for each, 1 for its state, 0 for the others.
-pub(super) const STATES: [&str; 5] = ["connected", "degraded", "recovering", "failed", "closed"];
+pub(super) const STATES: [&str; 6] = ["connected", "blocked", "degraded", "recovering", "failed", "closed"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {

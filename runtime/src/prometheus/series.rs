@@ -15,7 +15,8 @@ use super::{Consumer, ConsumerOutcome, Metrics, TypeLabel, TypeOutcome};
 /// The `outcome` labels of a settled delivery, in the order [`ConsumerSeries::handled`] keeps them.
 pub(super) const SETTLED: [&str; 4] = ["acked", "retried", "dead_lettered", "other"];
 /// The `outcome` labels of a publish.
-pub(super) const PUBLISHED: [&str; 6] = ["ok", "unroutable", "nacked", "timed_out", "refused", "other"];
+/// Every outcome `publish_outcome` names, `other` last (what an outcome not listed counts as).
+pub(super) const PUBLISHED: [&str; 7] = ["ok", "unroutable", "nacked", "timed_out", "blocked", "refused", "other"];
 
 /// One consumer's series: a message type on a queue.
 pub(super) struct ConsumerSeries {

@@ -188,8 +188,11 @@ fn record_death(message: &Message, queue: &str, reason: &str) -> Properties {
             .is_some_and(|table| table.get_str("queue") == Some(queue) && table.get_str("reason") == Some(reason))
     };
     let previous = deaths.iter().position(same).map(|i| deaths.remove(i));
-    let count =
-        previous.as_ref().and_then(HeaderValue::as_table).and_then(|table| table.get_i64("count")).map_or(1, |n| n + 1);
+    let count = previous
+        .as_ref()
+        .and_then(HeaderValue::as_table)
+        .and_then(|table| table.get_i64("count"))
+        .map_or(1, |n| n.saturating_add(1));
     let entry = Headers::new()
         .with("count", count)
         .with("reason", reason)
