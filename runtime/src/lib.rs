@@ -103,8 +103,8 @@ pub use metrics::{Counters, MetricsSnapshot, OTHER_TYPES, SubscriberMetrics};
 pub use middleware::{Middleware, Refusal};
 pub use registry::{ANNOUNCEMENT_TYPE, REGISTRY_QUEUE, ServerInstance};
 pub use rpc::{
-    CallOptions, DEFAULT_SERVER_CONCURRENCY, EncodedCall, EncodedReply, REPLY_TO_PREFIXES, Response, RpcClient,
-    RpcContext, RpcError, ServerOptions, ServiceError, Serving,
+    CallOptions, DEFAULT_SERVER_CONCURRENCY, EncodedCall, EncodedReply, OTHER_METHODS, REPLY_TO_PREFIXES, Response,
+    RpcClient, RpcContext, RpcError, ServerOptions, ServiceError, Serving,
 };
 pub use signal::terminated;
 pub use status::{Code, Status};

@@ -86,6 +86,19 @@ async fn counts_of_a_known_workload_are_exact(h: &Harness) {
     assert_eq!(within(30, "a sum", client.int_sum(IntSumRequest { a: 1, b: 2 })).await.unwrap().sum, 3);
     let overflow = within(30, "an overflow", client.int_sum(IntSumRequest { a: i64::MAX, b: 1 })).await;
     assert!(overflow.is_err(), "i64::MAX + 1 overflows: {overflow:?}");
+    // Requests for methods the server does not have, named by a plain client: counted under one label, not
+    // one each (the `type` is the caller's to choose).
+    for made_up in ["/at.v1.IntSummator/Nope", "/other.v1.Service/Call"] {
+        let request = warren::MessageProperties::default().with_kind(made_up);
+        bus.publish_bytes("", IntSummatorClient::SERVICE.queue, b"", request).await.unwrap();
+    }
+    let other = format!(r#"warren_rpc_server_seconds_count{{method="{}"}} 2"#, warren::OTHER_METHODS);
+    within(30, "the made-up methods served", async {
+        while !metrics.encode().lines().any(|l| l == other) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 
     // The handler's last return comes a moment before its delivery is settled and counted.
     let settled = format!(r#"warren_handled_total{{type="{EVENT}",queue="{queue}",outcome="dead_lettered"}} 1"#);
@@ -124,6 +137,8 @@ async fn counts_of_a_known_workload_are_exact(h: &Harness) {
         format!(r#"warren_rpc_server_calls_total{{method="{METHOD}",code="OK"}} 1"#),
         format!(r#"warren_rpc_server_calls_total{{method="{METHOD}",code="UNKNOWN"}} 1"#),
         format!(r#"warren_rpc_server_seconds_count{{method="{METHOD}"}} 2"#),
+        format!(r#"warren_rpc_server_calls_total{{method="{}",code="UNIMPLEMENTED"}} 2"#, warren::OTHER_METHODS),
+        other,
     ];
     expected.sort_unstable();
     assert_eq!(counted, expected, "the whole scrape:\n{body}");

@@ -24,8 +24,8 @@ pub use client::{CallOptions, Response, RpcClient};
 pub use encoded::{EncodedCall, EncodedReply};
 pub use error::{DeclaredError, Failure, RpcError, ServiceError};
 pub use server::{
-    DEFAULT_SERVER_CONCURRENCY, REPLY_TO_PREFIXES, RpcContext, ServerOptions, Serving, decode_request, encode_reply,
-    serve, serve_options, serve_with, unimplemented,
+    DEFAULT_SERVER_CONCURRENCY, OTHER_METHODS, REPLY_TO_PREFIXES, RpcContext, ServerOptions, Serving, decode_request,
+    encode_reply, serve, serve_options, serve_with, unimplemented,
 };
 
 /// A boxed future, as returned by generated dispatch code.

@@ -302,6 +302,7 @@ where
                     layers: layers.clone(),
                     reply_to: Arc::clone(&reply_to),
                     refused: Arc::clone(&refused),
+                    service: service.name,
                 };
                 let answer = answer(delivery, server, permit);
                 answering.spawn(answer);
@@ -338,13 +339,15 @@ struct Answering {
     reply_to: Arc<[String]>,
     /// Counts requests refused for their `reply_to`.
     refused: Arc<std::sync::atomic::AtomicU64>,
+    /// The service's full name.
+    service: &'static str,
 }
 
 /// Answers one request: runs the handler (unless a layer refuses the request), replies to the caller (if it
 /// asked for a reply), acknowledges. A request whose caller's deadline has passed is answered
 /// `DEADLINE_EXCEEDED` without running the handler.
 async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::OwnedSemaphorePermit) {
-    let Answering { handler, transport, app_id, timeout, layers, reply_to, refused } = server;
+    let Answering { handler, transport, app_id, timeout, layers, reply_to, refused, service } = server;
     if let Some(to) = delivery.properties.reply_to()
         && !reply_to_allowed(to, &reply_to)
     {
@@ -433,7 +436,7 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
             Err(Failure::Service(_)) => Code::Unknown,
         };
         let served = middleware::Served {
-            method: &method,
+            method: served_as(service, &method, &result),
             caller: p.app_id(),
             headers: headers(),
             code,
@@ -495,8 +498,25 @@ pub fn decode_request<M: Payload>(context: &RpcContext, payload: &[u8]) -> std::
 
 /// The failure for a method the server does not have.
 pub fn unimplemented(method: &str) -> Failure {
-    Failure::Status(Status::unimplemented(format!("this server has no method \"{method}\"")))
+    Failure::Status(Status::unimplemented(no_such_method(method)))
 }
+
+fn no_such_method(method: &str) -> String {
+    format!("this server has no method \"{method}\"")
+}
+
+/// The method layers hear a served request as (`Served::method`, which Prometheus labels by): its own when
+/// the server has it, else [`OTHER_METHODS`]. The request's `type` is the caller's to choose, and a label per
+/// made-up method would grow the metrics without bound.
+fn served_as<'a>(service: &str, method: &'a str, result: &std::result::Result<Vec<u8>, Failure>) -> &'a str {
+    let own = method.strip_prefix('/').and_then(|rest| rest.strip_prefix(service)).is_some_and(|m| m.starts_with('/'));
+    let unknown = matches!(result, Err(Failure::Status(status))
+        if status.code() == Code::Unimplemented && status.message() == no_such_method(method));
+    if own && !unknown { method } else { OTHER_METHODS }
+}
+
+/// The method a request for a method its server does not have is counted under.
+pub const OTHER_METHODS: &str = "(other methods)";
 
 /// Encodes a handler's result as the reply, in the request's format.
 pub fn encode_reply<M: Payload, F: Into<Failure>>(
