@@ -319,8 +319,13 @@ pub struct Request<'a> {
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Served<'a> {
-    /// The method's path.
+    /// The method's path, as the request named it.
     pub method: &'a str,
+    /// The method to count it under, for a label whose values must stay few (Prometheus'): `method` when the
+    /// server has that method, else [`crate::OTHER_METHODS`] (a request's `type` is the caller's to choose). A
+    /// method is known to be the server's once its handler has answered it, so a request refused by a layer or
+    /// found late before then is counted as `OTHER_METHODS`.
+    pub metric_method: &'a str,
     /// The calling service's name, when it sent one.
     pub caller: Option<&'a str>,
     /// The caller's headers.

@@ -324,10 +324,10 @@ impl Middleware for PrometheusLayer {
     fn after_serve(&self, served: &Served<'_>) {
         let m = &self.metrics;
         m.server_calls
-            .get_or_create(&MethodCode { method: served.method.to_owned(), code: served.code.as_str() })
+            .get_or_create(&MethodCode { method: served.metric_method.to_owned(), code: served.code.as_str() })
             .inc();
         m.server_seconds
-            .get_or_create(&MethodLabel { method: served.method.to_owned() })
+            .get_or_create(&MethodLabel { method: served.metric_method.to_owned() })
             .observe(served.elapsed.as_secs_f64());
     }
 }
@@ -381,7 +381,15 @@ mod tests {
             elapsed,
         });
         layer.after_call(&Called { service: "s.v1.S", method: "/s.v1.S/M", code: Code::NotFound, elapsed });
-        layer.after_serve(&Served { method: "/s.v1.S/M", caller: None, headers: &headers, code: Code::Ok, elapsed });
+        let served = Served {
+            method: "/s.v1.S/M",
+            metric_method: "/s.v1.S/M",
+            caller: None,
+            headers: &headers,
+            code: Code::Ok,
+            elapsed,
+        };
+        layer.after_serve(&served);
 
         let text = layer.encode();
         for line in [

@@ -284,6 +284,7 @@ where
     let app_id: Arc<str> = bus.config().service_name.as_str().into();
     let reply_to: Arc<[String]> = options.reply_to.into();
     let refused = bus.inner.metrics.reply_to_refused();
+    let known = Known::default();
     let task = bus.inner.running.run(&stop, move |done| {
         tokio::spawn(async move {
             // The requests being answered, each in a task of its own: dropped with this task, so that a stop whose
@@ -303,6 +304,7 @@ where
                     reply_to: Arc::clone(&reply_to),
                     refused: Arc::clone(&refused),
                     service: service.name,
+                    known: Arc::clone(&known),
                 };
                 let answer = answer(delivery, server, permit);
                 answering.spawn(answer);
@@ -341,13 +343,15 @@ struct Answering {
     refused: Arc<std::sync::atomic::AtomicU64>,
     /// The service's full name.
     service: &'static str,
+    /// The methods its handler has answered.
+    known: Known,
 }
 
 /// Answers one request: runs the handler (unless a layer refuses the request), replies to the caller (if it
 /// asked for a reply), acknowledges. A request whose caller's deadline has passed is answered
 /// `DEADLINE_EXCEEDED` without running the handler.
 async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::OwnedSemaphorePermit) {
-    let Answering { handler, transport, app_id, timeout, layers, reply_to, refused, service } = server;
+    let Answering { handler, transport, app_id, timeout, layers, reply_to, refused, service, known } = server;
     if let Some(to) = delivery.properties.reply_to()
         && !reply_to_allowed(to, &reply_to)
     {
@@ -385,6 +389,7 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
         }
         _ => None,
     };
+    let ran = !late && refused.is_none();
     let result = if late {
         tracing::debug!(method, correlation_id = ?p.correlation_id(), "the caller's deadline passed in the queue; not running the handler");
         Err(Failure::Status(Status::deadline_exceeded(format!(
@@ -436,7 +441,8 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
             Err(Failure::Service(_)) => Code::Unknown,
         };
         let served = middleware::Served {
-            method: served_as(service, &method, &result),
+            method: &method,
+            metric_method: served_as(&known, service, &method, ran.then_some(&result)),
             caller: p.app_id(),
             headers: headers(),
             code,
@@ -505,14 +511,44 @@ fn no_such_method(method: &str) -> String {
     format!("this server has no method \"{method}\"")
 }
 
-/// The method layers hear a served request as (`Served::method`, which Prometheus labels by): its own when
+/// The methods a server's handler has answered (not as a method it does not have): what a request its handler
+/// did not run for (late, or refused by a layer) may be counted under.
+type Known = Arc<std::sync::RwLock<std::collections::HashSet<Box<str>>>>;
+
+/// The method a served request is counted under (`Served::metric_method`, which Prometheus labels by): its own when
 /// the server has it, else [`OTHER_METHODS`]. The request's `type` is the caller's to choose, and a label per
-/// made-up method would grow the metrics without bound.
-fn served_as<'a>(service: &str, method: &'a str, result: &std::result::Result<Vec<u8>, Failure>) -> &'a str {
+/// made-up method would grow the metrics without bound. `result` is the handler's, when it ran; a request it
+/// did not run for keeps its method when the handler has answered that method before.
+fn served_as<'a>(
+    known: &Known,
+    service: &str,
+    method: &'a str,
+    result: Option<&std::result::Result<Vec<u8>, Failure>>,
+) -> &'a str {
+    /// More methods than any service has: a handler that answers every name is not believed past it.
+    const MAX_KNOWN: usize = 1024;
     let own = method.strip_prefix('/').and_then(|rest| rest.strip_prefix(service)).is_some_and(|m| m.starts_with('/'));
-    let unknown = matches!(result, Err(Failure::Status(status))
-        if status.code() == Code::Unimplemented && status.message() == no_such_method(method));
-    if own && !unknown { method } else { OTHER_METHODS }
+    if !own {
+        return OTHER_METHODS;
+    }
+    let is_known = known.read().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(method);
+    match result {
+        _ if is_known => method,
+        Some(Err(Failure::Status(status)))
+            if status.code() == Code::Unimplemented && status.message() == no_such_method(method) =>
+        {
+            OTHER_METHODS
+        }
+        Some(_) => {
+            let mut known = known.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if known.len() >= MAX_KNOWN {
+                return OTHER_METHODS;
+            }
+            known.insert(method.into());
+            method
+        }
+        None => OTHER_METHODS,
+    }
 }
 
 /// The method a request for a method its server does not have is counted under.
