@@ -225,6 +225,10 @@ pub struct Published<'a> {
 pub struct Delivery<'a> {
     /// The message's full proto name, from its AMQP `type` (or the queue's sole type when it has none).
     pub type_name: &'a str,
+    /// The type to count it under, for a label whose values must stay few (Prometheus'): `type_name` when the
+    /// subscriber takes that type, else [`crate::OTHER_TYPES`] (the `type` is the sender's to choose; such a
+    /// delivery is dead-lettered).
+    pub metric_type: &'a str,
     /// The queue it came from.
     pub queue: &'a str,
     /// The routing key it was published with.
@@ -259,6 +263,8 @@ pub enum Settled<'a> {
 pub struct Handled<'a> {
     /// The message's full proto name.
     pub type_name: &'a str,
+    /// The type to count it under: as [`Delivery::metric_type`].
+    pub metric_type: &'a str,
     /// The queue it came from.
     pub queue: &'a str,
     /// The routing key it was published with.
@@ -417,7 +423,8 @@ mod tests {
         let all = bus.then(&Layers::default().with(Arc::new(Named("no")))).with(Arc::new(Named("b")));
         assert_eq!(format!("{all:?}"), r#"["a", "no", "b"]"#);
         let headers = Headers::new();
-        let delivery = Delivery { type_name: "t", queue: "q", routing_key: "k", headers: &headers, attempt: 1 };
+        let delivery =
+            Delivery { type_name: "t", metric_type: "t", queue: "q", routing_key: "k", headers: &headers, attempt: 1 };
         let mut ran = Vec::new();
         let refused = all.before(
             |layer| {

@@ -296,13 +296,13 @@ impl Middleware for PrometheusLayer {
 
     fn before_handle(&self, delivery: &Delivery<'_>) -> Result<(), Refusal> {
         let m = &self.metrics;
-        m.series.consumer(m, delivery.type_name, delivery.queue).in_flight.inc();
+        m.series.consumer(m, delivery.metric_type, delivery.queue).in_flight.inc();
         Ok(())
     }
 
     fn after_handle(&self, handled: &Handled<'_>) {
         let m = &self.metrics;
-        let series = m.series.consumer(m, handled.type_name, handled.queue);
+        let series = m.series.consumer(m, handled.metric_type, handled.queue);
         series.in_flight.dec();
         series.handle_seconds.observe(handled.elapsed.as_secs_f64());
         if handled.failed {
@@ -368,10 +368,12 @@ mod tests {
             result: Ok(()),
             elapsed,
         });
-        let delivery = Delivery { type_name: "t.v1.E", queue: "q", routing_key: "k", headers: &headers, attempt: 1 };
+        let (type_name, metric_type) = ("t.v1.E", "t.v1.E");
+        let delivery = Delivery { type_name, metric_type, queue: "q", routing_key: "k", headers: &headers, attempt: 1 };
         layer.before_handle(&delivery).unwrap();
         layer.after_handle(&Handled {
-            type_name: "t.v1.E",
+            type_name,
+            metric_type,
             queue: "q",
             routing_key: "k",
             headers: &headers,

@@ -25,7 +25,7 @@ pub(super) struct Worker {
     pub(super) layers: Layers,
 }
 
-/// The type name a delivery is counted under, and shown to layers (whose metrics label by it): its own when
+/// The type name a delivery is counted under (and layers' metrics, by `metric_type`): its own when
 /// the subscriber takes that type, else [`crate::OTHER_TYPES`]. The `type` property is the sender's
 /// to choose, and a foreign producer's (an id per message, say) would grow the counters without bound; such a
 /// delivery is dead-lettered anyway, its real type named in the reason.
@@ -130,7 +130,7 @@ impl Worker {
         let headers = delivery.properties.headers().unwrap_or(&crate::headers::NO_HEADERS);
         let (queue, routing_key) = (self.queue.as_str(), &*delivery.routing_key);
         let shown = counted_as::<T>(type_name);
-        let before = middleware::Delivery { type_name: shown, queue, routing_key, headers, attempt };
+        let before = middleware::Delivery { type_name, metric_type: shown, queue, routing_key, headers, attempt };
         let ending = match self.layers.before(|layer| layer.before_handle(&before), middleware::Refusal::new) {
             Ok(()) => self.run(delivery, handler, tracker, type_name, attempt).await,
             Err((layer, refusal)) => {
@@ -146,7 +146,8 @@ impl Worker {
             Settling::DeadLettered(reason) => middleware::Settled::DeadLettered { reason },
         };
         let handled = middleware::Handled {
-            type_name: shown,
+            type_name,
+            metric_type: shown,
             queue,
             routing_key,
             headers,
