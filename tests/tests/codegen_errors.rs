@@ -309,6 +309,34 @@ fn bounds_must_be_finite_and_fit_the_field() {
     );
 }
 
+/// What Warren generates must compile: names it would generate twice, or that are no Rust names, are contract
+/// errors at the declaration that makes them.
+#[test]
+fn generated_names_are_rust_names_and_distinct() {
+    let error = load_error("nested_event_names_collide");
+    assert_reported(
+        &error,
+        "nested_event_names_collide",
+        13,
+        &["events fixtures.v1.Order.Created and fixtures.v1.Invoice.Created would both be the variant Created"],
+    );
+    assert_help(&error, "rename one of the messages");
+    let error = load_error("field_named_like_generated_method");
+    assert_reported(
+        &error,
+        "field_named_like_generated_method",
+        12,
+        &["field `worker` of task fixtures.v1.SendMail: prost generates a method worker() for it"],
+    );
+    let error = load_error("exchange_name_not_rust");
+    assert_reported(
+        &error,
+        "exchange_name_not_rust",
+        7,
+        &["exchange \"3pl.events\" would name its generated enum 3plEvents, which is not a Rust name"],
+    );
+}
+
 #[test]
 fn declared_errors_must_be_one_oneof() {
     let error = load_error("errors_not_oneof");

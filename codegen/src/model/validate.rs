@@ -18,6 +18,7 @@ pub(super) fn check(packages: &[Package], pool: &DescriptorPool, problems: &mut 
             problems.keep(keys::check_subscription(subscription, &package.groups, &package.events));
         }
         check_names(package, pool, problems);
+        check_generated_names(package, pool, problems);
     }
     check_queues(packages, problems);
 }
@@ -70,6 +71,87 @@ fn check_names(package: &Package, pool: &DescriptorPool, problems: &mut Problems
                         service.full_name, package.name
                     ),
                     "rename the message or the service",
+                ));
+            }
+        }
+    }
+}
+
+/// What Warren generates for a package must be Rust that compiles: one enum per exchange (a Rust name, distinct),
+/// one variant per event of an exchange (distinct), one `subscribe_<name>` per subscription (distinct across the
+/// package's files), and no method of a message's own (`subscribe`, `enqueue`, `worker`) that prost also
+/// generates for one of its fields. Each would otherwise surface as a compile error in generated code.
+fn check_generated_names(package: &Package, pool: &DescriptorPool, problems: &mut Problems) {
+    let mut enums: BTreeMap<&str, &str> = BTreeMap::new();
+    for group in &package.groups {
+        let (rust_name, exchange) = (group.rust_name.as_str(), group.exchange.name.as_str());
+        let location = &group.exchange.location;
+        if !rust_name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            problems.push(Error::contract(
+                location.clone(),
+                format!("exchange \"{exchange}\" would name its generated enum {rust_name}, which is not a Rust name"),
+                "start the exchange's name with a letter",
+            ));
+        } else if let Some(first) = enums.insert(rust_name, exchange) {
+            problems.push(Error::contract(
+                location.clone(),
+                format!("exchanges \"{first}\" and \"{exchange}\" would both name their generated enum {rust_name}"),
+                "rename one of the exchanges",
+            ));
+        }
+        let mut variants: BTreeMap<&str, &str> = BTreeMap::new();
+        for event in group.events.iter().map(|&index| &package.events[index]) {
+            if let Some(first) = variants.insert(event.variant.as_str(), event.full_name.as_str()) {
+                problems.push(Error::contract(
+                    event.location.clone(),
+                    format!(
+                        "events {first} and {} would both be the variant {} of {rust_name}, the enum of exchange \"{exchange}\"",
+                        event.full_name, event.variant
+                    ),
+                    "rename one of the messages",
+                ));
+            }
+        }
+    }
+    let mut subscriptions: BTreeMap<&str, &crate::error::Location> = BTreeMap::new();
+    for subscription in &package.subscriptions {
+        match subscriptions.get(subscription.name.as_str()) {
+            // The same file reports its own duplicates as it is read.
+            Some(first) if first.file != subscription.location.file => problems.push(Error::contract(
+                subscription.location.clone(),
+                format!(
+                    "subscription \"{}\" is declared in {} too: package {} would get two functions {}",
+                    subscription.name,
+                    first.file.display(),
+                    package.name,
+                    subscription.rust_name
+                ),
+                "give each subscription of a package its own name",
+            )),
+            Some(_) => {}
+            None => {
+                subscriptions.insert(&subscription.name, &subscription.location);
+            }
+        }
+    }
+    let events = package.events.iter().map(|e| (e.full_name.as_str(), &e.location, "event", &["subscribe"][..]));
+    let tasks = package.tasks.iter().map(|t| (t.full_name.as_str(), &t.location, "task", &["enqueue", "worker"][..]));
+    for (full_name, location, what, methods) in events.chain(tasks) {
+        let Some(message) = pool.get_message_by_name(full_name) else { continue };
+        for field in message.fields().filter(|field| methods.contains(&field.name())) {
+            // prost generates a getter of the field's name for an enum field and for one that may be unset.
+            let optional = field.supports_presence()
+                && field.cardinality() == prost_reflect::Cardinality::Optional
+                && !matches!(field.kind(), prost_reflect::Kind::Message(_));
+            if matches!(field.kind(), prost_reflect::Kind::Enum(_)) || optional {
+                problems.push(Error::contract(
+                    location.clone(),
+                    format!(
+                        "field `{}` of {what} {full_name}: prost generates a method {}() for it, and Warren one of the same name for the {what}",
+                        field.name(),
+                        field.name()
+                    ),
+                    "rename the field",
                 ));
             }
         }
