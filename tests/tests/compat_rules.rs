@@ -130,6 +130,30 @@ fn field_renamed_breaks_json() {
 }
 
 #[test]
+fn a_changed_json_name_breaks_json() {
+    let report = assert_breaks("field_json_name_changed", &[Rule::FieldRenamed], 37);
+    assert!(report.breaks[0].message.contains("changed its JSON name from customer to client"), "{}", text(&report));
+}
+
+/// A number the baseline reserved, taken up again once the reservation is dropped: what `reserved` guards
+/// against, with the guard removed in the same change.
+#[test]
+fn a_reserved_number_taken_up_again_is_a_reuse() {
+    let dir = |side: &str| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/compat_reserved").join(side);
+    let manifest_of = |side: &str| {
+        let config = Config::new([dir(side)], ["shop.proto"]);
+        let contracts = warren_codegen::load(&config).unwrap_or_else(|e| panic!("{side} does not load:\n{e}"));
+        warren_codegen::manifest(&config, &contracts).unwrap()
+    };
+    let before = Manifest::parse(&manifest_of("before").render("")).unwrap();
+    let report = compat::check(&before, &manifest_of("after"), &[]);
+    let fired: Vec<Rule> = report.breaks.iter().map(|b| b.rule).collect();
+    assert_eq!(fired, [Rule::FieldNumberReused], "{}", text(&report));
+    assert!(report.breaks[0].message.contains("takes up number 3, which the baseline reserved"), "{}", text(&report));
+    assert_eq!(report.breaks[0].location.line, 16, "{}", text(&report));
+}
+
+#[test]
 fn enum_value_renamed_breaks_json() {
     assert_breaks("enum_value_renamed", &[Rule::EnumValueRenamed], 28);
 }

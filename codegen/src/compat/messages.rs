@@ -83,6 +83,22 @@ fn users(manifest: &Manifest, name: &str) -> String {
 
 fn fields(f: &mut Findings<'_>, name: &str, old: &Message, new: &Message) {
     let waive = |rule| or_waive(rule, &format!("message {name}"));
+    // A number or name the baseline reserved was retired so that no reader mistakes new data for old: one
+    // taken up again is a reuse, whether or not the reservation was dropped with it.
+    for (number, after) in new.fields.iter().filter(|(number, _)| !old.fields.contains_key(*number)) {
+        let number_retired = old.reserved.has_number(i64::from(*number));
+        if !number_retired && !old.reserved.names.contains(&after.name) {
+            continue;
+        }
+        let what = if number_retired { format!("number {number}") } else { format!("name \"{}\"", after.name) };
+        f.report(
+            Rule::FieldNumberReused,
+            after.location.as_ref().unwrap_or(&new.location),
+            name,
+            format!("field {number} `{}` of {name} takes up {what}, which the baseline reserved", after.name),
+            format!("give the field a number and name never used in {name}; {}", waive(Rule::FieldNumberReused)),
+        );
+    }
     for (number, before) in &old.fields {
         let Some(after) = new.fields.get(number) else {
             if new.reserved.has_number(i64::from(*number)) && new.reserved.names.contains(&before.name) {
@@ -136,6 +152,18 @@ fn fields(f: &mut Findings<'_>, name: &str, old: &Message, new: &Message) {
                     before.name, after.name, before.json_name, after.json_name
                 ),
                 format!("keep the name `{}`; {}", before.name, waive(Rule::FieldRenamed)),
+            );
+        } else if after.json_name != before.json_name {
+            // The JSON wire format names fields by it: a reader of the old name finds the field missing.
+            f.report(
+                Rule::FieldRenamed,
+                at,
+                name,
+                format!(
+                    "field {number} `{}` of {name} changed its JSON name from {} to {}",
+                    after.name, before.json_name, after.json_name
+                ),
+                format!("keep the JSON name {}; {}", before.json_name, waive(Rule::FieldRenamed)),
             );
         } else if !compatible(&before.r#type, &after.r#type) {
             f.report(
