@@ -255,6 +255,9 @@ pub enum Settled<'a> {
         /// The reason recorded with the copy (`x-warren-reason`).
         reason: &'a str,
     },
+    /// Its handler was abandoned unfinished (a stop or shutdown whose deadline passed): not settled, so the
+    /// broker delivers it again.
+    Abandoned,
 }
 
 /// A delivery settled.

@@ -277,6 +277,7 @@ fn settled_outcome(settled: Settled<'_>) -> &'static str {
         Settled::Acked => "acked",
         Settled::Retried { .. } => "retried",
         Settled::DeadLettered { .. } => "dead_lettered",
+        Settled::Abandoned => "abandoned",
         #[allow(unreachable_patterns)] // `Settled` is non-exhaustive to other crates only
         _ => "other",
     }

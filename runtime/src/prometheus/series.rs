@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap;
 use super::{Consumer, ConsumerOutcome, Metrics, TypeLabel, TypeOutcome};
 
 /// The `outcome` labels of a settled delivery, in the order [`ConsumerSeries::handled`] keeps them.
-pub(super) const SETTLED: [&str; 4] = ["acked", "retried", "dead_lettered", "other"];
+pub(super) const SETTLED: [&str; 5] = ["acked", "retried", "dead_lettered", "abandoned", "other"];
 /// The `outcome` labels of a publish.
 /// Every outcome `publish_outcome` names, `other` last (what an outcome not listed counts as).
 pub(super) const PUBLISHED: [&str; 7] = ["ok", "unroutable", "nacked", "timed_out", "blocked", "refused", "other"];

@@ -33,6 +33,36 @@ fn counted_as<T: Inbound>(type_name: &str) -> &str {
     if T::fingerprint(type_name).is_some() { type_name } else { crate::metrics::OTHER_TYPES }
 }
 
+/// Tells the layers of a delivery whose handling was dropped unfinished: [`middleware::Settled::Abandoned`].
+struct Unfinished<'a> {
+    layers: &'a Layers,
+    before: &'a middleware::Delivery<'a>,
+    started: tokio::time::Instant,
+    /// Cleared once the delivery's end is known and told.
+    armed: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let b = self.before;
+        let handled = middleware::Handled {
+            type_name: b.type_name,
+            metric_type: b.metric_type,
+            queue: b.queue,
+            routing_key: b.routing_key,
+            headers: b.headers,
+            attempt: b.attempt,
+            settled: middleware::Settled::Abandoned,
+            failed: false,
+            elapsed: self.started.elapsed(),
+        };
+        self.layers.after(|layer| layer.after_handle(&handled));
+    }
+}
+
 /// What became of a delivery, and whether it failed (see [`crate::middleware::Handled::failed`]).
 pub(super) struct Ending {
     settled: Settling,
@@ -131,6 +161,9 @@ impl Worker {
         let (queue, routing_key) = (self.queue.as_str(), &*delivery.routing_key);
         let shown = counted_as::<T>(type_name);
         let before = middleware::Delivery { type_name, metric_type: shown, queue, routing_key, headers, attempt };
+        // Until what became of the delivery is known: a handler abandoned unfinished (a stop past its deadline)
+        // drops this future here, and the layers still hear of it, so that what they count adds up.
+        let mut unfinished = Unfinished { layers: &self.layers, before: &before, started, armed: true };
         let ending = match self.layers.before(|layer| layer.before_handle(&before), middleware::Refusal::new) {
             Ok(()) => self.run(delivery, handler, tracker, type_name, attempt).await,
             Err((layer, refusal)) => {
@@ -156,6 +189,7 @@ impl Worker {
             failed: ending.failed,
             elapsed: started.elapsed(),
         };
+        unfinished.armed = false;
         self.layers.after(|layer| layer.after_handle(&handled));
         ending
     }

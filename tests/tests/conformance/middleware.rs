@@ -85,6 +85,7 @@ impl Middleware for Gate {
             Settled::Acked => "acked".to_owned(),
             Settled::Retried { reason } => format!("retried ({reason})"),
             Settled::DeadLettered { reason } => format!("dead-lettered ({reason})"),
+            Settled::Abandoned => "abandoned".to_owned(),
             _ => "other".to_owned(),
         };
         let failed = if handled.failed { ", failed" } else { "" };
@@ -363,7 +364,29 @@ async fn an_auth_layer_on_a_server_answers_unauthenticated_to_a_call_without_the
     serving.stop().await;
 }
 
+/// A handler abandoned unfinished, by a stop whose deadline passed, is heard of as such: a layer that counts
+/// handlers in flight (Prometheus' gauge) gets back to zero.
+async fn a_handler_abandoned_at_a_stop_is_heard_as_abandoned(h: &Harness) {
+    let (gate, mut outcomes) = Gate::new();
+    let bus = h.bus("abandon-test").await;
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let subscription = UserRegistered::subscribe(&bus, &unique("abandoned"))
+        .temporary()
+        .middleware(gate)
+        .handle(move |_: UserRegistered, _| {
+            let _ = started_tx.send(());
+            std::future::pending::<Result<(), HandlerError>>()
+        })
+        .await
+        .unwrap();
+    bus.publish(&user(1)).await.unwrap();
+    within(10, "the handler to start", started.recv()).await;
+    subscription.stop_within(std::time::Duration::from_millis(100)).await;
+    assert_eq!(next_outcome(&mut outcomes).await, "attempt 1: abandoned");
+}
+
 warren_tests::on_both_transports!(
+    a_handler_abandoned_at_a_stop_is_heard_as_abandoned,
     publish_layers_write_headers_the_handler_reads_and_run_in_registration_order,
     a_refused_publish_fails_with_the_reason_and_nothing_is_delivered,
     a_refused_delivery_is_dead_lettered_with_the_reason_and_never_handled,
