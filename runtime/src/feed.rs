@@ -240,7 +240,13 @@ impl Feed {
         if self.ended.is_some() {
             return None;
         }
-        match self.current.as_mut()?.next().now_or_never()? {
+        let next = self.current.as_mut()?.next().now_or_never()?;
+        self.delivery_or_end(next)
+    }
+
+    /// The delivery the consumer's stream gave, or `None` with why the stream ended recorded.
+    fn delivery_or_end(&mut self, next: Option<Result<Delivery>>) -> Option<Delivery> {
+        match next {
             Some(Ok(delivery)) => Some(delivery),
             Some(Err(error)) => {
                 self.ended = Some(error.to_string());
@@ -278,17 +284,8 @@ impl Feed {
             Poll::Ready(next) => Poll::Ready(Some(next)),
             Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
         });
-        match next.await? {
-            Some(Ok(delivery)) => Some(delivery),
-            Some(Err(error)) => {
-                self.ended = Some(error.to_string());
-                None
-            }
-            None => {
-                self.ended = Some(CANCELLED.to_owned());
-                None
-            }
-        }
+        let next = next.await?;
+        self.delivery_or_end(next)
     }
 
     /// The next delivery; `None` once stopped.
