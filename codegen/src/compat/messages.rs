@@ -217,6 +217,23 @@ fn label(label: &crate::manifest::Label) -> String {
 
 fn values(f: &mut Findings<'_>, name: &str, old: &Enum, new: &Enum) {
     let waive = |rule| or_waive(rule, &format!("enum {name}"));
+    // A reserved number or name stands for a value removed earlier: one taken up again gives data written with
+    // the old value to the new one.
+    let new_values = new.values.iter().filter(|v| !old.values.iter().any(|o| o.number == v.number || o.name == v.name));
+    for after in new_values {
+        let number_retired = old.reserved.has_number(i64::from(after.number));
+        if !number_retired && !old.reserved.names.contains(&after.name) {
+            continue;
+        }
+        let what = if number_retired { format!("number {}", after.number) } else { format!("name {}", after.name) };
+        f.report(
+            Rule::EnumValueRemoved,
+            after.location.as_ref().unwrap_or(&new.location),
+            name,
+            format!("{name}.{} takes up {what}, which the baseline reserved for a removed value", after.name),
+            format!("give the value a number and name never used in {name}; {}", waive(Rule::EnumValueRemoved)),
+        );
+    }
     for before in &old.values {
         let same_name: Vec<_> = new.values.iter().filter(|v| v.name == before.name).collect();
         if same_name.iter().any(|v| v.number == before.number) {
