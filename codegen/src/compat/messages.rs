@@ -86,11 +86,7 @@ fn fields(f: &mut Findings<'_>, name: &str, old: &Message, new: &Message) {
     // A number or name the baseline reserved was retired so that no reader mistakes new data for old: one
     // taken up again is a reuse, whether or not the reservation was dropped with it.
     for (number, after) in new.fields.iter().filter(|(number, _)| !old.fields.contains_key(*number)) {
-        let number_retired = old.reserved.has_number(i64::from(*number));
-        if !number_retired && !old.reserved.names.contains(&after.name) {
-            continue;
-        }
-        let what = if number_retired { format!("number {number}") } else { format!("name \"{}\"", after.name) };
+        let Some(what) = old.reserved.taken_by(i64::from(*number), &after.name) else { continue };
         f.report(
             Rule::FieldNumberReused,
             after.location.as_ref().unwrap_or(&new.location),
@@ -221,11 +217,7 @@ fn values(f: &mut Findings<'_>, name: &str, old: &Enum, new: &Enum) {
     // the old value to the new one.
     let new_values = new.values.iter().filter(|v| !old.values.iter().any(|o| o.number == v.number || o.name == v.name));
     for after in new_values {
-        let number_retired = old.reserved.has_number(i64::from(after.number));
-        if !number_retired && !old.reserved.names.contains(&after.name) {
-            continue;
-        }
-        let what = if number_retired { format!("number {}", after.number) } else { format!("name {}", after.name) };
+        let Some(what) = old.reserved.taken_by(i64::from(after.number), &after.name) else { continue };
         f.report(
             Rule::EnumValueRemoved,
             after.location.as_ref().unwrap_or(&new.location),

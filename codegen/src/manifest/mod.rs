@@ -175,6 +175,16 @@ impl Reserved {
     pub fn has_number(&self, number: i64) -> bool {
         self.ranges.iter().any(|range| range.contains(&number))
     }
+
+    /// What of this reservation a field or value numbered `number` and named `name` takes up: `number N` or
+    /// `name "x"`; `None` when neither is reserved.
+    pub fn taken_by(&self, number: i64, name: &str) -> Option<String> {
+        if self.has_number(number) {
+            Some(format!("number {number}"))
+        } else {
+            self.names.contains(name).then(|| format!("name \"{name}\""))
+        }
+    }
 }
 
 /// An enum type.
