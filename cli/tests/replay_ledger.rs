@@ -36,7 +36,7 @@ async fn a_replay_cut_off_mid_way_leaves_every_message_in_exactly_one_place() {
     wait_until(Duration::from_secs(60), || async { bus.queue_depth(&dlq).await.ok() == Some(MESSAGES as u64) }).await;
     dead_lettering.stop().await;
 
-    let replay = Command::new(env!("CARGO_BIN_EXE_warren"))
+    let mut replay = Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(["dlq", "replay", &dlq, "--json"])
         .env("RABBITMQ_URL", h.url())
         .stdin(Stdio::null())
@@ -54,6 +54,8 @@ async fn a_replay_cut_off_mid_way_leaves_every_message_in_exactly_one_place() {
         .output()
         .expect("start RabbitMQ: rabbitmqctl runs");
     assert!(closed.status.success(), "{}", String::from_utf8_lossy(&closed.stderr));
+    // Still running once its connection was closed: the cut hit it mid-replay, not after it ended.
+    assert!(replay.try_wait().unwrap().is_none(), "the replay ended before its connection was cut");
 
     let output = tokio::task::spawn_blocking(move || {
         let started = Instant::now();

@@ -74,22 +74,6 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
 }
 
-/// A bus on the test broker, or a panic that says how to start one.
-pub async fn bus(service: &str) -> Bus {
-    let config = BusConfig::from_env()
-        .expect("RABBITMQ_URL is a valid URL")
-        .service_name(service)
-        .connect_timeout(Duration::from_secs(5));
-    let url = config.redacted_url();
-    match Bus::with_config(config).await {
-        Ok(bus) => bus,
-        Err(error) => panic!(
-            "start RabbitMQ: no broker answered at {url} ({error}). Run `rabbitmq-server -detached` \
-             (then `rabbitmqctl await_startup`) or point RABBITMQ_URL at one."
-        ),
-    }
-}
-
 /// Which broker a conformance test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {

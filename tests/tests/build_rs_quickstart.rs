@@ -3,11 +3,12 @@
 use tokio::sync::mpsc;
 use warren::HandlerError;
 use warren_tests::quickstart::shop::v1::OrderPlaced;
-use warren_tests::{bus, unique, within};
+use warren_tests::{Harness, unique, within};
 
 #[tokio::test]
 async fn the_quick_start_contract_generated_in_build_rs_publishes_and_subscribes() {
-    let bus = bus("quickstart-test").await;
+    let h = Harness::rabbitmq().await;
+    let bus = h.bus("quickstart-test").await;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let subscription = OrderPlaced::subscribe(&bus, &unique("billing"))
         .temporary()

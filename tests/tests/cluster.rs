@@ -207,10 +207,18 @@ async fn stop_one(cluster: &Shared, vhost: &str, s: StopOne) {
     ledger.drain(Duration::from_secs(60)).await;
     let verdict = ledger.assert_nothing_lost(s.name);
     assert_eq!(verdict.confirmed as i64, s.n, "{}: every publish was confirmed in the end", s.name);
-    if let Ok(leader) = leader_of(cluster, vhost, &queue).await {
-        assert_ne!(leader, victim, "{}: a stopped node does not lead the queue", s.name);
-        println!("{}: queue led by node {leader} after the fault", s.name);
+    // The node brought back may not answer `rabbitmqctl` at once: a few tries, then a failure.
+    let mut leader = leader_of(cluster, vhost, &queue).await;
+    for _ in 0..15 {
+        if leader.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        leader = leader_of(cluster, vhost, &queue).await;
     }
+    let leader = leader.unwrap_or_else(|e| panic!("{}: the queue's leader: {e}", s.name));
+    assert_ne!(leader, victim, "{}: a stopped node does not lead the queue", s.name);
+    println!("{}: queue led by node {leader} after the fault", s.name);
     subscription.stop().await;
     publisher.shutdown(Duration::from_secs(5)).await.expect("the publisher shuts down");
     consumer.shutdown(Duration::from_secs(5)).await.expect("the consumer shuts down");

@@ -145,7 +145,7 @@ async fn tasks_go_to_exactly_one_worker_and_failures_retry_then_dead_letter(h: &
     }
 }
 
-async fn json_on_the_wire_decodes_like_protobuf_and_replies_match_the_request(h: &Harness) {
+async fn json_on_the_wire_decodes_like_protobuf_and_bad_json_is_dead_lettered(h: &Harness) {
     let bus = h.bus("json-test").await;
     let (subscription, mut rx) = collect(RichEvents::subscribe(&bus, &unique("json"), "order.archived")).await;
     // The contract sends OrderArchived as JSON.
@@ -392,7 +392,7 @@ warren_tests::on_both_transports!(
     a_templated_key_is_filled_from_the_event_and_bindings_see_it,
     rules_refuse_invalid_messages_before_sending_and_after_receiving,
     tasks_go_to_exactly_one_worker_and_failures_retry_then_dead_letter,
-    json_on_the_wire_decodes_like_protobuf_and_replies_match_the_request,
+    json_on_the_wire_decodes_like_protobuf_and_bad_json_is_dead_lettered,
     a_foreign_schema_fingerprint_is_counted_and_the_message_still_handled,
     a_bus_stamps_the_schema_on_its_first_message_of_a_type_then_each_second_and_one_in_64,
     declared_rpc_errors_arrive_typed_and_invalid_requests_are_not_sent,

@@ -1,5 +1,7 @@
 //! Failures: undecodable and mistyped messages, failing, panicking and slow handlers; retries and the DLQ.
 
+use std::time::Duration;
+
 use tokio::sync::mpsc;
 use warren::{HandlerError, RetryPolicy};
 use warren::{HeaderValue, MessageProperties};
@@ -146,13 +148,20 @@ async fn a_handler_past_its_timeout_fails_and_follows_the_retry_policy(h: &Harne
 async fn the_contracts_retry_policy_governs_subscribers_unless_code_overrides_it(h: &Harness) {
     use warren_contracts::gametrade::v1::PaymentFailed;
     let bus = h.bus("contract-retry-test").await;
-    let (attempts_tx, mut attempts) = mpsc::unbounded_channel();
-    // No `.retry(..)`: the contract says 5 attempts, 500 ms apart at first (and a quorum queue).
-    let subscription = PaymentFailed::subscribe(&bus, &unique("payments"))
-        .handle(move |_: PaymentFailed, ctx| {
-            attempts_tx.send(ctx.attempt()).unwrap();
+    let failing = |tx: mpsc::UnboundedSender<(u32, tokio::time::Instant)>| {
+        move |_: PaymentFailed, ctx: warren::Context| {
+            tx.send((ctx.attempt(), tokio::time::Instant::now())).unwrap();
             async { Err::<(), HandlerError>("ledger service down".into()) }
-        })
+        }
+    };
+    // No `.retry(..)`: the contract says 5 attempts, 500 ms apart at first (and a quorum queue).
+    let (attempts_tx, mut attempts) = mpsc::unbounded_channel();
+    let contract = PaymentFailed::subscribe(&bus, &unique("payments")).handle(failing(attempts_tx)).await.unwrap();
+    // The code's own policy: 2 attempts, 50 ms apart.
+    let (overridden_tx, mut overridden) = mpsc::unbounded_channel();
+    let own = PaymentFailed::subscribe(&bus, &unique("payments-own"))
+        .retry(RetryPolicy::exponential(2, Duration::from_millis(50)))
+        .handle(failing(overridden_tx))
         .await
         .unwrap();
     bus.publish(&PaymentFailed { payment_id: "p-1".into(), ..Default::default() }).await.unwrap();
@@ -160,10 +169,21 @@ async fn the_contracts_retry_policy_governs_subscribers_unless_code_overrides_it
     for _ in 0..5 {
         seen.push(within(600, "an attempt", attempts.recv()).await.unwrap());
     }
-    assert_eq!(seen, [1, 2, 3, 4, 5]);
-    let dead = next_in(&bus, &format!("{}.dlq", subscription.queue())).await;
+    assert_eq!(seen.iter().map(|(attempt, _)| *attempt).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    let first_wait = seen[1].1 - seen[0].1;
+    assert!(first_wait >= Duration::from_millis(500), "the contract's first backoff is 500 ms: {first_wait:?}");
+    let dead = next_in(&bus, &format!("{}.dlq", contract.queue())).await;
     assert_eq!(dead.header_i64("x-warren-attempts"), Some(5));
-    subscription.stop().await;
+    // The overriding subscriber gave up after its own 2 attempts.
+    let dead = next_in(&bus, &format!("{}.dlq", own.queue())).await;
+    assert_eq!(dead.header_i64("x-warren-attempts"), Some(2));
+    let mut own_attempts = Vec::new();
+    while let Ok((attempt, _)) = overridden.try_recv() {
+        own_attempts.push(attempt);
+    }
+    assert_eq!(own_attempts, [1, 2], "the code's policy, not the contract's, governs the overriding subscriber");
+    contract.stop().await;
+    own.stop().await;
 }
 
 /// Decoding helper for dead letters.

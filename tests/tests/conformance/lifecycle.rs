@@ -117,7 +117,7 @@ async fn shutdown_and_close_abandon_the_handlers_still_running(h: &Harness) {
         let (subscription, mut gone) = stuck_on(&bus, concurrency, 9).await;
         let queue = subscription.queue().to_owned();
 
-        let began = std::time::Instant::now();
+        let began = tokio::time::Instant::now();
         if close {
             within(10, "close", bus.close()).await.unwrap();
         } else {

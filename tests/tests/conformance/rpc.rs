@@ -79,7 +79,7 @@ async fn a_call_nobody_serves_fails_with_a_deadline_error_on_time(h: &Harness) {
     let took = started.elapsed();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status}");
     assert!(took >= deadline, "gave up early, after {took:?}");
-    assert!(took <= deadline.mul_f64(1.2), "took {took:?}, more than the deadline + 20%");
+    assert!(took <= deadline + Duration::from_secs(1), "took {took:?}, more than the deadline + 1 s");
 }
 
 /// Sums, but panics on `a == 13`.
