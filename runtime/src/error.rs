@@ -192,11 +192,19 @@ impl Error {
 /// What to do about a failed connection, from its `reason`: a certificate that did not verify is a TLS
 /// setting to fix, not a broker to start.
 fn connect_hint(reason: &str) -> &'static str {
-    if reason.contains("certificate") || reason.contains("tls_") {
+    if login_refused(reason) {
+        "check the user, password and vhost (RABBITMQ_URL, or RABBITMQ_USER/_PASSWORD/_VHOST) and the user's permissions on that vhost"
+    } else if reason.contains("certificate") || reason.contains("tls_") {
         "check the TLS settings (BusConfig::tls_ca / RABBITMQ_CA_FILE, BusConfig::tls_client_identity) and that the URL's host is a name in the broker's certificate"
     } else {
         "start RabbitMQ (e.g. `rabbitmq-server -detached`) or set RABBITMQ_URL"
     }
+}
+
+/// Whether a connect failed because the broker refused the login or the vhost: it answered, and will refuse
+/// again until the credentials, the vhost or the user's permissions change.
+pub(crate) fn login_refused(reason: &str) -> bool {
+    reason.contains("ACCESS_REFUSED") || (reason.contains("NOT_ALLOWED") && reason.contains("vhost"))
 }
 
 /// What the broker, or the connection to it, said when an operation failed: the source of

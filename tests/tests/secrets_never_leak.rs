@@ -45,6 +45,11 @@ async fn a_refused_password_is_not_in_the_error_the_debug_output_or_the_logs() {
     assert!(!shown.contains(PASSWORD), "Debug of the config shows the password: {shown}");
 
     let error = Bus::with_config(config).await.expect_err("the broker refuses a wrong password");
+    // The broker answered and refused the login (not a broker that is down, which would send no credentials),
+    // and that is final: no retries until the deadline, and a hint about the credentials.
+    let said = error.to_string();
+    assert!(said.contains("ACCESS_REFUSED"), "start RabbitMQ: the login must reach a broker: {said}");
+    assert!(said.contains("(1 attempt(s)") && said.contains("check the user, password and vhost"), "{said}");
     for text in [error.to_string(), format!("{error:?}")] {
         assert!(!text.contains(PASSWORD), "the error shows the password: {text}");
     }

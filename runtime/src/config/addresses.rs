@@ -54,6 +54,18 @@ pub(crate) fn split(url: &str) -> Result<Option<(String, Vec<Written>)>, String>
     Ok(Some((first_url, listed)))
 }
 
+/// The host of a one-address URL as [`parse`] reads it (a `[v6]` address without its brackets); `None` for a
+/// URL without `://`.
+pub(crate) fn first_host(url: &str) -> Result<Option<String>, String> {
+    let Some((_, rest)) = url.split_once("://") else { return Ok(None) };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, hosts)| hosts);
+    if hosts.is_empty() {
+        return Ok(None);
+    }
+    parse(hosts).map(|(host, _)| Some(host))
+}
+
 /// One address, `host`, `host:port`, `[v6]` or `[v6]:port`: the host, and the port if given.
 pub(crate) fn parse(address: &str) -> Result<Written, String> {
     let address = address.trim();
@@ -68,11 +80,19 @@ pub(crate) fn parse(address: &str) -> Result<Written, String> {
             },
         }
     } else {
+        if address.matches(':').count() > 1 {
+            return Err(format!("address \"{address}\" looks like IPv6 without brackets: write it as [address]:port"));
+        }
         match address.rsplit_once(':') {
             Some((host, port)) => (host, Some(port)),
             None => (address, None),
         }
     };
+    if let Some(bad) =
+        host.chars().find(|c| matches!(c, '/' | '?' | '#' | '@' | '[' | ']') || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("address \"{address}\" has {bad:?} in its host; a host is a name or an IP address"));
+    }
     if host.is_empty() {
         return Err(if address.is_empty() {
             "an empty address (two commas in a row, or one at either end of the list)".to_owned()
@@ -125,6 +145,25 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_first_host_is_connected_to_not_localhost() {
+        for url in ["amqps://app:pw@[fd00::10]:5671/prod", "amqps://app:pw@[fd00::10]:5671,h2/prod"] {
+            let config = crate::BusConfig::new(url).unwrap();
+            let crate::config::Endpoint::Amqp { uri, addresses } = &config.endpoint else { unreachable!() };
+            assert_eq!((uri.authority.host.as_str(), uri.authority.port), ("fd00::10", 5671), "{url}");
+            assert_eq!(addresses[0], Address { host: "fd00::10".into(), port: 5671 }, "{url}");
+            assert!(config.redacted_url().contains("@[fd00::10]:5671"), "{}", config.redacted_url());
+        }
+        assert_eq!(first_host("amqp://u:p@Rabbit.Example:5672/v").unwrap().as_deref(), Some("Rabbit.Example"));
+    }
+
+    #[test]
+    fn a_urls_heartbeat_is_the_default() {
+        assert_eq!(crate::BusConfig::new("amqp://u:p@h/v?heartbeat=30").unwrap().heartbeat_secs, 30);
+        assert_eq!(crate::BusConfig::new("amqp://u:p@h1,h2/v?heartbeat=0").unwrap().heartbeat_secs, 0);
+        assert_eq!(crate::BusConfig::new("amqp://u:p@h/v").unwrap().heartbeat_secs, 10);
+    }
+
+    #[test]
     fn bad_addresses_are_named() {
         for (url, problem) in [
             ("amqp://u:p@h1:5672,,h2/", "an empty address"),
@@ -133,6 +172,8 @@ mod tests {
             ("amqp://u:p@h1,h2:0/", "port \"0\""),
             ("amqp://u:p@h1,:5672/", "address \":5672\" has no host"),
             ("amqp://u:p@h1,[::1/", "opens '['"),
+            ("amqp://u:p@h1,fd00::5:5672/", "looks like IPv6 without brackets"),
+            ("amqp://u:p@h1,rab bit:5672/", "has ' ' in its host"),
         ] {
             let error = split(url).unwrap_err();
             assert!(error.contains(problem), "{url}: {error}");

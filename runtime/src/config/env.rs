@@ -49,17 +49,48 @@ impl BusConfig {
         broker_named(&|name| std::env::var(name).ok())
     }
 
+    /// This configuration with the environment's settings applied over it: each of the `WARREN_*` variables
+    /// [`BusConfig::from_env`] reads, and `RABBITMQ_CA_FILE`, when set. The broker stays this configuration's.
+    ///
+    /// For a tool with a `--url` flag and defaults of its own, which the environment still overrides:
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # fn main() -> Result<(), warren::Error> {
+    /// let flag: Option<&str> = Some("amqp://guest:guest@127.0.0.1:5672/%2f");
+    /// let config = match flag {
+    ///     Some(url) => warren::BusConfig::new(url)?,
+    ///     None => warren::BusConfig::from_env()?,
+    /// }
+    /// .service_name("my-tool")
+    /// .connect_timeout(Duration::from_secs(10))
+    /// .with_env()?; // WARREN_SERVICE_NAME, WARREN_CONNECT_TIMEOUT, WARREN_TOPOLOGY, … win when set
+    /// # let _ = config; Ok(()) }
+    /// ```
+    pub fn with_env(self) -> Result<Self> {
+        self.with_vars(|name| std::env::var(name).ok())
+    }
+
     /// [`BusConfig::from_env`], reading variables through `var`.
     pub(crate) fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let set = |name: &str| var(name).map(|value| value.trim().to_owned()).filter(|value| !value.is_empty());
-        let mut config = match set("RABBITMQ_URL") {
+        let config = match set("RABBITMQ_URL") {
             Some(url) => Self::new(&url).map_err(|error| named("RABBITMQ_URL", error))?,
             None if BROKER_PARTS.iter().any(|name| set(name).is_some()) => {
-                let url = url_from_parts(&set)?;
+                // A user or password is taken as written: spaces at either end may be part of it.
+                let raw = |name: &str| var(name).filter(|value| !value.trim().is_empty());
+                let url = url_from_parts(&set, &raw)?;
                 Self::new(&url).map_err(|error| named("RABBITMQ_HOST", error))?
             }
             None => Self::new(DEFAULT_URL)?,
         };
+        config.with_vars(var)
+    }
+
+    /// [`BusConfig::with_env`], reading variables through `var`.
+    fn with_vars(mut self, var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let set = |name: &str| var(name).map(|value| value.trim().to_owned()).filter(|value| !value.is_empty());
+        let config = &mut self;
         if let Some(name) = set("WARREN_SERVICE_NAME") {
             config.service_name = name;
         }
@@ -105,7 +136,7 @@ impl BusConfig {
         if let Some(path) = set("RABBITMQ_CA_FILE") {
             config.tls_ca = Some(path.into());
         }
-        Ok(config)
+        Ok(self)
     }
 }
 
@@ -115,8 +146,9 @@ fn broker_named(var: &dyn Fn(&str) -> Option<String>) -> bool {
         .any(|name| var(name).is_some_and(|value| !value.trim().is_empty()))
 }
 
-/// `amqp://user:password@host:port/vhost` from the `RABBITMQ_*` parts, percent-encoded.
-fn url_from_parts(set: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+/// `amqp://user:password@host:port/vhost` from the `RABBITMQ_*` parts (`set`: trimmed; `raw`: as written,
+/// for the credentials), percent-encoded.
+fn url_from_parts(set: &dyn Fn(&str) -> Option<String>, raw: &dyn Fn(&str) -> Option<String>) -> Result<String> {
     let port = match set("RABBITMQ_PORT") {
         Some(port) => number::<u16>(("RABBITMQ_PORT", "a port number, 1-65535"), &port)
             .ok()
@@ -135,8 +167,8 @@ fn url_from_parts(set: &dyn Fn(&str) -> Option<String>) -> Result<String> {
         listed.push(format!("{host}:{}", own_port.unwrap_or(port)));
     }
     let encode = |part: String| utf8_percent_encode(&part, COMPONENT).to_string();
-    let user = encode(set("RABBITMQ_USER").unwrap_or_else(|| "guest".to_owned()));
-    let password = encode(set("RABBITMQ_PASSWORD").unwrap_or_else(|| "guest".to_owned()));
+    let user = encode(raw("RABBITMQ_USER").unwrap_or_else(|| "guest".to_owned()));
+    let password = encode(raw("RABBITMQ_PASSWORD").unwrap_or_else(|| "guest".to_owned()));
     let vhost = encode(set("RABBITMQ_VHOST").unwrap_or_else(|| "/".to_owned()));
     Ok(format!("amqp://{user}:{password}@{}/{vhost}", listed.join(",")))
 }
@@ -182,9 +214,19 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// A `WARREN_*` duration variable's value.
+/// The shortest a `WARREN_*` timeout may be: below it every connect, declare or publish would time out at once.
+const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A `WARREN_*` duration variable's value, at least [`MIN_TIMEOUT`].
 fn duration(name: &str, value: &str) -> Result<Duration> {
-    parse_duration(value).map_err(|problem| Error::config(format!("{name}={problem}")))
+    let duration = parse_duration(value).map_err(|problem| Error::config(format!("{name}={problem}")))?;
+    if duration < MIN_TIMEOUT {
+        return Err(Error::config(format!(
+            "{name}=\"{}\" is too short: every wait would time out at once; at least 100ms (try 10s)",
+            shorten(value)
+        )));
+    }
+    Ok(duration)
 }
 
 /// A value as shown in an error: at most 64 characters.
@@ -227,6 +269,9 @@ mod tests {
         let crate::config::Endpoint::Amqp { uri, .. } = &parts.endpoint else { unreachable!() };
         assert_eq!((uri.authority.userinfo.password.as_str(), uri.vhost.as_str()), ("secure/pass@word", "/production"));
         assert!(!format!("{parts:?}").contains("secure"));
+        let spaced = config(&[("RABBITMQ_HOST", "h"), ("RABBITMQ_PASSWORD", " pass phrase ")]).unwrap();
+        let crate::config::Endpoint::Amqp { uri, .. } = &spaced.endpoint else { unreachable!() };
+        assert_eq!(uri.authority.userinfo.password, " pass phrase ", "a password is taken as written");
         let host_only = config(&[("RABBITMQ_HOST", "h1,h2:5674")]).unwrap();
         assert_eq!(host_only.redacted_url(), "amqp://guest:***@h1:5672,h2:5674/%2F");
         assert_eq!(config(&[]).unwrap().redacted_url(), "amqp://guest:***@127.0.0.1:5672/%2f");
@@ -258,15 +303,30 @@ mod tests {
     }
 
     #[test]
+    fn the_environment_overrides_a_tools_defaults_but_not_its_broker() {
+        let vars = [("RABBITMQ_URL", "amqp://a:b@elsewhere/v"), ("WARREN_TOPOLOGY", "verify")];
+        let tool = BusConfig::new("amqp://u:p@flag:5672/x").unwrap().service_name("tool");
+        let config = tool.with_vars(|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned()));
+        let config = config.unwrap();
+        assert_eq!(config.redacted_url(), "amqp://u:***@flag:5672/x", "the broker stays the tool's");
+        assert_eq!((config.service_name.as_str(), config.topology), ("tool", crate::TopologyMode::Verify));
+        let named = config.with_vars(|name| (name == "WARREN_SERVICE_NAME").then(|| "billing".to_owned()));
+        assert_eq!(named.unwrap().service_name, "billing");
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         for (vars, expected) in [
             (&[("RABBITMQ_PORT", "abc")][..], "RABBITMQ_PORT=\"abc\" is not a port number"),
             (&[("RABBITMQ_PORT", "0")], "RABBITMQ_PORT=\"0\""),
             (&[("RABBITMQ_HOST", "h1,,h2")], "RABBITMQ_HOST: an empty address"),
+            (&[("RABBITMQ_HOST", "rabbit/prod")], "has '/' in its host"),
             (&[("RABBITMQ_URL", "amqp://u:hunter2@h:x/")], "RABBITMQ_URL: invalid broker URL"),
             (&[("WARREN_PUBLISH_TIMEOUT", "ten")], "WARREN_PUBLISH_TIMEOUT=\"ten\" is not a duration"),
             (&[("WARREN_PUBLISH_TIMEOUT", "10d")], "has the unknown unit \"d\""),
             (&[("WARREN_CONNECT_TIMEOUT", "99999999999")], "out of range: at most 7 days"),
+            (&[("WARREN_OPERATION_TIMEOUT", "0")], "WARREN_OPERATION_TIMEOUT=\"0\" is too short"),
+            (&[("WARREN_PUBLISH_TIMEOUT", "5ms")], "at least 100ms"),
             (&[("WARREN_PREFETCH", "0")], "WARREN_PREFETCH=0"),
             (&[("WARREN_PREFETCH", "70000")], "WARREN_PREFETCH=\"70000\" is not a count"),
             (&[("WARREN_HEARTBEAT", "-1")], "WARREN_HEARTBEAT"),

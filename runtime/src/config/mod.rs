@@ -65,7 +65,8 @@ pub struct BusConfig {
     pub publish_timeout: Duration,
     /// How long reconnecting may fail before [`crate::Bus::health`] reports [`crate::Health::Failed`].
     pub recovery_timeout: Duration,
-    /// AMQP heartbeat in seconds; a dead peer is detected within about twice this.
+    /// AMQP heartbeat in seconds (default 10, or the URL's `?heartbeat=N`); a dead peer is detected within about
+    /// twice this.
     pub heartbeat_secs: u16,
     /// Sent as `app_id` on every message: the name of the service publishing.
     pub service_name: String,
@@ -117,13 +118,25 @@ impl BusConfig {
             Ok(None) => (url.to_owned(), Vec::new()),
             Err(problem) => return Err(invalid(&problem)),
         };
-        let uri = AMQPUri::from_str(&first).map_err(|reason| invalid(&reason))?;
+        let mut uri = AMQPUri::from_str(&first).map_err(|reason| invalid(&reason))?;
+        // lapin takes a URL's host from its domain name, which a `[v6]` address has none of, and would connect
+        // to `localhost` (with the URL's credentials) instead.
+        if let Some(host) = addresses::first_host(&first).map_err(|problem| invalid(&problem))?
+            && host.contains(':')
+        {
+            uri.authority.host = host;
+        }
         let default_port = default_port(&uri);
         let mut addresses = vec![Address { host: uri.authority.host.clone(), port: uri.authority.port }];
         addresses.extend(
             listed.into_iter().skip(1).map(|(host, port)| Address { host, port: port.unwrap_or(default_port) }),
         );
+        // The URL's `?heartbeat=N` is the default; `heartbeat_secs` (or `WARREN_HEARTBEAT`) may still change it.
+        let heartbeat = uri.query.heartbeat;
         let mut config = Self::with_endpoint(Endpoint::Amqp { uri, addresses }, url);
+        if let Some(seconds) = heartbeat {
+            config.heartbeat_secs = seconds;
+        }
         config.shown = config.show();
         Ok(config)
     }

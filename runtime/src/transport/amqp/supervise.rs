@@ -300,8 +300,9 @@ pub(super) async fn connect(
                 .collect::<Vec<_>>()
                 .join("; "),
         };
-        let certificates_failed = failures.iter().all(|f| f.as_deref().is_some_and(super::tls::is_final));
-        if left < Duration::from_millis(10) || certificates_failed {
+        // Every node refused the certificate or the login: that will not change by trying again.
+        let refused = |f: &Option<String>| f.as_deref().is_some_and(|f| super::tls::is_final(f) || login_refused(f));
+        if left < Duration::from_millis(10) || failures.iter().all(refused) {
             return Err(Error::Connect { url: config.redacted_url(), attempts, elapsed, reason });
         }
         tracing::debug!(url = %config.redacted_url(), attempts, %reason, "connect failed; retrying");
