@@ -3,11 +3,20 @@
 
 use super::*;
 
+/// How long a link must stay up to count as recovered: one that fails sooner is remade only after a wait
+/// that grows while it keeps failing.
+const STABLE_LINK: Duration = Duration::from_secs(30);
+
 /// Watches the link; on a failure, reconnects with backoff and jitter, replays the topology, and publishes the
 /// new link. Ends when the transport is closed, or when it is dropped: then it closes both connections, which
 /// its `link` would otherwise keep open (with lapin's I/O threads) for as long as the process lives. `owner` is
 /// a receiver of the transport's link, which fails when the transport is dropped.
 pub(super) async fn supervise(amqp: Weak<Amqp>, mut owner: watch::Receiver<Option<Link>>, mut link: Link) {
+    // Waits between links that fail soon after they are made, across outages: each outage's own backoff
+    // starts afresh, and a link the broker closes at once would otherwise be remade (and the topology
+    // replayed) in a tight loop.
+    let mut flapping = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut up_since = Instant::now();
     loop {
         let failure = match wait_for_failure(&amqp, &link, &mut owner).await {
             Some(failure) => failure,
@@ -42,6 +51,11 @@ pub(super) async fn supervise(amqp: Weak<Amqp>, mut owner: watch::Receiver<Optio
             }
         }
         drop(this);
+        if up_since.elapsed() < STABLE_LINK {
+            tokio::time::sleep(flapping.next_wait()).await;
+        } else {
+            flapping.reset();
+        }
         link = loop {
             let Some(this) = amqp.upgrade() else { return };
             if this.closing.load(Ordering::Relaxed) {
@@ -67,6 +81,7 @@ pub(super) async fn supervise(amqp: Weak<Amqp>, mut owner: watch::Receiver<Optio
                     *this.health.lock().expect("health") =
                         if failed.is_empty() { Health::Connected { node } } else { Health::Degraded { node, failed } };
                     this.link.send_replace(Some(new.clone()));
+                    up_since = Instant::now();
                     break new;
                 }
                 Err(error) => {
