@@ -255,11 +255,14 @@ impl<T: Inbound> Subscriber<T> {
             let (queue, temporary, prioritized) = (queue.clone(), self.temporary, T::prioritized());
             let options = match work_queue {
                 Some(queue) => bus::work_queue::<T>(queue),
+                // The delivery limit is the contract's, as the work queues', `warren topology`'s and
+                // check-compat's: every instance of the group declares the queue identically, whatever policy
+                // its code sets with `retry` (retries go through delay queues, which the limit does not count).
                 None => QueueSettings::consumer(
                     &queue,
                     temporary,
                     prioritized,
-                    T::quorum().then_some(self.retry.max_attempts),
+                    T::quorum().then(|| T::retry_policy().unwrap_or_default().max_attempts),
                 )
                 .with_limit(T::queue_limit()),
             };
@@ -394,15 +397,15 @@ impl<T: Inbound> Subscriber<T> {
     }
 }
 
+/// The most handlers a subscriber runs at once ([`Subscriber::concurrency`]): as many as a prefetch can hold.
+pub const MAX_CONCURRENCY: usize = u16::MAX as usize;
+
 /// How long a consumer over AMQP that has caught up waits for the next delivery before sending the acks it holds.
 /// RabbitMQ delivers in bursts with gaps of a few milliseconds between them; at 2 ms a W7 consumer sent an ack
 /// frame at most of those gaps (4,900 acks for 200,000 deliveries, raw lapin's batches of 64 send 3,130), at
 /// 10 ms it sends 3,160, and twelve alternating `--only W7` pairs went from 0.90x / 0.87x to 0.94x / 0.90x raw
 /// lapin, a microsecond less client CPU per delivery. An idle consumer's last acks reach the broker 10 ms after
 /// its handler returns, at most; a stop waits as long for the wait to end.
-/// The most handlers a subscriber runs at once ([`Subscriber::concurrency`]): as many as a prefetch can hold.
-pub const MAX_CONCURRENCY: usize = u16::MAX as usize;
-
 const ACK_DELAY: Duration = Duration::from_millis(10);
 
 /// The next delivery when none is ready: before waiting for long, sends the acks collected so far, so an idle
