@@ -47,7 +47,7 @@ pub(crate) enum DlqCommand {
     /// leaves the DLQ. Warren's dead-letter headers (reason, attempts) are taken off: the message starts its
     /// retries afresh.
     ///
-    /// Example: warren dlq replay gametrade.tasks.dlq --type ProcessTrade --rate 100
+    /// Example: warren dlq replay gametrade.tasks.dlq --type BackgroundTask --rate 100
     Replay {
         #[command(flatten)]
         selection: Selection,
@@ -124,8 +124,11 @@ pub(crate) async fn run(catalog: &Catalog, bus: &Bus, command: &DlqCommand, out:
 
 async fn list(catalog: &Catalog, bus: &Bus, named: &[String], scan: u32, out: &Output) -> Result<(), Failure> {
     let mut queues: Vec<String> = catalog.tasks().map(|t| warren_reflect::dead_letter_queue(&t.queue)).collect();
-    queues.extend(named.iter().cloned());
-    queues.dedup();
+    for queue in named {
+        if !queues.contains(queue) {
+            queues.push(queue.clone());
+        }
+    }
     let mut rows = Vec::new();
     for queue in &queues {
         let depth = match bus.queue_depth(queue).await {
@@ -301,16 +304,17 @@ async fn replay(
                     ledger.ack_lost += 1;
                 }
             }
+            // It cannot be replayed as asked (no record of where it came from): passed over, not failed.
+            Err(error @ warren::Error::Config { .. }) => {
+                eprintln!("passed over (left in the DLQ): {error}");
+                ledger.passed_over += 1;
+                passed_over.push(taken);
+            }
             Err(error) => {
                 eprintln!("not replayed (left in the DLQ): {error}");
                 match id {
                     Some(id) => _ = failed_ids.insert(id),
                     None => failed_without_id += 1,
-                }
-                if matches!(error, warren::Error::Config { .. }) {
-                    // It cannot be replayed as asked (no record of where it came from): pass it over.
-                    ledger.passed_over += 1;
-                    passed_over.push(taken);
                 }
             }
         }

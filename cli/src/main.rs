@@ -34,7 +34,7 @@ struct Cli {
     /// The broker: amqp://user:password@host:port/vhost, several host:port for a cluster (the password is never
     /// printed). Default: RABBITMQ_URL, else RABBITMQ_HOST/_PORT/_USER/_PASSWORD/_VHOST, else the local broker's
     /// default vhost as guest.
-    #[arg(long, global = true, env = "RABBITMQ_URL", hide_env_values = true)]
+    #[arg(long, global = true)]
     url: Option<String>,
     /// Read the contracts from this proto tree (compiled now) instead of the embedded ones.
     #[arg(long, global = true, value_name = "DIR", conflicts_with = "descriptor_set")]
@@ -73,7 +73,7 @@ enum Command {
     Publish(send::PublishArgs),
     /// Put a task on its work queue, confirmed; prints its message id.
     ///
-    /// Example: warren enqueue ProcessTrade '{"tradeId": "t-1"}'
+    /// Example: warren enqueue RenderTradeReport '{"userId": "7", "since": "1700000000"}'
     Enqueue(send::PublishArgs),
     /// Call an RPC method and print the reply as JSON; a declared error prints its type and details; any other
     /// status prints its code and message, and exits with 10 + the code.
@@ -232,25 +232,30 @@ fn load_catalog(cli: &Cli) -> Result<Catalog, Failure> {
     loaded.map_err(|error| Failure::new(exit::INVALID, error.to_string()))
 }
 
-/// The broker configuration: `url`, or the environment's (`RABBITMQ_URL`, `RABBITMQ_HOST`…, `WARREN_*`).
+/// The broker configuration: the broker at `url`, or the environment's (`RABBITMQ_URL`, `RABBITMQ_HOST`…);
+/// service name `warren-cli` and a connect timeout of ten seconds unless `WARREN_SERVICE_NAME` or
+/// `WARREN_CONNECT_TIMEOUT` say otherwise; the other `WARREN_*` variables and `RABBITMQ_CA_FILE` as set.
 fn bus_config(url: Option<&str>) -> Result<warren::BusConfig, Failure> {
     let config = match url {
         Some(url) => warren::BusConfig::new(url),
         None => warren::BusConfig::from_env(),
     };
-    config.map_err(|error| Failure::new(2, error.to_string()))
+    config
+        .map(|config| config.service_name("warren-cli").connect_timeout(Duration::from_secs(10)))
+        .and_then(warren::BusConfig::with_env)
+        .map_err(|error| Failure::new(2, error.to_string()))
 }
 
-/// The bus at `url` (or the environment's broker), failing within ten seconds when no broker answers.
+/// The bus at `url` (or the environment's broker), failing within ten seconds (unless configured otherwise)
+/// when no broker answers.
 pub(crate) async fn connect(url: Option<&str>) -> Result<warren::Bus, Failure> {
-    let config = bus_config(url)?.service_name("warren-cli").connect_timeout(Duration::from_secs(10));
-    warren::Bus::with_config(config).await.map_err(Failure::from)
+    warren::Bus::with_config(bus_config(url)?).await.map_err(Failure::from)
 }
 
 async fn health(url: Option<&str>, out: &output::Output) -> Result<(), Failure> {
     let config = bus_config(url)?;
     let shown = config.redacted_url();
-    let bus = match warren::Bus::with_config(config.connect_timeout(Duration::from_secs(10))).await {
+    let bus = match warren::Bus::with_config(config).await {
         Ok(bus) => bus,
         Err(error) => {
             out.record(&[("url", shown.clone()), ("health", "unavailable".into()), ("error", error.to_string())]);

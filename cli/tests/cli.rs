@@ -137,6 +137,8 @@ fn topology_prints_definitions_without_a_broker() {
     );
     // Without a group, no subscriber queue.
     let output = warren(None, &["topology"]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert!(stdout(&output).contains("\"gametrade.tasks\""), "the definitions are printed");
     assert!(!stdout(&output).contains("UserRegistered\""), "no group, no subscriber queues");
     let output = warren(None, &["topology", "--group", ""]);
     assert_eq!(code(&output), 4, "an empty group is refused: {}", stderr(&output));
@@ -160,7 +162,8 @@ fn bad_names_and_bad_input_are_told_apart_by_exit_code() {
     assert!(said.contains("field `message` is required"), "{said}");
 
     let pattern = warren(None, &["tail", "gametrade.events", "nothing.here"]);
-    assert_ne!(code(&pattern), 0);
+    assert_eq!(code(&pattern), 4, "{}", stderr(&pattern));
+    assert!(stderr(&pattern).contains("cannot match any event of gametrade.events"), "{}", stderr(&pattern));
 
     let no_broker = warren(None, &["health"]);
     assert_eq!(code(&no_broker), 5, "{}", stderr(&no_broker));
@@ -285,6 +288,7 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
     assert_eq!(bus.queue_depth(&dlq).await.unwrap(), 3, "looking takes nothing away");
 
     let filtered = run(&url, &["dlq", "show", &dlq, "--reason", "^nothing", "--json"]).await;
+    assert_eq!(code(&filtered), 0, "{}", stderr(&filtered));
     assert_eq!(json_lines(&filtered).len(), 0);
 
     // The handler is fixed: replay into the same queue, where it now succeeds.
@@ -375,16 +379,21 @@ async fn dead_letters_without_a_message_id_are_each_replayed() {
         })
         .await
         .unwrap();
+    // And one put in the DLQ by hand: it does not say where it came from, so it is passed over, not failed.
+    let foreign = UserRegistered { user_id: 99, ..Default::default() }.encode_to_vec();
+    bus.publish_bytes("", &dlq, &foreign, warren::MessageProperties::default()).await.unwrap();
     let replay = run(&url, &["dlq", "replay", &dlq, "--json"]).await;
     assert_eq!(code(&replay), 0, "{}", stderr(&replay));
-    assert_eq!(json_lines(&replay)[0]["replayed"], "3", "{}", stdout(&replay));
+    let summary = &json_lines(&replay)[0];
+    let counts = ["replayed", "passed_over", "failed"].map(|field| summary[field].as_str().unwrap_or_default());
+    assert_eq!(counts, ["3", "1", "0"], "{summary}");
     let mut seen = Vec::new();
     for _ in 0..3 {
         seen.push(tokio::time::timeout(Duration::from_secs(10), handled.recv()).await.unwrap().unwrap());
     }
     seen.sort_unstable();
     assert_eq!(seen, [0, 1, 2], "every one replayed, none dropped");
-    assert_eq!(bus.queue_depth(&dlq).await.unwrap(), 0);
+    assert_eq!(bus.queue_depth(&dlq).await.unwrap(), 1, "the one passed over stays");
     fixed.stop().await;
 }
 

@@ -332,11 +332,36 @@ impl GatewayConfig {
     /// Whether any group that has something to reach has no tokens: binding a public address then needs an
     /// explicit decision.
     pub fn has_open_group(&self) -> bool {
+        !self.open_groups().is_empty()
+    }
+
+    /// The groups that have something to reach and no tokens. `docs` always has: the catalog, the
+    /// dead-letter queues' depths and the metrics.
+    pub fn open_groups(&self) -> Vec<Group> {
         let publishes =
             !self.events.is_empty() || !self.tasks.is_empty() || self.aliases.values().any(|target| target != "health");
-        (publishes && self.tokens.publish.is_empty())
-            || (!self.services.is_empty() && self.tokens.call.is_empty())
-            || (!self.streams.is_empty() && self.tokens.stream.is_empty())
+        [
+            (Group::Publish, publishes),
+            (Group::Call, !self.services.is_empty()),
+            (Group::Stream, !self.streams.is_empty()),
+            (Group::Docs, true),
+        ]
+        .into_iter()
+        .filter(|(group, reachable)| *reachable && self.tokens.of(*group).is_empty())
+        .map(|(group, _)| group)
+        .collect()
+    }
+}
+
+impl Group {
+    /// The group's name, as `--token <group>=…` and `[tokens]` write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Group::Publish => "publish",
+            Group::Call => "call",
+            Group::Stream => "stream",
+            Group::Docs => "docs",
+        }
     }
 }
 
@@ -380,6 +405,12 @@ mod tests {
         config.check(&catalog).unwrap();
         assert!(!format!("{config:?}").contains("s3cret"), "tokens are never printed");
         assert!(config.has_open_group(), "services and streams have no tokens");
+        assert_eq!(config.open_groups(), [Group::Call, Group::Stream, Group::Docs]);
+        let mut closed = config.clone();
+        for group in [Group::Call, Group::Stream, Group::Docs] {
+            closed.tokens.add(group, "t");
+        }
+        assert!(!closed.has_open_group(), "every group that has something to reach has a token");
         assert!(listed(&config.events, "streaming.v1.SystemEvent", |_| None));
         assert!(!listed(&config.events, "gametrade.v1.UserActivated", |_| None));
     }

@@ -14,7 +14,7 @@ use warren_gateway::{GatewayConfig, Group, StreamRule};
 use warren_reflect::Catalog;
 
 /// Serve Warren's contracts over HTTP and WebSocket: POST /events/{type}, /tasks/{type}, /rpc/{Service}/{Method},
-/// GET /ws, /health, /ready, /catalog, /openapi.json, /asyncapi.yaml.
+/// GET /ws, /health, /ready, /catalog, /dlq, /metrics, /openapi.json, /asyncapi.yaml, and a page at /.
 ///
 /// Example: warren-gateway --event 'streaming.v1.*' --alias /messaging/user-notification=streaming.v1.UserNotification
 #[derive(Debug, Parser)]
@@ -26,7 +26,7 @@ struct Args {
     /// The broker: amqp://user:password@host:port/vhost (several host:port for a cluster), or memory:// (the
     /// password is never printed). Default: RABBITMQ_URL, else RABBITMQ_HOST/_PORT/_USER/_PASSWORD/_VHOST,
     /// else the local broker's default vhost as guest.
-    #[arg(long, env = "RABBITMQ_URL", hide_env_values = true)]
+    #[arg(long)]
     url: Option<String>,
     /// A TOML configuration file (allow-lists, tokens, aliases, WebSocket limits; see docs/gateway.md).
     #[arg(long, env = "WARREN_GATEWAY_CONFIG")]
@@ -102,20 +102,25 @@ async fn run(args: Args) -> Result<(), String> {
     }
     .map_err(|e| e.to_string())?;
     config.check(&catalog).map_err(|e| format!("the configuration: {e}"))?;
-    if !args.listen.ip().is_loopback() && config.has_open_group() && !args.allow_public_without_auth {
+    let open = config.open_groups();
+    if !args.listen.ip().is_loopback() && !open.is_empty() && !args.allow_public_without_auth {
+        let names: Vec<&str> = open.iter().map(|group| group.name()).collect();
         return Err(format!(
-            "refusing to listen on {}, which is not a loopback address, while some routes have no bearer tokens; \
-             give tokens for every group (--token publish=…, call=…, stream=…) or pass --allow-public-without-auth",
-            args.listen
+            "refusing to listen on {}, which is not a loopback address, while groups of routes have no bearer \
+             tokens ({}); give each a token (--token {}=…) or pass --allow-public-without-auth",
+            args.listen,
+            names.join(", "),
+            names.join("=… --token ")
         ));
     }
+    // The environment's `WARREN_*` settings apply over the gateway's defaults, whichever names the broker.
     let bus_config = match &args.url {
         Some(url) => warren::BusConfig::new(url),
         None => warren::BusConfig::from_env(),
     }
-    .map_err(|e| e.to_string())?
-    .service_name("warren-gateway")
-    .connect_timeout(Duration::from_secs(30));
+    .map(|config| config.service_name("warren-gateway").connect_timeout(Duration::from_secs(30)))
+    .and_then(warren::BusConfig::with_env)
+    .map_err(|e| e.to_string())?;
     #[cfg(feature = "prometheus")]
     let (bus_config, config) = {
         let metrics = warren_gateway::Metrics::new();

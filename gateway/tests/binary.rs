@@ -31,6 +31,10 @@ fn a_public_address_needs_tokens_or_an_explicit_flag() {
     let (code, said) = run(&["--listen", "0.0.0.0:0", "--event", "UserRegistered"]);
     assert_eq!(code, 1, "{said}");
     assert!(said.contains("refusing to listen on 0.0.0.0:0") && said.contains("--allow-public-without-auth"), "{said}");
+    // The catalog, the dead-letter queues and the metrics are reachable too.
+    let (code, said) = run(&["--listen", "0.0.0.0:0", "--event", "UserRegistered", "--token", "publish=p"]);
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("no bearer tokens (docs)") && said.contains("--token docs=…"), "{said}");
 }
 
 #[test]
