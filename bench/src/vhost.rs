@@ -63,9 +63,9 @@ pub(crate) fn delete(name: &str) {
 /// `amqp://user:pass@host:port/vhost?query` → (`amqp://user:pass@host:port`, `user`, `?query`). The user is
 /// percent-decoded; without one it is lapin's default, guest.
 fn split_url(url: &str) -> Result<(String, String, String), String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| format!("RABBITMQ_URL is amqp://user:password@host:port/vhost, not {url}"))?;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        "RABBITMQ_URL is amqp://user:password@host:port/vhost, and this one has no \"://\"".to_owned()
+    })?;
     let query = rest.find('?').map_or("", |at| &rest[at..]);
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
     let user = authority.rsplit_once('@').map_or("guest", |(userinfo, _)| userinfo.split(':').next().unwrap_or(""));

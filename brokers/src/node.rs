@@ -123,7 +123,26 @@ impl Node {
             )));
         }
         let dir = &node.dir;
+        if dir.display().to_string().contains('\'') {
+            return Err(Error::new(format!(
+                "start RabbitMQ: the node's directory {} has a ' in its path, which the server's start script cannot \
+                 quote; give the node another (NodeSpec::dir)",
+                dir.display()
+            )));
+        }
         if dir.exists() {
+            // Only what a node left: a directory given by mistake (a home, the workspace) is never emptied.
+            let entries = std::fs::read_dir(dir)
+                .map_err(|e| Error::io(format!("start RabbitMQ: reading {}", dir.display()), e))?
+                .filter_map(|entry| entry.ok().map(|entry| entry.file_name().to_string_lossy().into_owned()));
+            let known = ["mnesia", "log", "rabbitmq.conf", "enabled_plugins", "node.pid"];
+            if let Some(other) = entries.into_iter().find(|name| !known.contains(&name.as_str())) {
+                return Err(Error::new(format!(
+                    "start RabbitMQ: {} holds {other}, which no node wrote; refusing to empty it (give the node a \
+                     directory of its own)",
+                    dir.display()
+                )));
+            }
             std::fs::remove_dir_all(dir)
                 .map_err(|e| Error::io(format!("start RabbitMQ: emptying {}", dir.display()), e))?;
         }
@@ -153,6 +172,8 @@ impl Node {
         let d = self.dir.display();
         let script = format!(
             "cd '{d}' && exec env RABBITMQ_NODENAME='{name}' RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+             RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {{127,0,0,1}}' \
+             ERL_EPMD_ADDRESS=127.0.0.1 \
              RABBITMQ_NODE_PORT={amqp} RABBITMQ_DIST_PORT={dist} RABBITMQ_MNESIA_BASE='{d}/mnesia' \
              RABBITMQ_LOG_BASE='{d}/log' RABBITMQ_CONFIG_FILE='{d}/rabbitmq.conf' \
              RABBITMQ_ENABLED_PLUGINS_FILE='{d}/enabled_plugins' RABBITMQ_PID_FILE='{d}/node.pid' \

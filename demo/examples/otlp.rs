@@ -49,7 +49,15 @@ async fn main() -> anyhow::Result<()> {
         .build();
     // Warren's spans are at INFO, target `warren::trace`; the fmt layer shows the log lines as well.
     tracing_subscriber::registry()
-        .with(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        // lapin logs the login frame, password included, at TRACE: capped at DEBUG whatever RUST_LOG says, so
+        // that it reaches neither the terminal nor the collector.
+        .with(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into())
+                .add_directive("lapin=debug".parse()?)
+                .add_directive("amq_protocol=debug".parse()?)
+                .add_directive("amq_protocol_tcp=debug".parse()?),
+        )
         .with(tracing_subscriber::fmt::layer())
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("warren-otlp-example")))
         .init();
