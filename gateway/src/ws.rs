@@ -59,8 +59,10 @@ pub(crate) struct Hub {
     connections: AtomicUsize,
     slow: Arc<AtomicU64>,
     next_client: AtomicU64,
-    streams: tokio::sync::Mutex<HashMap<Key, Arc<Stream>>>,
-    /// How many `streams` holds, readable without its lock (which a subscribe holds while the broker binds).
+    /// Never held across an await: a stream is in the map while the broker binds its queue, and a subscribe
+    /// to it meanwhile waits for that stream alone.
+    streams: Mutex<HashMap<Key, Arc<Stream>>>,
+    /// How many `streams` holds, readable without its lock.
     queues: AtomicUsize,
 }
 
@@ -69,6 +71,8 @@ pub(crate) struct Hub {
 struct Stream {
     subscribers: Mutex<Vec<Subscriber>>,
     stop: Notify,
+    /// Whether its queue is bound: `None` while the first subscriber's request binds it, then what came of it.
+    bound: watch::Sender<Option<Result<(), String>>>,
 }
 
 #[derive(Debug)]
@@ -108,7 +112,7 @@ impl Hub {
             connections: AtomicUsize::new(0),
             slow: Arc::new(AtomicU64::new(0)),
             next_client: AtomicU64::new(1),
-            streams: tokio::sync::Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
             queues: AtomicUsize::new(0),
         }
     }
@@ -474,26 +478,87 @@ async fn subscribe(
     sender: mpsc::Sender<Utf8Bytes>,
     key: &Key,
 ) -> Result<(), String> {
-    let mut streams = gateway.hub.streams.lock().await;
     let subscriber = Subscriber { client: client.clone(), sender };
-    if let Some(stream) = streams.get(key) {
-        lock(&stream.subscribers).push(subscriber);
-        return Ok(());
+    let (stream, first) = {
+        let mut streams = lock(&gateway.hub.streams);
+        match streams.get(key) {
+            Some(stream) => {
+                lock(&stream.subscribers).push(subscriber);
+                (stream.clone(), false)
+            }
+            None => {
+                let stream = Arc::new(Stream {
+                    subscribers: Mutex::new(vec![subscriber]),
+                    stop: Notify::new(),
+                    bound: watch::channel(None).0,
+                });
+                streams.insert(key.clone(), stream.clone());
+                gateway.hub.queues.store(streams.len(), Ordering::Relaxed);
+                (stream, true)
+            }
+        }
+    };
+    if !first {
+        // Another request binds it: wait for that (within its own deadline), not for every stream's.
+        let mut bound = stream.bound.subscribe();
+        let outcome = bound.wait_for(Option::is_some).await.map(|outcome| outcome.clone());
+        return outcome.ok().flatten().unwrap_or_else(|| Err(format!("the stream of {} was not bound", key.0)));
     }
-    let exchange = gateway.catalog.exchange(&key.0).map_err(|e| e.to_string())?;
-    let reader = tokio::time::timeout(WATCH_WAIT, gateway.bus.watch(&exchange, &key.1))
-        .await
-        .map_err(|_| format!("the broker did not bind a queue to {} within {WATCH_WAIT:?}", key.0))?
-        .map_err(|e| format!("cannot watch {}: {e}", key.0))?;
-    let stream = Arc::new(Stream { subscribers: Mutex::new(vec![subscriber]), stop: Notify::new() });
-    streams.insert(key.clone(), stream.clone());
-    gateway.hub.queues.store(streams.len(), Ordering::Relaxed);
-    tokio::spawn(pump(gateway.clone(), key.clone(), reader, stream));
+    // Whatever ends this request (an error, a deadline, the socket closing), the stream does not stay in the
+    // map unbound, and those waiting for it hear.
+    let mut unbound = Unbound { gateway, key, stream: &stream, armed: true };
+    let bound = async {
+        let exchange = gateway.catalog.exchange(&key.0).map_err(|e| e.to_string())?;
+        tokio::time::timeout(WATCH_WAIT, gateway.bus.watch(&exchange, &key.1))
+            .await
+            .map_err(|_| format!("the broker did not bind a queue to {} within {WATCH_WAIT:?}", key.0))?
+            .map_err(|e| format!("cannot watch {}: {e}", key.0))
+    };
+    let reader = match bound.await {
+        Ok(reader) => reader,
+        Err(error) => {
+            unbound.fail(error.clone());
+            return Err(error);
+        }
+    };
+    unbound.armed = false;
+    stream.bound.send_replace(Some(Ok(())));
+    tokio::spawn(pump(gateway.clone(), key.clone(), reader, stream.clone()));
     Ok(())
 }
 
+/// A stream whose queue is being bound: unless disarmed, on drop takes it out of the map (if it is still
+/// there) and tells those waiting for it that it failed.
+struct Unbound<'a> {
+    gateway: &'a Gateway,
+    key: &'a Key,
+    stream: &'a Arc<Stream>,
+    armed: bool,
+}
+
+impl Unbound<'_> {
+    fn fail(&mut self, error: String) {
+        self.armed = false;
+        let mut streams = lock(&self.gateway.hub.streams);
+        if streams.get(self.key).is_some_and(|s| Arc::ptr_eq(s, self.stream)) {
+            streams.remove(self.key);
+            self.gateway.hub.queues.store(streams.len(), Ordering::Relaxed);
+        }
+        drop(streams);
+        self.stream.bound.send_replace(Some(Err(error)));
+    }
+}
+
+impl Drop for Unbound<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.fail(format!("the request that bound the stream of {} ended first", self.key.0));
+        }
+    }
+}
+
 async fn unsubscribe(gateway: &Gateway, client: &Client, key: &Key) {
-    let mut streams = gateway.hub.streams.lock().await;
+    let mut streams = lock(&gateway.hub.streams);
     let Some(stream) = streams.get(key) else { return };
     let empty = {
         let mut subscribers = lock(&stream.subscribers);

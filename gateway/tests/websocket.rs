@@ -77,12 +77,13 @@ async fn subscribers_share_one_queue_and_publish_with_an_ack(h: &Harness) {
     let mut alice = connect(&server).await;
     let mut bob = connect(&server).await;
     let user = json!({ "subscribe": { "exchange": "gametrade.events", "pattern": "user.*" } });
+    // Both at once: the second waits for the queue the first one's request binds, and shares it.
     send(&mut alice, user.clone()).await;
+    send(&mut bob, user.clone()).await;
     assert_eq!(
         next(&mut alice).await,
         json!({ "subscribed": { "exchange": "gametrade.events", "pattern": "user.*" } })
     );
-    send(&mut bob, user.clone()).await;
     assert!(next(&mut bob).await.get("subscribed").is_some());
     let ready = server.get("/ready").await.json();
     assert_eq!(ready["websocket"]["queues"], 1, "one broker queue for both: {ready}");
