@@ -15,7 +15,7 @@
 //! let config = warren_gateway::GatewayConfig::from_toml(r#"events = ["streaming.v1.*"]"#, "inline")?;
 //! let app = axum::Router::new().nest("/bus", warren_gateway::router(bus, catalog, config));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! axum::serve(listener, app).await?;
+//! warren_gateway::serve(listener, app, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -30,6 +30,7 @@
 //! - `openapi.rs`: the OpenAPI 3.1 document, generated from the descriptors.
 //! - `page.rs`, `page.html`: `GET /`, a page showing the catalog, message rates, a live tail and the
 //!   dead-letter queues; `GET /dlq`, their depths.
+//! - `server.rs`: [`serve`]: the router on a listener, with a deadline for request headers.
 //! - `shutdown.rs`: [`Shutdown`], closing the WebSockets when the server stops.
 //! - `ws.rs`: `GET /ws`: subscriptions fanned out from one broker queue per exchange and pattern, and
 //!   publishing over the socket.
@@ -42,6 +43,7 @@ mod openapi;
 mod page;
 mod problem;
 mod routes;
+mod server;
 mod shutdown;
 mod ws;
 
@@ -57,6 +59,7 @@ pub use config::{ConfigError, GatewayConfig, Group, StreamRule, Tokens, WebSocke
 #[cfg(feature = "prometheus")]
 pub use metrics::Metrics;
 pub use problem::{PROBLEM_JSON, Problem, http_status};
+pub use server::{HEADER_READ_TIMEOUT, serve};
 pub use shutdown::Shutdown;
 
 /// The gateway's routes over `bus`, for the contracts of `catalog`, exposing what `config` allows. Mount it

@@ -138,25 +138,17 @@ async fn run(args: Args) -> Result<(), String> {
         "warren-gateway: listening on http://{} (bus {shown})",
         listener.local_addr().map_err(|e| e.to_string())?
     );
-    let shutdown = shutdown;
-    // Without Nagle's algorithm: a WebSocket write (a batch of stream messages) is not held back until the
-    // client acknowledges the one before, which its delayed acknowledgement can put off for 40 ms.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
     let (stopping, stopped) = tokio::sync::oneshot::channel();
-    let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let serving = warren_gateway::serve(listener, app, async move {
         let _ = warren::terminated().await;
         let _ = stopping.send(());
-        // WebSockets are not axum's to close: each gets a close frame first.
+        // WebSockets are not the server's to close: each gets a close frame first.
         shutdown.close(Duration::from_secs(5)).await;
     });
-    // axum waits for every connection to finish: a request still running (a call with a long deadline, a body
-    // trickling in) is given DRAIN to, and then the gateway exits anyway.
+    // The server waits for every connection to finish: a request still running (a call with a long deadline, a
+    // body trickling in) is given DRAIN to, and then the gateway exits anyway.
     tokio::select! {
-        served = serving.into_future() => served.map_err(|e| e.to_string())?,
+        served = serving => served.map_err(|e| e.to_string())?,
         () = async {
             if stopped.await.is_ok() {
                 tokio::time::sleep(DRAIN).await;

@@ -95,6 +95,18 @@ async fn the_readme_example_serves() {
         serde_json::from_str(&http.get(format!("{base}/openapi.json")).send().await.unwrap().text().await.unwrap())
             .unwrap();
     assert!(openapi["paths"]["/rpc/at.v1.IntSummator/IntSum"].is_object());
+
+    // A client that sends part of its headers and then nothing is closed at the headers' deadline.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut slow = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let limit = warren_gateway::HEADER_READ_TIMEOUT + Duration::from_secs(10);
+    tokio::time::timeout(limit, slow.read_to_end(&mut rest)).await.expect("closed by the deadline").unwrap_or(0);
+    let took = started.elapsed();
+    assert!(took + Duration::from_secs(1) >= warren_gateway::HEADER_READ_TIMEOUT, "closed after {took:?}");
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"), "no answer to half a request");
 }
 
 /// Kills the child when the test ends, however it ends.
