@@ -36,6 +36,18 @@ pub struct QueueReader {
     feed: Feed,
     stop: Stop,
     queue: String,
+    /// The bus that declared the reader's own queue ([`Bus::watch`]): told to forget it once the reader is
+    /// closed or dropped, so that a reconnection does not declare and bind it again, and the bus's record of
+    /// what to declare does not grow with every watch.
+    owned_by: Option<Bus>,
+}
+
+impl Drop for QueueReader {
+    fn drop(&mut self) {
+        if let Some(bus) = self.owned_by.take() {
+            bus.inner.transport.forget_queues(std::slice::from_ref(&self.queue));
+        }
+    }
 }
 
 /// A message taken from a queue by a [`QueueReader`] and not yet settled: [`Taken::ack`] removes it from the
@@ -163,13 +175,24 @@ impl Bus {
                 transport.bind(&name, &exchange, &pattern).await
             })
         });
-        self.reader(&queue, 256, setup).await
+        let reader = self.reader(&queue, 256, setup).await;
+        match reader {
+            Ok(mut reader) => {
+                reader.owned_by = Some(self.clone());
+                Ok(reader)
+            }
+            Err(error) => {
+                // Its queue may have been declared before the consume failed.
+                self.inner.transport.forget_queues(&[queue]);
+                Err(error)
+            }
+        }
     }
 
     async fn reader(&self, queue: &str, prefetch: u16, setup: Setup) -> Result<QueueReader> {
         let (stop, signal) = Stop::new();
         let feed = Feed::open(self, queue, prefetch, "warren.reader", setup, signal, ConsumeOn::Consuming).await?;
-        Ok(QueueReader { feed, stop, queue: queue.to_owned() })
+        Ok(QueueReader { feed, stop, queue: queue.to_owned(), owned_by: None })
     }
 
     /// Publishes a dead-lettered `message` again: to the exchange and routing key it was first published with

@@ -87,6 +87,11 @@ async fn a_watch_sees_what_is_published_and_goes_away_with_its_reader(h: &Harnes
     assert_eq!(taken.message.properties.kind.as_deref(), Some("gametrade.v1.UserRegistered"));
     taken.ack().await.unwrap();
     assert!(watch.next_within(h.quiet_period()).await.is_none(), "only what matches the pattern");
+    let recorded = |bus: &warren::Bus, queue: &str| {
+        let topology = bus.topology();
+        topology.queue(queue).is_some() || topology.bindings.iter().any(|b| b.queue == queue)
+    };
+    assert!(recorded(&bus, &queue), "declared again after a reconnection while it reads");
     watch.close().await;
     within(10, "the watch's queue to go", async {
         while bus.queue_depth(&queue).await.is_ok() {
@@ -94,6 +99,13 @@ async fn a_watch_sees_what_is_published_and_goes_away_with_its_reader(h: &Harnes
         }
     })
     .await;
+    // Forgotten once closed, or dropped: a reconnection does not declare it again, and a bus that watches
+    // all day does not keep a record of every watch.
+    assert!(!recorded(&bus, &queue), "the closed watch's queue is still in the bus's topology");
+    let dropped = bus.watch(&events_exchange(), "user.*").await.unwrap();
+    let dropped_queue = dropped.queue().to_owned();
+    drop(dropped);
+    assert!(!recorded(&bus, &dropped_queue), "the dropped watch's queue is still in the bus's topology");
 
     let long = "a.".repeat(200);
     let refused = bus.watch(&events_exchange(), &long).await.unwrap_err();
