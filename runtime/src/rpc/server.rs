@@ -71,8 +71,8 @@ impl RpcContext {
 
     /// When the caller stops waiting: the absolute deadline the caller sent (`x-warren-deadline`, so time the
     /// request spent in the queue counts), else its TTL from receipt; `None` when the request says neither.
-    /// Work past it is wasted, and a request found past it is answered `DEADLINE_EXCEEDED` without running
-    /// the handler. Across hosts it relies on their clocks agreeing, as gRPC's deadlines do not (they travel
+    /// Work past it is wasted: a request found past it is answered `DEADLINE_EXCEEDED` without running the
+    /// handler, and a handler still running at it is abandoned (its future dropped). Across hosts it relies on their clocks agreeing, as gRPC's deadlines do not (they travel
     /// as durations): keep clocks synchronised (NTP) or give calls room.
     pub fn deadline(&self) -> Option<std::time::Instant> {
         self.deadline.map(Instant::into_std)
@@ -304,6 +304,7 @@ where
                     reply_to: Arc::clone(&reply_to),
                     refused: Arc::clone(&refused),
                     service: service.name,
+                    default_timeout: service.default_timeout,
                     known: Arc::clone(&known),
                 };
                 let answer = answer(delivery, server, permit);
@@ -343,6 +344,8 @@ struct Answering {
     refused: Arc<std::sync::atomic::AtomicU64>,
     /// The service's full name.
     service: &'static str,
+    /// How long a handler may run on a request that carries no deadline (the contract's default timeout).
+    default_timeout: Duration,
     /// The methods its handler has answered.
     known: Known,
 }
@@ -351,7 +354,8 @@ struct Answering {
 /// asked for a reply), acknowledges. A request whose caller's deadline has passed is answered
 /// `DEADLINE_EXCEEDED` without running the handler.
 async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::OwnedSemaphorePermit) {
-    let Answering { handler, transport, app_id, timeout, layers, reply_to, refused, service, known } = server;
+    let Answering { handler, transport, app_id, timeout, layers, reply_to, refused, service, default_timeout, known } =
+        server;
     if let Some(to) = delivery.properties.reply_to()
         && !reply_to_allowed(to, &reply_to)
     {
@@ -422,11 +426,24 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
         let handling = trace::scope(trace, async { handler(method_name, body, context).await });
         let handling = tracing::Instrument::instrument(handling, span.clone());
         // A handler that panics is answered `INTERNAL` at once, rather than left to time out.
-        let handling = std::panic::AssertUnwindSafe(handling);
-        let result = futures_util::FutureExt::catch_unwind(handling).await.unwrap_or_else(|_| {
-            tracing::warn!(method = %method, correlation_id = ?p.correlation_id(), "an RPC handler panicked; answering INTERNAL");
-            Err(Failure::Status(Status::internal("the handler panicked")))
-        });
+        let handling = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handling));
+        // One still running at the caller's deadline (the contract's default timeout for a request without one)
+        // is abandoned, as tonic abandons a handler at its `grpc-timeout`: nobody waits for its answer, and a
+        // handler that never returns must not hold one of the server's `concurrency` slots for good.
+        let until = deadline.unwrap_or_else(|| Instant::now().later(default_timeout));
+        let result = match tokio::time::timeout_at(until, handling).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => {
+                tracing::warn!(method = %method, correlation_id = ?p.correlation_id(), "an RPC handler panicked; answering INTERNAL");
+                Err(Failure::Status(Status::internal("the handler panicked")))
+            }
+            Err(_) => {
+                tracing::warn!(method = %method, correlation_id = ?p.correlation_id(), "an RPC handler was still running at the caller's deadline; abandoned");
+                Err(Failure::Status(Status::deadline_exceeded(format!(
+                    "{method}: the handler was still running at the caller's deadline"
+                ))))
+            }
+        };
         match &result {
             Ok(_) => {}
             Err(Failure::Status(status)) => _ = span.record("error.type", status.code().as_str()),

@@ -25,6 +25,7 @@ async fn int_summator_over_the_bus(h: &Harness) {
     a_wrong_argument_type_is_answered_with_invalid_argument(h).await;
     a_call_nobody_serves_fails_with_a_deadline_error_on_time(h).await;
     a_panicking_handler_is_answered_internal_and_the_server_goes_on(h).await;
+    a_handler_still_running_at_the_deadline_is_abandoned_and_frees_its_slot(h).await;
 }
 
 async fn a_call_across_two_connections_returns_the_sum(h: &Harness) {
@@ -103,6 +104,43 @@ async fn a_panicking_handler_is_answered_internal_and_the_server_goes_on(h: &Har
         let reply = within(10, "a reply", client.int_sum(IntSumRequest { a, b: 1 })).await.unwrap();
         assert_eq!(reply.sum, a + 1);
     }
+    serving.stop().await;
+}
+
+/// Sums, but never returns on `a == 99`; says when such a handler is dropped.
+struct Stuck(tokio::sync::mpsc::UnboundedSender<()>);
+
+/// Sends on drop.
+struct Dropped(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+impl warren_contracts::at::v1::IntSummator for Stuck {
+    async fn int_sum(&self, request: IntSumRequest, _: warren::RpcContext) -> Result<IntSumResponse, RpcError<Reason>> {
+        if request.a == 99 {
+            let _dropped = Dropped(self.0.clone());
+            std::future::pending::<()>().await;
+        }
+        Ok(IntSumResponse { sum: request.a + request.b })
+    }
+}
+
+async fn a_handler_still_running_at_the_deadline_is_abandoned_and_frees_its_slot(h: &Harness) {
+    let (tx, mut dropped) = tokio::sync::mpsc::unbounded_channel();
+    let serving = IntSummatorServer::new(Stuck(tx)).concurrency(1).serve(&h.bus("int-summator").await).await.unwrap();
+    let client = IntSummatorClient::new(&h.bus("sum-requester").await);
+    let short = client.clone().with_timeout(Duration::from_millis(300));
+    let status = within(10, "the deadline", short.int_sum(IntSumRequest { a: 99, b: 1 })).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status}");
+    within(10, "the stuck handler to be dropped", dropped.recv()).await.expect("dropped at the caller's deadline");
+    // Its one slot is free again.
+    let client = client.with_timeout(Duration::from_secs(5));
+    let reply = within(10, "a reply", client.int_sum(IntSumRequest { a: 1, b: 1 })).await.unwrap();
+    assert_eq!(reply.sum, 2);
     serving.stop().await;
 }
 
