@@ -187,6 +187,9 @@ pub(crate) struct Feed {
     ended: Option<String>,
     /// What ends a wait of [`Feed::next_within`], made at the first.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Waits between failed attempts to consume again: kept across calls, so that a caller waiting in short
+    /// slices (`next_within`, `QueueReader::next_within`) does not start it over at its shortest each time.
+    backoff: Backoff,
 }
 
 impl std::fmt::Debug for Feed {
@@ -219,6 +222,7 @@ impl Feed {
             generations: bus.inner.transport.generations(),
             ended: None,
             timer: None,
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)),
         };
         feed.current = Some(feed.subscribe().await?);
         Ok(feed)
@@ -290,7 +294,6 @@ impl Feed {
 
     /// The next delivery; `None` once stopped.
     pub(crate) async fn next(&mut self) -> Option<Delivery> {
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             if self.stop.deadline().is_some() {
                 return None;
@@ -329,12 +332,13 @@ impl Feed {
                 Ok(consumer) => {
                     tracing::info!(queue = %self.queue, "consuming again");
                     self.current = Some(consumer);
-                    backoff.reset();
+                    self.backoff.reset();
                 }
                 Err(error) => {
                     tracing::debug!(queue = %self.queue, %error, "cannot consume yet; retrying");
+                    let wait = self.backoff.next_wait();
                     tokio::select! {
-                        () = tokio::time::sleep(backoff.next_wait()) => {}
+                        () = tokio::time::sleep(wait) => {}
                         () = self.stop.stopped() => return None,
                     }
                 }

@@ -357,10 +357,14 @@ impl Bus {
     /// Once subscribers and servers have stopped: fails RPC calls still waiting, refuses publishes from now on,
     /// waits (until `by`) for those in flight to be confirmed and closes the connections.
     async fn end(&self, by: std::time::Instant) -> Result<()> {
-        if let Some(replies) = self.inner.replies.lock().await.take() {
+        self.inner.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        // A call opening the reply path holds this lock while it waits on the broker: not past the deadline.
+        let replies = tokio::time::timeout_at(by.into(), self.inner.replies.lock()).await;
+        if let Ok(mut replies) = replies
+            && let Some(replies) = replies.take()
+        {
             replies.fail_pending(&crate::Status::cancelled("the bus is shutting down"));
         }
-        self.inner.closed.store(true, std::sync::atomic::Ordering::Relaxed);
         self.inner.transport.close(by).await
     }
 
