@@ -224,13 +224,13 @@ fn flush_interval<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<D
 #[non_exhaustive]
 pub enum ConfigError {
     /// The TOML file does not parse, or has a key the gateway does not know.
-    #[error("{path}: {source}")]
+    #[error("{path}: {problem}")]
     Toml {
         /// The file.
         path: String,
-        /// Where and why.
-        #[source]
-        source: Box<toml::de::Error>,
+        /// Where and why: line, column and the parser's message, never the text of the file (a line of it may
+        /// hold a token), and for a problem among the tokens not the parser's message either (it may quote one).
+        problem: String,
     },
     /// The file cannot be read.
     #[error("cannot read {path}: {source}")]
@@ -268,7 +268,8 @@ impl GatewayConfig {
 
     /// Reads a TOML configuration.
     pub fn from_toml(text: &str, path: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|source| ConfigError::Toml { path: path.to_owned(), source: Box::new(source) })
+        toml::from_str(text)
+            .map_err(|error| ConfigError::Toml { path: path.to_owned(), problem: toml_problem(text, &error) })
     }
 
     /// Reads a TOML configuration file.
@@ -365,6 +366,27 @@ impl Group {
     }
 }
 
+/// Where a TOML error is and what it says, told without quoting the file: `line L, column C: message`.
+fn toml_problem(text: &str, error: &toml::de::Error) -> String {
+    let Some(at) = error.span().map(|span| span.start.min(text.len())) else {
+        return crate::routes::shorten(error.message(), 400);
+    };
+    let before = text.get(..at).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |start| start.chars().count()) + 1;
+    // In `[tokens]` (or at a `tokens…` key): the message may quote the value, and the value may be a token.
+    let this_line = before.rsplit('\n').next().unwrap_or_default().trim_start();
+    let section = before.lines().rev().map(str::trim).find(|l| l.starts_with('['));
+    let message = if this_line.starts_with("tokens") || section == Some("[tokens]") {
+        "tokens are lists of strings by group: publish = [\"…\"], call, stream or docs (the value is not shown: it \
+         may be a token)"
+            .to_owned()
+    } else {
+        crate::routes::shorten(error.message(), 400)
+    };
+    format!("line {line}, column {column}: {message}")
+}
+
 fn is_wildcard(entry: &str) -> bool {
     entry == "*" || entry.ends_with(".*")
 }
@@ -413,6 +435,17 @@ mod tests {
         assert!(!closed.has_open_group(), "every group that has something to reach has a token");
         assert!(listed(&config.events, "streaming.v1.SystemEvent", |_| None));
         assert!(!listed(&config.events, "gametrade.v1.UserActivated", |_| None));
+    }
+
+    #[test]
+    fn a_toml_error_says_where_without_quoting_a_token() {
+        for text in ["events = [\"*\"]\n[tokens]\npublish = \"s3cret\"\n", "tokens.publish = \"s3cret\"\n"] {
+            let error = GatewayConfig::from_toml(text, "gateway.toml").unwrap_err().to_string();
+            assert!(!error.contains("s3cret"), "{error}");
+            assert!(error.starts_with("gateway.toml: line ") && error.contains("lists of strings"), "{error}");
+        }
+        let error = GatewayConfig::from_toml("events = [\"*\"]\nbody_timeout_ms = \"soon\"\n", "g.toml").unwrap_err();
+        assert!(error.to_string().starts_with("g.toml: line 2, column 19: "), "{error}");
     }
 
     #[test]

@@ -214,7 +214,12 @@ fn config(args: &Args) -> Result<GatewayConfig, String> {
             "call" => Group::Call,
             "stream" => Group::Stream,
             "docs" => Group::Docs,
-            other => return Err(format!("--token: unknown group {other:?} (publish, call, stream or docs)")),
+            // Not echoed: a token given without its group may have an `=` of its own (base64's padding).
+            _ => {
+                return Err("--token: the part before '=' is not a group; write it as GROUP=TOKEN, the group one of \
+                            publish, call, stream or docs"
+                    .to_owned());
+            }
         };
         config.tokens.add(group, token);
     }

@@ -122,13 +122,18 @@ impl Problem {
             }
             // A broker alarm (`Blocked`) and a full queue (`Nacked`) pass: worth retrying later, as is a broker
             // that is down.
-            E::Connect { .. }
-            | E::Closed
-            | E::Broker { .. }
-            | E::Blocked { .. }
-            | E::Nacked { .. }
-            | E::ExchangeNotFound { .. }
-            | E::MissingTopology { .. } => Problem::unavailable(error.to_string()),
+            // What the broker said can name its URL, its users and vhosts, and the operator's fix: for the
+            // gateway's log, not for whoever sent the request.
+            E::Connect { .. } | E::Broker { .. } | E::MissingTopology { .. } => {
+                tracing::warn!(%error, "answering 503: the broker");
+                Problem::unavailable(
+                    "the gateway's broker is unreachable or refused the operation; try again later (the gateway's \
+                     log says why)",
+                )
+            }
+            E::Closed | E::Blocked { .. } | E::Nacked { .. } | E::ExchangeNotFound { .. } => {
+                Problem::unavailable(error.to_string())
+            }
             E::Invalid { violations, .. } => {
                 let list: Vec<Value> =
                     violations.iter().map(|v| json!({ "field": v.field, "problem": v.problem })).collect();

@@ -262,8 +262,17 @@ fn reachable<E>(allowed: &std::collections::BTreeSet<String>, found: &Result<Str
     found.as_ref().ok().filter(|name| allowed.contains(*name)).cloned()
 }
 
-fn cut(name: &str) -> String {
-    name.chars().take(120).collect()
+/// A name or value from a request as an answer shows it: at most 120 characters, then `…`.
+pub(crate) fn cut(text: &str) -> String {
+    shorten(text, 120)
+}
+
+/// `text`, at most `max` characters, then `…`.
+pub(crate) fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
 }
 
 /// The body, at most the bus's `max_message_size` bytes, and its format from `Content-Type`.
@@ -317,7 +326,7 @@ fn format(headers: &HeaderMap) -> Result<Format, Problem> {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "media-type",
             "Unsupported media type",
-            format!("send application/json (the proto3 JSON mapping) or application/x-protobuf, not {other}"),
+            format!("send application/json (the proto3 JSON mapping) or application/x-protobuf, not {}", cut(other)),
         )),
     }
 }
@@ -327,7 +336,7 @@ fn format(headers: &HeaderMap) -> Result<Format, Problem> {
 fn requested_timeout(headers: &HeaderMap) -> Result<Option<Duration>, Problem> {
     let bad = |name: &str, value: &str| {
         Problem::bad_request(
-            format!("header {name}: {value:?} is not a timeout"),
+            format!("header {name}: {:?} is not a timeout", cut(value)),
             json!([{ "field": name, "problem": "write it as 500ms, 2s or 1m (grpc-timeout: 500m, 2S)" }]),
         )
     };

@@ -635,7 +635,7 @@ async fn publish(gateway: &Gateway, can_publish: bool, request: &Publish<'_>) ->
     {
         return gateway.enqueue(&task.full_name, body.as_bytes(), Format::Json, &HeaderMap::new()).await;
     }
-    Err(Problem::not_found(format!("no event or task named {name:?} is published here")))
+    Err(Problem::not_found(format!("no event or task named {:?} is published here", crate::routes::cut(name))))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

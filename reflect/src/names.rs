@@ -137,8 +137,13 @@ pub(crate) fn not_found(what: &'static str, name: &str, candidates: Vec<String>)
     Error::NotFound { what, name: cut(name), suggestions: closest(name, &candidates) }
 }
 
-fn cut(name: &str) -> String {
-    name.chars().take(120).collect()
+/// A name or text from the input as an error shows it: at most 200 characters, then `…` (serde's messages
+/// quote the value they refuse, which can be megabytes long).
+pub(crate) fn cut(name: &str) -> String {
+    match name.char_indices().nth(200) {
+        Some((at, _)) => format!("{}…", &name[..at]),
+        None => name.to_owned(),
+    }
 }
 
 /// Up to three of `candidates` closest to `name` (by edit distance to the full name or to its last part), close

@@ -41,8 +41,8 @@ impl Catalog {
         let descriptor = self.message(type_name)?;
         let malformed = |field: Option<String>, reason: String| Error::Malformed {
             type_name: descriptor.full_name().to_owned(),
-            field,
-            reason,
+            field: field.as_deref().map(crate::names::cut),
+            reason: crate::names::cut(&reason),
         };
         let mut input = serde_json::Deserializer::from_str(json);
         let mut track = serde_path_to_error::Track::new();
