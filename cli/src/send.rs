@@ -190,7 +190,11 @@ fn headers(given: &[String]) -> Result<Vec<(String, String)>, Failure> {
         .iter()
         .map(|pair| match pair.split_once('=') {
             Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
-            _ => Err(Failure::new(2, format!("--header {pair:?}: write it as name=value"))),
+            // Only the name is echoed: the value may be a credential (`Authorization: Bearer …`).
+            _ => {
+                let name: String = pair.split([':', ' ', '=']).next().unwrap_or_default().chars().take(64).collect();
+                Err(Failure::new(2, format!("--header {name:?}…: write it as name=value (not \"Name: value\")")))
+            }
         })
         .collect()
 }

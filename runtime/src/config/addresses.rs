@@ -33,8 +33,7 @@ pub(crate) type Written = (String, Option<u16>);
 /// error (what is wrong, without the URL: the caller shows it redacted) for an empty or malformed address.
 pub(crate) fn split(url: &str) -> Result<Option<(String, Vec<Written>)>, String> {
     let Some((scheme, rest)) = url.split_once("://") else { return Ok(None) };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
+    let (authority, path) = authority(rest)?;
     let (userinfo, hosts) = match authority.rsplit_once('@') {
         Some((userinfo, hosts)) => (Some(userinfo), hosts),
         None => (None, authority),
@@ -58,12 +57,23 @@ pub(crate) fn split(url: &str) -> Result<Option<(String, Vec<Written>)>, String>
 /// URL without `://`.
 pub(crate) fn first_host(url: &str) -> Result<Option<String>, String> {
     let Some((_, rest)) = url.split_once("://") else { return Ok(None) };
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (authority, _) = authority(rest)?;
     let hosts = authority.rsplit_once('@').map_or(authority, |(_, hosts)| hosts);
     if hosts.is_empty() {
         return Ok(None);
     }
     parse(hosts).map(|(host, _)| Some(host))
+}
+
+/// The authority of a URL's text after `://` (`user:password@hosts`), and the rest. Hosts that do not read
+/// as hosts, with an `@` after the first `/`, `?` or `#`, mean a user or password with one of those unencoded:
+/// said without quoting anything (what looks like the hosts is part of the password).
+fn authority(rest: &str) -> Result<(&str, &str), String> {
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    if !authority.contains('@') && path.contains('@') && authority.split(',').any(|address| parse(address).is_err()) {
+        return Err("the user or password has a '/', '?' or '#' in it: percent-encode them (%2F, %3F, %23)".into());
+    }
+    Ok((authority, path))
 }
 
 /// One address, `host`, `host:port`, `[v6]` or `[v6]:port`: the host, and the port if given.
@@ -174,9 +184,11 @@ mod tests {
             ("amqp://u:p@h1,[::1/", "opens '['"),
             ("amqp://u:p@h1,fd00::5:5672/", "looks like IPv6 without brackets"),
             ("amqp://u:p@h1,rab bit:5672/", "has ' ' in its host"),
+            ("amqp://app:S3cr3t,x/y@h", "percent-encode them"),
         ] {
             let error = split(url).unwrap_err();
             assert!(error.contains(problem), "{url}: {error}");
+            assert!(!error.contains("S3cr3t"), "{error}");
         }
         let many = (0..=MAX_ADDRESSES).map(|i| format!("h{i}")).collect::<Vec<_>>().join(",");
         assert!(split(&format!("amqp://{many}/")).unwrap_err().contains("more than the 64"));
