@@ -237,6 +237,16 @@ async fn replay(
     out: &Output,
 ) -> Result<(), Failure> {
     let type_name = selection.type_filter(catalog)?;
+    // Checked once, not found out message by message (each then failing as unroutable).
+    if let Some(to) = to_queue
+        && bus.queue_depth(to).await.is_err()
+    {
+        let shown: String = to.chars().take(255).collect();
+        return Err(Failure::new(
+            exit::NOT_FOUND,
+            format!("--to-queue {shown:?}: no such queue (check the name, and the vhost in the URL)"),
+        ));
+    }
     if dry_run {
         let Read { held, reader, .. } = read(bus, selection, type_name.as_deref()).await?;
         for (taken, _) in held.iter().filter(|(_, chosen)| *chosen) {

@@ -284,9 +284,8 @@ fn topology(catalog: &Catalog, vhost: Option<&str>, groups: &[String]) -> Result
         options = options.vhost(vhost);
     }
     for group in groups {
-        // Room for the longest event name and the delay queues' suffix under AMQP's 255 bytes.
-        if group.is_empty() || group.len() > 64 {
-            return Err(Failure::new(exit::INVALID, format!("group {group:?}: give a name of 1 to 64 bytes")));
+        if let Some(problem) = warren_codegen::manifest::group_problem(group) {
+            return Err(Failure::new(exit::INVALID, problem));
         }
         options = options.group(group);
     }

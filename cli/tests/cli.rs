@@ -343,6 +343,9 @@ async fn dead_letters_are_listed_shown_replayed_and_purged() {
     let missing = run(&url, &["dlq", "show", "no.such.dlq"]).await;
     assert_eq!(code(&missing), 3, "{}", stderr(&missing));
     assert!(stderr(&missing).contains("queue \"no.such.dlq\" does not exist"), "{}", stderr(&missing));
+    let nowhere = run(&url, &["dlq", "replay", &dlq, "--to-queue", "no.such.queue"]).await;
+    assert_eq!(code(&nowhere), 3, "{}", stderr(&nowhere));
+    assert!(stderr(&nowhere).contains("--to-queue \"no.such.queue\": no such queue"), "{}", stderr(&nowhere));
 }
 
 /// Dead letters without a message id (a plain AMQP client's) are each replayed: none is taken for another's

@@ -74,7 +74,7 @@ pub enum Error {
         source: syn::Error,
     },
     /// Rendering a template failed; a bug in warren-codegen.
-    #[error("rendering {file} failed: {source}")]
+    #[error("rendering {file} failed: {source} (a bug in warren-codegen, not in your contracts: please report it)")]
     Template {
         /// The file being rendered.
         file: String,

@@ -310,10 +310,7 @@ impl GatewayConfig {
             catalog.exchange(&stream.exchange).map_err(name("streams"))?;
             for pattern in &stream.patterns {
                 if let Some(problem) = warren::topic::pattern_problem(pattern) {
-                    return Err(ConfigError::Invalid(format!(
-                        "streams: pattern {pattern:?} of {} {problem}",
-                        stream.exchange
-                    )));
+                    return Err(ConfigError::Invalid(format!("streams: a pattern of {}: {problem}", stream.exchange)));
                 }
             }
         }

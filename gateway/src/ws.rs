@@ -451,7 +451,7 @@ fn key(gateway: &Gateway, request: &Value) -> Result<Key, String> {
         return Err(format!("patterns and exchange names are at most {} bytes", warren::MAX_PATTERN_LEN));
     }
     if let Some(problem) = warren::topic::pattern_problem(pattern) {
-        return Err(format!("pattern {pattern:?} {problem}"));
+        return Err(format!("bad pattern: {problem}"));
     }
     if !allowed(&gateway.config.streams, exchange, pattern) {
         return Err(format!("exchange {exchange:?} with pattern {pattern:?} is not streamed here"));

@@ -231,8 +231,15 @@ impl Catalog {
                 names::not_found("exchange", exchange, self.contracts.exchanges.keys().cloned().collect()).to_string(),
             );
         };
+        if pattern.len() > warren::MAX_PATTERN_LEN {
+            return Some(format!(
+                "the pattern is {} bytes; RabbitMQ takes at most {}",
+                pattern.len(),
+                warren::MAX_PATTERN_LEN
+            ));
+        }
         if let Some(problem) = warren::topic::pattern_problem(pattern) {
-            return Some(format!("pattern {pattern:?} {problem}"));
+            return Some(format!("bad pattern: {problem}"));
         }
         let keys: Vec<&str> =
             self.events().filter(|e| e.exchange.name == declared.name).map(|e| e.binding.as_str()).collect();

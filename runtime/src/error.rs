@@ -30,7 +30,7 @@ pub enum Error {
         reason: String,
     },
     /// A broker operation did not finish within its deadline.
-    #[error("{operation} did not complete within {after:?}")]
+    #[error("{operation} did not complete within {after:?}; {hint}", hint = timeout_hint(operation))]
     Timeout {
         /// What was waited for.
         operation: &'static str,
@@ -183,9 +183,23 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Broker { source, .. } => !matches!(source.reply_code(), Some(403 | 406 | 530)),
-            Error::Timeout { .. } | Error::Connect { .. } | Error::Blocked { .. } => true,
+            // A refused login or certificate is refused again until someone changes the settings.
+            Error::Connect { reason, .. } => !connect_is_final(reason),
+            Error::Timeout { .. } | Error::Blocked { .. } => true,
             _ => false,
         }
+    }
+}
+
+/// What to do about an operation that timed out.
+fn timeout_hint(operation: &str) -> &'static str {
+    match operation {
+        "waiting for handlers" => "give the stop or shutdown a longer deadline, or make the handlers return sooner",
+        _ if operation.starts_with("publish") => {
+            "check the broker (`warren health`; a broker under load or an alarm confirms late), or raise \
+             BusConfig::publish_timeout (WARREN_PUBLISH_TIMEOUT)"
+        }
+        _ => "check the broker (`warren health`), or raise BusConfig::operation_timeout (WARREN_OPERATION_TIMEOUT)",
     }
 }
 
@@ -205,6 +219,12 @@ fn connect_hint(reason: &str) -> &'static str {
 /// again until the credentials, the vhost or the user's permissions change.
 pub(crate) fn login_refused(reason: &str) -> bool {
     reason.contains("ACCESS_REFUSED") || (reason.contains("NOT_ALLOWED") && reason.contains("vhost"))
+}
+
+/// Whether a connect failed in a way trying again does not change: the login, the vhost or a certificate
+/// refused.
+pub(crate) fn connect_is_final(reason: &str) -> bool {
+    login_refused(reason) || crate::transport::amqp::tls::is_final(reason)
 }
 
 /// What the broker, or the connection to it, said when an operation failed: the source of

@@ -91,7 +91,7 @@ mod topology;
 mod trace;
 mod transport;
 
-pub use bus::{Bus, Encoded, PublishOptions, RawMessage};
+pub use bus::{BATCH_IN_FLIGHT, Bus, Encoded, PublishOptions, RawMessage};
 pub use codec::{CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF, Payload, Schema, Violation, Violations, WireFormat};
 pub use config::{BusConfig, DEFAULT_URL, parse_duration};
 pub use contract::{DecodeError, Event, Inbound, Priority, Task};
@@ -99,7 +99,7 @@ pub use error::{BrokerError, Error, Result};
 pub use headers::{HeaderValue, Headers, MAX_HEADER_NAME_LEN, MessageProperties};
 pub use health::{BrokerInfo, Health};
 pub use inspect::{MAX_PATTERN_LEN, QueueReader, QueueStats, Taken};
-pub use metrics::{Counters, MetricsSnapshot, OTHER_TYPES, SubscriberMetrics};
+pub use metrics::{Counters, MAX_HISTORY, MetricsSnapshot, OTHER_TYPES, SubscriberMetrics};
 pub use middleware::{Middleware, Refusal};
 pub use registry::{ANNOUNCEMENT_TYPE, REGISTRY_QUEUE, ServerInstance};
 pub use rpc::{

@@ -312,6 +312,9 @@ impl Tracker<'_> {
     }
 }
 
+/// The most published messages a bus keeps per type ([`crate::BusConfig::history`]): each holds its body.
+pub const MAX_HISTORY: usize = 100_000;
+
 /// A recently published message, kept when history is on.
 #[derive(Debug, Clone)]
 pub(crate) struct Recorded {
@@ -372,7 +375,7 @@ impl Metrics {
             published: RwLock::default(),
             subscribers: Mutex::default(),
             retired: Mutex::default(),
-            history_capacity,
+            history_capacity: history_capacity.min(crate::MAX_HISTORY),
             history: Mutex::default(),
             reply_to_refused: Arc::default(),
         }

@@ -50,6 +50,7 @@ async fn a_refused_password_is_not_in_the_error_the_debug_output_or_the_logs() {
     let said = error.to_string();
     assert!(said.contains("ACCESS_REFUSED"), "start RabbitMQ: the login must reach a broker: {said}");
     assert!(said.contains("(1 attempt(s)") && said.contains("check the user, password and vhost"), "{said}");
+    assert!(!error.is_transient(), "a refused login is not worth retrying as it is");
     for text in [error.to_string(), format!("{error:?}")] {
         assert!(!text.contains(PASSWORD), "the error shows the password: {text}");
     }

@@ -116,13 +116,20 @@ pub fn pattern_problem(pattern: &str) -> Option<String> {
     if pattern.is_empty() {
         return Some("the pattern is empty".to_owned());
     }
+    // Shown at most 64 characters long: patterns come from users (a gateway's clients, the CLI).
+    let shown = |text: &str| match text.char_indices().nth(64) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    };
     for word in pattern.split('.') {
         if word.is_empty() {
-            return Some(format!("\"{pattern}\" has an empty word (two dots in a row, or a dot at an end)"));
+            return Some(format!("\"{}\" has an empty word (two dots in a row, or a dot at an end)", shown(pattern)));
         }
         if word != "*" && word != "#" && word.contains(['*', '#']) {
             return Some(format!(
-                "word \"{word}\" of \"{pattern}\" mixes a wildcard with other characters; `*` and `#` stand alone"
+                "word \"{}\" of \"{}\" mixes a wildcard with other characters; `*` and `#` stand alone",
+                shown(word),
+                shown(pattern)
             ));
         }
     }

@@ -36,7 +36,10 @@ impl Options {
                     let value = args.next().context("--allow needs a rule name")?;
                     options.allow.push(value.parse()?);
                 }
-                other => bail!("unknown argument to check-compat: {other}"),
+                other => bail!(
+                    "unknown argument to check-compat: {other}; usage: cargo xtask check-compat [--against <rev or \
+                     file>] [--allow RULE]..."
+                ),
             }
         }
         Ok(options)

@@ -18,7 +18,13 @@ pub(crate) fn run(root: &Path, args: &[&str]) -> Result<ExitCode> {
         let mut value = |flag: &str| rest.next().copied().ok_or_else(|| anyhow!("{flag} needs a value"));
         match *arg {
             "--vhost" => options = options.vhost(value("--vhost")?),
-            "--group" => options = options.group(value("--group")?),
+            "--group" => {
+                let group = value("--group")?;
+                if let Some(problem) = warren_codegen::manifest::group_problem(group) {
+                    bail!("{problem}");
+                }
+                options = options.group(group);
+            }
             other => bail!("unknown argument {other}; usage: cargo xtask topology [--vhost V] [--group G]..."),
         }
     }

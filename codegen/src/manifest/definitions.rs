@@ -25,6 +25,18 @@ pub struct DefinitionsOptions {
     pub groups: Vec<String>,
 }
 
+/// The longest subscriber group [`DefinitionsOptions::group`] takes: room for the longest event name and the
+/// delay queues' suffix under AMQP's 255 bytes.
+pub const MAX_GROUP_LEN: usize = 64;
+
+/// Why `group` cannot name subscriber queues in definitions, if it cannot: empty, or over [`MAX_GROUP_LEN`].
+pub fn group_problem(group: &str) -> Option<String> {
+    (group.is_empty() || group.len() > MAX_GROUP_LEN).then(|| {
+        let shown: String = group.chars().take(MAX_GROUP_LEN).collect();
+        format!("group {shown:?}: give a name of 1 to {MAX_GROUP_LEN} bytes")
+    })
+}
+
 impl DefinitionsOptions {
     /// Definitions for vhost `/` and no subscriber group.
     pub fn new() -> Self {

@@ -27,7 +27,7 @@ mod render;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 
-pub use definitions::DefinitionsOptions;
+pub use definitions::{DefinitionsOptions, MAX_GROUP_LEN, group_problem};
 pub use parse::{ParseError, ParseErrorKind};
 
 pub(crate) use build::{build, scalar_name};

@@ -16,6 +16,9 @@ const BROKER_PARTS: [&str; 5] =
 /// What a URL's user, password and vhost must percent-encode: everything but RFC 3986's unreserved characters.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
+/// The largest message RabbitMQ can be configured to take (its `max_message_size` setting's limit, 512 MiB).
+const RABBITMQ_MAX_MESSAGE_SIZE: usize = 512 * 1024 * 1024;
+
 /// The longest duration [`parse_duration`] reads: seven days. Longer is a typo (or a unit forgotten).
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
@@ -130,6 +133,12 @@ impl BusConfig {
             let size: usize = number(("WARREN_MAX_MESSAGE_SIZE", "bytes"), &value)?;
             if size == 0 {
                 return Err(Error::config("WARREN_MAX_MESSAGE_SIZE=0: no message would fit (try 16777216)"));
+            }
+            if size > RABBITMQ_MAX_MESSAGE_SIZE {
+                return Err(Error::config(format!(
+                    "WARREN_MAX_MESSAGE_SIZE={size}: RabbitMQ takes messages of at most {RABBITMQ_MAX_MESSAGE_SIZE} \
+                     bytes (the default is 16777216)"
+                )));
             }
             config.max_message_size = size;
         }
@@ -328,6 +337,7 @@ mod tests {
             (&[("WARREN_OPERATION_TIMEOUT", "0")], "WARREN_OPERATION_TIMEOUT=\"0\" is too short"),
             (&[("WARREN_PUBLISH_TIMEOUT", "5ms")], "at least 100ms"),
             (&[("WARREN_PREFETCH", "0")], "WARREN_PREFETCH=0"),
+            (&[("WARREN_MAX_MESSAGE_SIZE", "1073741824")], "RabbitMQ takes messages of at most 536870912"),
             (&[("WARREN_PREFETCH", "70000")], "WARREN_PREFETCH=\"70000\" is not a count"),
             (&[("WARREN_HEARTBEAT", "-1")], "WARREN_HEARTBEAT"),
             (&[("WARREN_MAX_MESSAGE_SIZE", "1MB")], "WARREN_MAX_MESSAGE_SIZE=\"1MB\" is not bytes"),

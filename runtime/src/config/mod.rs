@@ -227,7 +227,8 @@ impl BusConfig {
     }
 
     /// Keeps the last `per_type` published messages of each event type, for [`crate::Bus::published`] in
-    /// tests and for inspection (the trading bus's event history).
+    /// tests and for inspection (the trading bus's event history); at most [`crate::MAX_HISTORY`] (more is
+    /// taken as that many: each kept message holds its body in memory).
     pub fn history(mut self, per_type: usize) -> Self {
         self.history = per_type;
         self

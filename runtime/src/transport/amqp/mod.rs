@@ -40,7 +40,7 @@ use crate::backoff::Backoff;
 use crate::config::{BusConfig, Endpoint};
 use crate::contract::{ExchangeKind, ExchangeSpec};
 use crate::envelope::{Inline, Properties};
-use crate::error::{Error, Later, Result, login_refused};
+use crate::error::{Error, Later, Result, connect_is_final};
 use crate::health::Health;
 use crate::topology::{Binding, Exchange, Topology};
 

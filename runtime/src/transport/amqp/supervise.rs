@@ -316,7 +316,7 @@ pub(super) async fn connect(
                 .join("; "),
         };
         // Every node refused the certificate or the login: that will not change by trying again.
-        let refused = |f: &Option<String>| f.as_deref().is_some_and(|f| super::tls::is_final(f) || login_refused(f));
+        let refused = |f: &Option<String>| f.as_deref().is_some_and(connect_is_final);
         if left < Duration::from_millis(10) || failures.iter().all(refused) {
             return Err(Error::Connect { url: config.redacted_url(), attempts, elapsed, reason });
         }
