@@ -135,7 +135,7 @@ impl Node {
             let entries = std::fs::read_dir(dir)
                 .map_err(|e| Error::io(format!("start RabbitMQ: reading {}", dir.display()), e))?
                 .filter_map(|entry| entry.ok().map(|entry| entry.file_name().to_string_lossy().into_owned()));
-            let known = ["mnesia", "log", "rabbitmq.conf", "enabled_plugins", "node.pid"];
+            let known = ["mnesia", "log", "rabbitmq.conf", "enabled_plugins", "node.pid", "erl_crash.dump"];
             if let Some(other) = entries.into_iter().find(|name| !known.contains(&name.as_str())) {
                 return Err(Error::new(format!(
                     "start RabbitMQ: {} holds {other}, which no node wrote; refusing to empty it (give the node a \
@@ -173,7 +173,7 @@ impl Node {
         let script = format!(
             "cd '{d}' && exec env RABBITMQ_NODENAME='{name}' RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
              RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {{127,0,0,1}}' \
-             ERL_EPMD_ADDRESS=127.0.0.1 \
+             ERL_EPMD_ADDRESS=127.0.0.1 ERL_CRASH_DUMP='{d}/log/erl_crash.dump' \
              RABBITMQ_NODE_PORT={amqp} RABBITMQ_DIST_PORT={dist} RABBITMQ_MNESIA_BASE='{d}/mnesia' \
              RABBITMQ_LOG_BASE='{d}/log' RABBITMQ_CONFIG_FILE='{d}/rabbitmq.conf' \
              RABBITMQ_ENABLED_PLUGINS_FILE='{d}/enabled_plugins' RABBITMQ_PID_FILE='{d}/node.pid' \

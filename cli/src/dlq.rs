@@ -239,13 +239,18 @@ async fn replay(
     let type_name = selection.type_filter(catalog)?;
     // Checked once, not found out message by message (each then failing as unroutable).
     if let Some(to) = to_queue
-        && bus.queue_depth(to).await.is_err()
+        && let Err(error) = bus.queue_depth(to).await
     {
         let shown: String = to.chars().take(255).collect();
-        return Err(Failure::new(
-            exit::NOT_FOUND,
-            format!("--to-queue {shown:?}: no such queue (check the name, and the vhost in the URL)"),
-        ));
+        // `queue_depth` says "does not exist" for a missing queue; anything else (a timeout, a refusal) is
+        // passed on as it is.
+        if error.to_string().contains("does not exist") {
+            return Err(Failure::new(
+                exit::NOT_FOUND,
+                format!("--to-queue {shown:?}: no such queue (check the name, and the vhost in the URL)"),
+            ));
+        }
+        return Err(Failure::from(error));
     }
     if dry_run {
         let Read { held, reader, .. } = read(bus, selection, type_name.as_deref()).await?;

@@ -50,6 +50,12 @@ pub struct GatewayConfig {
     /// How long a request's body may take to arrive, in milliseconds (default 30,000): a client that trickles
     /// it, or stops sending it, is answered 408 then, and holds neither the request nor a shutdown longer.
     pub body_timeout_ms: Option<u64>,
+    /// How long a connection may go without sending a request's whole headers, in milliseconds (default 75,000),
+    /// counted from when it opened or the response before was written: then [`crate::serve`] closes it. So an
+    /// idle keep-alive connection is closed after this long too: keep it above the idle timeout of a proxy in
+    /// front (nginx's upstream keepalive and AWS ALB's are 60 s), or the proxy may reuse a connection the
+    /// gateway is closing.
+    pub header_timeout_ms: Option<u64>,
     /// WebSocket limits.
     pub websocket: WebSocketConfig,
     /// Closes the WebSockets on shutdown (keep a clone and call [`crate::Shutdown::close`]).
@@ -256,6 +262,11 @@ pub enum ConfigError {
 }
 
 impl GatewayConfig {
+    /// [`GatewayConfig::header_timeout_ms`], or its default of 75 s.
+    pub fn header_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.header_timeout_ms.unwrap_or(75_000).max(1))
+    }
+
     /// [`GatewayConfig::body_timeout_ms`], or its default of 30 s.
     pub fn body_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.body_timeout_ms.unwrap_or(30_000).max(1))
@@ -373,8 +384,10 @@ fn toml_problem(text: &str, error: &toml::de::Error) -> String {
     let column = before.rsplit('\n').next().map_or(0, |start| start.chars().count()) + 1;
     // In `[tokens]` (or at a `tokens…` key): the message may quote the value, and the value may be a token.
     let this_line = before.rsplit('\n').next().unwrap_or_default().trim_start();
-    let section = before.lines().rev().map(str::trim).find(|l| l.starts_with('['));
-    let message = if this_line.starts_with("tokens") || section == Some("[tokens]") {
+    // The table's header as TOML reads it: `[ tokens ]  # prod` is `[tokens]`.
+    let header = |line: &str| line.split('#').next().unwrap_or_default().split_whitespace().collect::<String>();
+    let section = before.lines().rev().map(str::trim).find(|l| l.starts_with('[')).map(header);
+    let message = if this_line.starts_with("tokens") || section.as_deref() == Some("[tokens]") {
         "tokens are lists of strings by group: publish = [\"…\"], call, stream or docs (the value is not shown: it \
          may be a token)"
             .to_owned()
@@ -436,7 +449,11 @@ mod tests {
 
     #[test]
     fn a_toml_error_says_where_without_quoting_a_token() {
-        for text in ["events = [\"*\"]\n[tokens]\npublish = \"s3cret\"\n", "tokens.publish = \"s3cret\"\n"] {
+        for text in [
+            "events = [\"*\"]\n[tokens]\npublish = \"s3cret\"\n",
+            "tokens.publish = \"s3cret\"\n",
+            "[ tokens ]  # prod\npublish = \"s3cret\"\n",
+        ] {
             let error = GatewayConfig::from_toml(text, "gateway.toml").unwrap_err().to_string();
             assert!(!error.contains("s3cret"), "{error}");
             assert!(error.starts_with("gateway.toml: line ") && error.contains("lists of strings"), "{error}");

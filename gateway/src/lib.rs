@@ -15,7 +15,8 @@
 //! let config = warren_gateway::GatewayConfig::from_toml(r#"events = ["streaming.v1.*"]"#, "inline")?;
 //! let app = axum::Router::new().nest("/bus", warren_gateway::router(bus, catalog, config));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! warren_gateway::serve(listener, app, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! let header_timeout = std::time::Duration::from_secs(75);
+//! warren_gateway::serve(listener, app, header_timeout, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -59,7 +60,7 @@ pub use config::{ConfigError, GatewayConfig, Group, StreamRule, Tokens, WebSocke
 #[cfg(feature = "prometheus")]
 pub use metrics::Metrics;
 pub use problem::{PROBLEM_JSON, Problem, http_status};
-pub use server::{HEADER_READ_TIMEOUT, serve};
+pub use server::serve;
 pub use shutdown::Shutdown;
 
 /// The gateway's routes over `bus`, for the contracts of `catalog`, exposing what `config` allows. Mount it

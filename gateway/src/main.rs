@@ -132,6 +132,7 @@ async fn run(args: Args) -> Result<(), String> {
     let shown = bus_config.redacted_url();
     let bus = warren::Bus::with_config(bus_config).await.map_err(|e| e.to_string())?;
     let shutdown = config.shutdown.clone();
+    let header_timeout = config.header_timeout();
     let app = warren_gateway::router(bus.clone(), Arc::new(catalog), config);
     let listener = listen(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     eprintln!(
@@ -139,7 +140,7 @@ async fn run(args: Args) -> Result<(), String> {
         listener.local_addr().map_err(|e| e.to_string())?
     );
     let (stopping, stopped) = tokio::sync::oneshot::channel();
-    let serving = warren_gateway::serve(listener, app, async move {
+    let serving = warren_gateway::serve(listener, app, header_timeout, async move {
         let _ = warren::terminated().await;
         let _ = stopping.send(());
         // WebSockets are not the server's to close: each gets a close frame first.

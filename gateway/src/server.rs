@@ -1,6 +1,6 @@
 //! [`serve`]: the router on a listener, as `axum::serve` with graceful shutdown does it, plus what that
 //! leaves out: a deadline for each request's headers, so that a client trickling them (a slow-loris) does not
-//! hold a connection and its task for ever.
+//! hold a connection and its task for ever ([`crate::GatewayConfig::header_timeout_ms`]).
 
 use std::future::Future;
 use std::pin::pin;
@@ -11,25 +11,25 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-/// How long a client has to send a request's headers, from when the connection opens or the response before
-/// it was written: one that has not sent them all by then is closed.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and tells each connection to
 /// close after the request it is answering; returns once they all have. As `axum::serve(listener,
 /// app).with_graceful_shutdown(shutdown)`, with HTTP/1 (as the gateway's axum is built), WebSocket upgrades,
 /// `TCP_NODELAY` on every connection (a WebSocket write is not held back waiting for the client's delayed
-/// acknowledgement of the one before), and [`HEADER_READ_TIMEOUT`].
+/// acknowledgement of the one before), and `header_timeout`: a connection that has not sent a request's whole
+/// headers that long after it opened, or after the response before, is closed (give it
+/// [`GatewayConfig::header_timeout`](crate::GatewayConfig::header_timeout)).
 ///
 /// ```no_run
 /// # async fn run(app: axum::Router) -> std::io::Result<()> {
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-/// warren_gateway::serve(listener, app, async { let _ = tokio::signal::ctrl_c().await; }).await
+/// let header_timeout = warren_gateway::GatewayConfig::new().header_timeout();
+/// warren_gateway::serve(listener, app, header_timeout, async { let _ = tokio::signal::ctrl_c().await; }).await
 /// # }
 /// ```
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
+    header_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let (closing, _) = tokio::sync::watch::channel(());
@@ -55,7 +55,7 @@ pub async fn serve(
         let mut stop = closing.subscribe();
         connections.spawn(async move {
             let mut builder = http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+            builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
             let mut connection = pin!(builder.serve_connection(TokioIo::new(tcp), service).with_upgrades());
             let served = tokio::select! {
                 served = connection.as_mut() => served,

@@ -218,7 +218,8 @@ fn connect_hint(reason: &str) -> &'static str {
 /// Whether a connect failed because the broker refused the login or the vhost: it answered, and will refuse
 /// again until the credentials, the vhost or the user's permissions change.
 pub(crate) fn login_refused(reason: &str) -> bool {
-    reason.contains("ACCESS_REFUSED") || (reason.contains("NOT_ALLOWED") && reason.contains("vhost"))
+    // Not "vhost … is down" (NOT_ALLOWED too): that one passes while RabbitMQ restarts the vhost.
+    reason.contains("ACCESS_REFUSED") || (reason.contains("NOT_ALLOWED") && reason.contains("not found"))
 }
 
 /// Whether a connect failed in a way trying again does not change: the login, the vhost or a certificate

@@ -91,7 +91,7 @@ mod topology;
 mod trace;
 mod transport;
 
-pub use bus::{BATCH_IN_FLIGHT, Bus, Encoded, PublishOptions, RawMessage};
+pub use bus::{Bus, Encoded, PublishOptions, RawMessage};
 pub use codec::{CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF, Payload, Schema, Violation, Violations, WireFormat};
 pub use config::{BusConfig, DEFAULT_URL, parse_duration};
 pub use contract::{DecodeError, Event, Inbound, Priority, Task};

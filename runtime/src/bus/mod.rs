@@ -22,7 +22,7 @@ mod encoded;
 mod publish;
 
 pub use encoded::Encoded;
-pub use publish::{BATCH_IN_FLIGHT, PublishOptions};
+pub use publish::PublishOptions;
 
 /// A handle to the message bus. Cheap to clone; clones share one connection.
 ///

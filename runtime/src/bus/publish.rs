@@ -5,10 +5,6 @@ use super::*;
 use crate::codec::Outgoing;
 use crate::envelope::MessageId;
 
-/// The most publishes of one [`Bus::publish_batch`] waiting for their confirms at once: enough to keep a
-/// connection's confirm window busy (the raw-lapin baseline of the benchmarks keeps 1,000 in flight).
-pub const BATCH_IN_FLIGHT: usize = 1_000;
-
 /// Per-publish settings; the defaults suit almost every event.
 ///
 /// ```
@@ -109,14 +105,15 @@ impl Bus {
         self.publish_with(event, PublishOptions::default()).await
     }
 
-    /// Publishes several events at once: they are sent without waiting for each other's confirm (pipelined,
-    /// at most [`BATCH_IN_FLIGHT`] in flight, so that a long batch holds a bounded number of encoded messages),
+    /// Publishes several events at once: all are sent without waiting for each other's confirm (pipelined),
     /// and the call returns when the broker has confirmed them all. Fails with [`Error::Batch`] naming each
     /// event that failed, by position; the others were published.
+    ///
+    /// Every event of the batch is encoded and in flight at once, so that they share one publish timeout (a
+    /// blocked broker fails the batch within it): batches of tens of thousands of large events are better
+    /// published in parts.
     pub async fn publish_batch<'a, E: Event>(&self, events: impl IntoIterator<Item = &'a E>) -> Result<()> {
-        use futures_util::StreamExt;
-        let publishes = futures_util::stream::iter(events).map(|event| self.publish(event));
-        let results: Vec<Result<()>> = publishes.buffered(BATCH_IN_FLIGHT).collect().await;
+        let results = futures_util::future::join_all(events.into_iter().map(|event| self.publish(event))).await;
         let total = results.len();
         let failed: Vec<(usize, Error)> =
             results.into_iter().enumerate().filter_map(|(i, result)| result.err().map(|e| (i, e))).collect();

@@ -111,7 +111,8 @@ pub(crate) fn parse(address: &str) -> Result<Written, String> {
         });
     }
     let port = match port {
-        None => None,
+        // `host:` with nothing after the colon: the default port, as URL parsers read it.
+        None | Some("") => None,
         Some(port) => Some(port.parse::<u16>().ok().filter(|port| *port != 0).ok_or_else(|| {
             format!("address \"{address}\" has port \"{port}\", which is not a port number (1-65535)")
         })?),
@@ -164,6 +165,8 @@ mod tests {
             assert!(config.redacted_url().contains("@[fd00::10]:5671"), "{}", config.redacted_url());
         }
         assert_eq!(first_host("amqp://u:p@Rabbit.Example:5672/v").unwrap().as_deref(), Some("Rabbit.Example"));
+        // An empty port is the default one, as it always was.
+        assert_eq!(crate::BusConfig::new("amqp://u:p@rabbit:/v").unwrap().redacted_url(), "amqp://u:***@rabbit:5672/v");
     }
 
     #[test]

@@ -97,14 +97,15 @@ impl BusConfig {
         if let Some(name) = set("WARREN_SERVICE_NAME") {
             config.service_name = name;
         }
-        for (name, field) in [
-            ("WARREN_CONNECT_TIMEOUT", &mut config.connect_timeout),
-            ("WARREN_OPERATION_TIMEOUT", &mut config.operation_timeout),
-            ("WARREN_PUBLISH_TIMEOUT", &mut config.publish_timeout),
-            ("WARREN_RECOVERY_TIMEOUT", &mut config.recovery_timeout),
+        // 0 means something for these two: one connect attempt; health `Failed` at the first failed reconnect.
+        for (name, field, least) in [
+            ("WARREN_CONNECT_TIMEOUT", &mut config.connect_timeout, Duration::ZERO),
+            ("WARREN_OPERATION_TIMEOUT", &mut config.operation_timeout, MIN_TIMEOUT),
+            ("WARREN_PUBLISH_TIMEOUT", &mut config.publish_timeout, MIN_TIMEOUT),
+            ("WARREN_RECOVERY_TIMEOUT", &mut config.recovery_timeout, Duration::ZERO),
         ] {
             if let Some(value) = set(name) {
-                *field = duration(name, &value)?;
+                *field = duration(name, &value, least)?;
             }
         }
         if let Some(value) = set("WARREN_TOPOLOGY") {
@@ -223,13 +224,13 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// The shortest a `WARREN_*` timeout may be: below it every connect, declare or publish would time out at once.
+/// The shortest operation or publish timeout: below it every declare or publish would time out at once.
 const MIN_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// A `WARREN_*` duration variable's value, at least [`MIN_TIMEOUT`].
-fn duration(name: &str, value: &str) -> Result<Duration> {
+/// A `WARREN_*` duration variable's value, at least `least` (given as [`MIN_TIMEOUT`] where shorter is useless).
+fn duration(name: &str, value: &str, least: Duration) -> Result<Duration> {
     let duration = parse_duration(value).map_err(|problem| Error::config(format!("{name}={problem}")))?;
-    if duration < MIN_TIMEOUT {
+    if duration < least {
         return Err(Error::config(format!(
             "{name}=\"{}\" is too short: every wait would time out at once; at least 100ms (try 10s)",
             shorten(value)

@@ -304,7 +304,6 @@ where
                     reply_to: Arc::clone(&reply_to),
                     refused: Arc::clone(&refused),
                     service: service.name,
-                    default_timeout: service.default_timeout,
                     known: Arc::clone(&known),
                 };
                 let answer = answer(delivery, server, permit);
@@ -344,8 +343,6 @@ struct Answering {
     refused: Arc<std::sync::atomic::AtomicU64>,
     /// The service's full name.
     service: &'static str,
-    /// How long a handler may run on a request that carries no deadline (the contract's default timeout).
-    default_timeout: Duration,
     /// The methods its handler has answered.
     known: Known,
 }
@@ -354,8 +351,7 @@ struct Answering {
 /// asked for a reply), acknowledges. A request whose caller's deadline has passed is answered
 /// `DEADLINE_EXCEEDED` without running the handler.
 async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::OwnedSemaphorePermit) {
-    let Answering { handler, transport, app_id, timeout, layers, reply_to, refused, service, default_timeout, known } =
-        server;
+    let Answering { handler, transport, app_id, timeout, layers, reply_to, refused, service, known } = server;
     if let Some(to) = delivery.properties.reply_to()
         && !reply_to_allowed(to, &reply_to)
     {
@@ -427,11 +423,14 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
         let handling = tracing::Instrument::instrument(handling, span.clone());
         // A handler that panics is answered `INTERNAL` at once, rather than left to time out.
         let handling = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handling));
-        // One still running at the caller's deadline (the contract's default timeout for a request without one)
-        // is abandoned, as tonic abandons a handler at its `grpc-timeout`: nobody waits for its answer, and a
-        // handler that never returns must not hold one of the server's `concurrency` slots for good.
-        let until = deadline.unwrap_or_else(|| Instant::now().later(default_timeout));
-        let result = match tokio::time::timeout_at(until, handling).await {
+        // One still running at the caller's deadline is abandoned, as tonic abandons a handler at its
+        // `grpc-timeout`: nobody waits for its answer, and a handler that never returns must not hold one of the
+        // server's `concurrency` slots for good. A request without a deadline (a plain AMQP client's) has none.
+        let finished = match deadline {
+            Some(until) => tokio::time::timeout_at(until, handling).await,
+            None => Ok(handling.await),
+        };
+        let result = match finished {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => {
                 tracing::warn!(method = %method, correlation_id = ?p.correlation_id(), "an RPC handler panicked; answering INTERNAL");
