@@ -297,3 +297,40 @@ impl Later for tokio::time::Instant {
         self.checked_add(by).or_else(|| self.checked_add(CENTURY)).unwrap_or(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(reason: &str) -> Error {
+        Error::Connect {
+            url: "amqp://u:***@h:5672/v".into(),
+            attempts: 1,
+            elapsed: Duration::ZERO,
+            reason: reason.into(),
+        }
+    }
+
+    /// What RabbitMQ says when it refuses a login or a vhost, as lapin shows it: final, with a hint about the
+    /// credentials. A vhost that is down (being restarted) and a broker that does not answer are worth retrying.
+    #[test]
+    fn a_refused_login_or_missing_vhost_is_final_and_says_what_to_check() {
+        for reason in [
+            "protocol error: AMQP soft error: ACCESS-REFUSED: ACCESS_REFUSED - Login was refused using authentication \
+             mechanism PLAIN. For details see the broker logfile.",
+            "protocol error: AMQP hard error: NOT-ALLOWED: NOT_ALLOWED - vhost nope not found",
+        ] {
+            let error = connect(reason);
+            assert!(!error.is_transient(), "{reason}");
+            assert!(error.to_string().contains("check the user, password and vhost"), "{error}");
+        }
+        for reason in [
+            "protocol error: AMQP hard error: NOT-ALLOWED: NOT_ALLOWED - vhost prod is down",
+            "IO error: Connection refused (os error 111)",
+        ] {
+            let error = connect(reason);
+            assert!(error.is_transient(), "{reason}");
+            assert!(!error.to_string().contains("check the user"), "{error}");
+        }
+    }
+}
