@@ -140,7 +140,7 @@ impl Running {
 /// W6 put it at 1,360 instructions a call against this list's 900, most of either within what inlining moves
 /// between two binaries.)
 pub(crate) struct Handlers {
-    running: Vec<tokio::task::AbortHandle>,
+    running: Vec<tokio::task::JoinHandle<()>>,
     /// At most this many run at once (the consumer's semaphore keeps to it).
     concurrency: usize,
 }
@@ -155,7 +155,17 @@ impl Handlers {
         if self.running.len() >= 2 * self.concurrency {
             self.running.retain(|task| !task.is_finished());
         }
-        self.running.push(tokio::spawn(task).abort_handle());
+        self.running.push(tokio::spawn(task));
+    }
+
+    /// Aborts the handlers still running and waits (a second at most) until each is dropped, so that what
+    /// dropping one does (counting it abandoned, telling the layers) has happened when this returns.
+    pub(crate) async fn abort_all(mut self) {
+        let running = std::mem::take(&mut self.running);
+        for task in &running {
+            task.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), futures_util::future::join_all(running)).await;
     }
 }
 

@@ -31,6 +31,9 @@ pub struct Counters {
     pub retried: u64,
     /// Messages sent to a dead-letter queue.
     pub dead_lettered: u64,
+    /// Deliveries whose handler was dropped unfinished (a stop or shutdown past its deadline): the broker
+    /// delivers them again.
+    pub abandoned: u64,
     /// Handlers running now.
     pub in_flight: u64,
     /// Mean handler time.
@@ -92,6 +95,7 @@ pub(crate) struct Stats {
     failed: AtomicU64,
     retried: AtomicU64,
     dead_lettered: AtomicU64,
+    abandoned: AtomicU64,
     time_total_ns: AtomicU64,
     timed: AtomicU64,
     histogram: [AtomicU64; BUCKETS],
@@ -105,6 +109,7 @@ impl Default for Stats {
             failed: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
             time_total_ns: AtomicU64::new(0),
             timed: AtomicU64::new(0),
             histogram: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -134,10 +139,11 @@ fn bucket_limit(i: usize) -> Duration {
 impl Stats {
     fn add(&self, into: &mut Counters) {
         // Fates first: `delivered` is counted before any fate, so read after them it is never behind.
-        let (processed, retried, dead_lettered) = (
+        let (processed, retried, dead_lettered, abandoned) = (
             self.processed.load(Ordering::Relaxed),
             self.retried.load(Ordering::Relaxed),
             self.dead_lettered.load(Ordering::Relaxed),
+            self.abandoned.load(Ordering::Relaxed),
         );
         let delivered = self.delivered.load(Ordering::Relaxed);
         into.delivered += delivered;
@@ -145,7 +151,8 @@ impl Stats {
         into.failed += self.failed.load(Ordering::Relaxed);
         into.retried += retried;
         into.dead_lettered += dead_lettered;
-        into.in_flight += delivered.saturating_sub(processed + retried + dead_lettered);
+        into.abandoned += abandoned;
+        into.in_flight += delivered.saturating_sub(processed + retried + dead_lettered + abandoned);
     }
 
     /// Adds `other`'s counts to these.
@@ -156,6 +163,7 @@ impl Stats {
             (&self.failed, &other.failed),
             (&self.retried, &other.retried),
             (&self.dead_lettered, &other.dead_lettered),
+            (&self.abandoned, &other.abandoned),
             (&self.time_total_ns, &other.time_total_ns),
             (&self.timed, &other.timed),
         ];
@@ -257,7 +265,7 @@ impl SubscriberStats {
         };
         let of_type = &last.0.insert(stats).1;
         let n = of_type.delivered.fetch_add(1, Ordering::Relaxed);
-        Tracker { of_type, timed: n.is_multiple_of(TIME_EVERY), started: None }
+        Tracker { of_type, timed: n.is_multiple_of(TIME_EVERY), started: None, ended: false }
     }
 }
 
@@ -271,6 +279,16 @@ pub(crate) struct Tracker<'a> {
     /// Whether this run is one of the timed ones.
     timed: bool,
     started: Option<Instant>,
+    /// Whether [`Tracker::ended`] counted its fate; dropped without, the handler was abandoned.
+    ended: bool,
+}
+
+impl Drop for Tracker<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.of_type.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One handler run in this many is timed: reading the clock twice per message is a measurable cost on the
@@ -298,6 +316,7 @@ impl Tracker<'_> {
 
     /// How the delivery ended; a failure is counted as such before it is retried or dead-lettered.
     pub(crate) fn ended(mut self, fate: Fate, failed: bool) {
+        self.ended = true;
         self.stop();
         let s = self.of_type;
         if failed {

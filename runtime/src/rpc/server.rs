@@ -313,7 +313,7 @@ where
             let _ = tokio::time::timeout_at(until.into(), limit.acquire_many(u32::from(concurrency))).await;
             // Past the deadline: requests still being answered are abandoned, and go back to the queue with the
             // consumer.
-            drop(answering);
+            answering.abort_all().await;
             feed.cancel().await;
             let _ = done.send(true);
         })

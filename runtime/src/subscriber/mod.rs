@@ -388,7 +388,7 @@ impl<T: Inbound> Subscriber<T> {
                 let _ = tokio::time::timeout_at(until.into(), limit.acquire_many(concurrency as u32)).await;
                 // Past the deadline: the handlers still running are abandoned, and their messages go back to the
                 // queue with the consumer.
-                drop(handlers);
+                handlers.abort_all().await;
                 feed.cancel().await;
                 let _ = done.send(true);
             })

@@ -105,6 +105,9 @@ async fn a_stop_abandons_the_handlers_still_running_at_its_deadline(h: &Harness)
         let message = next_in(&bus, &queue).await;
         assert_eq!(UserRegistered::decode(&message.body[..]).unwrap().user_id, 7, "concurrency {concurrency}");
         assert!(message.redelivered, "the abandoned message went back to the queue, marked redelivered");
+        // Counted as abandoned, not left running for the life of the bus.
+        let counted = &bus.metrics().await.events["gametrade.v1.UserRegistered"];
+        assert_eq!((counted.abandoned, counted.in_flight), (1, 0), "concurrency {concurrency}: {counted:?}");
     }
 }
 
