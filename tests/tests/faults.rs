@@ -732,3 +732,50 @@ async fn a_publish_held_unpolled_holds_back_no_other_publish() {
     within(10, "the held publish, polled again", held).await.unwrap();
     subscription.stop().await;
 }
+
+/// A temporary subscriber's dead-letter and delay queues have no consumers, so RabbitMQ deletes them once
+/// their `x-expires` (a minute) passes without a declaration. While the subscriber runs, they are kept: past
+/// that minute it still retries and dead-letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_subscriber_still_retries_and_dead_letters_after_its_side_queues_would_expire() {
+    logs();
+    let h = Harness::rabbitmq().await;
+    let bus = h.bus("fault-temporary").await;
+    let (tx, mut attempts) = tokio::sync::mpsc::unbounded_channel();
+    let subscription = UserRegistered::subscribe(&bus, &unique("temporary"))
+        .temporary()
+        .handle(move |event: UserRegistered, ctx| {
+            let outcome = match (event.user_id, ctx.attempt()) {
+                (1, 1) => Outcome::Retry { after: Duration::from_millis(10) },
+                (1, _) => Outcome::Ack,
+                _ => Outcome::DeadLetter { reason: "not wanted".into() },
+            };
+            std::future::ready(tx.send((event.user_id, ctx.attempt())).map(|()| outcome).map_err(HandlerError::from))
+        })
+        .await
+        .unwrap();
+    let dlq = format!("{}.dlq", subscription.queue());
+    let retried_once = async |attempts: &mut tokio::sync::mpsc::UnboundedReceiver<(i64, u32)>| {
+        bus.publish(&event(1)).await.unwrap();
+        for attempt in [1, 2] {
+            assert_eq!(within(10, "an attempt", attempts.recv()).await, Some((1, attempt)));
+        }
+    };
+    retried_once(&mut attempts).await;
+    let expiry = Duration::from_millis(u64::from(warren_topology::TEMPORARY_QUEUE_EXPIRY_MS));
+    tokio::time::sleep(expiry + Duration::from_secs(5)).await;
+    retried_once(&mut attempts).await;
+    bus.publish(&event(2)).await.unwrap();
+    assert_eq!(within(10, "the last event", attempts.recv()).await, Some((2, 1)));
+    let dead = within(10, "the dead letter", async {
+        loop {
+            match bus.fetch(&dlq).await.expect("the dead-letter queue is still there") {
+                Some(message) => break message,
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(dead.header_str("x-warren-reason"), Some("not wanted"));
+    subscription.stop().await;
+}

@@ -288,6 +288,16 @@ impl Bus {
         }
     }
 
+    /// The delays of `queue`'s delay queues (`<queue>.retry.<ms>`) this bus has declared.
+    pub(crate) fn declared_retry_delays(&self, queue: &str) -> Vec<u32> {
+        let declared = self.inner.declared.lock().expect("declared set");
+        declared
+            .iter()
+            .filter(|name| is_retry_queue(queue, name))
+            .filter_map(|name| name.rsplit('.').next()?.parse().ok())
+            .collect()
+    }
+
     /// Forgets the queues of a subscriber that stopped, unless another subscriber of this bus still consumes
     /// `queue`: its queue, dead-letter queue and retry queues are no longer declared again after a
     /// reconnection, and are declared anew should a subscriber use them again. Without this, a bus that starts

@@ -304,6 +304,9 @@ impl<T: Inbound> Subscriber<T> {
         let (stop, signal) = Stop::new();
         let mut feed =
             Feed::open(&bus, &queue, self.prefetch, &self.group, setup, signal.clone(), ConsumeOn::Consuming).await?;
+        if self.temporary && bus.config().topology == crate::TopologyMode::Declare {
+            tokio::spawn(keep_side_queues(bus.clone(), queue.clone(), signal.clone()));
+        }
 
         let timeout = bus.config().operation_timeout;
         let concurrency = self.concurrency;
@@ -394,6 +397,34 @@ impl<T: Inbound> Subscriber<T> {
             })
         });
         Ok(Subscription { queue, stop, task, timeout })
+    }
+}
+
+/// Keeps a temporary subscriber's dead-letter and delay queues declared while it runs. They have no consumers,
+/// so RabbitMQ deletes them once `x-expires` ([`warren_topology::TEMPORARY_QUEUE_EXPIRY_MS`]) passes without
+/// a declaration (a publish does not count): without this, a temporary subscriber running past a minute lost
+/// what it dead-lettered (nowhere to go) and could not retry. Once it stops, they expire, as intended.
+async fn keep_side_queues(bus: Bus, queue: String, mut stop: crate::feed::StopSignal) {
+    let every = Duration::from_millis(u64::from(warren_topology::TEMPORARY_QUEUE_EXPIRY_MS) / 3);
+    let dlq = (dead_letter_queue(&queue), QueueSettings::plain(true));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stop.stopped() => return,
+        }
+        let delays: Vec<(String, QueueSettings)> = bus
+            .declared_retry_delays(&queue)
+            .into_iter()
+            .map(|ms| (warren_topology::retry_queue(&queue, ms), QueueSettings::retry_delay(&queue, ms, true, false)))
+            .collect();
+        let mut needs = vec![Need::Queue(&dlq.0, &dlq.1)];
+        needs.extend(delays.iter().map(|(name, settings)| Need::Queue(name, settings)));
+        let config = bus.config();
+        match tokio::time::timeout(config.operation_timeout, bus.inner.transport.ensure(config, &needs)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%queue, %error, "could not renew a temporary subscriber's side queues"),
+            Err(_) => tracing::warn!(%queue, "renewing a temporary subscriber's side queues timed out"),
+        }
     }
 }
 
