@@ -247,9 +247,9 @@ impl State {
                 message.returned += 1;
                 if queue.options.delivery_limit.is_some_and(|limit| message.returned > limit) {
                     self.dead_letter(name, message, "delivery_limit", shared);
-                } else {
-                    let level = queue.level(&message);
-                    queue.ready[level].push_front(message);
+                } else if queue.put_back(message) {
+                    // Its time may pass before a consumer takes it: expired at the head, as on RabbitMQ.
+                    Self::watch_expiry(queue, shared);
                 }
             }
             Settle::Reject => self.dead_letter(name, message, "rejected", shared),
@@ -260,22 +260,25 @@ impl State {
     /// Removes a consumer; its unacknowledged messages go back to the queue, marked redelivered.
     fn remove_consumer(&mut self, name: &str, consumer: u64, shared: &Arc<Mutex<State>>) {
         let Some(queue) = self.queues.get_mut(name) else { return };
-        let returned = match queue.consumers.iter().position(|slot| slot.id == consumer) {
-            Some(index) => std::mem::take(&mut queue.consumers.remove(index).unacked),
-            None => VecDeque::new(),
-        };
+        // Already gone (cancelled twice: explicitly, then by its stream's drop): nothing changes, and an
+        // auto-delete queue declared again since is not deleted before anyone consumed from it.
+        let Some(index) = queue.consumers.iter().position(|slot| slot.id == consumer) else { return };
+        let returned = std::mem::take(&mut queue.consumers.remove(index).unacked);
         let limit = queue.options.delivery_limit;
         let mut over_limit = Vec::new();
-        // Back in delivery order (the slot holds them by tag), ahead of what was never delivered.
-        for (_, mut message) in returned.into_iter().rev() {
+        // Back at their places, ahead of what was never delivered.
+        let mut expire = false;
+        for (_, mut message) in returned {
             message.redelivered = true;
             message.returned += 1;
             if limit.is_some_and(|limit| message.returned > limit) {
                 over_limit.push(message);
             } else {
-                let level = queue.level(&message);
-                queue.ready[level].push_front(message);
+                expire |= queue.put_back(message);
             }
+        }
+        if expire {
+            Self::watch_expiry(queue, shared);
         }
         for message in over_limit {
             self.dead_letter(name, message, "delivery_limit", shared);

@@ -235,6 +235,9 @@ struct Queue {
     /// Round-robin position among consumers.
     next: usize,
     next_tag: u64,
+    /// The place of the next message enqueued: a message put back (requeued, or its consumer gone) returns
+    /// to its place, as in a RabbitMQ classic queue, however many others came back before it.
+    next_seq: u64,
     /// Wakes the expiry task when the head of the queue may have changed.
     expiry: Option<Arc<Notify>>,
 }
@@ -258,8 +261,19 @@ impl Queue {
             consumers: Vec::new(),
             next: 0,
             next_tag: 0,
+            next_seq: 0,
             expiry: None,
         }
+    }
+
+    /// Puts `message` back at its place in its priority level; `true` when it has an expiry to watch.
+    fn put_back(&mut self, message: Queued) -> bool {
+        let expires = message.expires_at.is_some();
+        let index = self.level(&message);
+        let level = &mut self.ready[index];
+        let at = level.partition_point(|queued| queued.seq < message.seq);
+        level.insert(at, message);
+        expires
     }
 
     fn level(&self, queued: &Queued) -> usize {

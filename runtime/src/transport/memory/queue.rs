@@ -22,11 +22,13 @@ pub(super) struct Queued {
     pub(super) expires_at: Option<Instant>,
     /// Times it came back to the queue unacknowledged (for `x-delivery-limit`).
     pub(super) returned: u32,
+    /// Its place in the queue, set when enqueued.
+    pub(super) seq: u64,
 }
 
 impl Queued {
     pub(super) fn new(message: Arc<Message>) -> Self {
-        Queued { message, redelivered: false, expires_at: None, returned: 0 }
+        Queued { message, redelivered: false, expires_at: None, returned: 0, seq: 0 }
     }
 }
 
@@ -73,6 +75,8 @@ impl State {
         }
         let level = queue.level(&message);
         let expires = message.expires_at.is_some();
+        message.seq = queue.next_seq;
+        queue.next_seq += 1;
         queue.ready[level].push_back(message);
         if expires {
             Self::watch_expiry(queue, shared);
@@ -95,7 +99,7 @@ impl State {
     }
 
     /// Makes sure a task expires this queue's messages when they reach the head and their time comes.
-    fn watch_expiry(queue: &mut Queue, shared: &Arc<Mutex<State>>) {
+    pub(super) fn watch_expiry(queue: &mut Queue, shared: &Arc<Mutex<State>>) {
         if let Some(notify) = &queue.expiry {
             notify.notify_one();
             return;
