@@ -158,6 +158,11 @@ pub enum Error {
     /// The bus was closed or shut down.
     #[error("the bus is closed")]
     Closed,
+    /// The operation's future was dropped before it finished (a `select!` took another branch, a timeout of
+    /// the caller's fired): what the middleware layers hear of such a publish. Its outcome is unknown: the
+    /// broker may have it.
+    #[error("the publish was dropped before its outcome was known")]
+    Cancelled,
     /// Some events of a [`crate::Bus::publish_batch`] failed; the others were published.
     #[error("{} of {total} events were not published; first: #{}: {}", failed.len(), failed[0].0, failed[0].1)]
     Batch {

@@ -171,18 +171,21 @@ impl Bus {
 
     /// The metrics of this bus: per event type and per subscriber, with queue depths from the broker.
     pub async fn metrics(&self) -> MetricsSnapshot {
-        self.inner.metrics.snapshot(&self.queue_depths().await)
+        self.inner.metrics.snapshot(&self.queue_depths(self.inner.config.operation_timeout).await)
     }
 
     /// The messages waiting in each running subscriber's queue, as the broker reports them (a passive declare
-    /// on RabbitMQ); `None` for a queue the broker could not be asked about.
-    pub(crate) async fn queue_depths(&self) -> std::collections::BTreeMap<String, Option<u64>> {
-        let mut depths = std::collections::BTreeMap::new();
-        for queue in self.inner.metrics.queues() {
-            let depth = self.inner.transport.queue_depth(&queue).await.ok();
-            depths.insert(queue, depth);
-        }
-        depths
+    /// on RabbitMQ, the queues asked at once); `None` for a queue the broker could not be asked about, or did
+    /// not answer about `within`.
+    pub(crate) async fn queue_depths(
+        &self,
+        within: std::time::Duration,
+    ) -> std::collections::BTreeMap<String, Option<u64>> {
+        let ask = |queue: String| async move {
+            let depth = tokio::time::timeout(within, self.inner.transport.queue_depth(&queue)).await;
+            (queue, depth.ok().and_then(Result::ok))
+        };
+        futures_util::future::join_all(self.inner.metrics.queues().into_iter().map(ask)).await.into_iter().collect()
     }
 
     /// The recent `E` events (or tasks) this bus published, oldest first: the last [`BusConfig::history`] of

@@ -71,6 +71,41 @@ impl PublishOptions {
     }
 }
 
+/// A layered publish's `after_publish`, told once: with its outcome, or, when its future is dropped first,
+/// with [`Error::Cancelled`], so that what the layers count adds up.
+struct Heard<'a> {
+    layers: &'a middleware::Layers,
+    type_name: &'a str,
+    exchange: &'a str,
+    routing_key: &'a str,
+    headers: &'a Headers,
+    started: tokio::time::Instant,
+    armed: bool,
+}
+
+impl Heard<'_> {
+    fn tell(&mut self, result: std::result::Result<(), &Error>) {
+        self.armed = false;
+        let published = middleware::Published {
+            type_name: self.type_name,
+            exchange: self.exchange,
+            routing_key: self.routing_key,
+            headers: self.headers,
+            result,
+            elapsed: self.started.elapsed(),
+        };
+        self.layers.after(|layer| layer.after_publish(&published));
+    }
+}
+
+impl Drop for Heard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.tell(Err(&Error::Cancelled));
+        }
+    }
+}
+
 impl Bus {
     /// Publishes `event` to its exchange with its routing key, both from the contract, and returns once the
     /// broker has confirmed it. An event no queue is bound for is an [`Error::Unroutable`], never a silent drop.
@@ -177,6 +212,7 @@ impl Bus {
             .err()
             .map(|(layer, refusal)| Error::Refused { layer: layer.to_owned(), reason: refusal.reason().to_owned() });
         let headers = options.headers.clone();
+        let mut heard = Heard { layers, type_name, exchange, routing_key, headers: &headers, started, armed: true };
         let result = match refused {
             Some(error) => Err(error),
             None => match options.headers.check_application() {
@@ -184,15 +220,7 @@ impl Bus {
                 Err(error) => Err(error),
             },
         };
-        let published = middleware::Published {
-            type_name,
-            exchange,
-            routing_key,
-            headers: &headers,
-            result: result.as_ref().map(|_| ()),
-            elapsed: started.elapsed(),
-        };
-        layers.after(|layer| layer.after_publish(&published));
+        heard.tell(result.as_ref().map(|_| ()));
         result
     }
 

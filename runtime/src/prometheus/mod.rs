@@ -21,9 +21,9 @@
 //!
 //! | metric | kind | labels |
 //! |---|---|---|
-//! | `warren_published_total` | counter | `type`, `outcome`: `ok`, `unroutable`, `nacked`, `timed_out`, `refused`, `other` |
+//! | `warren_published_total` | counter | `type`, `outcome`: `ok`, `unroutable`, `nacked`, `timed_out`, `blocked`, `refused`, `cancelled` (the publish's future dropped first), `other` |
 //! | `warren_publish_seconds` | histogram | `type`: from the layers' before-hooks to the broker's confirm |
-//! | `warren_handled_total` | counter | `type`, `queue`, `outcome`: `acked`, `retried`, `dead_lettered`, `other` |
+//! | `warren_handled_total` | counter | `type`, `queue`, `outcome`: `acked`, `retried`, `dead_lettered`, `abandoned` |
 //! | `warren_handle_failed_total` | counter | `type`, `queue`: the handler failed (error, panic, timeout), the message did not decode, or a layer refused it |
 //! | `warren_handle_seconds` | histogram | `type`, `queue`: from the layers' before-hooks to the end of the handler |
 //! | `warren_handlers_in_flight` | gauge | `type`, `queue` |
@@ -32,7 +32,7 @@
 //! | `warren_rpc_server_calls_total` | counter | `method`, `code` (`UNKNOWN` for a declared error) |
 //! | `warren_rpc_server_seconds` | histogram | `method` |
 //! | `warren_bus_up` | gauge | `service`: 1 when a [watched](PrometheusLayer::watch) bus can publish and consume, else 0 |
-//! | `warren_bus_state` | gauge | `service`, `state`: `connected`, `degraded`, `recovering`, `failed`, `closed`; 1 for the bus's state |
+//! | `warren_bus_state` | gauge | `service`, `state`: `connected`, `blocked`, `degraded`, `recovering`, `failed`, `closed`; 1 for the bus's state |
 //! | `warren_queue_depth` | gauge | `queue`: messages ready in each running subscriber's queue of a watched bus |
 //! | `warren_rpc_reply_to_refused` | gauge | `service`: RPC requests a watched bus's servers refused for their `reply_to` (see [`crate::ServerOptions::allow_reply_to`]), since it started |
 //!
@@ -267,6 +267,7 @@ fn publish_outcome(result: Result<(), &Error>) -> &'static str {
         Err(Error::Timeout { .. }) => "timed_out",
         Err(Error::Blocked { .. }) => "blocked",
         Err(Error::Refused { .. }) => "refused",
+        Err(Error::Cancelled) => "cancelled",
         Err(_) => "other",
     }
 }
@@ -473,7 +474,7 @@ mod tests {
         assert_eq!(publish_outcome(Err(&Error::Closed)), "other");
         // Each outcome it names has its own series: none falls into `other` by being left off the list.
         let blocked = Error::Blocked { after: Duration::from_secs(1), reason: "memory".into() };
-        for error in [&unroutable, &timeout, &blocked] {
+        for error in [&unroutable, &timeout, &blocked, &Error::Cancelled] {
             assert!(series::PUBLISHED.contains(&publish_outcome(Err(error))), "{error}");
         }
         assert_eq!(series::PUBLISHED.last(), Some(&"other"));

@@ -100,9 +100,10 @@ impl Sampled {
         let mut depths = Vec::new();
         for bus in &buses {
             let health = bus.health();
-            if health.is_connected()
-                && let Ok(read) = tokio::time::timeout(DEPTH_DEADLINE, bus.queue_depths()).await
-            {
+            // Blocked by an alarm too: a backlog is what an operator looks for then, and reading depths is not
+            // publishing. A queue that does not answer in time loses its series alone.
+            if health.node().is_some() {
+                let read = bus.queue_depths(DEPTH_DEADLINE).await;
                 depths.extend(read.into_iter().filter_map(|(queue, depth)| Some((queue, depth?))));
             }
             let refused = bus.inner.metrics.reply_to_refused().load(std::sync::atomic::Ordering::Relaxed);

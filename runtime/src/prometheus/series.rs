@@ -16,7 +16,8 @@ use super::{Consumer, ConsumerOutcome, Metrics, TypeLabel, TypeOutcome};
 pub(super) const SETTLED: [&str; 5] = ["acked", "retried", "dead_lettered", "abandoned", "other"];
 /// The `outcome` labels of a publish.
 /// Every outcome `publish_outcome` names, `other` last (what an outcome not listed counts as).
-pub(super) const PUBLISHED: [&str; 7] = ["ok", "unroutable", "nacked", "timed_out", "blocked", "refused", "other"];
+pub(super) const PUBLISHED: [&str; 8] =
+    ["ok", "unroutable", "nacked", "timed_out", "blocked", "refused", "cancelled", "other"];
 
 /// One consumer's series: a message type on a queue.
 pub(super) struct ConsumerSeries {

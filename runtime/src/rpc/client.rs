@@ -171,6 +171,32 @@ pub struct RpcClient {
 /// No per-call settings.
 static DEFAULTS: CallOptions = CallOptions { timeout: None, headers: Headers::EMPTY };
 
+/// A layered call's `after_call`, told once: with its status, or `CANCELLED` when its future is dropped first.
+struct CallHeard<'a> {
+    layers: &'a crate::middleware::Layers,
+    service: &'a str,
+    path: &'a str,
+    started: Instant,
+    armed: bool,
+}
+
+impl CallHeard<'_> {
+    fn tell(&mut self, code: Code) {
+        self.armed = false;
+        let called =
+            middleware::Called { service: self.service, method: self.path, code, elapsed: self.started.elapsed() };
+        self.layers.after(|layer| layer.after_call(&called));
+    }
+}
+
+impl Drop for CallHeard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.tell(Code::Cancelled);
+        }
+    }
+}
+
 impl RpcClient {
     /// A client for `service` over `bus`.
     pub fn new(bus: &Bus, service: &'static ServiceSpec) -> Self {
@@ -265,16 +291,17 @@ impl RpcClient {
         let started = Instant::now();
         let mut headers = options.headers.clone();
         let mut call = middleware::Call { service, method: path, headers: &mut headers };
-        let result = match layers.before(|layer| layer.before_call(&mut call), Status::internal) {
+        let refused = layers.before(|layer| layer.before_call(&mut call), Status::internal);
+        // Told once: with the call's status, or `CANCELLED` when the caller drops the call first.
+        let mut heard = CallHeard { layers, service, path, started, armed: true };
+        let result = match refused {
             Ok(()) => self.send_call(method, request, options.timeout, headers).await,
             Err((_, status)) => Err(status),
         };
-        let code = match &result {
+        heard.tell(match &result {
             Ok(reply) => Code::from_i32(reply.code),
             Err(status) => status.code(),
-        };
-        let called = middleware::Called { service, method: path, code, elapsed: started.elapsed() };
-        layers.after(|layer| layer.after_call(&called));
+        });
         result
     }
 

@@ -329,6 +329,34 @@ fn caller_deadline(p: &crate::envelope::Received) -> Option<Instant> {
     }
 }
 
+/// Tells the layers of a request abandoned before it was answered, on drop.
+struct ServeHeard<'a> {
+    layers: &'a Layers,
+    method: &'a str,
+    metric_method: &'a str,
+    caller: Option<&'a str>,
+    headers: &'a Headers,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for ServeHeard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let served = middleware::Served {
+            method: self.method,
+            metric_method: self.metric_method,
+            caller: self.caller,
+            headers: self.headers,
+            code: Code::Cancelled,
+            elapsed: self.started.elapsed(),
+        };
+        self.layers.after(|layer| layer.after_serve(&served));
+    }
+}
+
 /// What answering a request takes from its server.
 struct Answering {
     handler: Arc<Handler>,
@@ -390,6 +418,17 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
         _ => None,
     };
     let ran = !late && refused.is_none();
+    // Heard as `CANCELLED` should the request be abandoned (a stop past its deadline drops this future), so that
+    // what the layers count adds up.
+    let mut abandoned = started.map(|started| ServeHeard {
+        layers: &layers,
+        method: &method,
+        metric_method: served_as(&known, service, &method, None),
+        caller: p.app_id(),
+        headers: headers(),
+        started,
+        armed: true,
+    });
     let result = if late {
         tracing::debug!(method, correlation_id = ?p.correlation_id(), "the caller's deadline passed in the queue; not running the handler");
         Err(Failure::Status(Status::deadline_exceeded(format!(
@@ -450,6 +489,9 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
         }
         result
     };
+    if let Some(abandoned) = abandoned.as_mut() {
+        abandoned.armed = false; // heard below, with the status
+    }
     if let Some(started) = started {
         let code = match &result {
             Ok(_) => Code::Ok,

@@ -385,7 +385,45 @@ async fn a_handler_abandoned_at_a_stop_is_heard_as_abandoned(h: &Harness) {
     assert_eq!(next_outcome(&mut outcomes).await, "attempt 1: abandoned");
 }
 
+/// Never answers.
+struct Hang;
+
+impl warren_contracts::at::v1::IntSummator for Hang {
+    async fn int_sum(
+        &self,
+        _: IntSumRequest,
+        _: warren::RpcContext,
+    ) -> Result<
+        warren_contracts::at::v1::IntSumResponse,
+        warren::RpcError<warren_contracts::at::v1::int_sum_error::Reason>,
+    > {
+        std::future::pending().await
+    }
+}
+
+/// A call its caller drops, and a request a stopping server abandons, are heard of as `CANCELLED`: what a layer
+/// counts adds up.
+async fn a_dropped_call_and_an_abandoned_request_are_heard_as_cancelled(h: &Harness) {
+    const PATH: &str = "/at.v1.IntSummator/IntSum";
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = |name| Record { name, seen: Arc::clone(&seen) };
+    let serving =
+        IntSummatorServer::new(Hang).middleware(record("server")).serve(&h.bus("int-summator").await).await.unwrap();
+    let client_bus = h.bus_with(h.config("sum-requester").middleware(record("client"))).await;
+    let client = IntSummatorClient::new(&client_bus).with_timeout(std::time::Duration::from_secs(30));
+    // The caller gives up first, dropping the call.
+    let call = client.int_sum(IntSumRequest { a: 1, b: 2 });
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(500), call).await.is_err(), "nothing answers");
+    // The server stops with the request still running.
+    within(10, "the stop", serving.stop_within(std::time::Duration::from_millis(100))).await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["server".to_owned(), format!("client called {PATH}: CANCELLED"), format!("server served {PATH}: CANCELLED")]
+    );
+}
+
 warren_tests::on_both_transports!(
+    a_dropped_call_and_an_abandoned_request_are_heard_as_cancelled,
     a_handler_abandoned_at_a_stop_is_heard_as_abandoned,
     publish_layers_write_headers_the_handler_reads_and_run_in_registration_order,
     a_refused_publish_fails_with_the_reason_and_nothing_is_delivered,
