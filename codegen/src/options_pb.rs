@@ -293,10 +293,10 @@ pub struct Rules {
     /// non-zero number or enum.
     #[prost(bool, tag = "1")]
     pub required: bool,
-    /// Numbers: the smallest allowed value.
+    /// Numbers: the smallest allowed value (a float field's NaN is refused: it is no number in range).
     #[prost(double, optional, tag = "2")]
     pub min: ::core::option::Option<f64>,
-    /// Numbers: the largest allowed value.
+    /// Numbers: the largest allowed value (NaN refused, as for `min`).
     #[prost(double, optional, tag = "3")]
     pub max: ::core::option::Option<f64>,
     /// Strings: the fewest characters allowed; bytes: the fewest bytes; repeated fields: the fewest items.

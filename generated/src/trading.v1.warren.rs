@@ -36,13 +36,13 @@ impl ::warren::Payload for OrderCheck {
         }
         {
             let value = self.quantity;
-            if value < 0.0f64 {
+            if value < 0.0f64 || value.is_nan() {
                 violations.push(path, "quantity", "must be at least 0");
             }
         }
         {
             let value = self.price;
-            if value < 0.0f64 {
+            if value < 0.0f64 || value.is_nan() {
                 violations.push(path, "price", "must be at least 0");
             }
         }

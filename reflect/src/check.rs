@@ -159,14 +159,15 @@ impl Number {
     fn below(self, bound: f64) -> bool {
         match self {
             Number::Int(n) => n < bound as i128,
-            Number::Float(x) => x < bound,
+            // NaN is below and above every bound: it compares false with them all.
+            Number::Float(x) => x < bound || x.is_nan(),
         }
     }
 
     fn above(self, bound: f64) -> bool {
         match self {
             Number::Int(n) => n > bound as i128,
-            Number::Float(x) => x > bound,
+            Number::Float(x) => x > bound || x.is_nan(),
         }
     }
 }

@@ -85,13 +85,15 @@ fn field_check(check: &FieldCheck) -> TokenStream {
     }
     // An unsigned field cannot go below zero: no test (rustc would call it useless).
     let unsigned = matches!(check.kind, FieldKind::Int(ty) if ty.starts_with('u'));
+    // NaN compares false with every bound: refused by name, or it would pass both.
+    let nan = matches!(check.kind, FieldKind::Float(_)).then(|| quote!(|| value.is_nan()));
     if let Some(min) = rules.min.filter(|min| !(unsigned && *min <= 0.0)) {
         let (limit, problem) = (bound(min), push(Rules::below_min(min)));
-        out.extend(single(quote!(if value < #limit { #problem })));
+        out.extend(single(quote!(if value < #limit #nan { #problem })));
     }
     if let Some(max) = rules.max {
         let (limit, problem) = (bound(max), push(Rules::above_max(max)));
-        out.extend(single(quote!(if value > #limit { #problem })));
+        out.extend(single(quote!(if value > #limit #nan { #problem })));
     }
     if rules.min_len.is_some() || rules.max_len.is_some() {
         let (len, unit) = match (&check.kind, check.shape) {
