@@ -83,7 +83,8 @@ async fn main() -> anyhow::Result<()> {
         .await?;
 
     bus.publish(&UserRegistered { user_id: 41, ..Default::default() }).await?;
-    let (sum, trace_id) = handled.recv().await.context("the handler ran")?;
+    let handled = tokio::time::timeout(std::time::Duration::from_secs(10), handled.recv()).await;
+    let (sum, trace_id) = handled.context("the handler did not finish within 10 s")?.context("the handler ran")?;
     println!("41 + 1 = {sum}; look up trace {trace_id}: publish → process → send → process");
 
     subscription.stop().await;

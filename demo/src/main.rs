@@ -117,11 +117,14 @@ async fn listen<T: Inbound>(
 
 /// Starts the subscribers, the order worker and the auth server, before anything is published.
 async fn start(bus: &Bus, run: &str, seen: &UnboundedSender<Seen>) -> anyhow::Result<(Vec<Subscription>, Serving)> {
-    let email = listen(UserRegistered::subscribe(bus, "demo-email").temporary(), run, seen, Seen::Email, |e, ctx| {
+    // Groups of this run's own: two demos on one broker do not share (and take each other's) queues.
+    let group = |name: &str| format!("demo-{name}-{}", run.trim_start_matches("demo-"));
+    let email = UserRegistered::subscribe(bus, &group("email")).temporary();
+    let email = listen(email, run, seen, Seen::Email, |e, ctx| {
         format!("email-service got {} for {}: welcome mail to {}", ctx.routing_key(), e.user_id, e.email)
     });
     // The contract declares the `user_notifications` subscription (`user.*`); codegen checked that it matches.
-    let inbox = Notifications::subscribe_user_notifications(bus, "demo-inbox").temporary();
+    let inbox = Notifications::subscribe_user_notifications(bus, &group("inbox")).temporary();
     let inbox = listen(inbox, run, seen, Seen::Inbox, |notification, ctx| match notification {
         Notifications::UserNotification(n) => {
             let format = ctx.content_type().unwrap_or("?");
@@ -134,7 +137,7 @@ async fn start(bus: &Bus, run: &str, seen: &UnboundedSender<Seen>) -> anyhow::Re
         format!("order worker processed order {} ({} items, attempt {})", order.order_id, order.items, ctx.attempt())
     });
     let audit =
-        listen(GametradeEvents::subscribe(bus, "demo-audit", "#").temporary(), run, seen, Seen::Audit, |e, ctx| {
+        listen(GametradeEvents::subscribe(bus, &group("audit"), "#").temporary(), run, seen, Seen::Audit, |e, ctx| {
             format!("audit got {}: {}", ctx.routing_key(), describe(e))
         });
     let subscriptions = vec![email.await?, inbox.await?, audit.await?, worker.await?];
@@ -341,7 +344,7 @@ async fn main() -> anyhow::Result<()> {
     let (seen_tx, mut seen) = unbounded_channel();
     let (subscriptions, server) = start(&bus, &run, &seen_tx).await?;
     println!(
-        "[0] demo-email, demo-inbox (user.*), demo-audit (#), the order worker and the auth server are listening; run {run}"
+        "[0] demo-email, demo-inbox (user.*), demo-audit (#) (groups of this run), the order worker and the auth server are listening; run {run}"
     );
     let mut story = Story { bus: &bus, run: &run, step: 0 };
     let outcome = tokio::select! {
