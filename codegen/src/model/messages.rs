@@ -211,9 +211,11 @@ pub(crate) fn read(
     out
 }
 
-/// The singular and repeated (not map, not oneof) message fields of `message`, with their types.
+/// The singular and repeated (not map, not oneof) message fields of `message`, with their types. A proto3
+/// `optional` message field is one: its oneof is synthetic, and prost makes it an `Option` as any other.
 fn message_fields(message: &MessageDescriptor) -> impl Iterator<Item = (FieldDescriptor, MessageDescriptor)> + '_ {
-    message.fields().filter(|f| !f.is_map() && f.containing_oneof().is_none()).filter_map(|f| match f.kind() {
+    let in_oneof = |f: &FieldDescriptor| f.containing_oneof().is_some_and(|o| !o.is_synthetic());
+    message.fields().filter(move |f| !f.is_map() && !in_oneof(f)).filter_map(|f| match f.kind() {
         Kind::Message(target) => Some((f, target)),
         _ => None,
     })
@@ -293,7 +295,8 @@ fn check_fit(
     if field.containing_oneof().is_some_and(|o| !o.is_synthetic()) {
         return fail(
             format!("{target} is in a oneof, and Warren has no rules for oneof fields"),
-            "move the rules to the message the oneof case holds, or drop them",
+            "take the field out of the oneof, or drop the rules (Warren checks neither oneof fields nor the \
+             messages they hold)",
         );
     }
     let numeric = matches!(kind, FieldKind::Int(_) | FieldKind::Float(_));
