@@ -306,7 +306,9 @@ pub struct Called<'a> {
     /// The method's path.
     pub method: &'a str,
     /// The status: the reply's (`OK`, or the code of the error the server answered), or the caller's own
-    /// (`DEADLINE_EXCEEDED`, `UNAVAILABLE`, a layer's refusal, …).
+    /// (`DEADLINE_EXCEEDED`, `UNAVAILABLE`, a layer's refusal, `CANCELLED` when the caller dropped the call,
+    /// …). It is heard before the reply is decoded: a reply that then does not decode is `INTERNAL` to the
+    /// caller, and the server's `OK` here.
     pub code: Code,
     /// From the layers' before-hooks to the reply (or the failure).
     pub elapsed: Duration,
