@@ -96,9 +96,23 @@ impl Broker {
                 existing.kind.as_str(),
                 spec.kind.as_str()
             ))),
+            Some(existing) if (existing.durable, existing.auto_delete) != (spec.durable, spec.auto_delete) => {
+                Err(Error::config(format!(
+                    "exchange \"{}\" already exists with durable={}, auto_delete={}, not durable={}, auto_delete={}; \
+                     RabbitMQ would refuse this with PRECONDITION_FAILED: the contracts disagree, or an old exchange \
+                     remains",
+                    spec.name, existing.durable, existing.auto_delete, spec.durable, spec.auto_delete
+                )))
+            }
             Some(_) => Ok(()),
             None => {
-                state.exchanges.insert(spec.name.to_owned(), Exchange { kind: spec.kind, bindings: Vec::new() });
+                let exchange = Exchange {
+                    kind: spec.kind,
+                    durable: spec.durable,
+                    auto_delete: spec.auto_delete,
+                    bindings: Vec::new(),
+                };
+                state.exchanges.insert(spec.name.to_owned(), exchange);
                 Ok(())
             }
         }?;
@@ -216,6 +230,9 @@ fn with_state<R>(shared: &Arc<Mutex<State>>, operation: impl FnOnce(&mut State) 
 
 struct Exchange {
     kind: ExchangeKind,
+    /// As declared: RabbitMQ refuses a declaration that differs in these (406 PRECONDITION_FAILED).
+    durable: bool,
+    auto_delete: bool,
     bindings: Vec<Binding>,
 }
 

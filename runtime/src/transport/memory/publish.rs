@@ -248,6 +248,17 @@ mod tests {
         assert!(matches!(send(&broker, TOPIC.name, "user.deleted"), Err(Error::Unroutable { .. })));
     }
 
+    /// An exchange declared again must be declared alike, as RabbitMQ insists (406 PRECONDITION_FAILED).
+    #[tokio::test]
+    async fn an_exchange_declared_again_with_other_flags_is_refused() {
+        let broker = Broker::default();
+        broker.declare_exchange(&TOPIC).unwrap();
+        broker.declare_exchange(&TOPIC).expect("the same declaration again is fine");
+        let durable = ExchangeSpec { durable: true, ..TOPIC };
+        let refused = broker.declare_exchange(&durable).unwrap_err().to_string();
+        assert!(refused.contains("durable=false") && refused.contains("PRECONDITION_FAILED"), "{refused}");
+    }
+
     /// A bytes limit counts the bodies of ready messages, and a message must fit whole, as in a classic queue.
     #[tokio::test]
     async fn a_bytes_limit_refuses_a_body_that_does_not_fit() {
