@@ -18,12 +18,17 @@ pub fn matches(pattern: &str, routing_key: &str) -> bool {
     if !pattern.contains(['*', '#']) {
         return pattern == routing_key;
     }
+    // RabbitMQ reads an empty routing key as no words at all: only `#`s match it (`*` needs a word).
+    if routing_key.is_empty() {
+        return pattern.split('.').all(|word| word == "#");
+    }
     // Wildcard matching over words, as glob matching over characters: `*` is glob's `?`, `#` glob's `*`. On
     // a mismatch only the most recent `#` matters: it swallows one more word and matching resumes after it.
     // (An earlier `#` swallowing more instead cannot help: the later `#` can swallow those words itself.)
     //
-    // Positions are byte offsets of a word's start; a string of n dots has n + 1 words (a key is always at
-    // least one word, `""` being one empty word), so a string is used up when its offset passes its length.
+    // Positions are byte offsets of a word's start; a string of n dots has n + 1 words (a key reaching here is
+    // at least one word: the empty key, no words, was answered above), so a string is used up when its offset
+    // passes its length.
     let (mut p, mut k) = (0, 0);
     // After the last `#` seen: where the pattern resumes, and where the key resumes when the `#` swallows
     // one more word.
@@ -188,7 +193,8 @@ mod tests {
         if !pattern.contains(['*', '#']) {
             return pattern == routing_key;
         }
-        words_match(Some(pattern), Some(routing_key))
+        // An empty key has no words (RabbitMQ's reading); any other string of n dots has n + 1.
+        words_match(Some(pattern), (!routing_key.is_empty()).then_some(routing_key))
     }
 
     /// Every dotted string of 1 to `max_words` words drawn from `alphabet`.
@@ -211,7 +217,8 @@ mod tests {
 
     #[test]
     fn matching_agrees_with_the_recursive_reference() {
-        // The empty word too: `*` matches it, `""` is a key of one empty word, `a.` one of two words.
+        // The empty word too: `*` matches it in `a.` (two words), but `""` is a key of no words, as RabbitMQ
+        // reads it.
         let patterns = all_strings(&["a", "b", "*", "#", ""], 4);
         let keys = all_strings(&["a", "b", ""], 5);
         assert_eq!((patterns.len(), keys.len()), (780, 363));
@@ -241,9 +248,12 @@ mod tests {
     #[test]
     fn empty_words_are_words() {
         for (pattern, key, expected) in [
-            ("*", "", true),
+            // Checked against RabbitMQ 3.10: an empty routing key reaches `#`, `#.#` and `` bindings only.
+            ("*", "", false),
+            ("*.#", "", false),
             ("#", "", true),
             ("#.#", "", true),
+            ("", "", true),
             ("*.*", "", false),
             ("*", "a.", false),
             ("*.*", "a.", true),
