@@ -67,6 +67,9 @@ impl Drop for Unfinished<'_> {
 pub(super) struct Ending {
     settled: Settling,
     failed: bool,
+    /// When the handler ended (or the delivery was refused or found undecodable), before any retry or
+    /// dead-letter went to the broker: what the layers hear as the handling's time. Read only with layers.
+    ended: Option<tokio::time::Instant>,
 }
 
 /// [`crate::middleware::Settled`], owning its reason.
@@ -78,7 +81,13 @@ enum Settling {
 
 impl Ending {
     fn new(settled: Settling, failed: bool) -> Self {
-        Ending { settled, failed }
+        Ending { settled, failed, ended: None }
+    }
+
+    /// This ending, the handling having ended at `ended`.
+    fn at(mut self, ended: Option<tokio::time::Instant>) -> Self {
+        self.ended = ended;
+        self
     }
 
     /// After retrying or dead-lettering for `reason`, as `fate` says.
@@ -167,10 +176,11 @@ impl Worker {
         let ending = match self.layers.before(|layer| layer.before_handle(&before), middleware::Refusal::new) {
             Ok(()) => self.run(delivery, handler, tracker, type_name, attempt).await,
             Err((layer, refusal)) => {
+                let refused_at = tokio::time::Instant::now();
                 let reason = format!("refused by {layer}: {refusal}");
                 self.dead_letter(delivery, &reason, attempt).await;
                 tracker.ended(Fate::DeadLettered, true);
-                Ending::new(Settling::DeadLettered(reason.into()), true)
+                Ending::new(Settling::DeadLettered(reason.into()), true).at(Some(refused_at))
             }
         };
         let settled = match &ending.settled {
@@ -187,7 +197,7 @@ impl Worker {
             attempt,
             settled,
             failed: ending.failed,
-            elapsed: started.elapsed(),
+            elapsed: ending.ended.unwrap_or_else(tokio::time::Instant::now).saturating_duration_since(started),
         };
         unfinished.armed = false;
         self.layers.after(|layer| layer.after_handle(&handled));
@@ -215,10 +225,11 @@ impl Worker {
             Ok(message) => message,
             // Decoding will never succeed: dead-letter at once, no retries.
             Err(error) => {
+                let ended = self.layers.get().map(|_| tokio::time::Instant::now());
                 let reason = error.to_string();
                 self.dead_letter(delivery, &reason, 1).await;
                 tracker.ended(Fate::DeadLettered, true);
-                return Ending::new(Settling::DeadLettered(reason.into()), true);
+                return Ending::new(Settling::DeadLettered(reason.into()), true).at(ended);
             }
         };
         let (message_id, conversation_id) = delivery.properties.ids();
@@ -256,10 +267,12 @@ impl Worker {
             None => run.await,
         };
         tracker.stop();
+        // Only with layers: a clock reading per message is a cost the in-memory transport measures.
+        let ended = self.layers.get().map(|_| tokio::time::Instant::now());
         if let Verdict::Failed(reason) = &verdict {
             span.record("error.type", error_type(reason));
         }
-        match verdict {
+        let ending = match verdict {
             Verdict::Decided(Outcome::Ack) => {
                 tracker.ended(Fate::Processed, false);
                 Ending::new(Settling::Acked, false)
@@ -282,7 +295,8 @@ impl Worker {
                 tracker.ended(fate, true);
                 Ending::after(fate, reason, true)
             }
-        }
+        };
+        ending.at(ended)
     }
 
     /// Retries through a delay queue while attempts remain, then dead-letters.
