@@ -351,10 +351,19 @@ async fn main() -> anyhow::Result<()> {
         told = story.tell(&mut seen) => told.map(Some),
         signal = warren::terminated() => { println!("interrupted by {signal}: shutting down"); Ok(None) }
     };
-    if let Some(endpoint) = &endpoint {
-        println!("metrics at http://{}/metrics: press Enter to shut down", endpoint.local_addr());
-        let mut line = String::new();
-        let _ = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await;
+    // Interrupted, it shuts down at once; otherwise it serves the metrics until Enter, or Ctrl-C. Stdin is read
+    // on a thread of its own: a blocking task would hold the runtime's shutdown until a line came.
+    if let (Some(endpoint), Ok(Some(_))) = (&endpoint, &outcome) {
+        println!("metrics at http://{}/metrics: press Enter (or Ctrl-C) to shut down", endpoint.local_addr());
+        let (entered, enter) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = std::io::stdin().read_line(&mut String::new());
+            let _ = entered.send(());
+        });
+        tokio::select! {
+            _ = enter => {}
+            signal = warren::terminated() => println!("interrupted by {signal}: shutting down"),
+        }
     }
     // One call stops the subscribers and the server, lets running handlers finish and settle their messages,
     // and closes the bus.
