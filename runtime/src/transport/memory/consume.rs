@@ -204,7 +204,7 @@ impl State {
             };
             let index = (queue.next + offset) % count;
             queue.next = (index + 1) % count;
-            let message = queue.ready[level].pop_front().expect("level is not empty");
+            let message = queue.pop_ready(level).expect("level is not empty");
             if message.expires_at.is_some_and(|at| at <= *now.get_or_insert_with(Instant::now)) {
                 expired.push(message);
                 continue;

@@ -255,6 +255,10 @@ struct Queue {
     /// The place of the next message enqueued: a message put back (requeued, or its consumer gone) returns
     /// to its place, as in a RabbitMQ classic queue, however many others came back before it.
     next_seq: u64,
+    /// The bodies' bytes of the messages in `ready`, for a bytes limit: kept as they come and go, not summed
+    /// per publish. Every change to `ready` goes through [`Queue::push_ready`], [`Queue::pop_ready`] or
+    /// [`Queue::put_back`].
+    ready_bytes: usize,
     /// Wakes the expiry task when the head of the queue may have changed.
     expiry: Option<Arc<Notify>>,
 }
@@ -279,12 +283,27 @@ impl Queue {
             next: 0,
             next_tag: 0,
             next_seq: 0,
+            ready_bytes: 0,
             expiry: None,
         }
     }
 
+    /// Adds `message` at the end of priority `level`.
+    fn push_ready(&mut self, level: usize, message: Queued) {
+        self.ready_bytes += message.message.body.len();
+        self.ready[level].push_back(message);
+    }
+
+    /// Takes the first message of priority `level`.
+    fn pop_ready(&mut self, level: usize) -> Option<Queued> {
+        let message = self.ready[level].pop_front()?;
+        self.ready_bytes -= message.message.body.len();
+        Some(message)
+    }
+
     /// Puts `message` back at its place in its priority level; `true` when it has an expiry to watch.
     fn put_back(&mut self, message: Queued) -> bool {
+        self.ready_bytes += message.message.body.len();
         let expires = message.expires_at.is_some();
         let index = self.level(&message);
         let level = &mut self.ready[index];

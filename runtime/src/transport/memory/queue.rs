@@ -47,7 +47,7 @@ impl Broker {
             let Some(q) = state.queues.get_mut(queue) else {
                 return Err(Error::config(format!("cannot fetch from queue \"{queue}\": it does not exist")));
             };
-            let queued = q.ready.iter_mut().rev().find_map(VecDeque::pop_front);
+            let queued = (0..q.ready.len()).rev().find_map(|level| q.pop_ready(level));
             Ok(queued.map(|q| Delivery { message: q.message, redelivered: q.redelivered, acker: AnyAcker::None }))
         })
     }
@@ -56,15 +56,12 @@ impl Broker {
 impl State {
     /// Whether `queue` has room for a message of `size` body bytes under its length limit (see
     /// [`QueueLimit::has_room`](warren_topology::QueueLimit::has_room)): only ready messages count, as on
-    /// RabbitMQ. Bytes are summed on demand: only queues with a bytes limit pay for it.
+    /// RabbitMQ. The queue keeps its bytes as messages come and go: nothing is summed per publish.
     pub(super) fn has_room(&self, queue: &str, size: usize) -> bool {
         let Some(q) = self.queues.get(queue) else { return true };
         let Some(limit) = q.options.limit else { return true };
         let messages = q.ready.iter().map(VecDeque::len).sum();
-        let bytes = match limit.max_bytes {
-            Some(_) => q.ready.iter().flatten().map(|m| m.message.body.len()).sum(),
-            None => 0,
-        };
+        let bytes = q.ready_bytes;
         limit.has_room(messages, bytes, size)
     }
 
@@ -77,7 +74,7 @@ impl State {
         let expires = message.expires_at.is_some();
         message.seq = queue.next_seq;
         queue.next_seq += 1;
-        queue.ready[level].push_back(message);
+        queue.push_ready(level, message);
         if expires {
             Self::watch_expiry(queue, shared);
         }
@@ -139,9 +136,9 @@ impl State {
         let now = Instant::now();
         let mut expired = Vec::new();
         if let Some(queue) = self.queues.get_mut(name) {
-            for level in &mut queue.ready {
-                while level.front().is_some_and(|m| m.expires_at.is_some_and(|at| at <= now)) {
-                    expired.extend(level.pop_front());
+            for level in 0..queue.ready.len() {
+                while queue.ready[level].front().is_some_and(|m| m.expires_at.is_some_and(|at| at <= now)) {
+                    expired.extend(queue.pop_ready(level));
                 }
             }
         }
