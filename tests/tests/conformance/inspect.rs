@@ -145,7 +145,10 @@ async fn a_queue_read_by_hand_keeps_what_is_not_acknowledged(h: &Harness) {
         assert!(message.redelivered, "both were delivered before");
         left.push(BackgroundTask::decode(message.body.as_slice()).unwrap().task_id);
     }
-    assert_eq!(left, [1, 3], "each back at its place");
+    // Sorted: on RabbitMQ the requeued task can be delivered again to the reader, still open, and then come
+    // back with the third when it closes, in either order.
+    left.sort();
+    assert_eq!(left, [1, 3]);
 }
 
 async fn a_dead_letter_replayed_starts_afresh_where_it_was_first_published(h: &Harness) {
