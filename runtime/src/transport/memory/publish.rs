@@ -199,7 +199,7 @@ mod tests {
 
     use super::*;
     use crate::contract::ExchangeSpec;
-    use crate::transport::QueueSettings;
+    use crate::transport::{QueueSettings, Settle};
 
     const TOPIC: ExchangeSpec =
         ExchangeSpec { name: "routes.test", kind: ExchangeKind::Topic, durable: false, auto_delete: false };
@@ -246,6 +246,36 @@ mod tests {
         send(&broker, TOPIC.name, "user.created").unwrap();
         assert_eq!(depth(&broker, "b"), 2, "only the remaining queue receives");
         assert!(matches!(send(&broker, TOPIC.name, "user.deleted"), Err(Error::Unroutable { .. })));
+    }
+
+    /// Messages put back return to their places, as in a RabbitMQ classic queue: one requeued (and delivered
+    /// again at once) and the others returned with their consumer come back in the order they were published.
+    /// (The conformance suite cannot see this: on RabbitMQ, when a requeued message is delivered again races
+    /// with the consumer's going.)
+    #[tokio::test]
+    async fn messages_put_back_return_to_their_places() {
+        use futures_util::StreamExt;
+        let broker = Broker::default();
+        broker.declare_queue("places", &QueueSettings::plain(false)).unwrap();
+        for body in [b"1", b"2", b"3"] {
+            let publish = Publish { exchange: "", routing_key: "places", mandatory: true, confirm: true };
+            broker.publish(publish, body.to_vec(), crate::MessageProperties::default().into()).unwrap();
+        }
+        let mut consumer = broker.consume("places", 0, "t".into()).unwrap();
+        let first = consumer.stream.next().await.unwrap().unwrap();
+        assert!(first.settle(Settle::Requeue).await);
+        // Delivered again at once, after the other two; then the consumer goes, and all three go back.
+        let mut unsettled = Vec::new();
+        for _ in 0..3 {
+            unsettled.push(consumer.stream.next().await.unwrap().unwrap());
+        }
+        consumer.cancel.cancel("t", Duration::from_secs(1)).await;
+        drop(unsettled);
+        let mut order = Vec::new();
+        while let Some(delivery) = broker.fetch("places").unwrap() {
+            order.push(String::from_utf8(delivery.message.body.clone()).unwrap());
+        }
+        assert_eq!(order, ["1", "2", "3"]);
     }
 
     /// An exchange declared again must be declared alike, as RabbitMQ insists (406 PRECONDITION_FAILED).
