@@ -406,6 +406,19 @@ impl MessageProperties {
                 });
             }
         }
+        // RabbitMQ closes the channel (406) for anything but a count of milliseconds; the in-memory broker
+        // would read it as no TTL at all.
+        if let Some(expiration) = self.expiration.as_deref()
+            && expiration.parse::<u64>().is_err()
+        {
+            return Err(crate::Error::Config {
+                message: format!(
+                    "property `expiration` is {:?}: it is a message's time to live in milliseconds, as digits \
+                     (\"60000\")",
+                    cut(expiration)
+                ),
+            });
+        }
         match self.headers.unsendable_name() {
             Some((name, problem)) => Err(crate::Error::Header { name: cut(name), problem }),
             None => Ok(()),
@@ -500,6 +513,16 @@ impl MessageProperties {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_expiration_is_milliseconds_as_digits() {
+        let with = |expiration: &str| MessageProperties { expiration: Some(expiration.into()), ..Default::default() };
+        assert!(with("60000").check().is_ok());
+        for bad in ["-1", "1.5", "ten", ""] {
+            let error = with(bad).check().unwrap_err().to_string();
+            assert!(error.contains("property `expiration`") && error.contains("milliseconds"), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn reserved_names_are_warrens_in_any_case() {
