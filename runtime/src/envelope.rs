@@ -95,6 +95,25 @@ impl MessageId {
     }
 }
 
+/// A message's id or correlation id for its span: borrowed, and read as text only if a subscriber records the
+/// span (a Warren id's text is checked to be UTF-8 at each reading, which a message nobody traces need not pay).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum IdText<'a> {
+    /// Text as it came.
+    Text(&'a str),
+    /// A Warren id, held inline.
+    Id(&'a MessageId),
+}
+
+impl<'a> IdText<'a> {
+    pub(crate) fn as_str(self) -> &'a str {
+        match self {
+            IdText::Text(text) => text,
+            IdText::Id(id) => id.as_str(),
+        }
+    }
+}
+
 impl std::fmt::Debug for MessageId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -304,15 +323,15 @@ impl<A: std::ops::Deref<Target = MessageProperties>, R: std::ops::Deref<Target =
         }
     }
 
-    /// [`Properties::message_id`] and [`Properties::correlation_id`] together: a Warren envelope's id is read
-    /// once (its text is checked to be UTF-8 at each reading), and is both when the message starts a conversation.
-    pub(crate) fn ids(&self) -> (Option<&str>, Option<&str>) {
+    /// [`Properties::message_id`] and [`Properties::correlation_id`] together, for a span: a Warren envelope's id
+    /// is not read as text unless the span is recorded, and is both when the message starts a conversation.
+    pub(crate) fn ids(&self) -> (Option<IdText<'_>>, Option<IdText<'_>>) {
         match self {
             Properties::Warren(e) => {
-                let id = e.message_id.as_str();
-                (Some(id), Some(e.correlation_id.as_deref().unwrap_or(id)))
+                let id = IdText::Id(&e.message_id);
+                (Some(id), Some(e.correlation_id.as_deref().map_or(id, IdText::Text)))
             }
-            _ => (self.message_id(), self.correlation_id()),
+            _ => (self.message_id().map(IdText::Text), self.correlation_id().map(IdText::Text)),
         }
     }
 

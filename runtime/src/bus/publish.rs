@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::codec::Outgoing;
-use crate::envelope::MessageId;
+use crate::envelope::{IdText, MessageId};
 
 /// Per-publish settings; the defaults suit almost every event.
 ///
@@ -265,8 +265,8 @@ impl Bus {
                     operation: trace::Operation::Publish,
                     destination: if exchange.is_empty() { routing_key } else { exchange },
                     routing_key,
-                    message_id: Some(envelope.message_id.as_str()),
-                    conversation_id: envelope.correlation_id.as_deref(),
+                    message_id: Some(IdText::Id(&envelope.message_id)),
+                    conversation_id: envelope.correlation_id.as_deref().map(IdText::Text),
                     rpc_method: None,
                 },
                 &mut options.headers,

@@ -13,7 +13,7 @@ use super::error::ServiceError;
 use crate::bus::Bus;
 use crate::codec::{self, Outgoing, Payload, WireFormat};
 use crate::contract::{MethodSpec, ServiceSpec};
-use crate::envelope::{self, Envelope, Properties};
+use crate::envelope::{self, Envelope, IdText, Properties};
 use crate::error::{Error, Later, Result};
 use crate::headers::Headers;
 use crate::middleware;
@@ -375,8 +375,8 @@ impl RpcClient {
                 operation: trace::Operation::Call,
                 destination: self.service.queue,
                 routing_key: self.service.queue,
-                message_id: Some(envelope.message_id.as_str()),
-                conversation_id: envelope.correlation_id.as_deref(),
+                message_id: Some(IdText::Id(&envelope.message_id)),
+                conversation_id: envelope.correlation_id.as_deref().map(IdText::Text),
                 rpc_method: Some(method.path),
             },
             &mut headers,

@@ -439,13 +439,14 @@ async fn answer(mut delivery: Delivery, server: Answering, permit: tokio::sync::
         Err(Failure::Status(status))
     } else {
         let method_name = method.clone();
+        let (message_id, conversation_id) = p.ids();
         let (trace, span) = trace::incoming_span(
             &trace::About {
                 operation: trace::Operation::Serve,
                 destination: &delivery.routing_key,
                 routing_key: &delivery.routing_key,
-                message_id: p.message_id(),
-                conversation_id: p.correlation_id(),
+                message_id,
+                conversation_id,
                 rpc_method: Some(&method),
             },
             p.headers(),
