@@ -79,9 +79,7 @@ impl MessageId {
         random[8..].copy_from_slice(&fastrand::u16(..).to_le_bytes());
         let millis = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX);
         let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
-        let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
-        id.hyphenated().encode_lower(&mut text);
-        (MessageId(text), since_epoch.as_secs())
+        (MessageId(hyphenated(id.as_bytes())), since_epoch.as_secs())
     }
 
     /// The id `text` holds, when it has an id's length (as Warren's ids, and any other UUID in text form).
@@ -93,6 +91,32 @@ impl MessageId {
         // Always UTF-8: written by the UUID formatter above, or taken whole from a `str`.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
+}
+
+/// A UUID's bytes as its text: lowercase hex, hyphenated 8-4-4-4-12, as `uuid`'s own formatter writes it, but a
+/// table lookup per byte rather than a branch per nibble (callgrind: about half the instructions, for every
+/// message published).
+fn hyphenated(bytes: &[u8; 16]) -> [u8; uuid::fmt::Hyphenated::LENGTH] {
+    const PAIRS: [[u8; 2]; 256] = {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut pairs = [[0; 2]; 256];
+        let mut byte = 0;
+        while byte < 256 {
+            pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0x0f]];
+            byte += 1;
+        }
+        pairs
+    };
+    let mut text = [b'-'; uuid::fmt::Hyphenated::LENGTH];
+    let mut at = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1; // past a hyphen
+        }
+        text[at..at + 2].copy_from_slice(&PAIRS[usize::from(*byte)]);
+        at += 2;
+    }
+    text
 }
 
 /// A message's id or correlation id for its span: borrowed, and read as text only if a subscriber records the
@@ -434,6 +458,16 @@ impl<A: std::ops::Deref<Target = MessageProperties>, R: std::ops::Deref<Target =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_written_as_uuid_writes_them() {
+        let mut cases = vec![[0u8; 16], [0xff; 16], *uuid::Uuid::now_v7().as_bytes()];
+        cases.extend((0..1000).map(|_| fastrand::u128(..).to_be_bytes()));
+        for bytes in cases {
+            let text = hyphenated(&bytes);
+            assert_eq!(std::str::from_utf8(&text).unwrap(), uuid::Uuid::from_bytes(bytes).hyphenated().to_string());
+        }
+    }
 
     #[test]
     fn message_ids_are_distinct_uuid_v7_holding_the_current_time() {

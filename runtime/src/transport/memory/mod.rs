@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use super::{Delivery, QueueSettings};
+use super::{Delivery, Name, QueueSettings};
 use crate::contract::{ExchangeKind, ExchangeSpec};
 use crate::error::{Error, Result};
 use crate::headers::Headers;
@@ -175,8 +175,8 @@ struct State {
     wakes: Vec<Arc<Inbox>>,
     /// Routing decisions by exchange and routing key, forgotten whenever the topology changes.
     routes: FxHashMap<Box<str>, FxHashMap<Box<str>, Arc<Route>>>,
-    /// Exchange names and routing keys seen, shared by the messages that carry them.
-    names: FxHashMap<Box<str>, Arc<str>>,
+    /// Exchange names and routing keys seen, as the messages that carry them hold them.
+    names: FxHashMap<Box<str>, Name>,
     /// Acknowledged messages, freed after the lock is released (freeing is not free, and the publisher waits
     /// for this lock).
     acknowledged: Vec<Queued>,

@@ -9,7 +9,7 @@ use crate::envelope::Properties;
 use crate::error::{Error, Result};
 use crate::headers::{HeaderValue, Headers};
 use crate::topic;
-use crate::transport::{Acker as AnyAcker, Delivery, Message, Publish};
+use crate::transport::{Acker as AnyAcker, Delivery, Message, Name, Publish};
 
 impl Broker {
     pub(crate) fn publish(&self, publish: Publish<'_>, body: Vec<u8>, properties: Properties) -> Result<()> {
@@ -18,7 +18,7 @@ impl Broker {
             if publish.exchange.is_empty() && publish.routing_key.starts_with(REPLY_PREFIX) {
                 // Direct reply-to: straight to the waiting client, or nowhere (replies are at-most-once).
                 if let Some(sink) = state.replies.get(publish.routing_key) {
-                    let message = Message::new("".into(), publish.routing_key.into(), properties.received(), body);
+                    let message = Message::new("", publish.routing_key, properties.received(), body);
                     let delivery = Delivery { message: Arc::new(message), redelivered: false, acker: AnyAcker::None };
                     let _ = sink.send(Ok(delivery));
                 }
@@ -39,7 +39,7 @@ impl Broker {
                 return state.publish_limited(&route, publish, body, properties, shared);
             }
             // One shared copy, however many queues it goes to.
-            let (exchange, key) = (Arc::clone(&route.exchange), Arc::clone(&route.key));
+            let (exchange, key) = (route.exchange.clone(), route.key.clone());
             let mut message = Message::new(exchange, key, properties.received(), body);
             if route.queues.len() > 1 {
                 message = message.fanned_out();
@@ -60,8 +60,8 @@ impl Broker {
 
 /// Where messages with one exchange and routing key go, and those names as shared strings for the messages.
 pub(super) struct Route {
-    exchange: Arc<str>,
-    key: Arc<str>,
+    exchange: Name,
+    key: Name,
     queues: Box<[Arc<str>]>,
     /// Whether any of the queues has a length limit (their settings cannot change while the route is kept).
     limited: bool,
@@ -95,17 +95,18 @@ impl State {
         Ok(route)
     }
 
-    /// `exchange` and `key` as shared strings, interned while there are not too many distinct ones.
-    pub(super) fn intern(&mut self, exchange: &str, key: &str) -> (Arc<str>, Arc<str>) {
+    /// `exchange` and `key` as messages hold them ([`Name::interned`]), remembered while there are not too many
+    /// distinct ones (the process-wide list is behind a lock of its own).
+    pub(super) fn intern(&mut self, exchange: &str, key: &str) -> (Name, Name) {
         const MAX_NAMES: usize = 4096;
         let mut get = |name: &str| match self.names.get(name) {
-            Some(shared) => Arc::clone(shared),
+            Some(known) => known.clone(),
             None => {
-                let shared: Arc<str> = name.into();
+                let interned = Name::interned(name);
                 if self.names.len() < MAX_NAMES {
-                    self.names.insert(name.into(), Arc::clone(&shared));
+                    self.names.insert(name.into(), interned.clone());
                 }
-                shared
+                interned
             }
         };
         (get(exchange), get(key))
@@ -149,8 +150,7 @@ impl State {
     ) -> Result<()> {
         let (with_room, full): (Vec<&Arc<str>>, Vec<&Arc<str>>) =
             route.queues.iter().partition(|queue| self.has_room(queue, body.len()));
-        let mut message =
-            Message::new(Arc::clone(&route.exchange), Arc::clone(&route.key), properties.received(), body);
+        let mut message = Message::new(route.exchange.clone(), route.key.clone(), properties.received(), body);
         if route.queues.len() > 1 {
             message = message.fanned_out();
         }
