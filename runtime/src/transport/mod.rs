@@ -56,18 +56,19 @@ impl Name {
     /// `name` for the rest of the process, while there are fewer than [`MAX_INTERNED`] such names; else a new
     /// shared string.
     pub(crate) fn interned(name: &str) -> Name {
-        static NAMES: std::sync::Mutex<(Vec<&'static str>, usize)> = std::sync::Mutex::new((Vec::new(), 0));
-        // Looked up linearly in a short list rather than hashed, for a `static` with no lazy setup: a broker
-        // interns each name once and keeps it, so this runs once per route, not per message.
-        let mut names = NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(known) = names.0.iter().find(|known| **known == name) {
+        type Interned = (rustc_hash::FxHashSet<&'static str>, usize);
+        static NAMES: std::sync::OnceLock<std::sync::Mutex<Interned>> = std::sync::OnceLock::new();
+        // A broker remembers the names it interned, so this runs once per route and broker, not per message;
+        // past the bound, once per new routing key (keys made from templates).
+        let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(known) = names.0.get(name) {
             return Name::Static(known);
         }
         if names.0.len() >= MAX_INTERNED || names.1 + name.len() > MAX_INTERNED_BYTES {
             return Name::Shared(name.into());
         }
         let leaked: &'static str = Box::leak(name.into());
-        names.0.push(leaked);
+        names.0.insert(leaked);
         names.1 += name.len();
         Name::Static(leaked)
     }
@@ -508,5 +509,25 @@ impl ReplyPath {
             }
             _ => self.requests.publish(publish, body, properties).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Name;
+
+    /// Interned names are one copy for the process, and interning stops at its bound: names past it are shared
+    /// strings, equal all the same. (One test, in this order: the bound is the process's.)
+    #[test]
+    fn names_are_interned_once_and_no_further_than_the_bound() {
+        let (first, again) = (Name::interned("names.test.exchange"), Name::interned("names.test.exchange"));
+        let (Name::Static(a), Name::Static(b)) = (&first, &again) else { panic!("interned: {first:?}, {again:?}") };
+        assert!(std::ptr::eq(*a, *b), "one copy");
+        let past: Vec<Name> =
+            (0..super::MAX_INTERNED + 10).map(|i| Name::interned(&format!("names.test.{i}"))).collect();
+        let last = past.last().expect("names");
+        assert!(matches!(last, Name::Shared(_)), "past the bound: {last:?}");
+        assert_eq!(last.as_str(), format!("names.test.{}", super::MAX_INTERNED + 9));
+        assert_eq!(Name::interned("names.test.exchange"), first, "what was interned stays interned");
     }
 }
