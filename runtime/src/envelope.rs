@@ -88,7 +88,7 @@ impl MessageId {
     }
 
     pub(crate) fn as_str(&self) -> &str {
-        // Always UTF-8: written by the UUID formatter above, or taken whole from a `str`.
+        // Always UTF-8: ASCII written by `hyphenated`, or taken whole from a `str`.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }

@@ -214,7 +214,8 @@ fn new_span_id() -> [u8; 8] {
 }
 
 /// A random id that is not zero (W3C's invalid id), drawn from the whole range: a range that leaves out zero
-/// costs `fastrand` a multiplication and a 128-bit division for every id, on every delivery.
+/// costs `fastrand` wide multiplications and a division (of 128 bits, for a trace id) for every id, on every
+/// delivery.
 fn nonzero<T: PartialEq + Default>(random: impl Fn() -> T) -> T {
     loop {
         let id = random();

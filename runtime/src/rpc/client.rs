@@ -13,7 +13,7 @@ use super::error::ServiceError;
 use crate::bus::Bus;
 use crate::codec::{self, Outgoing, Payload, WireFormat};
 use crate::contract::{MethodSpec, ServiceSpec};
-use crate::envelope::{self, Envelope, IdText, Properties};
+use crate::envelope::{self, Envelope, IdText, MessageId, Properties};
 use crate::error::{Error, Later, Result};
 use crate::headers::Headers;
 use crate::middleware;
@@ -22,7 +22,9 @@ use crate::trace;
 use crate::transport::QueueSettings;
 use crate::transport::{Publish, ReplyPath};
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Reply>>>>;
+/// Calls waiting for their replies, by request id (a reply's correlation id): an id held inline, so a call
+/// neither checks its text nor allocates a copy of it to be found again.
+type Pending = Arc<Mutex<HashMap<MessageId, oneshot::Sender<Reply>>>>;
 
 pub(super) struct Reply {
     pub(super) code: i32,
@@ -80,7 +82,9 @@ impl Replies {
         tokio::spawn(async move {
             while let Some(Ok(delivery)) = replies.next().await {
                 let Some(id) = delivery.properties.correlation_id() else { continue };
-                let waiter = routes.lock().expect("pending calls").remove(id);
+                // Not one of this path's ids (a plain AMQP server's reply with some other correlation id): no
+                // call waits for it.
+                let waiter = MessageId::parse(id).and_then(|key| routes.lock().expect("pending calls").remove(&key));
                 match waiter {
                     Some(waiter) => {
                         let p = &delivery.properties;
@@ -383,10 +387,10 @@ impl RpcClient {
             bus.inner.config.trace_context,
         );
         envelope.headers = Some(headers);
-        let id = envelope.message_id.as_str().to_owned();
+        let id = envelope.message_id;
         let (tx, rx) = oneshot::channel();
-        replies.pending.lock().expect("pending calls").insert(id.clone(), tx);
-        let guard = PendingGuard { pending: &replies.pending, id: &id };
+        replies.pending.lock().expect("pending calls").insert(id, tx);
+        let guard = PendingGuard { pending: &replies.pending, id };
 
         // Neither confirmed nor mandatory (see the module's docs): sent once lapin has written it.
         let publish = Publish { exchange: "", routing_key: self.service.queue, mandatory: false, confirm: false };
@@ -472,11 +476,11 @@ fn decode_reply<M: Payload>(method: &MethodSpec, reply: &Reply) -> std::result::
 /// Removes a call's entry when the call ends for any reason, so gave-up calls leave nothing behind.
 struct PendingGuard<'a> {
     pending: &'a Pending,
-    id: &'a str,
+    id: MessageId,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.pending.lock().expect("pending calls").remove(self.id);
+        self.pending.lock().expect("pending calls").remove(&self.id);
     }
 }

@@ -39,38 +39,60 @@ pub(crate) use warren_topology::QueueSettings;
 /// The in-memory broker routes with names it interned for good ([`Name::interned`]), so that a message carries
 /// them without counting references. With a shared `Arc<str>`, the publisher's thread incremented the count and
 /// the consumer's decremented it, once per name per message, each a cache miss on the other core's line
-/// (`perf record` on W9: 14% of the in-memory publish's samples on the two increments).
-#[derive(Clone, PartialEq, Eq)]
+/// (`perf record` on W9: 14% of the in-memory publish's samples on the two increments). Equal by their text,
+/// whichever they are.
+#[derive(Clone)]
 pub(crate) enum Name {
     Static(&'static str),
     Shared(std::sync::Arc<str>),
 }
 
-/// Names interned for the life of the process, at most this many: exchanges and routing keys are few in
-/// practice, but keys made from templates can be unbounded. Past it, names are shared strings.
+/// Names interned for the life of the process: at most this many ...
 const MAX_INTERNED: usize = 4096;
-/// ... and at most this many bytes of them.
+/// ... and this many bytes of them. Exchanges and routing keys are few in practice, but keys made from templates
+/// can be unbounded; past either bound, names are shared strings.
 const MAX_INTERNED_BYTES: usize = 256 * 1024;
 
-impl Name {
-    /// `name` for the rest of the process, while there are fewer than [`MAX_INTERNED`] such names; else a new
-    /// shared string.
-    pub(crate) fn interned(name: &str) -> Name {
-        type Interned = (rustc_hash::FxHashSet<&'static str>, usize);
-        static NAMES: std::sync::OnceLock<std::sync::Mutex<Interned>> = std::sync::OnceLock::new();
-        // A broker remembers the names it interned, so this runs once per route and broker, not per message;
-        // past the bound, once per new routing key (keys made from templates).
-        let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(known) = names.0.get(name) {
+/// Interned names, within a bound on their number and bytes.
+struct Interner {
+    names: rustc_hash::FxHashSet<&'static str>,
+    bytes: usize,
+    max_names: usize,
+    max_bytes: usize,
+}
+
+impl Interner {
+    fn new(max_names: usize, max_bytes: usize) -> Self {
+        Interner { names: Default::default(), bytes: 0, max_names, max_bytes }
+    }
+
+    /// `name` for the rest of the process while within the bounds, else a new shared string. A name refused
+    /// once is refused for good: the count and the bytes only grow.
+    fn intern(&mut self, name: &str) -> Name {
+        if let Some(known) = self.names.get(name) {
             return Name::Static(known);
         }
-        if names.0.len() >= MAX_INTERNED || names.1 + name.len() > MAX_INTERNED_BYTES {
+        if self.names.len() >= self.max_names || self.bytes + name.len() > self.max_bytes {
             return Name::Shared(name.into());
         }
         let leaked: &'static str = Box::leak(name.into());
-        names.0.insert(leaked);
-        names.1 += name.len();
+        self.names.insert(leaked);
+        self.bytes += name.len();
         Name::Static(leaked)
+    }
+}
+
+impl Name {
+    /// `name` for the rest of the process, within [`MAX_INTERNED`] names and [`MAX_INTERNED_BYTES`]; past
+    /// them, a new shared string.
+    ///
+    /// Behind a lock of the process: a broker remembers the names it interned, so this runs once per name and
+    /// broker while the broker's own list has room (then once per route it works out: a headers exchange's on
+    /// every publish, other exchanges' after each change of topology).
+    pub(crate) fn interned(name: &str) -> Name {
+        static NAMES: std::sync::OnceLock<std::sync::Mutex<Interner>> = std::sync::OnceLock::new();
+        let names = NAMES.get_or_init(|| std::sync::Mutex::new(Interner::new(MAX_INTERNED, MAX_INTERNED_BYTES)));
+        names.lock().unwrap_or_else(std::sync::PoisonError::into_inner).intern(name)
     }
 
     pub(crate) fn as_str(&self) -> &str {
@@ -80,6 +102,14 @@ impl Name {
         }
     }
 }
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Name {}
 
 impl std::ops::Deref for Name {
     type Target = str;
@@ -514,20 +544,25 @@ impl ReplyPath {
 
 #[cfg(test)]
 mod tests {
-    use super::Name;
+    use super::{Interner, Name};
 
-    /// Interned names are one copy for the process, and interning stops at its bound: names past it are shared
-    /// strings, equal all the same. (One test, in this order: the bound is the process's.)
+    /// A name is interned once, and interning stops at either bound: names past it are shared strings, equal
+    /// by their text all the same.
     #[test]
-    fn names_are_interned_once_and_no_further_than_the_bound() {
-        let (first, again) = (Name::interned("names.test.exchange"), Name::interned("names.test.exchange"));
+    fn names_are_interned_once_and_no_further_than_the_bounds() {
+        let mut names = Interner::new(3, 1024);
+        let (first, again) = (names.intern("gametrade.events"), names.intern("gametrade.events"));
         let (Name::Static(a), Name::Static(b)) = (&first, &again) else { panic!("interned: {first:?}, {again:?}") };
         assert!(std::ptr::eq(*a, *b), "one copy");
-        let past: Vec<Name> =
-            (0..super::MAX_INTERNED + 10).map(|i| Name::interned(&format!("names.test.{i}"))).collect();
-        let last = past.last().expect("names");
-        assert!(matches!(last, Name::Shared(_)), "past the bound: {last:?}");
-        assert_eq!(last.as_str(), format!("names.test.{}", super::MAX_INTERNED + 9));
-        assert_eq!(Name::interned("names.test.exchange"), first, "what was interned stays interned");
+        names.intern("user.registered");
+        names.intern("user.deleted");
+        let past = names.intern("order.placed");
+        assert!(matches!(past, Name::Shared(_)), "past the bound on names: {past:?}");
+        assert_eq!(past, Name::Static("order.placed"), "equal by text");
+        assert!(matches!(names.intern("gametrade.events"), Name::Static(_)), "what was interned stays interned");
+
+        let mut small = Interner::new(100, 10);
+        assert!(matches!(small.intern("0123456789"), Name::Static(_)));
+        assert!(matches!(small.intern("x"), Name::Shared(_)), "past the bound on bytes");
     }
 }

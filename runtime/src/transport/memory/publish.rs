@@ -18,7 +18,7 @@ impl Broker {
             if publish.exchange.is_empty() && publish.routing_key.starts_with(REPLY_PREFIX) {
                 // Direct reply-to: straight to the waiting client, or nowhere (replies are at-most-once).
                 if let Some(sink) = state.replies.get(publish.routing_key) {
-                    let message = Message::new("", publish.routing_key, properties.received(), body);
+                    let message = Message::new(Name::Static(""), publish.routing_key, properties.received(), body);
                     let delivery = Delivery { message: Arc::new(message), redelivered: false, acker: AnyAcker::None };
                     let _ = sink.send(Ok(delivery));
                 }
@@ -58,7 +58,7 @@ impl Broker {
     }
 }
 
-/// Where messages with one exchange and routing key go, and those names as shared strings for the messages.
+/// Where messages with one exchange and routing key go, and those names as the messages carry them.
 pub(super) struct Route {
     exchange: Name,
     key: Name,
