@@ -283,6 +283,11 @@ pub struct Handled<'a> {
     pub failed: bool,
     /// From the layers' before-hooks to the end of the handler (or the refusal).
     pub elapsed: Duration,
+    /// Whether this layer's [`before_handle`](Middleware::before_handle) saw the delivery: `false` when a layer
+    /// registered before it refused the delivery first. After-hooks run for every layer whatever happened; a
+    /// layer that pairs its hooks (a count of deliveries in progress, say) undoes in `after_handle` only what
+    /// its `before_handle` did.
+    pub seen: bool,
 }
 
 /// An RPC request about to be sent.
@@ -375,15 +380,35 @@ impl Layers {
     /// panics refuses, with what `panicked` makes of the panic's message.
     pub(crate) fn before<E>(
         &self,
-        mut before: impl FnMut(&dyn Middleware) -> Result<(), E>,
+        before: impl FnMut(&dyn Middleware) -> Result<(), E>,
         panicked: impl Fn(String) -> E,
     ) -> Result<(), (&str, E)> {
-        for layer in self.get().unwrap_or_default() {
+        self.before_counted(before, panicked).map_err(|(_, layer, refusal)| (layer, refusal))
+    }
+
+    /// [`Layers::before`], saying on a refusal how many layers' before-hooks ran (the refusing layer's
+    /// included), for [`Layers::after_seen`].
+    pub(crate) fn before_counted<E>(
+        &self,
+        mut before: impl FnMut(&dyn Middleware) -> Result<(), E>,
+        panicked: impl Fn(String) -> E,
+    ) -> Result<(), (usize, &str, E)> {
+        for (index, layer) in self.get().unwrap_or_default().iter().enumerate() {
             std::panic::catch_unwind(AssertUnwindSafe(|| before(layer.as_ref())))
                 .unwrap_or_else(|panic| Err(panicked(format!("the layer panicked: {}", panic_message(&panic)))))
-                .map_err(|refusal| (layer.name(), refusal))?;
+                .map_err(|refusal| (index + 1, layer.name(), refusal))?;
         }
         Ok(())
+    }
+
+    /// [`Layers::after`], telling each layer whether it was among the first `seen`, whose before-hooks ran.
+    pub(crate) fn after_seen(&self, seen: usize, mut after: impl FnMut(&dyn Middleware, bool)) {
+        for (index, layer) in self.get().unwrap_or_default().iter().enumerate() {
+            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| after(layer.as_ref(), index < seen))) {
+                let panic = panic_message(&panic);
+                tracing::warn!(layer = layer.name(), panic, "a middleware layer's after-hook panicked; passed over");
+            }
+        }
     }
 
     /// Runs `after` on each layer in order. A layer that panics is logged and passed over.

@@ -153,8 +153,8 @@ struct Metrics {
 /// to [`serve`] (or [`encode`](Self::encode) it yourself).
 ///
 /// Register it first (before other layers), as [`crate::BusConfig::middleware`] keeps the order: a delivery
-/// that an earlier layer refuses never reaches this layer's `before_handle`, and would leave
-/// `warren_handlers_in_flight` one lower than it should be.
+/// that an earlier layer refuses never reaches this layer's `before_handle`, so it is not among the handlers
+/// in flight (though it is counted as handled, with its outcome).
 #[derive(Clone)]
 pub struct PrometheusLayer {
     metrics: Arc<Metrics>,
@@ -305,7 +305,9 @@ impl Middleware for PrometheusLayer {
     fn after_handle(&self, handled: &Handled<'_>) {
         let m = &self.metrics;
         let series = m.series.consumer(m, handled.metric_type, handled.queue);
-        series.in_flight.dec();
+        if handled.seen {
+            series.in_flight.dec(); // what `before_handle` counted; a delivery refused before it never was
+        }
         series.handle_seconds.observe(handled.elapsed.as_secs_f64());
         if handled.failed {
             series.handle_failed(m).inc();
@@ -383,6 +385,20 @@ mod tests {
             settled: Settled::Retried { reason: "boom" },
             failed: true,
             elapsed,
+            seen: true,
+        });
+        // Refused by a layer before this one: heard, never seen, so not taken off the handlers in flight.
+        layer.after_handle(&Handled {
+            type_name,
+            metric_type,
+            queue: "q",
+            routing_key: "k",
+            headers: &headers,
+            attempt: 1,
+            settled: Settled::DeadLettered { reason: "refused by gate: no" },
+            failed: true,
+            elapsed,
+            seen: false,
         });
         layer.after_call(&Called { service: "s.v1.S", method: "/s.v1.S/M", code: Code::NotFound, elapsed });
         let served = Served {
@@ -402,7 +418,8 @@ mod tests {
             r#"warren_publish_seconds_bucket{le="0.00005",type="t.v1.E"} 0"#,
             r#"warren_publish_seconds_bucket{le="0.0002",type="t.v1.E"} 1"#,
             r#"warren_handled_total{type="t.v1.E",queue="q",outcome="retried"} 1"#,
-            r#"warren_handle_failed_total{type="t.v1.E",queue="q"} 1"#,
+            r#"warren_handled_total{type="t.v1.E",queue="q",outcome="dead_lettered"} 1"#,
+            r#"warren_handle_failed_total{type="t.v1.E",queue="q"} 2"#,
             r#"warren_handlers_in_flight{type="t.v1.E",queue="q"} 0"#,
             r#"warren_rpc_client_calls_total{method="/s.v1.S/M",code="NOT_FOUND"} 1"#,
             r#"warren_rpc_server_calls_total{method="/s.v1.S/M",code="OK"} 1"#,

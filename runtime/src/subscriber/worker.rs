@@ -38,6 +38,8 @@ struct Unfinished<'a> {
     layers: &'a Layers,
     before: &'a middleware::Delivery<'a>,
     started: tokio::time::Instant,
+    /// How many layers' before-hooks saw the delivery.
+    seen: usize,
     /// Cleared once the delivery's end is known and told.
     armed: bool,
 }
@@ -48,7 +50,7 @@ impl Drop for Unfinished<'_> {
             return;
         }
         let b = self.before;
-        let handled = middleware::Handled {
+        let mut handled = middleware::Handled {
             type_name: b.type_name,
             metric_type: b.metric_type,
             queue: b.queue,
@@ -58,8 +60,12 @@ impl Drop for Unfinished<'_> {
             settled: middleware::Settled::Abandoned,
             failed: false,
             elapsed: self.started.elapsed(),
+            seen: true,
         };
-        self.layers.after(|layer| layer.after_handle(&handled));
+        self.layers.after_seen(self.seen, |layer, seen| {
+            handled.seen = seen;
+            layer.after_handle(&handled);
+        });
     }
 }
 
@@ -172,10 +178,12 @@ impl Worker {
         let before = middleware::Delivery { type_name, metric_type: shown, queue, routing_key, headers, attempt };
         // Until what became of the delivery is known: a handler abandoned unfinished (a stop past its deadline)
         // drops this future here, and the layers still hear of it, so that what they count adds up.
-        let mut unfinished = Unfinished { layers: &self.layers, before: &before, started, armed: true };
-        let ending = match self.layers.before(|layer| layer.before_handle(&before), middleware::Refusal::new) {
+        let all = usize::MAX;
+        let mut unfinished = Unfinished { layers: &self.layers, before: &before, started, seen: all, armed: true };
+        let ending = match self.layers.before_counted(|layer| layer.before_handle(&before), middleware::Refusal::new) {
             Ok(()) => self.run(delivery, handler, tracker, type_name, attempt).await,
-            Err((layer, refusal)) => {
+            Err((seen, layer, refusal)) => {
+                unfinished.seen = seen;
                 let refused_at = tokio::time::Instant::now();
                 let reason = format!("refused by {layer}: {refusal}");
                 self.dead_letter(delivery, &reason, attempt).await;
@@ -188,7 +196,7 @@ impl Worker {
             Settling::Retried(reason) => middleware::Settled::Retried { reason },
             Settling::DeadLettered(reason) => middleware::Settled::DeadLettered { reason },
         };
-        let handled = middleware::Handled {
+        let mut handled = middleware::Handled {
             type_name,
             metric_type: shown,
             queue,
@@ -198,9 +206,13 @@ impl Worker {
             settled,
             failed: ending.failed,
             elapsed: ending.ended.unwrap_or_else(tokio::time::Instant::now).saturating_duration_since(started),
+            seen: true,
         };
         unfinished.armed = false;
-        self.layers.after(|layer| layer.after_handle(&handled));
+        self.layers.after_seen(unfinished.seen, |layer, seen| {
+            handled.seen = seen;
+            layer.after_handle(&handled);
+        });
         ending
     }
 

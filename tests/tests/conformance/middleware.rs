@@ -175,6 +175,52 @@ async fn a_refused_delivery_is_dead_lettered_with_the_reason_and_never_handled(h
     assert!(rx.try_recv().is_err(), "the handler never ran for the refused event");
 }
 
+/// Counts the deliveries between its before- and after-hooks, as a gauge of handlers in flight does, and reports
+/// what it hears: whether its before-hook saw the delivery, and the count once it is done.
+struct InFlight {
+    now: Arc<std::sync::atomic::AtomicI64>,
+    heard: mpsc::UnboundedSender<(bool, i64)>,
+}
+
+impl Middleware for InFlight {
+    fn name(&self) -> &str {
+        "in-flight"
+    }
+
+    fn before_handle(&self, _: &Delivery<'_>) -> Result<(), Refusal> {
+        self.now.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn after_handle(&self, handled: &Handled<'_>) {
+        if handled.seen {
+            self.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        let _ = self.heard.send((handled.seen, self.now.load(std::sync::atomic::Ordering::SeqCst)));
+    }
+}
+
+async fn a_layer_after_a_refusing_one_hears_the_delivery_as_unseen(h: &Harness) {
+    let bus = h.bus("middleware-test").await;
+    let (gate, mut outcomes) = Gate::new();
+    let (heard, mut heard_rx) = mpsc::unbounded_channel();
+    let in_flight = InFlight { now: Arc::default(), heard };
+    let subscriber = UserRegistered::subscribe(&bus, &unique("unseen")).middleware(gate).middleware(in_flight);
+    let (subscription, mut rx) = collect(subscriber).await;
+
+    bus.publish_with(&user(1), PublishOptions::new().header("blocked", true)).await.unwrap();
+    assert_eq!(next_outcome(&mut outcomes).await, "attempt 1: dead-lettered (refused by gate: blocked), failed");
+    let refused = within(600, "the second layer's after-hook", heard_rx.recv()).await.unwrap();
+    assert_eq!(refused, (false, 0), "refused before it: not seen, and nothing to undo");
+
+    bus.publish(&user(2)).await.unwrap();
+    assert_eq!(within(600, "the allowed event", rx.recv()).await.unwrap().0.user_id, 2);
+    assert_eq!(next_outcome(&mut outcomes).await, "attempt 1: acked");
+    let handled = within(600, "the second layer's after-hook", heard_rx.recv()).await.unwrap();
+    assert_eq!(handled, (true, 0), "seen, and undone");
+    subscription.stop().await;
+}
+
 async fn after_hooks_hear_retries_and_the_final_outcome(h: &Harness) {
     let bus = h.bus("middleware-test").await;
     let (gate, mut outcomes) = Gate::new();
@@ -428,6 +474,7 @@ warren_tests::on_both_transports!(
     publish_layers_write_headers_the_handler_reads_and_run_in_registration_order,
     a_refused_publish_fails_with_the_reason_and_nothing_is_delivered,
     a_refused_delivery_is_dead_lettered_with_the_reason_and_never_handled,
+    a_layer_after_a_refusing_one_hears_the_delivery_as_unseen,
     after_hooks_hear_retries_and_the_final_outcome,
     an_auth_layer_on_a_server_answers_unauthenticated_to_a_call_without_the_token,
     a_panicking_layer_refuses_and_the_subscriber_and_the_server_go_on,
