@@ -375,31 +375,21 @@ mod tests {
         let (type_name, metric_type) = ("t.v1.E", "t.v1.E");
         let delivery = Delivery { type_name, metric_type, queue: "q", routing_key: "k", headers: &headers, attempt: 1 };
         layer.before_handle(&delivery).unwrap();
-        layer.after_handle(&Handled {
+        let handled = |settled, seen| Handled {
             type_name,
             metric_type,
             queue: "q",
             routing_key: "k",
             headers: &headers,
             attempt: 1,
-            settled: Settled::Retried { reason: "boom" },
+            settled,
             failed: true,
             elapsed,
-            seen: true,
-        });
+            seen,
+        };
+        layer.after_handle(&handled(Settled::Retried { reason: "boom" }, true));
         // Refused by a layer before this one: heard, never seen, so not taken off the handlers in flight.
-        layer.after_handle(&Handled {
-            type_name,
-            metric_type,
-            queue: "q",
-            routing_key: "k",
-            headers: &headers,
-            attempt: 1,
-            settled: Settled::DeadLettered { reason: "refused by gate: no" },
-            failed: true,
-            elapsed,
-            seen: false,
-        });
+        layer.after_handle(&handled(Settled::DeadLettered { reason: "refused by gate: no" }, false));
         layer.after_call(&Called { service: "s.v1.S", method: "/s.v1.S/M", code: Code::NotFound, elapsed });
         let served = Served {
             method: "/s.v1.S/M",
