@@ -401,7 +401,8 @@ impl Layers {
         Ok(())
     }
 
-    /// [`Layers::after`], telling each layer whether it was among the first `seen`, whose before-hooks ran.
+    /// Runs `after` on each layer in order, telling each whether it was among the first `seen`, whose
+    /// before-hooks ran. A layer that panics is logged and passed over.
     pub(crate) fn after_seen(&self, seen: usize, mut after: impl FnMut(&dyn Middleware, bool)) {
         for (index, layer) in self.get().unwrap_or_default().iter().enumerate() {
             if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| after(layer.as_ref(), index < seen))) {
@@ -413,12 +414,7 @@ impl Layers {
 
     /// Runs `after` on each layer in order. A layer that panics is logged and passed over.
     pub(crate) fn after(&self, after: impl Fn(&dyn Middleware)) {
-        for layer in self.get().unwrap_or_default() {
-            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| after(layer.as_ref()))) {
-                let panic = panic_message(&panic);
-                tracing::warn!(layer = layer.name(), panic, "a middleware layer's after-hook panicked; passed over");
-            }
-        }
+        self.after_seen(usize::MAX, |layer, _| after(layer));
     }
 }
 

@@ -178,8 +178,9 @@ impl Worker {
         let before = middleware::Delivery { type_name, metric_type: shown, queue, routing_key, headers, attempt };
         // Until what became of the delivery is known: a handler abandoned unfinished (a stop past its deadline)
         // drops this future here, and the layers still hear of it, so that what they count adds up.
-        let all = usize::MAX;
-        let mut unfinished = Unfinished { layers: &self.layers, before: &before, started, seen: all, armed: true };
+        // Every layer saw it, unless one refuses it below.
+        let seen = usize::MAX;
+        let mut unfinished = Unfinished { layers: &self.layers, before: &before, started, seen, armed: true };
         let ending = match self.layers.before_counted(|layer| layer.before_handle(&before), middleware::Refusal::new) {
             Ok(()) => self.run(delivery, handler, tracker, type_name, attempt).await,
             Err((seen, layer, refusal)) => {
